@@ -16,7 +16,7 @@
 import * as crypto from 'node:crypto';
 import { VertexError } from '../errors';
 import { generateKeyPair, importSigningKeys, keyAlgorithmOf, keyMatchesCertificate } from './keys';
-import { normaliseAddress, normaliseDomain } from './names';
+import { domainOf, normaliseAddress, normaliseDomain } from './names';
 import { OID, x509 } from './x509';
 
 /** Tolerated clock difference between the issuer and the peers that check its certificates. */
@@ -128,6 +128,10 @@ export async function issueUserCertificate(opts: IssueUserCertificateOptions): P
   if (!isCaCertificate(caCert)) {
     throw new VertexError('CertificateInvalid', `${context}: the issuer certificate ${caCert.subject} is not a ca`);
   }
+  const caDomain = (caCert.subjectName.getField(OID.commonName)[0] ?? '').toLowerCase();
+  if (caDomain !== domainOf(address)) {
+    throw new VertexError('BadCertificateRequest', `${context}: the ca of ${caDomain || caCert.subject} cannot issue for another domain`);
+  }
   const signer = await importSigningKeys(opts.caKeyPem, `${context}: ca key`);
 
   const now = (opts.now ?? new Date()).getTime();
@@ -182,8 +186,8 @@ export function fingerprintOfDer(der: Uint8Array): string {
 
 /**
  * Throws CertificateInvalid unless `certPem` is a current, non-CA user
- * certificate signed by `caCertPem` that names a Q2Q address (and the
- * expected one, when given).
+ * certificate signed by `caCertPem` that names a Q2Q address in the CA's
+ * domain (and the expected address, when given).
  */
 export function verifyUserCertificate(certPem: string, caCertPem: string, opts: VerifyUserCertificateOptions = {}): void {
   const cert = parseNode(certPem, 'verify certificate');
@@ -207,6 +211,10 @@ export function verifyUserCertificate(certPem: string, caCertPem: string, opts: 
   }
   if (isCaCertificate(parsed)) throw new VertexError('CertificateInvalid', `${context}: is a ca certificate, not a user certificate`);
   if (who === null) throw new VertexError('CertificateInvalid', `${context}: has no q2q: URI in its subject alternative name`);
+  // A domain CA vouches for its own users only, whatever else it signed.
+  if (domainOf(who.toLowerCase()) !== caName.toLowerCase()) {
+    throw new VertexError('CertificateInvalid', `${context}: the ca of ${caName} cannot vouch for an address in another domain`);
+  }
   if (opts.expectedAddress !== undefined && who.toLowerCase() !== opts.expectedAddress.toLowerCase()) {
     throw new VertexError('CertificateInvalid', `${context}: names ${who}, expected ${opts.expectedAddress.toLowerCase()}`);
   }

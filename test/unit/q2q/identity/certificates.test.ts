@@ -219,11 +219,20 @@ describe('issueUserCertificate', () => {
     );
   });
 
+  it('refuses to issue for an address outside the CA domain', async () => {
+    const { privateKeyPem } = await generateKeyPair();
+    const csrPem = await createCsr('alice@other.test', privateKeyPem);
+    await expectCode(
+      issueUserCertificate({ caCertPem: ca.certPem, caKeyPem: ca.keyPem, csrPem, expectedAddress: 'alice@other.test', lifetimeMs: DAY }),
+      'BadCertificateRequest',
+    );
+  });
+
   it('refuses a CSR whose signature does not verify', async () => {
     const { privateKeyPem } = await generateKeyPair();
     const der = pemToDer(await createCsr(ALICE, privateKeyPem));
     // The last bytes are the ECDSA signature's s value; changing one keeps the DER readable.
-    der[der.length - 2] ^= 0x01;
+    der.writeUInt8(der.readUInt8(der.length - 2) ^ 0x01, der.length - 2);
     await expectCode(
       issueUserCertificate({
         caCertPem: ca.certPem,
@@ -332,6 +341,28 @@ describe('verifyUserCertificate', () => {
     await expectCode(() => verifyUserCertificate(ca.certPem, ca.certPem, {}), 'CertificateInvalid');
     await expectCode(() => verifyUserCertificate('garbage', ca.certPem, {}), 'CertificateInvalid');
     await expectCode(() => verifyUserCertificate(alice.certPem, 'garbage', {}), 'CertificateInvalid');
+  });
+
+  it('refuses a certificate the CA signed for an address in another domain', async () => {
+    const signer = await importSigningKeys(ca.keyPem);
+    const { privateKeyPem } = await generateKeyPair();
+    const subjectKey = await importSigningKeys(privateKeyPem);
+    const cert = await x509.X509CertificateGenerator.create({
+      subject: [{ CN: ['alice@other.test'] }],
+      issuer: new x509.X509Certificate(ca.certPem).subjectName,
+      notBefore: new Date(Date.now() - DAY),
+      notAfter: new Date(Date.now() + DAY),
+      publicKey: subjectKey.keys.publicKey,
+      signingKey: signer.keys.privateKey,
+      signingAlgorithm: signer.signingAlgorithm,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'q2q:alice@other.test' }]),
+      ],
+    });
+    const pem = cert.toString('pem');
+    expect(new crypto.X509Certificate(pem).checkIssued(new crypto.X509Certificate(ca.certPem))).toBe(true);
+    await expectCode(() => verifyUserCertificate(pem, ca.certPem, {}), 'CertificateInvalid');
   });
 
   it('refuses a user certificate used as the CA', async () => {
