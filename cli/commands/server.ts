@@ -1,0 +1,246 @@
+/**
+ * `vertex server`: run the identity server, or administer its data
+ * directory (add-user, remove-user, revoke, invite, list-users).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { formatAddress, parseAddress, parseDomain } from '../../q2q/address';
+import { vertexError } from '../../q2q/errors';
+import { loadServerConfig, parseHostPort, parseDuration, type ServerConfig } from '../../config/load';
+import { SERVER_DEFAULTS } from '../../config/defaults';
+import { IdentityServer, DATABASE_FILE, type IdentityServerOptions } from '../../server/identity-server';
+import { caDir } from '../../server/ca-store';
+import { SqliteAccountStore } from '../../server/store/sqlite-store';
+import { hashPassword } from '../../server/password';
+import { INVITE_LIFETIME_MS, newInviteCode, validatePassword } from '../../server/account-service';
+import { createLogger } from '../logger';
+import type { GlobalArgs } from '../context';
+import { printResult } from '../output';
+import { readPassword } from '../password-input';
+
+interface ServerArgs extends GlobalArgs {
+  config?: string;
+  domain?: string[];
+  listen?: string;
+  data?: string;
+  publicAddress?: string;
+  registration?: 'open' | 'invite' | 'closed';
+}
+
+export function readConfigFile(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw vertexError('Config', `${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, err);
+  }
+}
+
+/** The config file (if any), then command-line flags on top. */
+export function resolveServerConfig(args: ServerArgs): ServerConfig {
+  const base: ServerConfig = args.config ? loadServerConfig(readConfigFile(args.config), args.config) : SERVER_DEFAULTS;
+  const domains = args.domain?.length ? args.domain.map(parseDomain) : base.domains;
+  return {
+    ...base,
+    domains,
+    listen: args.listen ? parseHostPort(args.listen) : base.listen,
+    dataDir: args.data ? path.resolve(args.data) : base.dataDir,
+    publicAddress: args.publicAddress ?? base.publicAddress,
+    registration: args.registration ?? base.registration,
+  };
+}
+
+export function identityServerOptions(config: ServerConfig): Omit<IdentityServerOptions, 'log'> {
+  if (config.domains.length === 0) {
+    throw vertexError('Usage', 'no domain to serve: give --domain DOMAIN or a --config file with domains:');
+  }
+  return {
+    domains: config.domains,
+    listen: config.listen,
+    dataDir: config.dataDir,
+    registration: config.registration,
+    certificateLifetimeMs: config.certificateLifetimeMs,
+    limits: {
+      maxConnections: config.limits.maxConnections,
+      handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
+      maxBoxBytes: config.limits.maxBoxBytes,
+    },
+  };
+}
+
+function serverOptions(y: Argv): Argv<ServerArgs> {
+  return y
+    .option('config', { type: 'string', describe: 'server.yaml (see config/server.example.yaml)' })
+    .option('domain', { type: 'string', array: true, describe: 'a domain to serve (repeatable)' })
+    .option('listen', { type: 'string', describe: 'HOST:PORT for TCP and UDP [0.0.0.0:8788]' })
+    .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
+    .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
+    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register [open]' }) as unknown as Argv<ServerArgs>;
+}
+
+/** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */
+export async function runServer(config: ServerConfig, logLevel: string | undefined): Promise<IdentityServer> {
+  const log = createLogger({ level: logLevel ?? config.log.level }).child({ component: 'server' });
+  const server = new IdentityServer({ ...identityServerOptions(config), log });
+  let bound;
+  try {
+    bound = await server.start();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
+      throw vertexError('Usage', `listen on ${config.listen.host}:${config.listen.port}: ${e.code === 'EADDRINUSE' ? 'address already in use' : 'permission denied'}; choose another with --listen`, err);
+    }
+    throw err;
+  }
+  process.stdout.write(`vertex server: listening on ${bound.host}:${bound.port} (tcp+udp) for ${config.domains.join(', ')}; data in ${config.dataDir}\n`);
+  return server;
+}
+
+export function stopOnSignals(stop: () => Promise<void>): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    process.stdout.write(`vertex: ${signal}, stopping\n`);
+    stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+}
+
+interface AdminArgs extends ServerArgs {
+  address?: string;
+  serial?: string;
+  passwordStdin?: boolean;
+  passwordFile?: string;
+  expires?: string;
+}
+
+function openStore(args: AdminArgs): { store: SqliteAccountStore; config: ServerConfig } {
+  const config = resolveServerConfig(args);
+  const file = path.join(config.dataDir, DATABASE_FILE);
+  if (!fs.existsSync(file)) {
+    throw vertexError('Usage', `no server data in ${config.dataDir}: start \`vertex server\` there first, or pass --data DIR`);
+  }
+  return { store: new SqliteAccountStore(file), config };
+}
+
+function requireServedDomain(config: ServerConfig, domain: string): void {
+  if (!fs.existsSync(caDir(config.dataDir, domain))) {
+    throw vertexError('UnknownDomain', `${config.dataDir} has no CA for ${domain}; start the server with --domain ${domain} first`);
+  }
+}
+
+const addUser: CommandModule<GlobalArgs, AdminArgs> = {
+  command: 'add-user <address>',
+  describe: 'create an account (the user then runs `vertex login`)',
+  builder: (y) => serverOptions(y)
+    .positional('address', { type: 'string', demandOption: true })
+    .option('password-stdin', { type: 'boolean' })
+    .option('password-file', { type: 'string' }) as Argv<AdminArgs>,
+  handler: async (args) => {
+    const address = parseAddress(args.address ?? '');
+    const name = formatAddress(address);
+    const { store, config } = openStore(args);
+    try {
+      requireServedDomain(config, address.domain);
+      const password = await readPassword(args, { confirm: true, what: name });
+      validatePassword(password, `add-user ${name}`);
+      store.createAccount(address.domain, address.user, await hashPassword(password));
+    } finally {
+      store.close();
+    }
+    printResult(args.json, `added ${name}`, { address: name });
+  },
+};
+
+const removeUser: CommandModule<GlobalArgs, AdminArgs> = {
+  command: 'remove-user <address>',
+  describe: 'delete an account and revoke its certificates',
+  builder: (y) => serverOptions(y).positional('address', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
+  handler: (args) => {
+    const address = parseAddress(args.address ?? '');
+    const name = formatAddress(address);
+    const { store } = openStore(args);
+    try {
+      if (!store.removeAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `remove-user ${name}: no such account`);
+    } finally {
+      store.close();
+    }
+    printResult(args.json, `removed ${name}; its certificates are revoked`, { address: name });
+  },
+};
+
+const revoke: CommandModule<GlobalArgs, AdminArgs> = {
+  command: 'revoke <serial>',
+  describe: 'revoke a certificate by serial number (hex)',
+  builder: (y) => serverOptions(y).positional('serial', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
+  handler: (args) => {
+    const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '');
+    if (!/^[0-9a-f]{1,64}$/.test(serial)) throw vertexError('Usage', `revoke ${args.serial}: a serial is hexadecimal, as printed by register and login`);
+    const { store } = openStore(args);
+    try {
+      if (!store.revokeCertificate(serial)) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
+    } finally {
+      store.close();
+    }
+    printResult(args.json, `revoked ${serial}`, { serial });
+  },
+};
+
+const invite: CommandModule<GlobalArgs, AdminArgs> = {
+  command: 'invite',
+  describe: 'print a one-time invitation code for `vertex register --invite`',
+  builder: (y) => serverOptions(y).option('expires', { type: 'string', describe: 'lifetime, e.g. 7d, 12h [7d]' }) as Argv<AdminArgs>,
+  handler: (args) => {
+    const { store, config } = openStore(args);
+    const domain = config.domains[0];
+    if (!domain || (args.domain?.length ?? 0) > 1) {
+      store.close();
+      throw vertexError('Usage', 'invite: name exactly one --domain');
+    }
+    const lifetime = args.expires ? parseDuration(args.expires) : INVITE_LIFETIME_MS;
+    const code = newInviteCode();
+    const expiresAt = Date.now() + lifetime;
+    try {
+      requireServedDomain(config, domain);
+      store.createInvite(domain, code, expiresAt);
+    } finally {
+      store.close();
+    }
+    printResult(args.json, code, { domain, code, expiresAt: new Date(expiresAt).toISOString() });
+  },
+};
+
+const listUsers: CommandModule<GlobalArgs, AdminArgs> = {
+  command: 'list-users',
+  describe: 'list accounts',
+  builder: (y) => serverOptions(y),
+  handler: (args) => {
+    const { store } = openStore(args);
+    try {
+      const accounts = store.listAccounts(args.domain?.[0]);
+      const rows = accounts.map((a) => ({ address: `${a.user}@${a.domain}`, created: new Date(a.createdAt).toISOString() }));
+      printResult(args.json, rows.map((r) => `${r.address}\t${r.created}`).join('\n') || '(no accounts)', rows);
+    } finally {
+      store.close();
+    }
+  },
+};
+
+const run: CommandModule<GlobalArgs, ServerArgs> = {
+  command: '$0',
+  describe: 'run the identity server',
+  builder: serverOptions,
+  handler: async (args) => {
+    const server = await runServer(resolveServerConfig(args), args.logLevel);
+    stopOnSignals(() => server.stop());
+  },
+};
+
+export const serverCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'server',
+  describe: 'run the identity server, or administer its data (add-user, remove-user, revoke, invite, list-users)',
+  builder: (y) => y.command(addUser).command(removeUser).command(revoke).command(invite).command(listUsers).command(run),
+  handler: () => undefined,
+};

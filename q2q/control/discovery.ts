@@ -1,0 +1,43 @@
+/**
+ * Finding a domain's identity server: an explicit override (`--resolve`,
+ * `domains:` in agent.yaml) first, then SRV `_q2q._tcp.<domain>`, then the
+ * domain's own address on the default port.
+ */
+import { promises as dns } from 'node:dns';
+import { DEFAULT_SERVER_PORT } from './protocol';
+
+export interface ServerEndpoint {
+  host: string;
+  port: number;
+}
+
+export type ServerResolver = (domain: string) => Promise<ServerEndpoint[]>;
+
+export interface ResolverOptions {
+  overrides?: ReadonlyMap<string, ServerEndpoint> | Record<string, ServerEndpoint>;
+  /** Injected for tests; defaults to node:dns. */
+  resolveSrv?: (name: string) => Promise<Array<{ name: string; port: number; priority: number; weight: number }>>;
+}
+
+export function createServerResolver(opts: ResolverOptions = {}): ServerResolver {
+  const overrides = opts.overrides instanceof Map
+    ? opts.overrides
+    : new Map(Object.entries(opts.overrides ?? {}));
+  const resolveSrv = opts.resolveSrv ?? ((name: string) => dns.resolveSrv(name));
+  return async (domain) => {
+    const key = domain.toLowerCase();
+    const override = overrides.get(key);
+    if (override) return [override];
+    try {
+      const records = await resolveSrv(`_q2q._tcp.${key}`);
+      if (records.length > 0) {
+        return [...records]
+          .sort((a, b) => a.priority - b.priority || b.weight - a.weight)
+          .map((r) => ({ host: r.name, port: r.port }));
+      }
+    } catch {
+      // No SRV record (ENOTFOUND/ENODATA) is the common case: fall through.
+    }
+    return [{ host: key, port: DEFAULT_SERVER_PORT }];
+  };
+}

@@ -1,0 +1,124 @@
+/**
+ * The client side of a control connection: TLS 1.3 to a domain's identity
+ * server, the domain CA pinned on first use (the server's TLS certificate is
+ * the CA itself), then `hello` with the protocol version.
+ */
+import * as tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { asVertexError, vertexError, VertexError } from '../errors';
+import type { AmpArgs, AmpPeer } from '../proto/amp-peer';
+import { attachAmp } from '../transport/amp-connection';
+import type { Logger } from '../util/log';
+import { silentLogger } from '../util/log';
+import { describeCertificate } from '../identity';
+import type { ServerEndpoint, ServerResolver } from './discovery';
+import { COMMANDS, PROTOCOL_VERSION } from './protocol';
+
+/** Decides whether a domain CA is trusted; throws CaChanged when a pin does not match. */
+export interface CaTrust {
+  pinDomainCa(domain: string, caCertPem: string): 'new' | 'match';
+}
+
+export interface ClientCredentials {
+  keyPem: string;
+  certPem: string;
+}
+
+export interface ServerConnectionOptions {
+  domain: string;
+  resolve: ServerResolver;
+  trust: CaTrust;
+  credentials?: ClientCredentials;
+  connectTimeoutMs?: number;
+  log?: Logger;
+}
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+export class ServerConnection {
+  constructor(
+    readonly domain: string,
+    readonly endpoint: ServerEndpoint,
+    readonly socket: tls.TLSSocket,
+    readonly peer: AmpPeer,
+    readonly caPem: string,
+    readonly serverSoftware: string,
+  ) {}
+
+  call(command: string, args: AmpArgs = {}, opts?: { timeoutMs?: number }): Promise<AmpArgs> {
+    return this.peer.call(command, args, opts);
+  }
+
+  close(): void {
+    this.peer.close();
+    this.socket.end();
+    this.socket.destroySoon?.();
+  }
+}
+
+function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: endpoint.host,
+      port: endpoint.port,
+      // SNI picks the domain's CA on a server that serves several domains.
+      servername: domain,
+      minVersion: 'TLSv1.3',
+      // The chain is checked below against the pinned CA, not a public root store.
+      rejectUnauthorized: false,
+      ...(credentials ? { key: credentials.keyPem, cert: credentials.certPem } : {}),
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(vertexError('Timeout', `connect to ${domain} server at ${endpoint.host}:${endpoint.port}: no TLS handshake after ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(vertexError('ServerUnavailable', `connect to ${domain} server at ${endpoint.host}:${endpoint.port}: ${err.code ?? err.message}`, err));
+    });
+  });
+}
+
+function checkServerCa(domain: string, cert: X509Certificate | undefined): string {
+  if (!cert) throw vertexError('CertificateInvalid', `${domain} server presented no certificate`);
+  const pem = cert.toString();
+  const info = describeCertificate(pem);
+  if (!info.isCa || info.subjectCn.toLowerCase() !== domain || !cert.checkIssued(cert) || !cert.verify(cert.publicKey)) {
+    throw vertexError('CertificateInvalid', `${domain} server presented a certificate that is not the self-signed CA of ${domain} (subject "${info.subjectCn}")`);
+  }
+  return pem;
+}
+
+export async function openServerConnection(opts: ServerConnectionOptions): Promise<ServerConnection> {
+  const domain = opts.domain.toLowerCase();
+  const log = opts.log ?? silentLogger;
+  const timeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const endpoints = await opts.resolve(domain);
+  let lastError: VertexError = vertexError('ServerUnavailable', `no server address found for ${domain}`);
+  for (const endpoint of endpoints) {
+    let socket: tls.TLSSocket;
+    try {
+      socket = await connectTls(endpoint, domain, opts.credentials, timeoutMs);
+    } catch (err) {
+      lastError = asVertexError(err, 'ServerUnavailable');
+      log.debug({ domain, endpoint, reason: lastError.message }, 'server endpoint failed');
+      continue;
+    }
+    try {
+      const caPem = checkServerCa(domain, socket.getPeerX509Certificate());
+      opts.trust.pinDomainCa(domain, caPem);
+      const peer = attachAmp(socket, { log, defaultTimeoutMs: timeoutMs });
+      const hello = await peer.call(COMMANDS.hello, { version: PROTOCOL_VERSION });
+      return new ServerConnection(domain, endpoint, socket, peer, caPem, hello.software ?? 'unknown');
+    } catch (err) {
+      socket.destroy();
+      throw asVertexError(err, 'ServerUnavailable', `connect to ${domain} server`);
+    }
+  }
+  throw lastError;
+}

@@ -1,0 +1,190 @@
+/**
+ * Accounts and certificates: registration (open | invite | closed), password
+ * logins that issue a certificate, renewal, and checking the certificates
+ * clients present. Pure policy over an AccountStore and the domain CAs; no
+ * sockets.
+ */
+import { randomBytes } from 'node:crypto';
+import { parseAddress, formatAddress } from '../q2q/address';
+import { vertexError } from '../q2q/errors';
+import { describeCertificate, issueUserCertificate, verifyUserCertificate } from '../q2q/identity';
+import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, MAX_PEM_LENGTH } from '../q2q/control/protocol';
+import type { Logger } from '../q2q/util/log';
+import type { AccountStore } from './store/account-store';
+import type { DomainCa } from './ca-store';
+import { DUMMY_PASSWORD_HASH, hashPassword, verifyPassword } from './password';
+import { PasswordRateLimiter } from './rate-limiter';
+
+export type RegistrationMode = 'open' | 'invite' | 'closed';
+
+export const INVITE_LIFETIME_MS = 7 * 24 * 3600 * 1000;
+
+export interface AccountServiceOptions {
+  store: AccountStore;
+  cas: Map<string, DomainCa>;
+  registration: RegistrationMode;
+  certificateLifetimeMs: number;
+  log: Logger;
+  now?: () => number;
+  rateLimiter?: PasswordRateLimiter;
+}
+
+export interface IssuedIdentity {
+  certPem: string;
+  caPem: string;
+  serial: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export function validatePassword(password: string, context: string): void {
+  if (password.length < MIN_PASSWORD_LENGTH) {
+    throw vertexError('BadRequest', `${context}: password too short; use at least ${MIN_PASSWORD_LENGTH} characters`);
+  }
+  if (password.length > MAX_PASSWORD_LENGTH) {
+    throw vertexError('BadRequest', `${context}: password longer than ${MAX_PASSWORD_LENGTH} characters`);
+  }
+}
+
+export function newInviteCode(): string {
+  return randomBytes(12).toString('base64url');
+}
+
+export class AccountService {
+  readonly #store: AccountStore;
+  readonly #cas: Map<string, DomainCa>;
+  readonly #registration: RegistrationMode;
+  readonly #lifetimeMs: number;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #limiter: PasswordRateLimiter;
+
+  constructor(opts: AccountServiceOptions) {
+    this.#store = opts.store;
+    this.#cas = opts.cas;
+    this.#registration = opts.registration;
+    this.#lifetimeMs = opts.certificateLifetimeMs;
+    this.#log = opts.log;
+    this.#now = opts.now ?? Date.now;
+    this.#limiter = opts.rateLimiter ?? new PasswordRateLimiter({ now: this.#now });
+  }
+
+  get domains(): string[] {
+    return [...this.#cas.keys()];
+  }
+
+  caFor(domain: string): DomainCa {
+    const ca = this.#cas.get(domain.toLowerCase());
+    if (!ca) {
+      throw vertexError('UnknownDomain', `this server does not serve ${domain}; it serves ${this.domains.join(', ')}`);
+    }
+    return ca;
+  }
+
+  async register(req: { address: string; password: string; csrPem: string; invite?: string; sourceAddress: string }): Promise<IssuedIdentity> {
+    const address = parseAddress(req.address);
+    const name = formatAddress(address);
+    this.caFor(address.domain);
+    validatePassword(req.password, `register ${name}`);
+    this.#checkPemSize(req.csrPem, 'register');
+    switch (this.#registration) {
+      case 'closed':
+        throw vertexError('RegistrationClosed', `register ${name}: this server does not accept registrations; ask its operator to run \`vertex server add-user ${name}\``);
+      case 'invite':
+        if (!req.invite) throw vertexError('BadInvite', `register ${name}: this server needs an invitation code (--invite CODE)`);
+        break;
+      case 'open':
+        break;
+      default: {
+        const never: never = this.#registration;
+        throw new Error(`unknown registration mode ${String(never)}`);
+      }
+    }
+    if (this.#store.getAccount(address.domain, address.user)) {
+      throw vertexError('NameTaken', `register ${name}: the name is taken; choose another or use \`vertex login ${name}\``);
+    }
+    // Check the CSR before the account exists, so a bad request leaves nothing behind.
+    const issued = await this.#issue(name, req.csrPem);
+    if (this.#registration === 'invite' && !this.#store.consumeInvite(address.domain, req.invite ?? '', this.#now())) {
+      throw vertexError('BadInvite', `register ${name}: the invitation code is unknown, used or expired`);
+    }
+    this.#store.createAccount(address.domain, address.user, await hashPassword(req.password));
+    this.#record(name, issued);
+    this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'account registered');
+    return issued;
+  }
+
+  async signWithPassword(req: { address: string; password: string; csrPem: string; sourceAddress: string }): Promise<IssuedIdentity> {
+    const address = parseAddress(req.address);
+    const name = formatAddress(address);
+    this.caFor(address.domain);
+    this.#checkPemSize(req.csrPem, 'sign');
+    if (req.password.length > MAX_PASSWORD_LENGTH) throw vertexError('BadPassword', `sign ${name}: wrong password`);
+    this.#limiter.check(name, req.sourceAddress);
+    const account = this.#store.getAccount(address.domain, address.user);
+    const ok = await verifyPassword(req.password, account?.passwordHash ?? DUMMY_PASSWORD_HASH);
+    if (!account) {
+      this.#limiter.recordFailure(name, req.sourceAddress);
+      throw vertexError('NoSuchUser', `sign ${name}: no such account on this server`);
+    }
+    if (!ok) {
+      this.#limiter.recordFailure(name, req.sourceAddress);
+      this.#log.warn({ address: name, source: req.sourceAddress }, 'wrong password');
+      throw vertexError('BadPassword', `sign ${name}: wrong password`);
+    }
+    this.#limiter.recordSuccess(name);
+    const issued = await this.#issue(name, req.csrPem);
+    this.#record(name, issued);
+    this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'certificate issued');
+    return issued;
+  }
+
+  async renew(name: string, csrPem: string): Promise<IssuedIdentity> {
+    this.#checkPemSize(csrPem, 'renew');
+    const address = parseAddress(name);
+    if (!this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `renew ${name}: the account was removed`);
+    const issued = await this.#issue(name, csrPem);
+    this.#record(name, issued);
+    this.#log.info({ address: name, serial: issued.serial }, 'certificate renewed');
+    return issued;
+  }
+
+  /**
+   * Checks a certificate a client presented in TLS: issued by one of our CAs,
+   * in date, for an existing account, not revoked. Returns the address it names.
+   */
+  authenticateCertificate(certPem: string): string {
+    const info = describeCertificate(certPem);
+    const ca = this.#cas.get(info.issuerCn.toLowerCase());
+    if (!ca) throw vertexError('CertificateInvalid', `client certificate issued by "${info.issuerCn}", which this server does not serve`);
+    verifyUserCertificate(certPem, ca.certPem, { now: new Date(this.#now()) });
+    const name = info.q2qAddress ?? '';
+    const address = parseAddress(name);
+    const record = this.#store.getCertificate(info.serial);
+    if (!record) throw vertexError('CertificateInvalid', `client certificate ${info.serial} was not issued by this server`);
+    if (record.revokedAt !== null) throw vertexError('CertificateRevoked', `client certificate ${info.serial} for ${name} is revoked`);
+    if (!this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `client certificate names ${name}, which no longer exists`);
+    return formatAddress(address);
+  }
+
+  #checkPemSize(pem: string, command: string): void {
+    if (pem.length > MAX_PEM_LENGTH) throw vertexError('BadRequest', `${command}: certificate request larger than ${MAX_PEM_LENGTH} bytes`);
+  }
+
+  async #issue(name: string, csrPem: string): Promise<IssuedIdentity> {
+    const ca = this.caFor(parseAddress(name).domain);
+    const cert = await issueUserCertificate({
+      caCertPem: ca.certPem, caKeyPem: ca.keyPem, csrPem, expectedAddress: name,
+      lifetimeMs: this.#lifetimeMs, now: new Date(this.#now()),
+    });
+    return { certPem: cert.certPem, caPem: ca.certPem, serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter };
+  }
+
+  #record(name: string, issued: IssuedIdentity): void {
+    const address = parseAddress(name);
+    this.#store.recordCertificate({
+      serial: issued.serial, domain: address.domain, user: address.user,
+      notBefore: issued.notBefore.getTime(), notAfter: issued.notAfter.getTime(),
+    });
+  }
+}

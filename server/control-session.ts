@@ -1,0 +1,112 @@
+/**
+ * One control connection to the identity server: TLS already established,
+ * AMP on top. Requires `hello` first, then serves the account commands.
+ * Request-level errors are answered with `_error` and never drop the
+ * connection (AmpPeer does that); framing errors drop only this connection.
+ */
+import type { TLSSocket } from 'node:tls';
+import { attachAmp } from '../q2q/transport/amp-connection';
+import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
+import { vertexError } from '../q2q/errors';
+import { COMMANDS, PROTOCOL_VERSION, SOFTWARE } from '../q2q/control/protocol';
+import type { Logger } from '../q2q/util/log';
+import type { AccountService } from './account-service';
+
+export interface SessionContext {
+  /** The remote IP, for rate limiting and logs. */
+  remoteAddress: string;
+  remotePort: number;
+  /** Set when the client presented a valid certificate of a served domain. */
+  authenticatedAs: string | null;
+}
+
+export interface ControlSessionOptions {
+  socket: TLSSocket;
+  context: SessionContext;
+  accounts: AccountService;
+  log: Logger;
+  maxBoxBytes: number;
+  helloTimeoutMs: number;
+}
+
+function requireArg(args: AmpArgs, name: string, command: string): string {
+  const value = args[name];
+  if (value === undefined || value === '') throw vertexError('BadRequest', `${command}: missing argument "${name}"`);
+  return value;
+}
+
+export class ControlSession {
+  readonly peer: AmpPeer;
+  readonly context: SessionContext;
+  #helloDone = false;
+  readonly #helloTimer: NodeJS.Timeout;
+
+  constructor(opts: ControlSessionOptions) {
+    const { socket, context, accounts, log } = opts;
+    this.context = context;
+    this.peer = attachAmp(socket, { log, limits: { maxBoxBytes: opts.maxBoxBytes } });
+    this.#helloTimer = setTimeout(() => {
+      if (!this.#helloDone) {
+        log.info('closing control connection: no hello in time');
+        socket.destroy();
+      }
+    }, opts.helloTimeoutMs);
+    this.#helloTimer.unref();
+    socket.once('close', () => clearTimeout(this.#helloTimer));
+
+    const afterHello = <T>(command: string, fn: (args: AmpArgs) => T) => (args: AmpArgs): T => {
+      if (!this.#helloDone) throw vertexError('ProtocolVersion', `${command}: send hello with version ${PROTOCOL_VERSION} first`);
+      return fn(args);
+    };
+
+    this.peer.handle(COMMANDS.hello, (args) => {
+      const version = args.version ?? '';
+      if (version !== PROTOCOL_VERSION) {
+        // Answer, then close: a peer on another version cannot use this connection.
+        setImmediate(() => socket.end());
+        throw vertexError('ProtocolVersion', `hello: protocol version "${version}" is not supported; this server speaks ${PROTOCOL_VERSION}`);
+      }
+      this.#helloDone = true;
+      clearTimeout(this.#helloTimer);
+      return { version: PROTOCOL_VERSION, software: SOFTWARE, ...(context.authenticatedAs ? { identity: context.authenticatedAs } : {}) };
+    });
+
+    this.peer.handle(COMMANDS.ping, afterHello(COMMANDS.ping, () => ({})));
+
+    this.peer.handle(COMMANDS.identify, afterHello(COMMANDS.identify, (args) => {
+      const domain = requireArg(args, 'domain', COMMANDS.identify);
+      return { ca: accounts.caFor(domain).certPem };
+    }));
+
+    this.peer.handle(COMMANDS.whoAmI, afterHello(COMMANDS.whoAmI, () => ({
+      host: context.remoteAddress, port: String(context.remotePort),
+    })));
+
+    this.peer.handle(COMMANDS.register, afterHello(COMMANDS.register, async (args) => {
+      const result = await accounts.register({
+        address: requireArg(args, 'address', COMMANDS.register),
+        password: requireArg(args, 'password', COMMANDS.register),
+        csrPem: requireArg(args, 'csr', COMMANDS.register),
+        invite: args.invite,
+        sourceAddress: context.remoteAddress,
+      });
+      return { certificate: result.certPem, ca: result.caPem };
+    }));
+
+    this.peer.handle(COMMANDS.sign, afterHello(COMMANDS.sign, async (args) => {
+      const result = await accounts.signWithPassword({
+        address: requireArg(args, 'address', COMMANDS.sign),
+        password: requireArg(args, 'password', COMMANDS.sign),
+        csrPem: requireArg(args, 'csr', COMMANDS.sign),
+        sourceAddress: context.remoteAddress,
+      });
+      return { certificate: result.certPem, ca: result.caPem };
+    }));
+
+    this.peer.handle(COMMANDS.renew, afterHello(COMMANDS.renew, async (args) => {
+      if (!context.authenticatedAs) throw vertexError('NotAllowed', 'renew: connect with your current certificate to renew it');
+      const result = await accounts.renew(context.authenticatedAs, requireArg(args, 'csr', COMMANDS.renew));
+      return { certificate: result.certPem, ca: result.caPem };
+    }));
+  }
+}

@@ -1,0 +1,178 @@
+/**
+ * The identity server for one or more domains: TLS 1.3 from the first byte
+ * on TCP (the certificate is the domain's CA, chosen by SNI), AMP control
+ * sessions on top, and who-am-i on UDP at the same port number.
+ */
+import * as dgram from 'node:dgram';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as tls from 'node:tls';
+import { asVertexError } from '../q2q/errors';
+import type { Logger } from '../q2q/util/log';
+import { silentLogger } from '../q2q/util/log';
+import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../q2q/wire/who-am-i';
+import { AccountService, type RegistrationMode } from './account-service';
+import { loadOrCreateCa, type DomainCa } from './ca-store';
+import { ControlSession } from './control-session';
+import type { AccountStore } from './store/account-store';
+import { SqliteAccountStore } from './store/sqlite-store';
+
+export interface IdentityServerOptions {
+  domains: string[];
+  listen: { host: string; port: number };
+  dataDir: string;
+  registration: RegistrationMode;
+  certificateLifetimeMs: number;
+  limits: { maxConnections: number; handshakeTimeoutMs: number; maxBoxBytes: number };
+  log?: Logger;
+}
+
+export const DATABASE_FILE = 'vertex.db';
+
+function plainAddress(address: string | undefined): string {
+  // Loopback and dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+  return (address ?? '').replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, '$1');
+}
+
+export class IdentityServer {
+  readonly #opts: IdentityServerOptions;
+  readonly #log: Logger;
+  #store: AccountStore | null = null;
+  #accounts: AccountService | null = null;
+  #tcp: tls.Server | null = null;
+  #udp: dgram.Socket | null = null;
+  readonly #sockets = new Set<net.Socket>();
+  readonly #sessions = new Set<ControlSession>();
+
+  constructor(opts: IdentityServerOptions) {
+    this.#opts = opts;
+    this.#log = opts.log ?? silentLogger;
+  }
+
+  get accounts(): AccountService {
+    if (!this.#accounts) throw new Error('identity server not started');
+    return this.#accounts;
+  }
+
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  async start(): Promise<{ host: string; port: number; createdCas: string[] }> {
+    const { dataDir, domains } = this.#opts;
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const cas = new Map<string, DomainCa>();
+    const createdCas: string[] = [];
+    for (const domain of domains) {
+      const { ca, created } = await loadOrCreateCa(dataDir, domain);
+      cas.set(domain, ca);
+      if (created) {
+        createdCas.push(domain);
+        this.#log.info({ domain, fingerprint: ca.fingerprint }, 'created domain CA');
+      }
+    }
+    this.#store = new SqliteAccountStore(path.join(dataDir, DATABASE_FILE));
+    this.#accounts = new AccountService({
+      store: this.#store, cas, registration: this.#opts.registration,
+      certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),
+    });
+
+    const contexts = new Map<string, tls.SecureContext>();
+    for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3' }));
+    const first = cas.values().next().value as DomainCa;
+    const tcp = tls.createServer({
+      key: first.keyPem,
+      cert: first.certPem,
+      minVersion: 'TLSv1.3',
+      // Clients without a certificate may still register or log in; which
+      // commands need one is decided per command.
+      requestCert: true,
+      rejectUnauthorized: false,
+      handshakeTimeout: this.#opts.limits.handshakeTimeoutMs,
+      SNICallback: (servername, cb) => cb(null, contexts.get(servername.toLowerCase()) ?? contexts.get(first.domain)),
+    });
+    tcp.maxConnections = this.#opts.limits.maxConnections;
+    tcp.on('connection', (socket: net.Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+    tcp.on('tlsClientError', (err, socket) => {
+      this.#log.info({ remote: plainAddress(socket.remoteAddress), reason: err.message }, 'tls handshake failed; connection closed');
+      socket.destroy();
+    });
+    tcp.on('secureConnection', (socket) => this.#onSecureConnection(socket));
+    tcp.on('error', (err) => this.#log.error({ err }, 'tcp listener error'));
+    this.#tcp = tcp;
+
+    const { host, port } = this.#opts.listen;
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(port, host, () => { tcp.off('error', reject); resolve(); });
+    });
+    const bound = tcp.address() as net.AddressInfo;
+    await this.#startUdp(host, bound.port);
+    this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
+    return { host, port: bound.port, createdCas };
+  }
+
+  async #startUdp(host: string, port: number): Promise<void> {
+    const type = net.isIPv6(host) ? 'udp6' : 'udp4';
+    const udp = dgram.createSocket({ type, reuseAddr: false });
+    udp.on('message', (msg, rinfo) => {
+      if (!isWhoAmIRequest(msg)) return;
+      const answer = encodeWhoAmIAnswer(requestNonce(msg), plainAddress(rinfo.address), rinfo.port);
+      udp.send(answer, rinfo.port, rinfo.address);
+    });
+    udp.on('error', (err) => this.#log.warn({ err: err.message }, 'udp socket error'));
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(port, host, () => { udp.off('error', reject); resolve(); });
+    });
+    this.#udp = udp;
+  }
+
+  #onSecureConnection(socket: tls.TLSSocket): void {
+    const remoteAddress = plainAddress(socket.remoteAddress);
+    const log = this.#log.child({ component: 'control', remote: `${remoteAddress}:${socket.remotePort}` });
+    let authenticatedAs: string | null = null;
+    const presented = socket.getPeerX509Certificate();
+    if (presented) {
+      try {
+        authenticatedAs = this.accounts.authenticateCertificate(presented.toString());
+      } catch (err) {
+        const e = asVertexError(err, 'CertificateInvalid');
+        log.warn({ code: e.code, reason: e.message }, 'client certificate refused; connection closed');
+        socket.destroy();
+        return;
+      }
+    }
+    socket.on('error', (err) => log.debug({ reason: err.message }, 'control socket error'));
+    const session = new ControlSession({
+      socket,
+      context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs },
+      accounts: this.accounts,
+      log,
+      maxBoxBytes: this.#opts.limits.maxBoxBytes,
+      helloTimeoutMs: this.#opts.limits.handshakeTimeoutMs,
+    });
+    this.#sessions.add(session);
+    socket.once('close', () => this.#sessions.delete(session));
+    log.debug({ identity: authenticatedAs }, 'control session open');
+  }
+
+  async stop(): Promise<void> {
+    const tcp = this.#tcp;
+    this.#tcp = null;
+    if (tcp) {
+      const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
+      for (const socket of this.#sockets) socket.destroy();
+      await closed;
+    }
+    const udp = this.#udp;
+    this.#udp = null;
+    if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));
+    this.#store?.close();
+    this.#store = null;
+  }
+}
