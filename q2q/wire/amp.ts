@@ -86,6 +86,9 @@ export function encodeBox(box: AmpBox | Record<string, string | Buffer>, limits?
     if (keyBytes.length > AMP_MAX_KEY_LENGTH) {
       throw vertexError('AmpEncode', `encode amp box: key length ${keyBytes.length} exceeds ${AMP_MAX_KEY_LENGTH}`);
     }
+    if (typeof rawValue !== 'string' && !Buffer.isBuffer(rawValue)) {
+      throw vertexError('AmpEncode', `encode amp box: value of ${JSON.stringify(key)} is a ${typeof rawValue}, not a string or Buffer`);
+    }
     const value = toBytes(rawValue);
     if (value.length > AMP_MAX_VALUE_LENGTH) {
       throw vertexError('AmpEncode', `encode amp box: value of ${JSON.stringify(key)} is ${value.length} bytes, exceeds ${AMP_MAX_VALUE_LENGTH}`);
