@@ -284,7 +284,7 @@ async function checkCsr(csrPem: string, address: string, context: string): Promi
 function q2qAddressOf(cert: x509.X509Certificate): string | null {
   for (const ext of cert.extensions) {
     if (ext.type !== OID.subjectAltName) continue;
-    const san = new x509.SubjectAlternativeNameExtension(ext.rawData);
+    const san = readExtension('subjectAltName', () => new x509.SubjectAlternativeNameExtension(ext.rawData));
     for (const name of san.names.items) {
       if (name.type === 'url' && name.value.toLowerCase().startsWith(Q2Q_URI_PREFIX)) {
         return name.value.slice(Q2Q_URI_PREFIX.length);
@@ -296,7 +296,16 @@ function q2qAddressOf(cert: x509.X509Certificate): string | null {
 
 function isCaCertificate(cert: x509.X509Certificate): boolean {
   const ext = cert.extensions.find((e) => e.type === OID.basicConstraints);
-  return ext !== undefined && new x509.BasicConstraintsExtension(ext.rawData).ca;
+  return ext !== undefined && readExtension('basicConstraints', () => new x509.BasicConstraintsExtension(ext.rawData)).ca;
+}
+
+/** Certificates come from peers; a malformed extension is their error, reported as CertificateInvalid. */
+function readExtension<T>(name: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    throw new VertexError('CertificateInvalid', `read certificate: unreadable ${name} extension`, { cause: err });
+  }
 }
 
 function parsePeculiar(pem: string, context: string): x509.X509Certificate {
