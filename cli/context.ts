@@ -9,7 +9,7 @@ import { createServerResolver, type ServerEndpoint, type ServerResolver } from '
 import { parseDomain } from '../q2q/address';
 import { vertexError } from '../q2q/errors';
 import type { Logger } from '../q2q/util/log';
-import { parseHostPort } from '../config/load';
+import { parseHostPort } from '../config/schema';
 import { createLogger } from './logger';
 
 export interface GlobalArgs {

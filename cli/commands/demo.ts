@@ -12,8 +12,8 @@ import { HomeStore } from '../../agent/home-store';
 import { registerAccount } from '../../q2q/control/accounts';
 import { createServerResolver } from '../../q2q/control/discovery';
 import { openServerConnection } from '../../q2q/control/server-connection';
-import { SERVER_DEFAULTS } from '../../config/defaults';
-import { parseHostPort } from '../../config/load';
+import { buildServerConfig } from '../../config/load';
+import { parseHostPort } from '../../config/schema';
 import type { GlobalArgs } from '../context';
 import { runServer, stopOnSignals } from './server';
 
@@ -43,13 +43,12 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
     const dataDir = path.resolve(args.data);
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const listen = parseHostPort(args.listen);
-    const server = await runServer({
-      ...SERVER_DEFAULTS,
+    const server = await runServer(buildServerConfig({
       domains: [DEMO_DOMAIN],
-      listen,
-      dataDir: path.join(dataDir, 'server'),
+      listen: args.listen,
+      data_dir: path.join(dataDir, 'server'),
       registration: 'open',
-    }, args.logLevel ?? 'warn');
+    }), args.logLevel ?? 'warn');
     stopOnSignals(() => server.stop());
 
     const address = `${DEMO_USER}@${DEMO_DOMAIN}`;

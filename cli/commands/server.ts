@@ -7,8 +7,9 @@ import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { formatAddress, parseAddress, parseDomain } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
-import { loadServerConfig, parseHostPort, parseDuration, type ServerConfig } from '../../config/load';
-import { SERVER_DEFAULTS } from '../../config/defaults';
+import { buildServerConfig, loadServerConfig, type ServerOverrides } from '../../config/load';
+import { parseDuration, type ServerConfig } from '../../config/schema';
+import { DEFAULTS } from '../../config/defaults';
 import { IdentityServer, DATABASE_FILE, type IdentityServerOptions } from '../../server/identity-server';
 import { caDir } from '../../server/ca-store';
 import { SqliteAccountStore } from '../../server/store/sqlite-store';
@@ -36,18 +37,31 @@ export function readConfigFile(file: string): string {
   }
 }
 
-/** The config file (if any), then command-line flags on top. */
-export function resolveServerConfig(args: ServerArgs): ServerConfig {
-  const base: ServerConfig = args.config ? loadServerConfig(readConfigFile(args.config), args.config) : SERVER_DEFAULTS;
-  const domains = args.domain?.length ? args.domain.map(parseDomain) : base.domains;
+function flagOverrides(args: ServerArgs): ServerOverrides {
   return {
-    ...base,
-    domains,
-    listen: args.listen ? parseHostPort(args.listen) : base.listen,
-    dataDir: args.data ? path.resolve(args.data) : base.dataDir,
-    publicAddress: args.publicAddress ?? base.publicAddress,
-    registration: args.registration ?? base.registration,
+    ...(args.domain?.length ? { domains: args.domain } : {}),
+    ...(args.listen ? { listen: args.listen } : {}),
+    ...(args.data ? { data_dir: args.data } : {}),
+    ...(args.publicAddress ? { public_address: args.publicAddress } : {}),
+    ...(args.registration ? { registration: args.registration } : {}),
   };
+}
+
+/** The config file (if any), then command-line flags on top; the loader validates both. */
+export function resolveServerConfig(args: ServerArgs): ServerConfig {
+  const overrides = flagOverrides(args);
+  return args.config
+    ? loadServerConfig(readConfigFile(args.config), args.config, { overrides })
+    : buildServerConfig(overrides);
+}
+
+/** Admin commands need only the data directory (and sometimes a domain), not a full server config. */
+function resolveDataDir(args: ServerArgs): { dataDir: string; domains: readonly string[] } {
+  if (args.config) {
+    const config = resolveServerConfig(args);
+    return { dataDir: path.resolve(config.dataDir), domains: config.domains };
+  }
+  return { dataDir: path.resolve(args.data ?? DEFAULTS.server.data_dir), domains: (args.domain ?? []).map(parseDomain) };
 }
 
 export function identityServerOptions(config: ServerConfig): Omit<IdentityServerOptions, 'log'> {
@@ -55,9 +69,9 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     throw vertexError('Usage', 'no domain to serve: give --domain DOMAIN or a --config file with domains:');
   }
   return {
-    domains: config.domains,
+    domains: [...config.domains],
     listen: config.listen,
-    dataDir: config.dataDir,
+    dataDir: path.resolve(config.dataDir),
     registration: config.registration,
     certificateLifetimeMs: config.certificateLifetimeMs,
     limits: {
@@ -116,8 +130,8 @@ interface AdminArgs extends ServerArgs {
   expires?: string;
 }
 
-function openStore(args: AdminArgs): { store: SqliteAccountStore; config: ServerConfig } {
-  const config = resolveServerConfig(args);
+function openStore(args: AdminArgs): { store: SqliteAccountStore; config: { dataDir: string; domains: readonly string[] } } {
+  const config = resolveDataDir(args);
   const file = path.join(config.dataDir, DATABASE_FILE);
   if (!fs.existsSync(file)) {
     throw vertexError('Usage', `no server data in ${config.dataDir}: start \`vertex server\` there first, or pass --data DIR`);
@@ -125,7 +139,7 @@ function openStore(args: AdminArgs): { store: SqliteAccountStore; config: Server
   return { store: new SqliteAccountStore(file), config };
 }
 
-function requireServedDomain(config: ServerConfig, domain: string): void {
+function requireServedDomain(config: { dataDir: string }, domain: string): void {
   if (!fs.existsSync(caDir(config.dataDir, domain))) {
     throw vertexError('UnknownDomain', `${config.dataDir} has no CA for ${domain}; start the server with --domain ${domain} first`);
   }
