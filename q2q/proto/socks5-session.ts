@@ -167,12 +167,15 @@ export class Socks5Session {
   }
 
   /**
-   * The client sent FIN. During the handshake it can never finish its
-   * request, so close now instead of holding a half-open socket until the
-   * timer; afterwards the driver's pipe carries the end to the tunnel.
+   * The client sent FIN before the tunnel existed. During the handshake it
+   * can never finish its request. While the dial runs, a FIN cannot be told
+   * apart from a client that left: browsers cancel a request by closing,
+   * which is a FIN too. So both close, which also aborts the dial, instead of
+   * keeping a half-open socket and a tunnel nobody will use. Once
+   * established, the driver's pipe carries the end to the tunnel.
    */
   clientEnded(): Socks5Action[] {
-    if (!this.inHandshake) return [];
+    if (!this.inHandshake && this.#state !== 'connecting') return [];
     return [this.#close('client-ended', `client ended in state ${this.#state}`)];
   }
 

@@ -240,12 +240,23 @@ describe('socks5 session timers and half-close', () => {
     expect(s.state).toBe('connecting');
   });
 
-  it('closes when the client ends during the handshake, not after', () => {
+  it('closes when the client ends during the handshake', () => {
     const s = new Socks5Session({ auth: 'none' });
     s.receive(GREET_NOAUTH);
     expect(closeOf(s.clientEnded())?.reason).toBe('client-ended');
-    const c = connecting();
-    expect(c.clientEnded()).toEqual([]);
+  });
+
+  it('closes when the client ends while the dial runs, so a late tunnel is refused', () => {
+    const s = connecting();
+    expect(closeOf(s.clientEnded())?.reason).toBe('client-ended');
+    expect(s.connectSucceeded()).toEqual([]);
+  });
+
+  it('leaves the end to the pipe once established', () => {
+    const s = connecting();
+    s.connectSucceeded();
+    expect(s.clientEnded()).toEqual([]);
+    expect(s.state).toBe('established');
   });
 });
 
