@@ -10,7 +10,7 @@ import type { AmpArgs, AmpPeer } from '../proto/amp-peer';
 import { attachAmp } from '../transport/amp-connection';
 import type { Logger } from '../util/log';
 import { silentLogger } from '../util/log';
-import { describeCertificate } from '../identity';
+import { checkDomainCaCertificate } from '../identity';
 import type { ServerEndpoint, ServerResolver } from './discovery';
 import { COMMANDS, PROTOCOL_VERSION } from './protocol';
 
@@ -87,10 +87,7 @@ function connectTls(endpoint: ServerEndpoint, domain: string, credentials: Clien
 function checkServerCa(domain: string, cert: X509Certificate | undefined): string {
   if (!cert) throw vertexError('CertificateInvalid', `${domain} server presented no certificate`);
   const pem = cert.toString();
-  const info = describeCertificate(pem);
-  if (!info.isCa || info.subjectCn.toLowerCase() !== domain || !cert.checkIssued(cert) || !cert.verify(cert.publicKey)) {
-    throw vertexError('CertificateInvalid', `${domain} server presented a certificate that is not the self-signed CA of ${domain} (subject "${info.subjectCn}")`);
-  }
+  checkDomainCaCertificate(domain, pem);
   return pem;
 }
 

@@ -18,7 +18,6 @@
  *  18  2  port, uint16 BE
  *  20 4|16 address bytes
  */
-import { isIPv4, isIPv6 } from 'node:net';
 import { vertexError } from '../errors';
 
 export const WHO_AM_I_VERSION = 1;
@@ -32,6 +31,15 @@ export interface WhoAmIAnswer {
   nonce: Buffer;
   address: string;
   port: number;
+}
+
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
+const IPV6_RE = /^[0-9a-f:]+(:\d+\.\d+\.\d+\.\d+)?$/i;
+
+function addressFamily(address: string): 4 | 6 | 0 {
+  if (IPV4_RE.test(address)) return 4;
+  if (address.includes(':') && IPV6_RE.test(address) && (address.match(/::/g) ?? []).length <= 1) return 6;
+  return 0;
 }
 
 export function isWhoAmIRequest(buf: Buffer): boolean {
@@ -79,7 +87,7 @@ function ipv6Bytes(address: string): Buffer {
 }
 
 export function encodeWhoAmIAnswer(nonce: Buffer, address: string, port: number): Buffer {
-  const family = isIPv4(address) ? 4 : isIPv6(address) ? 6 : 0;
+  const family = addressFamily(address);
   if (family === 0) throw vertexError('BadRequest', `encode who-am-i answer: not an IP address: ${address}`);
   const addr = family === 4 ? ipv4Bytes(address) : ipv6Bytes(address);
   const buf = Buffer.alloc(HEADER_BYTES + 3 + addr.length);
