@@ -45,7 +45,11 @@ export const DEFAULT_AMP_LIMITS: Readonly<AmpLimits> = Object.freeze({
 });
 
 export function ampLimits(limits?: Partial<AmpLimits>): AmpLimits {
-  const merged: AmpLimits = { ...DEFAULT_AMP_LIMITS, ...limits };
+  // An explicit `undefined` (say, from an optional config field) means "the default".
+  const merged: AmpLimits = {
+    maxBoxBytes: limits?.maxBoxBytes ?? DEFAULT_AMP_LIMITS.maxBoxBytes,
+    maxKeys: limits?.maxKeys ?? DEFAULT_AMP_LIMITS.maxKeys,
+  };
   // The smallest useful box is the terminator alone.
   if (!Number.isInteger(merged.maxBoxBytes) || merged.maxBoxBytes < TERMINATOR.length) {
     throw vertexError('Internal', `amp limits: maxBoxBytes must be an integer >= ${TERMINATOR.length}, got ${merged.maxBoxBytes}`);

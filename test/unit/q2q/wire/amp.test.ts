@@ -237,6 +237,15 @@ describe('amp codec: decoder errors', () => {
     expect(Object.getPrototypeOf(strings)).toBe(Object.prototype);
   });
 
+  it('takes an undefined limit as the default, and refuses nonsense limits', () => {
+    expect(new AmpDecoder({ maxBoxBytes: undefined, maxKeys: undefined }).limits).toEqual({
+      maxBoxBytes: DEFAULT_MAX_BOX_BYTES,
+      maxKeys: DEFAULT_MAX_KEYS,
+    });
+    expect(() => new AmpDecoder({ maxBoxBytes: 1 })).toThrow(VertexError);
+    expect(() => new AmpDecoder({ maxKeys: -1 })).toThrow(VertexError);
+  });
+
   it('exposes sane defaults', () => {
     expect(DEFAULT_MAX_BOX_BYTES).toBeGreaterThanOrEqual(AMP_MAX_VALUE_LENGTH + 300);
     expect(DEFAULT_MAX_KEYS).toBeGreaterThan(6);
