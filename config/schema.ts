@@ -1,0 +1,501 @@
+/**
+ * The configuration files: what they may contain and what the program gets.
+ *
+ * Two shapes live here for each file kind:
+ *
+ * - the *file* schema (zod, strict objects): exactly the YAML as written, with
+ *   the YAML's snake_case key names. Every key but `version` (and the server's
+ *   `domains`) is optional; an omitted key takes its value from DEFAULTS in
+ *   config/defaults.ts, the one place defaults are written down;
+ * - the *config* types (`AgentConfig`, `ServerConfig`): what config/load.ts
+ *   hands down to the daemons. Keys are camelCase (`public_address` becomes
+ *   `publicAddress`), every default is filled in, names are case-folded,
+ *   `HOST:PORT` strings are parsed into `{host, port}`, durations become
+ *   milliseconds (`certificate_lifetime: 30d` becomes `certificateLifetimeMs`),
+ *   and the whole object is deep-frozen.
+ *
+ * Nothing here reads files or the environment.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { z } from 'zod';
+import { VertexError, type ErrorCode } from '../q2q/errors';
+import type { Defaults } from './defaults';
+
+// ---- names (ARCHITECTURE.md "Names"; matched after case folding) ----
+
+const USER_RE = /^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$/;
+const DNS_LABEL_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const SERVICE_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const MAX_DOMAIN_LENGTH = 253;
+const MAX_PORT = 65535;
+
+/** Why `text` is not a DNS name (case-folded), or undefined when it is one. */
+function domainProblem(text: string): string | undefined {
+  const name = text.toLowerCase();
+  if (name.length === 0) return 'empty domain';
+  if (name.length > MAX_DOMAIN_LENGTH) return `domain longer than ${MAX_DOMAIN_LENGTH} characters`;
+  for (const label of name.split('.')) {
+    if (!DNS_LABEL_RE.test(label)) return `"${label}" is not a DNS label (letters, digits and inner hyphens, at most 63)`;
+  }
+  if (/^[0-9.]+$/.test(name)) return 'an IP address is not a domain';
+  return undefined;
+}
+
+function userProblem(text: string): string | undefined {
+  return USER_RE.test(text.toLowerCase())
+    ? undefined
+    : `"${text}" is not a user name (one DNS label: letters, digits, inner "-" or "_", at most 63)`;
+}
+
+function serviceProblem(text: string): string | undefined {
+  const name = text.toLowerCase();
+  if (/^[0-9]+$/.test(name)) {
+    const port = Number(name);
+    return port >= 1 && port <= MAX_PORT ? undefined : `service port ${name} is outside 1-${MAX_PORT}`;
+  }
+  return SERVICE_RE.test(name)
+    ? undefined
+    : `"${text}" is not a service name (letters, digits and hyphens, starting with a letter or digit, at most 63; or a port number)`;
+}
+
+/** `user@domain`. */
+function userAddressProblem(text: string): string | undefined {
+  const at = text.indexOf('@');
+  if (at < 0) return `"${text}" has no "@"; expected user@domain`;
+  return userProblem(text.slice(0, at)) ?? domainProblem(text.slice(at + 1));
+}
+
+/** `user@domain:service`. */
+function serviceAddressProblem(text: string): string | undefined {
+  const colon = text.lastIndexOf(':');
+  if (colon < 0) return `"${text}" has no ":service"; expected user@domain:service`;
+  return userAddressProblem(text.slice(0, colon)) ?? serviceProblem(text.slice(colon + 1));
+}
+
+/**
+ * An expose `allow` pattern: `*` (any authenticated user), or `USER@DOMAIN`
+ * where USER may be `*` and DOMAIN may be `*.suffix` (any subdomain).
+ */
+function allowPatternProblem(text: string): string | undefined {
+  if (text === '*') return undefined;
+  const at = text.indexOf('@');
+  if (at < 0) return `"${text}" is not an allow pattern; expected *, *@domain or user@domain`;
+  const user = text.slice(0, at);
+  const domain = text.slice(at + 1);
+  if (user !== '*') {
+    const bad = userProblem(user);
+    if (bad) return bad;
+  }
+  return domainProblem(domain.startsWith('*.') ? domain.slice(2) : domain);
+}
+
+// ---- HOST:PORT and durations (also used by the CLI for flags) ----
+
+export interface HostPort {
+  /** An IPv4 or IPv6 address (without brackets) or a host name, case-folded. */
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Why `text` is not a host (IP address or DNS host name), or undefined. */
+function hostProblem(text: string): string | undefined {
+  if (isIPv4(text) || isIPv6(text)) return undefined;
+  if (/^[0-9.]+$/.test(text)) return `"${text}" is not a valid IPv4 address`;
+  if (text.includes(':')) return `"${text}" is not a valid IPv6 address`;
+  return domainProblem(text) === undefined ? undefined : `"${text}" is not an IP address or host name`;
+}
+
+function portProblem(text: string, minPort: number): string | undefined {
+  if (!/^[0-9]{1,5}$/.test(text)) return `port "${text}" is not a number`;
+  const port = Number(text);
+  if (port < minPort || port > MAX_PORT) return `port ${port} is outside ${minPort}-${MAX_PORT}`;
+  return undefined;
+}
+
+export interface HostPortOptions {
+  /** When set, a bare `PORT` is accepted and means `defaultHost:PORT`. */
+  readonly defaultHost?: string;
+  /** 0 for listening addresses (any free port), 1 for addresses to connect to. */
+  readonly minPort?: number;
+}
+
+function splitHostPort(text: string, options: HostPortOptions): HostPort | string {
+  const minPort = options.minPort ?? 0;
+  if (options.defaultHost !== undefined && /^[0-9]+$/.test(text)) {
+    return portProblem(text, minPort) ?? { host: options.defaultHost, port: Number(text) };
+  }
+  let host: string;
+  let port: string;
+  if (text.startsWith('[')) {
+    const m = /^\[([^\]]*)\]:([^:]*)$/.exec(text);
+    if (!m) return 'expected [IPV6]:PORT';
+    host = m[1] ?? '';
+    port = m[2] ?? '';
+    if (!isIPv6(host)) return `"${host}" is not a valid IPv6 address`;
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon < 0) return 'missing ":PORT"';
+    host = text.slice(0, colon);
+    port = text.slice(colon + 1);
+    if (host.includes(':')) return 'an IPv6 address needs brackets, as in [::1]:8788';
+    if (host === '') return 'missing host before ":"';
+    const bad = hostProblem(host);
+    if (bad) return bad;
+  }
+  return portProblem(port, minPort) ?? { host: host.toLowerCase(), port: Number(port) };
+}
+
+/**
+ * Parses `HOST:PORT`, `[IPV6]:PORT` or, with `defaultHost`, a bare `PORT`.
+ * Throws VertexError(`code`, default 'Config') naming the text and the fault.
+ */
+export function parseHostPort(
+  text: string,
+  options: HostPortOptions & { readonly code?: ErrorCode } = {},
+): HostPort {
+  const result = splitHostPort(text, options);
+  if (typeof result === 'string') {
+    throw new VertexError(options.code ?? 'Config', `parse host:port "${text}": ${result}`);
+  }
+  return result;
+}
+
+/** Formats a HostPort back to text, bracketing IPv6 addresses. */
+export function formatHostPort(hp: HostPort): string {
+  return isIPv6(hp.host) ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+const DURATION_UNITS_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
+const DURATION_RE = /^(?:[0-9]+(?:ms|s|m|h|d|w))+$/;
+const DURATION_PART_RE = /([0-9]+)(ms|s|m|h|d|w)/g;
+
+function durationMs(text: string): number | string {
+  if (!DURATION_RE.test(text)) return `"${text}" is not a duration; expected a number and a unit (ms, s, m, h, d, w) such as 30d, 12h, 1h30m or 10s`;
+  let total = 0;
+  for (const m of text.matchAll(DURATION_PART_RE)) {
+    total += Number(m[1]) * DURATION_UNITS_MS[m[2] as keyof typeof DURATION_UNITS_MS];
+  }
+  if (!Number.isSafeInteger(total)) return `duration "${text}" is too long`;
+  return total;
+}
+
+/** Parses `30d`, `12h`, `90m`, `10s`, `250ms`, `1h30m` into milliseconds. */
+export function parseDuration(text: string, code: ErrorCode = 'Config'): number {
+  const result = durationMs(text);
+  if (typeof result === 'string') throw new VertexError(code, `parse duration: ${result}`);
+  return result;
+}
+
+// ---- zod building blocks with messages that say what was expected ----
+
+/**
+ * A strict object whose unknown-key issue carries the allowed keys; the
+ * loader turns that into one line per unknown key.
+ */
+function strict<T extends z.ZodRawShape>(shape: T) {
+  const allowed = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (iss) => (iss.code === 'unrecognized_keys' ? `${ALLOWED_KEYS_PREFIX}${allowed}` : undefined),
+  });
+}
+
+/** Marks the message of an unrecognized_keys issue made by strict(). */
+export const ALLOWED_KEYS_PREFIX = 'allowed keys: ';
+
+function checked(problem: (text: string) => string | undefined) {
+  return z.string().superRefine((text, ctx) => {
+    const bad = problem(text);
+    if (bad !== undefined) ctx.addIssue({ code: 'custom', message: bad });
+  });
+}
+
+/** A string, or a YAML number written without quotes (ports, numeric services). */
+function checkedTextOrNumber(what: string, problem: (text: string) => string | undefined) {
+  return z
+    .union([z.string(), z.number()], { error: (iss) => `expected ${what}, got ${describeValue(iss.input)}` })
+    .superRefine((value, ctx) => {
+      const bad = problem(String(value));
+      if (bad !== undefined) ctx.addIssue({ code: 'custom', message: bad });
+    });
+}
+
+function hostPortText(options: HostPortOptions, example: string) {
+  return checkedTextOrNumber(`HOST:PORT such as ${example}`, (text) => {
+    const result = splitHostPort(text, options);
+    return typeof result === 'string' ? `expected HOST:PORT such as ${example}, got "${text}": ${result}` : undefined;
+  });
+}
+
+const listenAddress = (example: string) => hostPortText({ minPort: 0 }, example);
+const connectAddress = hostPortText({ minPort: 1 }, '203.0.113.5:8788');
+/** A forward's `listen` may be a bare port, which binds loopback only. */
+export const FORWARD_LISTEN: HostPortOptions = { minPort: 1, defaultHost: '127.0.0.1' };
+const forwardListen = hostPortText(FORWARD_LISTEN, '127.0.0.1:2222 or 2222');
+const serviceName = checkedTextOrNumber('a service name such as ssh, or a port number', serviceProblem);
+
+function duration(minMs: number) {
+  return z.string({ error: (iss) => `expected a duration such as 30d, 12h, 90m or 10s, got ${describeValue(iss.input)}` }).superRefine((text, ctx) => {
+    const ms = durationMs(text);
+    if (typeof ms === 'string') ctx.addIssue({ code: 'custom', message: ms });
+    else if (ms < minMs) ctx.addIssue({ code: 'custom', message: `duration "${text}" is shorter than ${minMs} ms` });
+  });
+}
+
+function uniqueList<T extends z.ZodType>(item: T, what: string, key: (v: z.output<T>) => string = String) {
+  return z.array(item).superRefine((list, ctx) => {
+    const seen = new Set<string>();
+    list.forEach((v, i) => {
+      const k = key(v).toLowerCase();
+      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: [i], message: `duplicate ${what} "${k}"` });
+      seen.add(k);
+    });
+  });
+}
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+const logSection = strict({ level: z.enum(LOG_LEVELS).optional() });
+
+export const ROUTES = ['tcp', 'ptcp', 'relay'] as const;
+export type RouteName = (typeof ROUTES)[number];
+
+export const REGISTRATION_MODES = ['open', 'invite', 'closed'] as const;
+export type RegistrationMode = (typeof REGISTRATION_MODES)[number];
+
+const version = z.literal(1, { error: (iss) => `expected 1, got ${describeValue(iss.input)}` });
+
+/** A value as the user wrote it, for "expected X, got Y" messages. */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  return String(value);
+}
+
+// ---- the agent file ----
+
+const socksAuth = z.union([z.literal('none'), strict({ username: z.string().min(1), password: z.string().min(1) })], {
+  error: (iss) => `expected none or { username, password }, got ${describeValue(iss.input)}`,
+});
+
+const controlSocket = z.string().superRefine((text, ctx) => {
+  if (text !== 'auto' && !text.startsWith('/')) {
+    ctx.addIssue({ code: 'custom', message: `expected auto or an absolute path, got "${text}"` });
+  }
+});
+
+export const agentFileSchema = strict({
+  version,
+  identity: checked(userAddressProblem).optional(),
+  socks: strict({
+    listen: listenAddress('127.0.0.1:1080').optional(),
+    auth: socksAuth.optional(),
+    passthrough: z.boolean().optional(),
+  }).optional(),
+  forwards: uniqueList(
+    strict({ listen: forwardListen, to: checked(serviceAddressProblem) }),
+    'forward listen address',
+    (f) => {
+      const hp = splitHostPort(String(f.listen), FORWARD_LISTEN);
+      return typeof hp === 'string' ? String(f.listen) : formatHostPort(hp);
+    },
+  ).optional(),
+  expose: uniqueList(
+    strict({
+      service: serviceName,
+      target: connectAddress,
+      allow: z.array(checked(allowPatternProblem)).min(1).optional(),
+    }),
+    'exposed service',
+    (e) => String(e.service),
+  ).optional(),
+  domains: z
+    .record(checked(domainProblem), strict({ server: connectAddress }))
+    .superRefine((record, ctx) => {
+      const seen = new Set<string>();
+      for (const domain of Object.keys(record)) {
+        if (seen.has(domain.toLowerCase())) ctx.addIssue({ code: 'custom', path: [domain], message: `duplicate domain "${domain.toLowerCase()}"` });
+        seen.add(domain.toLowerCase());
+      }
+    })
+    .optional(),
+  routes: uniqueList(z.enum(ROUTES), 'route').min(1).optional(),
+  ports: z.record(checked((text) => portProblem(text, 1)), serviceName).optional(),
+  control: strict({ socket: controlSocket.optional() }).optional(),
+  log: logSection.optional(),
+  relay_delay_ms: z.int().min(0).max(60_000).optional(),
+  peer_listen: listenAddress('0.0.0.0:0').optional(),
+  advertise: z.array(checked(hostProblem)).optional(),
+});
+
+/** The agent file as written (YAML key names, defaults not applied). */
+export type AgentFile = z.input<typeof agentFileSchema>;
+
+export type SocksAuth = 'none' | { readonly username: string; readonly password: string };
+
+export interface AgentConfig {
+  readonly version: 1;
+  /** `user@domain` of the identity under home to use; omitted means the only one stored. */
+  readonly identity?: string;
+  readonly socks: {
+    readonly listen: HostPort;
+    readonly auth: SocksAuth;
+    /** Non-Q2Q host names are dialled directly instead of refused with reply 0x02. */
+    readonly passthrough: boolean;
+  };
+  readonly forwards: readonly { readonly listen: HostPort; /** `user@domain:service`, case-folded. */ readonly to: string }[];
+  readonly expose: readonly {
+    readonly service: string;
+    readonly target: HostPort;
+    /** Omitted means the owner's own domain, `*@<domain>`; the agent fills it in. */
+    readonly allow?: readonly string[];
+  }[];
+  /** Server overrides per domain, like curl's --resolve. Keys are case-folded. */
+  readonly domains: Readonly<Record<string, { readonly server: HostPort }>>;
+  readonly routes: readonly RouteName[];
+  /** SOCKS/ProxyCommand port to service name; the defaults are merged under the file's entries. */
+  readonly ports: Readonly<Record<number, string>>;
+  /**
+   * `auto`, or an absolute path. `auto` is resolved by resolveControlSocket()
+   * in config/load.ts.
+   */
+  readonly control: { readonly socket: string };
+  readonly log: { readonly level: LogLevel };
+  /** How long the dial waits for a direct route before opening relay legs too. */
+  readonly relayDelayMs: number;
+  /** The listening address for direct TCP peer channels (port 0: any free port). */
+  readonly peerListen: HostPort;
+  /** Addresses to advertise to peers instead of the local interfaces. */
+  readonly advertise?: readonly string[];
+}
+
+// ---- the server file ----
+
+export const serverFileSchema = strict({
+  version,
+  domains: uniqueList(checked(domainProblem), 'domain').min(1, { error: 'expected at least one domain' }),
+  listen: listenAddress('0.0.0.0:8788').optional(),
+  public_address: checked(hostProblem).optional(),
+  data_dir: z.string().min(1).optional(),
+  registration: z.enum(REGISTRATION_MODES).optional(),
+  certificate_lifetime: duration(60_000).optional(),
+  relay: strict({
+    enabled: z.boolean().optional(),
+    max_streams: z.int().min(1).max(10_000_000).optional(),
+    per_user_rate: z.int().min(0).optional(),
+  }).optional(),
+  limits: strict({
+    max_connections: z.int().min(1).max(10_000_000).optional(),
+    handshake_timeout: duration(100).optional(),
+    max_box_bytes: z.int().min(4096).max(16 * 1024 * 1024).optional(),
+  }).optional(),
+  log: logSection.optional(),
+});
+
+/** The server file as written (YAML key names, defaults not applied). */
+export type ServerFile = z.input<typeof serverFileSchema>;
+
+export interface ServerConfig {
+  readonly version: 1;
+  /** The domains this server is the identity server for, case-folded. */
+  readonly domains: readonly string[];
+  /** TCP and UDP. */
+  readonly listen: HostPort;
+  /** The address agents are told to reach this server at, when it differs from what they dialled. */
+  readonly publicAddress?: string;
+  /** As written; a relative path is relative to the working directory. */
+  readonly dataDir: string;
+  readonly registration: RegistrationMode;
+  readonly certificateLifetimeMs: number;
+  readonly relay: {
+    readonly enabled: boolean;
+    readonly maxStreams: number;
+    /** Bytes per second per user; 0 means unlimited. */
+    readonly perUserRate: number;
+  };
+  readonly limits: {
+    readonly maxConnections: number;
+    readonly handshakeTimeoutMs: number;
+    readonly maxBoxBytes: number;
+  };
+  readonly log: { readonly level: LogLevel };
+}
+
+// ---- from a validated file to the typed config ----
+
+/** Exactly the values DEFAULTS (config/defaults.ts) holds for each file kind. */
+export type AgentDefaults = Defaults['agent'];
+export type ServerDefaults = Defaults['server'];
+
+function hostPort(text: string | number, options: HostPortOptions = {}) {
+  return parseHostPort(String(text), options);
+}
+
+/** Fills every omitted key from `d` and converts names and values; no validation. */
+export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDefaults): AgentConfig {
+  const auth = file.socks?.auth ?? d.socks.auth;
+  const forwards: NonNullable<typeof file.forwards> = file.forwards ?? [...d.forwards];
+  const expose: NonNullable<typeof file.expose> = file.expose ?? [...d.expose];
+  const domains: NonNullable<typeof file.domains> = { ...d.domains, ...file.domains };
+  return {
+    version: 1,
+    ...(file.identity !== undefined && { identity: file.identity.toLowerCase() }),
+    socks: {
+      listen: hostPort(file.socks?.listen ?? d.socks.listen),
+      auth: auth === 'none' ? 'none' : { username: auth.username, password: auth.password },
+      passthrough: file.socks?.passthrough ?? d.socks.passthrough,
+    },
+    forwards: forwards.map((f) => ({ listen: hostPort(f.listen, FORWARD_LISTEN), to: f.to.toLowerCase() })),
+    expose: expose.map((e) => ({
+      service: String(e.service).toLowerCase(),
+      target: hostPort(e.target),
+      ...(e.allow && { allow: e.allow.map((a) => a.toLowerCase()) }),
+    })),
+    domains: Object.fromEntries(
+      Object.entries(domains).map(([domain, entry]) => [domain.toLowerCase(), { server: hostPort(entry.server) }]),
+    ),
+    routes: [...(file.routes ?? d.routes)],
+    ports: Object.fromEntries(
+      Object.entries({ ...d.ports, ...file.ports }).map(([port, service]) => [Number(port), String(service).toLowerCase()]),
+    ),
+    control: { socket: file.control?.socket ?? d.control.socket },
+    log: { level: file.log?.level ?? d.log.level },
+    relayDelayMs: file.relay_delay_ms ?? d.relay_delay_ms,
+    peerListen: hostPort(file.peer_listen ?? d.peer_listen),
+    ...(file.advertise && { advertise: file.advertise.map((a) => a.toLowerCase()) }),
+  };
+}
+
+export function toServerConfig(file: z.output<typeof serverFileSchema>, d: ServerDefaults): ServerConfig {
+  return {
+    version: 1,
+    domains: file.domains.map((domain) => domain.toLowerCase()),
+    listen: hostPort(file.listen ?? d.listen),
+    ...(file.public_address !== undefined && { publicAddress: file.public_address.toLowerCase() }),
+    dataDir: file.data_dir ?? d.data_dir,
+    registration: file.registration ?? d.registration,
+    certificateLifetimeMs: parseDuration(file.certificate_lifetime ?? d.certificate_lifetime),
+    relay: {
+      enabled: file.relay?.enabled ?? d.relay.enabled,
+      maxStreams: file.relay?.max_streams ?? d.relay.max_streams,
+      perUserRate: file.relay?.per_user_rate ?? d.relay.per_user_rate,
+    },
+    limits: {
+      maxConnections: file.limits?.max_connections ?? d.limits.max_connections,
+      handshakeTimeoutMs: parseDuration(file.limits?.handshake_timeout ?? d.limits.handshake_timeout),
+      maxBoxBytes: file.limits?.max_box_bytes ?? d.limits.max_box_bytes,
+    },
+    log: { level: file.log?.level ?? d.log.level },
+  };
+}
+
+/** Freezes an object graph in place (plain objects and arrays). */
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}
