@@ -73,9 +73,9 @@ export async function closedPort(): Promise<number> {
   return port;
 }
 
-export function connectTcp(port: number, host = '127.0.0.1'): Promise<net.Socket> {
+export function connectTcp(port: number, host = '127.0.0.1', opts: { allowHalfOpen?: boolean } = {}): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host, port });
+    const s = net.connect({ host, port, allowHalfOpen: opts.allowHalfOpen ?? false });
     s.once('connect', () => {
       s.off('error', reject);
       resolve(s);
@@ -110,7 +110,8 @@ export function routingDial(routes: TestDialRoutes): RecordingDial {
     const passthrough = routes.passthrough?.[req.host];
     const port = passthrough ?? routes.targets[`${req.host}:${req.port}`];
     if (port === undefined) throw vertexError('NotAllowed', `dial ${req.host}:${req.port}: no test route`);
-    const s = await connectTcp(port);
+    // allowHalfOpen keeps the half-close that the front-end carries; a default socket would end its write side on FIN.
+    const s = await connectTcp(port, '127.0.0.1', { allowHalfOpen: true });
     tunnels.push(s);
     return s;
   };
@@ -139,8 +140,8 @@ export class RawClient {
     });
   }
 
-  static async connect(port: number): Promise<RawClient> {
-    return new RawClient(await connectTcp(port));
+  static async connect(port: number, opts: { allowHalfOpen?: boolean } = {}): Promise<RawClient> {
+    return new RawClient(await connectTcp(port, '127.0.0.1', opts));
   }
 
   get received(): Buffer {
