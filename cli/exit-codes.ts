@@ -33,6 +33,7 @@ export const EXIT_CODES: Record<ErrorCode, ExitStatus> = {
   PtcpIdle: EXIT.unreachable,
   PtcpConnectTimeout: EXIT.unreachable,
   Socks5Decode: EXIT.other,
+  TransferDecode: EXIT.other,
   NoSuchUser: EXIT.auth,
   BadPassword: EXIT.auth,
   NameTaken: EXIT.other,
@@ -52,5 +53,7 @@ export const EXIT_CODES: Record<ErrorCode, ExitStatus> = {
   Unreachable: EXIT.unreachable,
   TokenInvalid: EXIT.auth,
   ServerUnavailable: EXIT.unreachable,
+  TransferRejected: EXIT.denied,
+  TransferFailed: EXIT.other,
   Internal: EXIT.other,
 };

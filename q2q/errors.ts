@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   PtcpIdle: 'the PTCP connection went silent past its idle timeout',
   PtcpConnectTimeout: 'the PTCP handshake got no answer',
   Socks5Decode: 'malformed SOCKS5 message',
+  TransferDecode: 'malformed file-transfer frame',
   // identity and accounts
   NoSuchUser: 'no such account',
   BadPassword: 'wrong password',
@@ -46,6 +47,9 @@ export const ERROR_CODES = {
   Unreachable: 'no route to the peer worked',
   TokenInvalid: 'an unknown, expired or reused connection token',
   ServerUnavailable: 'the identity server cannot be reached',
+  // file transfer
+  TransferRejected: 'the receiver refused the offered files',
+  TransferFailed: 'a file transfer broke off: disk, verification or the other end',
   Internal: 'an unexpected internal error',
 } as const;
 
