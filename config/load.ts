@@ -22,6 +22,7 @@ import {
   ALLOWED_KEYS_PREFIX,
   deepFreeze,
   describeValue,
+  expectedGot,
   serverFileSchema,
   toAgentConfig,
   toServerConfig,
@@ -287,11 +288,9 @@ function flatten(issues: readonly z.core.$ZodIssue[], base: readonly PropertyKey
 function genericMessage(iss: z.core.$ZodRawIssue): string | undefined {
   switch (iss.code) {
     case 'invalid_type':
-      return iss.input === undefined
-        ? `missing; expected ${describeExpected(iss.expected)}`
-        : `expected ${describeExpected(iss.expected)}, got ${describeValue(iss.input)}`;
+      return expectedGot(describeExpected(iss.expected), iss.input);
     case 'invalid_value':
-      return `expected ${iss.values.map((v) => JSON.stringify(v)).join(' | ')}, got ${describeValue(iss.input)}`;
+      return expectedGot(iss.values.map((v) => JSON.stringify(v)).join(' | '), iss.input);
     case 'too_small':
       if (iss.origin === 'array') return `expected at least ${String(iss.minimum)} item${iss.minimum === 1 ? '' : 's'}`;
       if (iss.origin === 'string') return 'expected a non-empty string';

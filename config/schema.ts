@@ -212,7 +212,7 @@ function checked(problem: (text: string) => string | undefined) {
 /** A string, or a YAML number written without quotes (ports, numeric services). */
 function checkedTextOrNumber(what: string, problem: (text: string) => string | undefined) {
   return z
-    .union([z.string(), z.number()], { error: (iss) => `expected ${what}, got ${describeValue(iss.input)}` })
+    .union([z.string(), z.number()], { error: (iss) => expectedGot(what, iss.input) })
     .superRefine((value, ctx) => {
       const bad = problem(String(value));
       if (bad !== undefined) ctx.addIssue({ code: 'custom', message: bad });
@@ -234,7 +234,7 @@ const forwardListen = hostPortText(FORWARD_LISTEN, '127.0.0.1:2222 or 2222');
 const serviceName = checkedTextOrNumber('a service name such as ssh, or a port number', serviceProblem);
 
 function duration(minMs: number) {
-  return z.string({ error: (iss) => `expected a duration such as 30d, 12h, 90m or 10s, got ${describeValue(iss.input)}` }).superRefine((text, ctx) => {
+  return z.string({ error: (iss) => expectedGot('a duration such as 30d, 12h, 90m or 10s', iss.input) }).superRefine((text, ctx) => {
     const ms = durationMs(text);
     if (typeof ms === 'string') ctx.addIssue({ code: 'custom', message: ms });
     else if (ms < minMs) ctx.addIssue({ code: 'custom', message: `duration "${text}" is shorter than ${minMs} ms` });
@@ -262,7 +262,12 @@ export type RouteName = (typeof ROUTES)[number];
 export const REGISTRATION_MODES = ['open', 'invite', 'closed'] as const;
 export type RegistrationMode = (typeof REGISTRATION_MODES)[number];
 
-const version = z.literal(1, { error: (iss) => `expected 1, got ${describeValue(iss.input)}` });
+const version = z.literal(1, { error: (iss) => expectedGot('1', iss.input) });
+
+/** "expected X, got Y", or "missing; expected X" when the key is absent. */
+export function expectedGot(what: string, input: unknown): string {
+  return input === undefined ? `missing; expected ${what}` : `expected ${what}, got ${describeValue(input)}`;
+}
 
 /** A value as the user wrote it, for "expected X, got Y" messages. */
 export function describeValue(value: unknown): string {
@@ -277,7 +282,7 @@ export function describeValue(value: unknown): string {
 // ---- the agent file ----
 
 const socksAuth = z.union([z.literal('none'), strict({ username: z.string().min(1), password: z.string().min(1) })], {
-  error: (iss) => `expected none or { username, password }, got ${describeValue(iss.input)}`,
+  error: (iss) => expectedGot('none or { username, password }', iss.input),
 });
 
 const controlSocket = z.string().superRefine((text, ctx) => {
