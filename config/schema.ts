@@ -18,75 +18,54 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
-import { VertexError, type ErrorCode } from '../q2q/errors';
+import {
+  formatAddress,
+  formatServiceAddress,
+  parseAddress,
+  parseDomain,
+  parseService,
+  parseServiceAddress,
+  parseUser,
+} from '../q2q/address';
+import { isVertexError, VertexError, type ErrorCode } from '../q2q/errors';
 import type { Defaults } from './defaults';
 
-// ---- names (ARCHITECTURE.md "Names"; matched after case folding) ----
+// ---- names: the rules of q2q/address.ts, reported as config problems ----
 
-const USER_RE = /^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$/;
-const DNS_LABEL_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const SERVICE_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
-const MAX_DOMAIN_LENGTH = 253;
 const MAX_PORT = 65535;
 
-/** Why `text` is not a DNS name (case-folded), or undefined when it is one. */
-function domainProblem(text: string): string | undefined {
-  const name = text.toLowerCase();
-  if (name.length === 0) return 'empty domain';
-  if (name.length > MAX_DOMAIN_LENGTH) return `domain longer than ${MAX_DOMAIN_LENGTH} characters`;
-  for (const label of name.split('.')) {
-    if (!DNS_LABEL_RE.test(label)) return `"${label}" is not a DNS label (letters, digits and inner hyphens, at most 63)`;
-  }
-  if (/^[0-9.]+$/.test(name)) return 'an IP address is not a domain';
-  return undefined;
+/** Runs a q2q/address.ts parser; its InvalidName message is the problem. */
+function nameProblem(parse: (text: string) => unknown): (text: string) => string | undefined {
+  return (text) => {
+    try {
+      parse(text);
+      return undefined;
+    } catch (err) {
+      if (isVertexError(err, 'InvalidName')) return err.message;
+      throw err;
+    }
+  };
 }
 
-function userProblem(text: string): string | undefined {
-  return USER_RE.test(text.toLowerCase())
-    ? undefined
-    : `"${text}" is not a user name (one DNS label: letters, digits, inner "-" or "_", at most 63)`;
-}
-
-function serviceProblem(text: string): string | undefined {
-  const name = text.toLowerCase();
-  if (/^[0-9]+$/.test(name)) {
-    const port = Number(name);
-    return port >= 1 && port <= MAX_PORT ? undefined : `service port ${name} is outside 1-${MAX_PORT}`;
-  }
-  return SERVICE_RE.test(name)
-    ? undefined
-    : `"${text}" is not a service name (letters, digits and hyphens, starting with a letter or digit, at most 63; or a port number)`;
-}
-
-/** `user@domain`. */
-function userAddressProblem(text: string): string | undefined {
-  const at = text.indexOf('@');
-  if (at < 0) return `"${text}" has no "@"; expected user@domain`;
-  return userProblem(text.slice(0, at)) ?? domainProblem(text.slice(at + 1));
-}
-
-/** `user@domain:service`. */
-function serviceAddressProblem(text: string): string | undefined {
-  const colon = text.lastIndexOf(':');
-  if (colon < 0) return `"${text}" has no ":service"; expected user@domain:service`;
-  return userAddressProblem(text.slice(0, colon)) ?? serviceProblem(text.slice(colon + 1));
-}
+const domainProblem = nameProblem(parseDomain);
+const serviceProblem = nameProblem(parseService);
+const userAddressProblem = nameProblem(parseAddress);
+const serviceAddressProblem = nameProblem(parseServiceAddress);
+const allowPatternProblem = nameProblem(parseAllowPattern);
 
 /**
- * An expose `allow` pattern: `*` (any authenticated user), or `USER@DOMAIN`
- * where USER may be `*` and DOMAIN may be `*.suffix` (any subdomain).
+ * An expose `allow` pattern, case-folded: `*` (any authenticated user), or
+ * `USER@DOMAIN` where USER may be `*` and DOMAIN may be `*.suffix` (any
+ * subdomain of suffix).
  */
-function allowPatternProblem(text: string): string | undefined {
-  if (text === '*') return undefined;
+export function parseAllowPattern(text: string): string {
+  if (text === '*') return text;
   const at = text.indexOf('@');
-  if (at < 0) return `"${text}" is not an allow pattern; expected *, *@domain or user@domain`;
+  if (at < 0) throw new VertexError('InvalidName', `invalid allow pattern ${JSON.stringify(text)}: expected *, *@domain, *@*.domain or user@domain`);
   const user = text.slice(0, at);
   const domain = text.slice(at + 1);
-  if (user !== '*') {
-    const bad = userProblem(user);
-    if (bad) return bad;
-  }
-  return domainProblem(domain.startsWith('*.') ? domain.slice(2) : domain);
+  const wildDomain = domain.startsWith('*.');
+  return `${user === '*' ? '*' : parseUser(user)}@${wildDomain ? `*.${parseDomain(domain.slice(2))}` : parseDomain(domain)}`;
 }
 
 // ---- HOST:PORT and durations (also used by the CLI for flags) ----
@@ -233,11 +212,11 @@ export const FORWARD_LISTEN: HostPortOptions = { minPort: 1, defaultHost: '127.0
 const forwardListen = hostPortText(FORWARD_LISTEN, '127.0.0.1:2222 or 2222');
 const serviceName = checkedTextOrNumber('a service name such as ssh, or a port number', serviceProblem);
 
-function duration(minMs: number) {
+function duration(minMs: number, minText: string) {
   return z.string({ error: (iss) => expectedGot('a duration such as 30d, 12h, 90m or 10s', iss.input) }).superRefine((text, ctx) => {
     const ms = durationMs(text);
     if (typeof ms === 'string') ctx.addIssue({ code: 'custom', message: ms });
-    else if (ms < minMs) ctx.addIssue({ code: 'custom', message: `duration "${text}" is shorter than ${minMs} ms` });
+    else if (ms < minMs) ctx.addIssue({ code: 'custom', message: `duration "${text}" is shorter than ${minText}` });
   });
 }
 
@@ -385,7 +364,7 @@ export const serverFileSchema = strict({
   public_address: checked(hostProblem).optional(),
   data_dir: z.string().min(1).optional(),
   registration: z.enum(REGISTRATION_MODES).optional(),
-  certificate_lifetime: duration(60_000).optional(),
+  certificate_lifetime: duration(60_000, '1m').optional(),
   relay: strict({
     enabled: z.boolean().optional(),
     max_streams: z.int().min(1).max(10_000_000).optional(),
@@ -393,7 +372,7 @@ export const serverFileSchema = strict({
   }).optional(),
   limits: strict({
     max_connections: z.int().min(1).max(10_000_000).optional(),
-    handshake_timeout: duration(100).optional(),
+    handshake_timeout: duration(100, '100ms').optional(),
     max_box_bytes: z.int().min(4096).max(16 * 1024 * 1024).optional(),
   }).optional(),
   log: logSection.optional(),
@@ -446,24 +425,24 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
   const domains: NonNullable<typeof file.domains> = { ...d.domains, ...file.domains };
   return {
     version: 1,
-    ...(file.identity !== undefined && { identity: file.identity.toLowerCase() }),
+    ...(file.identity !== undefined && { identity: formatAddress(parseAddress(file.identity)) }),
     socks: {
       listen: hostPort(file.socks?.listen ?? d.socks.listen),
       auth: auth === 'none' ? 'none' : { username: auth.username, password: auth.password },
       passthrough: file.socks?.passthrough ?? d.socks.passthrough,
     },
-    forwards: forwards.map((f) => ({ listen: hostPort(f.listen, FORWARD_LISTEN), to: f.to.toLowerCase() })),
+    forwards: forwards.map((f) => ({ listen: hostPort(f.listen, FORWARD_LISTEN), to: formatServiceAddress(parseServiceAddress(f.to)) })),
     expose: expose.map((e) => ({
-      service: String(e.service).toLowerCase(),
+      service: parseService(String(e.service)),
       target: hostPort(e.target),
-      ...(e.allow && { allow: e.allow.map((a) => a.toLowerCase()) }),
+      ...(e.allow && { allow: e.allow.map(parseAllowPattern) }),
     })),
     domains: Object.fromEntries(
-      Object.entries(domains).map(([domain, entry]) => [domain.toLowerCase(), { server: hostPort(entry.server) }]),
+      Object.entries(domains).map(([domain, entry]) => [parseDomain(domain), { server: hostPort(entry.server) }]),
     ),
     routes: [...(file.routes ?? d.routes)],
     ports: Object.fromEntries(
-      Object.entries({ ...d.ports, ...file.ports }).map(([port, service]) => [Number(port), String(service).toLowerCase()]),
+      Object.entries({ ...d.ports, ...file.ports }).map(([port, service]) => [Number(port), parseService(String(service))]),
     ),
     control: { socket: file.control?.socket ?? d.control.socket },
     log: { level: file.log?.level ?? d.log.level },
@@ -476,7 +455,7 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
 export function toServerConfig(file: z.output<typeof serverFileSchema>, d: ServerDefaults): ServerConfig {
   return {
     version: 1,
-    domains: file.domains.map((domain) => domain.toLowerCase()),
+    domains: file.domains.map(parseDomain),
     listen: hostPort(file.listen ?? d.listen),
     ...(file.public_address !== undefined && { publicAddress: file.public_address.toLowerCase() }),
     dataDir: file.data_dir ?? d.data_dir,
