@@ -2,7 +2,8 @@
  * The SOCKS5 front-end against the `socks` npm client and a byte-level
  * client, on loopback, with a test dial that routes to local servers.
  */
-import type { Duplex } from 'node:stream';
+import { Writable, type Duplex } from 'node:stream';
+import pino from 'pino';
 import { SocksClient, type SocksClientOptions } from 'socks';
 import { Socks5Server, type SocksDial } from '../../../agent/frontends/socks5-server';
 import { closedPort, connectTcp, RawClient, routingDial, startEcho, type Closable, type RecordingDial } from './helpers';
@@ -134,6 +135,29 @@ describe('socks5 server with the socks npm client', () => {
     } finally {
       c.destroy();
     }
+  });
+
+  it('logs connections and refusals at debug level without ever writing the password', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const log = pino({ level: 'debug' }, sink);
+    const r = routes();
+    const server = new Socks5Server({ listen: { host: '127.0.0.1', port: 0 }, auth: { username: 'alice', password: 'hunter2-pw' }, dial: r.dial, log });
+    servers.push(server);
+    const { port } = await server.start();
+    const ok = await SocksClient.createConnection(clientOptions(port, 'bob@b.test', 7, { userId: 'alice', password: 'hunter2-pw' }));
+    expect(await echoRoundTrip(ok.socket, 'x')).toBe('x');
+    await expect(SocksClient.createConnection(clientOptions(port, 'bob@b.test', 7, { userId: 'alice', password: 'wrong-pw-42' }))).rejects.toThrow();
+    await waitFor(() => lines.some((l) => l.includes('auth-failed')), 'the auth failure to be logged');
+    const all = lines.join('');
+    expect(all).toContain('bob@b.test:7');
+    expect(all).not.toContain('hunter2-pw');
+    expect(all).not.toContain('wrong-pw-42');
   });
 
   it('refuses a no-auth-only client (a browser) when credentials are configured', async () => {
