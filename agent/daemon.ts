@@ -1,0 +1,557 @@
+/**
+ * The agent daemon as a wiring diagram (STYLE.md, after wireguard-go's
+ * main.go and tailscaled):
+ *
+ *     config -> identity (home) -> Q2QNode -> exposes -> SOCKS5 -> forwards -> control API
+ *
+ * start() brings the parts up in that order; stop() takes them down in
+ * reverse. Nothing here reads argv, env or files: the CLI hands in the
+ * config, the home store, the resolver, the logger and the node factory.
+ *
+ * Every tunnel, whichever front-end opened it, goes into one TunnelRegistry
+ * for `vertex status`. reload() applies a new config's forwards and exposes
+ * without touching tunnels that are already open.
+ */
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { formatServiceAddress, parseAddress, parseHostTarget, parseService, parseServiceAddress, formatAddress } from '../q2q/address';
+import { asVertexError, vertexError } from '../q2q/errors';
+import { describeCertificate } from '../q2q/identity';
+import type { ConnectOptions, DomainTrust, Identity, NodeStatus, Q2QOptions, Q2QStream, ServiceOptions } from '../q2q/negotiate/types';
+import type { ServerResolver } from '../q2q/control/discovery';
+import { systemClock, type Clock } from '../q2q/util/clock';
+import { silentLogger, type Logger } from '../q2q/util/log';
+import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type HostPort } from '../config/schema';
+import { ControlApi, type ControlOp } from './control-api';
+import { exposeHandler } from './frontends/expose';
+import { ForwardListener } from './frontends/forward';
+import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
+import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
+import { TunnelRegistry, type TunnelEntry, type TunnelKind } from './tunnels';
+
+/** What the daemon needs from a Q2Q node; q2q/negotiate's Q2QNode is one. */
+export interface AgentNode {
+  start(): Promise<void>;
+  expose(service: string, opts: ServiceOptions): void;
+  unexpose(service: string): void;
+  connect(target: string, opts?: ConnectOptions): Promise<Q2QStream>;
+  status(): NodeStatus;
+  stop(): Promise<void>;
+}
+
+export type CreateNode = (identity: Identity, options: Q2QOptions) => AgentNode;
+
+export interface IdentitySource extends DomainTrust {
+  loadIdentity(address?: string): Identity;
+}
+
+export interface AgentDaemonOptions {
+  config: AgentConfig;
+  home: IdentitySource;
+  resolve: ServerResolver;
+  createNode: CreateNode;
+  /** The control API's unix socket; null runs without one (foreground `vertex expose`/`forward`). */
+  controlSocket: string | null;
+  /** Run the SOCKS5 front-end; default true. */
+  socks?: boolean;
+  log?: Logger;
+  clock?: Clock;
+}
+
+/** After stop() closes the front-ends, how long open tunnels may finish on their own. */
+export const STOP_DRAIN_MS = 500;
+/** A passthrough dial to an ordinary host gives up after this long. */
+export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
+
+export type EntrySource = 'config' | 'cli';
+
+export interface ExposeSpec {
+  service: string;
+  target: HostPort;
+  allow?: readonly string[];
+}
+
+export interface ForwardSpec {
+  listen: HostPort;
+  to: string;
+}
+
+interface ExposeEntry {
+  service: string;
+  target: HostPort;
+  allow: readonly string[];
+  source: EntrySource;
+}
+
+interface ForwardEntry {
+  key: string;
+  listener: ForwardListener;
+  to: string;
+  source: EntrySource;
+}
+
+export interface AgentStatus {
+  identity: string;
+  certificate: { notAfter: string };
+  server: NodeStatus['home'];
+  reflexive: NodeStatus['reflexive'];
+  peerListen: string | null;
+  socks: { listen: string; auth: 'none' | 'userpass'; passthrough: boolean } | null;
+  control: { socket: string } | null;
+  exposed: Array<{ service: string; address: string; target: string; allow: readonly string[]; source: EntrySource }>;
+  forwards: Array<{ listen: string; to: string; source: EntrySource }>;
+  tunnels: TunnelEntry[];
+}
+
+export interface ReloadSummary {
+  exposes: { added: string[]; removed: string[] };
+  forwards: { added: string[]; removed: string[] };
+  /** Config sections that changed but take effect only after a restart. */
+  needRestart: string[];
+}
+
+type State = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+export class AgentDaemon {
+  readonly #opts: AgentDaemonOptions;
+  readonly #log: Logger;
+  readonly #clock: Clock;
+  readonly tunnels: TunnelRegistry;
+  #config: AgentConfig;
+  #state: State = 'new';
+  #identity: Identity | undefined;
+  #node: AgentNode | undefined;
+  #socks: Socks5Server | undefined;
+  #socksAddress: HostPort | undefined;
+  #control: ControlApi | undefined;
+  readonly #exposes = new Map<string, ExposeEntry>();
+  readonly #forwards = new Map<string, ForwardEntry>();
+
+  constructor(opts: AgentDaemonOptions) {
+    this.#opts = opts;
+    this.#config = opts.config;
+    this.#log = (opts.log ?? silentLogger).child({ component: 'agent' });
+    this.#clock = opts.clock ?? systemClock;
+    this.tunnels = new TunnelRegistry({ clock: this.#clock });
+  }
+
+  get address(): string {
+    return this.#requireIdentity().address;
+  }
+
+  get socksAddress(): HostPort | undefined {
+    return this.#socksAddress;
+  }
+
+  get forwardAddresses(): Array<{ listen: HostPort; to: string }> {
+    return [...this.#forwards.values()].flatMap((f) => (f.listener.address ? [{ listen: f.listener.address, to: f.to }] : []));
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new Error(`agent: start in state ${this.#state}`);
+    this.#state = 'starting';
+    const config = this.#config;
+    try {
+      const identity = this.#opts.home.loadIdentity(config.identity);
+      this.#identity = identity;
+      this.#log.info({ identity: identity.address }, 'agent starting');
+      const node = this.#opts.createNode(identity, {
+        resolve: this.#opts.resolve,
+        trust: this.#opts.home,
+        routes: config.routes,
+        relayDelayMs: config.relayDelayMs,
+        peerListen: config.peerListen,
+        ...(config.advertise && { advertise: config.advertise }),
+        log: this.#log,
+      });
+      this.#node = node;
+      await node.start();
+
+      node.expose(PING_SERVICE, { allow: ['*'], onConnection: pingEchoHandler });
+      for (const e of config.expose) this.#expose(e, 'config');
+
+      if (this.#opts.socks ?? true) {
+        const socks = new Socks5Server({
+          listen: config.socks.listen,
+          auth: config.socks.auth,
+          dial: (req, info) => this.#dialSocks(req, info.clientAddress),
+          log: this.#log,
+          clock: this.#clock,
+        });
+        this.#socks = socks;
+        this.#socksAddress = await socks.start();
+      }
+
+      for (const f of config.forwards) await this.#addForward(f, 'config');
+
+      if (this.#opts.controlSocket !== null) {
+        const control = new ControlApi({
+          socketPath: this.#opts.controlSocket,
+          handlers: {
+            call: (op, args) => this.#handleControl(op, args),
+            connect: (args) => this.#controlConnect(args),
+          },
+          log: this.#log,
+        });
+        this.#control = control;
+        await control.start();
+      }
+    } catch (err) {
+      await this.#teardown();
+      this.#state = 'stopped';
+      throw err;
+    }
+    this.#state = 'running';
+    this.#log.info({ identity: this.address }, 'agent running');
+  }
+
+  /** Front-ends close, open tunnels get STOP_DRAIN_MS to finish, then the node says goodbye to its server. */
+  async stop(): Promise<void> {
+    if (this.#state === 'stopped' || this.#state === 'stopping') return;
+    this.#state = 'stopping';
+    await this.#teardown();
+    this.#state = 'stopped';
+    this.#log.info('agent stopped');
+  }
+
+  async #teardown(): Promise<void> {
+    const step = async (what: string, fn: () => Promise<void> | void): Promise<void> => {
+      try {
+        await fn();
+      } catch (err) {
+        this.#log.warn({ err: asVertexError(err).message }, `agent stop: ${what} failed`);
+      }
+    };
+    const control = this.#control;
+    this.#control = undefined;
+    if (control) await step('control api', () => control.stop());
+    for (const f of [...this.#forwards.values()]) await step(`forward ${f.key}`, () => f.listener.stop());
+    this.#forwards.clear();
+    await step('tunnel drain', () => this.tunnels.drain(STOP_DRAIN_MS));
+    const socks = this.#socks;
+    this.#socks = undefined;
+    if (socks) await step('socks5', () => socks.stop());
+    this.tunnels.destroyAll();
+    const node = this.#node;
+    this.#node = undefined;
+    if (node) {
+      for (const service of this.#exposes.keys()) await step(`unexpose ${service}`, () => node.unexpose(service));
+      this.#exposes.clear();
+      await step('q2q node', () => node.stop());
+    }
+  }
+
+  // ---- status ----
+
+  status(): AgentStatus {
+    const node = this.#requireNode();
+    const identity = this.#requireIdentity();
+    const ns = node.status();
+    const socks = this.#socksAddress;
+    return {
+      identity: identity.address,
+      certificate: { notAfter: ns.certificateNotAfter || describeCertificate(identity.certPem).notAfter.toISOString() },
+      server: ns.home,
+      reflexive: ns.reflexive,
+      peerListen: ns.peerListen,
+      socks: socks
+        ? { listen: formatHostPort(socks), auth: this.#config.socks.auth === 'none' ? 'none' : 'userpass', passthrough: this.#config.socks.passthrough }
+        : null,
+      control: this.#control ? { socket: this.#control.socketPath } : null,
+      exposed: [...this.#exposes.values()].map((e) => ({
+        service: e.service,
+        address: `${identity.address}:${e.service}`,
+        target: formatHostPort(e.target),
+        allow: e.allow,
+        source: e.source,
+      })),
+      forwards: [...this.#forwards.values()].map((f) => ({
+        listen: f.listener.address ? formatHostPort(f.listener.address) : f.key,
+        to: f.to,
+        source: f.source,
+      })),
+      tunnels: this.tunnels.list(),
+    };
+  }
+
+  // ---- exposes ----
+
+  /** Puts `target` online as me:service; replaces an existing expose of the same service. */
+  addExpose(spec: ExposeSpec, source: EntrySource = 'cli'): { address: string; target: string; allow: readonly string[] } {
+    this.#requireRunning();
+    const entry = this.#expose(spec, source);
+    return { address: `${this.address}:${entry.service}`, target: formatHostPort(entry.target), allow: entry.allow };
+  }
+
+  removeExpose(serviceText: string): void {
+    this.#requireRunning();
+    const service = parseService(serviceText);
+    if (!this.#exposes.has(service)) throw vertexError('NotExposed', `unexpose ${service}: this agent does not expose it`);
+    this.#exposes.delete(service);
+    this.#requireNode().unexpose(service);
+    this.#log.info({ service }, 'service unexposed');
+  }
+
+  #expose(spec: ExposeSpec, source: EntrySource): ExposeEntry {
+    const service = parseService(spec.service);
+    if (service === PING_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for vertex ping`);
+    const me = parseAddress(this.#requireIdentity().address);
+    const allow = spec.allow && spec.allow.length > 0 ? [...spec.allow] : [`*@${me.domain}`];
+    const node = this.#requireNode();
+    const log = this.#log.child({ service });
+    const entry: ExposeEntry = { service, target: spec.target, allow, source };
+    const local = formatHostPort(spec.target);
+    const handler = exposeHandler(spec.target, { log });
+    if (this.#exposes.has(service)) node.unexpose(service);
+    node.expose(service, {
+      allow,
+      onConnection: (stream) => {
+        log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
+        this.tunnels.add({ kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
+        handler(stream);
+      },
+    });
+    this.#exposes.set(service, entry);
+    log.info({ target: local, allow }, 'service exposed');
+    return entry;
+  }
+
+  // ---- forwards ----
+
+  async addForward(spec: ForwardSpec, source: EntrySource = 'cli'): Promise<{ listen: string; to: string }> {
+    this.#requireRunning();
+    const listener = await this.#addForward(spec, source);
+    return { listen: formatHostPort(listener.address ?? spec.listen), to: listener.to };
+  }
+
+  async removeForward(listenText: string): Promise<void> {
+    this.#requireRunning();
+    const listen = parseHostPort(listenText, { ...FORWARD_LISTEN, code: 'Usage' });
+    const key = formatHostPort(listen);
+    const entry = this.#forwards.get(key) ?? [...this.#forwards.values()].find((f) => f.listener.address && formatHostPort(f.listener.address) === key);
+    if (!entry) throw vertexError('Usage', `forward ${key}: no such forward on this agent`);
+    this.#forwards.delete(entry.key);
+    await entry.listener.stop();
+  }
+
+  async #addForward(spec: ForwardSpec, source: EntrySource): Promise<ForwardListener> {
+    const target = formatServiceAddress(parseServiceAddress(spec.to));
+    const key = formatHostPort(spec.listen);
+    if (this.#forwards.has(key)) throw vertexError('Usage', `forward ${key}: already forwarding to ${this.#forwards.get(key)?.to}`);
+    const listener = new ForwardListener({
+      listen: spec.listen,
+      to: target,
+      dial: ({ address }) => this.#dialQ2Q(target, 'forward', address),
+      log: this.#log,
+    });
+    await listener.start();
+    this.#forwards.set(key, { key, listener, to: target, source });
+    return listener;
+  }
+
+  // ---- reload ----
+
+  /**
+   * Applies a new config's `forwards` and `expose`. Entries the file no
+   * longer has are removed (their open tunnels stay), new or changed ones
+   * added; entries added through the CLI are kept unless the file now
+   * claims the same port or service. Other changed sections are reported
+   * in `needRestart`.
+   */
+  async reload(next: AgentConfig): Promise<ReloadSummary> {
+    this.#requireRunning();
+    const prev = this.#config;
+    const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, needRestart: [] };
+    for (const key of ['identity', 'socks', 'domains', 'routes', 'ports', 'control', 'log', 'relayDelayMs', 'peerListen', 'advertise'] as const) {
+      if (JSON.stringify(prev[key]) !== JSON.stringify(next[key])) summary.needRestart.push(key);
+    }
+
+    const wantedExposes = new Map(next.expose.map((e) => [e.service, e]));
+    for (const entry of [...this.#exposes.values()]) {
+      if (entry.source === 'config' && !wantedExposes.has(entry.service)) {
+        this.removeExpose(entry.service);
+        summary.exposes.removed.push(entry.service);
+      }
+    }
+    for (const wanted of next.expose) {
+      const current = this.#exposes.get(wanted.service);
+      if (current && current.source === 'config' && sameExpose(current, wanted, this.#defaultAllow())) continue;
+      try {
+        this.#expose(wanted, 'config');
+        summary.exposes.added.push(wanted.service);
+      } catch (err) {
+        this.#log.warn({ service: wanted.service, err: asVertexError(err).message }, 'reload: expose failed');
+      }
+    }
+
+    const wantedForwards = new Map(next.forwards.map((f) => [formatHostPort(f.listen), f]));
+    for (const entry of [...this.#forwards.values()]) {
+      const wanted = wantedForwards.get(entry.key);
+      const keep = entry.source === 'config' ? wanted !== undefined && wanted.to === entry.to : wanted === undefined;
+      if (!keep) {
+        this.#forwards.delete(entry.key);
+        await entry.listener.stop();
+        summary.forwards.removed.push(entry.key);
+      }
+    }
+    for (const [key, wanted] of wantedForwards) {
+      if (this.#forwards.has(key)) continue;
+      try {
+        await this.#addForward(wanted, 'config');
+        summary.forwards.added.push(key);
+      } catch (err) {
+        this.#log.warn({ forward: key, err: asVertexError(err).message }, 'reload: forward failed');
+      }
+    }
+
+    this.#config = { ...prev, forwards: next.forwards, expose: next.expose };
+    this.#log.info(summary, 'config reloaded');
+    if (summary.needRestart.length > 0) this.#log.warn({ sections: summary.needRestart }, 'reload: these changes take effect after a restart');
+    return summary;
+  }
+
+  #defaultAllow(): string[] {
+    return [`*@${parseAddress(this.address).domain}`];
+  }
+
+  // ---- dialling ----
+
+  /** Connects to `user@domain:service` and records the tunnel. */
+  async #dialQ2Q(target: string, kind: TunnelKind, local: string): Promise<Q2QStream> {
+    const node = this.#requireNode();
+    const stream = await node.connect(target);
+    this.tunnels.add({ kind, target, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
+    this.#log.info({ kind, target, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
+    return stream;
+  }
+
+  async #dialSocks(req: SocksConnectRequest, clientAddress: string): Promise<Duplex> {
+    const target = parseHostTarget(req.host, req.port, this.#config.ports);
+    if (target) return this.#dialQ2Q(formatServiceAddress(target), 'socks', clientAddress);
+    const where = req.host.includes(':') ? `[${req.host}]:${req.port}` : `${req.host}:${req.port}`;
+    if (!this.#config.socks.passthrough) {
+      throw vertexError('NotAllowed', `socks ${where}: not a q2q name (use user.domain.q2q or user@domain); passthrough is off`);
+    }
+    const socket = await connectDirect(req.host, req.port);
+    this.tunnels.add({ kind: 'socks', target: where, peer: where, route: 'direct', local: clientAddress, connectMs: 0 }, socket);
+    return socket;
+  }
+
+  // ---- control API ----
+
+  async #handleControl(op: Exclude<ControlOp, 'connect'>, args: Record<string, unknown>): Promise<unknown> {
+    switch (op) {
+      case 'status':
+        return this.status();
+      case 'expose-add': {
+        const service = stringArg(args, 'service');
+        const target = parseHostPort(stringArg(args, 'target'), { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' });
+        const allow = optionalStringList(args, 'allow');
+        return this.addExpose({ service, target, ...(allow && { allow }) }, 'cli');
+      }
+      case 'expose-remove':
+        this.removeExpose(stringArg(args, 'service'));
+        return { service: stringArg(args, 'service') };
+      case 'forward-add': {
+        const listen = parseHostPort(stringArg(args, 'listen'), { ...FORWARD_LISTEN, code: 'Usage' });
+        return this.addForward({ listen, to: stringArg(args, 'to') }, 'cli');
+      }
+      case 'forward-remove':
+        await this.removeForward(stringArg(args, 'listen'));
+        return { listen: stringArg(args, 'listen') };
+      case 'ping': {
+        const count = args['count'] === undefined ? DEFAULT_PING_COUNT : Number(args['count']);
+        return this.ping(stringArg(args, 'target'), count);
+      }
+      default: {
+        const never: never = op;
+        throw vertexError('BadRequest', `control request: unknown op ${String(never)}`);
+      }
+    }
+  }
+
+  async #controlConnect(args: Record<string, unknown>): Promise<{ stream: Duplex; info: unknown }> {
+    this.#requireRunning();
+    const target = formatServiceAddress(parseServiceAddress(stringArg(args, 'target')));
+    const stream = await this.#dialQ2Q(target, 'connect', 'control');
+    return { stream, info: { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs } };
+  }
+
+  /** `vertex ping`: probes over the ping service, or a timed connect to a named service. */
+  async ping(targetText: string, count = DEFAULT_PING_COUNT): Promise<PingResult> {
+    this.#requireRunning();
+    if (!Number.isInteger(count) || count < 1 || count > MAX_PING_COUNT) throw vertexError('Usage', `ping: count must be 1-${MAX_PING_COUNT}`);
+    const node = this.#requireNode();
+    return pingWith((t) => node.connect(t), targetText, count, this.#clock);
+  }
+
+  // ---- helpers ----
+
+  #requireRunning(): void {
+    if (this.#state !== 'running') throw vertexError('Internal', `agent is ${this.#state}`);
+  }
+
+  #requireNode(): AgentNode {
+    if (!this.#node) throw vertexError('Internal', `agent is ${this.#state}: no q2q node`);
+    return this.#node;
+  }
+
+  #requireIdentity(): Identity {
+    if (!this.#identity) throw vertexError('Internal', `agent is ${this.#state}: no identity loaded`);
+    return this.#identity;
+  }
+}
+
+/** Ping through any connect function (the agent's node, or a one-off connectQ2Q). */
+export async function pingWith(connect: (target: string) => Promise<Q2QStream>, targetText: string, count: number, clock: Clock = systemClock): Promise<PingResult> {
+  const colon = targetText.indexOf(':', targetText.indexOf('@') + 1);
+  if (colon < 0) {
+    const address = formatAddress(parseAddress(targetText));
+    const stream = await connect(`${address}:${PING_SERVICE}`);
+    return runProbes(address, { stream, peer: stream.peer, route: stream.route, connectMs: stream.connectMs }, count, clock);
+  }
+  const target = formatServiceAddress(parseServiceAddress(targetText));
+  const stream = await connect(target);
+  stream.destroy();
+  return { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
+}
+
+function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {
+  const allow = wanted.allow && wanted.allow.length > 0 ? wanted.allow : defaultAllow;
+  return formatHostPort(entry.target) === formatHostPort(wanted.target) && JSON.stringify([...entry.allow]) === JSON.stringify([...allow]);
+}
+
+function stringArg(args: Record<string, unknown>, key: string): string {
+  const value = args[key];
+  if (typeof value !== 'string' || value.length === 0) throw vertexError('BadRequest', `control request: "${key}" must be a non-empty string`);
+  return value;
+}
+
+function optionalStringList(args: Record<string, unknown>, key: string): string[] | undefined {
+  const value = args[key];
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) throw vertexError('BadRequest', `control request: "${key}" must be a list of strings`);
+  return value as string[];
+}
+
+function connectDirect(host: string, port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, allowHalfOpen: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(vertexError('Timeout', `passthrough ${host}:${port}: no connection within ${PASSTHROUGH_CONNECT_TIMEOUT_MS} ms`));
+    }, PASSTHROUGH_CONNECT_TIMEOUT_MS);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      // Keep the errno as the cause: the SOCKS reply code is chosen from it.
+      reject(asVertexError(err, 'Internal', `passthrough ${host}:${port}`));
+    };
+    socket.once('error', onError);
+  });
+}

@@ -1,0 +1,72 @@
+/**
+ * The local end of an exposed service (`expose:` in agent.yaml, `vertex
+ * expose`): each inbound Q2Q stream is joined to a fresh TCP connection to
+ * the local target. When the target does not answer, the inbound stream is
+ * closed and the reason logged; the caller sees its connection end.
+ */
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { silentLogger, type Logger } from '../../q2q/util/log';
+import { joinStreams } from './join';
+
+/** How long a local target may take to accept before the inbound stream is dropped. */
+export const LOCAL_CONNECT_TIMEOUT_MS = 5_000;
+
+export interface ExposeTarget {
+  host: string;
+  port: number;
+}
+
+export interface ExposeHandlerOptions {
+  log?: Logger;
+  connectTimeoutMs?: number;
+  /** Called once the local connection exists, before bytes flow. */
+  onJoined?: (stream: Duplex, local: net.Socket) => void;
+}
+
+/** Connects to `target`; rejects with the socket error or a timeout naming the target. */
+export function connectLocal(target: ExposeTarget, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`local target ${target.host}:${target.port} did not accept within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      reject(err);
+    };
+    socket.once('error', onError);
+  });
+}
+
+/** The `onConnection` of an exposed service. */
+export function exposeHandler(target: ExposeTarget, opts: ExposeHandlerOptions = {}): (stream: Duplex) => void {
+  const log = opts.log ?? silentLogger;
+  const timeoutMs = opts.connectTimeoutMs ?? LOCAL_CONNECT_TIMEOUT_MS;
+  return (stream) => {
+    // Hold the peer's first bytes until the local side can take them.
+    stream.pause();
+    stream.on('error', (err) => log.debug({ err: err.message }, 'inbound stream error'));
+    connectLocal(target, timeoutMs).then(
+      (local) => {
+        if (stream.destroyed) {
+          local.destroy();
+          return;
+        }
+        opts.onJoined?.(stream, local);
+        void joinStreams(local, stream, { log });
+      },
+      (err: Error) => {
+        log.warn({ target: `${target.host}:${target.port}`, reason: (err as NodeJS.ErrnoException).code ?? err.message }, 'exposed service: local target unreachable');
+        stream.destroy();
+      },
+    );
+  };
+}
