@@ -35,6 +35,7 @@ import {
 } from '../../q2q/wire/file-transfer';
 import { describe, FrameChannel } from './frame-channel';
 import { badOfferPaths, finalPath, partialPath, quoteName } from './names';
+import { formatBytes } from './progress';
 
 // Implementation tunables.
 /** A sender silent this long mid-transfer is given up on. */
@@ -98,6 +99,8 @@ export interface ReceiveOptions {
   onAccept?: (offer: IncomingOffer) => void;
   /** Final paths being written by transfers in this process; a second offer of one of them is refused as busy. */
   busy?: Set<string>;
+  /** Aborting sends a `cancelled` error to the sender and stops; partial data is kept. */
+  signal?: AbortSignal;
   idleTimeoutMs?: number;
   clock?: Clock;
   log?: Logger;
@@ -160,6 +163,13 @@ class Receiver {
 
   async run(): Promise<ReceiveResult> {
     let file: IncomingFile | null = null;
+    const { signal } = this.#opts;
+    const onAbort = () => {
+      this.#ch.endWith({ type: 'error', reason: 'cancelled', message: 'the receiver cancelled' });
+      this.#ch.abort(vertexError('TransferFailed', `receive from ${this.#opts.peer}: cancelled; the partial data is kept for a resume`));
+    };
+    if (signal?.aborted) onAbort();
+    signal?.addEventListener('abort', onAbort);
     try {
       const offer = await this.#readOffer();
       this.#state = 'checking';
@@ -185,6 +195,7 @@ class Receiver {
       if (file !== null) await file.sink.abandon();
       throw await this.#fail(err);
     } finally {
+      signal?.removeEventListener('abort', onAbort);
       for (const key of this.#held) this.#busy.delete(key);
     }
   }
@@ -629,15 +640,4 @@ async function freeBytes(dir: string): Promise<number | null> {
   } catch {
     return null;
   }
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let value = n;
-  let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit += 1;
-  }
-  return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
 }

@@ -1,0 +1,108 @@
+/**
+ * `vertex send FILE... USER@DOMAIN`: offers files and directories to a
+ * peer running `vertex receive`, and sends them over whatever route the
+ * connection ladder picks. Sending the same file again after an
+ * interruption resumes where the receiver's partial copy ends.
+ */
+import * as fs from 'node:fs';
+import type { Argv, CommandModule } from 'yargs';
+import {
+  collectSources, createProgressView, FILE_TRANSFER_SERVICE, formatBytes, prepareFiles, progressMode, sendFiles,
+  type ProgressView,
+} from '../../agent/file-transfer';
+import { formatAddress, parseAddress } from '../../q2q/address';
+import { connectQ2Q } from '../../q2q';
+import { vertexError } from '../../q2q/errors';
+import type { GlobalArgs } from '../context';
+import { elapsedText, nodeOptions, nodeSetup, onInterrupt, rateText, type NodeArgs } from './receive';
+
+interface SendArgs extends NodeArgs {
+  paths: string[];
+  connectTimeout?: number;
+}
+
+async function run(args: SendArgs): Promise<void> {
+  const paths = [...(args.paths ?? [])];
+  const targetText = paths.pop();
+  if (targetText === undefined || paths.length === 0) throw vertexError('Usage', 'send: expected FILE... USER@DOMAIN');
+  if (targetText.includes(':')) {
+    throw vertexError('Usage', `send: ${targetText}: name the receiver as user@domain; the service is always ${FILE_TRANSFER_SERVICE}`);
+  }
+  const target = formatAddress(parseAddress(targetText));
+  const json = Boolean(args.json);
+  const sources = await collectSources(paths);
+  const { identity, options } = nodeSetup(args);
+
+  const controller = new AbortController();
+  const removeHandler = onInterrupt(() => controller.abort());
+  let view: ProgressView | null = null;
+  try {
+    const totalBytes = await sumSizes(sources.map((s) => s.file));
+    const hashing = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: 'hashing', route: 'local' });
+    let hashed = 0;
+    const files = await prepareFiles(sources, (n) => {
+      hashed += n;
+      hashing.update({ bytesDone: hashed, bytesTotal: totalBytes, wireBytes: hashed, file: '', fileIndex: 0, fileCount: 1 });
+    });
+    hashing.stop();
+    if (controller.signal.aborted) throw vertexError('TransferFailed', `send to ${target}: cancelled`);
+
+    const started = performance.now();
+    const stream = await connectQ2Q(identity, `${target}:${FILE_TRANSFER_SERVICE}`, {
+      ...options,
+      ...(args.connectTimeout !== undefined && { connectTimeoutMs: args.connectTimeout * 1000, timeoutMs: args.connectTimeout * 1000 }),
+    });
+    const total = files.reduce((sum, f) => sum + f.size, 0);
+    if (!json) {
+      process.stderr.write(`connected to ${stream.peer} via ${stream.route} in ${elapsedText(stream.connectMs)}; ` +
+        `offering ${files.length} file${files.length === 1 ? '' : 's'} (${formatBytes(total)})\n`);
+    }
+    view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `to ${stream.peer}`, route: stream.route });
+    const sendStarted = performance.now();
+    const result = await sendFiles(stream, files, {
+      peer: stream.peer,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.phase === 'waiting') {
+          if (!json) process.stderr.write(`waiting for ${stream.peer} to accept\n`);
+          return;
+        }
+        view?.update(p);
+      },
+    });
+    view.stop();
+    const ms = performance.now() - sendStarted;
+    if (json) {
+      process.stdout.write(`${JSON.stringify({
+        event: 'sent', to: result.peer, route: stream.route, connectMs: Math.round(stream.connectMs), files: result.files,
+        bytesTotal: result.bytesTotal, bytesSent: result.bytesSent, ms: Math.round(ms), totalMs: Math.round(performance.now() - started),
+      })}\n`);
+    } else {
+      const resumed = result.files.filter((f) => f.resumedFrom > 0);
+      process.stdout.write(
+        `sent ${result.files.length} file${result.files.length === 1 ? '' : 's'} (${formatBytes(result.bytesTotal)}) to ${result.peer} via ${stream.route} ` +
+        `in ${elapsedText(ms)}, ${rateText(result.bytesSent, ms)}; SHA-256 verified by ${result.peer}` +
+        (resumed.length > 0 ? `; resumed ${resumed.length} file${resumed.length === 1 ? '' : 's'}, ${formatBytes(result.bytesSent)} sent` : '') + '\n',
+      );
+    }
+  } finally {
+    view?.stop();
+    removeHandler();
+  }
+}
+
+async function sumSizes(files: string[]): Promise<number> {
+  let total = 0;
+  for (const f of files) total += (await fs.promises.stat(f)).size;
+  return total;
+}
+
+export const sendCommand: CommandModule<GlobalArgs, SendArgs> = {
+  command: 'send <paths..>',
+  describe: 'send files or directories to USER@DOMAIN (who runs `vertex receive`); the last argument names the receiver',
+  builder: (y) => nodeOptions(y)
+    .positional('paths', { type: 'string', array: true, describe: 'FILE... USER@DOMAIN' })
+    .option('connect-timeout', { type: 'number', describe: 'seconds to wait for a connection [15]' })
+    .example('$0 send report.pdf photos/ bob@example.com', 'send a file and a directory to bob') as unknown as Argv<SendArgs>,
+  handler: (args) => run(args),
+};
