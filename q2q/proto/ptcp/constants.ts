@@ -1,0 +1,62 @@
+/**
+ * PTCP tunables (implementation choices, not wire constants; those live in
+ * q2q/wire/ptcp-segment.ts).
+ */
+
+export interface PtcpTunables {
+  /** Payload bytes per segment (ARCHITECTURE.md: 1200 by default). */
+  mss: number;
+  /** Bytes received and not yet consumed by the application before the window closes. */
+  receiveBufferBytes: number;
+  /** Bytes written and not yet acknowledged before the writer is told to wait. */
+  sendBufferBytes: number;
+  initialRtoMs: number;
+  minRtoMs: number;
+  maxRtoMs: number;
+  /** Longest an ACK for a single in-order segment is held back (RFC 1122 allows 500 ms). */
+  delayedAckMs: number;
+  /** Acknowledge at once after this many unacknowledged data segments. */
+  ackEverySegments: number;
+  /** Send a keepalive after this long without hearing from the peer (also keeps NAT mappings). */
+  keepaliveMs: number;
+  /** Fail with PtcpIdle after this long without hearing from the peer. */
+  idleTimeoutMs: number;
+  /** Fail an active open with PtcpConnectTimeout after this long without a SYN-ACK. */
+  connectTimeoutMs: number;
+  /** How long the side that closed last lingers to re-acknowledge a retransmitted FIN. */
+  timeWaitMs: number;
+  initialWindowSegments: number;
+  maxCwndBytes: number;
+  pacing: boolean;
+}
+
+export const PTCP_DEFAULTS: Readonly<PtcpTunables> = Object.freeze({
+  mss: 1200,
+  receiveBufferBytes: 4 * 1024 * 1024,
+  sendBufferBytes: 2 * 1024 * 1024,
+  initialRtoMs: 1000,
+  minRtoMs: 200,
+  maxRtoMs: 60_000,
+  delayedAckMs: 25,
+  ackEverySegments: 2,
+  keepaliveMs: 15_000,
+  idleTimeoutMs: 60_000,
+  connectTimeoutMs: 10_000,
+  timeWaitMs: 2_000,
+  initialWindowSegments: 10,
+  maxCwndBytes: 32 * 1024 * 1024,
+  pacing: true,
+});
+
+/** RFC 6675 DupThresh: SACKed segments above a hole before it counts as lost without waiting. */
+export const DUP_THRESH = 3;
+/** Upper bound of the RACK reordering-window multiplier (RFC 8985 uses up to 16 steps). */
+export const MAX_REORDER_MULTIPLIER = 1024;
+/** Pacing gain in slow start and in congestion avoidance (Linux uses 200 % and 120 %). */
+export const PACING_GAIN_SLOW_START = 2;
+export const PACING_GAIN_AVOIDANCE = 1.25;
+/** Pacing bursts cover this many ms of the rate, since Node timers tick in whole ms. */
+export const PACING_BURST_MS = 4;
+export const PACING_MIN_BURST_SEGMENTS = 16;
+/** Half-open passive connections a socket keeps at once. */
+export const MAX_HALF_OPEN = 1024;

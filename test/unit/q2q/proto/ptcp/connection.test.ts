@@ -1,0 +1,429 @@
+import { createHash } from 'node:crypto';
+import { isVertexError, type VertexError } from '../../../../../q2q/errors';
+import { PtcpConnection, type PtcpAction, type PtcpConnectionOptions } from '../../../../../q2q/proto/ptcp/connection';
+import { ManualClock, type Timer } from '../../../../../q2q/util/clock';
+import { decodeSegment, encodeSegment, FLAG_KEEPALIVE, FLAG_RST, FLAG_SYN, type PtcpSegment } from '../../../../../q2q/wire/ptcp-segment';
+
+/** Deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomSource(seed: number): (n: number) => Buffer {
+  const r = prng(seed);
+  return (n) => Buffer.from(Array.from({ length: n }, () => Math.floor(r() * 256)));
+}
+
+interface Link {
+  loss: number;
+  delayMs: number;
+  jitterMs: number;
+  dup: number;
+  /** Drop every segment for which this returns true (after the random impairments). */
+  filter?: (seg: PtcpSegment) => boolean;
+}
+
+interface Side {
+  conn: PtcpConnection;
+  received: Buffer[];
+  receivedBytes: number;
+  ended: boolean;
+  connected: boolean;
+  closed: boolean;
+  errors: VertexError[];
+  timer: Timer | null;
+  sent: PtcpSegment[];
+  drains: number;
+}
+
+/** Two machines joined by a simulated network on a ManualClock. */
+class Sim {
+  readonly clock = new ManualClock(1000);
+  readonly rand: () => number;
+  a: Side;
+  b!: Side;
+  readonly links: { ab: Link; ba: Link };
+
+  constructor(opts: { seed?: number; ab?: Partial<Link>; ba?: Partial<Link>; conn?: Partial<PtcpConnectionOptions> } = {}) {
+    this.rand = prng(opts.seed ?? 1);
+    const base: Link = { loss: 0, delayMs: 5, jitterMs: 0, dup: 0 };
+    this.links = { ab: { ...base, ...opts.ab }, ba: { ...base, ...opts.ba } };
+    this.connOpts = opts.conn ?? {};
+    this.a = this.side(new PtcpConnection({ localId: 0x1111, random: randomSource(opts.seed ?? 1), ...this.connOpts }));
+  }
+
+  readonly connOpts: Partial<PtcpConnectionOptions>;
+
+  side(conn: PtcpConnection): Side {
+    return { conn, received: [], receivedBytes: 0, ended: false, connected: false, closed: false, errors: [], timer: null, sent: [], drains: 0 };
+  }
+
+  start(): void {
+    this.a.conn.connect(this.clock.now());
+    this.pump(this.a);
+  }
+
+  pump(side: Side): void {
+    const actions: PtcpAction[] = side.conn.poll(this.clock.now());
+    for (const action of actions) {
+      switch (action.type) {
+        case 'send':
+          side.sent.push(action.segment);
+          this.transmit(side, action.segment);
+          break;
+        case 'data':
+          side.received.push(Buffer.from(action.data));
+          side.receivedBytes += action.data.length;
+          break;
+        case 'end':
+          side.ended = true;
+          break;
+        case 'connected':
+          side.connected = true;
+          break;
+        case 'drain':
+          side.drains++;
+          break;
+        case 'error':
+          side.errors.push(action.error);
+          break;
+        case 'closed':
+          side.closed = true;
+          break;
+        case 'timer':
+          side.timer?.cancel();
+          side.timer = null;
+          if (action.at !== null) {
+            side.timer = this.clock.setTimer(() => {
+              side.timer = null;
+              side.conn.handleTimer(this.clock.now());
+              this.pump(side);
+            }, action.at - this.clock.now());
+          }
+          break;
+        default:
+          throw new Error('unknown action');
+      }
+    }
+  }
+
+  transmit(from: Side, seg: PtcpSegment): void {
+    const link = from === this.a ? this.links.ab : this.links.ba;
+    const bytes = encodeSegment(seg);
+    const copies = this.rand() < link.dup ? 2 : 1;
+    for (let i = 0; i < copies; i++) {
+      if (this.rand() < link.loss) continue;
+      if (link.filter?.(seg)) continue;
+      const delay = link.delayMs + this.rand() * link.jitterMs;
+      this.clock.setTimer(() => this.deliver(from, decodeSegment(bytes)), delay);
+    }
+  }
+
+  deliver(from: Side, seg: PtcpSegment): void {
+    const now = this.clock.now();
+    if (from === this.a && !this.b) {
+      if ((seg.flags & FLAG_SYN) === 0) return;
+      this.b = this.side(new PtcpConnection({ localId: 0x2222, random: randomSource(99), ...this.connOpts }));
+      this.b.conn.accept(seg, now);
+      this.pump(this.b);
+      return;
+    }
+    const to = from === this.a ? this.b : this.a;
+    to.conn.handleSegment(seg, now);
+    this.pump(to);
+  }
+
+  write(side: Side, data: Buffer): void {
+    side.conn.write(data);
+    this.pump(side);
+  }
+
+  /** Advances in small steps until `done` or the time budget runs out. */
+  runUntil(done: () => boolean, budgetMs: number, stepMs = 10): void {
+    for (let t = 0; t < budgetMs && !done(); t += stepMs) this.clock.advance(stepMs);
+  }
+}
+
+function pattern(size: number, seed: number): Buffer {
+  const r = prng(seed);
+  const buf = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) buf[i] = Math.floor(r() * 256);
+  return buf;
+}
+
+const sha = (b: Buffer | Buffer[]): string => createHash('sha256').update(Array.isArray(b) ? Buffer.concat(b) : b).digest('hex');
+
+describe('PtcpConnection handshake', () => {
+  it('connects with random ISNs and both sides report connected', () => {
+    const sim = new Sim();
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    expect(sim.a.connected).toBe(true);
+    expect(sim.b.connected).toBe(true);
+    expect(sim.a.conn.state).toBe('established');
+    expect(sim.b.conn.state).toBe('established');
+    const syn = sim.a.sent[0] as PtcpSegment;
+    const synAck = sim.b.sent[0] as PtcpSegment;
+    expect(syn.seq).not.toBe(0);
+    expect(synAck.seq).not.toBe(syn.seq);
+    expect(synAck.ack).toBe((syn.seq + 1) >>> 0);
+  });
+
+  it('retransmits a lost SYN with backoff', () => {
+    let dropped = 0;
+    const sim = new Sim({ ab: { filter: (s) => (s.flags & FLAG_SYN) !== 0 && dropped++ < 2 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected, 10_000);
+    expect(sim.a.connected).toBe(true);
+    const syns = sim.a.sent.filter((s) => s.flags & FLAG_SYN);
+    expect(syns.length).toBe(3);
+    // Initial RTO 1 s, then doubled: connected after ~3 s.
+    expect(sim.clock.now() - 1000).toBeGreaterThanOrEqual(3000);
+  });
+
+  it('fails with PtcpConnectTimeout when nobody answers', () => {
+    const sim = new Sim({ ab: { loss: 1 }, conn: { connectTimeoutMs: 5000 } });
+    sim.start();
+    sim.runUntil(() => sim.a.closed, 20_000);
+    expect(sim.a.errors.map((e) => e.code)).toEqual(['PtcpConnectTimeout']);
+    expect(sim.clock.now() - 1000).toBeLessThanOrEqual(5100);
+    expect(sim.a.conn.state).toBe('closed');
+  });
+
+  it('wraps sequence numbers: an ISN just below 2^32 carries data across the wrap', () => {
+    const sim = new Sim();
+    // Force ISNs near the top of the space for both sides.
+    const a = new PtcpConnection({ localId: 0x1111, random: () => Buffer.from([0xff, 0xff, 0xff, 0x00]) });
+    sim.a = sim.side(a);
+    const origDeliver = sim.deliver.bind(sim);
+    sim.deliver = (from, seg) => {
+      if (from === sim.a && !sim.b) {
+        sim.b = sim.side(new PtcpConnection({ localId: 0x2222, random: () => Buffer.from([0xff, 0xff, 0xfe, 0x00]) }));
+        sim.b.conn.accept(seg, sim.clock.now());
+        sim.pump(sim.b);
+        return;
+      }
+      origDeliver(from, seg);
+    };
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    const data = pattern(200_000, 7);
+    sim.write(sim.a, data);
+    sim.write(sim.b, data);
+    sim.runUntil(() => sim.a.receivedBytes === data.length && sim.b.receivedBytes === data.length, 10_000);
+    expect(sha(sim.b.received)).toBe(sha(data));
+    expect(sha(sim.a.received)).toBe(sha(data));
+    expect(sim.a.sent.some((s) => s.seq < 0x1000)).toBe(true);
+  });
+});
+
+describe('PtcpConnection data transfer', () => {
+  const cases: Array<[string, Partial<Link>]> = [
+    ['no impairment', {}],
+    ['10% loss', { loss: 0.1 }],
+    ['reordering (jitter 30 ms)', { jitterMs: 30 }],
+    ['duplication 10%', { dup: 0.1 }],
+    ['all at once', { loss: 0.05, jitterMs: 20, dup: 0.05 }],
+  ];
+  it.each(cases)('moves 1 MB each way byte-exact: %s', (_name, link) => {
+    const sim = new Sim({ seed: 5, ab: link, ba: link });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 5000);
+    const up = pattern(1_000_000, 1);
+    const down = pattern(1_000_000, 2);
+    sim.write(sim.a, up);
+    sim.write(sim.b, down);
+    sim.runUntil(() => sim.a.receivedBytes >= down.length && sim.b.receivedBytes >= up.length, 600_000);
+    expect(sim.b.receivedBytes).toBe(up.length);
+    expect(sha(sim.b.received)).toBe(sha(up));
+    expect(sha(sim.a.received)).toBe(sha(down));
+    expect(sim.a.errors).toEqual([]);
+  });
+
+  it('retransmits on SACK without waiting for the RTO', () => {
+    let n = 0;
+    // Drop exactly the 5th data segment once.
+    const sim = new Sim({ ab: { filter: (s) => s.payload.length > 0 && ++n === 5 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    const t0 = sim.clock.now();
+    const data = pattern(12 * 1200, 3);
+    sim.write(sim.a, data);
+    sim.runUntil(() => sim.b.receivedBytes === data.length, 5000, 1);
+    expect(sha(sim.b.received)).toBe(sha(data));
+    expect(sim.a.conn.stats().timeouts).toBe(0);
+    expect(sim.a.conn.stats().retransmits).toBe(1);
+    // Well under the 200 ms minimum RTO (RTT is 10 ms).
+    expect(sim.clock.now() - t0).toBeLessThan(100);
+  });
+
+  it('recovers a lost tail with the retransmission timeout and backs off', () => {
+    let n = 0;
+    const sim = new Sim({ ab: { filter: (s) => s.payload.length > 0 && ++n <= 3 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    const data = pattern(1000, 3);
+    sim.write(sim.a, data);
+    sim.runUntil(() => sim.b.receivedBytes === data.length, 10_000, 1);
+    expect(sha(sim.b.received)).toBe(sha(data));
+    const stats = sim.a.conn.stats();
+    expect(stats.timeouts).toBe(3);
+    const times = sim.a.sent.filter((s) => s.payload.length > 0).length;
+    expect(times).toBe(4);
+  });
+
+  it('delays ACKs: one ACK answers two segments', () => {
+    const sim = new Sim();
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    const before = sim.b.sent.length;
+    sim.write(sim.a, pattern(20 * 1200, 4));
+    sim.runUntil(() => sim.b.receivedBytes === 20 * 1200, 2000, 1);
+    const acks = sim.b.sent.length - before;
+    expect(acks).toBeLessThanOrEqual(11);
+    expect(acks).toBeGreaterThanOrEqual(5);
+  });
+});
+
+describe('PtcpConnection flow control', () => {
+  it('a paused reader closes the window; the sender stops with bounded buffers and resumes', () => {
+    const sim = new Sim({ conn: { receiveBufferBytes: 64 * 1024, sendBufferBytes: 32 * 1024 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    sim.b.conn.setReadPaused(true);
+    const data = pattern(1_000_000, 9);
+    let written = 0;
+    const writeSome = (): void => {
+      while (written < data.length && !sim.a.conn.sendBufferFull) {
+        const chunk = data.subarray(written, written + 16 * 1024);
+        sim.write(sim.a, chunk);
+        written += chunk.length;
+      }
+    };
+    sim.runUntil(() => {
+      writeSome();
+      return false;
+    }, 5000);
+    const stalled = sim.a.conn.stats();
+    expect(stalled.peerWindow).toBeLessThan(1200);
+    expect(sim.b.conn.stats().receiveBuffered).toBeLessThanOrEqual(64 * 1024);
+    expect(stalled.sendBuffered).toBeLessThanOrEqual(32 * 1024 + 16 * 1024);
+    expect(written).toBeLessThan(data.length);
+    expect(sim.a.errors).toEqual([]);
+    sim.b.conn.setReadPaused(false);
+    sim.pump(sim.b);
+    sim.runUntil(() => {
+      writeSome();
+      return sim.b.receivedBytes === data.length;
+    }, 120_000, 5);
+    expect(sha(sim.b.received)).toBe(sha(data));
+    expect(sim.a.drains).toBeGreaterThan(0);
+  });
+
+  it('keeps probing a zero window when the window update is lost', () => {
+    let dropUpdates = false;
+    const sim = new Sim({ conn: { receiveBufferBytes: 16 * 1024 }, ba: { filter: () => dropUpdates } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    sim.b.conn.setReadPaused(true);
+    const data = pattern(64 * 1024, 2);
+    sim.write(sim.a, data);
+    sim.runUntil(() => false, 2000);
+    expect(sim.b.receivedBytes).toBe(0);
+    expect(sim.a.conn.stats().peerWindow).toBeLessThan(1200);
+    dropUpdates = true;
+    sim.b.conn.setReadPaused(false);
+    sim.pump(sim.b);
+    sim.runUntil(() => false, 100);
+    dropUpdates = false;
+    const probesBefore = sim.a.sent.filter((s) => s.flags & FLAG_KEEPALIVE).length;
+    sim.runUntil(() => sim.b.receivedBytes === data.length, 60_000);
+    expect(sha(sim.b.received)).toBe(sha(data));
+    expect(sim.a.sent.filter((s) => s.flags & FLAG_KEEPALIVE).length).toBeGreaterThan(probesBefore);
+  });
+});
+
+describe('PtcpConnection close', () => {
+  function established(opts: ConstructorParameters<typeof Sim>[0] = {}): Sim {
+    const sim = new Sim(opts);
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    return sim;
+  }
+
+  it('half-closes both ways: each side still receives after ending its writes', () => {
+    const sim = established();
+    sim.write(sim.a, Buffer.from('request'));
+    sim.a.conn.end();
+    sim.pump(sim.a);
+    sim.runUntil(() => sim.b.ended, 1000);
+    expect(sim.b.ended).toBe(true);
+    expect(sim.b.conn.state).toBe('close-wait');
+    expect(sim.a.conn.state).toBe('fin-wait-2');
+    sim.write(sim.b, Buffer.from('response after the peer ended'));
+    sim.runUntil(() => sim.a.receivedBytes > 0, 1000);
+    expect(Buffer.concat(sim.a.received).toString()).toBe('response after the peer ended');
+    sim.b.conn.end();
+    sim.pump(sim.b);
+    sim.runUntil(() => sim.a.ended && sim.b.closed, 1000);
+    expect(sim.b.conn.state).toBe('closed');
+    expect(sim.a.conn.state).toBe('time-wait');
+    sim.runUntil(() => sim.a.closed, 5000);
+    expect(sim.a.closed).toBe(true);
+    expect(sim.a.errors).toEqual([]);
+    expect(sim.b.errors).toEqual([]);
+  });
+
+  it('closes simultaneously through CLOSING', () => {
+    const sim = established();
+    sim.a.conn.end();
+    sim.b.conn.end();
+    sim.pump(sim.a);
+    sim.pump(sim.b);
+    sim.runUntil(() => sim.a.closed && sim.b.closed, 10_000);
+    expect(sim.a.ended && sim.b.ended).toBe(true);
+    expect(sim.a.errors.concat(sim.b.errors)).toEqual([]);
+  });
+
+  it('surfaces a peer RST as PtcpReset', () => {
+    const sim = established();
+    sim.b.conn.abort(sim.clock.now());
+    sim.pump(sim.b);
+    expect(sim.b.closed).toBe(true);
+    sim.runUntil(() => sim.a.closed, 1000);
+    expect(sim.a.errors).toHaveLength(1);
+    expect(isVertexError(sim.a.errors[0], 'PtcpReset')).toBe(true);
+    expect(sim.b.sent.some((s) => s.flags & FLAG_RST)).toBe(true);
+  });
+
+  it('ignores an RST whose source id is not the peer', () => {
+    const sim = established();
+    sim.a.conn.handleSegment({ flags: FLAG_RST, srcId: 0xdead, dstId: 0x1111, seq: 0, ack: 0, tsVal: 0, tsEcr: 0, window: 0, sacks: [], payload: Buffer.alloc(0) }, sim.clock.now());
+    sim.pump(sim.a);
+    expect(sim.a.conn.state).toBe('established');
+  });
+
+  it('keeps an idle connection alive with keepalives', () => {
+    const sim = established({ conn: { keepaliveMs: 1000, idleTimeoutMs: 3000 } });
+    sim.runUntil(() => false, 20_000, 100);
+    expect(sim.a.conn.state).toBe('established');
+    expect(sim.a.errors).toEqual([]);
+  });
+
+  it('fails with PtcpIdle when the peer goes silent', () => {
+    const sim = established({ conn: { keepaliveMs: 1000, idleTimeoutMs: 3000 } });
+    sim.links.ba.loss = 1;
+    const t0 = sim.clock.now();
+    sim.runUntil(() => sim.a.closed, 10_000, 50);
+    expect(sim.a.errors.map((e) => e.code)).toEqual(['PtcpIdle']);
+    expect(sim.clock.now() - t0).toBeGreaterThanOrEqual(3000);
+    expect(sim.clock.now() - t0).toBeLessThan(3200);
+  });
+});
