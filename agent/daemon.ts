@@ -306,6 +306,7 @@ export class AgentDaemon {
     node.expose(service, {
       allow,
       onConnection: (stream) => {
+        keepHalfOpen(stream);
         log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
         this.tunnels.add({ kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
         handler(stream);
@@ -417,9 +418,9 @@ export class AgentDaemon {
   // ---- dialling ----
 
   /** Connects to `user@domain:service` and records the tunnel. */
-  async #dialQ2Q(target: string, kind: TunnelKind, local: string): Promise<Q2QStream> {
+  async #dialQ2Q(target: string, kind: TunnelKind, local: string, opts: ConnectOptions = {}): Promise<Q2QStream> {
     const node = this.#requireNode();
-    const stream = await node.connect(target);
+    const stream = keepHalfOpen(await node.connect(target, opts));
     this.tunnels.add({ kind, target, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
     this.#log.info({ kind, target, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
     return stream;
@@ -473,7 +474,9 @@ export class AgentDaemon {
   async #controlConnect(args: Record<string, unknown>): Promise<{ stream: Duplex; info: unknown }> {
     this.#requireRunning();
     const target = formatServiceAddress(parseServiceAddress(stringArg(args, 'target')));
-    const stream = await this.#dialQ2Q(target, 'connect', 'control');
+    const timeoutMs = args['timeoutMs'];
+    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs > 0))) throw vertexError('BadRequest', 'control request: "timeoutMs" must be a positive number');
+    const stream = await this.#dialQ2Q(target, 'connect', 'control', timeoutMs === undefined ? {} : { timeoutMs });
     return { stream, info: { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs } };
   }
 
@@ -514,6 +517,18 @@ export async function pingWith(connect: (target: string) => Promise<Q2QStream>, 
   const stream = await connect(target);
   stream.destroy();
   return { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
+}
+
+/**
+ * Tunnels carry half-close (an `ncat` whose input ended still reads the
+ * answer). A TLS socket takes `allowHalfOpen` from the socket it wraps, and
+ * net sockets default to false, which ends our side as soon as the peer
+ * ends theirs and loses the rest of the answer; the flag is read at that
+ * moment, so setting it here is enough.
+ */
+export function keepHalfOpen<T extends Duplex>(stream: T): T {
+  (stream as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
+  return stream;
 }
 
 function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {

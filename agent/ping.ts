@@ -49,6 +49,8 @@ export function pingEchoHandler(stream: Duplex): void {
     stream.write(chunk);
   });
   stream.on('end', () => stream.end());
+  // A stream may arrive explicitly paused, and then a 'data' listener alone does not start it.
+  stream.resume();
 }
 
 /**
@@ -73,6 +75,7 @@ export async function runProbes(target: string, conn: ConnectedStream, count: nu
     failure ??= new Error('the peer closed the ping stream');
     wake?.();
   });
+  stream.resume();
   try {
     for (let seq = 0; seq < count; seq++) {
       const probe = Buffer.alloc(PROBE_BYTES);

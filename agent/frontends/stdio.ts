@@ -1,0 +1,57 @@
+/**
+ * The stdio front-end, for `vertex connect` as an ssh ProxyCommand: a
+ * readable (stdin) and a writable (stdout) joined to a tunnel, half-close
+ * kept both ways. End of input ends our sending side of the tunnel while
+ * the answer keeps coming; the tunnel's end ends the output (closing a pipe,
+ * shutting down a socket) while input may still flow.
+ *
+ * Settles when the tunnel has closed and the output has taken every byte.
+ * A tunnel that fails rejects; an output whose reader went away (EPIPE)
+ * just ends the session, as for any filter in a pipeline.
+ */
+import type { Duplex, Readable, Writable } from 'node:stream';
+import { vertexError } from '../../q2q/errors';
+
+export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let failed: Error | undefined;
+    let tunnelClosed = false;
+    let outputDone = false;
+    const settle = (): void => {
+      if (failed) {
+        reject(failed);
+        return;
+      }
+      if (tunnelClosed && outputDone) resolve();
+    };
+    tunnel.on('error', (err) => {
+      failed ??= vertexError('ConnectionLost', `tunnel: ${err.message}`, err);
+    });
+    tunnel.once('close', () => {
+      tunnelClosed = true;
+      if (!failed && !tunnel.readableEnded) failed = vertexError('ConnectionLost', 'tunnel: closed by the other side before it finished');
+      if (failed) {
+        input.unpipe(tunnel);
+        outputDone = true;
+      }
+      settle();
+    });
+    output.on('error', (err: NodeJS.ErrnoException) => {
+      // The reader of our output is gone; nothing more can be delivered.
+      outputDone = true;
+      if (err.code !== 'EPIPE') failed ??= vertexError('Internal', `output: ${err.message}`, err);
+      tunnel.destroy();
+      settle();
+    });
+    output.once('finish', () => {
+      outputDone = true;
+      settle();
+    });
+    input.on('error', (err) => {
+      failed ??= vertexError('Internal', `input: ${err.message}`, err);
+      tunnel.destroy();
+    });
+    input.pipe(tunnel);
+    tunnel.pipe(output);
+  });
+}

@@ -1,0 +1,56 @@
+/**
+ * `vertex expose SERVICE HOST:PORT [--allow PATTERN]...`: put a local port
+ * online as me:SERVICE. With a running agent the expose is added there (and
+ * `--remove` takes it away); without one, this command runs it in the
+ * foreground until Ctrl-C.
+ */
+import type { Argv, CommandModule } from 'yargs';
+import { callAgent } from '../../agent/control-client';
+import { parseService } from '../../q2q/address';
+import { vertexError } from '../../q2q/errors';
+import { formatHostPort, parseHostPort } from '../../config/schema';
+import type { GlobalArgs } from '../context';
+import { printResult } from '../output';
+import { agentSetup, describeRunning, runAgent, type AgentArgs } from './agent';
+
+interface ExposeArgs extends AgentArgs {
+  service: string;
+  target?: string;
+  allow?: string[];
+  remove?: boolean;
+}
+
+export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
+  command: 'expose <service> [target]',
+  describe: 'put a local HOST:PORT online as me:SERVICE (on the running agent, else in the foreground)',
+  builder: (y) => y
+    .positional('service', { type: 'string', demandOption: true, describe: 'service name, e.g. ssh or http' })
+    .positional('target', { type: 'string', describe: 'local HOST:PORT (a bare PORT means 127.0.0.1:PORT)' })
+    .option('allow', { type: 'string', array: true, describe: 'who may connect: *, *@domain or user@domain (repeatable) [*@<my domain>]' })
+    .option('remove', { type: 'boolean', describe: 'stop exposing SERVICE on the running agent' })
+    .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ExposeArgs>,
+  handler: async (args) => {
+    const service = parseService(args.service);
+    const setup = agentSetup(args);
+    if (args.remove) {
+      if (args.target !== undefined) throw vertexError('Usage', 'expose --remove SERVICE takes no target');
+      const reply = await callAgent(setup.socketPath, 'expose-remove', { service });
+      if (!reply.agent) throw vertexError('Usage', `expose --remove ${service}: no agent is running (control socket ${setup.socketPath})`);
+      printResult(args.json, `no longer exposing ${service}`, { service, removed: true });
+      return;
+    }
+    if (args.target === undefined) throw vertexError('Usage', `expose ${service}: name the local HOST:PORT to expose`);
+    // Parsed here so that a bad target is a usage error, not a config error, and a bare port works.
+    const target = formatHostPort(parseHostPort(args.target, { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' }));
+    const allow = args.allow?.length ? args.allow : undefined;
+    const reply = await callAgent(setup.socketPath, 'expose-add', { service, target, ...(allow && { allow }) });
+    if (reply.agent) {
+      const r = reply.result as { address: string; target: string; allow: string[] };
+      printResult(args.json, `exposed ${r.address} -> ${r.target} (allow ${r.allow.join(', ')}) on the running agent`, { ...r, agent: true });
+      return;
+    }
+    const foreground = agentSetup(args, { expose: [{ service, target, ...(allow && { allow }) }], forwards: [] });
+    const daemon = await runAgent(args, foreground, { socks: false, control: false });
+    process.stdout.write(`${describeRunning(daemon, ['exposing in the foreground (no agent is running); Ctrl-C stops it'])}\n`);
+  },
+};

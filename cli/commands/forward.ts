@@ -1,0 +1,52 @@
+/**
+ * `vertex forward [BIND:]PORT USER@DOMAIN:SERVICE`: a local listening port
+ * that tunnels to a remote service. With a running agent the forward is
+ * added there (and `--remove` takes it away); without one, this command
+ * runs it in the foreground until Ctrl-C.
+ */
+import type { Argv, CommandModule } from 'yargs';
+import { callAgent } from '../../agent/control-client';
+import { formatServiceAddress, parseServiceAddress } from '../../q2q/address';
+import { vertexError } from '../../q2q/errors';
+import { FORWARD_LISTEN, formatHostPort, parseHostPort } from '../../config/schema';
+import type { GlobalArgs } from '../context';
+import { printResult } from '../output';
+import { agentSetup, describeRunning, runAgent, type AgentArgs } from './agent';
+
+interface ForwardArgs extends AgentArgs {
+  listen: string;
+  to?: string;
+  remove?: boolean;
+}
+
+export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
+  command: 'forward <listen> [to]',
+  describe: 'listen on [BIND:]PORT and tunnel each connection to USER@DOMAIN:SERVICE',
+  builder: (y) => y
+    .positional('listen', { type: 'string', demandOption: true, describe: '[BIND:]PORT; a bare PORT binds 127.0.0.1' })
+    .positional('to', { type: 'string', describe: 'USER@DOMAIN:SERVICE' })
+    .option('remove', { type: 'boolean', describe: 'remove the forward on [BIND:]PORT from the running agent' })
+    .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ForwardArgs>,
+  handler: async (args) => {
+    const listen = formatHostPort(parseHostPort(String(args.listen), { ...FORWARD_LISTEN, code: 'Usage' }));
+    const setup = agentSetup(args);
+    if (args.remove) {
+      if (args.to !== undefined) throw vertexError('Usage', 'forward --remove [BIND:]PORT takes no target');
+      const reply = await callAgent(setup.socketPath, 'forward-remove', { listen });
+      if (!reply.agent) throw vertexError('Usage', `forward --remove ${listen}: no agent is running (control socket ${setup.socketPath})`);
+      printResult(args.json, `removed the forward on ${listen}`, { listen, removed: true });
+      return;
+    }
+    if (args.to === undefined) throw vertexError('Usage', `forward ${listen}: name the remote USER@DOMAIN:SERVICE`);
+    const to = formatServiceAddress(parseServiceAddress(args.to));
+    const reply = await callAgent(setup.socketPath, 'forward-add', { listen, to });
+    if (reply.agent) {
+      const r = reply.result as { listen: string; to: string };
+      printResult(args.json, `forwarding ${r.listen} -> ${r.to} on the running agent`, { ...r, agent: true });
+      return;
+    }
+    const foreground = agentSetup(args, { forwards: [{ listen, to }], expose: [] });
+    const daemon = await runAgent(args, foreground, { socks: false, control: false });
+    process.stdout.write(`${describeRunning(daemon, ['forwarding in the foreground (no agent is running); Ctrl-C stops it'])}\n`);
+  },
+};

@@ -1,0 +1,41 @@
+/**
+ * `vertex ping USER@DOMAIN[:SERVICE]`: reach the peer and report the route
+ * and round-trip time. Through the running agent when there is one (so the
+ * agent's sessions are what gets measured), else with a connection of its own.
+ */
+import type { Argv, CommandModule } from 'yargs';
+import { callAgent } from '../../agent/control-client';
+import { pingWith } from '../../agent/daemon';
+import { DEFAULT_PING_COUNT, formatPing, MAX_PING_COUNT, type PingResult } from '../../agent/ping';
+import { vertexError } from '../../q2q/errors';
+import type { GlobalArgs } from '../context';
+import { createLogger } from '../logger';
+import { printResult } from '../output';
+import { agentSetup, connectAlone, type AgentArgs } from './agent';
+
+interface PingArgs extends AgentArgs {
+  target: string;
+  count: number;
+}
+
+export const pingCommand: CommandModule<GlobalArgs, PingArgs> = {
+  command: 'ping <target>',
+  describe: 'reach USER@DOMAIN[:SERVICE] and report the route and round-trip time',
+  builder: (y) => y
+    .positional('target', { type: 'string', demandOption: true, describe: 'user@domain, or user@domain:service to time a connect to that service' })
+    .option('count', { alias: 'c', type: 'number', default: DEFAULT_PING_COUNT, describe: `probes to send (1-${MAX_PING_COUNT})` })
+    .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<PingArgs>,
+  handler: async (args) => {
+    if (!Number.isInteger(args.count) || args.count < 1 || args.count > MAX_PING_COUNT) throw vertexError('Usage', `--count must be 1-${MAX_PING_COUNT}`);
+    const setup = agentSetup(args);
+    const reply = await callAgent(setup.socketPath, 'ping', { target: args.target, count: args.count }, { timeoutMs: 30_000 });
+    let result: PingResult;
+    if (reply.agent) {
+      result = reply.result as PingResult;
+    } else {
+      const log = createLogger({ level: args.logLevel ?? 'warn', name: 'vertex-ping' });
+      result = await pingWith((t) => connectAlone(setup, t, log), args.target, args.count);
+    }
+    printResult(args.json, formatPing(result), result);
+  },
+};

@@ -1,0 +1,77 @@
+/**
+ * `vertex status [--json]`: what the running agent is doing: identity,
+ * certificate expiry, the server connection, the reflexive address, exposed
+ * services, forwards, and every open tunnel with its route, age and bytes.
+ */
+import type { Argv, CommandModule } from 'yargs';
+import { callAgent } from '../../agent/control-client';
+import type { AgentStatus } from '../../agent/daemon';
+import { vertexError } from '../../q2q/errors';
+import type { GlobalArgs } from '../context';
+import { printResult } from '../output';
+import { agentSetup, type AgentArgs } from './agent';
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+export function formatAge(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
+}
+
+function table(rows: string[][]): string[] {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
+  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ').trimEnd());
+}
+
+export function formatStatus(s: AgentStatus, now = Date.now()): string {
+  const expiresIn = Date.parse(s.certificate.notAfter) - now;
+  const lines = [
+    `identity     ${s.identity}`,
+    `certificate  valid until ${s.certificate.notAfter}${expiresIn > 0 ? ` (in ${formatAge(expiresIn)})` : ' (EXPIRED)'}`,
+    `server       ${s.server.state}${s.server.server ? ` ${s.server.server}` : ''} since ${s.server.since}${s.server.lastError ? `; last error: ${s.server.lastError}` : ''}`,
+    `reflexive    tcp ${s.reflexive.tcp ?? '-'}, udp ${s.reflexive.udp ?? '-'}`,
+    `peer listen  ${s.peerListen ?? '-'}`,
+    `socks5       ${s.socks ? `${s.socks.listen} (auth ${s.socks.auth}, passthrough ${s.socks.passthrough ? 'on' : 'off'})` : 'off'}`,
+  ];
+  lines.push(s.exposed.length === 0 ? 'exposed      (none)' : 'exposed');
+  lines.push(...table(s.exposed.map((e) => ['  ', e.address, '->', e.target, `allow ${e.allow.join(', ')}`, `(${e.source})`])));
+  lines.push(s.forwards.length === 0 ? 'forwards     (none)' : 'forwards');
+  lines.push(...table(s.forwards.map((f) => ['  ', f.listen, '->', f.to, `(${f.source})`])));
+  if (s.tunnels.length === 0) {
+    lines.push('tunnels      (none)');
+  } else {
+    lines.push('tunnels');
+    lines.push(...table([
+      ['  ', 'ID', 'KIND', 'TARGET', 'PEER', 'ROUTE', 'AGE', 'IN', 'OUT', 'LOCAL'],
+      ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
+    ]));
+  }
+  return lines.join('\n');
+}
+
+export const statusCommand: CommandModule<GlobalArgs, AgentArgs> = {
+  command: 'status',
+  describe: 'show the running agent: identity, server connection, exposes, forwards, tunnels with routes',
+  builder: (y) => y.option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as Argv<AgentArgs>,
+  handler: async (args) => {
+    const setup = agentSetup(args);
+    const reply = await callAgent(setup.socketPath, 'status');
+    if (!reply.agent) throw vertexError('Internal', `no agent is running (control socket ${setup.socketPath}); start one with \`vertex agent\``);
+    const status = reply.result as AgentStatus;
+    printResult(args.json, formatStatus(status), status);
+  },
+};
