@@ -234,11 +234,9 @@ export class AgentDaemon {
     this.tunnels.destroyAll();
     const node = this.#node;
     this.#node = undefined;
-    if (node) {
-      for (const service of this.#exposes.keys()) await step(`unexpose ${service}`, () => node.unexpose(service));
-      this.#exposes.clear();
-      await step('q2q node', () => node.stop());
-    }
+    this.#exposes.clear();
+    // No unexpose first: ending the home session withdraws every service at once.
+    if (node) await step('q2q node', () => node.stop());
   }
 
   // ---- status ----
@@ -302,7 +300,6 @@ export class AgentDaemon {
     const entry: ExposeEntry = { service, target: spec.target, allow, source };
     const local = formatHostPort(spec.target);
     const handler = exposeHandler(spec.target, { log });
-    if (this.#exposes.has(service)) node.unexpose(service);
     node.expose(service, {
       allow,
       onConnection: (stream) => {

@@ -1,29 +1,45 @@
 /**
  * `vertex demo` (what `npm start` runs): the all-in-one embedded default of
- * INTERFACE.md — an identity server for `localhost` on 127.0.0.1:8788 with
- * its data in ./vertex-data/, and a demo account whose identity lives in
- * ./vertex-data/home. A second run reuses everything.
+ * INTERFACE.md, in one process:
+ *
+ * - an identity server for `localhost` on 127.0.0.1:8788, data in ./vertex-data/server;
+ * - a demo account, demo@localhost, whose identity lives in ./vertex-data/home;
+ * - an agent for it with SOCKS5 on 127.0.0.1:1080 and its control socket in
+ *   that home (so `vertex --home ./vertex-data/home status` finds it);
+ * - a small web page exposed as demo@localhost:http, so that the printed
+ *   curl example has something to fetch.
+ *
+ * A second run reuses the account and the data. Ctrl-C stops it all.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
+import { AgentDaemon } from '../../agent/daemon';
 import { HomeStore } from '../../agent/home-store';
 import { registerAccount } from '../../q2q/control/accounts';
 import { createServerResolver } from '../../q2q/control/discovery';
 import { openServerConnection } from '../../q2q/control/server-connection';
+import { vertexError } from '../../q2q/errors';
 import { buildServerConfig } from '../../config/load';
-import { parseHostPort } from '../../config/schema';
+import { formatHostPort, parseHostPort } from '../../config/schema';
+import { IdentityServer } from '../../server/identity-server';
 import type { GlobalArgs } from '../context';
-import { runServer, stopOnSignals } from './server';
+import { createLogger } from '../logger';
+import { AGENT_CONFIG_FILE, agentSetup, createQ2QNode, describeRunning } from './agent';
+import { identityServerOptions, stopOnSignals } from './server';
 
 interface DemoArgs extends GlobalArgs {
   data: string;
   listen: string;
+  socks: string;
 }
 
 export const DEMO_DOMAIN = 'localhost';
 export const DEMO_USER = 'demo';
+export const DEMO_PAGE = 'Hello from demo@localhost, through Vertex.\n';
 
 function demoPassword(dataDir: string): string {
   const file = path.join(dataDir, 'demo-password');
@@ -33,32 +49,67 @@ function demoPassword(dataDir: string): string {
   return password;
 }
 
+async function startPage(): Promise<{ server: http.Server; port: number }> {
+  const server = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/plain; charset=utf-8');
+    res.end(DEMO_PAGE);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  return { server, port: (server.address() as net.AddressInfo).port };
+}
+
+/** The demo's agent.yaml, rewritten on every run so it matches this run's flags. */
+function agentYaml(socks: string, server: string, socket: string): string {
+  return [
+    '# Written by `vertex demo` on every start; edit a copy for your own agent.',
+    'version: 1',
+    `identity: ${DEMO_USER}@${DEMO_DOMAIN}`,
+    `socks: { listen: "${socks}" }`,
+    `domains: { ${DEMO_DOMAIN}: { server: "${server}" } }`,
+    'peer_listen: 127.0.0.1:0',
+    'advertise: [127.0.0.1]',
+    `control: { socket: ${JSON.stringify(socket)} }`,
+    '',
+  ].join('\n');
+}
+
 export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
   command: 'demo',
-  describe: 'run the all-in-one default (what `npm start` runs): a server for localhost and a demo identity',
+  describe: 'run the all-in-one default (what `npm start` runs): a server for localhost, a demo account and its agent',
   builder: (y: Argv) => y
     .option('data', { type: 'string', default: 'vertex-data', describe: 'where the demo keeps everything' })
-    .option('listen', { type: 'string', default: '127.0.0.1:8788', describe: 'server HOST:PORT' }) as unknown as Argv<DemoArgs>,
+    .option('listen', { type: 'string', default: '127.0.0.1:8788', describe: 'server HOST:PORT' })
+    .option('socks', { type: 'string', default: '127.0.0.1:1080', describe: "the agent's SOCKS5 HOST:PORT" }) as unknown as Argv<DemoArgs>,
   handler: async (args) => {
     const dataDir = path.resolve(args.data);
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    const listen = parseHostPort(args.listen);
-    const server = await runServer(buildServerConfig({
-      domains: [DEMO_DOMAIN],
-      listen: args.listen,
-      data_dir: path.join(dataDir, 'server'),
-      registration: 'open',
-    }), args.logLevel ?? 'warn');
-    stopOnSignals(() => server.stop());
+    parseHostPort(args.socks, { code: 'Usage' });
+    const logLevel = args.logLevel ?? 'warn';
+    const log = createLogger({ level: logLevel });
+
+    const config = buildServerConfig({ domains: [DEMO_DOMAIN], listen: args.listen, data_dir: path.join(dataDir, 'server'), registration: 'open' });
+    const server = new IdentityServer({ ...identityServerOptions(config), log: log.child({ component: 'server' }) });
+    let bound: { host: string; port: number };
+    try {
+      bound = await server.start();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EADDRINUSE') throw vertexError('Usage', `listen on ${args.listen}: address already in use; is another \`npm start\` running? Choose another with --listen`, err);
+      throw err;
+    }
+    const serverAddress = formatHostPort(bound);
+    process.stdout.write(`vertex demo: identity server for ${DEMO_DOMAIN} listening on ${serverAddress} (tcp+udp); data in ${dataDir}\n`);
 
     const address = `${DEMO_USER}@${DEMO_DOMAIN}`;
     const homeDir = path.join(dataDir, 'home');
     const home = new HomeStore(homeDir);
-    const resolveArg = `--resolve ${DEMO_DOMAIN}=${listen.host}:${listen.port}`;
     if (!home.hasIdentity(address)) {
       const connection = await openServerConnection({
         domain: DEMO_DOMAIN,
-        resolve: createServerResolver({ overrides: { [DEMO_DOMAIN]: listen } }),
+        resolve: createServerResolver({ overrides: { [DEMO_DOMAIN]: bound } }),
         trust: home,
       });
       try {
@@ -67,18 +118,46 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       } finally {
         connection.close();
       }
-      process.stdout.write(`created the demo account ${address}; its identity is in ${homeDir}\n`);
+      process.stdout.write(`vertex demo: created the account ${address}; its identity is in ${homeDir}\n`);
     } else {
-      process.stdout.write(`reusing the demo account ${address} from ${homeDir}\n`);
+      process.stdout.write(`vertex demo: reusing the account ${address} from ${homeDir}\n`);
     }
+
+    const configFile = path.join(homeDir, AGENT_CONFIG_FILE);
+    fs.writeFileSync(configFile, agentYaml(args.socks, serverAddress, path.join(homeDir, 'agent.sock')));
+    const setup = agentSetup({ ...args, home: homeDir, config: configFile });
+    const page = await startPage();
+    const agent = new AgentDaemon({
+      config: setup.config,
+      home: setup.home,
+      resolve: setup.resolve,
+      createNode: createQ2QNode,
+      controlSocket: setup.socketPath,
+      log,
+    });
+    stopOnSignals(async () => {
+      await agent.stop();
+      page.server.closeAllConnections();
+      await new Promise<void>((resolve) => page.server.close(() => resolve()));
+      await server.stop();
+    });
+    await agent.start();
+    agent.addExpose({ service: 'http', target: { host: '127.0.0.1', port: page.port } });
+    const socks = formatHostPort(agent.socksAddress ?? parseHostPort(args.socks));
+    const v = `npx vertex --home ${path.relative(process.cwd(), homeDir) || '.'}`;
     process.stdout.write([
+      describeRunning(agent),
       '',
       'Try next, in another terminal:',
-      `  npx vertex ${resolveArg} --home /tmp/alice register alice@${DEMO_DOMAIN}      # an account of your own`,
-      `  npx vertex ${resolveArg} --home ${homeDir} login ${address} --password-file ${path.join(dataDir, 'demo-password')}`,
-      `  npx vertex server list-users --data ${path.join(dataDir, 'server')}`,
+      `  curl --socks5-hostname ${socks} http://${DEMO_USER}.${DEMO_DOMAIN}.q2q/`,
+      `  ${v} status`,
+      `  ${v} expose ssh 127.0.0.1:22          # put your sshd online as ${address}:ssh`,
+      `  ssh -o ProxyCommand='${v} connect %h %p' ${DEMO_USER}.${DEMO_DOMAIN}.q2q`,
+      `  ${v} forward 8022 ${address}:ssh     # or a fixed local port for it`,
+      `  ${v} ping ${address}`,
+      `  npx vertex --resolve ${DEMO_DOMAIN}=${serverAddress} --home /tmp/alice register alice@${DEMO_DOMAIN}   # an account of your own`,
       '',
-      'Ctrl-C stops the server; the next `npm start` reuses ./vertex-data.',
+      'Ctrl-C stops everything; the next `npm start` reuses ./vertex-data.',
       '',
     ].join('\n'));
   },
