@@ -46,6 +46,8 @@ export const OFFER_TIMEOUT_MS = 30_000;
 export const CLOSE_GRACE_MS = 5_000;
 /** Data gathered before one write to disk; two batches at most are held (one being written). */
 export const WRITE_BATCH_BYTES = 1024 * 1024;
+/** Background write-back interval while a file arrives. */
+export const SYNC_EVERY_BYTES = 16 * 1024 * 1024;
 const READ_CHUNK_BYTES = 1024 * 1024;
 
 export interface IncomingOffer {
@@ -512,6 +514,8 @@ class FileSink {
   #inflight: Promise<void> | null = null;
   #error: unknown = null;
   #closed = false;
+  #unsynced = 0;
+  #syncing: Promise<void> | null = null;
 
   constructor(fh: fs.promises.FileHandle, position: number, name: string) {
     this.#fh = fh;
@@ -531,6 +535,7 @@ class FileSink {
     try {
       await this.#flush();
       await this.#inflight;
+      await this.#syncing;
       if (this.#error !== null) throw ioError(`write ${this.#name}`, this.#error);
       await this.#fh.sync();
     } catch (err) {
@@ -545,6 +550,7 @@ class FileSink {
     try {
       await this.#flush();
       await this.#inflight;
+      await this.#syncing;
     } catch {
       // Disk errors here only shorten what a resume can reuse.
     } finally {
@@ -557,14 +563,31 @@ class FileSink {
     if (this.#error !== null) throw ioError(`write ${this.#name}`, this.#error);
     if (this.#batchBytes === 0) return;
     const batch = this.#batch;
+    const size = this.#batchBytes;
     const at = this.#position;
-    this.#position += this.#batchBytes;
+    this.#position += size;
     this.#batch = [];
     this.#batchBytes = 0;
-    this.#inflight = writeAll(this.#fh, batch, at).catch((err: unknown) => {
+    this.#inflight = writeAll(this.#fh, batch, at).then(() => this.#written(size), (err: unknown) => {
       this.#error = err;
     }).finally(() => {
       this.#inflight = null;
+    });
+  }
+
+  /**
+   * Starts writing back every SYNC_EVERY_BYTES in the background, one sync
+   * at a time: the fsync before the rename then has little left to do, and
+   * a slow disk cannot pile up dirty pages for the whole file.
+   */
+  #written(bytes: number): void {
+    this.#unsynced += bytes;
+    if (this.#unsynced < SYNC_EVERY_BYTES || this.#syncing !== null) return;
+    this.#unsynced = 0;
+    this.#syncing = this.#fh.datasync().catch((err: unknown) => {
+      this.#error ??= err;
+    }).finally(() => {
+      this.#syncing = null;
     });
   }
 
