@@ -274,7 +274,11 @@ class Receiver {
     for (const [i, p] of this.#plans.entries()) {
       const size = held[i] ?? 0;
       if (size > 0 && size <= p.offered.size) {
-        p.resumeHash = await hashPrefix(p.partial, size);
+        try {
+          p.resumeHash = await hashPrefix(p.partial, size);
+        } catch (err) {
+          throw new Refusal('unwritable', `cannot read the partial file ${p.partial}: ${describe(err)}`);
+        }
         p.resume = { offset: size, sha256: p.resumeHash.copy().digest() };
       }
     }

@@ -55,7 +55,8 @@ export interface NodeSetup {
 export function nodeSetup(args: NodeArgs): NodeSetup {
   const home = homeStore(args);
   const config = agentConfig(args);
-  const log = cliLogger(args, config.log.level === 'info' && args.logLevel === undefined ? 'warn' : config.log.level);
+  // agent.yaml's log level is the daemon's; a foreground command stays quiet unless --log-level says otherwise.
+  const log = cliLogger(args);
   const servers = new Map<string, ServerEndpoint>(Object.entries(config.domains).map(([d, v]) => [d, { host: v.server.host, port: v.server.port }]));
   const identity = home.loadIdentity(args.identity ?? config.identity);
   const options: Q2QOptions = {

@@ -12,7 +12,7 @@ import {
 } from '../../agent/file-transfer';
 import { formatAddress, parseAddress } from '../../q2q/address';
 import { connectQ2Q } from '../../q2q';
-import { vertexError } from '../../q2q/errors';
+import { isVertexError, vertexError, VertexError } from '../../q2q/errors';
 import type { GlobalArgs } from '../context';
 import { elapsedText, nodeOptions, nodeSetup, onInterrupt, rateText, type NodeArgs } from './receive';
 
@@ -51,6 +51,11 @@ async function run(args: SendArgs): Promise<void> {
     const stream = await connectQ2Q(identity, `${target}:${FILE_TRANSFER_SERVICE}`, {
       ...options,
       ...(args.connectTimeout !== undefined && { connectTimeoutMs: args.connectTimeout * 1000, timeoutMs: args.connectTimeout * 1000 }),
+    }).catch((err: unknown) => {
+      if (isVertexError(err, 'NotExposed') || isVertexError(err, 'Offline')) {
+        throw new VertexError(err.code, `${err.message} (is ${target} running \`vertex receive\`?)`, { cause: err });
+      }
+      throw err;
     });
     const total = files.reduce((sum, f) => sum + f.size, 0);
     if (!json) {

@@ -176,6 +176,12 @@ describe('refusals', () => {
     expect(fs.readFileSync(path.join(dir, 'photo-1.jpg'), 'utf8')).toBe('mine');
   });
 
+  it('sending to someone who is not receiving fails with exit 4 and says what to ask for', async () => {
+    const sent = await send([path.join(smallDir, 'photo-1.jpg'), 'bob@b.test']);
+    expect(sent.code).toBe(4);
+    expect(sent.stderr).toMatch(/vertex receive/);
+  });
+
   it('receive refuses to start without a terminal unless --yes', async () => {
     const r = await runVertex(asBob(['receive', scratch('in')]));
     expect(r.code).toBe(2);
