@@ -50,6 +50,9 @@ interface Record_ {
   stream: Duplex;
   startedWall: number;
   startedMono: number;
+  /** The counters when the tunnel was handed over: what the handshake before it used is not the tunnel's. */
+  baseRead: number;
+  baseWritten: number;
 }
 
 export class TunnelRegistry {
@@ -73,7 +76,16 @@ export class TunnelRegistry {
    */
   add(info: TunnelInfo, stream: Duplex): number {
     const id = this.#nextId++;
-    this.#tunnels.set(id, { id, info, stream, startedWall: this.#wallNow(), startedMono: this.#clock.now() });
+    const counted = stream as Duplex & Counted;
+    this.#tunnels.set(id, {
+      id,
+      info,
+      stream,
+      startedWall: this.#wallNow(),
+      startedMono: this.#clock.now(),
+      baseRead: counted.bytesRead ?? 0,
+      baseWritten: counted.bytesWritten ?? 0,
+    });
     const remove = (): void => {
       this.#tunnels.delete(id);
     };
@@ -91,8 +103,8 @@ export class TunnelRegistry {
         ...t.info,
         startedAt: new Date(t.startedWall).toISOString(),
         ageMs: Math.max(0, Math.round(now - t.startedMono)),
-        bytesIn: counted.bytesRead ?? 0,
-        bytesOut: counted.bytesWritten ?? 0,
+        bytesIn: Math.max(0, (counted.bytesRead ?? 0) - t.baseRead),
+        bytesOut: Math.max(0, (counted.bytesWritten ?? 0) - t.baseWritten),
       };
     });
   }

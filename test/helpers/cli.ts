@@ -120,9 +120,9 @@ export interface ServerHandle {
 }
 
 /** Starts `vertex server` on a free loopback port for the given domains. */
-export async function startServer(domains: string[], opts: { dataDir?: string; extraArgs?: string[] } = {}): Promise<ServerHandle> {
+export async function startServer(domains: string[], opts: { dataDir?: string; extraArgs?: string[]; listen?: string } = {}): Promise<ServerHandle> {
   const dataDir = opts.dataDir ?? tempDir('server');
-  const args = ['server', '--listen', '127.0.0.1:0', '--data', dataDir, ...domains.flatMap((d) => ['--domain', d]), ...(opts.extraArgs ?? [])];
+  const args = ['server', '--listen', opts.listen ?? '127.0.0.1:0', '--data', dataDir, ...domains.flatMap((d) => ['--domain', d]), ...(opts.extraArgs ?? [])];
   const proc = startVertex(args);
   const m = await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
   const port = Number(m[1]);

@@ -1,0 +1,233 @@
+/**
+ * Issue 4, "what it must show" 1, 2, 4, 5, 6 and 7: real `vertex server`
+ * processes for a.test and b.test, real `vertex agent` processes for alice
+ * and bob, and the programs users run (curl, ncat, Chromium, plain TCP).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes, createHash } from 'node:crypto';
+import { stopAll, tempDir } from '../../helpers/cli';
+import { startWorld, type World } from '../../helpers/q2q-world';
+import type { AgentStatus } from '../../../agent/daemon';
+import {
+  connectTcp,
+  exchange,
+  freePort,
+  PAGE,
+  requireTool,
+  run,
+  spawnClient,
+  startAgent,
+  startEcho,
+  startWeb,
+  stopClients,
+  until,
+  vertexFor,
+  type AgentHandle,
+  type Closable,
+} from './helpers';
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('agents with real clients', () => {
+  let world: World;
+  let alice: AgentHandle;
+  let bob: AgentHandle;
+  let echo: Closable;
+  let web: Awaited<ReturnType<typeof startWeb>>;
+  let proxy: string;
+  const dirs: string[] = [];
+
+  beforeAll(async () => {
+    requireTool('curl', ['--version'], 'curl');
+    requireTool('ncat', ['--version'], 'ncat');
+    echo = await startEcho();
+    web = await startWeb();
+    world = await startWorld();
+    const aliceUser = await world.user('alice@a.test');
+    const bobUser = await world.user('bob@b.test');
+    dirs.push(aliceUser.home.dir, bobUser.home.dir);
+    bob = await startAgent(world, bobUser.home.dir, `expose:\n  - { service: echo, target: "127.0.0.1:${echo.port}", allow: ["*@a.test"] }`);
+    alice = await startAgent(world, aliceUser.home.dir, 'ports: { 7: echo }');
+    proxy = `127.0.0.1:${alice.socksPort}`;
+    // bob's web page goes online through the control API of his running agent.
+    const added = await bob.vertex(['expose', 'http', `127.0.0.1:${web.port}`, '--allow', '*@a.test']);
+    expect(added.stderr).toBe('');
+    expect(added.stdout).toMatch(/exposed bob@b\.test:http -> 127\.0\.0\.1:\d+ \(allow \*@a\.test\) on the running agent/);
+  });
+
+  afterAll(async () => {
+    web?.release();
+    await stopClients();
+    await stopAll();
+    await Promise.all([echo?.close(), web?.close()]);
+    for (const d of [...dirs, world?.a.dataDir, world?.b.dataDir]) if (d) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('1: curl --socks5-hostname fetches bob\'s exposed page by the DNS-safe name (port 80 -> http)', async () => {
+    const r = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', proxy, 'http://bob.b.test.q2q/']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString()).toBe(PAGE);
+    expect(web.hosts).toContain('bob.b.test.q2q');
+  });
+
+  it('2: ncat --proxy-type socks5 with the literal bob@b.test reaches the echo service, half-close included', async () => {
+    // alice's `ports:` maps 7 to "echo"; ncat ends its side when its input ends and still reads the echo.
+    const payload = randomBytes(256 * 1024);
+    const r = await run('ncat', ['--proxy', proxy, '--proxy-type', 'socks5', 'bob@b.test', '7'], { input: payload });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(sha(r.stdout)).toBe(sha(payload));
+    // Port 9 means the service "9", which bob does not expose: REP 0x05.
+    const refused = await run('ncat', ['--proxy', proxy, '--proxy-type', 'socks5', 'bob@b.test', '9'], { input: 'x' });
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/refused/i);
+  });
+
+  async function userHome(address: string): Promise<string> {
+    const u = await world.user(address);
+    dirs.push(u.home.dir);
+    return u.home.dir;
+  }
+
+  it('4: vertex forward on the running agent, and in the foreground without one: a plain TCP client gets echoed bytes', async () => {
+    const port = await freePort();
+    const added = await alice.vertex(['forward', `127.0.0.1:${port}`, 'bob@b.test:echo']);
+    expect(added.stderr).toBe('');
+    expect(added.stdout).toMatch(new RegExp(`forwarding 127\\.0\\.0\\.1:${port} -> bob@b\\.test:echo on the running agent`));
+    const payload = randomBytes(300_000);
+    expect(sha(await exchange(await connectTcp(port), payload))).toBe(sha(payload));
+    const removed = await alice.vertex(['forward', '--remove', String(port)]);
+    expect(removed.code).toBe(0);
+    await expect(connectTcp(port)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+
+    // erin has no agent: the forward runs in the foreground until SIGTERM.
+    const erin = await userHome('erin@a.test');
+    fs.writeFileSync(path.join(erin, 'agent.yaml'), fs.readFileSync(path.join(alice.home, 'agent.yaml'), 'utf8').replace(alice.home, erin));
+    const port2 = await freePort();
+    const { argv } = vertexFor(world, erin);
+    const fg = spawnClient(argv[0] as string, [...argv.slice(1), 'forward', String(port2), 'bob@b.test:echo']);
+    await until('the foreground forward', () => (/forward 127\.0\.0\.1:\d+ -> bob@b\.test:echo/.test(fg.output()) ? true : undefined));
+    expect(fg.output()).toMatch(/in the foreground/);
+    expect((await exchange(await connectTcp(port2), 'plain tcp')).toString()).toBe('plain tcp');
+    fg.kill('SIGTERM');
+    await new Promise((resolve) => fg.once('close', resolve));
+    expect(fg.exitCode).toBe(0);
+  });
+
+  it('5: headless Chromium loads bob\'s page through the SOCKS5 proxy', async () => {
+    requireTool('chromium', ['--version'], 'chromium');
+    const profile = tempDir('chromium');
+    dirs.push(profile);
+    const r = await run('chromium', [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      `--user-data-dir=${profile}`, `--proxy-server=socks5://${proxy}`, '--dump-dom', 'http://bob.b.test.q2q/',
+    ], { ms: 60_000 });
+    expect(r.stdout.toString()).toContain('<h1 id="greeting">hello from bob</h1>');
+  }, 90_000);
+
+  it('6: vertex status --json lists the open tunnels of each front-end with their routes', async () => {
+    const fwdPort = await freePort();
+    expect((await alice.vertex(['forward', String(fwdPort), 'bob@b.test:echo'])).code).toBe(0);
+    const curl = spawnClient('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, 'http://bob.b.test.q2q/slow']);
+    const ncat = spawnClient('ncat', ['--proxy', proxy, '--proxy-type', 'socks5', 'bob@b.test', '7']);
+    const held = await connectTcp(fwdPort);
+    held.write('hold');
+    const connect = spawnClient(alice.argv[0] as string, [...alice.argv.slice(1), 'connect', 'bob@b.test:echo']);
+    connect.stdin?.write('ping\n');
+
+    const status = await until('four tunnels in alice\'s status', async () => {
+      const r = await alice.vertex(['status', '--json']);
+      const s = JSON.parse(r.stdout) as AgentStatus;
+      return s.tunnels.length >= 4 ? s : undefined;
+    });
+    expect(status.identity).toBe('alice@a.test');
+    expect(status.server.state).toBe('online');
+    expect(Date.parse(status.certificate.notAfter)).toBeGreaterThan(Date.now());
+    const seen = status.tunnels.map((t) => `${t.kind} ${t.target} ${t.route}`).sort();
+    expect(seen).toEqual([
+      'connect bob@b.test:echo tcp',
+      'forward bob@b.test:echo tcp',
+      'socks bob@b.test:echo tcp',
+      'socks bob@b.test:http tcp',
+    ]);
+    for (const t of status.tunnels) {
+      expect(t.peer).toBe('bob@b.test');
+      expect(t.ageMs).toBeGreaterThanOrEqual(0);
+      expect(typeof t.bytesIn).toBe('number');
+    }
+    const fwd = status.tunnels.find((t) => t.kind === 'forward');
+    expect(fwd?.bytesOut).toBe(4);
+
+    const human = await alice.vertex(['status']);
+    expect(human.stdout).toMatch(/tunnels\n\s+ID\s+KIND\s+TARGET\s+PEER\s+ROUTE\s+AGE\s+IN\s+OUT/);
+    expect(human.stdout).toMatch(/forward\s+bob@b\.test:echo\s+bob@b\.test\s+tcp/);
+    const bobStatus = JSON.parse((await bob.vertex(['status', '--json'])).stdout) as AgentStatus;
+    expect(bobStatus.tunnels.filter((t) => t.kind === 'inbound' && t.peer === 'alice@a.test').length).toBeGreaterThanOrEqual(3);
+
+    web.release();
+    held.destroy();
+    for (const c of [curl, ncat, connect]) c.kill('SIGTERM');
+    await until('the tunnels to close', async () => {
+      const s = JSON.parse((await alice.vertex(['status', '--json'])).stdout) as AgentStatus;
+      return s.tunnels.length === 0 ? true : undefined;
+    });
+  });
+
+  describe('7: bad input', () => {
+    it('a name that is not a Q2Q name gets REP 0x02 with passthrough off', async () => {
+      const r = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', proxy, 'http://example.com/']);
+      expect(r.code).toBe(97);
+      expect(r.stderr).toMatch(/\(2\)/);
+    });
+
+    it('an offline peer gets REP 0x04 within 5 s', async () => {
+      await userHome('carol@b.test');
+      const r = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', proxy, 'http://carol.b.test.q2q/']);
+      expect(r.code).toBe(97);
+      expect(r.stderr).toMatch(/\(4\)/);
+      expect(r.ms).toBeLessThan(5000);
+    });
+
+    it('a wrong SOCKS password is refused per RFC 1929, the right one works', async () => {
+      const dave = await startAgent(world, await userHome('dave@a.test'), 'socks: { listen: 127.0.0.1:0, auth: { username: dave, password: s3cret } }');
+      const wrong = await run('curl', ['-sS', '--max-time', '10', '--proxy-user', 'dave:wrong', '--socks5-hostname', `127.0.0.1:${dave.socksPort}`, 'http://bob.b.test.q2q/']);
+      expect(wrong.code).toBe(97);
+      expect(wrong.stderr).toMatch(/User was rejected by the SOCKS5 server/);
+      const none = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', `127.0.0.1:${dave.socksPort}`, 'http://bob.b.test.q2q/']);
+      expect(none.code).toBe(97);
+      const right = await run('curl', ['-sS', '--max-time', '10', '--proxy-user', 'dave:s3cret', '--socks5-hostname', `127.0.0.1:${dave.socksPort}`, 'http://bob.b.test.q2q/']);
+      expect(right.stderr).toBe('');
+      expect(right.stdout.toString()).toBe(PAGE);
+    });
+
+    it('garbage in the SOCKS handshake closes that connection and the agent keeps serving', async () => {
+      const raw = await connectTcp(alice.socksPort);
+      const closed = new Promise<void>((resolve) => {
+        raw.on('end', () => resolve());
+        raw.on('close', () => resolve());
+        raw.on('error', () => undefined);
+      });
+      raw.resume();
+      raw.write('GET / HTTP/1.1\r\nHost: example.com\r\n\r\n');
+      await closed;
+      raw.destroy();
+      const r = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', proxy, 'http://bob.b.test.q2q/']);
+      expect(r.code).toBe(0);
+      expect(r.stdout.toString()).toBe(PAGE);
+    });
+
+    it('a config error names the file, the line and the key, and exits 6', async () => {
+      const dir = tempDir('badcfg');
+      dirs.push(dir);
+      const file = path.join(dir, 'agent.yaml');
+      fs.writeFileSync(file, 'version: 1\nidentity: alice@a.test\nsocks:\n  listen: nowhere\n');
+      const r = await alice.vertex(['agent', '--config', file]);
+      expect(r.code).toBe(6);
+      expect(r.stderr).toContain(`${file}:4: socks.listen`);
+      expect(r.stdout).toBe('');
+    });
+  });
+});
