@@ -8,7 +8,7 @@
  * Both sides run as separate processes in both cases. The raw copy is a
  * socket piped into a file and nothing else; `send` adds TLS, framing,
  * SHA-256 on both ends and an fsync before the rename. sendMBps is the
- * transfer as `vertex send --json` reports it (offer to last verification);
+ * transfer as `vertex send --json` reports it (acceptance to last verification);
  * endToEndMBps is the whole `vertex send` process, with start-up, hashing
  * and connecting. Each figure is the median of RUNS runs.
  *

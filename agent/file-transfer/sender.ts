@@ -224,6 +224,7 @@ class Sender {
       this.#progress();
       const resume = await this.#readAnswer();
       this.#phase = 'sending';
+      this.#progress();
       const verifications = this.#readVerifications();
       // Ends the sending early if the receiver reports an error; the frame loop below then fails on the torn-down stream.
       verifications.catch((err: unknown) => this.#stop(asFailure(err), null));

@@ -18,7 +18,7 @@ import {
 import type { HomeStore, StoredIdentity } from '../../agent/home-store';
 import { buildAgentConfig, loadAgentConfig, type AgentConfig } from '../../config/load';
 import { parseAllowPattern, type HostPort } from '../../config/schema';
-import { listenQ2Q, type Q2QNode, type Q2QOptions, type Q2QStream } from '../../q2q';
+import { listenQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
 import type { ServerEndpoint } from '../../q2q/control/discovery';
 import { asVertexError, vertexError } from '../../q2q/errors';
 import type { Logger } from '../../q2q/util/log';
@@ -128,6 +128,8 @@ interface ReceiveArgs extends NodeArgs {
   once?: boolean;
 }
 
+/** How long Ctrl-C waits for cancelled transfers to keep their partial data and report. */
+const STOP_GRACE_MS = 5000;
 /** Files listed one per line after a summary, up to this many. */
 const LISTED_FILES = 10;
 
@@ -139,12 +141,12 @@ async function run(args: ReceiveArgs): Promise<void> {
   }
   const { identity, options, log } = nodeSetup(args);
   const json = Boolean(args.json);
-  const active = new Set<AbortController>();
+  /** Transfers in progress, each with its cancel switch and a promise settled when it is reported. */
+  const active = new Map<AbortController, Promise<void>>();
   const busy = new Set<string>();
   const ask = args.yes ? null : new Asker();
   let finished: (status: number) => void = () => undefined;
   const done = new Promise<number>((resolve) => { finished = resolve; });
-  let node: Q2QNode | null = null;
 
   const onConnection = (stream: Q2QStream) => {
     if (args.once && active.size > 0) {
@@ -152,10 +154,10 @@ async function run(args: ReceiveArgs): Promise<void> {
       return;
     }
     const controller = new AbortController();
-    active.add(controller);
-    const started = performance.now();
+    // The rate counts from the acceptance: asking a person takes a while.
+    let started = performance.now();
     let view: ProgressView | null = null;
-    receiveFiles(stream, {
+    const reported = receiveFiles(stream, {
       dir,
       peer: stream.peer,
       ...(from.length > 0 && { allow: from }),
@@ -165,6 +167,7 @@ async function run(args: ReceiveArgs): Promise<void> {
       signal: controller.signal,
       ...(ask && { decide: (offer: IncomingOffer) => ask.decide(offer, dir) }),
       onAccept: (offer) => {
+        started = performance.now();
         if (!json) process.stderr.write(`receiving ${describeOffer(offer)} from ${stream.peer} via ${stream.route}\n`);
         view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `from ${stream.peer}`, route: stream.route });
       },
@@ -183,9 +186,10 @@ async function run(args: ReceiveArgs): Promise<void> {
       active.delete(controller);
       if (args.once) finished(status);
     }, () => undefined);
+    active.set(controller, reported);
   };
 
-  node = await listenQ2Q(identity, {
+  const node = await listenQ2Q(identity, {
     [FILE_TRANSFER_SERVICE]: { ...(from.length > 0 && { allow: from }), onConnection },
   }, options);
   const allowText = from.length > 0 ? from.join(', ') : `anyone in ${identity.address.slice(identity.address.indexOf('@') + 1)}`;
@@ -196,8 +200,10 @@ async function run(args: ReceiveArgs): Promise<void> {
   }
   const removeHandler = onInterrupt((signal) => {
     if (!json) process.stderr.write(`vertex: ${signal}, stopping\n`);
-    for (const c of active) c.abort();
-    finished(EXIT.ok);
+    for (const c of active.keys()) c.abort();
+    // Let cancelled transfers flush their partial files and report, for a bounded time.
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
+    void Promise.race([Promise.allSettled(active.values()), grace]).then(() => finished(EXIT.ok));
   });
   const status = await done;
   removeHandler();

@@ -63,7 +63,8 @@ async function run(args: SendArgs): Promise<void> {
         `offering ${files.length} file${files.length === 1 ? '' : 's'} (${formatBytes(total)})\n`);
     }
     view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `to ${stream.peer}`, route: stream.route });
-    const sendStarted = performance.now();
+    // The rate counts from the acceptance: a person may take a while to say yes.
+    let accepted: number | null = null;
     const result = await sendFiles(stream, files, {
       peer: stream.peer,
       signal: controller.signal,
@@ -72,11 +73,12 @@ async function run(args: SendArgs): Promise<void> {
           if (!json) process.stderr.write(`waiting for ${stream.peer} to accept\n`);
           return;
         }
+        accepted ??= performance.now();
         view?.update(p);
       },
     });
     view.stop();
-    const ms = performance.now() - sendStarted;
+    const ms = performance.now() - (accepted ?? started);
     if (json) {
       process.stdout.write(`${JSON.stringify({
         event: 'sent', to: result.peer, route: stream.route, connectMs: Math.round(stream.connectMs), files: result.files,
