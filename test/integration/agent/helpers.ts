@@ -85,11 +85,11 @@ export interface ProgramResult {
 }
 
 /** Runs a program with `input` on stdin; kills it (and fails) after `ms`. */
-export function run(cmd: string, args: string[], opts: { input?: Buffer | string; ms?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ProgramResult> {
+export function run(cmd: string, args: string[], opts: { input?: Buffer | string; ms?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<ProgramResult> {
   const ms = opts.ms ?? 15_000;
   const started = Date.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env }, ...(opts.cwd && { cwd: opts.cwd }) });
     const out: Buffer[] = [];
     let err = '';
     const timer = setTimeout(() => {

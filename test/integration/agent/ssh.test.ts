@@ -1,0 +1,128 @@
+/**
+ * Issue 4, "what it must show" 3: bob exposes a throw-away real sshd as
+ * `ssh`; OpenSSH reaches it with `ProxyCommand vertex connect %h %p`, and
+ * scp moves 20 MB through the same ProxyCommand with the same SHA-256 at the
+ * far end: once through alice's running agent, once with no agent (the
+ * ProxyCommand dials by itself).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stopAll, tempDir } from '../../helpers/cli';
+import { startWorld, type World } from '../../helpers/q2q-world';
+import { requireTool, run, spawnClient, startAgent, freePort, stopClients, until, vertexFor, type AgentHandle } from './helpers';
+
+const SSHD = '/usr/sbin/sshd';
+const FILE_BYTES = 20 * 1024 * 1024;
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** A quoted word for ssh's ProxyCommand, which runs through /bin/sh. */
+function shellWord(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+describe('OpenSSH through vertex connect', () => {
+  let world: World;
+  let bob: AgentHandle;
+  let alice: AgentHandle;
+  let aliceHome: string;
+  let work: string;
+  let sshPort: number;
+  let sshdLog: () => string;
+  const dirs: string[] = [];
+
+  beforeAll(async () => {
+    requireTool('ssh', ['-V'], 'openssh-client');
+    requireTool(SSHD, ['-V'], 'openssh-server');
+    work = tempDir('ssh');
+    dirs.push(work);
+    // A throw-away sshd (TESTING.md): its own host key, key-only auth, sftp for today's scp.
+    fs.mkdirSync('/run/sshd', { recursive: true });
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(work, 'host_key')]);
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(work, 'user_key')]);
+    fs.copyFileSync(path.join(work, 'user_key.pub'), path.join(work, 'authorized_keys'));
+    sshPort = await freePort();
+    fs.writeFileSync(path.join(work, 'sshd_config'), [
+      `Port ${sshPort}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${path.join(work, 'host_key')}`,
+      'PidFile none',
+      'UsePAM no',
+      'StrictModes no',
+      'PermitRootLogin yes',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'PubkeyAuthentication yes',
+      `AuthorizedKeysFile ${path.join(work, 'authorized_keys')}`,
+      'Subsystem sftp internal-sftp',
+      'LogLevel VERBOSE',
+      '',
+    ].join('\n'));
+    const sshd = spawnClient(SSHD, ['-D', '-e', '-f', path.join(work, 'sshd_config')]);
+    sshdLog = sshd.output;
+    await until('sshd to listen', () => (/Server listening on 127\.0\.0\.1/.test(sshd.output()) ? true : undefined));
+
+    world = await startWorld();
+    const bobUser = await world.user('bob@b.test');
+    const aliceUser = await world.user('alice@a.test');
+    aliceHome = aliceUser.home.dir;
+    dirs.push(bobUser.home.dir, aliceHome);
+    bob = await startAgent(world, bobUser.home.dir, `expose:\n  - { service: ssh, target: "127.0.0.1:${sshPort}", allow: ["alice@a.test"] }`);
+    alice = await startAgent(world, aliceHome);
+  });
+
+  afterAll(async () => {
+    await stopClients();
+    await stopAll();
+    for (const d of [...dirs, world?.a.dataDir, world?.b.dataDir]) if (d) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  function sshOptions(proxyArgv: string[]): string[] {
+    return [
+      '-F', '/dev/null',
+      '-i', path.join(work, 'user_key'),
+      '-o', 'IdentitiesOnly=yes',
+      '-o', 'BatchMode=yes',
+      '-o', `UserKnownHostsFile=${path.join(work, 'known_hosts')}`,
+      '-o', 'StrictHostKeyChecking=accept-new',
+      '-o', `ProxyCommand=${[...proxyArgv, '--log-level', 'info', 'connect', '%h', '%p'].map(shellWord).join(' ')}`,
+    ];
+  }
+
+  async function sshAndScp(proxyArgv: string[], via: 'agent' | 'direct'): Promise<void> {
+    const opts = sshOptions(proxyArgv);
+    const r = await run('ssh', [...opts, '-l', 'root', 'bob.b.test.q2q', 'echo', 'ran-on-$(hostname)'], { ms: 30_000 });
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString()).toMatch(/^ran-on-/);
+    // vertex connect says on stderr (which ssh passes through) how it got there.
+    expect(r.stderr).toContain(`"via":"${via}"`);
+
+    const file = path.join(work, `payload-${via}`);
+    const dest = path.join(work, `received-${via}`);
+    const payload = randomBytes(FILE_BYTES);
+    fs.writeFileSync(file, payload);
+    const scp = await run('scp', [...opts, '-q', file, `root@bob.b.test.q2q:${dest}`], { ms: 60_000 });
+    expect(scp.stderr.replace(/^\{.*\}\n/gm, '')).toBe('');
+    expect(scp.code).toBe(0);
+    expect(sha(fs.readFileSync(dest))).toBe(sha(payload));
+  }
+
+  it('ssh runs a command and scp copies 20 MB intact through the running agent', async () => {
+    await sshAndScp(alice.argv, 'agent');
+    expect(sshdLog()).toMatch(/Accepted publickey for root/);
+  }, 90_000);
+
+  it('the same without an agent: vertex connect dials by itself', async () => {
+    // A config whose control socket has no agent behind it.
+    const alone = path.join(work, 'alone.yaml');
+    fs.writeFileSync(alone, fs.readFileSync(path.join(aliceHome, 'agent.yaml'), 'utf8').replace(path.join(aliceHome, 'agent.sock'), path.join(work, 'no-agent.sock')));
+    await sshAndScp([...vertexFor(world, aliceHome).argv, '--config', alone], 'direct');
+  }, 90_000);
+
+  it('a ProxyCommand to a host that is not a Q2Q name fails at once with a message and exit 5', async () => {
+    const r = await run(alice.argv[0] as string, [...alice.argv.slice(1), 'connect', 'example.com', '22'], { ms: 10_000 });
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/not a q2q name/);
+  });
+});
