@@ -2,7 +2,7 @@
  * `vertex send` and `vertex receive` through the built CLI, alice@a.test to
  * bob@b.test, each domain with its own identity server on loopback (issue 7).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,7 +10,9 @@ import { FrameChannel } from '../../../agent/file-transfer/frame-channel';
 import { HomeStore } from '../../../agent/home-store';
 import { connectQ2Q, createServerResolver } from '../../../q2q';
 import { EMPTY_SHA256 } from '../../../q2q/wire/file-transfer';
-import { runVertex, startServer, startVertex, stopAll, tempDir, type RunResult, type ServerHandle, type VertexProcess } from '../../helpers/cli';
+import {
+  runVertex, startServer, startVertex, stopAll, tempDir, VERTEX_BIN, type RunResult, type ServerHandle, type VertexProcess,
+} from '../../helpers/cli';
 
 const PASSWORD = 'correct horse battery staple';
 const BIG_BYTES = 200 * 1000 * 1000;
@@ -79,6 +81,14 @@ function exitOf(proc: VertexProcess, timeoutMs = 20000): Promise<number | null> 
 
 function send(args: string[], timeoutMs = 60000): Promise<RunResult> {
   return runVertex(asAlice(['send', ...args, '--json']), { timeoutMs });
+}
+
+async function until(check: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function resultOf(run: RunResult): Record<string, unknown> {
@@ -180,6 +190,31 @@ describe('refusals', () => {
     const sent = await send([path.join(smallDir, 'photo-1.jpg'), 'bob@b.test']);
     expect(sent.code).toBe(4);
     expect(sent.stderr).toMatch(/vertex receive/);
+  });
+
+  it('on a terminal, the receiver is asked; answering no refuses the offer at both ends (exit 5)', async () => {
+    const dir = scratch('in');
+    const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+    const command = [process.execPath, VERTEX_BIN, ...asBob(['receive', dir, '--once', '--from', '*@a.test'])].map(quote).join(' ');
+    // script(1) gives the receiver a pseudo-terminal, so it asks instead of refusing to start.
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => { output += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      await until(() => output.includes('receiving files into'), 20000);
+      const sending = send([path.join(smallDir, 'photo-1.jpg'), 'bob@b.test']);
+      await until(() => output.includes('accept into'), 20000);
+      expect(output).toMatch(/alice@a\.test offers 1 file/);
+      child.stdin.write('n\n');
+      const sent = await sending;
+      expect(sent.code).toBe(5);
+      expect(sent.stderr).toMatch(/refused the transfer \(declined\)/);
+      expect(await exited).toBe(5);
+      expect(fs.readdirSync(dir)).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   it('receive refuses to start without a terminal unless --yes', async () => {
