@@ -11,19 +11,24 @@ import { vertexError } from '../q2q/errors';
 import { COMMANDS, PROTOCOL_VERSION, SOFTWARE } from '../q2q/control/protocol';
 import type { Logger } from '../q2q/util/log';
 import type { AccountService } from './account-service';
+import type { Broker } from './broker';
 
 export interface SessionContext {
   /** The remote IP, for rate limiting and logs. */
   remoteAddress: string;
   remotePort: number;
-  /** Set when the client presented a valid certificate of a served domain. */
+  /** Set when the client presented a valid certificate, of a served or a foreign domain. */
   authenticatedAs: string | null;
+  certPem: string | null;
+  /** True when authenticatedAs belongs to a domain this server serves. */
+  local: boolean;
 }
 
 export interface ControlSessionOptions {
   socket: TLSSocket;
   context: SessionContext;
   accounts: AccountService;
+  broker: Broker;
   log: Logger;
   maxBoxBytes: number;
   helloTimeoutMs: number;
@@ -42,7 +47,7 @@ export class ControlSession {
   readonly #helloTimer: NodeJS.Timeout;
 
   constructor(opts: ControlSessionOptions) {
-    const { socket, context, accounts, log } = opts;
+    const { socket, context, accounts, broker, log } = opts;
     this.context = context;
     this.peer = attachAmp(socket, { log, limits: { maxBoxBytes: opts.maxBoxBytes } });
     this.#helloTimer = setTimeout(() => {
@@ -103,8 +108,24 @@ export class ControlSession {
       return { certificate: result.certPem, ca: result.caPem };
     }));
 
+    this.peer.handle(COMMANDS.listen, afterHello(COMMANDS.listen, (args) => {
+      if (!context.authenticatedAs || !context.local || !context.certPem) {
+        throw vertexError('NotAllowed', 'listen: connect with a certificate of a domain this server serves');
+      }
+      broker.listen(context.authenticatedAs, this.peer, context.certPem, args.services ?? '[]');
+      return {};
+    }));
+    socket.once('close', () => {
+      if (context.authenticatedAs) broker.drop(context.authenticatedAs, this.peer);
+    });
+
+    this.peer.handle(COMMANDS.inbound, afterHello(COMMANDS.inbound, (args) => {
+      if (!context.authenticatedAs || !context.certPem) throw vertexError('NotAllowed', 'inbound: connect with your certificate first');
+      return broker.inbound({ address: context.authenticatedAs, certPem: context.certPem }, args);
+    }));
+
     this.peer.handle(COMMANDS.renew, afterHello(COMMANDS.renew, async (args) => {
-      if (!context.authenticatedAs) throw vertexError('NotAllowed', 'renew: connect with your current certificate to renew it');
+      if (!context.authenticatedAs || !context.local) throw vertexError('NotAllowed', 'renew: connect with your current certificate to renew it');
       const result = await accounts.renew(context.authenticatedAs, requireArg(args, 'csr', COMMANDS.renew));
       return { certificate: result.certPem, ca: result.caPem };
     }));

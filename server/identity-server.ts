@@ -9,12 +9,18 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asVertexError } from '../q2q/errors';
+import { ALPN_CONTROL, ALPN_RELAY } from '../q2q/control/protocol';
+import { createServerResolver, type ServerResolver } from '../q2q/control/discovery';
+import { describeCertificate } from '../q2q/identity';
 import type { Logger } from '../q2q/util/log';
 import { silentLogger } from '../q2q/util/log';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../q2q/wire/who-am-i';
 import { AccountService, type RegistrationMode } from './account-service';
 import { loadOrCreateCa, type DomainCa } from './ca-store';
 import { ControlSession } from './control-session';
+import { Broker } from './broker';
+import { Federation } from './federation';
+import { Relay } from './relay';
 import type { AccountStore } from './store/account-store';
 import { SqliteAccountStore } from './store/sqlite-store';
 
@@ -25,6 +31,9 @@ export interface IdentityServerOptions {
   registration: RegistrationMode;
   certificateLifetimeMs: number;
   limits: { maxConnections: number; handshakeTimeoutMs: number; maxBoxBytes: number };
+  relay: { enabled: boolean; maxStreams: number; perUserRate: number };
+  /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
+  resolve?: ServerResolver;
   log?: Logger;
 }
 
@@ -40,6 +49,9 @@ export class IdentityServer {
   readonly #log: Logger;
   #store: AccountStore | null = null;
   #accounts: AccountService | null = null;
+  #broker: Broker | null = null;
+  #relay: Relay | null = null;
+  #federation: Federation | null = null;
   #tcp: tls.Server | null = null;
   #udp: dgram.Socket | null = null;
   readonly #sockets = new Set<net.Socket>();
@@ -78,6 +90,12 @@ export class IdentityServer {
       certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),
     });
 
+    this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }) });
+    this.#broker = new Broker({ domains, relay: this.#relay, log: this.#log.child({ component: 'broker' }) });
+    this.#federation = new Federation({
+      dataDir, resolve: this.#opts.resolve ?? createServerResolver(), log: this.#log.child({ component: 'federation' }),
+    });
+
     const contexts = new Map<string, tls.SecureContext>();
     for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3' }));
     const first = cas.values().next().value as DomainCa;
@@ -90,6 +108,7 @@ export class IdentityServer {
       requestCert: true,
       rejectUnauthorized: false,
       handshakeTimeout: this.#opts.limits.handshakeTimeoutMs,
+      ALPNProtocols: [ALPN_CONTROL, ALPN_RELAY],
       SNICallback: (servername, cb) => cb(null, contexts.get(servername.toLowerCase()) ?? contexts.get(first.domain)),
     });
     tcp.maxConnections = this.#opts.limits.maxConnections;
@@ -101,7 +120,7 @@ export class IdentityServer {
       this.#log.info({ remote: plainAddress(socket.remoteAddress), reason: err.message }, 'tls handshake failed; connection closed');
       socket.destroy();
     });
-    tcp.on('secureConnection', (socket) => this.#onSecureConnection(socket));
+    tcp.on('secureConnection', (socket) => void this.#onSecureConnection(socket));
     tcp.on('error', (err) => this.#log.error({ err }, 'tcp listener error'));
     this.#tcp = tcp;
 
@@ -132,14 +151,28 @@ export class IdentityServer {
     this.#udp = udp;
   }
 
-  #onSecureConnection(socket: tls.TLSSocket): void {
+  /** Checks a presented client certificate: our own users locally, other domains' through federation. */
+  async #authenticate(certPem: string): Promise<{ address: string; local: boolean }> {
+    const info = describeCertificate(certPem);
+    const issuer = info.issuerCn.toLowerCase();
+    if (this.accounts.domains.includes(issuer)) return { address: this.accounts.authenticateCertificate(certPem), local: true };
+    const address = (info.q2qAddress ?? '').toLowerCase();
+    return { address: await this.#federation!.authenticate(certPem, issuer, address), local: false };
+  }
+
+  async #onSecureConnection(socket: tls.TLSSocket): Promise<void> {
     const remoteAddress = plainAddress(socket.remoteAddress);
     const log = this.#log.child({ component: 'control', remote: `${remoteAddress}:${socket.remotePort}` });
+    socket.on('error', (err) => log.debug({ reason: err.message }, 'control socket error'));
+    // Hold incoming bytes while a foreign CA may be fetched.
+    socket.pause();
     let authenticatedAs: string | null = null;
+    let local = false;
     const presented = socket.getPeerX509Certificate();
-    if (presented) {
+    const certPem = presented ? presented.toString() : null;
+    if (certPem) {
       try {
-        authenticatedAs = this.accounts.authenticateCertificate(presented.toString());
+        ({ address: authenticatedAs, local } = await this.#authenticate(certPem));
       } catch (err) {
         const e = asVertexError(err, 'CertificateInvalid');
         log.warn({ code: e.code, reason: e.message }, 'client certificate refused; connection closed');
@@ -147,15 +180,26 @@ export class IdentityServer {
         return;
       }
     }
-    socket.on('error', (err) => log.debug({ reason: err.message }, 'control socket error'));
+    if (socket.destroyed) return;
+    if (socket.alpnProtocol === ALPN_RELAY) {
+      if (!authenticatedAs) {
+        log.info('relay leg without a client certificate; connection closed');
+        socket.destroy();
+        return;
+      }
+      void this.#relay!.acceptLeg(socket, authenticatedAs);
+      return;
+    }
     const session = new ControlSession({
       socket,
-      context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs },
+      context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local },
       accounts: this.accounts,
+      broker: this.#broker!,
       log,
       maxBoxBytes: this.#opts.limits.maxBoxBytes,
       helloTimeoutMs: this.#opts.limits.handshakeTimeoutMs,
     });
+    socket.resume();
     this.#sessions.add(session);
     socket.once('close', () => this.#sessions.delete(session));
     log.debug({ identity: authenticatedAs }, 'control session open');
@@ -169,6 +213,7 @@ export class IdentityServer {
       for (const socket of this.#sockets) socket.destroy();
       await closed;
     }
+    this.#relay?.stop();
     const udp = this.#udp;
     this.#udp = null;
     if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));

@@ -25,7 +25,23 @@ export const COMMANDS = {
   whoAmI: 'who-am-i',
   /** {} → {}. */
   ping: 'ping',
+  /** Agent → its home server: {services: JSON string[]} → {}. Replaces the set. */
+  listen: 'listen',
+  /** Caller → listener's server: {to, service, candidates, routes} → {token, candidates, certificate, relay}.
+   *  Server → listener: {from, service, certificate, candidates, routes} → {token, candidates}. */
+  inbound: 'inbound',
 } as const;
+
+/** ALPN names on the server port: control sessions, and relay legs that become raw byte pipes. */
+export const ALPN_CONTROL = 'q2q/2';
+export const ALPN_RELAY = 'q2q-relay/2';
+
+/** How long an inbound token stays claimable, on the listener and for relay legs. */
+export const TOKEN_LIFETIME_MS = 30_000;
+/** How long the server waits for a listener to answer a forwarded inbound. */
+export const INBOUND_FORWARD_TIMEOUT_MS = 10_000;
+/** How long a relay leg waits at the server for its other half. */
+export const RELAY_PAIRING_TIMEOUT_MS = 15_000;
 
 /** Arguments larger than this are refused before any work is done. */
 export const MAX_PASSWORD_LENGTH = 1024;

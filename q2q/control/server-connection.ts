@@ -10,9 +10,9 @@ import type { AmpArgs, AmpPeer } from '../proto/amp-peer';
 import { attachAmp } from '../transport/amp-connection';
 import type { Logger } from '../util/log';
 import { silentLogger } from '../util/log';
-import { checkDomainCaCertificate } from '../identity';
+import { checkDomainCaCertificate, describeCertificate } from '../identity';
 import type { ServerEndpoint, ServerResolver } from './discovery';
-import { COMMANDS, PROTOCOL_VERSION } from './protocol';
+import { ALPN_CONTROL, COMMANDS, PROTOCOL_VERSION } from './protocol';
 
 /** Decides whether a domain CA is trusted; throws CaChanged when a pin does not match. */
 export interface CaTrust {
@@ -56,7 +56,8 @@ export class ServerConnection {
   }
 }
 
-function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number): Promise<tls.TLSSocket> {
+/** A TLS connection to a domain's server, not yet checked against the pin (see checkServerCa). */
+export function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number, alpn = ALPN_CONTROL): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({
       host: endpoint.host,
@@ -64,6 +65,7 @@ function connectTls(endpoint: ServerEndpoint, domain: string, credentials: Clien
       // SNI picks the domain's CA on a server that serves several domains.
       servername: domain,
       minVersion: 'TLSv1.3',
+      ALPNProtocols: [alpn],
       // The chain is checked below against the pinned CA, not a public root store.
       rejectUnauthorized: false,
       ...(credentials ? { key: credentials.keyPem, cert: credentials.certPem } : {}),
@@ -84,9 +86,14 @@ function connectTls(endpoint: ServerEndpoint, domain: string, credentials: Clien
   });
 }
 
-function checkServerCa(domain: string, cert: X509Certificate | undefined): string {
+export function checkServerCa(domain: string, cert: X509Certificate | undefined): string {
   if (!cert) throw vertexError('CertificateInvalid', `${domain} server presented no certificate`);
   const pem = cert.toString();
+  const info = describeCertificate(pem);
+  if (info.isCa && info.subjectCn.toLowerCase() !== domain) {
+    // SNI fell back to another domain's CA: this server simply does not serve the domain.
+    throw vertexError('UnknownDomain', `the server for ${domain} does not serve it (it presents the CA of ${info.subjectCn}); check --resolve or the domain's SRV record`);
+  }
   checkDomainCaCertificate(domain, pem);
   return pem;
 }

@@ -19,8 +19,8 @@ async function register(server: ServerHandle, home: string, address: string, pas
   return runVertex([...server.resolveArg(domain), '--home', home, command, address, '--password-stdin'], { input: `${password}\n` });
 }
 
-function openssl(args: string[], input?: string): string {
-  return execFileSync('openssl', args, { input, encoding: 'utf8' });
+function openssl(args: string[]): string {
+  return execFileSync('openssl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 function certFile(home: string, address: string): string {
@@ -103,7 +103,7 @@ describe('vertex server + register/login', () => {
 
     const otherDomain = await runVertex(['--resolve', `other.test=127.0.0.1:${server.port}`, '--home', tempDir('home'), 'register', 'eve@other.test', '--password-stdin'], { input: PASSWORD });
     expect(otherDomain.code).toBe(1);
-    expect(otherDomain.stderr).toMatch(/does not serve other\.test/);
+    expect(otherDomain.stderr).toMatch(/does not serve it/);
 
     const unknown = await register(server, tempDir('home'), 'nobody@example.test', PASSWORD, 'login');
     expect(unknown.code).toBe(3);
@@ -224,9 +224,10 @@ describe('two domains on one server', () => {
     const issuer = (who: string) => describeCertificate(fs.readFileSync(certFile(home, who), 'utf8')).issuerCn;
     expect(issuer('alice@a.test')).toBe('a.test');
     expect(issuer('bob@b.test')).toBe('b.test');
-    const aCa = fs.readFileSync(path.join(server.dataDir, 'ca', 'a.test', 'cert.pem'), 'utf8');
-    const verify = openssl(['verify', '-CAfile', '/dev/stdin', certFile(home, 'alice@a.test')], aCa);
-    expect(verify).toMatch(/OK/);
+    const aCa = path.join(server.dataDir, 'ca', 'a.test', 'cert.pem');
+    const bCa = path.join(server.dataDir, 'ca', 'b.test', 'cert.pem');
+    expect(openssl(['verify', '-CAfile', aCa, certFile(home, 'alice@a.test')])).toMatch(/: OK/);
+    expect(() => openssl(['verify', '-CAfile', bCa, certFile(home, 'alice@a.test')])).toThrow();
     await server.proc.stop();
   });
 });
@@ -235,7 +236,7 @@ describe('config errors', () => {
   it.each([
     ['unknown key', 'version: 1\ndomains: [a.test]\nlisten: 127.0.0.1:0\nbogus: 1\n', 4, 'bogus'],
     ['wrong type', 'version: 1\ndomains: [a.test]\nrelay:\n  max_streams: lots\n', 4, 'relay.max_streams'],
-    ['bad YAML', 'version: 1\ndomains: [a.test\n', 2, ''],
+    ['bad YAML', 'version: 1\n\tdomains: [a.test]\n', 2, ''],
   ])('%s names the file, line and key; exit 6', async (_name, text, line, key) => {
     const file = path.join(tempDir('cfg'), 'server.yaml');
     fs.writeFileSync(file, text);

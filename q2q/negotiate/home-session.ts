@@ -1,0 +1,164 @@
+/**
+ * The agent's long-lived control session with its home server: authenticated
+ * by the user's certificate, it puts the exposed services online (`listen`),
+ * answers forwarded `inbound` requests, and pings to notice a dead link. When
+ * the connection drops it reconnects with exponential backoff and jitter
+ * (1 s doubling to 30 s) and listens again, without the caller doing anything.
+ */
+import { EventEmitter } from 'node:events';
+import { parseAddress } from '../address';
+import type { ServerResolver } from '../control/discovery';
+import { COMMANDS } from '../control/protocol';
+import { openServerConnection, type CaTrust, type ServerConnection } from '../control/server-connection';
+import { asVertexError } from '../errors';
+import type { AmpArgs } from '../proto/amp-peer';
+import type { Logger } from '../util/log';
+import type { HomeConnectionState, Identity } from './types';
+
+export const RECONNECT_MIN_MS = 1_000;
+export const RECONNECT_MAX_MS = 30_000;
+/** A NAT or firewall forgets an idle TCP flow after minutes; a ping every 25 s keeps it and shows a dead link. */
+export const KEEPALIVE_INTERVAL_MS = 25_000;
+export const KEEPALIVE_TIMEOUT_MS = 10_000;
+
+export interface HomeSessionOptions {
+  identity: Identity;
+  resolve: ServerResolver;
+  trust: CaTrust;
+  log: Logger;
+  services: () => string[];
+  onInbound: (args: AmpArgs) => Promise<AmpArgs>;
+  random?: () => number;
+}
+
+export class HomeSession extends EventEmitter {
+  readonly #opts: HomeSessionOptions;
+  readonly #domain: string;
+  #connection: ServerConnection | null = null;
+  #state: HomeConnectionState = 'offline';
+  #since = new Date();
+  #lastError: string | null = null;
+  #reflexiveTcp: string | null = null;
+  #attempt = 0;
+  #stopped = true;
+  #retryTimer: NodeJS.Timeout | null = null;
+  #pingTimer: NodeJS.Timeout | null = null;
+
+  constructor(opts: HomeSessionOptions) {
+    super();
+    this.#opts = opts;
+    this.#domain = parseAddress(opts.identity.address).domain;
+  }
+
+  get state(): HomeConnectionState { return this.#state; }
+  get since(): Date { return this.#since; }
+  get lastError(): string | null { return this.#lastError; }
+  get reflexiveTcp(): string | null { return this.#reflexiveTcp; }
+  get server(): string | null {
+    return this.#connection ? `${this.#connection.endpoint.host}:${this.#connection.endpoint.port}` : null;
+  }
+
+  /** Starts connecting; resolves after the first attempt, whether or not it succeeded. */
+  async start(): Promise<void> {
+    this.#stopped = false;
+    await this.#connect();
+  }
+
+  #setState(state: HomeConnectionState): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#since = new Date();
+    this.emit('state', state);
+  }
+
+  async #connect(): Promise<void> {
+    if (this.#stopped) return;
+    this.#setState('connecting');
+    let connection: ServerConnection;
+    try {
+      connection = await openServerConnection({
+        domain: this.#domain,
+        resolve: this.#opts.resolve,
+        trust: this.#opts.trust,
+        credentials: { keyPem: this.#opts.identity.keyPem, certPem: this.#opts.identity.certPem },
+        log: this.#opts.log,
+      });
+    } catch (err) {
+      this.#failed(asVertexError(err, 'ServerUnavailable').message);
+      return;
+    }
+    if (this.#stopped) {
+      connection.close();
+      return;
+    }
+    connection.peer.handle(COMMANDS.inbound, (args) => this.#opts.onInbound(args));
+    this.#connection = connection;
+    connection.socket.once('close', () => {
+      if (this.#connection !== connection) return;
+      this.#connection = null;
+      this.#stopPing();
+      this.#failed('connection to the home server closed');
+    });
+    try {
+      const seen = await connection.call(COMMANDS.whoAmI);
+      this.#reflexiveTcp = seen.host ?? null;
+      await this.#listen(connection);
+    } catch (err) {
+      connection.close();
+      connection.socket.destroy();
+      return;
+    }
+    this.#attempt = 0;
+    this.#lastError = null;
+    this.#setState('online');
+    this.#opts.log.info({ server: this.server }, 'home server session online');
+    this.#startPing(connection);
+  }
+
+  #failed(reason: string): void {
+    this.#lastError = reason;
+    this.#setState('offline');
+    if (this.#stopped) return;
+    const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** this.#attempt);
+    const jitter = 0.8 + 0.4 * (this.#opts.random ?? Math.random)();
+    const delay = Math.round(base * jitter);
+    this.#attempt += 1;
+    this.#opts.log.info({ reason, retryInMs: delay }, 'home server session down; reconnecting');
+    this.#retryTimer = setTimeout(() => { this.#retryTimer = null; void this.#connect(); }, delay);
+    this.#retryTimer.unref();
+  }
+
+  #listen(connection: ServerConnection): Promise<AmpArgs> {
+    return connection.call(COMMANDS.listen, { services: JSON.stringify(this.#opts.services()) });
+  }
+
+  /** Sends the current service set; called after expose/unexpose. */
+  async relisten(): Promise<void> {
+    if (this.#connection && this.#state === 'online') await this.#listen(this.#connection);
+  }
+
+  #startPing(connection: ServerConnection): void {
+    this.#pingTimer = setInterval(() => {
+      connection.call(COMMANDS.ping, {}, { timeoutMs: KEEPALIVE_TIMEOUT_MS }).catch(() => {
+        this.#opts.log.info('home server did not answer a ping; reconnecting');
+        connection.socket.destroy();
+      });
+    }, KEEPALIVE_INTERVAL_MS);
+    this.#pingTimer.unref();
+  }
+
+  #stopPing(): void {
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#pingTimer = null;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#stopPing();
+    const connection = this.#connection;
+    this.#connection = null;
+    connection?.close();
+    this.#setState('offline');
+  }
+}

@@ -1,0 +1,441 @@
+/**
+ * A Q2Q node: one identity that can expose services and connect to others'.
+ *
+ * Connect (caller side), in named phases:
+ *   1. inbound: ask the listener's server, over a pooled authenticated
+ *      control connection; get the token, the listener's candidates and
+ *      certificate (checked against the listener's pinned domain CA);
+ *   2. race: direct TCP to each candidate at once; relay legs after
+ *      relayDelayMs (at once when no direct attempt is possible);
+ *   3. peer TLS on each channel; the first to finish claims the token inside
+ *      TLS; the others are closed.
+ *
+ * Listen (listener side): the home session forwards inbound requests; the
+ * allow list decides; a one-time token bound to the caller's certificate is
+ * handed out; claims arrive on the direct TCP listener or a relay leg.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import type { TLSSocket } from 'node:tls';
+import { formatAddress, parseAddress, parseService, parseServiceAddress } from '../address';
+import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
+import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
+import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
+import type { AmpArgs } from '../proto/amp-peer';
+import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
+import { silentLogger, type Logger } from '../util/log';
+import { defaultAllow, isAllowed } from './allow';
+import { HomeSession } from './home-session';
+import { tlsClientOver, tlsServerOver } from './peer-tls';
+import { openRelayLeg } from './relay-leg';
+import { ServerPool } from './server-pool';
+import {
+  ALL_ROUTES, type ConnectOptions, type Identity, type NodeStatus, type Q2QOptions, type Q2QStream,
+  type RouteName, type ServiceOptions,
+} from './types';
+
+export const DEFAULT_RELAY_DELAY_MS = 1_000;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
+const TCP_ATTEMPT_TIMEOUT_MS = 5_000;
+const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
+const MAX_CANDIDATES = 16;
+
+interface PendingInbound {
+  from: string;
+  service: string;
+  fingerprint: string;
+  expiresAt: number;
+  relayTimer: NodeJS.Timeout | null;
+  relayLeg: TLSSocket | null;
+}
+
+function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; service: string; connectMs: number }): Q2QStream {
+  return Object.assign(socket, info) as Q2QStream;
+}
+
+function parseCandidates(json: string | undefined): Array<{ host: string; port: number }> {
+  let list: unknown;
+  try {
+    list = JSON.parse(json ?? '[]');
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(list)) return [];
+  const out: Array<{ host: string; port: number }> = [];
+  for (const item of list.slice(0, MAX_CANDIDATES)) {
+    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(String(item));
+    const port = Number(m?.[2]);
+    if (m?.[1] && net.isIP(m[1]) && port > 0 && port < 65536) out.push({ host: m[1], port });
+  }
+  return out;
+}
+
+function parseRoutes(json: string | undefined): RouteName[] {
+  try {
+    const list = JSON.parse(json ?? '[]') as unknown;
+    return Array.isArray(list) ? ALL_ROUTES.filter((r) => list.includes(r)) : [];
+  } catch {
+    return [];
+  }
+}
+
+export class Q2QNode extends EventEmitter {
+  readonly identity: Identity;
+  readonly #opts: Q2QOptions;
+  readonly #log: Logger;
+  readonly #routes: readonly RouteName[];
+  readonly #relayDelayMs: number;
+  readonly #pool: ServerPool;
+  readonly #services = new Map<string, ServiceOptions>();
+  readonly #pending = new Map<string, PendingInbound>();
+  readonly #domain: string;
+  #home: HomeSession | null = null;
+  #peerServer: net.Server | null = null;
+  #peerPort: number | null = null;
+
+  constructor(identity: Identity, options: Q2QOptions) {
+    super();
+    this.identity = { ...identity, address: formatAddress(parseAddress(identity.address)) };
+    this.#opts = options;
+    this.#log = options.log ?? silentLogger;
+    this.#routes = options.routes ?? ALL_ROUTES;
+    this.#relayDelayMs = options.relayDelayMs ?? DEFAULT_RELAY_DELAY_MS;
+    this.#domain = parseAddress(this.identity.address).domain;
+    this.#pool = new ServerPool(this.identity, options.resolve, options.trust, this.#log.child({ component: 'pool' }));
+  }
+
+  // ---- listening ----
+
+  /** Connects to the home server (reconnecting by itself) and opens the direct peer listener. */
+  async start(): Promise<void> {
+    if (this.#routes.includes('tcp')) await this.#startPeerListener();
+    this.#home = new HomeSession({
+      identity: this.identity,
+      resolve: this.#opts.resolve,
+      trust: this.#opts.trust,
+      log: this.#log.child({ component: 'home' }),
+      services: () => [...this.#services.keys()],
+      onInbound: (args) => this.#onInbound(args),
+    });
+    this.#home.on('state', (state) => this.emit('home', state));
+    await this.#home.start();
+  }
+
+  get homeState(): string {
+    return this.#home?.state ?? 'offline';
+  }
+
+  expose(service: string, opts: ServiceOptions): void {
+    this.#services.set(parseService(service), opts);
+    void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
+  }
+
+  unexpose(service: string): void {
+    this.#services.delete(parseService(service));
+    void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
+  }
+
+  async #startPeerListener(): Promise<void> {
+    const listen = this.#opts.peerListen ?? { host: '0.0.0.0', port: 0 };
+    const server = net.createServer((raw) => {
+      raw.on('error', () => undefined);
+      void this.#acceptPeer(raw, 'tcp');
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listen.port, listen.host, () => { server.off('error', reject); resolve(); });
+    });
+    server.on('error', (err) => this.#log.warn({ err: err.message }, 'peer listener error'));
+    this.#peerServer = server;
+    this.#peerPort = (server.address() as net.AddressInfo).port;
+  }
+
+  /** Direct candidates: configured addresses, or the local interfaces, plus what the server sees. */
+  #tcpCandidates(): string[] {
+    if (this.#peerPort === null) return [];
+    const listenHost = this.#opts.peerListen?.host ?? '0.0.0.0';
+    let hosts: string[];
+    if (this.#opts.advertise?.length) hosts = [...this.#opts.advertise];
+    else if (listenHost !== '0.0.0.0' && listenHost !== '::') hosts = [listenHost];
+    else {
+      hosts = Object.values(os.networkInterfaces()).flat()
+        .filter((i): i is os.NetworkInterfaceInfo => !!i && i.family === 'IPv4')
+        .map((i) => i.address);
+      const seen = this.#home?.reflexiveTcp;
+      if (seen && !hosts.includes(seen)) hosts.push(seen);
+    }
+    return hosts.slice(0, MAX_CANDIDATES).map((h) => (net.isIPv6(h) ? `[${h}]:${this.#peerPort}` : `${h}:${this.#peerPort}`));
+  }
+
+  async #onInbound(args: AmpArgs): Promise<AmpArgs> {
+    const from = formatAddress(parseAddress(args.from ?? ''));
+    const service = parseService(args.service ?? '');
+    const options = this.#services.get(service);
+    if (!options) throw vertexError('NotExposed', `${this.identity.address} does not expose "${service}"`);
+    const allow = options.allow ?? defaultAllow(this.identity.address);
+    if (!isAllowed(allow, from)) {
+      this.#log.info({ from, service }, 'inbound denied by allow list');
+      throw vertexError('Denied', `${this.identity.address}:${service} does not allow ${from}`);
+    }
+    const certificate = args.certificate ?? '';
+    if (describeCertificate(certificate).q2qAddress !== from) {
+      throw vertexError('CertificateInvalid', `inbound from ${from}: the forwarded certificate names someone else`);
+    }
+    const callerRoutes = parseRoutes(args.routes);
+    const token = randomBytes(16).toString('hex');
+    const pending: PendingInbound = {
+      from, service, fingerprint: certificateFingerprint(certificate),
+      expiresAt: Date.now() + TOKEN_LIFETIME_MS, relayTimer: null, relayLeg: null,
+    };
+    this.#pending.set(token, pending);
+    setTimeout(() => this.#forget(token), TOKEN_LIFETIME_MS).unref();
+
+    const direct = this.#routes.includes('tcp') && callerRoutes.includes('tcp');
+    const candidates = direct ? this.#tcpCandidates() : [];
+    if (this.#routes.includes('relay') && callerRoutes.includes('relay')) {
+      const delay = candidates.length > 0 ? this.#relayDelayMs : 0;
+      pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
+      pending.relayTimer.unref();
+    }
+    this.#log.info({ from, service, candidates: candidates.length }, 'inbound accepted');
+    return { token, candidates: JSON.stringify(candidates) };
+  }
+
+  #forget(token: string): void {
+    const pending = this.#pending.get(token);
+    if (!pending) return;
+    this.#pending.delete(token);
+    if (pending.relayTimer) clearTimeout(pending.relayTimer);
+    pending.relayLeg?.destroy();
+  }
+
+  async #listenerRelayLeg(token: string, pending: PendingInbound): Promise<void> {
+    pending.relayTimer = null;
+    if (this.#pending.get(token) !== pending) return;
+    try {
+      const leg = await openRelayLeg({
+        domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust,
+      });
+      if (this.#pending.get(token) !== pending) {
+        leg.destroy();
+        return;
+      }
+      pending.relayLeg = leg;
+      await this.#acceptPeer(leg, 'relay');
+    } catch (err) {
+      this.#log.debug({ reason: (err as Error).message }, 'listener relay leg failed');
+    }
+  }
+
+  /** A raw channel from a caller: peer TLS as server, then the token claim. */
+  async #acceptPeer(raw: net.Socket | TLSSocket, route: RouteName): Promise<void> {
+    let socket: TLSSocket;
+    try {
+      socket = await tlsServerOver(raw, this.identity, `${route} peer channel`, PEER_HANDSHAKE_TIMEOUT_MS);
+    } catch (err) {
+      this.#log.debug({ route, reason: (err as Error).message }, 'peer tls failed');
+      return;
+    }
+    const refuse = (err: VertexError) => {
+      this.#log.info({ route, code: err.code, reason: err.message }, 'peer claim refused');
+      writePreamble(socket, { error_code: err.code, error_description: err.message });
+      socket.end();
+      setTimeout(() => socket.destroy(), 1000).unref();
+    };
+    let claim: Record<string, string>;
+    try {
+      claim = await readPreamble(socket, 'peer claim', PEER_HANDSHAKE_TIMEOUT_MS);
+    } catch (err) {
+      socket.destroy();
+      return;
+    }
+    const token = claim.token ?? '';
+    const pending = this.#pending.get(token);
+    if (!pending || pending.expiresAt < Date.now()) return refuse(vertexError('TokenInvalid', 'peer claim: unknown, expired or used token'));
+    const presented = socket.getPeerX509Certificate();
+    if (!presented || certificateFingerprint(presented.toString()) !== pending.fingerprint) {
+      return refuse(vertexError('CertificateInvalid', 'peer claim: the certificate is not the one the server forwarded'));
+    }
+    // The claim wins: a relay leg still waiting for this token is no longer needed,
+    // unless it is the very channel the claim arrived on.
+    const leg = pending.relayLeg;
+    pending.relayLeg = null;
+    this.#forget(token);
+    if (route !== 'relay') leg?.destroy();
+    const service = this.#services.get(pending.service);
+    if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
+    writePreamble(socket, { ok: '1' });
+    this.#log.info({ from: pending.from, service: pending.service, route }, 'peer connected');
+    service.onConnection(decorate(socket, { route, peer: pending.from, service: pending.service, connectMs: 0 }));
+  }
+
+  // ---- connecting ----
+
+  async connect(target: string, opts: ConnectOptions = {}): Promise<Q2QStream> {
+    const started = performance.now();
+    const { address, service } = parseServiceAddress(target);
+    const to = formatAddress(address);
+    const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    const answer = await this.#inbound(to, service, timeoutMs);
+    const listenerCert = answer.certificate ?? '';
+    const ca = this.#opts.trust.loadCaFor(address.domain);
+    if (!ca) throw vertexError('CertificateInvalid', `connect ${to}: no pinned CA for ${address.domain}`);
+    verifyUserCertificate(listenerCert, ca, { expectedAddress: to });
+    const stream = await this.#race({
+      to, service, token: answer.token ?? '', listenerCert,
+      candidates: this.#routes.includes('tcp') ? parseCandidates(answer.candidates) : [],
+      relay: this.#routes.includes('relay') && answer.relay === '1',
+      deadline,
+    });
+    const connectMs = Math.round(performance.now() - started);
+    this.#log.info({ to, service, route: stream.route, connectMs }, 'connected');
+    return Object.assign(stream, { connectMs }) as Q2QStream;
+  }
+
+  async #inbound(to: string, service: string, timeoutMs: number): Promise<AmpArgs> {
+    const domain = parseAddress(to).domain;
+    const args = { to, service, candidates: '[]', routes: JSON.stringify(this.#routes) };
+    for (let attempt = 0; ; attempt++) {
+      const connection = await this.#pool.get(domain);
+      try {
+        return await connection.call(COMMANDS.inbound, args, { timeoutMs });
+      } catch (err) {
+        const e = asVertexError(err);
+        // A pooled connection may have died since it was last used: retry once on a fresh one.
+        if (e.code === 'ConnectionLost' && attempt === 0) {
+          this.#pool.discard(domain, connection);
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+
+  #race(p: {
+    to: string; service: string; token: string; listenerCert: string;
+    candidates: Array<{ host: string; port: number }>; relay: boolean; deadline: number;
+  }): Promise<Q2QStream> {
+    return new Promise((resolve, reject) => {
+      const errors: string[] = [];
+      // Every socket an attempt opened, by attempt, so the loser's are closed and the winner's kept.
+      const opened: Array<Array<net.Socket | TLSSocket>> = [];
+      let outstanding = 0;
+      let settled = false;
+      let claiming = false;
+      let relayTimer: NodeJS.Timeout | null = null;
+
+      const finish = (err: VertexError | null, stream?: Q2QStream) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(overall);
+        if (relayTimer) clearTimeout(relayTimer);
+        for (const sockets of opened) {
+          if (stream && sockets.includes(stream)) continue;
+          for (const socket of sockets) socket.destroy();
+        }
+        if (err) reject(err);
+        else resolve(stream as Q2QStream);
+      };
+      const failedOne = (route: RouteName, err: unknown) => {
+        outstanding -= 1;
+        errors.push(`${route}: ${(err as Error).message}`);
+        if (outstanding === 0 && !claiming && relayTimer === null) {
+          finish(vertexError('Unreachable', `connect ${p.to}:${p.service}: every route failed (${errors.join('; ')})`));
+        }
+      };
+      const attempt = (route: RouteName, open: (sockets: Array<net.Socket | TLSSocket>) => Promise<net.Socket | TLSSocket>) => {
+        outstanding += 1;
+        const sockets: Array<net.Socket | TLSSocket> = [];
+        opened.push(sockets);
+        void (async () => {
+          let secure: TLSSocket;
+          try {
+            const raw = await open(sockets);
+            sockets.push(raw);
+            if (settled) return raw.destroy();
+            secure = await tlsClientOver(raw, this.identity, p.listenerCert, `${route} to ${p.to}`, PEER_HANDSHAKE_TIMEOUT_MS);
+            sockets.push(secure);
+          } catch (err) {
+            return failedOne(route, err);
+          }
+          if (settled || claiming) {
+            secure.destroy();
+            outstanding -= 1;
+            return;
+          }
+          claiming = true;
+          try {
+            writePreamble(secure, { token: p.token });
+            const answer = await readPreamble(secure, `claim on ${route}`, PEER_HANDSHAKE_TIMEOUT_MS);
+            const refused = preambleError(answer);
+            if (refused) throw vertexError(isErrorCode(refused.code) ? refused.code : 'Internal', refused.description);
+          } catch (err) {
+            claiming = false;
+            secure.destroy();
+            return failedOne(route, err);
+          }
+          outstanding -= 1;
+          finish(null, decorate(secure, { route, peer: p.to, service: p.service, connectMs: 0 }));
+        })();
+      };
+
+      const overall = setTimeout(() => finish(vertexError('Timeout',
+        `connect ${p.to}:${p.service}: no route completed in time${errors.length ? ` (${errors.join('; ')})` : ''}`)),
+      Math.max(0, p.deadline - Date.now()));
+
+      for (const candidate of p.candidates) {
+        attempt('tcp', (sockets) => new Promise((res, rej) => {
+          const socket = net.connect({ host: candidate.host, port: candidate.port });
+          sockets.push(socket);
+          const timer = setTimeout(() => { socket.destroy(); rej(new Error(`${candidate.host}:${candidate.port}: no answer`)); }, TCP_ATTEMPT_TIMEOUT_MS);
+          socket.once('connect', () => { clearTimeout(timer); res(socket); });
+          socket.once('error', (e: NodeJS.ErrnoException) => { clearTimeout(timer); rej(new Error(`${candidate.host}:${candidate.port}: ${e.code ?? e.message}`)); });
+        }));
+      }
+      if (p.relay) {
+        const startRelay = () => {
+          relayTimer = null;
+          if (settled) return;
+          attempt('relay', () => openRelayLeg({
+            domain: parseAddress(p.to).domain, token: p.token, identity: this.identity,
+            resolve: this.#opts.resolve, trust: this.#opts.trust,
+          }));
+        };
+        relayTimer = setTimeout(startRelay, p.candidates.length > 0 ? this.#relayDelayMs : 0);
+      }
+      if (p.candidates.length === 0 && !p.relay) {
+        finish(vertexError('Unreachable', `connect ${p.to}:${p.service}: no usable route (the peer offered no direct address and relaying is off)`));
+      }
+    });
+  }
+
+  // ---- status and shutdown ----
+
+  status(): NodeStatus {
+    return {
+      identity: this.identity.address,
+      certificateNotAfter: describeCertificate(this.identity.certPem).notAfter.toISOString(),
+      home: {
+        state: this.#home?.state ?? 'offline',
+        server: this.#home?.server ?? null,
+        since: (this.#home?.since ?? new Date()).toISOString(),
+        lastError: this.#home?.lastError ?? null,
+      },
+      reflexive: { tcp: this.#home?.reflexiveTcp ?? null, udp: null },
+      services: [...this.#services].map(([service, o]) => ({ service, allow: o.allow ?? defaultAllow(this.identity.address) })),
+      peerListen: this.#peerPort === null ? null : `${this.#opts.peerListen?.host ?? '0.0.0.0'}:${this.#peerPort}`,
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.#home?.stop();
+    this.#pool.closeAll();
+    for (const token of [...this.#pending.keys()]) this.#forget(token);
+    const server = this.#peerServer;
+    this.#peerServer = null;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}

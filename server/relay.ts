@@ -1,0 +1,181 @@
+/**
+ * The relay of last resort. Each brokered inbound registers its token here;
+ * the caller and the listener each open a relay leg (a TLS connection with
+ * ALPN q2q-relay/2, authenticated by their certificates) and name the token.
+ * When both legs are in, the relay answers both and splices them. What it
+ * carries is the peers' own TLS: the relay never holds their keys.
+ */
+import type { TLSSocket } from 'node:tls';
+import { Transform, type TransformCallback } from 'node:stream';
+import { RELAY_PAIRING_TIMEOUT_MS, TOKEN_LIFETIME_MS } from '../q2q/control/protocol';
+import { vertexError, VertexError } from '../q2q/errors';
+import { readPreamble, writePreamble } from '../q2q/transport/preamble';
+import type { Logger } from '../q2q/util/log';
+
+export interface RelayOptions {
+  enabled: boolean;
+  maxStreams: number;
+  /** Bytes per second per user and direction; 0 = unlimited. */
+  perUserRate: number;
+  log: Logger;
+}
+
+type Role = 'caller' | 'listener';
+
+interface PendingRelay {
+  caller: string;
+  listener: string;
+  expiresAt: number;
+  legs: Partial<Record<Role, { socket: TLSSocket; answer: (err: VertexError | null) => void }>>;
+  timer: NodeJS.Timeout;
+}
+
+/** A token bucket per user; a Transform that waits when the bucket is empty. */
+class RateLimit {
+  #tokens: number;
+  #last = Date.now();
+  constructor(readonly bytesPerSecond: number) {
+    this.#tokens = bytesPerSecond;
+  }
+  /** Milliseconds to wait before `bytes` may pass. */
+  take(bytes: number): number {
+    const now = Date.now();
+    this.#tokens = Math.min(this.bytesPerSecond, this.#tokens + ((now - this.#last) / 1000) * this.bytesPerSecond);
+    this.#last = now;
+    this.#tokens -= bytes;
+    return this.#tokens >= 0 ? 0 : Math.ceil((-this.#tokens / this.bytesPerSecond) * 1000);
+  }
+}
+
+function throttle(limit: RateLimit): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _enc, done: TransformCallback) {
+      const wait = limit.take(chunk.length);
+      if (wait === 0) done(null, chunk);
+      else setTimeout(() => done(null, chunk), wait);
+    },
+  });
+}
+
+export class Relay {
+  readonly #opts: RelayOptions;
+  readonly #pending = new Map<string, PendingRelay>();
+  readonly #active = new Set<TLSSocket>();
+  readonly #limits = new Map<string, RateLimit>();
+  #activeStreams = 0;
+
+  constructor(opts: RelayOptions) {
+    this.#opts = opts;
+  }
+
+  get enabled(): boolean {
+    return this.#opts.enabled;
+  }
+
+  get activeStreams(): number {
+    return this.#activeStreams;
+  }
+
+  /** Called by the broker when an inbound is answered: the token may now pair two legs. */
+  register(token: string, caller: string, listener: string): void {
+    if (!this.#opts.enabled) return;
+    const timer = setTimeout(() => this.#expire(token), TOKEN_LIFETIME_MS);
+    timer.unref();
+    this.#pending.set(token, { caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, timer });
+  }
+
+  #expire(token: string): void {
+    const pending = this.#pending.get(token);
+    if (!pending) return;
+    this.#pending.delete(token);
+    for (const leg of Object.values(pending.legs)) leg?.answer(vertexError('Timeout', 'relay: the other side never arrived'));
+  }
+
+  /** A new relay leg from an authenticated user. */
+  async acceptLeg(socket: TLSSocket, user: string): Promise<void> {
+    const log = this.#opts.log.child({ user });
+    let request: Record<string, string>;
+    try {
+      request = await readPreamble(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS);
+    } catch (err) {
+      log.info({ reason: (err as Error).message }, 'relay leg closed before its request');
+      socket.destroy();
+      return;
+    }
+    const refuse = (err: VertexError) => {
+      log.info({ code: err.code, reason: err.message }, 'relay leg refused');
+      writePreamble(socket, { error_code: err.code, error_description: err.message });
+      socket.end();
+    };
+    if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
+    const token = request.token ?? '';
+    const pending = this.#pending.get(token);
+    if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    const role: Role | null = user === pending.caller ? 'caller' : user === pending.listener ? 'listener' : null;
+    if (!role) return refuse(vertexError('TokenInvalid', `relay: the token does not belong to ${user}`));
+    if (pending.legs[role]) return refuse(vertexError('TokenInvalid', 'relay: this side of the token is already connected'));
+    if (this.#activeStreams >= this.#opts.maxStreams) return refuse(vertexError('NotAllowed', `relay: the server carries its maximum of ${this.#opts.maxStreams} streams`));
+
+    pending.legs[role] = {
+      socket,
+      answer: (err) => (err ? refuse(err) : writePreamble(socket, { ok: '1' })),
+    };
+    socket.once('close', () => {
+      if (this.#pending.get(token)?.legs[role]?.socket === socket) delete pending.legs[role];
+    });
+    const caller = pending.legs.caller;
+    const listener = pending.legs.listener;
+    if (caller && listener) {
+      this.#pending.delete(token);
+      clearTimeout(pending.timer);
+      caller.answer(null);
+      listener.answer(null);
+      this.#splice(caller.socket, listener.socket, pending);
+      log.info({ caller: pending.caller, listener: pending.listener }, 'relay spliced');
+    }
+  }
+
+  #rateLimitFor(user: string): RateLimit {
+    let limit = this.#limits.get(user);
+    if (!limit) {
+      limit = new RateLimit(this.#opts.perUserRate);
+      this.#limits.set(user, limit);
+    }
+    return limit;
+  }
+
+  #splice(a: TLSSocket, b: TLSSocket, pending: PendingRelay): void {
+    this.#activeStreams += 1;
+    this.#active.add(a);
+    this.#active.add(b);
+    let closed = 0;
+    const onClose = () => {
+      closed += 1;
+      a.destroy();
+      b.destroy();
+      if (closed === 1) this.#activeStreams -= 1;
+      this.#active.delete(a);
+      this.#active.delete(b);
+    };
+    a.once('close', onClose);
+    b.once('close', onClose);
+    a.on('error', () => undefined);
+    b.on('error', () => undefined);
+    // pipe() carries back-pressure both ways and ends the far side on end (half-close).
+    if (this.#opts.perUserRate > 0) {
+      a.pipe(throttle(this.#rateLimitFor(pending.caller))).pipe(b);
+      b.pipe(throttle(this.#rateLimitFor(pending.listener))).pipe(a);
+    } else {
+      a.pipe(b);
+      b.pipe(a);
+    }
+    a.resume();
+    b.resume();
+  }
+
+  stop(): void {
+    for (const pending of this.#pending.values()) clearTimeout(pending.timer);
+    this.#pending.clear();
+    for (const socket of this.#active) socket.destroy();
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * Q2Q connections between two domains: listen, inbound, peer TLS, direct
+ * TCP and relay, through the library API against real server processes.
+ */
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import { connectQ2Q, listenQ2Q, Q2QNode } from '../../../q2q';
+import { COMMANDS } from '../../../q2q/control/protocol';
+import { openServerConnection } from '../../../q2q/control/server-connection';
+import { createServerResolver } from '../../../q2q/control/discovery';
+import { createCsr, createDomainCa, generateKeyPair, issueUserCertificate } from '../../../q2q/identity';
+import { tlsClientOver } from '../../../q2q/negotiate/peer-tls';
+import { readPreamble, writePreamble } from '../../../q2q/transport/preamble';
+import { startVertex, stopAll } from '../../helpers/cli';
+import { echo, exchange, sha256, startWorld, type World } from '../../helpers/q2q-world';
+
+jest.setTimeout(120_000);
+
+let world: World;
+let alice: Awaited<ReturnType<World['user']>>;
+let bob: Awaited<ReturnType<World['user']>>;
+let carol: Awaited<ReturnType<World['user']>>;
+const nodes: Q2QNode[] = [];
+
+beforeAll(async () => {
+  world = await startWorld();
+  [alice, bob, carol] = await Promise.all([world.user('alice@a.test'), world.user('bob@b.test'), world.user('carol@a.test')]);
+});
+
+afterAll(async () => {
+  await Promise.all(nodes.map((n) => n.stop()));
+  await stopAll();
+});
+
+async function bobNode(extra: Parameters<typeof bob.options>[0] = {}, allow = ['*@a.test']): Promise<Q2QNode> {
+  const node = await listenQ2Q(bob.identity, { echo: { allow, onConnection: echo } }, bob.options(extra));
+  nodes.push(node);
+  return node;
+}
+
+async function errorCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (err) {
+    return (err as { code?: string }).code ?? `untyped: ${(err as Error).message}`;
+  }
+}
+
+describe('connections', () => {
+  it('echoes 10 MB over direct tcp, byte-exact', async () => {
+    const node = await bobNode();
+    const stream = await connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options());
+    expect(stream.route).toBe('tcp');
+    expect(stream.peer).toBe('bob@b.test');
+    expect(stream.connectMs).toBeGreaterThan(0);
+    const payload = randomBytes(10 * 1024 * 1024);
+    const back = await exchange(stream, payload);
+    expect(sha256(back)).toBe(sha256(payload));
+    await node.stop();
+  });
+
+  it('echoes 10 MB through the relay when the listener allows only relay', async () => {
+    const node = await bobNode({ routes: ['relay'] });
+    const stream = await connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options());
+    expect(stream.route).toBe('relay');
+    const payload = randomBytes(10 * 1024 * 1024);
+    const back = await exchange(stream, payload);
+    expect(sha256(back)).toBe(sha256(payload));
+    await node.stop();
+  });
+
+  it('falls back to the relay when the advertised direct address refuses', async () => {
+    const closed = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const port = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(port));
+      });
+    });
+    // Bob advertises only 127.0.0.2, where nothing listens on his peer port.
+    const node = await bobNode({ advertise: ['127.0.0.2'], peerListen: { host: '127.0.0.1', port: closed } });
+    const stream = await connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options());
+    expect(stream.route).toBe('relay');
+    const payload = randomBytes(256 * 1024);
+    expect(sha256(await exchange(stream, payload))).toBe(sha256(payload));
+    await node.stop();
+  });
+
+  it('refuses with distinct codes: Denied, NotExposed, Offline', async () => {
+    const node = await bobNode({}, ['carol@a.test']);
+    expect(await errorCode(connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options()))).toBe('Denied');
+    const carolStream = await connectQ2Q(carol.identity, 'bob@b.test:echo', carol.options());
+    carolStream.destroy();
+    expect(await errorCode(connectQ2Q(alice.identity, 'bob@b.test:nothing', alice.options()))).toBe('NotExposed');
+    await node.stop();
+    const started = Date.now();
+    expect(await errorCode(connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options()))).toBe('Offline');
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("refuses a self-signed certificate claiming alice@a.test at b.test's server", async () => {
+    const node = await bobNode();
+    const fakeCa = await createDomainCa('a.test');
+    const key = await generateKeyPair();
+    const forged = await issueUserCertificate({
+      caCertPem: fakeCa.certPem, caKeyPem: fakeCa.keyPem, csrPem: await createCsr('alice@a.test', key.privateKeyPem),
+      expectedAddress: 'alice@a.test', lifetimeMs: 3600_000,
+    });
+    const code = await errorCode(connectQ2Q({ address: 'alice@a.test', keyPem: key.privateKeyPem, certPem: forged.certPem }, 'bob@b.test:echo', alice.options()));
+    expect(['ConnectionLost', 'ServerUnavailable']).toContain(code);
+    expect(world.b.proc.output()).toMatch(/client certificate refused/);
+    await node.stop();
+  });
+
+  it('a token can be claimed only once', async () => {
+    const node = await bobNode();
+    const connection = await openServerConnection({
+      domain: 'b.test', resolve: createServerResolver({ overrides: world.endpoints }), trust: alice.home,
+      credentials: { keyPem: alice.identity.keyPem, certPem: alice.identity.certPem },
+    });
+    const answer = await connection.call(COMMANDS.inbound, { to: 'bob@b.test', service: 'echo', candidates: '[]', routes: '["tcp"]' });
+    connection.close();
+    const [candidate] = JSON.parse(answer.candidates ?? '[]') as string[];
+    const [host, port] = (candidate ?? '').split(':');
+    const claim = async () => {
+      const raw = net.connect(Number(port), host);
+      await new Promise((r) => raw.once('connect', r));
+      const secure = await tlsClientOver(raw, alice.identity, answer.certificate ?? '', 'test', 5000);
+      writePreamble(secure, { token: answer.token ?? '' });
+      const reply = await readPreamble(secure, 'claim', 5000);
+      secure.destroy();
+      return reply;
+    };
+    expect((await claim()).ok).toBe('1');
+    expect((await claim()).error_code).toBe('TokenInvalid');
+    await node.stop();
+  });
+
+  it("bob's agent reconnects and re-listens after b.test's server restarts", async () => {
+    const node = await bobNode();
+    const restartArgs = world.b.proc.child.spawnargs.slice(2);
+    await world.b.proc.stop();
+    // Same data and port: the server comes back where bob's agent looks for it.
+    const args = restartArgs.map((a) => (a === '127.0.0.1:0' ? `127.0.0.1:${world.b.port}` : a));
+    world.b.proc = startVertex(args);
+    await world.b.proc.waitFor(/listening on/);
+    const deadline = Date.now() + 40_000;
+    while (node.homeState !== 'online' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(node.homeState).toBe('online');
+    const stream = await connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options());
+    const payload = randomBytes(1024);
+    expect(sha256(await exchange(stream, payload))).toBe(sha256(payload));
+    await node.stop();
+  });
+
+  it.each([['tcp'], ['relay']] as const)('100 concurrent connections × 1 MB both ways over %s', async (route) => {
+    const node = await bobNode({ routes: [route] });
+    const caller = new Q2QNode(alice.identity, alice.options({ routes: [route] }));
+    nodes.push(caller);
+    const results = await Promise.all(Array.from({ length: 100 }, async () => {
+      const stream = await caller.connect('bob@b.test:echo');
+      const payload = randomBytes(1024 * 1024);
+      const back = await exchange(stream, payload);
+      return { route: stream.route, ok: sha256(back) === sha256(payload) };
+    }));
+    expect(results.every((r) => r.ok && r.route === route)).toBe(true);
+    await caller.stop();
+    await node.stop();
+  });
+});
