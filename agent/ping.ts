@@ -71,10 +71,13 @@ export async function runProbes(target: string, conn: ConnectedStream, count: nu
     failure = err;
     wake?.();
   });
-  stream.on('close', () => {
-    failure ??= new Error('the peer closed the ping stream');
-    wake?.();
-  });
+  // An echo that ended will not echo again: as good as closed.
+  for (const event of ['end', 'close']) {
+    stream.on(event, () => {
+      failure ??= new Error('the peer closed the ping stream');
+      wake?.();
+    });
+  }
   stream.resume();
   try {
     for (let seq = 0; seq < count; seq++) {

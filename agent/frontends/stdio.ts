@@ -17,6 +17,8 @@ export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Pr
     let failed: Error | undefined;
     let tunnelClosed = false;
     let outputDone = false;
+    /** The output's reader left; tearing the tunnel down after that is our doing, not a failure. */
+    let outputGone = false;
     const settle = (): void => {
       if (failed) {
         reject(failed);
@@ -29,7 +31,7 @@ export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Pr
     });
     tunnel.once('close', () => {
       tunnelClosed = true;
-      if (!failed && !tunnel.readableEnded) failed = vertexError('ConnectionLost', 'tunnel: closed by the other side before it finished');
+      if (!failed && !outputGone && !tunnel.readableEnded) failed = vertexError('ConnectionLost', 'tunnel: closed by the other side before it finished');
       if (failed) {
         input.unpipe(tunnel);
         outputDone = true;
@@ -39,6 +41,7 @@ export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Pr
     output.on('error', (err: NodeJS.ErrnoException) => {
       // The reader of our output is gone; nothing more can be delivered.
       outputDone = true;
+      outputGone = true;
       if (err.code !== 'EPIPE') failed ??= vertexError('Internal', `output: ${err.message}`, err);
       tunnel.destroy();
       settle();

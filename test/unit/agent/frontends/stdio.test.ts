@@ -1,0 +1,59 @@
+import { PassThrough } from 'node:stream';
+import { joinStdio } from '../../../../agent/frontends/stdio';
+import { readAll, socketPairs, type PairFactory } from '../socket-pair';
+
+describe('joinStdio', () => {
+  let pairs: PairFactory;
+  beforeEach(async () => {
+    pairs = await socketPairs();
+  });
+  afterEach(() => pairs.close());
+
+  it('input end half-closes the tunnel; the answer still reaches the output, which then ends', async () => {
+    const [tunnel, remote] = await pairs.pair();
+    const input = new PassThrough();
+    const output = new PassThrough();
+    const outputText = readAll(output);
+    const done = joinStdio(input, output, tunnel);
+    const atRemote = readAll(remote);
+    input.end('request');
+    expect((await atRemote).toString()).toBe('request');
+    remote.end('answer sent after the request ended');
+    await done;
+    expect((await outputText).toString()).toBe('answer sent after the request ended');
+  });
+
+  it('the remote ending first ends the output while input may still flow', async () => {
+    const [tunnel, remote] = await pairs.pair();
+    const input = new PassThrough();
+    const output = new PassThrough();
+    const outputText = readAll(output);
+    const done = joinStdio(input, output, tunnel);
+    remote.end('banner');
+    expect((await outputText).toString()).toBe('banner');
+    const atRemote = readAll(remote);
+    input.end('late words');
+    expect((await atRemote).toString()).toBe('late words');
+    await done;
+  });
+
+  it('a tunnel cut off mid-way rejects with ConnectionLost', async () => {
+    const [tunnel, remote] = await pairs.pair();
+    const input = new PassThrough();
+    const output = new PassThrough();
+    output.resume();
+    const done = joinStdio(input, output, tunnel);
+    remote.resetAndDestroy();
+    await expect(done).rejects.toMatchObject({ code: 'ConnectionLost' });
+  });
+
+  it('an output whose reader left (EPIPE) ends the session quietly', async () => {
+    const [tunnel, remote] = await pairs.pair();
+    remote.on('error', () => undefined);
+    const input = new PassThrough();
+    const output = new PassThrough();
+    const done = joinStdio(input, output, tunnel);
+    output.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    await expect(done).resolves.toBeUndefined();
+  });
+});
