@@ -103,6 +103,8 @@ export class IdentityServer {
       key: first.keyPem,
       cert: first.certPem,
       minVersion: 'TLSv1.3',
+      // Relay legs carry the peers' half-closes: one direction ending must not end the other.
+      allowHalfOpen: true,
       // Clients without a certificate may still register or log in; which
       // commands need one is decided per command.
       requestCert: true,

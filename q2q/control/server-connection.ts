@@ -59,7 +59,11 @@ export class ServerConnection {
 /** A TLS connection to a domain's server, not yet checked against the pin (see checkServerCa). */
 export function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number, alpn = ALPN_CONTROL): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
+    // A relay leg carries one direction after the other has ended (half-close).
+    // allowHalfOpen is honoured by tls.connect (it reaches net.Socket) but missing from @types/node 20.
+    const halfOpen = { allowHalfOpen: true } as tls.ConnectionOptions;
     const socket = tls.connect({
+      ...halfOpen,
       host: endpoint.host,
       port: endpoint.port,
       // SNI picks the domain's CA on a server that serves several domains.

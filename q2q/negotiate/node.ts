@@ -139,7 +139,8 @@ export class Q2QNode extends EventEmitter {
 
   async #startPeerListener(): Promise<void> {
     const listen = this.#opts.peerListen ?? { host: '0.0.0.0', port: 0 };
-    const server = net.createServer((raw) => {
+    // Half-open: peer streams carry half-closes (ssh, scp, echo); TLS over them inherits this.
+    const server = net.createServer({ allowHalfOpen: true }, (raw) => {
       raw.on('error', () => undefined);
       void this.#acceptPeer(raw, 'tcp');
     });
@@ -388,7 +389,7 @@ export class Q2QNode extends EventEmitter {
 
       for (const candidate of p.candidates) {
         attempt('tcp', (sockets) => new Promise((res, rej) => {
-          const socket = net.connect({ host: candidate.host, port: candidate.port });
+          const socket = net.connect({ host: candidate.host, port: candidate.port, allowHalfOpen: true });
           sockets.push(socket);
           const timer = setTimeout(() => { socket.destroy(); rej(new Error(`${candidate.host}:${candidate.port}: no answer`)); }, TCP_ATTEMPT_TIMEOUT_MS);
           socket.once('connect', () => { clearTimeout(timer); res(socket); });

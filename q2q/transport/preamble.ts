@@ -34,6 +34,9 @@ export function readPreamble(stream: Duplex, what: string, timeoutMs: number): P
       // with no 'data' listener would drop them.
       stream.pause();
       if (rest && rest.length > 0) stream.unshift(rest);
+      // Back to the initial "no consumer yet" state, so the next consumer
+      // starts the flow by attaching 'data' or piping, as on a fresh socket.
+      (stream as { readableFlowing: boolean | null }).readableFlowing = null;
       resolve(boxToStrings(box as AmpBox));
     };
     const onData = (chunk: Buffer) => {

@@ -109,7 +109,7 @@ export class SendScoreboard {
 
   /** Bytes held (queued and unacknowledged), FIN excluded. */
   get bufferedBytes(): number {
-    return this.#writeEnd - this.#una - (this.#finQueued ? 1 : 0);
+    return Math.max(0, this.#writeEnd - this.#una - (this.#finQueued ? 1 : 0));
   }
 
   get finQueued(): boolean {

@@ -1,0 +1,487 @@
+/**
+ * PTCP driver: runs PtcpConnection machines over one `node:dgram` socket and exposes each
+ * connection as a Node Duplex (PtcpStream). See docs/ptcp.md.
+ *
+ * - Demultiplexing is by the destination connection id, not by address, so a peer whose
+ *   NAT mapping changes keeps its connection (the new address is adopted once a segment
+ *   from it carries the right source id).
+ * - Datagrams that are not PTCP (first byte is not the magic) are emitted as 'datagram', and
+ *   `sendRaw` sends such datagrams from the same socket: hole-punch probes and who-am-i
+ *   queries must leave from the port the streams will use.
+ * - Inputs are batched: machines are polled once per event-loop turn (setImmediate), so one
+ *   ACK answers every datagram read in that turn and writes made in one turn share segments.
+ */
+import { randomBytes } from 'node:crypto';
+import * as dgram from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
+import { Duplex } from 'node:stream';
+import { isVertexError, vertexError } from '../errors';
+import { PtcpConnection, type PtcpAction, type PtcpStats, type RandomSource } from '../proto/ptcp/connection';
+import { MAX_HALF_OPEN, type PtcpTunables } from '../proto/ptcp/constants';
+import { systemClock, type Clock, type Timer } from '../util/clock';
+import { silentLogger, type Logger } from '../util/log';
+import { decodeSegment, encodeSegment, FLAG_ACK, FLAG_RST, FLAG_SYN, isPtcpDatagram, type PtcpSegment } from '../wire/ptcp-segment';
+
+/** Kernel socket buffers asked for (Linux caps them at net.core.[rw]mem_max). */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+const DEFAULT_TTL = 64;
+const STREAM_HIGH_WATER_MARK = 256 * 1024;
+
+export interface PtcpSocketOptions {
+  host?: string;
+  port?: number;
+  clock?: Clock;
+  log?: Logger;
+  random?: RandomSource;
+  /** Connection tunables applied to every connection of this socket. */
+  tunables?: Partial<PtcpTunables>;
+}
+
+export interface PtcpConnectOptions {
+  connectTimeoutMs?: number;
+}
+
+interface Endpoint {
+  address: string;
+  port: number;
+}
+
+interface Entry {
+  conn: PtcpConnection;
+  remote: Endpoint;
+  stream: PtcpStream | null;
+  timer: Timer | null;
+  timerAt: number | null;
+  passiveKey: string | null;
+  /** For an active open: settles the connect() promise. */
+  onConnected: ((stream: PtcpStream) => void) | null;
+  onFailed: ((err: Error) => void) | null;
+  /** A write callback held back while the send buffer is full. */
+  pendingWrite: ((err?: Error | null) => void) | null;
+  gone: boolean;
+}
+
+/** A PTCP connection as a Node Duplex: back-pressure both ways, half-close (allowHalfOpen). */
+export class PtcpStream extends Duplex {
+  readonly #owner: PtcpSocket;
+  readonly #entry: Entry;
+
+  /** @internal */
+  constructor(owner: PtcpSocket, entry: Entry) {
+    super({ allowHalfOpen: true, readableHighWaterMark: STREAM_HIGH_WATER_MARK, writableHighWaterMark: STREAM_HIGH_WATER_MARK });
+    this.#owner = owner;
+    this.#entry = entry;
+  }
+
+  get remoteAddress(): string {
+    return this.#entry.remote.address;
+  }
+
+  get remotePort(): number {
+    return this.#entry.remote.port;
+  }
+
+  get connectionId(): number {
+    return this.#entry.conn.localId;
+  }
+
+  /** Buffer sizes, window and congestion state of the underlying connection. */
+  stats(): PtcpStats {
+    return this.#entry.conn.stats();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.#owner._write(this.#entry, chunk, callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
+    this.#owner._write(this.#entry, Buffer.concat(chunks.map((c) => c.chunk)), callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    this.#owner._end(this.#entry);
+    callback();
+  }
+
+  override _read(): void {
+    this.#owner._resumeReading(this.#entry);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.#owner._abort(this.#entry);
+    callback(err);
+  }
+}
+
+export class PtcpSocket extends EventEmitter {
+  readonly #udp: dgram.Socket;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #random: RandomSource;
+  readonly #tunables: Partial<PtcpTunables>;
+  readonly #byId = new Map<number, Entry>();
+  readonly #passive = new Map<string, Entry>();
+  #dirty = new Set<Entry>();
+  #flushScheduled = false;
+  #listening = false;
+  #closed = false;
+  #ttlBusy = false;
+  #ttlQueue: Array<() => void> = [];
+
+  private constructor(udp: dgram.Socket, opts: PtcpSocketOptions) {
+    super();
+    this.#udp = udp;
+    this.#clock = opts.clock ?? systemClock;
+    this.#log = opts.log ?? silentLogger;
+    this.#random = opts.random ?? randomBytes;
+    this.#tunables = opts.tunables ?? {};
+    udp.on('message', (buf, rinfo) => this.#onMessage(buf, rinfo));
+    udp.on('error', (err) => this.#log.warn({ err }, 'ptcp udp socket error'));
+  }
+
+  static bind(opts: PtcpSocketOptions = {}): Promise<PtcpSocket> {
+    const host = opts.host ?? '0.0.0.0';
+    const udp = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        udp.close();
+        reject(err);
+      };
+      udp.once('error', onError);
+      udp.bind(opts.port ?? 0, host, () => {
+        udp.off('error', onError);
+        for (const set of [(n: number) => udp.setRecvBufferSize(n), (n: number) => udp.setSendBufferSize(n)]) {
+          try {
+            set(SOCKET_BUFFER_BYTES);
+          } catch {
+            // The kernel limit stays in force; smaller buffers only cost throughput.
+          }
+        }
+        resolve(new PtcpSocket(udp, opts));
+      });
+    });
+  }
+
+  address(): { address: string; port: number } {
+    const a = this.#udp.address();
+    return { address: a.address, port: a.port };
+  }
+
+  /** Number of connections the socket currently tracks (any state). */
+  get connectionCount(): number {
+    return this.#byId.size;
+  }
+
+  /** Accepts incoming connections; each is emitted as 'connection' once its handshake completes. */
+  listen(onConnection?: (stream: PtcpStream) => void): void {
+    if (onConnection) this.on('connection', onConnection);
+    this.#listening = true;
+  }
+
+  connect(host: string, port: number, opts: PtcpConnectOptions = {}): Promise<PtcpStream> {
+    if (this.#closed) return Promise.reject(vertexError('ConnectionLost', `ptcp connect ${host}:${port}: socket is closed`));
+    const conn = new PtcpConnection({ ...this.#tunables, ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}), localId: this.#newId(), random: this.#random });
+    const entry = this.#entry(conn, { address: host, port });
+    return new Promise((resolve, reject) => {
+      entry.onConnected = resolve;
+      entry.onFailed = (err) => {
+        if (isVertexError(err)) err.message = `${err.message} (to ${host}:${port})`;
+        reject(err);
+      };
+      this.#byId.set(conn.localId, entry);
+      conn.connect(this.#clock.now());
+      this.#markDirty(entry);
+    });
+  }
+
+  /** Sends a non-PTCP datagram from this socket; `ttl` applies to this datagram only. */
+  sendRaw(buf: Buffer, host: string, port: number, opts: { ttl?: number } = {}): Promise<void> {
+    if (isPtcpDatagram(buf)) return Promise.reject(new RangeError('ptcp sendRaw: datagram starts with the ptcp magic byte'));
+    if (this.#closed) return Promise.reject(vertexError('ConnectionLost', 'ptcp sendRaw: socket is closed'));
+    if (opts.ttl === undefined) {
+      return new Promise((resolve, reject) => this.#udp.send(buf, port, host, (err) => (err ? reject(err) : resolve())));
+    }
+    const ttl = opts.ttl;
+    return new Promise((resolve, reject) => {
+      const run = (): void => {
+        // Segments sent while the low TTL is set would die too, so they wait (#sendDatagram).
+        this.#ttlBusy = true;
+        try {
+          this.#udp.setTTL(ttl);
+        } catch (err) {
+          this.#ttlDone();
+          reject(err as Error);
+          return;
+        }
+        this.#udp.send(buf, port, host, (err) => {
+          try {
+            if (!this.#closed) this.#udp.setTTL(DEFAULT_TTL);
+          } finally {
+            this.#ttlDone();
+          }
+          if (err) reject(err);
+          else resolve();
+        });
+      };
+      if (this.#ttlBusy) this.#ttlQueue.push(run);
+      else run();
+    });
+  }
+
+  #ttlDone(): void {
+    this.#ttlBusy = false;
+    const queued = this.#ttlQueue;
+    this.#ttlQueue = [];
+    for (const fn of queued) {
+      if (this.#ttlBusy) this.#ttlQueue.push(fn);
+      else fn();
+    }
+  }
+
+  /** Closes the socket; open streams are destroyed with ConnectionLost. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const entry of [...this.#byId.values()]) {
+      const err = vertexError('ConnectionLost', `ptcp connection ${entry.conn.localId}: socket closed`);
+      if (entry.conn.synchronized && entry.conn.state !== 'time-wait') {
+        entry.conn.abort(this.#clock.now());
+        this.#run(entry, entry.conn.poll(this.#clock.now()));
+      }
+      entry.onFailed?.(err);
+      this.#forget(entry);
+      if (entry.stream && !entry.stream.destroyed) entry.stream.destroy(err);
+    }
+    this.#ttlQueue = [];
+    await new Promise<void>((resolve) => this.#udp.close(() => resolve()));
+  }
+
+  // ---------------------------------------------------------------- stream hooks (internal)
+
+  /** @internal */
+  _write(entry: Entry, chunk: Buffer, callback: (err?: Error | null) => void): void {
+    const state = entry.conn.state;
+    if (state !== 'established' && state !== 'close-wait') {
+      callback(vertexError('ConnectionLost', `ptcp write: connection ${entry.conn.localId} is ${state}`));
+      return;
+    }
+    entry.conn.write(chunk);
+    this.#markDirty(entry);
+    if (entry.conn.sendBufferFull) entry.pendingWrite = callback;
+    else callback();
+  }
+
+  /** @internal */
+  _end(entry: Entry): void {
+    entry.conn.end();
+    this.#markDirty(entry);
+  }
+
+  /** @internal */
+  _resumeReading(entry: Entry): void {
+    entry.conn.setReadPaused(false);
+    this.#markDirty(entry);
+  }
+
+  /** @internal */
+  _abort(entry: Entry): void {
+    if (entry.gone || entry.conn.state === 'closed' || entry.conn.state === 'time-wait') return;
+    entry.conn.abort(this.#clock.now());
+    this.#run(entry, entry.conn.poll(this.#clock.now()));
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  #newId(): number {
+    for (let i = 0; i < 64; i++) {
+      const id = this.#random(4).readUInt32BE(0);
+      if (id !== 0 && !this.#byId.has(id)) return id;
+    }
+    throw new Error('ptcp: could not pick a free connection id');
+  }
+
+  #entry(conn: PtcpConnection, remote: Endpoint): Entry {
+    return { conn, remote, stream: null, timer: null, timerAt: null, passiveKey: null, onConnected: null, onFailed: null, pendingWrite: null, gone: false };
+  }
+
+  #onMessage(buf: Buffer, rinfo: dgram.RemoteInfo): void {
+    if (!isPtcpDatagram(buf)) {
+      this.emit('datagram', buf, rinfo);
+      return;
+    }
+    let seg: PtcpSegment;
+    try {
+      seg = decodeSegment(buf);
+    } catch (err) {
+      this.#log.debug({ err, from: `${rinfo.address}:${rinfo.port}` }, 'ptcp: dropped malformed segment');
+      return;
+    }
+    const now = this.#clock.now();
+    if (seg.dstId === 0) {
+      this.#onSyn(seg, rinfo, now);
+      return;
+    }
+    const entry = this.#byId.get(seg.dstId);
+    if (!entry) {
+      if (!(seg.flags & FLAG_RST)) this.#sendReset(seg, rinfo);
+      return;
+    }
+    if (entry.conn.peerId === seg.srcId && (entry.remote.address !== rinfo.address || entry.remote.port !== rinfo.port)) {
+      // The peer's NAT rebinding (or roaming): follow it; connection ids, not addresses, name the connection.
+      this.#log.debug({ conn: entry.conn.localId, to: `${rinfo.address}:${rinfo.port}` }, 'ptcp: peer address changed');
+      entry.remote = { address: rinfo.address, port: rinfo.port };
+    }
+    entry.conn.handleSegment(seg, now);
+    this.#markDirty(entry);
+  }
+
+  #onSyn(seg: PtcpSegment, rinfo: dgram.RemoteInfo, now: number): void {
+    if ((seg.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST)) !== FLAG_SYN) return;
+    const key = `${seg.srcId}/${rinfo.address}/${rinfo.port}`;
+    const existing = this.#passive.get(key);
+    if (existing) {
+      existing.conn.handleSegment(seg, now);
+      this.#markDirty(existing);
+      return;
+    }
+    if (!this.#listening || this.#closed || this.#passive.size >= MAX_HALF_OPEN * 64) {
+      this.#sendReset(seg, rinfo);
+      return;
+    }
+    let halfOpen = 0;
+    for (const e of this.#passive.values()) if (!e.conn.synchronized) halfOpen++;
+    if (halfOpen >= MAX_HALF_OPEN) return;
+    const conn = new PtcpConnection({ ...this.#tunables, localId: this.#newId(), random: this.#random });
+    const entry = this.#entry(conn, { address: rinfo.address, port: rinfo.port });
+    entry.passiveKey = key;
+    this.#passive.set(key, entry);
+    this.#byId.set(conn.localId, entry);
+    conn.accept(seg, now);
+    this.#markDirty(entry);
+  }
+
+  #sendReset(seg: PtcpSegment, rinfo: dgram.RemoteInfo): void {
+    const rst: PtcpSegment = {
+      flags: FLAG_RST | FLAG_ACK,
+      srcId: seg.dstId,
+      dstId: seg.srcId,
+      seq: seg.ack,
+      ack: (seg.seq + seg.payload.length + (seg.flags & FLAG_SYN ? 1 : 0)) >>> 0,
+      tsVal: 0,
+      tsEcr: seg.tsVal,
+      window: 0,
+      sacks: [],
+      payload: Buffer.alloc(0),
+    };
+    this.#sendDatagram(encodeSegment(rst), rinfo);
+  }
+
+  #sendDatagram(buf: Buffer, to: Endpoint): void {
+    if (this.#closed) return;
+    if (this.#ttlBusy) {
+      this.#ttlQueue.push(() => this.#sendDatagram(buf, to));
+      return;
+    }
+    this.#udp.send(buf, to.port, to.address);
+  }
+
+  #markDirty(entry: Entry): void {
+    this.#dirty.add(entry);
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(() => this.#flush());
+    }
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    const dirty = this.#dirty;
+    this.#dirty = new Set();
+    const now = this.#clock.now();
+    for (const entry of dirty) this.#run(entry, entry.conn.poll(now));
+  }
+
+  #run(entry: Entry, actions: PtcpAction[]): void {
+    for (const action of actions) {
+      switch (action.type) {
+        case 'send':
+          this.#sendDatagram(encodeSegment(action.segment), entry.remote);
+          break;
+        case 'connected':
+          this.#onConnected(entry);
+          break;
+        case 'data':
+          if (entry.stream && !entry.stream.destroyed && !entry.stream.push(action.data)) entry.conn.setReadPaused(true);
+          break;
+        case 'end':
+          if (entry.stream && !entry.stream.destroyed) entry.stream.push(null);
+          break;
+        case 'drain': {
+          const cb = entry.pendingWrite;
+          entry.pendingWrite = null;
+          cb?.();
+          break;
+        }
+        case 'error':
+          this.#log.debug({ conn: entry.conn.localId, err: action.error }, 'ptcp connection failed');
+          entry.pendingWrite = null;
+          if (entry.onFailed) entry.onFailed(action.error);
+          else if (entry.stream && !entry.stream.destroyed) entry.stream.destroy(action.error);
+          entry.onFailed = null;
+          entry.onConnected = null;
+          break;
+        case 'closed':
+          this.#forget(entry);
+          if (entry.onFailed) {
+            entry.onFailed(vertexError('ConnectionLost', `ptcp connection ${entry.conn.localId}: closed during the handshake`));
+            entry.onFailed = null;
+          }
+          break;
+        case 'timer':
+          this.#arm(entry, action.at);
+          break;
+        default:
+          assertNever(action);
+      }
+    }
+  }
+
+  #onConnected(entry: Entry): void {
+    const stream = new PtcpStream(this, entry);
+    entry.stream = stream;
+    if (entry.onConnected) {
+      const resolve = entry.onConnected;
+      entry.onConnected = null;
+      entry.onFailed = null;
+      resolve(stream);
+    } else {
+      this.emit('connection', stream);
+    }
+  }
+
+  #arm(entry: Entry, at: number | null): void {
+    entry.timer?.cancel();
+    entry.timer = null;
+    entry.timerAt = at;
+    if (at === null || entry.gone) return;
+    entry.timer = this.#clock.setTimer(() => {
+      entry.timer = null;
+      const now = this.#clock.now();
+      entry.conn.handleTimer(now);
+      this.#run(entry, entry.conn.poll(now));
+    }, Math.max(0, at - this.#clock.now()));
+  }
+
+  #forget(entry: Entry): void {
+    entry.gone = true;
+    entry.timer?.cancel();
+    entry.timer = null;
+    if (this.#byId.get(entry.conn.localId) === entry) this.#byId.delete(entry.conn.localId);
+    if (entry.passiveKey !== null && this.#passive.get(entry.passiveKey) === entry) this.#passive.delete(entry.passiveKey);
+  }
+}
+
+function assertNever(x: never): never {
+  throw new Error(`ptcp socket: unexpected action ${JSON.stringify(x)}`);
+}
