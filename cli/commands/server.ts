@@ -16,7 +16,8 @@ import { SqliteAccountStore } from '../../server/store/sqlite-store';
 import { hashPassword } from '../../server/password';
 import { INVITE_LIFETIME_MS, newInviteCode, validatePassword } from '../../server/account-service';
 import { createLogger } from '../logger';
-import type { GlobalArgs } from '../context';
+import { serverResolver, type GlobalArgs } from '../context';
+import type { ServerResolver } from '../../q2q/control/discovery';
 import { printResult } from '../output';
 import { readPassword } from '../password-input';
 
@@ -74,6 +75,7 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     dataDir: path.resolve(config.dataDir),
     registration: config.registration,
     certificateLifetimeMs: config.certificateLifetimeMs,
+    relay: { ...config.relay },
     limits: {
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
@@ -93,9 +95,9 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */
-export async function runServer(config: ServerConfig, logLevel: string | undefined): Promise<IdentityServer> {
+export async function runServer(config: ServerConfig, logLevel: string | undefined, resolve?: ServerResolver): Promise<IdentityServer> {
   const log = createLogger({ level: logLevel ?? config.log.level }).child({ component: 'server' });
-  const server = new IdentityServer({ ...identityServerOptions(config), log });
+  const server = new IdentityServer({ ...identityServerOptions(config), log, ...(resolve ? { resolve } : {}) });
   let bound;
   try {
     bound = await server.start();
@@ -247,7 +249,7 @@ const run: CommandModule<GlobalArgs, ServerArgs> = {
   describe: 'run the identity server',
   builder: serverOptions,
   handler: async (args) => {
-    const server = await runServer(resolveServerConfig(args), args.logLevel);
+    const server = await runServer(resolveServerConfig(args), args.logLevel, serverResolver(args));
     stopOnSignals(() => server.stop());
   },
 };
