@@ -16,6 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { promises as dns } from 'node:dns';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
@@ -30,6 +31,9 @@ import { defaultAllow, isAllowed } from './allow';
 import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
 import { openRelayLeg } from './relay-leg';
+import { learnReflexiveAddress, punch } from './punch';
+import { PtcpSocket } from '../transport/ptcp-socket';
+import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
 import {
   ALL_ROUTES, type ConnectOptions, type Identity, type NodeStatus, type Q2QOptions, type Q2QStream,
@@ -41,6 +45,11 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 const TCP_ATTEMPT_TIMEOUT_MS = 5_000;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 const MAX_CANDIDATES = 16;
+/** A reflexive UDP address is re-learned after this long (NAT mappings change). */
+const REFLEXIVE_TTL_MS = 60_000;
+
+type DirectRoute = 'tcp' | 'ptcp';
+interface Candidate { route: DirectRoute; host: string; port: number }
 
 interface PendingInbound {
   from: string;
@@ -55,7 +64,12 @@ function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; ser
   return Object.assign(socket, info) as Q2QStream;
 }
 
-function parseCandidates(json: string | undefined): Array<{ host: string; port: number }> {
+/** Candidates travel as "tcp:HOST:PORT" / "ptcp:HOST:PORT" strings in a JSON list. */
+function formatCandidate(route: DirectRoute, host: string, port: number): string {
+  return net.isIPv6(host) ? `${route}:[${host}]:${port}` : `${route}:${host}:${port}`;
+}
+
+function parseCandidates(json: string | undefined): Candidate[] {
   let list: unknown;
   try {
     list = JSON.parse(json ?? '[]');
@@ -63,11 +77,11 @@ function parseCandidates(json: string | undefined): Array<{ host: string; port: 
     return [];
   }
   if (!Array.isArray(list)) return [];
-  const out: Array<{ host: string; port: number }> = [];
+  const out: Candidate[] = [];
   for (const item of list.slice(0, MAX_CANDIDATES)) {
-    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(String(item));
-    const port = Number(m?.[2]);
-    if (m?.[1] && net.isIP(m[1]) && port > 0 && port < 65536) out.push({ host: m[1], port });
+    const m = /^(tcp|ptcp):\[?([^\]]+?)\]?:(\d{1,5})$/.exec(String(item));
+    const port = Number(m?.[3]);
+    if (m?.[1] && m[2] && net.isIP(m[2]) && port > 0 && port < 65536) out.push({ route: m[1] as DirectRoute, host: m[2], port });
   }
   return out;
 }
@@ -94,6 +108,8 @@ export class Q2QNode extends EventEmitter {
   #home: HomeSession | null = null;
   #peerServer: net.Server | null = null;
   #peerPort: number | null = null;
+  #ptcp: Promise<PtcpSocket> | null = null;
+  #udpReflexive: { value: string; port: number; at: number; from: string } | null = null;
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
@@ -111,6 +127,7 @@ export class Q2QNode extends EventEmitter {
   /** Connects to the home server (reconnecting by itself) and opens the direct peer listener. */
   async start(): Promise<void> {
     if (this.#routes.includes('tcp')) await this.#startPeerListener();
+    if (this.#routes.includes('ptcp')) await this.#ptcpSocket();
     this.#home = new HomeSession({
       identity: this.identity,
       resolve: this.#opts.resolve,
@@ -119,7 +136,14 @@ export class Q2QNode extends EventEmitter {
       services: () => [...this.#services.keys()],
       onInbound: (args) => this.#onInbound(args),
     });
-    this.#home.on('state', (state) => this.emit('home', state));
+    this.#home.on('state', (state) => {
+      // A new home session may mean a new network: the UDP mapping is re-learned.
+      if (state === 'online') {
+        this.#udpReflexive = null;
+        void this.#reflexiveUdp(parseAddress(this.identity.address).domain);
+      }
+      this.emit('home', state);
+    });
     await this.#home.start();
   }
 
@@ -153,21 +177,60 @@ export class Q2QNode extends EventEmitter {
     this.#peerPort = (server.address() as net.AddressInfo).port;
   }
 
-  /** Direct candidates: configured addresses, or the local interfaces, plus what the server sees. */
-  #tcpCandidates(): string[] {
-    if (this.#peerPort === null) return [];
+  /** Local addresses to advertise: configured ones, the listen host, or the interfaces. */
+  #localHosts(): string[] {
     const listenHost = this.#opts.peerListen?.host ?? '0.0.0.0';
-    let hosts: string[];
-    if (this.#opts.advertise?.length) hosts = [...this.#opts.advertise];
-    else if (listenHost !== '0.0.0.0' && listenHost !== '::') hosts = [listenHost];
-    else {
-      hosts = Object.values(os.networkInterfaces()).flat()
-        .filter((i): i is os.NetworkInterfaceInfo => !!i && i.family === 'IPv4')
-        .map((i) => i.address);
-      const seen = this.#home?.reflexiveTcp;
-      if (seen && !hosts.includes(seen)) hosts.push(seen);
+    if (this.#opts.advertise?.length) return [...this.#opts.advertise];
+    if (listenHost !== '0.0.0.0' && listenHost !== '::') return [listenHost];
+    return Object.values(os.networkInterfaces()).flat()
+      .filter((i): i is os.NetworkInterfaceInfo => !!i && i.family === 'IPv4')
+      .map((i) => i.address);
+  }
+
+  /** Direct candidates: local addresses with the tcp listener's and the ptcp socket's ports, plus reflexive ones. */
+  async #directCandidates(routes: readonly DirectRoute[], reflexiveFrom: string): Promise<string[]> {
+    const out: string[] = [];
+    const hosts = this.#localHosts();
+    if (routes.includes('tcp') && this.#peerPort !== null) {
+      const seen = this.#opts.advertise?.length ? null : this.#home?.reflexiveTcp;
+      for (const host of seen && !hosts.includes(seen) ? [...hosts, seen] : hosts) out.push(formatCandidate('tcp', host, this.#peerPort));
     }
-    return hosts.slice(0, MAX_CANDIDATES).map((h) => (net.isIPv6(h) ? `[${h}]:${this.#peerPort}` : `${h}:${this.#peerPort}`));
+    if (routes.includes('ptcp')) {
+      const socket = await this.#ptcpSocket();
+      const port = socket.address().port;
+      for (const host of hosts) out.push(formatCandidate('ptcp', host, port));
+      const reflexive = await this.#reflexiveUdp(reflexiveFrom);
+      if (reflexive && !(hosts.includes(reflexive.value) && reflexive.port === port)) {
+        out.push(formatCandidate('ptcp', reflexive.value, reflexive.port));
+      }
+    }
+    return out.slice(0, MAX_CANDIDATES);
+  }
+
+  /** The PTCP socket, bound on first use; PTCP peer channels arriving on it are accepted. */
+  #ptcpSocket(): Promise<PtcpSocket> {
+    if (!this.#ptcp) {
+      const host = this.#opts.peerListen?.host ?? '0.0.0.0';
+      this.#ptcp = PtcpSocket.bind({ host, port: 0, log: this.#log.child({ component: 'ptcp' }) }).then((socket) => {
+        socket.listen((stream) => void this.#acceptPeer(stream, 'ptcp'));
+        return socket;
+      });
+    }
+    return this.#ptcp;
+  }
+
+  /** The ptcp socket's address as `domain`'s server sees it (cached for REFLEXIVE_TTL_MS). */
+  async #reflexiveUdp(domain: string): Promise<{ value: string; port: number } | null> {
+    const cached = this.#udpReflexive;
+    if (cached && cached.from === domain && Date.now() - cached.at < REFLEXIVE_TTL_MS) return cached;
+    const [endpoint] = await this.#opts.resolve(domain);
+    if (!endpoint) return null;
+    const socket = await this.#ptcpSocket();
+    const host = net.isIP(endpoint.host) ? endpoint.host : (await dns.lookup(endpoint.host)).address;
+    const answer = await learnReflexiveAddress(socket, host, endpoint.port);
+    if (!answer) return null;
+    this.#udpReflexive = { value: answer.address, port: answer.port, at: Date.now(), from: domain };
+    return this.#udpReflexive;
   }
 
   async #onInbound(args: AmpArgs): Promise<AmpArgs> {
@@ -193,8 +256,13 @@ export class Q2QNode extends EventEmitter {
     this.#pending.set(token, pending);
     setTimeout(() => this.#forget(token), TOKEN_LIFETIME_MS).unref();
 
-    const direct = this.#routes.includes('tcp') && callerRoutes.includes('tcp');
-    const candidates = direct ? this.#tcpCandidates() : [];
+    const direct = (['tcp', 'ptcp'] as const).filter((r) => this.#routes.includes(r) && callerRoutes.includes(r));
+    const candidates = await this.#directCandidates(direct, this.#domain);
+    const callerPtcp = parseCandidates(args.candidates).filter((c) => c.route === 'ptcp');
+    if (direct.includes('ptcp') && callerPtcp.length > 0) {
+      // Open our NAT mapping toward the caller while the answer travels back.
+      void this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp));
+    }
     if (this.#routes.includes('relay') && callerRoutes.includes('relay')) {
       const delay = candidates.length > 0 ? this.#relayDelayMs : 0;
       pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
@@ -231,7 +299,7 @@ export class Q2QNode extends EventEmitter {
   }
 
   /** A raw channel from a caller: peer TLS as server, then the token claim. */
-  async #acceptPeer(raw: net.Socket | TLSSocket, route: RouteName): Promise<void> {
+  async #acceptPeer(raw: Duplex, route: RouteName): Promise<void> {
     let socket: TLSSocket;
     try {
       socket = await tlsServerOver(raw, this.identity, `${route} peer channel`, PEER_HANDSHAKE_TIMEOUT_MS);
@@ -287,7 +355,7 @@ export class Q2QNode extends EventEmitter {
     verifyUserCertificate(listenerCert, ca, { expectedAddress: to });
     const stream = await this.#race({
       to, service, token: answer.token ?? '', listenerCert,
-      candidates: this.#routes.includes('tcp') ? parseCandidates(answer.candidates) : [],
+      candidates: parseCandidates(answer.candidates).filter((c) => this.#routes.includes(c.route)),
       relay: this.#routes.includes('relay') && answer.relay === '1',
       deadline,
     });
@@ -298,7 +366,9 @@ export class Q2QNode extends EventEmitter {
 
   async #inbound(to: string, service: string, timeoutMs: number): Promise<AmpArgs> {
     const domain = parseAddress(to).domain;
-    const args = { to, service, candidates: '[]', routes: JSON.stringify(this.#routes) };
+    // Our own ptcp candidates go with the request, so the listener can punch toward us at once.
+    const candidates = this.#routes.includes('ptcp') ? await this.#directCandidates(['ptcp'], domain) : [];
+    const args = { to, service, candidates: JSON.stringify(candidates), routes: JSON.stringify(this.#routes) };
     for (let attempt = 0; ; attempt++) {
       const connection = await this.#pool.get(domain);
       try {
@@ -317,12 +387,12 @@ export class Q2QNode extends EventEmitter {
 
   #race(p: {
     to: string; service: string; token: string; listenerCert: string;
-    candidates: Array<{ host: string; port: number }>; relay: boolean; deadline: number;
+    candidates: Candidate[]; relay: boolean; deadline: number;
   }): Promise<Q2QStream> {
     return new Promise((resolve, reject) => {
       const errors: string[] = [];
       // Every socket an attempt opened, by attempt, so the loser's are closed and the winner's kept.
-      const opened: Array<Array<net.Socket | TLSSocket>> = [];
+      const opened: Array<Array<Duplex>> = [];
       let outstanding = 0;
       let settled = false;
       let claiming = false;
@@ -347,9 +417,9 @@ export class Q2QNode extends EventEmitter {
           finish(vertexError('Unreachable', `connect ${p.to}:${p.service}: every route failed (${errors.join('; ')})`));
         }
       };
-      const attempt = (route: RouteName, open: (sockets: Array<net.Socket | TLSSocket>) => Promise<net.Socket | TLSSocket>) => {
+      const attempt = (route: RouteName, open: (sockets: Duplex[]) => Promise<Duplex>) => {
         outstanding += 1;
-        const sockets: Array<net.Socket | TLSSocket> = [];
+        const sockets: Duplex[] = [];
         opened.push(sockets);
         void (async () => {
           let secure: TLSSocket;
@@ -387,7 +457,14 @@ export class Q2QNode extends EventEmitter {
         `connect ${p.to}:${p.service}: no route completed in time${errors.length ? ` (${errors.join('; ')})` : ''}`)),
       Math.max(0, p.deadline - Date.now()));
 
-      for (const candidate of p.candidates) {
+      for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
+        attempt('ptcp', async () => {
+          const socket = await this.#ptcpSocket();
+          await punch(socket, p.token, [candidate]);
+          return socket.connect(candidate.host, candidate.port, { connectTimeoutMs: TCP_ATTEMPT_TIMEOUT_MS });
+        });
+      }
+      for (const candidate of p.candidates.filter((c) => c.route === 'tcp')) {
         attempt('tcp', (sockets) => new Promise((res, rej) => {
           const socket = net.connect({ host: candidate.host, port: candidate.port, allowHalfOpen: true });
           sockets.push(socket);
@@ -425,7 +502,10 @@ export class Q2QNode extends EventEmitter {
         since: (this.#home?.since ?? new Date()).toISOString(),
         lastError: this.#home?.lastError ?? null,
       },
-      reflexive: { tcp: this.#home?.reflexiveTcp ?? null, udp: null },
+      reflexive: {
+        tcp: this.#home?.reflexiveTcp ?? null,
+        udp: this.#udpReflexive ? `${this.#udpReflexive.value}:${this.#udpReflexive.port}` : null,
+      },
       services: [...this.#services].map(([service, o]) => ({ service, allow: o.allow ?? defaultAllow(this.identity.address) })),
       peerListen: this.#peerPort === null ? null : `${this.#opts.peerListen?.host ?? '0.0.0.0'}:${this.#peerPort}`,
     };
@@ -435,6 +515,9 @@ export class Q2QNode extends EventEmitter {
     this.#home?.stop();
     this.#pool.closeAll();
     for (const token of [...this.#pending.keys()]) this.#forget(token);
+    const ptcp = this.#ptcp;
+    this.#ptcp = null;
+    if (ptcp) await ptcp.then((socket) => socket.close(), () => undefined);
     const server = this.#peerServer;
     this.#peerServer = null;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));

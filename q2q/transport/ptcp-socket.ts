@@ -109,7 +109,9 @@ export class PtcpStream extends Duplex {
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    this.#owner._abort(this.#entry);
+    // autoDestroy after a clean end both ways: the machine finishes the close (acks, FIN
+    // retransmissions, TIME-WAIT) on its own. Any other destroy aborts with RST.
+    if (err || !this.writableFinished || !this.readableEnded) this.#owner._abort(this.#entry);
     callback(err);
   }
 }
@@ -140,7 +142,7 @@ export class PtcpSocket extends EventEmitter {
     udp.on('error', (err) => this.#log.warn({ err }, 'ptcp udp socket error'));
   }
 
-  static bind(opts: PtcpSocketOptions = {}): Promise<PtcpSocket> {
+  static override bind(opts: PtcpSocketOptions = {}): Promise<PtcpSocket> {
     const host = opts.host ?? '0.0.0.0';
     const udp = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
     return new Promise((resolve, reject) => {
@@ -287,6 +289,12 @@ export class PtcpSocket extends EventEmitter {
   /** @internal */
   _abort(entry: Entry): void {
     if (entry.gone || entry.conn.state === 'closed' || entry.conn.state === 'time-wait') return;
+    // Like close() on a TCP socket after shutdown(): once our FIN is queued, destroying the
+    // stream lets the connection finish on its own instead of resetting it. TLS destroys
+    // its transport right after both sides' close_notify, and a RST there would reach the
+    // peer as an error after a clean end.
+    const state = entry.conn.state;
+    if (state === 'fin-wait-1' || state === 'fin-wait-2' || state === 'closing' || state === 'last-ack') return;
     entry.conn.abort(this.#clock.now());
     this.#run(entry, entry.conn.poll(this.#clock.now()));
   }

@@ -78,7 +78,7 @@ describe('connections', () => {
       });
     });
     // Bob advertises only 127.0.0.2, where nothing listens on his peer port.
-    const node = await bobNode({ advertise: ['127.0.0.2'], peerListen: { host: '127.0.0.1', port: closed } });
+    const node = await bobNode({ routes: ['tcp', 'relay'], advertise: ['127.0.0.2'], peerListen: { host: '127.0.0.1', port: closed } });
     const stream = await connectQ2Q(alice.identity, 'bob@b.test:echo', alice.options());
     expect(stream.route).toBe('relay');
     const payload = randomBytes(256 * 1024);
@@ -121,7 +121,8 @@ describe('connections', () => {
     const answer = await connection.call(COMMANDS.inbound, { to: 'bob@b.test', service: 'echo', candidates: '[]', routes: '["tcp"]' });
     connection.close();
     const [candidate] = JSON.parse(answer.candidates ?? '[]') as string[];
-    const [host, port] = (candidate ?? '').split(':');
+    const [route, host, port] = (candidate ?? '').split(':');
+    expect(route).toBe('tcp');
     const claim = async () => {
       const raw = net.connect(Number(port), host);
       await new Promise((r) => raw.once('connect', r));
@@ -164,6 +165,22 @@ describe('connections', () => {
       return { route: stream.route, ok: sha256(back) === sha256(payload) };
     }));
     expect(results.every((r) => r.ok && r.route === route)).toBe(true);
+    await caller.stop();
+    await node.stop();
+  });
+});
+
+describe('ptcp route', () => {
+  it('echoes 10 MB over ptcp with mutual TLS when both sides allow only ptcp', async () => {
+    const node = await bobNode({ routes: ['ptcp'] });
+    const caller = new Q2QNode(alice.identity, alice.options({ routes: ['ptcp'] }));
+    nodes.push(caller);
+    const stream = await caller.connect('bob@b.test:echo');
+    expect(stream.route).toBe('ptcp');
+    expect(stream.peer).toBe('bob@b.test');
+    const payload = randomBytes(10 * 1024 * 1024);
+    expect(sha256(await exchange(stream, payload))).toBe(sha256(payload));
+    expect(node.status().reflexive.udp).toMatch(/^127\.0\.0\.1:\d+$/);
     await caller.stop();
     await node.stop();
   });
