@@ -260,8 +260,9 @@ export class Q2QNode extends EventEmitter {
     const candidates = await this.#directCandidates(direct, this.#domain);
     const callerPtcp = parseCandidates(args.candidates).filter((c) => c.route === 'ptcp');
     if (direct.includes('ptcp') && callerPtcp.length > 0) {
-      // Open our NAT mapping toward the caller while the answer travels back.
-      void this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp));
+      // Open our NAT mapping toward the caller before the answer goes back: low-TTL
+      // probes only, so nothing of ours reaches the caller's NAT first (punch.ts).
+      await this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp, { role: 'listener' }));
     }
     if (this.#routes.includes('relay') && callerRoutes.includes('relay')) {
       const delay = candidates.length > 0 ? this.#relayDelayMs : 0;
@@ -460,7 +461,7 @@ export class Q2QNode extends EventEmitter {
       for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
         attempt('ptcp', async () => {
           const socket = await this.#ptcpSocket();
-          await punch(socket, p.token, [candidate]);
+          await punch(socket, p.token, [candidate], { role: 'caller' });
           return socket.connect(candidate.host, candidate.port, { connectTimeoutMs: TCP_ATTEMPT_TIMEOUT_MS });
         });
       }

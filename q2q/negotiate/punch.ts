@@ -1,13 +1,29 @@
 /**
  * UDP groundwork for the ptcp route, on the very socket PTCP streams use:
  *
- * - reflexive address: ask the home server's UDP who-am-i from this socket,
- *   so the answer names the NAT mapping the streams will use;
+ * - reflexive address: ask a server's UDP who-am-i from this socket, so the
+ *   answer names the NAT mapping the streams will use;
  * - punch probes: small datagrams toward the peer's candidates that open our
- *   own NAT mapping. The first ones go out with a low TTL so they die in the
- *   network before reaching the far NAT: a probe that arrives there before
- *   the far host has sent outward makes Linux conntrack pick a different
- *   port for that host, and the punch fails (measured; TESTING.md "NAT lab").
+ *   own NAT mapping.
+ *
+ * The order of the punch is what makes it work between two Linux NATs
+ * (measured in the NAT lab, test/netns; docs/holepunch.md):
+ *
+ *   1. the listener, while its answer to `inbound` travels back, sends
+ *      low-TTL probes only. They leave its NAT, so its mapping toward the
+ *      caller exists, and die in the network before the caller's NAT;
+ *   2. the caller, once it has the answer, sends low-TTL probes, one probe
+ *      at full TTL, then its PTCP SYN. Everything it sends arrives at the
+ *      listener's NAT as the answer to the listener's outward probes, which
+ *      ESTABLISHED-only home-router filtering lets through.
+ *
+ * A full-TTL datagram that reaches a NAT before its own host has sent toward
+ * the sender is the failure to avoid: Linux conntrack records it, and the
+ * host's own outward packet is then given a different source port
+ * (TESTING.md "The NAT lab"). So the listener never sends one first, and the
+ * caller sends its first full-TTL packet only after the listener's mapping
+ * exists. Retries are the SYN's own retransmissions, with the PTCP backoff:
+ * there is no punch loop.
  *
  * Probes carry the first bytes of SHA-256(token): they are bound to one
  * inbound and say nothing to anyone who does not hold the token.
@@ -18,31 +34,60 @@ import type { PtcpSocket } from '../transport/ptcp-socket';
 import { decodeWhoAmIAnswer, encodeWhoAmIRequest, isWhoAmIAnswer, WHO_AM_I_NONCE_BYTES } from '../wire/who-am-i';
 
 const PROBE_MAGIC = Buffer.from('Q2QP', 'latin1');
-/** Low enough to leave our own NAT, too low to reach the peer's (TESTING.md). */
+const PROBE_TOKEN_BYTES = 8;
+export const PROBE_BYTES = PROBE_MAGIC.length + PROBE_TOKEN_BYTES;
+/** Low enough to leave our own NAT, too low to reach the peer's when a router sits between them. */
 export const LOW_PROBE_TTL = 2;
-export const LOW_TTL_PROBES = 2;
-export const FULL_TTL_PROBES = 3;
-export const PROBE_INTERVAL_MS = 50;
+/** The listener's low-TTL probes per candidate: several, so a lossy link (2 %) still opens the mapping. */
+export const LISTENER_LOW_TTL_PROBES = 3;
+export const CALLER_LOW_TTL_PROBES = 2;
+export const CALLER_FULL_TTL_PROBES = 1;
 const WHO_AM_I_TRIES = 3;
 const WHO_AM_I_WAIT_MS = 400;
 
+/** Which end of the inbound is punching: the order of probes differs (see the top of the file). */
+export type PunchRole = 'caller' | 'listener';
+
+export interface PunchTarget {
+  host: string;
+  port: number;
+}
+
 export function probeFor(token: string): Buffer {
-  return Buffer.concat([PROBE_MAGIC, createHash('sha256').update(token).digest().subarray(0, 8)]);
+  return Buffer.concat([PROBE_MAGIC, createHash('sha256').update(token).digest().subarray(0, PROBE_TOKEN_BYTES)]);
 }
 
 export function isProbe(buf: Buffer): boolean {
-  return buf.length === 12 && buf.subarray(0, 4).equals(PROBE_MAGIC);
+  return buf.length === PROBE_BYTES && buf.subarray(0, PROBE_MAGIC.length).equals(PROBE_MAGIC);
 }
 
-/** Sends the probe sequence toward each candidate; resolves when all are sent. Never throws. */
-export async function punch(socket: PtcpSocket, token: string, targets: Array<{ host: string; port: number }>): Promise<void> {
+/** The probes one role sends toward each target, in order: `ttl` null means the socket's normal TTL. */
+export function probePlan(role: PunchRole): Array<{ ttl: number | null }> {
+  switch (role) {
+    case 'listener':
+      return Array.from({ length: LISTENER_LOW_TTL_PROBES }, () => ({ ttl: LOW_PROBE_TTL }));
+    case 'caller':
+      return [
+        ...Array.from({ length: CALLER_LOW_TTL_PROBES }, () => ({ ttl: LOW_PROBE_TTL })),
+        ...Array.from({ length: CALLER_FULL_TTL_PROBES }, () => ({ ttl: null })),
+      ];
+    default: {
+      const never: never = role;
+      throw new Error(`punch: unknown role ${String(never)}`);
+    }
+  }
+}
+
+/**
+ * Sends the role's probe sequence toward each target, in order; resolves once
+ * every probe has left the socket. Never throws: a probe that cannot be sent
+ * is a punch that does not happen, and the connect attempt reports that.
+ */
+export async function punch(socket: PtcpSocket, token: string, targets: readonly PunchTarget[], opts: { role?: PunchRole } = {}): Promise<void> {
   const probe = probeFor(token);
-  const sendAll = (ttl?: number) => Promise.all(targets.map((t) =>
-    socket.sendRaw(probe, t.host, t.port, ttl === undefined ? {} : { ttl }).catch(() => undefined)));
-  for (let i = 0; i < LOW_TTL_PROBES; i++) await sendAll(LOW_PROBE_TTL);
-  for (let i = 0; i < FULL_TTL_PROBES; i++) {
-    await sendAll();
-    await new Promise((r) => setTimeout(r, PROBE_INTERVAL_MS));
+  for (const step of probePlan(opts.role ?? 'caller')) {
+    await Promise.all(targets.map((t) =>
+      socket.sendRaw(probe, t.host, t.port, step.ttl === null ? {} : { ttl: step.ttl }).catch(() => undefined)));
   }
 }
 
