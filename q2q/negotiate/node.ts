@@ -42,7 +42,11 @@ import {
 
 export const DEFAULT_RELAY_DELAY_MS = 1_000;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
-const TCP_ATTEMPT_TIMEOUT_MS = 5_000;
+/**
+ * PTCP starts this long after direct TCP when both are possible: on a LAN or a
+ * public address TCP wins in a few milliseconds and no UDP path is built at all.
+ */
+export const PTCP_STAGGER_MS = 150;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
@@ -110,6 +114,7 @@ export class Q2QNode extends EventEmitter {
   #peerPort: number | null = null;
   #ptcp: Promise<PtcpSocket> | null = null;
   #udpReflexive: { value: string; port: number; at: number; from: string } | null = null;
+  #udpReflexivePending: Promise<{ value: string; port: number } | null> | null = null;
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
@@ -223,6 +228,14 @@ export class Q2QNode extends EventEmitter {
   async #reflexiveUdp(domain: string): Promise<{ value: string; port: number } | null> {
     const cached = this.#udpReflexive;
     if (cached && cached.from === domain && Date.now() - cached.at < REFLEXIVE_TTL_MS) return cached;
+    // Concurrent connects share one query.
+    if (!this.#udpReflexivePending) {
+      this.#udpReflexivePending = this.#queryReflexiveUdp(domain).finally(() => { this.#udpReflexivePending = null; });
+    }
+    return this.#udpReflexivePending;
+  }
+
+  async #queryReflexiveUdp(domain: string): Promise<{ value: string; port: number } | null> {
     const [endpoint] = await this.#opts.resolve(domain);
     if (!endpoint) return null;
     const socket = await this.#ptcpSocket();
@@ -458,18 +471,22 @@ export class Q2QNode extends EventEmitter {
         `connect ${p.to}:${p.service}: no route completed in time${errors.length ? ` (${errors.join('; ')})` : ''}`)),
       Math.max(0, p.deadline - Date.now()));
 
+      const ptcpDelay = p.candidates.some((c) => c.route === 'tcp') ? PTCP_STAGGER_MS : 0;
       for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
         attempt('ptcp', async () => {
+          await new Promise((r) => setTimeout(r, ptcpDelay));
+          if (settled) throw new Error('not needed');
           const socket = await this.#ptcpSocket();
           await punch(socket, p.token, [candidate], { role: 'caller' });
-          return socket.connect(candidate.host, candidate.port, { connectTimeoutMs: TCP_ATTEMPT_TIMEOUT_MS });
+          return socket.connect(candidate.host, candidate.port, { connectTimeoutMs: Math.max(1, p.deadline - Date.now()) });
         });
       }
       for (const candidate of p.candidates.filter((c) => c.route === 'tcp')) {
         attempt('tcp', (sockets) => new Promise((res, rej) => {
           const socket = net.connect({ host: candidate.host, port: candidate.port, allowHalfOpen: true });
           sockets.push(socket);
-          const timer = setTimeout(() => { socket.destroy(); rej(new Error(`${candidate.host}:${candidate.port}: no answer`)); }, TCP_ATTEMPT_TIMEOUT_MS);
+          // Bounded by the connect's own deadline: a slow but working path still beats none.
+          const timer = setTimeout(() => { socket.destroy(); rej(new Error(`${candidate.host}:${candidate.port}: no answer`)); }, Math.max(0, p.deadline - Date.now()));
           socket.once('connect', () => { clearTimeout(timer); res(socket); });
           socket.once('error', (e: NodeJS.ErrnoException) => { clearTimeout(timer); rej(new Error(`${candidate.host}:${candidate.port}: ${e.code ?? e.message}`)); });
         }));
