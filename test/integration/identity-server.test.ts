@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { createDomainCa, createCsr, generateKeyPair, issueUserCertificate, describeCertificate } from '../../q2q/identity';
 import { encodeBox } from '../../q2q/wire/amp';
+import { attachAmp } from '../../q2q/transport/amp-connection';
 import { runVertex, startServer, stopAll, tempDir, type ServerHandle } from '../helpers/cli';
 
 const PASSWORD = 'correct horse battery staple';
@@ -153,6 +154,26 @@ describe('vertex server + register/login', () => {
     expect(out).toMatch(/decode amp box/i);
     // Every other client is still served.
     expect((await register(server, tempDir('home'), 'frank@example.test')).code).toBe(0);
+  });
+
+  it('exchanges the protocol version in the first box and refuses commands before it', async () => {
+    const connect = async () => {
+      const socket = tls.connect({ host: '127.0.0.1', port: server.port, servername: 'example.test', rejectUnauthorized: false });
+      await new Promise((r) => socket.once('secureConnect', r));
+      return { socket, peer: attachAmp(socket) };
+    };
+    const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string }) => e.code);
+
+    const early = await connect();
+    expect(await codeOf(early.peer.call('who-am-i'))).toBe('ProtocolVersion');
+    const hello = await early.peer.call('hello', { version: '2' });
+    expect(hello.version).toBe('2');
+    expect((await early.peer.call('who-am-i')).host).toBe('127.0.0.1');
+    early.socket.destroy();
+
+    const future = await connect();
+    expect(await codeOf(future.peer.call('hello', { version: '3' }))).toBe('ProtocolVersion');
+    await closedBy(future.socket, 5000);
   });
 
   it('admin subcommands: add-user then login, revoke, remove-user', async () => {
