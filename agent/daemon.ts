@@ -60,6 +60,12 @@ export interface AgentDaemonOptions {
 
 /** After stop() closes the front-ends, how long open tunnels may finish on their own. */
 export const STOP_DRAIN_MS = 500;
+/**
+ * Connects running at once; the rest wait their turn. A burst (a browser's
+ * parallel requests, a test's 200 clients) otherwise starts every dial
+ * ladder together, and on a small machine they all run out of time.
+ */
+export const MAX_CONCURRENT_DIALS = 16;
 /** A passthrough dial to an ordinary host gives up after this long. */
 export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -124,6 +130,8 @@ export class AgentDaemon {
   #socks: Socks5Server | undefined;
   #socksAddress: HostPort | undefined;
   #control: ControlApi | undefined;
+  #dialsRunning = 0;
+  readonly #dialQueue: Array<() => void> = [];
   readonly #exposes = new Map<string, ExposeEntry>();
   readonly #forwards = new Map<string, ForwardEntry>();
 
@@ -174,7 +182,7 @@ export class AgentDaemon {
         const socks = new Socks5Server({
           listen: config.socks.listen,
           auth: config.socks.auth,
-          dial: (req, info) => this.#dialSocks(req, info.clientAddress),
+          dial: (req, info) => this.#dialSocks(req, info.clientAddress, info.signal),
           log: this.#log,
           clock: this.#clock,
         });
@@ -303,7 +311,6 @@ export class AgentDaemon {
     node.expose(service, {
       allow,
       onConnection: (stream) => {
-        keepHalfOpen(stream);
         log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
         this.tunnels.add({ kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
         handler(stream);
@@ -415,17 +422,39 @@ export class AgentDaemon {
   // ---- dialling ----
 
   /** Connects to `user@domain:service` and records the tunnel. */
-  async #dialQ2Q(target: string, kind: TunnelKind, local: string, opts: ConnectOptions = {}): Promise<Q2QStream> {
+  async #dialQ2Q(target: string, kind: TunnelKind, local: string, opts: ConnectOptions = {}, signal?: AbortSignal): Promise<Q2QStream> {
     const node = this.#requireNode();
-    const stream = keepHalfOpen(await node.connect(target, opts));
+    await this.#dialSlot();
+    let stream: Q2QStream;
+    try {
+      if (signal?.aborted) throw vertexError('ConnectionLost', `connect ${target}: the client left before its turn to dial`);
+      stream = await node.connect(target, opts);
+    } finally {
+      this.#releaseDialSlot();
+    }
     this.tunnels.add({ kind, target, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
     this.#log.info({ kind, target, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
     return stream;
   }
 
-  async #dialSocks(req: SocksConnectRequest, clientAddress: string): Promise<Duplex> {
+  async #dialSlot(): Promise<void> {
+    if (this.#dialsRunning < MAX_CONCURRENT_DIALS) {
+      this.#dialsRunning += 1;
+      return;
+    }
+    // The slot is handed over by #releaseDialSlot, so the count stays the same.
+    await new Promise<void>((resolve) => this.#dialQueue.push(resolve));
+  }
+
+  #releaseDialSlot(): void {
+    const next = this.#dialQueue.shift();
+    if (next) next();
+    else this.#dialsRunning -= 1;
+  }
+
+  async #dialSocks(req: SocksConnectRequest, clientAddress: string, signal: AbortSignal): Promise<Duplex> {
     const target = parseHostTarget(req.host, req.port, this.#config.ports);
-    if (target) return this.#dialQ2Q(formatServiceAddress(target), 'socks', clientAddress);
+    if (target) return this.#dialQ2Q(formatServiceAddress(target), 'socks', clientAddress, {}, signal);
     const where = req.host.includes(':') ? `[${req.host}]:${req.port}` : `${req.host}:${req.port}`;
     if (!this.#config.socks.passthrough) {
       throw vertexError('NotAllowed', `socks ${where}: not a q2q name (use user.domain.q2q or user@domain); passthrough is off`);
@@ -514,18 +543,6 @@ export async function pingWith(connect: (target: string) => Promise<Q2QStream>, 
   const stream = await connect(target);
   stream.destroy();
   return { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
-}
-
-/**
- * Tunnels carry half-close (an `ncat` whose input ended still reads the
- * answer). A TLS socket takes `allowHalfOpen` from the socket it wraps, and
- * net sockets default to false, which ends our side as soon as the peer
- * ends theirs and loses the rest of the answer; the flag is read at that
- * moment, so setting it here is enough.
- */
-export function keepHalfOpen<T extends Duplex>(stream: T): T {
-  (stream as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
-  return stream;
 }
 
 function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {

@@ -49,7 +49,7 @@ export function pingEchoHandler(stream: Duplex): void {
     stream.write(chunk);
   });
   stream.on('end', () => stream.end());
-  // A stream may arrive explicitly paused, and then a 'data' listener alone does not start it.
+  // Start the flow even if the stream was paused on its way here.
   stream.resume();
 }
 

@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { AgentDaemon, keepHalfOpen, type CreateNode } from '../../agent/daemon';
+import { AgentDaemon, type CreateNode } from '../../agent/daemon';
 import type { HomeStore } from '../../agent/home-store';
 import { Q2QNode, connectQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
 import type { ServerEndpoint, ServerResolver } from '../../q2q/control/discovery';
@@ -87,7 +87,7 @@ export function nodeOptions(setup: AgentSetup, log: Logger, timeoutMs?: number):
 /** A connect without an agent: a node of its own that lives as long as the stream. */
 export function connectAlone(setup: AgentSetup, target: string, log: Logger, timeoutMs?: number): Promise<Q2QStream> {
   const identity = setup.home.loadIdentity(setup.config.identity);
-  return connectQ2Q(identity, target, nodeOptions(setup, log, timeoutMs)).then(keepHalfOpen);
+  return connectQ2Q(identity, target, nodeOptions(setup, log, timeoutMs));
 }
 
 /** What the agent prints once it runs; tests read the addresses from here. */

@@ -55,16 +55,23 @@ describe('SOCKS5 under load', () => {
 
   it(`${CONNECTIONS} concurrent connections each move 1 MB both ways byte-exact`, async () => {
     const payloads = Array.from({ length: CONNECTIONS }, () => randomBytes(BYTES));
-    const results = await Promise.all(payloads.map(async (payload) => {
-      const { socket } = await SocksClient.createConnection({
-        proxy: { host: '127.0.0.1', port: alice.socksPort, type: 5 },
-        command: 'connect',
-        destination: { host: 'bob.b.test.q2q', port: 7 },
-        timeout: 60_000,
-      });
-      return echoThrough(socket, payload);
+    const results = await Promise.all(payloads.map(async (payload, i) => {
+      try {
+        const { socket } = await SocksClient.createConnection({
+          proxy: { host: '127.0.0.1', port: alice.socksPort, type: 5 },
+          command: 'connect',
+          destination: { host: 'bob.b.test.q2q', port: 7 },
+          timeout: 60_000,
+        });
+        const r = await echoThrough(socket, payload);
+        return r.bytes === BYTES && r.sha === sha(payload) ? null : `#${i}: ${r.bytes} bytes back, sha ${r.sha === sha(payload) ? 'ok' : 'differs'}`;
+      } catch (err) {
+        return `#${i}: ${(err as Error).message}`;
+      }
     }));
-    const bad = results.map((r, i) => (r.bytes === BYTES && r.sha === sha(payloads[i] as Buffer) ? null : `#${i}: ${r.bytes} bytes`)).filter((x) => x !== null);
-    expect(bad).toEqual([]);
+    const bad = results.filter((x) => x !== null);
+    // On failure, show why the agent refused (its log names each failed dial).
+    const why = bad.length === 0 ? [] : alice.proc.output().split('\n').filter((l) => /dial-failed|"level":[45]0/.test(l)).slice(0, 5);
+    expect({ bad, why }).toEqual({ bad: [], why: [] });
   }, 180_000);
 });

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SocksClient } from 'socks';
-import { AgentDaemon, type AgentStatus } from '../../../agent/daemon';
+import { AgentDaemon, MAX_CONCURRENT_DIALS, type AgentStatus } from '../../../agent/daemon';
 import { callAgent, openControl, sendRequest } from '../../../agent/control-client';
 import { PING_SERVICE } from '../../../agent/ping';
 import { buildAgentConfig, type AgentOverrides } from '../../../config/load';
@@ -295,6 +295,29 @@ describe('agent daemon', () => {
     await expect(connectTcp(socksPort)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
     await expect(connectTcp(fwdPort)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
     expect(await callAgent(path.join(dir, 'alice@a.test.sock'), 'status')).toEqual({ agent: false });
+  });
+
+  it(`runs at most ${MAX_CONCURRENT_DIALS} dials at once and queues the rest`, async () => {
+    await agent('bob@b.test', { expose: [{ service: 'echo', target: `127.0.0.1:${echo.port}`, allow: ['*'] }] });
+    const alice = await agent('alice@a.test', { ports: { 7: 'echo' } });
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    network.beforeConnect = () => gate;
+    const clients = Array.from({ length: MAX_CONCURRENT_DIALS + 10 }, () =>
+      SocksClient.createConnection({
+        proxy: { host: '127.0.0.1', port: alice.socksAddress!.port, type: 5 },
+        command: 'connect',
+        destination: { host: 'bob@b.test', port: 7 },
+        timeout: 5000,
+      }),
+    );
+    await until('the dial slots to fill', () => network.connecting === MAX_CONCURRENT_DIALS);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(network.connecting).toBe(MAX_CONCURRENT_DIALS);
+    open();
+    const sockets = await Promise.all(clients);
+    expect(network.maxConnecting).toBe(MAX_CONCURRENT_DIALS);
+    for (const { socket } of sockets) socket.destroy();
   });
 
   it('a failing start undoes what it started and names the cause', async () => {

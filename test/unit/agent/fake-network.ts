@@ -26,6 +26,10 @@ export class FakeNetwork {
   readonly online = new Set<string>();
   readonly nodes: FakeNode[] = [];
   route: RouteName = 'tcp';
+  /** Awaited at the start of every connect, so tests can hold dials open; `connecting` counts them. */
+  beforeConnect: (() => Promise<void>) | undefined;
+  connecting = 0;
+  maxConnecting = 0;
   #server: net.Server | undefined;
   #port = 0;
   #waiting: Array<(s: net.Socket) => void> = [];
@@ -108,6 +112,18 @@ export class FakeNode implements AgentNode {
   }
 
   async connect(target: string, _opts?: ConnectOptions): Promise<Q2QStream> {
+    const net_ = this.#net;
+    net_.connecting += 1;
+    net_.maxConnecting = Math.max(net_.maxConnecting, net_.connecting);
+    try {
+      await net_.beforeConnect?.();
+      return await this.#connect(target);
+    } finally {
+      net_.connecting -= 1;
+    }
+  }
+
+  async #connect(target: string): Promise<Q2QStream> {
     const colon = target.lastIndexOf(':');
     const peer = target.slice(0, colon);
     const service = target.slice(colon + 1);
