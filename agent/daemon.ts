@@ -23,6 +23,7 @@ import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type HostPort } from '../config/schema';
 import { ControlApi, type ControlOp } from './control-api';
+import { CertificateRenewer } from './renewal';
 import { exposeHandler } from './frontends/expose';
 import { ForwardListener } from './frontends/forward';
 import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
@@ -37,12 +38,19 @@ export interface AgentNode {
   connect(target: string, opts?: ConnectOptions): Promise<Q2QStream>;
   status(): NodeStatus;
   stop(): Promise<void>;
+  /**
+   * Takes a renewed certificate for new connections. Optional because
+   * Q2QNode does not offer it yet; without it the renewed certificate is
+   * stored and used from the agent's next start.
+   */
+  setIdentity?(identity: Identity): void;
 }
 
 export type CreateNode = (identity: Identity, options: Q2QOptions) => AgentNode;
 
 export interface IdentitySource extends DomainTrust {
   loadIdentity(address?: string): Identity;
+  saveIdentity(address: string, keyPem: string, certPem: string): void;
 }
 
 export interface AgentDaemonOptions {
@@ -52,6 +60,8 @@ export interface AgentDaemonOptions {
   createNode: CreateNode;
   /** The control API's unix socket; null runs without one (foreground `vertex expose`/`forward`). */
   controlSocket: string | null;
+  /** Gets a new certificate for `current` from its home server; without it the agent does not renew. */
+  renew?: (current: Identity) => Promise<Identity>;
   /** Run the SOCKS5 front-end; default true. */
   socks?: boolean;
   log?: Logger;
@@ -130,6 +140,7 @@ export class AgentDaemon {
   #socks: Socks5Server | undefined;
   #socksAddress: HostPort | undefined;
   #control: ControlApi | undefined;
+  #renewer: CertificateRenewer | undefined;
   #dialsRunning = 0;
   readonly #dialQueue: Array<() => void> = [];
   readonly #exposes = new Map<string, ExposeEntry>();
@@ -174,6 +185,22 @@ export class AgentDaemon {
       });
       this.#node = node;
       await node.start();
+
+      const renew = this.#opts.renew;
+      if (renew) {
+        this.#renewer = new CertificateRenewer({
+          identity,
+          renew,
+          onRenewed: (next) => {
+            this.#opts.home.saveIdentity(next.address, next.keyPem, next.certPem);
+            this.#identity = next;
+            node.setIdentity?.(next);
+          },
+          clock: this.#clock,
+          log: this.#log,
+        });
+        this.#renewer.start();
+      }
 
       node.expose(PING_SERVICE, { allow: ['*'], onConnection: pingEchoHandler });
       for (const e of config.expose) this.#expose(e, 'config');
@@ -230,6 +257,8 @@ export class AgentDaemon {
         this.#log.warn({ err: asVertexError(err).message }, `agent stop: ${what} failed`);
       }
     };
+    this.#renewer?.stop();
+    this.#renewer = undefined;
     const control = this.#control;
     this.#control = undefined;
     if (control) await step('control api', () => control.stop());
@@ -256,7 +285,8 @@ export class AgentDaemon {
     const socks = this.#socksAddress;
     return {
       identity: identity.address,
-      certificate: { notAfter: ns.certificateNotAfter || describeCertificate(identity.certPem).notAfter.toISOString() },
+      // After a renewal the node may still report the certificate it started with.
+      certificate: { notAfter: this.#renewer ? describeCertificate(identity.certPem).notAfter.toISOString() : ns.certificateNotAfter },
       server: ns.home,
       reflexive: ns.reflexive,
       peerListen: ns.peerListen,

@@ -12,7 +12,10 @@ import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { AgentDaemon, type CreateNode } from '../../agent/daemon';
 import type { HomeStore } from '../../agent/home-store';
-import { Q2QNode, connectQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
+import { Q2QNode, connectQ2Q, type Identity, type Q2QOptions, type Q2QStream } from '../../q2q';
+import { parseAddress } from '../../q2q/address';
+import { renewCertificate } from '../../q2q/control/accounts';
+import { openServerConnection } from '../../q2q/control/server-connection';
 import type { ServerEndpoint, ServerResolver } from '../../q2q/control/discovery';
 import { asVertexError } from '../../q2q/errors';
 import type { Logger } from '../../q2q/util/log';
@@ -70,6 +73,25 @@ export function agentLogger(args: GlobalArgs, config: AgentConfig): Logger {
 
 export const createQ2QNode: CreateNode = (identity, options) => new Q2QNode(identity, options);
 
+/** Renewal over a control connection authenticated with the current certificate. */
+export function renewWith(setup: AgentSetup, log: Logger): (current: Identity) => Promise<Identity> {
+  return async (current) => {
+    const connection = await openServerConnection({
+      domain: parseAddress(current.address).domain,
+      resolve: setup.resolve,
+      trust: setup.home,
+      credentials: { keyPem: current.keyPem, certPem: current.certPem },
+      log,
+    });
+    try {
+      const next = await renewCertificate(connection, current.address);
+      return { address: next.address, keyPem: next.keyPem, certPem: next.certPem };
+    } finally {
+      connection.close();
+    }
+  };
+}
+
 /** The node options an agent config implies, for one-off connects without an agent. */
 export function nodeOptions(setup: AgentSetup, log: Logger, timeoutMs?: number): Q2QOptions & { timeoutMs?: number } {
   const { config } = setup;
@@ -116,6 +138,7 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
     home: setup.home,
     resolve: setup.resolve,
     createNode: createQ2QNode,
+    renew: renewWith(setup, log),
     controlSocket: opts.control === false ? null : setup.socketPath,
     socks: opts.socks ?? true,
     log,

@@ -28,7 +28,7 @@ import { formatHostPort, parseHostPort } from '../../config/schema';
 import { IdentityServer } from '../../server/identity-server';
 import type { GlobalArgs } from '../context';
 import { createLogger } from '../logger';
-import { AGENT_CONFIG_FILE, agentSetup, createQ2QNode, describeRunning } from './agent';
+import { AGENT_CONFIG_FILE, agentSetup, createQ2QNode, describeRunning, renewWith } from './agent';
 import { identityServerOptions, stopOnSignals } from './server';
 
 interface DemoArgs extends GlobalArgs {
@@ -132,6 +132,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       home: setup.home,
       resolve: setup.resolve,
       createNode: createQ2QNode,
+      renew: renewWith(setup, log),
       controlSocket: setup.socketPath,
       log,
     });

@@ -162,6 +162,7 @@ export class FakeNode implements AgentNode {
 export function fakeHome(address: string): IdentitySource {
   return {
     loadIdentity: () => ({ address, keyPem: '', certPem: '' }),
+    saveIdentity: () => undefined,
     pinDomainCa: () => 'match',
     loadCaFor: () => null,
   };
