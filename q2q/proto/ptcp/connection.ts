@@ -29,6 +29,7 @@ import { NewReno } from './congestion';
 import {
   DUP_THRESH,
   MAX_REORDER_MULTIPLIER,
+  TLP_MIN_MS,
   PACING_BURST_MS,
   PACING_GAIN_AVOIDANCE,
   PACING_GAIN_SLOW_START,
@@ -138,6 +139,8 @@ export class PtcpConnection {
   #reorderSeen = false;
   #reorderMult = 1;
   #retransInEpisode = 0;
+  #ptoAt: number | null = null;
+  #tlpOutstanding = false;
 
   // Receive side.
   #finOffset: number | null = null;
@@ -443,7 +446,9 @@ export class PtcpConnection {
 
   #reorderWindow(): number {
     if (!this.#reorderSeen && (this.#cc.inRecovery || this.#sb.sackedBytes >= DUP_THRESH * this.#o.mss)) return 0;
-    const minRtt = Number.isFinite(this.#rtt.minRtt) ? this.#rtt.minRtt : 0;
+    // Floor the base at 1 ms: on loopback min RTT is near zero and the multiplier would
+    // need too many spurious episodes to reach the real reordering extent.
+    const minRtt = Number.isFinite(this.#rtt.minRtt) ? Math.max(this.#rtt.minRtt, 1) : 1;
     return Math.min((this.#reorderMult * minRtt) / 4, this.#rtt.srtt ?? Infinity);
   }
 
@@ -508,6 +513,10 @@ export class PtcpConnection {
       this.#stats.bytesAcked += result.newlyAcked;
       this.#rtoAt = null;
       this.#persistAt = null;
+    }
+    if (result.newlyDelivered > 0) {
+      this.#ptoAt = null;
+      this.#tlpOutstanding = false;
     }
     if (result.newlyDelivered > 0) this.#cc.onAck(result.newlyDelivered, sb.una, this.#appLimited);
     this.#detectLosses(now);
@@ -654,8 +663,14 @@ export class PtcpConnection {
       this.#rackAt = null;
       this.#detectLosses(now);
     }
+    if (this.#ptoAt !== null && now >= this.#ptoAt) {
+      this.#ptoAt = null;
+      this.#tailLossProbe(now);
+    }
     if (this.#rtoAt !== null && now >= this.#rtoAt) {
       this.#rtoAt = null;
+      this.#ptoAt = null;
+      this.#tlpOutstanding = false;
       if (!this.#sb.allAcked && this.#sb.highestSent > this.#sb.una) {
         this.#stats.timeouts++;
         const flight = this.#sb.inFlight;
@@ -673,6 +688,32 @@ export class PtcpConnection {
       this.#emitSegment(FLAG_ACK | FLAG_KEEPALIVE, this.#sndWire(this.#sb.highestSent), Buffer.alloc(0), now, false);
     }
     if (this.#paceAt !== null && now >= this.#paceAt) this.#paceAt = null;
+  }
+
+  /**
+   * RFC 8985 section 7: when ACKs stop arriving for about two RTTs, resend the last segment
+   * (or send a new one) so the receiver's SACK reveals a lost tail without waiting for the
+   * RTO, whose floor is far above a loopback or LAN round trip.
+   */
+  #tailLossProbe(now: number): void {
+    const sb = this.#sb;
+    if (this.#tlpOutstanding || sb.allAcked || sb.highestSent <= sb.una) return;
+    this.#tlpOutstanding = true;
+    const next = sb.peekNext();
+    if (next && next.sentCount === 0 && next.end <= this.#peerEdge) {
+      this.#transmit(next, now);
+      return;
+    }
+    const last = sb.lastOutstanding();
+    if (last) this.#transmit(last, now);
+  }
+
+  #probeTimeout(): number {
+    const srtt = this.#rtt.srtt;
+    if (srtt === undefined) return this.#rtt.rto;
+    let pto = Math.max(2 * srtt, TLP_MIN_MS);
+    if (this.#sb.inFlight <= this.#o.mss) pto += this.#o.delayedAckMs;
+    return Math.min(pto, this.#rtt.rto);
   }
 
   // ---------------------------------------------------------------- output
@@ -768,7 +809,12 @@ export class PtcpConnection {
     } else if (!blockedByWindow) {
       this.#persistAt = null;
     }
-    if (!sb.allAcked && sb.highestSent > sb.una && this.#rtoAt === null) this.#rtoAt = now + this.#rtt.rto;
+    if (!sb.allAcked && sb.highestSent > sb.una) {
+      if (this.#rtoAt === null) this.#rtoAt = now + this.#rtt.rto;
+      if (this.#ptoAt === null && !this.#tlpOutstanding) this.#ptoAt = now + this.#probeTimeout();
+    } else {
+      this.#ptoAt = null;
+    }
   }
 
   #transmit(seg: SendSegment, now: number): void {
@@ -837,6 +883,7 @@ export class PtcpConnection {
       consider(this.#timeWaitAt);
     } else {
       consider(this.#rtoAt);
+      consider(this.#ptoAt);
       consider(this.#persistAt);
       consider(this.#paceAt);
       consider(this.#delAckAt);
@@ -863,6 +910,7 @@ export class PtcpConnection {
     this.#paceAt = null;
     this.#delAckAt = null;
     this.#rackAt = null;
+    this.#ptoAt = null;
     this.#timeWaitAt = null;
     if (!this.#closedEmitted) {
       this.#closedEmitted = true;

@@ -60,3 +60,5 @@ export const PACING_BURST_MS = 4;
 export const PACING_MIN_BURST_SEGMENTS = 16;
 /** Half-open passive connections a socket keeps at once. */
 export const MAX_HALF_OPEN = 1024;
+/** Floor of the tail-loss-probe timeout (RFC 8985 suggests 10 ms). */
+export const TLP_MIN_MS = 10;

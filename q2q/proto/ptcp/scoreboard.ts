@@ -264,12 +264,15 @@ export class SendScoreboard {
             // A partial acknowledgement: keep the remainder as its own segment.
             const cut = cumAck - seg.start;
             if (seg.counted) this.#inFlight -= cut;
-            if (seg.sacked) this.#sackedBytes -= cut;
+            if (seg.sacked) {
+              this.#sackedBytes -= cut;
+            } else {
+              result.newlyDelivered += cut;
+              deliver(seg);
+            }
             seg.data = seg.data.subarray(cut);
             seg.start = cumAck;
-            result.newlyDelivered += cut;
             result.newlyAcked += cut;
-            deliver(seg);
           }
           break;
         }

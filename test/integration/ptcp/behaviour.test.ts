@@ -1,0 +1,233 @@
+/** Issue 5, "must show" 2–4 and the driver's contract, over real loopback UDP. */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tls from 'node:tls';
+import { isVertexError } from '../../../q2q/errors';
+import { PtcpSocket, type PtcpStream } from '../../../q2q/transport/ptcp-socket';
+import { ImpairmentProxy } from '../../helpers/impairment-proxy';
+import { closed, drain, exchange, pair, payload, pump, sha256 } from './harness';
+
+const MB = 1_000_000;
+
+describe('ptcp driver', () => {
+  it('a reader paused for 5 s holds the sender at bounded memory while it writes 100 MB', async () => {
+    const p = await pair();
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const client = await p.client.connect('127.0.0.1', p.port);
+      const server = await accepted;
+      const data = payload(100 * MB);
+      const sending = pump(client, data);
+      let maxSender = 0;
+      let maxReceiver = 0;
+      const sample = setInterval(() => {
+        maxSender = Math.max(maxSender, client.stats().sendBuffered + client.writableLength);
+        maxReceiver = Math.max(maxReceiver, server.stats().receiveBuffered + server.readableLength);
+      }, 20);
+      await new Promise((r) => setTimeout(r, 5000));
+      const duringPause = client.stats();
+      expect(duringPause.peerWindow).toBeLessThan(64 * 1024);
+      const got = await Promise.all([drain(server), sending]);
+      clearInterval(sample);
+      expect(got[0].bytes).toBe(data.length);
+      expect(got[0].sha256).toBe(sha256(data));
+      const tun = { send: 2 * 1024 * 1024, recv: 4 * 1024 * 1024, hwm: 256 * 1024 };
+      // Send buffer + what the Writable holds (its high-water mark, and one _writev batch of
+      // up to that much accepted just under the limit) + one 64 KB write: a constant, not 100 MB.
+      expect(maxSender).toBeLessThanOrEqual(tun.send + 2 * tun.hwm + 64 * 1024);
+      expect(maxReceiver).toBeLessThanOrEqual(2 * tun.recv + tun.hwm);
+      server.end();
+      await Promise.all([closed(client), closed(server)]);
+    } finally {
+      await p.close();
+    }
+  }, 60_000);
+
+  it('half-closes both ways: each side ends its writes and still receives', async () => {
+    const p = await pair();
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const client = await p.client.connect('127.0.0.1', p.port);
+      const server = await accepted;
+      const serverGot = drain(server);
+      client.end('question');
+      const q = await serverGot;
+      expect(q.bytes).toBe(8);
+      // The client has ended its side; the server can still answer, and then end.
+      const clientGot = drain(client);
+      const answer = payload(3 * MB);
+      await pump(server, answer);
+      const a = await clientGot;
+      expect(a.sha256).toBe(sha256(answer));
+      await Promise.all([closed(client), closed(server)]);
+
+      // And the other way round: the server ends first, the client keeps writing.
+      const accepted2 = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const c2 = await p.client.connect('127.0.0.1', p.port);
+      const s2 = await accepted2;
+      const clientGot2 = drain(c2);
+      s2.end();
+      expect((await clientGot2).bytes).toBe(0);
+      const serverGot2 = drain(s2);
+      const late = payload(MB);
+      await pump(c2, late);
+      expect((await serverGot2).sha256).toBe(sha256(late));
+      await Promise.all([closed(c2), closed(s2)]);
+    } finally {
+      await p.close();
+    }
+  }, 30_000);
+
+  it('surfaces a peer reset as PtcpReset', async () => {
+    const p = await pair();
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const client = await p.client.connect('127.0.0.1', p.port);
+      const server = await accepted;
+      const err = new Promise<Error>((resolve) => client.once('error', resolve));
+      server.destroy();
+      const e = await err;
+      expect(isVertexError(e, 'PtcpReset')).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('refuses a connection to a socket that is not listening with PtcpReset', async () => {
+    const p = await pair();
+    try {
+      await expect(p.client.connect('127.0.0.1', p.port)).rejects.toMatchObject({ code: 'PtcpReset' });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('fails the connect with PtcpConnectTimeout when nothing answers', async () => {
+    const p = await pair({ loss: 1 });
+    try {
+      const started = performance.now();
+      await expect(p.client.connect('127.0.0.1', p.port, { connectTimeoutMs: 1500 })).rejects.toMatchObject({ code: 'PtcpConnectTimeout' });
+      expect(performance.now() - started).toBeLessThan(2500);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('times out a silent peer with PtcpIdle', async () => {
+    const client = await PtcpSocket.bind({ host: '127.0.0.1', tunables: { keepaliveMs: 200, idleTimeoutMs: 1000 } });
+    const server = await PtcpSocket.bind({ host: '127.0.0.1', tunables: { keepaliveMs: 200, idleTimeoutMs: 1000 } });
+    const proxy = await ImpairmentProxy.start({ target: { port: server.address().port } });
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => server.listen(resolve));
+      const stream = await client.connect('127.0.0.1', proxy.port);
+      const peer = await accepted;
+      peer.on('error', () => undefined);
+      // Idle but alive: keepalives answer each other for three idle timeouts.
+      await new Promise((r) => setTimeout(r, 3000));
+      expect(stream.destroyed).toBe(false);
+      proxy.set('down', { loss: 1 });
+      proxy.set('up', { loss: 1 });
+      const err = await new Promise<Error>((resolve) => stream.once('error', resolve));
+      expect(isVertexError(err, 'PtcpIdle')).toBe(true);
+    } finally {
+      await client.close();
+      await server.close();
+      await proxy.close();
+    }
+  }, 15_000);
+
+  it('carries 200 concurrent connections over one socket pair, 1 MB each way', async () => {
+    const p = await pair();
+    try {
+      const up = payload(MB);
+      const down = payload(MB);
+      p.server.listen((s) => {
+        void Promise.all([drain(s).then((r) => expect(r.sha256).toBe(sha256(up))), pump(s, down)]);
+      });
+      const results = await Promise.all(
+        Array.from({ length: 200 }, async () => {
+          const c = await p.client.connect('127.0.0.1', p.port);
+          const [got] = await Promise.all([drain(c), pump(c, up)]);
+          await closed(c);
+          return got;
+        }),
+      );
+      for (const r of results) expect(r.sha256).toBe(sha256(down));
+    } finally {
+      await p.close();
+    }
+  }, 120_000);
+
+  it('runs TLS on top and moves 5 MB byte-exact each way', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ptcp-tls-'));
+    const p = await pair();
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', '/CN=ptcp.test', '-addext', 'subjectAltName=DNS:ptcp.test', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+      const key = readFileSync(join(dir, 'key.pem'));
+      const cert = readFileSync(join(dir, 'cert.pem'));
+      const tlsServer = tls.createServer({ key, cert, allowHalfOpen: true });
+      const up = payload(5 * MB);
+      const down = payload(5 * MB);
+      const serverDone = new Promise<string>((resolve, reject) => {
+        tlsServer.on('secureConnection', (s) => {
+          drain(s).then((r) => resolve(r.sha256), reject);
+          void pump(s, down);
+        });
+      });
+      p.server.listen((duplex) => tlsServer.emit('connection', duplex));
+      const duplex = await p.client.connect('127.0.0.1', p.port);
+      const client = tls.connect({ socket: duplex, ca: cert, servername: 'ptcp.test' });
+      await new Promise<void>((resolve, reject) => client.once('secureConnect', resolve).once('error', reject));
+      expect(client.authorized).toBe(true);
+      const [got] = await Promise.all([drain(client), pump(client, up)]);
+      expect(got.sha256).toBe(sha256(down));
+      expect(await serverDone).toBe(sha256(up));
+      tlsServer.close();
+    } finally {
+      await p.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('shares the socket with raw datagrams, in both directions, with a per-datagram TTL', async () => {
+    const p = await pair();
+    try {
+      const got = new Promise<[Buffer, number]>((resolve) => p.server.once('datagram', (buf: Buffer, rinfo: { port: number }) => resolve([buf, rinfo.port])));
+      await p.client.sendRaw(Buffer.from('NAT!probe'), '127.0.0.1', p.server.address().port, { ttl: 2 });
+      const [buf, port] = await got;
+      expect(buf.toString()).toBe('NAT!probe');
+      expect(port).toBe(p.client.address().port);
+      // PTCP streams still work on the same sockets afterwards.
+      await exchange(p, payload(100_000), payload(100_000));
+      await expect(p.client.sendRaw(Buffer.from([0xa1, 1, 2]), '127.0.0.1', port)).rejects.toThrow(RangeError);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('keeps a connection when the peer address changes (NAT rebinding)', async () => {
+    const p = await pair({});
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const client = await p.client.connect('127.0.0.1', p.port);
+      const server = await accepted;
+      const before = server.remotePort;
+      const serverGot = drain(server);
+      const clientGot = drain(client);
+      const first = payload(500_000);
+      const second = payload(500_000);
+      await new Promise<void>((resolve) => client.write(first, () => resolve()));
+      await p.proxy?.rebind();
+      await pump(client, second);
+      await pump(server, first);
+      expect((await serverGot).sha256).toBe(sha256(Buffer.concat([first, second])));
+      expect((await clientGot).sha256).toBe(sha256(first));
+      expect(server.remotePort).not.toBe(before);
+      expect(server.remotePort).toBe(p.proxy?.targetFacingPort);
+    } finally {
+      await p.close();
+    }
+  });
+});
