@@ -1,0 +1,265 @@
+/**
+ * Q2Q connections (issue 3's bench items), each a ratio against raw loopback
+ * TCP measured in the same run:
+ *
+ *   {"bench":"raw-tcp-throughput","MBps":…}                       the baseline, one stream
+ *   {"bench":"tunnel-throughput","route":"tcp","MBps":…,"ratio":…} direct-tcp Q2Q stream / raw
+ *   {"bench":"tunnel-throughput","route":"relay",…}                relay / raw
+ *   {"bench":"ttfb","route":"raw"|"tcp"|"relay","p50Ms":…,"p99Ms":…,"p50VsRaw":…}
+ *   {"bench":"server-rss-per-agent","agents":1000,"KBPerAgent":…}
+ *
+ * Processes: two real `vertex server`s (a.test, b.test; b.test checks
+ * alice's certificate against a.test's CA, as in issue 3). The sending side
+ * (alice@a.test, a library Q2QNode) runs in this process; the receiving
+ * side (bob@b.test listening on all routes, carol@b.test on `relay` only)
+ * runs in a child process, and so does the raw TCP sink, so the receiving
+ * end never shares an event loop with the sender in either case.
+ */
+import type { Duplex } from 'node:stream';
+import { Q2QNode } from '../q2q/negotiate/node';
+import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
+import {
+  connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, gcRssKb, INSPECT_ARGS, mapLimit, MemoryTrust, nodeOptions, note, percentile,
+  pushToSink, registerMany, round, rssKb, sleep, startLoopbackPeer, startServer, type Proc,
+} from './harness';
+
+const THROUGHPUT_BYTES = Number(process.env.VERTEX_BENCH_MB ?? 256) * 1e6;
+const THROUGHPUT_RUNS = 3;
+const TTFB_CONNECTS = 100;
+const TTFB_WARMUP = 3;
+const CONNECT_TIMEOUT_MS = 15_000;
+const READY_TIMEOUT_MS = 30_000;
+
+// ---- the listener child ----
+
+interface ListenerSpec {
+  identity: Identity;
+  routes: RouteName[];
+}
+
+interface ChildStart {
+  endpoints: Record<string, number>;
+  listeners: ListenerSpec[];
+}
+
+/** sink: count, answer the count at the half-close. hello: one byte at once, then echo. */
+function serveSink(stream: Duplex): void {
+  let n = 0;
+  stream.on('error', () => stream.destroy());
+  stream.on('data', (d: Buffer) => { n += d.length; });
+  stream.on('end', () => stream.end(`${n}\n`));
+}
+
+function serveHello(stream: Duplex): void {
+  stream.on('error', () => stream.destroy());
+  stream.write('!');
+  stream.pipe(stream);
+}
+
+async function runListenerChild(): Promise<void> {
+  const start = await new Promise<ChildStart>((resolve) => process.once('message', (m) => resolve(m as ChildStart)));
+  const endpoints = new Endpoints();
+  for (const [domain, port] of Object.entries(start.endpoints)) endpoints.set(domain, port);
+  const trust = new MemoryTrust();
+  const nodes: Q2QNode[] = [];
+  for (const spec of start.listeners) {
+    const node = new Q2QNode(spec.identity, nodeOptions(endpoints, trust, { routes: spec.routes }));
+    node.expose('sink', { allow: ['*'], onConnection: serveSink });
+    node.expose('hello', { allow: ['*'], onConnection: serveHello });
+    await node.start();
+    if (node.homeState !== 'online') throw new Error(`bench listener ${spec.identity.address}: home session ${node.homeState}`);
+    nodes.push(node);
+  }
+  process.send?.({ ready: true });
+  process.once('disconnect', () => {
+    void Promise.all(nodes.map((n) => n.stop())).then(() => process.exit(0));
+  });
+}
+
+async function startListeners(endpoints: Endpoints, listeners: ListenerSpec[]): Promise<Proc> {
+  const proc = forkBench(__filename, ['listener'], profileArgs('listeners'));
+  const ready = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`bench: listeners not ready after ${READY_TIMEOUT_MS} ms:\n${proc.output()}`)), READY_TIMEOUT_MS);
+    proc.child.once('message', () => { clearTimeout(timer); resolve(); });
+    void proc.exited.then(() => { clearTimeout(timer); reject(new Error(`bench: listener child exited:\n${proc.output()}`)); });
+  });
+  proc.child.send({ endpoints: Object.fromEntries([...endpoints.map].map(([d, e]) => [d, e.port])), listeners } satisfies ChildStart);
+  await ready;
+  return proc;
+}
+
+// ---- throughput and time to first byte ----
+
+/**
+ * Median MB/s of each case over THROUGHPUT_RUNS rounds; each round runs
+ * every case once, so drift on a shared machine touches all cases alike.
+ */
+async function throughputRounds(cases: Record<string, () => Promise<Duplex>>): Promise<Record<string, number>> {
+  const rates: Record<string, number[]> = {};
+  for (let round = 0; round < THROUGHPUT_RUNS; round++) {
+    for (const [name, open] of Object.entries(cases)) {
+      (rates[name] ??= []).push(await pushToSink(await open(), THROUGHPUT_BYTES));
+    }
+  }
+  return Object.fromEntries(Object.entries(rates).map(([name, r]) => [name, percentile(r, 50)]));
+}
+
+/** Milliseconds from the connect call to the service's first byte, over `count` sequential connects. */
+async function timeToFirstByte(open: () => Promise<Duplex>, count: number): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < TTFB_WARMUP + count; i++) {
+    const t0 = performance.now();
+    const stream = await open();
+    await firstByte(stream);
+    if (i >= TTFB_WARMUP) times.push(performance.now() - t0);
+    stream.destroy();
+  }
+  return times;
+}
+
+export async function benchConnections(): Promise<void> {
+  const a = await startServer(['a.test'], { nodeArgs: profileArgs('server-a') });
+  const b = await startServer(['b.test'], { resolve: { 'a.test': a.port }, nodeArgs: profileArgs('server-b') });
+  const endpoints = new Endpoints();
+  endpoints.set('a.test', a.port);
+  endpoints.set('b.test', b.port);
+  const trust = new MemoryTrust();
+  const [alice] = await registerMany(['alice@a.test'], endpoints, trust, 1);
+  const [bob, carol] = await registerMany(['bob@b.test', 'carol@b.test'], endpoints, trust, 2);
+  if (!alice || !bob || !carol) throw new Error('bench: registration returned nothing');
+  const peer = await startLoopbackPeer(carol);
+  const listeners = await startListeners(endpoints, [
+    { identity: bob, routes: ['tcp', 'relay'] },
+    { identity: carol, routes: ['relay'] },
+  ]);
+  // PTCP has its own figures; keep it out of these so that tcp and relay are what is measured.
+  const caller = new Q2QNode(alice, nodeOptions(endpoints, trust, { routes: ['tcp', 'relay'], connectTimeoutMs: CONNECT_TIMEOUT_MS }));
+  const connect = async (target: string, route: RouteName): Promise<Q2QStream> => {
+    const stream = await caller.connect(target);
+    if (stream.route !== route) {
+      stream.destroy();
+      throw new Error(`bench: ${target} came over ${stream.route}, not ${route}`);
+    }
+    return stream;
+  };
+  try {
+    note(`throughput: ${THROUGHPUT_RUNS} rounds of ${THROUGHPUT_BYTES / 1e6} MB per case`);
+    const rates = await throughputRounds({
+      raw: () => connectTcp(peer.sinkPort),
+      tls: () => connectTls(peer.tlsSinkPort),
+      tcp: () => connect('bob@b.test:sink', 'tcp'),
+      relay: () => connect('carol@b.test:sink', 'relay'),
+    });
+    const raw = rates.raw as number;
+    const MB = THROUGHPUT_BYTES / 1e6;
+    emit({ bench: 'raw-tcp-throughput', MBps: round(raw, 1), MB, runs: THROUGHPUT_RUNS });
+    // Not a target: plain Node TLS 1.3 over loopback, the ceiling for any TLS tunnel written in Node here.
+    emit({ bench: 'tls-throughput', MBps: round(rates.tls as number, 1), rawMBps: round(raw, 1), ratio: round((rates.tls as number) / raw), MB });
+    for (const [route, targetRatio] of [['tcp', 0.25], ['relay', 0.2]] as const) {
+      const rate = rates[route] as number;
+      emit({
+        bench: 'tunnel-throughput', route, MBps: round(rate, 1), rawMBps: round(raw, 1), ratio: round(rate / raw),
+        vsTls: round(rate / (rates.tls as number)), target: targetRatio, MB,
+      });
+    }
+
+    note(`time to first byte: ${TTFB_CONNECTS} sequential connects per case`);
+    const rawTimes = await timeToFirstByte(() => connectTcp(peer.helloPort), TTFB_CONNECTS);
+    const rawP50 = percentile(rawTimes, 50);
+    emit({ bench: 'ttfb', route: 'raw', connects: TTFB_CONNECTS, p50Ms: round(rawP50), p99Ms: round(percentile(rawTimes, 99)) });
+    for (const [route, target, targetMs] of [['tcp', 'bob@b.test:hello', 50], ['relay', 'carol@b.test:hello', 80]] as const) {
+      const times = await timeToFirstByte(() => connect(target, route), TTFB_CONNECTS);
+      const p50 = percentile(times, 50);
+      emit({
+        bench: 'ttfb', route, connects: TTFB_CONNECTS, p50Ms: round(p50, 1), p99Ms: round(percentile(times, 99), 1),
+        rawP50Ms: round(rawP50), p50VsRaw: round(p50 / rawP50, 1), targetP50Ms: targetMs,
+      });
+    }
+  } finally {
+    await caller.stop();
+    listeners.child.disconnect();
+    await Promise.race([listeners.exited, sleep(5000)]);
+    await Promise.all([listeners.stop(), a.proc.stop(), b.proc.stop(), peer.proc.stop()]);
+  }
+}
+
+// ---- server memory per idle agent ----
+
+const AGENTS = Number(process.env.VERTEX_BENCH_AGENTS ?? 1000);
+const AGENT_IDENTITIES = Math.min(AGENTS, Number(process.env.VERTEX_BENCH_AGENT_IDENTITIES ?? 100));
+const AGENT_START_PARALLEL = 16;
+const SETTLE_MS = 2000;
+
+
+/**
+ * RSS of one `vertex server` process before and after AGENTS idle agent
+ * sessions connect (each a Q2QNode home session: mutual TLS with a user
+ * certificate, hello, who-am-i, listen with one service, then idle with its
+ * 25 s keepalive). Registering costs a scrypt hash per user, so the sessions
+ * share AGENT_IDENTITIES identities round-robin; the server keeps every
+ * session open, and the newest session of a user is the one listening.
+ *
+ * The users are registered first and the server is then restarted on the
+ * same data, so the "before" figure carries no registration garbage (scrypt
+ * takes 16 MB a hash); ten sessions come and go first so that code paths
+ * and TLS contexts are warm in both figures. Both figures are taken right
+ * after a forced full garbage collection (gcRssKb); rssAfterNoGcKB is the
+ * same moment without it.
+ */
+export async function benchServerMemory(): Promise<void> {
+  const endpoints = new Endpoints();
+  const trust = new MemoryTrust();
+  const first = await startServer(['m.test']);
+  endpoints.set('m.test', first.port);
+  note(`server memory: registering ${AGENT_IDENTITIES} users`);
+  const t0 = performance.now();
+  const identities = await registerMany(Array.from({ length: AGENT_IDENTITIES }, (_, i) => `agent${i}@m.test`), endpoints, trust, 8);
+  const registerMs = performance.now() - t0;
+  await first.proc.stop();
+  const server = await startServer(['m.test'], { dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')] });
+  endpoints.set('m.test', server.port);
+  const nodes: Q2QNode[] = [];
+  const startNode = async (i: number): Promise<Q2QNode> => {
+    const node = new Q2QNode(identities[i % identities.length] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'] }));
+    node.expose('echo', { onConnection: (s) => s.destroy() });
+    await node.start();
+    if (node.homeState !== 'online') throw new Error(`bench: agent session ${i} is ${node.homeState}`);
+    return node;
+  };
+  try {
+    const warm = await mapLimit(Array.from({ length: 10 }, (_, i) => i), 10, startNode);
+    await Promise.all(warm.map((n) => n.stop()));
+    await sleep(SETTLE_MS);
+    const before = await gcRssKb(server.proc);
+    note(`server memory: connecting ${AGENTS} agent sessions`);
+    const t1 = performance.now();
+    nodes.push(...await mapLimit(Array.from({ length: AGENTS }, (_, i) => i), AGENT_START_PARALLEL, startNode));
+    const connectMs = performance.now() - t1;
+    await sleep(SETTLE_MS);
+    const afterNoGc = rssKb(server.proc.pid);
+    const after = await gcRssKb(server.proc);
+    const online = nodes.filter((n) => n.homeState === 'online').length;
+    emit({
+      bench: 'server-rss-per-agent', agents: AGENTS, identities: identities.length, online,
+      rssBeforeKB: before, rssAfterKB: after, rssAfterNoGcKB: afterNoGc,
+      KBPerAgent: round((after - before) / AGENTS, 1), targetKB: 100,
+      registerMsPerUser: round(registerMs / identities.length, 1), sessionsPerSecond: round(AGENTS / (connectMs / 1000), 0),
+    });
+  } finally {
+    await mapLimit(nodes, 64, (n) => n.stop());
+    await server.proc.stop();
+  }
+}
+
+/** VERTEX_BENCH_PROFILE=DIR: the named processes write a --cpu-prof profile there when they stop. */
+export function profileArgs(name: string): string[] {
+  const dir = process.env.VERTEX_BENCH_PROFILE;
+  return dir ? ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${Date.now()}.cpuprofile`] : [];
+}
+
+if (require.main === module && process.argv[2] === 'listener') {
+  runListenerChild().catch((err: unknown) => {
+    process.stderr.write(`bench listener: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  });
+}

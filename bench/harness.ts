@@ -1,0 +1,465 @@
+/**
+ * What every benchmark needs: real `vertex` processes on loopback (servers,
+ * agents), users registered over the real protocol, loopback sink and echo
+ * peers in a separate process, figures printed as JSON lines, and cleanup.
+ * Every process started here is tracked and killed by pid in cleanup(), and
+ * every temporary directory is removed there.
+ *
+ * Runs from dist/ (compiled); paths to bin/vertex are resolved at run time.
+ */
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as tls from 'node:tls';
+import { HomeStore } from '../agent/home-store';
+import { parseAddress } from '../q2q/address';
+import { registerAccount } from '../q2q/control/accounts';
+import { createServerResolver, type ServerEndpoint, type ServerResolver } from '../q2q/control/discovery';
+import { openServerConnection, type ServerConnection } from '../q2q/control/server-connection';
+import { certificateFingerprint, checkPinnedCa, type PinResult } from '../q2q/identity';
+import type { DomainTrust, Identity, Q2QOptions } from '../q2q/negotiate/types';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const VERTEX = path.join(ROOT, 'bin', 'vertex');
+export const PASSWORD = 'bench password 0123';
+const WAIT_MS = 60_000;
+
+// ---- figures ----
+
+export type Figure = Record<string, unknown> & { bench: string };
+
+export function emit(figure: Figure): void {
+  process.stdout.write(`${JSON.stringify(figure)}\n`);
+}
+
+/** Progress for a person watching; stderr, so stdout stays JSON lines. */
+export function note(text: string): void {
+  process.stderr.write(`bench: ${text}\n`);
+}
+
+export function round(value: number, digits = 3): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i] as number;
+}
+
+export function median(values: readonly number[]): number {
+  return percentile(values, 50);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resident set size of a process in KiB, from /proc/<pid>/status (Linux). */
+export function rssKb(pid: number): number {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+  if (!m) throw new Error(`bench: no VmRSS in /proc/${pid}/status`);
+  return Number(m[1]);
+}
+
+/**
+ * Runs a full garbage collection in a process started with
+ * `--inspect=127.0.0.1:0` (see INSPECT_ARGS), through its inspector
+ * (HeapProfiler.collectGarbage), so that an RSS figure counts live memory
+ * rather than garbage V8 has not yet got round to: left alone, V8 returns it
+ * only when its memory reducer happens to run, 10 s or more later, or never
+ * while anything keeps allocating. A short-lived helper does the talking,
+ * because Node 20 has a WebSocket client only behind a flag.
+ */
+const GC_SCRIPT = `
+const ws = new WebSocket(process.argv[1]);
+const timer = setTimeout(() => { console.error('no answer from the inspector'); process.exit(1); }, 10000);
+let id = 0;
+const collect = () => ws.send(JSON.stringify({ id: ++id, method: 'HeapProfiler.collectGarbage' }));
+ws.onopen = collect;
+ws.onmessage = (m) => {
+  const answer = JSON.parse(String(m.data));
+  if (answer.id !== id) return;
+  if (answer.error) { console.error(JSON.stringify(answer.error)); process.exit(1); }
+  // Twice: the first collection's finalizers may free more.
+  if (id < 2) return collect();
+  clearTimeout(timer);
+  ws.close();
+  process.exit(0);
+};
+ws.onerror = (e) => { console.error(String(e.message ?? e)); process.exit(1); };
+`;
+
+/** Node flags for a process whose memory is measured with gcRssKb (loopback inspector on a random port). */
+export const INSPECT_ARGS = ['--inspect=127.0.0.1:0'];
+
+export async function collectGarbage(proc: Proc): Promise<void> {
+  const url = (await proc.waitFor(/Debugger listening on (ws:\/\/\S+)/))[1] as string;
+  const helper = track(spawn(process.execPath, ['--experimental-websocket', '--no-warnings', '-e', GC_SCRIPT, url], { stdio: ['ignore', 'pipe', 'pipe'] }), 'gc helper');
+  const code = await helper.exited;
+  if (code !== 0) throw new Error(`bench: forcing a garbage collection in pid ${proc.pid} failed: ${helper.output()}`);
+}
+
+/** RSS in KiB right after a forced full garbage collection (the process must run with INSPECT_ARGS). */
+export async function gcRssKb(proc: Proc): Promise<number> {
+  await collectGarbage(proc);
+  await sleep(200);
+  return rssKb(proc.pid);
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight; results in input order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    for (;;) {
+      const i = next++;
+      if (i >= items.length) return;
+      results[i] = await fn(items[i] as T, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+// ---- processes and temporary directories ----
+
+const children = new Set<ChildProcess>();
+const tempDirs = new Set<string>();
+
+export function tempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `vertex-bench-${prefix}-`));
+  tempDirs.add(dir);
+  return dir;
+}
+
+export interface Proc {
+  child: ChildProcess;
+  pid: number;
+  output: () => string;
+  waitFor: (re: RegExp, timeoutMs?: number) => Promise<RegExpMatchArray>;
+  exited: Promise<number | null>;
+  stop: () => Promise<void>;
+}
+
+function track(child: ChildProcess, name: string): Proc {
+  children.add(child);
+  let out = '';
+  const waiters = new Set<() => void>();
+  const onData = (d: Buffer) => {
+    // Only the beginning matters (ports, readiness); a chatty process must not grow this without bound.
+    if (out.length < 1 << 20) out += d.toString();
+    for (const w of waiters) w();
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => {
+    children.delete(child);
+    for (const w of waiters) w();
+    resolve(code);
+  }));
+  if (child.pid === undefined) throw new Error(`bench: could not start ${name}`);
+  return {
+    child,
+    pid: child.pid,
+    output: () => out,
+    exited,
+    waitFor: (re, timeoutMs = WAIT_MS) => new Promise((resolve, reject) => {
+      const timer = setTimeout(() => done(new Error(`bench: ${name}: timed out after ${timeoutMs} ms waiting for ${re}:\n${out.slice(-4000)}`)), timeoutMs);
+      const check = () => {
+        const m = out.match(re);
+        if (m) done(null, m);
+        else if (child.exitCode !== null || child.signalCode !== null) done(new Error(`bench: ${name} exited before ${re}:\n${out.slice(-4000)}`));
+      };
+      const done = (err: Error | null, m?: RegExpMatchArray) => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        if (err) reject(err);
+        else resolve(m as RegExpMatchArray);
+      };
+      waiters.add(check);
+      check();
+    }),
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** `node bin/vertex ...args` as a child process. */
+export function startVertex(args: string[], opts: { nodeArgs?: string[]; cwd?: string } = {}): Proc {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), VERTEX, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: opts.cwd ?? ROOT,
+  });
+  return track(child, `vertex ${args.slice(0, 2).join(' ')}`);
+}
+
+/** A compiled bench module run as a child with an IPC channel (`process.send`). */
+export function forkBench(file: string, args: string[], nodeArgs: string[] = []): Proc {
+  const child = fork(file, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], execArgv: nodeArgs });
+  return track(child, `${path.basename(file)} ${args.join(' ')}`);
+}
+
+/** Kills every process started here (by pid) and removes every temporary directory. */
+export async function cleanup(): Promise<void> {
+  await Promise.all([...children].map((child) => new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('close', () => resolve());
+    child.kill('SIGKILL');
+  })));
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
+}
+
+// ---- servers, users, agents ----
+
+/** Pins domain CAs in memory, like HomeStore does on disk (same checks, no files). */
+export class MemoryTrust implements DomainTrust {
+  readonly #cas = new Map<string, string>();
+
+  pinDomainCa(domain: string, caCertPem: string): PinResult {
+    const pins = new Map<string, string>();
+    const known = this.#cas.get(domain);
+    if (known) pins.set(domain, certificateFingerprint(known));
+    const result = checkPinnedCa(pins, domain, caCertPem, 'bench memory trust');
+    if (result === 'new') this.#cas.set(domain, caCertPem);
+    return result;
+  }
+
+  loadCaFor(domain: string): string | null {
+    return this.#cas.get(domain) ?? null;
+  }
+}
+
+export interface ServerHandle {
+  proc: Proc;
+  port: number;
+  dataDir: string;
+  domains: string[];
+}
+
+export async function startServer(domains: string[], opts: { dataDir?: string; resolve?: Record<string, number>; nodeArgs?: string[] } = {}): Promise<ServerHandle> {
+  const dataDir = opts.dataDir ?? tempDir('server');
+  const resolveArgs = Object.entries(opts.resolve ?? {}).flatMap(([d, port]) => ['--resolve', `${d}=127.0.0.1:${port}`]);
+  const proc = startVertex([
+    // --resolve takes several values: it must follow the subcommand, not precede it.
+    'server', '--listen', '127.0.0.1:0', '--data', dataDir, '--log-level', 'warn',
+    ...domains.flatMap((d) => ['--domain', d]), ...resolveArgs,
+  ], { nodeArgs: opts.nodeArgs ?? [] });
+  const port = Number((await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1]);
+  return { proc, port, dataDir, domains };
+}
+
+/** Server endpoints by domain, changeable while running (a restarted server gets a new port). */
+export class Endpoints {
+  readonly map = new Map<string, ServerEndpoint>();
+  readonly resolve: ServerResolver = createServerResolver({ overrides: this.map });
+
+  set(domain: string, port: number): void {
+    this.map.set(domain, { host: '127.0.0.1', port });
+  }
+
+  resolveArgs(): string[] {
+    return [...this.map].flatMap(([d, e]) => ['--resolve', `${d}=${e.host}:${e.port}`]);
+  }
+
+  portOf(domain: string): number {
+    const e = this.map.get(domain);
+    if (!e) throw new Error(`bench: no server for ${domain}`);
+    return e.port;
+  }
+}
+
+/**
+ * Registers `addresses` (all of one domain) over the real protocol, with up
+ * to `parallel` requests in flight on as many control connections. The
+ * server hashes each password with scrypt, so this is slow on purpose.
+ */
+export async function registerMany(addresses: readonly string[], endpoints: Endpoints, trust: MemoryTrust | HomeStore, parallel = 4): Promise<Identity[]> {
+  const domain = parseAddress(addresses[0] ?? '').domain;
+  const connections: ServerConnection[] = [];
+  try {
+    for (let i = 0; i < Math.min(parallel, addresses.length); i++) {
+      connections.push(await openServerConnection({ domain, resolve: endpoints.resolve, trust }));
+    }
+    return await mapLimit(addresses, connections.length, async (address, i) => {
+      const connection = connections[i % connections.length] as ServerConnection;
+      const made = await registerAccount(connection, address, PASSWORD);
+      return { address: made.address, keyPem: made.keyPem, certPem: made.certPem };
+    });
+  } finally {
+    for (const c of connections) c.close();
+  }
+}
+
+/** A home directory holding one registered identity, as `vertex register` leaves it. */
+export async function registerHome(address: string, endpoints: Endpoints): Promise<{ home: string; store: HomeStore; identity: Identity }> {
+  const home = tempDir('home');
+  const store = new HomeStore(home);
+  const [identity] = await registerMany([address], endpoints, store, 1);
+  if (!identity) throw new Error(`bench: register ${address} returned nothing`);
+  store.saveIdentity(identity.address, identity.keyPem, identity.certPem);
+  return { home, store, identity };
+}
+
+export function nodeOptions(endpoints: Endpoints, trust: DomainTrust, extra: Partial<Q2QOptions> = {}): Q2QOptions {
+  return {
+    resolve: endpoints.resolve,
+    trust,
+    peerListen: { host: '127.0.0.1', port: 0 },
+    relayDelayMs: 300,
+    ...extra,
+  };
+}
+
+export interface AgentHandle {
+  proc: Proc;
+  home: string;
+  socksPort: number;
+}
+
+/** Writes agent.yaml into `home` and starts `vertex agent` there (loopback only). */
+export async function startAgent(home: string, endpoints: Endpoints, extraYaml = '', nodeArgs: string[] = []): Promise<AgentHandle> {
+  const domains = [...endpoints.map].map(([d, e]) => `${d}: { server: "${e.host}:${e.port}" }`).join(', ');
+  const yaml = [
+    'version: 1',
+    'socks: { listen: 127.0.0.1:0 }',
+    `domains: { ${domains} }`,
+    `control: { socket: ${JSON.stringify(path.join(home, 'agent.sock'))} }`,
+    'peer_listen: 127.0.0.1:0',
+    'advertise: [127.0.0.1]',
+    'relay_delay_ms: 300',
+    'log: { level: warn }',
+    extraYaml,
+  ].join('\n');
+  const config = path.join(home, 'agent.yaml');
+  fs.writeFileSync(config, `${yaml}\n`);
+  const proc = startVertex(['--home', home, 'agent', '--config', config, '--log-level', 'info'], { nodeArgs });
+  const socks = await proc.waitFor(/socks5 listening on 127\.0\.0\.1:(\d+)/);
+  await proc.waitFor(/control socket /);
+  return { proc, home, socksPort: Number(socks[1]) };
+}
+
+// ---- loopback peers ----
+
+/**
+ * A separate process with loopback services, so that the receiving end
+ * never shares an event loop with the sender:
+ *   sink:  counts bytes; when the client half-closes, answers "<count>\n" and ends;
+ *   hello: writes one byte at once, then echoes whatever arrives (half-close honoured);
+ *   tls:   the sink behind plain Node TLS 1.3 (only when a key and certificate are
+ *          given): the ceiling any TLS tunnel in Node can reach on this machine.
+ * It prints "ports <sink> <hello> <tls|0>" when ready.
+ */
+const PEER_SCRIPT = `
+const net = require('node:net'), tls = require('node:tls');
+const sinkHandler = (s) => {
+  let n = 0;
+  s.on('data', (d) => { n += d.length; });
+  s.on('end', () => s.end(n + '\\n'));
+  s.on('error', () => s.destroy());
+};
+const sink = net.createServer({ allowHalfOpen: true }, sinkHandler);
+const hello = net.createServer({ allowHalfOpen: true }, (s) => {
+  s.on('error', () => s.destroy());
+  s.write('!');
+  s.pipe(s);
+});
+const key = process.env.VERTEX_BENCH_TLS_KEY, cert = process.env.VERTEX_BENCH_TLS_CERT;
+const secure = key && cert ? tls.createServer({ key, cert, minVersion: 'TLSv1.3', allowHalfOpen: true }, sinkHandler) : null;
+const listen = (server) => new Promise((resolve) => server ? server.listen(0, '127.0.0.1', () => resolve(server.address().port)) : resolve(0));
+Promise.all([listen(sink), listen(hello), listen(secure)]).then((ports) => process.stdout.write('ports ' + ports.join(' ') + '\\n'));
+`;
+
+export interface LoopbackPeer {
+  proc: Proc;
+  sinkPort: number;
+  helloPort: number;
+  /** 0 unless started with a key and certificate. */
+  tlsSinkPort: number;
+}
+
+export async function startLoopbackPeer(tlsIdentity?: { keyPem: string; certPem: string }): Promise<LoopbackPeer> {
+  const env = { ...process.env, ...(tlsIdentity && { VERTEX_BENCH_TLS_KEY: tlsIdentity.keyPem, VERTEX_BENCH_TLS_CERT: tlsIdentity.certPem }) };
+  const proc = track(spawn(process.execPath, ['-e', PEER_SCRIPT], { stdio: ['ignore', 'pipe', 'pipe'], env }), 'loopback peer');
+  const m = await proc.waitFor(/ports (\d+) (\d+) (\d+)/);
+  return { proc, sinkPort: Number(m[1]), helloPort: Number(m[2]), tlsSinkPort: Number(m[3]) };
+}
+
+export const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
+
+/**
+ * Writes `bytes` to a connected stream that ends at a sink (directly or
+ * through a tunnel), with back-pressure, half-closes, and waits for the
+ * sink's count. Returns MB/s (10^6 bytes) from the first write to the count.
+ */
+export function pushToSink(stream: NodeJS.ReadWriteStream & { destroy(): void }, bytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    stream.on('data', (d: Buffer) => { answer += d.toString(); });
+    stream.once('error', reject);
+    stream.once('end', () => {
+      const ms = performance.now() - t0;
+      stream.destroy();
+      const counted = Number(answer.trim());
+      if (counted !== bytes) reject(new Error(`bench: the sink counted ${answer.trim() || 'nothing'}, not ${bytes} bytes`));
+      else resolve(bytes / 1e6 / (ms / 1000));
+    });
+    const t0 = performance.now();
+    let sent = 0;
+    const pump = () => {
+      while (sent < bytes) {
+        const n = Math.min(CHUNK.length, bytes - sent);
+        sent += n;
+        if (!stream.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
+          stream.once('drain', pump);
+          return;
+        }
+      }
+      stream.end();
+    };
+    pump();
+  });
+}
+
+/** Plain Node TLS 1.3 to the loopback peer's TLS sink (its certificate is not checked: a baseline only). */
+export function connectTls(port: number): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, minVersion: 'TLSv1.3', rejectUnauthorized: false });
+    s.once('secureConnect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}
+
+export function connectTcp(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}
+
+/** Resolves when the first byte arrives on `stream`. */
+export function firstByte(stream: NodeJS.ReadableStream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    stream.once('data', () => resolve());
+    stream.once('error', reject);
+    stream.once('end', () => reject(new Error('bench: stream ended before its first byte')));
+  });
+}
