@@ -32,6 +32,7 @@ import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
 import { openRelayLeg } from './relay-leg';
 import { learnReflexiveAddress, punch } from './punch';
+import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { PtcpSocket } from '../transport/ptcp-socket';
 import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
@@ -51,6 +52,16 @@ const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;
+/**
+ * The home server's view of the ptcp socket is re-learned this often: a changed
+ * mapping shows in status and in the next candidates, and the query itself keeps
+ * the NAT mapping open (ARCHITECTURE.md: a keepalive at most every 25 s).
+ */
+const REFLEXIVE_REFRESH_MS = 25_000;
+/** Longest a listener waits on a second who-am-i answer to tell its NAT mapping (nat-type.ts). */
+const NAT_DETECT_WAIT_MS = 300;
+
+interface Reflexive { value: string; port: number; at: number }
 
 type DirectRoute = 'tcp' | 'ptcp';
 interface Candidate { route: DirectRoute; host: string; port: number }
@@ -113,8 +124,11 @@ export class Q2QNode extends EventEmitter {
   #peerServer: net.Server | null = null;
   #peerPort: number | null = null;
   #ptcp: Promise<PtcpSocket> | null = null;
-  #udpReflexive: { value: string; port: number; at: number; from: string } | null = null;
-  #udpReflexivePending: Promise<{ value: string; port: number } | null> | null = null;
+  /** The ptcp socket's reflexive address as each domain's server saw it. */
+  readonly #udpReflexive = new Map<string, Reflexive>();
+  readonly #udpReflexivePending = new Map<string, Promise<Reflexive | null>>();
+  readonly #mapping = new MappingObserver();
+  #refreshTimer: NodeJS.Timeout | null = null;
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
@@ -144,12 +158,30 @@ export class Q2QNode extends EventEmitter {
     this.#home.on('state', (state) => {
       // A new home session may mean a new network: the UDP mapping is re-learned.
       if (state === 'online') {
-        this.#udpReflexive = null;
-        void this.#reflexiveUdp(parseAddress(this.identity.address).domain);
+        this.#udpReflexive.clear();
+        this.#mapping.clear();
+        void this.#reflexiveUdp(this.#domain).catch(() => null);
       }
       this.emit('home', state);
     });
     await this.#home.start();
+    if (this.#routes.includes('ptcp')) {
+      this.#refreshTimer = setInterval(() => void this.#refreshReflexive(), REFLEXIVE_REFRESH_MS);
+      this.#refreshTimer.unref();
+    }
+  }
+
+  async #refreshReflexive(): Promise<void> {
+    const before = this.#udpReflexive.get(this.#domain);
+    const after = await this.#queryReflexiveUdp(this.#domain).catch(() => null);
+    if (before && after && (before.value !== after.value || before.port !== after.port)) {
+      this.#log.info({ from: `${before.value}:${before.port}`, to: `${after.value}:${after.port}` }, 'reflexive udp address changed');
+    }
+  }
+
+  /** Our NAT's mapping behaviour, from the who-am-i answers of distinct servers. */
+  get natMapping(): NatMapping {
+    return this.#mapping.mapping(Date.now());
   }
 
   get homeState(): string {
@@ -225,25 +257,46 @@ export class Q2QNode extends EventEmitter {
   }
 
   /** The ptcp socket's address as `domain`'s server sees it (cached for REFLEXIVE_TTL_MS). */
-  async #reflexiveUdp(domain: string): Promise<{ value: string; port: number } | null> {
-    const cached = this.#udpReflexive;
-    if (cached && cached.from === domain && Date.now() - cached.at < REFLEXIVE_TTL_MS) return cached;
-    // Concurrent connects share one query.
-    if (!this.#udpReflexivePending) {
-      this.#udpReflexivePending = this.#queryReflexiveUdp(domain).finally(() => { this.#udpReflexivePending = null; });
+  async #reflexiveUdp(domain: string): Promise<Reflexive | null> {
+    const cached = this.#udpReflexive.get(domain);
+    if (cached && Date.now() - cached.at < REFLEXIVE_TTL_MS) return cached;
+    // Concurrent connects to one domain share one query.
+    let pending = this.#udpReflexivePending.get(domain);
+    if (!pending) {
+      pending = this.#queryReflexiveUdp(domain).finally(() => this.#udpReflexivePending.delete(domain));
+      this.#udpReflexivePending.set(domain, pending);
     }
-    return this.#udpReflexivePending;
+    return pending;
   }
 
-  async #queryReflexiveUdp(domain: string): Promise<{ value: string; port: number } | null> {
+  async #queryReflexiveUdp(domain: string): Promise<Reflexive | null> {
     const [endpoint] = await this.#opts.resolve(domain);
     if (!endpoint) return null;
     const socket = await this.#ptcpSocket();
     const host = net.isIP(endpoint.host) ? endpoint.host : (await dns.lookup(endpoint.host)).address;
     const answer = await learnReflexiveAddress(socket, host, endpoint.port);
     if (!answer) return null;
-    this.#udpReflexive = { value: answer.address, port: answer.port, at: Date.now(), from: domain };
-    return this.#udpReflexive;
+    const at = Date.now();
+    this.#mapping.record({ server: `${host}:${endpoint.port}`, address: answer.address, port: answer.port, at });
+    const reflexive = { value: answer.address, port: answer.port, at };
+    this.#udpReflexive.set(domain, reflexive);
+    return reflexive;
+  }
+
+  /**
+   * A listener facing a hard-NAT caller needs its own mapping to know whether a
+   * punch can work: a second who-am-i, to the caller's domain server, settles it.
+   * Bounded: an unanswered query costs NAT_DETECT_WAIT_MS once, and the punch is tried.
+   */
+  async #detectMappingFor(callerDomain: string): Promise<NatMapping> {
+    if (this.natMapping !== 'unknown' || callerDomain === this.#domain) return this.natMapping;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([this.#reflexiveUdp(this.#domain), this.#reflexiveUdp(callerDomain)]).catch(() => null),
+      new Promise((resolve) => { timer = setTimeout(resolve, NAT_DETECT_WAIT_MS); }),
+    ]);
+    clearTimeout(timer);
+    return this.natMapping;
   }
 
   async #onInbound(args: AmpArgs): Promise<AmpArgs> {
@@ -269,7 +322,12 @@ export class Q2QNode extends EventEmitter {
     this.#pending.set(token, pending);
     setTimeout(() => this.#forget(token), TOKEN_LIFETIME_MS).unref();
 
-    const direct = (['tcp', 'ptcp'] as const).filter((r) => this.#routes.includes(r) && callerRoutes.includes(r));
+    let direct: DirectRoute[] = (['tcp', 'ptcp'] as const).filter((r) => this.#routes.includes(r) && callerRoutes.includes(r));
+    const callerMapping = peerMapping(args.candidates);
+    const hopeless = direct.includes('ptcp') && callerMapping === 'hard'
+      && punchHopeless(await this.#detectMappingFor(parseAddress(from).domain), callerMapping);
+    // Both ends behind per-destination mappings: no punch, and the relay leg at once.
+    if (hopeless) direct = direct.filter((r) => r !== 'ptcp');
     const candidates = await this.#directCandidates(direct, this.#domain);
     const callerPtcp = parseCandidates(args.candidates).filter((c) => c.route === 'ptcp');
     if (direct.includes('ptcp') && callerPtcp.length > 0) {
@@ -278,12 +336,12 @@ export class Q2QNode extends EventEmitter {
       await this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp, { role: 'listener' }));
     }
     if (this.#routes.includes('relay') && callerRoutes.includes('relay')) {
-      const delay = candidates.length > 0 ? this.#relayDelayMs : 0;
+      const delay = candidates.length > 0 && !hopeless ? this.#relayDelayMs : 0;
       pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
       pending.relayTimer.unref();
     }
-    this.#log.info({ from, service, candidates: candidates.length }, 'inbound accepted');
-    return { token, candidates: JSON.stringify(candidates) };
+    this.#log.info({ from, service, candidates: candidates.length, nat: this.natMapping, callerNat: callerMapping, hopeless }, 'inbound accepted');
+    return { token, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]) };
   }
 
   #forget(token: string): void {
@@ -367,10 +425,13 @@ export class Q2QNode extends EventEmitter {
     const ca = this.#opts.trust.loadCaFor(address.domain);
     if (!ca) throw vertexError('CertificateInvalid', `connect ${to}: no pinned CA for ${address.domain}`);
     verifyUserCertificate(listenerCert, ca, { expectedAddress: to });
+    // Both ends behind per-destination mappings: skip the punch, relay at once (nat-type.ts).
+    const hopeless = punchHopeless(this.natMapping, peerMapping(answer.candidates));
     const stream = await this.#race({
       to, service, token: answer.token ?? '', listenerCert,
-      candidates: parseCandidates(answer.candidates).filter((c) => this.#routes.includes(c.route)),
+      candidates: parseCandidates(answer.candidates).filter((c) => this.#routes.includes(c.route) && !(hopeless && c.route === 'ptcp')),
       relay: this.#routes.includes('relay') && answer.relay === '1',
+      relayAtOnce: hopeless,
       deadline,
     });
     const connectMs = Math.round(performance.now() - started);
@@ -382,7 +443,7 @@ export class Q2QNode extends EventEmitter {
     const domain = parseAddress(to).domain;
     // Our own ptcp candidates go with the request, so the listener can punch toward us at once.
     const candidates = this.#routes.includes('ptcp') ? await this.#directCandidates(['ptcp'], domain) : [];
-    const args = { to, service, candidates: JSON.stringify(candidates), routes: JSON.stringify(this.#routes) };
+    const args = { to, service, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]), routes: JSON.stringify(this.#routes) };
     for (let attempt = 0; ; attempt++) {
       const connection = await this.#pool.get(domain);
       try {
@@ -401,7 +462,7 @@ export class Q2QNode extends EventEmitter {
 
   #race(p: {
     to: string; service: string; token: string; listenerCert: string;
-    candidates: Candidate[]; relay: boolean; deadline: number;
+    candidates: Candidate[]; relay: boolean; relayAtOnce: boolean; deadline: number;
   }): Promise<Q2QStream> {
     return new Promise((resolve, reject) => {
       const errors: string[] = [];
@@ -500,7 +561,7 @@ export class Q2QNode extends EventEmitter {
             resolve: this.#opts.resolve, trust: this.#opts.trust,
           }));
         };
-        relayTimer = setTimeout(startRelay, p.candidates.length > 0 ? this.#relayDelayMs : 0);
+        relayTimer = setTimeout(startRelay, p.candidates.length > 0 && !p.relayAtOnce ? this.#relayDelayMs : 0);
       }
       if (p.candidates.length === 0 && !p.relay) {
         finish(vertexError('Unreachable', `connect ${p.to}:${p.service}: no usable route (the peer offered no direct address and relaying is off)`));
@@ -522,7 +583,8 @@ export class Q2QNode extends EventEmitter {
       },
       reflexive: {
         tcp: this.#home?.reflexiveTcp ?? null,
-        udp: this.#udpReflexive ? `${this.#udpReflexive.value}:${this.#udpReflexive.port}` : null,
+        udp: ((r) => (r ? `${r.value}:${r.port}` : null))(this.#udpReflexive.get(this.#domain)),
+        nat: this.natMapping,
       },
       services: [...this.#services].map(([service, o]) => ({ service, allow: o.allow ?? defaultAllow(this.identity.address) })),
       peerListen: this.#peerPort === null ? null : `${this.#opts.peerListen?.host ?? '0.0.0.0'}:${this.#peerPort}`,
@@ -530,6 +592,8 @@ export class Q2QNode extends EventEmitter {
   }
 
   async stop(): Promise<void> {
+    if (this.#refreshTimer) clearInterval(this.#refreshTimer);
+    this.#refreshTimer = null;
     this.#home?.stop();
     this.#pool.closeAll();
     for (const token of [...this.#pending.keys()]) this.#forget(token);

@@ -67,7 +67,8 @@ export interface NodeStatus {
   identity: string;
   certificateNotAfter: string;
   home: { state: HomeConnectionState; server: string | null; since: string; lastError: string | null };
-  reflexive: { tcp: string | null; udp: string | null };
+  /** nat: the UDP mapping behaviour (q2q/negotiate/nat-type.ts); absent where a node cannot tell. */
+  reflexive: { tcp: string | null; udp: string | null; nat?: 'easy' | 'hard' | 'unknown' };
   services: Array<{ service: string; allow: readonly string[] }>;
   peerListen: string | null;
 }
