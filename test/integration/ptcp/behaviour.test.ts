@@ -38,12 +38,13 @@ describe('ptcp driver', () => {
       // up to that much accepted just under the limit) + one 64 KB write: a constant, not 100 MB.
       expect(maxSender).toBeLessThanOrEqual(tun.send + 2 * tun.hwm + 64 * 1024);
       expect(maxReceiver).toBeLessThanOrEqual(2 * tun.recv + tun.hwm);
+      client.resume();
       server.end();
       await Promise.all([closed(client), closed(server)]);
     } finally {
       await p.close();
     }
-  }, 60_000);
+  }, 90_000);
 
   it('half-closes both ways: each side ends its writes and still receives', async () => {
     const p = await pair();
