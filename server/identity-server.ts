@@ -8,8 +8,10 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { asVertexError } from '../q2q/errors';
-import { ALPN_CONTROL, ALPN_RELAY } from '../q2q/control/protocol';
+import { asVertexError, type VertexError } from '../q2q/errors';
+import { ALPN_CONTROL, ALPN_RELAY, COMMANDS } from '../q2q/control/protocol';
+import { attachAmp } from '../q2q/transport/amp-connection';
+import { writePreamble } from '../q2q/transport/preamble';
 import { createServerResolver, type ServerResolver } from '../q2q/control/discovery';
 import { describeCertificate } from '../q2q/identity';
 import type { Logger } from '../q2q/util/log';
@@ -38,6 +40,9 @@ export interface IdentityServerOptions {
 }
 
 export const DATABASE_FILE = 'vertex.db';
+/** A refused client gets this long to read why before the connection is cut. */
+const REFUSAL_LINGER_MS = 2_000;
+const REFUSAL_MAX_BOX_BYTES = 16 * 1024;
 
 function plainAddress(address: string | undefined): string {
   // Loopback and dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
@@ -178,7 +183,7 @@ export class IdentityServer {
       } catch (err) {
         const e = asVertexError(err, 'CertificateInvalid');
         log.warn({ code: e.code, reason: e.message }, 'client certificate refused; connection closed');
-        socket.destroy();
+        this.#refuse(socket, e);
         return;
       }
     }
@@ -205,6 +210,25 @@ export class IdentityServer {
     this.#sessions.add(session);
     socket.once('close', () => this.#sessions.delete(session));
     log.debug({ identity: authenticatedAs }, 'control session open');
+  }
+
+  /**
+   * Tells a client whose certificate was refused why, as the answer to its
+   * first command (hello), then closes; anything else it sends is ignored.
+   */
+  #refuse(socket: tls.TLSSocket, err: VertexError): void {
+    if (socket.alpnProtocol === ALPN_RELAY) {
+      writePreamble(socket, { error_code: err.code, error_description: err.message });
+      socket.end();
+    } else {
+      const peer = attachAmp(socket, { limits: { maxBoxBytes: REFUSAL_MAX_BOX_BYTES } });
+      peer.handle(COMMANDS.hello, () => {
+        setImmediate(() => socket.end());
+        throw err;
+      });
+      socket.resume();
+    }
+    setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();
   }
 
   async stop(): Promise<void> {

@@ -32,7 +32,7 @@ export interface HomeSessionOptions {
 }
 
 export class HomeSession extends EventEmitter {
-  readonly #opts: HomeSessionOptions;
+  #opts: HomeSessionOptions;
   readonly #domain: string;
   #connection: ServerConnection | null = null;
   #state: HomeConnectionState = 'offline';
@@ -130,6 +130,12 @@ export class HomeSession extends EventEmitter {
 
   #listen(connection: ServerConnection): Promise<AmpArgs> {
     return connection.call(COMMANDS.listen, { services: JSON.stringify(this.#opts.services()) });
+  }
+
+  /** A renewed certificate: reconnect with it (the server sees the new one at once). */
+  setIdentity(identity: Identity): void {
+    this.#opts = { ...this.#opts, identity };
+    this.#connection?.socket.destroy();
   }
 
   /** Sends the current service set; called after expose/unexpose. */

@@ -22,7 +22,7 @@ import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { formatAddress, parseAddress, parseService, parseServiceAddress } from '../address';
 import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
-import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
+import { asVertexError, isErrorCode, isVertexError, vertexError, VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
 import type { AmpArgs } from '../proto/amp-peer';
 import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
@@ -49,6 +49,15 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
  */
 export const PTCP_STAGGER_MS = 150;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * A punched PTCP handshake runs in rounds: a punch, then SYNs for at most this
+ * long. A round ends on its own, so once the race is settled no SYN keeps
+ * going out: a stray SYN that reaches the peer's NAT before the peer punches
+ * again makes conntrack re-map the peer, and the next punch fails (punch.ts).
+ */
+const PTCP_ROUND_MS = 1_500;
+/** Pause before each further round: backoff, never a tight loop. */
+const PTCP_ROUND_BACKOFF_MS = [500, 1_000, 2_000, 4_000] as const;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;
@@ -75,7 +84,7 @@ interface PendingInbound {
   relayLeg: TLSSocket | null;
 }
 
-function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; service: string; connectMs: number }): Q2QStream {
+function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; service: string; peerCertificate: string; connectMs: number }): Q2QStream {
   return Object.assign(socket, info) as Q2QStream;
 }
 
@@ -111,12 +120,12 @@ function parseRoutes(json: string | undefined): RouteName[] {
 }
 
 export class Q2QNode extends EventEmitter {
-  readonly identity: Identity;
+  #identity: Identity;
   readonly #opts: Q2QOptions;
   readonly #log: Logger;
   readonly #routes: readonly RouteName[];
   readonly #relayDelayMs: number;
-  readonly #pool: ServerPool;
+  #pool: ServerPool;
   readonly #services = new Map<string, ServiceOptions>();
   readonly #pending = new Map<string, PendingInbound>();
   readonly #domain: string;
@@ -132,13 +141,33 @@ export class Q2QNode extends EventEmitter {
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
-    this.identity = { ...identity, address: formatAddress(parseAddress(identity.address)) };
+    this.#identity = { ...identity, address: formatAddress(parseAddress(identity.address)) };
     this.#opts = options;
     this.#log = options.log ?? silentLogger;
     this.#routes = options.routes ?? ALL_ROUTES;
     this.#relayDelayMs = options.relayDelayMs ?? DEFAULT_RELAY_DELAY_MS;
     this.#domain = parseAddress(this.identity.address).domain;
     this.#pool = new ServerPool(this.identity, options.resolve, options.trust, this.#log.child({ component: 'pool' }));
+  }
+
+  get identity(): Identity {
+    return this.#identity;
+  }
+
+  /**
+   * Takes a renewed certificate (and key) for the same address: new control
+   * connections and peer channels use it; the home session reconnects with it.
+   */
+  setIdentity(identity: Identity): void {
+    const address = formatAddress(parseAddress(identity.address));
+    if (address !== this.#identity.address) {
+      throw vertexError('BadRequest', `set identity: ${address} is not this node's address ${this.#identity.address}`);
+    }
+    this.#identity = { ...identity, address };
+    const old = this.#pool;
+    this.#pool = new ServerPool(this.#identity, this.#opts.resolve, this.#opts.trust, this.#log.child({ component: 'pool' }));
+    old.closeAll();
+    this.#home?.setIdentity(this.#identity);
   }
 
   // ---- listening ----
@@ -409,7 +438,7 @@ export class Q2QNode extends EventEmitter {
     if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
     writePreamble(socket, { ok: '1' });
     this.#log.info({ from: pending.from, service: pending.service, route }, 'peer connected');
-    service.onConnection(decorate(socket, { route, peer: pending.from, service: pending.service, connectMs: 0 }));
+    service.onConnection(decorate(socket, { route, peer: pending.from, service: pending.service, peerCertificate: presented.toString(), connectMs: 0 }));
   }
 
   // ---- connecting ----
@@ -524,7 +553,7 @@ export class Q2QNode extends EventEmitter {
             return failedOne(route, err);
           }
           outstanding -= 1;
-          finish(null, decorate(secure, { route, peer: p.to, service: p.service, connectMs: 0 }));
+          finish(null, decorate(secure, { route, peer: p.to, service: p.service, peerCertificate: p.listenerCert, connectMs: 0 }));
         })();
       };
 
@@ -536,10 +565,18 @@ export class Q2QNode extends EventEmitter {
       for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
         attempt('ptcp', async () => {
           await new Promise((r) => setTimeout(r, ptcpDelay));
-          if (settled) throw new Error('not needed');
-          const socket = await this.#ptcpSocket();
-          await punch(socket, p.token, [candidate], { role: 'caller' });
-          return socket.connect(candidate.host, candidate.port, { connectTimeoutMs: Math.max(1, p.deadline - Date.now()) });
+          for (let round = 0; ; round++) {
+            if (settled) throw new Error('not needed');
+            const socket = await this.#ptcpSocket();
+            await punch(socket, p.token, [candidate], { role: 'caller' });
+            try {
+              return await socket.connect(candidate.host, candidate.port, { connectTimeoutMs: Math.max(1, Math.min(PTCP_ROUND_MS, p.deadline - Date.now())) });
+            } catch (err) {
+              const pause = PTCP_ROUND_BACKOFF_MS[Math.min(round, PTCP_ROUND_BACKOFF_MS.length - 1)] ?? 0;
+              if (settled || !isVertexError(err, 'PtcpConnectTimeout') || p.deadline - Date.now() < pause + PTCP_ROUND_MS) throw err;
+              await new Promise((r) => setTimeout(r, pause));
+            }
+          }
         });
       }
       for (const candidate of p.candidates.filter((c) => c.route === 'tcp')) {

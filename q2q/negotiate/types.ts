@@ -23,6 +23,11 @@ export interface Q2QStreamInfo {
   /** The other end's address, verified by peer TLS. */
   readonly peer: string;
   readonly service: string;
+  /**
+   * The peer's certificate (PEM), as verified during peer TLS. Kept here because
+   * a TLS 1.3 client socket stops reporting it once the session ticket arrives.
+   */
+  readonly peerCertificate: string;
   /** Milliseconds from the connect call to the stream being usable (caller side; 0 on the listener). */
   readonly connectMs: number;
 }
