@@ -19,11 +19,12 @@ import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
 import {
-  connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, gcRssKb, INSPECT_ARGS, mapLimit, MemoryTrust, nodeOptions, note, percentile,
+  connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
   pushToSink, registerMany, round, rssKb, sleep, startLoopbackPeer, startServer, type Proc,
 } from './harness';
 
-const THROUGHPUT_BYTES = Number(process.env.VERTEX_BENCH_MB ?? 256) * 1e6;
+/** How long each throughput run sends. */
+const THROUGHPUT_MS = Number(process.env.VERTEX_BENCH_SECONDS ?? 1.5) * 1000;
 const THROUGHPUT_RUNS = 3;
 const TTFB_CONNECTS = 100;
 const TTFB_WARMUP = 3;
@@ -98,7 +99,7 @@ async function throughputRounds(cases: Record<string, () => Promise<Duplex>>): P
   const rates: Record<string, number[]> = {};
   for (let round = 0; round < THROUGHPUT_RUNS; round++) {
     for (const [name, open] of Object.entries(cases)) {
-      (rates[name] ??= []).push(await pushToSink(await open(), THROUGHPUT_BYTES));
+      (rates[name] ??= []).push(await pushToSink(await open(), THROUGHPUT_MS));
     }
   }
   return Object.fromEntries(Object.entries(rates).map(([name, r]) => [name, percentile(r, 50)]));
@@ -143,7 +144,7 @@ export async function benchConnections(): Promise<void> {
     return stream;
   };
   try {
-    note(`throughput: ${THROUGHPUT_RUNS} rounds of ${THROUGHPUT_BYTES / 1e6} MB per case`);
+    note(`throughput: ${THROUGHPUT_RUNS} rounds of ${THROUGHPUT_MS / 1000} s per case`);
     const rates = await throughputRounds({
       raw: () => connectTcp(peer.sinkPort),
       tls: () => connectTls(peer.tlsSinkPort),
@@ -151,15 +152,15 @@ export async function benchConnections(): Promise<void> {
       relay: () => connect('carol@b.test:sink', 'relay'),
     });
     const raw = rates.raw as number;
-    const MB = THROUGHPUT_BYTES / 1e6;
-    emit({ bench: 'raw-tcp-throughput', MBps: round(raw, 1), MB, runs: THROUGHPUT_RUNS });
+    const seconds = THROUGHPUT_MS / 1000;
+    emit({ bench: 'raw-tcp-throughput', MBps: round(raw, 1), seconds, runs: THROUGHPUT_RUNS });
     // Not a target: plain Node TLS 1.3 over loopback, the ceiling for any TLS tunnel written in Node here.
-    emit({ bench: 'tls-throughput', MBps: round(rates.tls as number, 1), rawMBps: round(raw, 1), ratio: round((rates.tls as number) / raw), MB });
+    emit({ bench: 'tls-throughput', MBps: round(rates.tls as number, 1), rawMBps: round(raw, 1), ratio: round((rates.tls as number) / raw), seconds });
     for (const [route, targetRatio] of [['tcp', 0.25], ['relay', 0.2]] as const) {
       const rate = rates[route] as number;
       emit({
         bench: 'tunnel-throughput', route, MBps: round(rate, 1), rawMBps: round(raw, 1), ratio: round(rate / raw),
-        vsTls: round(rate / (rates.tls as number)), target: targetRatio, MB,
+        vsTls: round(rate / (rates.tls as number)), target: targetRatio, seconds,
       });
     }
 
@@ -203,7 +204,7 @@ const SETTLE_MS = 2000;
  * same data, so the "before" figure carries no registration garbage (scrypt
  * takes 16 MB a hash); ten sessions come and go first so that code paths
  * and TLS contexts are warm in both figures. Both figures are taken right
- * after a forced full garbage collection (gcRssKb); rssAfterNoGcKB is the
+ * after a forced full garbage collection (memoryAfterGc); rssAfterNoGcKB is the
  * same moment without it.
  */
 export async function benchServerMemory(): Promise<void> {
@@ -230,19 +231,20 @@ export async function benchServerMemory(): Promise<void> {
     const warm = await mapLimit(Array.from({ length: 10 }, (_, i) => i), 10, startNode);
     await Promise.all(warm.map((n) => n.stop()));
     await sleep(SETTLE_MS);
-    const before = await gcRssKb(server.proc);
+    const before = await memoryAfterGc(server.proc);
     note(`server memory: connecting ${AGENTS} agent sessions`);
     const t1 = performance.now();
     nodes.push(...await mapLimit(Array.from({ length: AGENTS }, (_, i) => i), AGENT_START_PARALLEL, startNode));
     const connectMs = performance.now() - t1;
     await sleep(SETTLE_MS);
     const afterNoGc = rssKb(server.proc.pid);
-    const after = await gcRssKb(server.proc);
+    const after = await memoryAfterGc(server.proc);
     const online = nodes.filter((n) => n.homeState === 'online').length;
     emit({
       bench: 'server-rss-per-agent', agents: AGENTS, identities: identities.length, online,
-      rssBeforeKB: before, rssAfterKB: after, rssAfterNoGcKB: afterNoGc,
-      KBPerAgent: round((after - before) / AGENTS, 1), targetKB: 100,
+      rssBeforeKB: before.rssKB, rssAfterKB: after.rssKB, rssAfterNoGcKB: afterNoGc,
+      KBPerAgent: round((after.rssKB - before.rssKB) / AGENTS, 1), targetKB: 100,
+      heapKBPerAgent: round((after.heapKB - before.heapKB) / AGENTS, 1),
       registerMsPerUser: round(registerMs / identities.length, 1), sessionsPerSecond: round(AGENTS / (connectMs / 1000), 0),
     });
   } finally {

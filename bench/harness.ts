@@ -86,30 +86,39 @@ ws.onmessage = (m) => {
   const answer = JSON.parse(String(m.data));
   if (answer.id !== id) return;
   if (answer.error) { console.error(JSON.stringify(answer.error)); process.exit(1); }
-  // Twice: the first collection's finalizers may free more.
+  // Twice: the first collection's finalizers may free more. Then the JS heap's size.
   if (id < 2) return collect();
+  if (id === 2) return ws.send(JSON.stringify({ id: ++id, method: 'Runtime.getHeapUsage' }));
   clearTimeout(timer);
+  process.stdout.write('heap ' + answer.result.usedSize + '\\n');
   ws.close();
   process.exit(0);
 };
 ws.onerror = (e) => { console.error(String(e.message ?? e)); process.exit(1); };
 `;
 
-/** Node flags for a process whose memory is measured with gcRssKb (loopback inspector on a random port). */
+/** Node flags for a process whose memory is measured with memoryAfterGc (loopback inspector on a random port). */
 export const INSPECT_ARGS = ['--inspect=127.0.0.1:0'];
 
-export async function collectGarbage(proc: Proc): Promise<void> {
+/** Forces the collection and returns the JS heap's used size in bytes afterwards. */
+export async function collectGarbage(proc: Proc): Promise<number> {
   const url = (await proc.waitFor(/Debugger listening on (ws:\/\/\S+)/))[1] as string;
   const helper = track(spawn(process.execPath, ['--experimental-websocket', '--no-warnings', '-e', GC_SCRIPT, url], { stdio: ['ignore', 'pipe', 'pipe'] }), 'gc helper');
   const code = await helper.exited;
-  if (code !== 0) throw new Error(`bench: forcing a garbage collection in pid ${proc.pid} failed: ${helper.output()}`);
+  const heap = /heap (\d+)/.exec(helper.output());
+  if (code !== 0 || !heap) throw new Error(`bench: forcing a garbage collection in pid ${proc.pid} failed: ${helper.output()}`);
+  return Number(heap[1]);
 }
 
-/** RSS in KiB right after a forced full garbage collection (the process must run with INSPECT_ARGS). */
-export async function gcRssKb(proc: Proc): Promise<number> {
-  await collectGarbage(proc);
+/**
+ * RSS and used JS heap in KiB right after a forced full garbage collection
+ * (the process must run with INSPECT_ARGS). RSS minus heap is roughly the
+ * native side: OpenSSL, libuv, buffers.
+ */
+export async function memoryAfterGc(proc: Proc): Promise<{ rssKB: number; heapKB: number }> {
+  const heap = await collectGarbage(proc);
   await sleep(200);
-  return rssKb(proc.pid);
+  return { rssKB: rssKb(proc.pid), heapKB: Math.round(heap / 1024) };
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight; results in input order. */
@@ -399,29 +408,30 @@ export async function startLoopbackPeer(tlsIdentity?: { keyPem: string; certPem:
 export const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
 
 /**
- * Writes `bytes` to a connected stream that ends at a sink (directly or
- * through a tunnel), with back-pressure, half-closes, and waits for the
- * sink's count. Returns MB/s (10^6 bytes) from the first write to the count.
+ * Writes to a connected stream that ends at a sink (directly or through a
+ * tunnel) for `ms`, with back-pressure, then half-closes and waits for the
+ * sink's count, which must equal what was sent. Returns MB/s (10^6 bytes)
+ * from the first write to the count. Timed rather than sized, so that a
+ * fast baseline is measured over as long as a slow tunnel.
  */
-export function pushToSink(stream: NodeJS.ReadWriteStream & { destroy(): void }, bytes: number): Promise<number> {
+export function pushToSink(stream: NodeJS.ReadWriteStream & { destroy(): void }, ms: number): Promise<number> {
   return new Promise((resolve, reject) => {
     let answer = '';
+    let sent = 0;
     stream.on('data', (d: Buffer) => { answer += d.toString(); });
     stream.once('error', reject);
     stream.once('end', () => {
-      const ms = performance.now() - t0;
+      const elapsed = performance.now() - t0;
       stream.destroy();
       const counted = Number(answer.trim());
-      if (counted !== bytes) reject(new Error(`bench: the sink counted ${answer.trim() || 'nothing'}, not ${bytes} bytes`));
-      else resolve(bytes / 1e6 / (ms / 1000));
+      if (counted !== sent) reject(new Error(`bench: the sink counted ${answer.trim() || 'nothing'}, not ${sent} bytes`));
+      else resolve(sent / 1e6 / (elapsed / 1000));
     });
     const t0 = performance.now();
-    let sent = 0;
     const pump = () => {
-      while (sent < bytes) {
-        const n = Math.min(CHUNK.length, bytes - sent);
-        sent += n;
-        if (!stream.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
+      while (performance.now() - t0 < ms) {
+        sent += CHUNK.length;
+        if (!stream.write(CHUNK)) {
           stream.once('drain', pump);
           return;
         }

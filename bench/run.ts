@@ -14,11 +14,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { benchConnections, benchServerMemory } from './connections';
 import { benchFileTransfer } from './file-transfer';
-import { cleanup, emit, note, round, type Figure } from './harness';
+import { cleanup, emit, forkBench, note, round, type Figure } from './harness';
 import { benchAgentMemory, benchSocksThroughput } from './socks';
 
 /** The whole run is bounded: past this, it stops, cleans up and fails. */
 const WATCHDOG_MS = 15 * 60_000;
+/** bench/ptcp.js as a child process gets this long. */
+const PTCP_TIMEOUT_MS = 180_000;
 /** Each idle tunnel holds about three descriptors in the agents and one here. */
 const FDS_PER_TUNNEL = 4;
 
@@ -64,25 +66,44 @@ function context(): Figure {
   };
 }
 
-/** bench/ptcp.ts belongs to the PTCP work; run its bench functions when it is there. */
+/**
+ * bench/ptcp.ts belongs to the PTCP work. When it exports bench functions,
+ * they are called here; when it is a script that runs itself (it then
+ * exits when done, so it must not be loaded into this process), it runs as
+ * a child with --expose-gc and its JSON lines are passed on. Its figures
+ * use its own names and baselines (udx-native, raw TCP).
+ */
 async function benchPtcpIfPresent(): Promise<void> {
   const file = path.join(__dirname, 'ptcp.js');
   if (!fs.existsSync(file)) {
     emit({ bench: 'ptcp', skipped: 'bench/ptcp.ts is missing' });
     return;
   }
-  const mod = require(file) as Record<string, unknown>;
-  const benches = Object.entries(mod).filter((e): e is [string, () => Promise<unknown>] => /^bench/.test(e[0]) && typeof e[1] === 'function');
-  if (benches.length === 0) {
-    emit({ bench: 'ptcp', skipped: 'bench/ptcp.ts exports no bench function' });
+  const exported = [...fs.readFileSync(file, 'utf8').matchAll(/^exports\.(bench\w*) = /gm)].map((m) => m[1] as string);
+  if (exported.length > 0) {
+    const mod = require(file) as Record<string, () => Promise<unknown>>;
+    for (const name of exported) {
+      const result = await mod[name]?.();
+      for (const figure of Array.isArray(result) ? result : [result]) {
+        if (figure && typeof figure === 'object' && 'bench' in figure) emit(figure as Figure);
+      }
+    }
     return;
   }
-  for (const [, fn] of benches) {
-    const result = await fn();
-    for (const figure of Array.isArray(result) ? result : [result]) {
-      if (figure && typeof figure === 'object' && 'bench' in figure) emit(figure as Figure);
+  const child = forkBench(file, [], ['--expose-gc']);
+  const timer = setTimeout(() => child.child.kill('SIGKILL'), PTCP_TIMEOUT_MS);
+  const code = await child.exited;
+  clearTimeout(timer);
+  for (const line of child.output().split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const figure = JSON.parse(line) as Figure;
+      if (typeof figure.bench === 'string') emit(figure);
+    } catch {
+      // Not a figure: progress text that happens to start with a brace.
     }
   }
+  if (code !== 0) throw new Error(`bench/ptcp.js exited with ${code ?? 'a signal'}${code === null ? ` (killed after ${PTCP_TIMEOUT_MS / 1000} s?)` : ''}: ${child.output().split('\n').filter((l) => !l.startsWith('{')).join(' ').slice(-500)}`);
 }
 
 async function main(): Promise<void> {

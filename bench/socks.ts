@@ -18,11 +18,12 @@ import type { Socket } from 'node:net';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import {
-  connectTcp, emit, Endpoints, firstByte, gcRssKb, INSPECT_ARGS, mapLimit, note, percentile, pushToSink, registerHome, round,
+  connectTcp, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round,
   rssKb, sleep, startAgent, startLoopbackPeer, startServer, type AgentHandle, type LoopbackPeer, type ServerHandle,
 } from './harness';
 
-const THROUGHPUT_BYTES = Number(process.env.VERTEX_BENCH_MB ?? 256) * 1e6;
+/** How long each throughput run sends. */
+const THROUGHPUT_MS = Number(process.env.VERTEX_BENCH_SECONDS ?? 1.5) * 1000;
 const THROUGHPUT_RUNS = 3;
 const TUNNELS = Number(process.env.VERTEX_BENCH_TUNNELS ?? 1000);
 const TUNNEL_OPEN_PARALLEL = 16;
@@ -39,7 +40,7 @@ interface SocksWorld {
   stop(): Promise<void>;
 }
 
-/** inspect: start the agents with INSPECT_ARGS, for gcRssKb. */
+/** inspect: start the agents with INSPECT_ARGS, for memoryAfterGc. */
 async function startSocksWorld(inspect = false): Promise<SocksWorld> {
   const peer = await startLoopbackPeer();
   const a = await startServer(['a.test']);
@@ -78,13 +79,13 @@ async function socksConnect(world: SocksWorld, port: number): Promise<Socket> {
 export async function benchSocksThroughput(): Promise<void> {
   const world = await startSocksWorld();
   try {
-    note(`socks throughput: ${THROUGHPUT_RUNS} x ${THROUGHPUT_BYTES / 1e6} MB per case`);
+    note(`socks throughput: ${THROUGHPUT_RUNS} x ${THROUGHPUT_MS / 1000} s per case`);
     const raw: number[] = [];
     const socks: number[] = [];
     // Interleaved, so that drift on a shared machine touches both alike.
     for (let i = 0; i < THROUGHPUT_RUNS; i++) {
-      raw.push(await pushToSink(await connectTcp(world.peer.sinkPort), THROUGHPUT_BYTES));
-      socks.push(await pushToSink(await socksConnect(world, SINK_PORT), THROUGHPUT_BYTES));
+      raw.push(await pushToSink(await connectTcp(world.peer.sinkPort), THROUGHPUT_MS));
+      socks.push(await pushToSink(await socksConnect(world, SINK_PORT), THROUGHPUT_MS));
     }
     const rawMBps = percentile(raw, 50);
     const MBps = percentile(socks, 50);
@@ -110,23 +111,25 @@ export async function benchAgentMemory(): Promise<void> {
     const warm = await mapLimit(Array.from({ length: 10 }), 10, () => openTunnel(world));
     for (const s of warm) s.destroy();
     await sleep(SETTLE_MS);
-    const aliceBefore = await gcRssKb(alice.proc);
-    const bobBefore = await gcRssKb(bob.proc);
+    const aliceBefore = await memoryAfterGc(alice.proc);
+    const bobBefore = await memoryAfterGc(bob.proc);
     note(`agent memory: opening ${TUNNELS} idle SOCKS tunnels`);
     const t0 = performance.now();
     tunnels.push(...await mapLimit(Array.from({ length: TUNNELS }), TUNNEL_OPEN_PARALLEL, () => openTunnel(world)));
     const openMs = performance.now() - t0;
     await sleep(SETTLE_MS);
     const aliceNoGc = rssKb(alice.proc.pid);
-    const aliceAfter = await gcRssKb(alice.proc);
-    const bobAfter = await gcRssKb(bob.proc);
+    const aliceAfter = await memoryAfterGc(alice.proc);
+    const bobAfter = await memoryAfterGc(bob.proc);
     const open = tunnels.filter((s) => !s.destroyed).length;
     emit({
       bench: 'agent-rss-per-tunnel', tunnels: TUNNELS, open,
-      rssBeforeKB: aliceBefore, rssAfterKB: aliceAfter, rssAfterNoGcKB: aliceNoGc,
-      KBPerTunnel: round((aliceAfter - aliceBefore) / TUNNELS, 1), targetKB: 64,
-      exposeRssBeforeKB: bobBefore, exposeRssAfterKB: bobAfter,
-      exposeKBPerTunnel: round((bobAfter - bobBefore) / TUNNELS, 1),
+      rssBeforeKB: aliceBefore.rssKB, rssAfterKB: aliceAfter.rssKB, rssAfterNoGcKB: aliceNoGc,
+      KBPerTunnel: round((aliceAfter.rssKB - aliceBefore.rssKB) / TUNNELS, 1), targetKB: 64,
+      heapKBPerTunnel: round((aliceAfter.heapKB - aliceBefore.heapKB) / TUNNELS, 1),
+      exposeRssBeforeKB: bobBefore.rssKB, exposeRssAfterKB: bobAfter.rssKB,
+      exposeKBPerTunnel: round((bobAfter.rssKB - bobBefore.rssKB) / TUNNELS, 1),
+      exposeHeapKBPerTunnel: round((bobAfter.heapKB - bobBefore.heapKB) / TUNNELS, 1),
       tunnelsPerSecond: round(TUNNELS / (openMs / 1000), 0),
     });
   } finally {
