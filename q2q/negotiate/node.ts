@@ -34,6 +34,7 @@ import { openRelayLeg } from './relay-leg';
 import { learnReflexiveAddress, punch } from './punch';
 import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { PtcpSocket } from '../transport/ptcp-socket';
+import { PTCP_DEFAULTS } from '../proto/ptcp/constants';
 import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
 import {
@@ -50,14 +51,16 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 export const PTCP_STAGGER_MS = 150;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 /**
- * A punched PTCP handshake runs in rounds: a punch, then SYNs for at most this
- * long. A round ends on its own, so once the race is settled no SYN keeps
- * going out: a stray SYN that reaches the peer's NAT before the peer punches
- * again makes conntrack re-map the peer, and the next punch fails (punch.ts).
+ * A punched PTCP handshake runs in rounds: a punch, then one SYN, given up
+ * before PTCP would retransmit it. Retries are new rounds, so once the race
+ * is settled nothing more goes out: a stray SYN that reaches the peer's NAT
+ * before the peer punches again (the next connection) makes conntrack re-map
+ * the peer, and that punch fails (punch.ts). Measured in the NAT lab's
+ * fall-forward scenario. A path slower than this round trip gets the relay.
  */
-const PTCP_ROUND_MS = 1_500;
+const PTCP_ROUND_MS = Math.round(PTCP_DEFAULTS.initialRtoMs * 0.9);
 /** Pause before each further round: backoff, never a tight loop. */
-const PTCP_ROUND_BACKOFF_MS = [500, 1_000, 2_000, 4_000] as const;
+const PTCP_ROUND_BACKOFF_MS = [300, 600, 1_200, 2_400] as const;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;
