@@ -217,11 +217,16 @@ export async function benchServerMemory(): Promise<void> {
   const identities = await registerMany(Array.from({ length: AGENT_IDENTITIES }, (_, i) => `agent${i}@m.test`), endpoints, trust, 8);
   const registerMs = performance.now() - t0;
   await first.proc.stop();
-  const server = await startServer(['m.test'], { dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')] });
+  // The default max_connections (10,000) would refuse the last sessions of a 10,000-agent run.
+  const server = await startServer(['m.test'], {
+    dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')], yaml: `limits: { max_connections: ${AGENTS + 1000} }`,
+  });
   endpoints.set('m.test', server.port);
-  const nodes: Q2QNode[] = [];
+  // Every node made is kept here at once, so that a failure part-way still stops them all.
+  const nodes = new Set<Q2QNode>();
   const startNode = async (i: number): Promise<Q2QNode> => {
     const node = new Q2QNode(identities[i % identities.length] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'] }));
+    nodes.add(node);
     node.expose('echo', { onConnection: (s) => s.destroy() });
     await node.start();
     if (node.homeState !== 'online') throw new Error(`bench: agent session ${i} is ${node.homeState}`);
@@ -230,16 +235,17 @@ export async function benchServerMemory(): Promise<void> {
   try {
     const warm = await mapLimit(Array.from({ length: 10 }, (_, i) => i), 10, startNode);
     await Promise.all(warm.map((n) => n.stop()));
+    for (const n of warm) nodes.delete(n);
     await sleep(SETTLE_MS);
     const before = await memoryAfterGc(server.proc);
     note(`server memory: connecting ${AGENTS} agent sessions`);
     const t1 = performance.now();
-    nodes.push(...await mapLimit(Array.from({ length: AGENTS }, (_, i) => i), AGENT_START_PARALLEL, startNode));
+    await mapLimit(Array.from({ length: AGENTS }, (_, i) => i), AGENT_START_PARALLEL, startNode);
     const connectMs = performance.now() - t1;
     await sleep(SETTLE_MS);
     const afterNoGc = rssKb(server.proc.pid);
     const after = await memoryAfterGc(server.proc);
-    const online = nodes.filter((n) => n.homeState === 'online').length;
+    const online = [...nodes].filter((n) => n.homeState === 'online').length;
     emit({
       bench: 'server-rss-per-agent', agents: AGENTS, identities: identities.length, online,
       rssBeforeKB: before.rssKB, rssAfterKB: after.rssKB, rssAfterNoGcKB: afterNoGc,
@@ -248,7 +254,7 @@ export async function benchServerMemory(): Promise<void> {
       registerMsPerUser: round(registerMs / identities.length, 1), sessionsPerSecond: round(AGENTS / (connectMs / 1000), 0),
     });
   } finally {
-    await mapLimit(nodes, 64, (n) => n.stop());
+    await mapLimit([...nodes], 64, (n) => n.stop());
     await server.proc.stop();
   }
 }

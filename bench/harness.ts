@@ -121,18 +121,27 @@ export async function memoryAfterGc(proc: Proc): Promise<{ rssKB: number; heapKB
   return { rssKB: rssKb(proc.pid), heapKB: Math.round(heap / 1024) };
 }
 
-/** Runs `fn` over `items` with at most `limit` in flight; results in input order. */
+/**
+ * Runs `fn` over `items` with at most `limit` in flight; results in input
+ * order. After a failure no new item starts, and it throws the first error
+ * only once the items in flight have settled, so nothing runs on behind it.
+ */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
+  let failure: { err: unknown } | null = null;
   const worker = async () => {
-    for (;;) {
+    while (!failure && next < items.length) {
       const i = next++;
-      if (i >= items.length) return;
-      results[i] = await fn(items[i] as T, i);
+      try {
+        results[i] = await fn(items[i] as T, i);
+      } catch (err) {
+        failure ??= { err };
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw (failure as { err: unknown }).err;
   return results;
 }
 
@@ -257,12 +266,20 @@ export interface ServerHandle {
   domains: string[];
 }
 
-export async function startServer(domains: string[], opts: { dataDir?: string; resolve?: Record<string, number>; nodeArgs?: string[] } = {}): Promise<ServerHandle> {
+/** yaml: extra server.yaml lines (a config file is written only when given). */
+export async function startServer(domains: string[], opts: { dataDir?: string; resolve?: Record<string, number>; nodeArgs?: string[]; yaml?: string } = {}): Promise<ServerHandle> {
   const dataDir = opts.dataDir ?? tempDir('server');
+  let configArgs: string[] = [];
+  if (opts.yaml) {
+    const file = path.join(dataDir, 'bench-server.yaml');
+    fs.mkdirSync(dataDir, { recursive: true });
+    fs.writeFileSync(file, `version: 1\ndomains: ${JSON.stringify(domains)}\n${opts.yaml}\n`);
+    configArgs = ['--config', file];
+  }
   const resolveArgs = Object.entries(opts.resolve ?? {}).flatMap(([d, port]) => ['--resolve', `${d}=127.0.0.1:${port}`]);
   const proc = startVertex([
     // --resolve takes several values: it must follow the subcommand, not precede it.
-    'server', '--listen', '127.0.0.1:0', '--data', dataDir, '--log-level', 'warn',
+    'server', ...configArgs, '--listen', '127.0.0.1:0', '--data', dataDir, '--log-level', 'warn',
     ...domains.flatMap((d) => ['--domain', d]), ...resolveArgs,
   ], { nodeArgs: opts.nodeArgs ?? [] });
   const port = Number((await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1]);

@@ -115,7 +115,9 @@ export async function benchAgentMemory(): Promise<void> {
     const bobBefore = await memoryAfterGc(bob.proc);
     note(`agent memory: opening ${TUNNELS} idle SOCKS tunnels`);
     const t0 = performance.now();
-    tunnels.push(...await mapLimit(Array.from({ length: TUNNELS }), TUNNEL_OPEN_PARALLEL, () => openTunnel(world)));
+    await mapLimit(Array.from({ length: TUNNELS }), TUNNEL_OPEN_PARALLEL, async () => {
+      tunnels.push(await openTunnel(world));
+    });
     const openMs = performance.now() - t0;
     await sleep(SETTLE_MS);
     const aliceNoGc = rssKb(alice.proc.pid);
