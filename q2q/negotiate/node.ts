@@ -61,6 +61,14 @@ const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 const PTCP_ROUND_MS = Math.round(PTCP_DEFAULTS.initialRtoMs * 0.9);
 /** Pause before each further round: backoff, never a tight loop. */
 const PTCP_ROUND_BACKOFF_MS = [300, 600, 1_200, 2_400] as const;
+/**
+ * Peer channels over punched UDP: a keepalive every 5 s of silence keeps the NAT
+ * mappings open (ARCHITECTURE.md asks for at most 25 s), and 20 s without a word
+ * from the peer ends the stream with PtcpIdle. A mapping that moved to another
+ * port mid-stream is that silence: the peer's home router drops the new port,
+ * and the tunnel fails with that error instead of hanging (NAT lab scenario 8b).
+ */
+const PTCP_PEER_TUNABLES = { keepaliveMs: 5_000, idleTimeoutMs: 20_000 } as const;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;
@@ -280,7 +288,7 @@ export class Q2QNode extends EventEmitter {
   #ptcpSocket(): Promise<PtcpSocket> {
     if (!this.#ptcp) {
       const host = this.#opts.peerListen?.host ?? '0.0.0.0';
-      this.#ptcp = PtcpSocket.bind({ host, port: 0, log: this.#log.child({ component: 'ptcp' }) }).then((socket) => {
+      this.#ptcp = PtcpSocket.bind({ host, port: 0, log: this.#log.child({ component: 'ptcp' }), tunables: PTCP_PEER_TUNABLES }).then((socket) => {
         socket.listen((stream) => void this.#acceptPeer(stream, 'ptcp'));
         return socket;
       });
