@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { SERVER_ADDRESS, SERVER_PORT, type LabProcess, type NetnsLab, type Side, type SideName } from './lab';
 
 const ROOT = path.resolve(__dirname, '../..');
-const VERTEX_BIN = path.join(ROOT, 'bin', 'vertex');
+export const VERTEX_BIN = path.join(ROOT, 'bin', 'vertex');
 const XFER_SERVICE = path.join(__dirname, 'fixtures', 'xfer-service.js');
 export const XFER_PORT = 7000;
 const PASSWORD = 'correct horse battery staple';
@@ -52,6 +52,15 @@ export interface ConnectResult {
   stderr: string;
   /** Wall time of the whole `vertex connect` process. */
   ms: number;
+}
+
+export interface OpenConnect {
+  proc: LabProcess;
+  stdin: NodeJS.WritableStream;
+  /** Bytes read from the tunnel so far. */
+  received: () => number;
+  connected: Promise<{ route: string; connectMs: number }>;
+  done: Promise<ConnectResult>;
 }
 
 export interface ServiceReport {
@@ -146,9 +155,9 @@ export class LabWorld {
     return agent;
   }
 
-  /** Bob's transfer service on 127.0.0.1:XFER_PORT in his host; each connection gets `bytes` random bytes. */
-  async startService(side: Side, bytes: number): Promise<{ proc: LabProcess; report: (n: number, timeoutMs?: number) => Promise<ServiceReport> }> {
-    const proc = this.lab.spawn(side.host, process.execPath, [XFER_SERVICE, '127.0.0.1', String(XFER_PORT), String(bytes)]);
+  /** Bob's transfer service on 127.0.0.1:XFER_PORT in his host; each connection gets `bytes` random bytes, paced when paceMs > 0. */
+  async startService(side: Side, bytes: number, paceMs = 0): Promise<{ proc: LabProcess; report: (n: number, timeoutMs?: number) => Promise<ServiceReport> }> {
+    const proc = this.lab.spawn(side.host, process.execPath, [XFER_SERVICE, '127.0.0.1', String(XFER_PORT), String(bytes), String(paceMs)]);
     await proc.waitFor(/"listening"/);
     return {
       proc,
@@ -166,6 +175,31 @@ export class LabWorld {
     });
     const m = /"route":"(\w+)","connectMs":(\d+)/.exec(r.stderr);
     return { code: r.code, route: m?.[1] ?? null, connectMs: m ? Number(m[2]) : null, received: r.stdoutBytes, stderr: r.stderr, ms: r.ms };
+  }
+
+  /**
+   * `vertex connect TARGET` left running: `write` feeds its stdin (end() closes it),
+   * `connected` resolves with the route once the tunnel is up, `done` when the process exits.
+   */
+  openConnect(agent: LabAgent, target: string, opts: { timeoutS?: number } = {}): OpenConnect {
+    const started = Date.now();
+    const proc = this.lab.spawn(agent.side.host, process.execPath, [
+      VERTEX_BIN, '--home', agent.home, '--log-level', 'info', 'connect', target, '--timeout', String(opts.timeoutS ?? 15),
+    ], { stdin: 'pipe' });
+    const chunks: Buffer[] = [];
+    proc.child.stdout?.on('data', (d: Buffer) => chunks.push(d));
+    const stdin = proc.child.stdin;
+    if (!stdin) throw new Error('vertex connect: no stdin pipe');
+    return {
+      proc,
+      stdin,
+      received: () => chunks.reduce((n, c) => n + c.length, 0),
+      connected: proc.waitFor(/"route":"(\w+)","connectMs":(\d+)/, 30_000).then((m) => ({ route: m[1] ?? '', connectMs: Number(m[2]) })),
+      done: proc.exited.then((code) => {
+        const m = /"route":"(\w+)","connectMs":(\d+)/.exec(proc.stderr());
+        return { code, route: m?.[1] ?? null, connectMs: m ? Number(m[2]) : null, received: Buffer.concat(chunks), stderr: proc.stderr(), ms: Date.now() - started };
+      }),
+    };
   }
 
   async stopAgents(): Promise<void> {
