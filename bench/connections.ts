@@ -20,7 +20,7 @@ import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
 import {
   connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
-  pushToSink, registerMany, round, rssKb, sleep, startLoopbackPeer, startServer, type Proc,
+  pushToSink, registerMany, round, rssKb, runStandalone, sleep, startLoopbackPeer, startServer, type Proc,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -189,23 +189,83 @@ export async function benchConnections(): Promise<void> {
 const AGENTS = Number(process.env.VERTEX_BENCH_AGENTS ?? 1000);
 const AGENT_IDENTITIES = Math.min(AGENTS, Number(process.env.VERTEX_BENCH_AGENT_IDENTITIES ?? 100));
 const AGENT_START_PARALLEL = 16;
+/**
+ * Agent sessions per child process. Each session holds a TCP socket and the
+ * node's UDP socket (it learns its reflexive address even on relay only), so
+ * 10,000 in one process would run out of descriptors at 20,000.
+ */
+const AGENTS_PER_PROCESS = 4000;
 const SETTLE_MS = 2000;
 
+interface AgentsStart {
+  endpoints: Record<string, number>;
+  identities: Identity[];
+  count: number;
+}
+
+/** Child: `count` idle agent sessions, round-robin over `identities`, until the parent disconnects. */
+async function runAgentsChild(): Promise<void> {
+  const start = await new Promise<AgentsStart>((resolve) => process.once('message', (m) => resolve(m as AgentsStart)));
+  const endpoints = new Endpoints();
+  for (const [domain, port] of Object.entries(start.endpoints)) endpoints.set(domain, port);
+  const trust = new MemoryTrust();
+  // Every node made is kept here at once, so that a failure part-way still stops them all.
+  const nodes = new Set<Q2QNode>();
+  process.once('disconnect', () => {
+    void mapLimit([...nodes], 64, (n) => n.stop()).then(() => process.exit(0));
+  });
+  await mapLimit(Array.from({ length: start.count }, (_, i) => i), AGENT_START_PARALLEL, async (i) => {
+    const node = new Q2QNode(start.identities[i % start.identities.length] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'] }));
+    nodes.add(node);
+    node.expose('echo', { onConnection: (s) => s.destroy() });
+    await node.start();
+    if (node.homeState !== 'online') throw new Error(`bench: agent session ${i} is ${node.homeState}`);
+  });
+  process.send?.({ online: [...nodes].filter((n) => n.homeState === 'online').length });
+}
+
+/** Starts `count` sessions in child processes; resolves with the children once all are online. */
+async function startAgentSessions(endpoints: Endpoints, identities: Identity[], count: number): Promise<Proc[]> {
+  const children: Proc[] = [];
+  const ready: Array<Promise<void>> = [];
+  for (let done = 0; done < count; done += AGENTS_PER_PROCESS) {
+    const proc = forkBench(__filename, ['agents']);
+    children.push(proc);
+    ready.push(new Promise<void>((resolve, reject) => {
+      proc.child.once('message', () => resolve());
+      void proc.exited.then(() => reject(new Error(`bench: agent sessions child exited:\n${proc.output().slice(-2000)}`)));
+    }));
+    proc.child.send({
+      endpoints: Object.fromEntries([...endpoints.map].map(([d, e]) => [d, e.port])),
+      identities,
+      count: Math.min(AGENTS_PER_PROCESS, count - done),
+    } satisfies AgentsStart);
+  }
+  await Promise.all(ready);
+  return children;
+}
+
+async function stopAgentSessions(children: readonly Proc[]): Promise<void> {
+  for (const c of children) if (c.child.connected) c.child.disconnect();
+  await Promise.race([Promise.all(children.map((c) => c.exited)), sleep(30_000)]);
+  await Promise.all(children.map((c) => c.stop()));
+}
 
 /**
  * RSS of one `vertex server` process before and after AGENTS idle agent
  * sessions connect (each a Q2QNode home session: mutual TLS with a user
  * certificate, hello, who-am-i, listen with one service, then idle with its
- * 25 s keepalive). Registering costs a scrypt hash per user, so the sessions
- * share AGENT_IDENTITIES identities round-robin; the server keeps every
- * session open, and the newest session of a user is the one listening.
+ * 25 s keepalive), run in child processes. Registering costs a scrypt hash
+ * per user, so the sessions share AGENT_IDENTITIES identities round-robin;
+ * the server keeps every session open, and the newest session of a user is
+ * the one listening.
  *
  * The users are registered first and the server is then restarted on the
  * same data, so the "before" figure carries no registration garbage (scrypt
  * takes 16 MB a hash); ten sessions come and go first so that code paths
  * and TLS contexts are warm in both figures. Both figures are taken right
- * after a forced full garbage collection (memoryAfterGc); rssAfterNoGcKB is the
- * same moment without it.
+ * after a forced full garbage collection (memoryAfterGc); rssAfterNoGcKB is
+ * the same moment without it.
  */
 export async function benchServerMemory(): Promise<void> {
   const endpoints = new Endpoints();
@@ -222,39 +282,27 @@ export async function benchServerMemory(): Promise<void> {
     dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')], yaml: `limits: { max_connections: ${AGENTS + 1000} }`,
   });
   endpoints.set('m.test', server.port);
-  // Every node made is kept here at once, so that a failure part-way still stops them all.
-  const nodes = new Set<Q2QNode>();
-  const startNode = async (i: number): Promise<Q2QNode> => {
-    const node = new Q2QNode(identities[i % identities.length] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'] }));
-    nodes.add(node);
-    node.expose('echo', { onConnection: (s) => s.destroy() });
-    await node.start();
-    if (node.homeState !== 'online') throw new Error(`bench: agent session ${i} is ${node.homeState}`);
-    return node;
-  };
+  let sessions: Proc[] = [];
   try {
-    const warm = await mapLimit(Array.from({ length: 10 }, (_, i) => i), 10, startNode);
-    await Promise.all(warm.map((n) => n.stop()));
-    for (const n of warm) nodes.delete(n);
+    await stopAgentSessions(await startAgentSessions(endpoints, identities, 10));
     await sleep(SETTLE_MS);
     const before = await memoryAfterGc(server.proc);
     note(`server memory: connecting ${AGENTS} agent sessions`);
     const t1 = performance.now();
-    await mapLimit(Array.from({ length: AGENTS }, (_, i) => i), AGENT_START_PARALLEL, startNode);
+    sessions = await startAgentSessions(endpoints, identities, AGENTS);
     const connectMs = performance.now() - t1;
     await sleep(SETTLE_MS);
     const afterNoGc = rssKb(server.proc.pid);
     const after = await memoryAfterGc(server.proc);
-    const online = [...nodes].filter((n) => n.homeState === 'online').length;
     emit({
-      bench: 'server-rss-per-agent', agents: AGENTS, identities: identities.length, online,
+      bench: 'server-rss-per-agent', agents: AGENTS, identities: identities.length, clientProcesses: sessions.length,
       rssBeforeKB: before.rssKB, rssAfterKB: after.rssKB, rssAfterNoGcKB: afterNoGc,
       KBPerAgent: round((after.rssKB - before.rssKB) / AGENTS, 1), targetKB: 100,
       heapKBPerAgent: round((after.heapKB - before.heapKB) / AGENTS, 1),
       registerMsPerUser: round(registerMs / identities.length, 1), sessionsPerSecond: round(AGENTS / (connectMs / 1000), 0),
     });
   } finally {
-    await mapLimit([...nodes], 64, (n) => n.stop());
+    await stopAgentSessions(sessions);
     await server.proc.stop();
   }
 }
@@ -265,9 +313,14 @@ export function profileArgs(name: string): string[] {
   return dir ? ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${Date.now()}.cpuprofile`] : [];
 }
 
-if (require.main === module && process.argv[2] === 'listener') {
-  runListenerChild().catch((err: unknown) => {
-    process.stderr.write(`bench listener: ${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exit(1);
-  });
+if (require.main === module) {
+  const child = ({ listener: runListenerChild, agents: runAgentsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
+  if (child) {
+    child().catch((err: unknown) => {
+      process.stderr.write(`bench ${process.argv[2]}: ${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exit(1);
+    });
+  } else {
+    runStandalone({ connections: benchConnections, 'server-memory': benchServerMemory }, process.argv[2]);
+  }
 }

@@ -239,6 +239,20 @@ export async function cleanup(): Promise<void> {
   tempDirs.clear();
 }
 
+/** For `node dist/bench/<file>.js <name>`: runs one bench, cleans up, sets the exit code. */
+export function runStandalone(benches: Record<string, () => Promise<void>>, name: string | undefined): void {
+  const fn = name === undefined ? undefined : benches[name];
+  if (!fn) {
+    process.stderr.write(`usage: node ${path.relative(process.cwd(), process.argv[1] ?? '')} ${Object.keys(benches).join('|')}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  fn().catch((err: unknown) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exitCode = 1;
+  }).finally(() => cleanup().then(() => process.exit()));
+}
+
 // ---- servers, users, agents ----
 
 /** Pins domain CAs in memory, like HomeStore does on disk (same checks, no files). */

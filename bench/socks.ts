@@ -18,7 +18,7 @@ import type { Socket } from 'node:net';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import {
-  connectTcp, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round,
+  connectTcp, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
   rssKb, sleep, startAgent, startLoopbackPeer, startServer, type AgentHandle, type LoopbackPeer, type ServerHandle,
 } from './harness';
 
@@ -141,3 +141,5 @@ export async function benchAgentMemory(): Promise<void> {
     await world.stop();
   }
 }
+
+if (require.main === module) runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory }, process.argv[2]);
