@@ -3,6 +3,7 @@
  * TCP measured in the same run:
  *
  *   {"bench":"raw-tcp-throughput","MBps":…}                       the baseline, one stream
+ *   {"bench":"tls-throughput","MBps":…,"ratio":…}                  plain Node TLS 1.3: a reference ceiling
  *   {"bench":"tunnel-throughput","route":"tcp","MBps":…,"ratio":…} direct-tcp Q2Q stream / raw
  *   {"bench":"tunnel-throughput","route":"relay",…}                relay / raw
  *   {"bench":"ttfb","route":"raw"|"tcp"|"relay","p50Ms":…,"p99Ms":…,"p50VsRaw":…}
@@ -128,6 +129,7 @@ export async function benchConnections(): Promise<void> {
   const [alice] = await registerMany(['alice@a.test'], endpoints, trust, 1);
   const [bob, carol] = await registerMany(['bob@b.test', 'carol@b.test'], endpoints, trust, 2);
   if (!alice || !bob || !carol) throw new Error('bench: registration returned nothing');
+  // Any key and certificate will do for the plain-TLS reference sink; carol's are at hand.
   const peer = await startLoopbackPeer(carol);
   const listeners = await startListeners(endpoints, [
     { identity: bob, routes: ['tcp', 'relay'] },
