@@ -25,10 +25,9 @@ import {
   seqDiff,
   seqLt,
 } from '../../wire/ptcp-segment';
-import { NewReno } from './congestion';
+import { Cubic } from './congestion';
 import {
   DUP_THRESH,
-  MAX_REORDER_MULTIPLIER,
   TLP_MIN_MS,
   PACING_BURST_MS,
   PACING_GAIN_AVOIDANCE,
@@ -39,6 +38,7 @@ import {
 } from './constants';
 import { Pacer } from './pacer';
 import { ReassemblyBuffer } from './reassembly';
+import { ReorderWindow } from './reorder-window';
 import { RttEstimator } from './rtt-estimator';
 import { SendScoreboard, type SendSegment } from './scoreboard';
 
@@ -111,7 +111,7 @@ export class PtcpConnection {
   #sb: SendScoreboard;
   #rb = new ReassemblyBuffer(0);
   #rtt: RttEstimator;
-  #cc: NewReno;
+  #cc: Cubic;
   #pacer: Pacer;
   #actions: PtcpAction[] = [];
   #lastTimerAt: number | null = null;
@@ -136,8 +136,7 @@ export class PtcpConnection {
   #rackXmit = -1;
   #rackRtt = 0;
   #rackAt: number | null = null;
-  #reorderSeen = false;
-  #reorderMult = 1;
+  #reorder = new ReorderWindow();
   #retransInEpisode = 0;
   #ptoAt: number | null = null;
   #tlpOutstanding = false;
@@ -175,7 +174,7 @@ export class PtcpConnection {
     this.#o = o;
     this.#sb = new SendScoreboard(o.mss, 0);
     this.#rtt = new RttEstimator({ initialRtoMs: o.initialRtoMs, minRtoMs: o.minRtoMs, maxRtoMs: o.maxRtoMs, granularityMs: 1 });
-    this.#cc = new NewReno({ mss: o.mss, initialWindowSegments: o.initialWindowSegments, maxWindowBytes: o.maxCwndBytes });
+    this.#cc = new Cubic({ mss: o.mss, initialWindowSegments: o.initialWindowSegments, maxWindowBytes: o.maxCwndBytes });
     this.#pacer = new Pacer(PACING_MIN_BURST_SEGMENTS * (o.mss + HEADER_OVERHEAD));
   }
 
@@ -445,11 +444,8 @@ export class PtcpConnection {
   }
 
   #reorderWindow(): number {
-    if (!this.#reorderSeen && (this.#cc.inRecovery || this.#sb.sackedBytes >= DUP_THRESH * this.#o.mss)) return 0;
-    // Floor the base at 1 ms: on loopback min RTT is near zero and the multiplier would
-    // need too many spurious episodes to reach the real reordering extent.
-    const minRtt = Number.isFinite(this.#rtt.minRtt) ? Math.max(this.#rtt.minRtt, 1) : 1;
-    return Math.min((this.#reorderMult * minRtt) / 4, this.#rtt.srtt ?? Infinity);
+    const dupThreshMet = this.#cc.inRecovery || this.#sb.sackedBytes >= DUP_THRESH * this.#o.mss;
+    return this.#reorder.window({ minRttMs: this.#rtt.minRtt, srttMs: this.#rtt.srtt, rttvarMs: this.#rtt.rttvar }, dupThreshMet);
   }
 
   #onAck(seg: PtcpSegment, now: number): void {
@@ -487,12 +483,18 @@ export class PtcpConnection {
       this.#peerEdge = ackOff + seg.window;
       if (seg.window > 0) this.#persistBackoff = 1;
     }
-    if (result.newlyAcked > 0 || result.newlyDelivered > 0) {
-      if (seg.tsEcr !== 0) this.#sampleRtt(seg.tsEcr, now);
+    // Sample from the newest segment this ACK delivered when it was sent once: the echoed
+    // timestamp is the segment that last advanced the peer's left edge (RFC 7323), so while
+    // a hole is open it would add the hole's age to every sample and inflate SRTT and RTO.
+    if (result.deliveredSentAt >= 0 && !result.deliveredWasRetransmit) {
+      this.#rtt.sample(now - result.deliveredSentAt);
+    } else if (result.newlyAcked > 0 && seg.tsEcr !== 0) {
+      this.#sampleRtt(seg.tsEcr, now);
     }
     if (spuriousCandidates > 0 && seqLt(seg.tsEcr, oldestRetransmitTs)) {
-      this.#reorderSeen = true;
-      this.#reorderMult = Math.min(MAX_REORDER_MULTIPLIER, this.#reorderMult * 2);
+      // The original's round trip beyond the path minimum is how late a segment may arrive.
+      const origRttMs = ((tsOf(now) - seg.tsEcr) >>> 0) / 1000;
+      this.#reorder.onSpurious(origRttMs < 60_000 ? origRttMs - this.#rtt.minRtt : 0);
       this.#retransInEpisode -= spuriousCandidates;
       if (this.#retransInEpisode <= 0 && this.#cc.inRecovery) {
         this.#cc.undo();
@@ -500,7 +502,7 @@ export class PtcpConnection {
       }
     }
     if (result.deliveredSentAt >= 0) {
-      if (result.deliveredSentAt < this.#rackXmit && !result.deliveredWasRetransmit) this.#reorderSeen = true;
+      if (result.deliveredSentAt < this.#rackXmit && !result.deliveredWasRetransmit) this.#reorder.onReordering();
       if (result.deliveredSentAt > this.#rackXmit) {
         const rtt = now - result.deliveredSentAt;
         if (!result.deliveredWasRetransmit || rtt >= this.#rtt.minRtt) {
@@ -518,7 +520,7 @@ export class PtcpConnection {
       this.#ptoAt = null;
       this.#tlpOutstanding = false;
     }
-    if (result.newlyDelivered > 0) this.#cc.onAck(result.newlyDelivered, sb.una, this.#appLimited);
+    if (result.newlyDelivered > 0) this.#cc.onAck(result.newlyDelivered, sb.una, this.#appLimited, now, this.#rtt.srtt ?? 0);
     this.#detectLosses(now);
     if (result.finAcked) this.#onFinAcked(now);
     if (this.#drainWanted && !this.sendBufferFull) {
@@ -533,7 +535,12 @@ export class PtcpConnection {
     const { lostBytes, recheckAt } = this.#sb.detectLosses(now, this.#rackXmit, this.#rackRtt + this.#reorderWindow());
     this.#rackAt = recheckAt;
     if (lostBytes > 0) {
-      if (this.#cc.onLoss(this.#sb.inFlight + lostBytes, this.#sb.highestSent)) this.#retransInEpisode = 0;
+      // Recovery is progressing: the timeout restarts from the retransmissions it triggers.
+      if (this.#rtoAt !== null) this.#rtoAt = now + this.#rtt.rto;
+      if (this.#cc.onLoss(this.#sb.inFlight + lostBytes, this.#sb.highestSent)) {
+        this.#retransInEpisode = 0;
+        this.#reorder.onRecovery();
+      }
     }
   }
 
@@ -666,6 +673,11 @@ export class PtcpConnection {
     if (this.#ptoAt !== null && now >= this.#ptoAt) {
       this.#ptoAt = null;
       this.#tailLossProbe(now);
+    }
+    if (this.#rtoAt !== null && now >= this.#rtoAt && this.#rackAt !== null) {
+      // A segment is still inside its reordering window: RACK decides it first, as Linux
+      // lets its reordering timer stand in for the retransmission timer.
+      this.#rtoAt = this.#rackAt;
     }
     if (this.#rtoAt !== null && now >= this.#rtoAt) {
       this.#rtoAt = null;

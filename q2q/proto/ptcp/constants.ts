@@ -50,8 +50,6 @@ export const PTCP_DEFAULTS: Readonly<PtcpTunables> = Object.freeze({
 
 /** RFC 6675 DupThresh: SACKed segments above a hole before it counts as lost without waiting. */
 export const DUP_THRESH = 3;
-/** Upper bound of the RACK reordering-window multiplier (RFC 8985 uses up to 16 steps). */
-export const MAX_REORDER_MULTIPLIER = 1024;
 /** Pacing gain in slow start and in congestion avoidance (Linux uses 200 % and 120 %). */
 export const PACING_GAIN_SLOW_START = 2;
 export const PACING_GAIN_AVOIDANCE = 1.25;

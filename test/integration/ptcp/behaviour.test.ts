@@ -144,8 +144,11 @@ describe('ptcp driver', () => {
     try {
       const up = payload(MB);
       const down = payload(MB);
+      // The server side is awaited too: a client can see its FIN exchange finish before the
+      // server's stream has handed its last bytes to the reader.
+      const serverSides: Promise<unknown>[] = [];
       p.server.listen((s) => {
-        void Promise.all([drain(s).then((r) => expect(r.sha256).toBe(sha256(up))), pump(s, down)]);
+        serverSides.push(Promise.all([drain(s).then((r) => expect(r.sha256).toBe(sha256(up))), pump(s, down)]));
       });
       const results = await Promise.all(
         Array.from({ length: 200 }, async () => {
@@ -156,6 +159,8 @@ describe('ptcp driver', () => {
         }),
       );
       for (const r of results) expect(r.sha256).toBe(sha256(down));
+      expect(serverSides).toHaveLength(200);
+      await Promise.all(serverSides);
     } finally {
       await p.close();
     }
