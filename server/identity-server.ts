@@ -120,6 +120,8 @@ export class IdentityServer {
     });
     tcp.maxConnections = this.#opts.limits.maxConnections;
     tcp.on('connection', (socket: net.Socket) => {
+      // Control answers and relayed handshake records are small: no Nagle delay.
+      socket.setNoDelay(true);
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     });

@@ -22,6 +22,9 @@ export interface RelayOptions {
 
 type Role = 'caller' | 'listener';
 
+/** How long a leg may keep flushing after its partner closed. */
+export const RELAY_CLOSE_LINGER_MS = 10_000;
+
 interface PendingRelay {
   caller: string;
   listener: string;
@@ -148,17 +151,24 @@ export class Relay {
     this.#activeStreams += 1;
     this.#active.add(a);
     this.#active.add(b);
-    let closed = 0;
-    const onClose = () => {
-      closed += 1;
-      a.destroy();
-      b.destroy();
-      if (closed === 1) this.#activeStreams -= 1;
-      this.#active.delete(a);
-      this.#active.delete(b);
+    let open = 2;
+    // When one leg closes, the other still holds bytes piped from it: end it
+    // (flushing them) rather than destroy it, and destroy it only if it does
+    // not close by itself within RELAY_CLOSE_LINGER_MS.
+    const onClose = (closed: TLSSocket, other: TLSSocket) => () => {
+      open -= 1;
+      this.#active.delete(closed);
+      if (open === 0) {
+        this.#activeStreams -= 1;
+        return;
+      }
+      if (!other.destroyed) {
+        other.end();
+        setTimeout(() => other.destroy(), RELAY_CLOSE_LINGER_MS).unref();
+      }
     };
-    a.once('close', onClose);
-    b.once('close', onClose);
+    a.once('close', onClose(a, b));
+    b.once('close', onClose(b, a));
     a.on('error', () => undefined);
     b.on('error', () => undefined);
     // pipe() carries back-pressure both ways and ends the far side on end (half-close).

@@ -78,6 +78,7 @@ export function connectTls(endpoint: ServerEndpoint, domain: string, credentials
       socket.destroy();
       reject(vertexError('Timeout', `connect to ${domain} server at ${endpoint.host}:${endpoint.port}: no TLS handshake after ${timeoutMs} ms`));
     }, timeoutMs);
+    socket.setNoDelay(true);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
       resolve(socket);

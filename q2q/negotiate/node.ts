@@ -92,7 +92,7 @@ interface PendingInbound {
   fingerprint: string;
   expiresAt: number;
   relayTimer: NodeJS.Timeout | null;
-  relayLeg: TLSSocket | null;
+  relayLeg: Duplex | null;
 }
 
 function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; service: string; peerCertificate: string; connectMs: number }): Q2QStream {
@@ -243,6 +243,9 @@ export class Q2QNode extends EventEmitter {
     // Half-open: peer streams carry half-closes (ssh, scp, echo); TLS over them inherits this.
     const server = net.createServer({ allowHalfOpen: true }, (raw) => {
       raw.on('error', () => undefined);
+      // Small handshake records (the claim answer, then the first service bytes)
+      // must not wait for Nagle against the peer's delayed ACK (~40 ms).
+      raw.setNoDelay(true);
       void this.#acceptPeer(raw, 'tcp');
     });
     await new Promise<void>((resolve, reject) => {
@@ -594,6 +597,7 @@ export class Q2QNode extends EventEmitter {
         attempt('tcp', (sockets) => new Promise((res, rej) => {
           const socket = net.connect({ host: candidate.host, port: candidate.port, allowHalfOpen: true });
           sockets.push(socket);
+          socket.setNoDelay(true);
           // Bounded by the connect's own deadline: a slow but working path still beats none.
           const timer = setTimeout(() => { socket.destroy(); rej(new Error(`${candidate.host}:${candidate.port}: no answer`)); }, Math.max(0, p.deadline - Date.now()));
           socket.once('connect', () => { clearTimeout(timer); res(socket); });

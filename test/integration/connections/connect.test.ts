@@ -213,3 +213,19 @@ describe('ptcp route', () => {
     await node.stop();
   });
 });
+
+describe('closing', () => {
+  it.each([['tcp'], ['relay'], ['ptcp']] as const)('a listener that sends 1 MB and closes delivers every byte over %s', async (route) => {
+    const payload = randomBytes(1024 * 1024);
+    const node = await listenQ2Q(bob.identity, {
+      xfer: { allow: ['*@a.test'], onConnection: (s) => { s.on('error', () => undefined); s.resume(); s.end(payload); } },
+    }, bob.options({ routes: [route] }));
+    nodes.push(node);
+    const stream = await connectQ2Q(alice.identity, 'bob@b.test:xfer', alice.options({ routes: [route] }));
+    expect(stream.route).toBe(route);
+    const received = await exchange(stream, Buffer.alloc(0));
+    expect(received.length).toBe(payload.length);
+    expect(sha256(received)).toBe(sha256(payload));
+    await node.stop();
+  });
+});
