@@ -43,6 +43,8 @@ export const DATABASE_FILE = 'vertex.db';
 /** A refused client gets this long to read why before the connection is cut. */
 const REFUSAL_LINGER_MS = 2_000;
 const REFUSAL_MAX_BOX_BYTES = 16 * 1024;
+/** With port 0, how many OS-chosen ports to try before giving up on a free TCP+UDP pair. */
+const PORT_PAIR_ATTEMPTS = 10;
 
 function plainAddress(address: string | undefined): string {
   // Loopback and dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
@@ -134,12 +136,26 @@ export class IdentityServer {
     this.#tcp = tcp;
 
     const { host, port } = this.#opts.listen;
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', reject);
-      tcp.listen(port, host, () => { tcp.off('error', reject); resolve(); });
-    });
-    const bound = tcp.address() as net.AddressInfo;
-    await this.#startUdp(host, bound.port);
+    // TCP and UDP share one port number. With port 0 the OS picks the TCP port,
+    // and that number may already be taken for UDP: then try another pair.
+    let bound: net.AddressInfo;
+    for (let attempt = 1; ; attempt++) {
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        tcp.listen(port, host, () => { tcp.off('error', reject); resolve(); });
+      });
+      bound = tcp.address() as net.AddressInfo;
+      try {
+        await this.#startUdp(host, bound.port);
+        break;
+      } catch (err) {
+        if (port !== 0 || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PORT_PAIR_ATTEMPTS) {
+          await new Promise<void>((resolve) => tcp.close(() => resolve()));
+          throw err;
+        }
+        await new Promise<void>((resolve) => tcp.close(() => resolve()));
+      }
+    }
     this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
     return { host, port: bound.port, createdCas };
   }
