@@ -34,10 +34,16 @@ export class RelayLegStream extends Duplex {
     leg.on('data', (chunk: Buffer) => {
       if (!this.push(chunk)) leg.pause();
     });
-    leg.once('end', () => this.push(null));
+    let ended = false;
+    leg.once('end', () => {
+      ended = true;
+      this.push(null);
+    });
     leg.once('error', (err) => this.destroy(err));
+    // After a clean end the bytes already pushed must still be read: only a leg
+    // that closed without ending cuts the stream off.
     leg.once('close', () => {
-      if (!this.destroyed) this.destroy();
+      if (!ended && !this.destroyed) this.destroy(vertexError('ConnectionLost', 'relay leg closed before it ended'));
     });
   }
 
