@@ -24,7 +24,7 @@ import { silentLogger, type Logger } from '../q2q/util/log';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type HostPort } from '../config/schema';
 import { ControlApi, type ControlOp } from './control-api';
 import { CertificateRenewer } from './renewal';
-import { exposeHandler } from './frontends/expose';
+import { connectLocal, exposeHandler } from './frontends/expose';
 import { ForwardListener } from './frontends/forward';
 import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
 import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
@@ -594,23 +594,8 @@ function optionalStringList(args: Record<string, unknown>, key: string): string[
 }
 
 function connectDirect(host: string, port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port, allowHalfOpen: true });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(vertexError('Timeout', `passthrough ${host}:${port}: no connection within ${PASSTHROUGH_CONNECT_TIMEOUT_MS} ms`));
-    }, PASSTHROUGH_CONNECT_TIMEOUT_MS);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      socket.setNoDelay(true);
-      resolve(socket);
-    });
-    const onError = (err: Error): void => {
-      clearTimeout(timer);
-      // Keep the errno as the cause: the SOCKS reply code is chosen from it.
-      reject(asVertexError(err, 'Internal', `passthrough ${host}:${port}`));
-    };
-    socket.once('error', onError);
+  return connectLocal({ host, port }, PASSTHROUGH_CONNECT_TIMEOUT_MS).catch((err: unknown) => {
+    // Keep the errno as the cause: the SOCKS reply code is chosen from it.
+    throw asVertexError(err, 'Internal', `passthrough ${host}:${port}`);
   });
 }

@@ -6,6 +6,7 @@
  */
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { vertexError } from '../../q2q/errors';
 import { silentLogger, type Logger } from '../../q2q/util/log';
 import { joinStreams } from './join';
 
@@ -30,7 +31,7 @@ export function connectLocal(target: ExposeTarget, timeoutMs: number): Promise<n
     const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error(`local target ${target.host}:${target.port} did not accept within ${timeoutMs} ms`));
+      reject(vertexError('Timeout', `${target.host}:${target.port} did not accept within ${timeoutMs} ms`));
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
