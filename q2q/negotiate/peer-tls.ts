@@ -8,35 +8,80 @@
  * it accepts only the exact certificate its server forwarded with the
  * inbound request, bound to the token the caller then claims inside TLS.
  */
-import type { Duplex } from 'node:stream';
+import * as net from 'node:net';
+import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { vertexError } from '../errors';
 import { certificateFingerprint } from '../identity';
 import type { Identity } from './types';
 
-export function tlsClientOver(raw: Duplex, identity: Identity, expectedPeerCertPem: string, what: string, timeoutMs: number): Promise<tls.TLSSocket> {
-  const expected = certificateFingerprint(expectedPeerCertPem);
-  return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      socket: raw,
-      key: identity.keyPem,
-      cert: identity.certPem,
-      minVersion: 'TLSv1.3',
-      // Identity is checked below by exact certificate, not by hostname or public roots.
-      rejectUnauthorized: false,
+/**
+ * A raw channel as node:tls should see it. Over a stream that is not a
+ * net.Socket, node:tls wraps it in a JSStreamSocket, which destroys the TLS
+ * socket as soon as the wrapped stream emits 'close' (node
+ * lib/internal/js_stream_socket.js) and so throws away decrypted bytes the
+ * application has not read yet: a slow reader lost the last 16 KiB over ptcp
+ * and relay. This Duplex passes bytes, back-pressure, half-close and errors
+ * through, and closes only when TLS destroys it, after the reader is done.
+ */
+export class HeldOpen extends Duplex {
+  readonly #raw: Duplex;
+  #rawEnded = false;
+
+  constructor(raw: Duplex) {
+    super({ allowHalfOpen: true, autoDestroy: false });
+    this.#raw = raw;
+    raw.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) raw.pause();
     });
-    const timer = setTimeout(() => fail(vertexError('Timeout', `${what}: peer TLS handshake took longer than ${timeoutMs} ms`)), timeoutMs);
+    raw.once('end', () => {
+      this.#rawEnded = true;
+      this.push(null);
+    });
+    raw.once('error', (err) => this.destroy(err));
+    raw.once('close', () => {
+      if (!this.#rawEnded && !this.destroyed) this.destroy(new Error('the channel closed before its end'));
+    });
+  }
+
+  override _read(): void {
+    this.#raw.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.#raw.write(chunk, callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (this.#raw.destroyed) callback();
+    else this.#raw.end(callback);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    if (err) this.#raw.destroy(err);
+    else this.#raw.destroy();
+    callback(err);
+  }
+}
+
+const forTls = (raw: Duplex): Duplex => (raw instanceof net.Socket ? raw : new HeldOpen(raw));
+
+/**
+ * Waits for `socket` (wrapping `raw`) to finish its handshake, emitted as
+ * `event`, and for `check` to accept it; on timeout or error both are destroyed.
+ */
+function handshake(socket: tls.TLSSocket, raw: Duplex, event: 'secureConnect' | 'secure', what: string, timeoutMs: number, check: () => Error | null): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
     const fail = (err: Error) => {
       clearTimeout(timer);
       socket.destroy();
       raw.destroy();
       reject(err);
     };
-    socket.once('secureConnect', () => {
-      const peer = socket.getPeerX509Certificate();
-      if (!peer || certificateFingerprint(peer.toString()) !== expected) {
-        return fail(vertexError('CertificateInvalid', `${what}: the peer presented a certificate other than the one its server vouched for`));
-      }
+    const timer = setTimeout(() => fail(vertexError('Timeout', `${what}: peer TLS handshake took longer than ${timeoutMs} ms`)), timeoutMs);
+    socket.once(event, () => {
+      const refused = check();
+      if (refused) return fail(refused);
       clearTimeout(timer);
       socket.removeListener('error', fail);
       resolve(socket);
@@ -45,26 +90,31 @@ export function tlsClientOver(raw: Duplex, identity: Identity, expectedPeerCertP
   });
 }
 
-export function tlsServerOver(raw: Duplex, identity: Identity, what: string, timeoutMs: number): Promise<tls.TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const socket = new tls.TLSSocket(raw as never, {
-      isServer: true,
-      secureContext: tls.createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: 'TLSv1.3' }),
-      requestCert: true,
-      rejectUnauthorized: false,
-    });
-    const timer = setTimeout(() => fail(vertexError('Timeout', `${what}: peer TLS handshake took longer than ${timeoutMs} ms`)), timeoutMs);
-    const fail = (err: Error) => {
-      clearTimeout(timer);
-      socket.destroy();
-      raw.destroy();
-      reject(err);
-    };
-    socket.once('secure', () => {
-      clearTimeout(timer);
-      socket.removeListener('error', fail);
-      resolve(socket);
-    });
-    socket.once('error', fail);
+export function tlsClientOver(raw: Duplex, identity: Identity, expectedPeerCertPem: string, what: string, timeoutMs: number): Promise<tls.TLSSocket> {
+  const expected = certificateFingerprint(expectedPeerCertPem);
+  const socket = tls.connect({
+    socket: forTls(raw),
+    key: identity.keyPem,
+    cert: identity.certPem,
+    minVersion: 'TLSv1.3',
+    // Identity is checked below by exact certificate, not by hostname or public roots.
+    rejectUnauthorized: false,
   });
+  return handshake(socket, raw, 'secureConnect', what, timeoutMs, () => {
+    const peer = socket.getPeerX509Certificate();
+    return peer && certificateFingerprint(peer.toString()) === expected
+      ? null
+      : vertexError('CertificateInvalid', `${what}: the peer presented a certificate other than the one its server vouched for`);
+  });
+}
+
+export function tlsServerOver(raw: Duplex, identity: Identity, what: string, timeoutMs: number): Promise<tls.TLSSocket> {
+  const socket = new tls.TLSSocket(forTls(raw) as never, {
+    isServer: true,
+    secureContext: tls.createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: 'TLSv1.3' }),
+    requestCert: true,
+    rejectUnauthorized: false,
+  });
+  // Which certificate is acceptable depends on the token claimed next (node.ts).
+  return handshake(socket, raw, 'secure', what, timeoutMs, () => null);
 }
