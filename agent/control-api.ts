@@ -17,6 +17,7 @@
  * object, or no complete line within REQUEST_TIMEOUT_MS closes that
  * connection; the agent goes on.
  */
+import { listenOn } from '../q2q/transport/listen';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -105,13 +106,7 @@ export class ControlApi {
     // The umask covers the moment between bind() and chmod(): nobody else may connect, not even briefly.
     const oldMask = process.umask(0o177);
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(this.socketPath, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      await listenOn(server, { path: this.socketPath });
     } catch (err) {
       throw asVertexError(err, 'Internal', `control socket ${this.socketPath}: listen`);
     } finally {

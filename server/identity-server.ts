@@ -3,6 +3,7 @@
  * on TCP (the certificate is the domain's CA, chosen by SNI), AMP control
  * sessions on top, and who-am-i on UDP at the same port number.
  */
+import { listenOn } from '../q2q/transport/listen';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -140,10 +141,7 @@ export class IdentityServer {
     // and that number may already be taken for UDP: then try another pair.
     let bound: net.AddressInfo;
     for (let attempt = 1; ; attempt++) {
-      await new Promise<void>((resolve, reject) => {
-        tcp.once('error', reject);
-        tcp.listen(port, host, () => { tcp.off('error', reject); resolve(); });
-      });
+      await listenOn(tcp, { port, host });
       bound = tcp.address() as net.AddressInfo;
       try {
         await this.#startUdp(host, bound.port);

@@ -7,6 +7,7 @@
  * client is closed (the failure is logged with its reason; a plain TCP
  * client has no other channel to hear it on).
  */
+import { listenOn } from '../../q2q/transport/listen';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asVertexError } from '../../q2q/errors';
@@ -51,13 +52,7 @@ export class ForwardListener {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.#accept(s));
     const { host, port } = this.#opts.listen;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host, port }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      await listenOn(server, { host, port });
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : undefined;

@@ -11,6 +11,7 @@
  *
  * A second run reuses the account and the data. Ctrl-C stops it all.
  */
+import { listenOn } from '../../q2q/transport/listen';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -54,10 +55,7 @@ async function startPage(): Promise<{ server: http.Server; port: number }> {
     res.setHeader('content-type', 'text/plain; charset=utf-8');
     res.end(DEMO_PAGE);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
+  await listenOn(server, { port: 0, host: '127.0.0.1' });
   return { server, port: (server.address() as net.AddressInfo).port };
 }
 

@@ -14,6 +14,7 @@
  * allow list decides; a one-time token bound to the caller's certificate is
  * handed out; claims arrive on the direct TCP listener or a relay leg.
  */
+import { listenOn } from '../transport/listen';
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as dns } from 'node:dns';
@@ -248,10 +249,7 @@ export class Q2QNode extends EventEmitter {
       raw.setNoDelay(true);
       void this.#acceptPeer(raw, 'tcp');
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(listen.port, listen.host, () => { server.off('error', reject); resolve(); });
-    });
+    await listenOn(server, { port: listen.port, host: listen.host });
     server.on('error', (err) => this.#log.warn({ err: err.message }, 'peer listener error'));
     this.#peerServer = server;
     this.#peerPort = (server.address() as net.AddressInfo).port;
