@@ -25,13 +25,14 @@ import {
   seqDiff,
   seqLt,
 } from '../../wire/ptcp-segment';
-import { Cubic } from './congestion';
+import { Bbr } from './bbr';
+import type { CongestionController, CongestionState } from './congestion';
+import { Cubic } from './cubic';
+import { DeliveryRateEstimator } from './delivery-rate';
 import {
   DUP_THRESH,
   TLP_MIN_MS,
   PACING_BURST_MS,
-  PACING_GAIN_AVOIDANCE,
-  PACING_GAIN_SLOW_START,
   PACING_MIN_BURST_SEGMENTS,
   PTCP_DEFAULTS,
   type PtcpTunables,
@@ -81,6 +82,7 @@ export interface PtcpStats {
   inFlight: number;
   cwnd: number;
   ssthresh: number;
+  congestion: CongestionState;
   srttMs: number | undefined;
   rtoMs: number;
   peerWindow: number;
@@ -111,7 +113,8 @@ export class PtcpConnection {
   #sb: SendScoreboard;
   #rb = new ReassemblyBuffer(0);
   #rtt: RttEstimator;
-  #cc: Cubic;
+  #cc: CongestionController;
+  #rate = new DeliveryRateEstimator();
   #pacer: Pacer;
   #actions: PtcpAction[] = [];
   #lastTimerAt: number | null = null;
@@ -174,7 +177,8 @@ export class PtcpConnection {
     this.#o = o;
     this.#sb = new SendScoreboard(o.mss, 0);
     this.#rtt = new RttEstimator({ initialRtoMs: o.initialRtoMs, minRtoMs: o.minRtoMs, maxRtoMs: o.maxRtoMs, granularityMs: 1 });
-    this.#cc = new Cubic({ mss: o.mss, initialWindowSegments: o.initialWindowSegments, maxWindowBytes: o.maxCwndBytes });
+    const ccOptions = { mss: o.mss, initialWindowSegments: o.initialWindowSegments, maxWindowBytes: o.maxCwndBytes };
+    this.#cc = o.congestion === 'cubic' ? new Cubic(ccOptions) : new Bbr(ccOptions);
     this.#pacer = new Pacer(PACING_MIN_BURST_SEGMENTS * (o.mss + HEADER_OVERHEAD));
   }
 
@@ -228,6 +232,7 @@ export class PtcpConnection {
       inFlight: this.#sb.inFlight,
       cwnd: this.#cc.cwnd,
       ssthresh: this.#cc.ssthresh,
+      congestion: this.#cc.state(),
       srttMs: this.#rtt.srtt,
       rtoMs: this.#rtt.rto,
       peerWindow: Math.max(0, this.#peerEdge - this.#sb.una),
@@ -520,7 +525,20 @@ export class PtcpConnection {
       this.#ptoAt = null;
       this.#tlpOutstanding = false;
     }
-    if (result.newlyDelivered > 0) this.#cc.onAck(result.newlyDelivered, sb.una, this.#appLimited, now, this.#rtt.srtt ?? 0);
+    if (result.newlyDelivered > 0) {
+      const rate = this.#rate.onAck(result.newlyDelivered, result.latest, now, this.#rtt.minRtt);
+      this.#cc.onAck({
+        now,
+        ackedBytes: result.newlyDelivered,
+        cumAck: sb.una,
+        inFlight: sb.inFlight,
+        appLimited: this.#appLimited,
+        srttMs: this.#rtt.srtt ?? 0,
+        rttVarMs: this.#rtt.rttvar,
+        rttMs: result.deliveredSentAt >= 0 && !result.deliveredWasRetransmit ? now - result.deliveredSentAt : undefined,
+        rate,
+      });
+    }
     this.#detectLosses(now);
     if (result.finAcked) this.#onFinAcked(now);
     if (this.#drainWanted && !this.sendBufferFull) {
@@ -537,7 +555,7 @@ export class PtcpConnection {
     if (lostBytes > 0) {
       // Recovery is progressing: the timeout restarts from the retransmissions it triggers.
       if (this.#rtoAt !== null) this.#rtoAt = now + this.#rtt.rto;
-      if (this.#cc.onLoss(this.#sb.inFlight + lostBytes, this.#sb.highestSent)) {
+      if (this.#cc.onLoss({ now, inFlight: this.#sb.inFlight, lostBytes, highestSent: this.#sb.highestSent })) {
         this.#retransInEpisode = 0;
         this.#reorder.onRecovery();
       }
@@ -780,8 +798,11 @@ export class PtcpConnection {
       this.#pacer.configure(Infinity, Infinity);
       return;
     }
-    const gain = this.#cc.inSlowStart ? PACING_GAIN_SLOW_START : PACING_GAIN_AVOIDANCE;
-    const rate = (gain * this.#cc.cwnd) / Math.max(srtt, 0.05);
+    const rate = this.#cc.pacingRate(srtt);
+    if (rate === Infinity) {
+      this.#pacer.configure(Infinity, Infinity);
+      return;
+    }
     const segBytes = this.#o.mss + HEADER_OVERHEAD;
     this.#pacer.configure(rate, Math.max(PACING_MIN_BURST_SEGMENTS * segBytes, rate * PACING_BURST_MS));
   }
@@ -794,6 +815,7 @@ export class PtcpConnection {
       const seg = sb.peekNext();
       if (!seg) {
         this.#appLimited = sb.inFlight < this.#cc.cwnd - this.#o.mss;
+        if (this.#appLimited) this.#rate.markAppLimited(sb.inFlight);
         break;
       }
       const len = seg.end - seg.start;
@@ -834,6 +856,7 @@ export class PtcpConnection {
       this.#stats.retransmits++;
       this.#retransInEpisode++;
     }
+    this.#rate.onSend(seg, now, this.#sb.inFlight);
     this.#sb.markSent(seg, now);
     this.#emitSegment(FLAG_ACK | (seg.fin ? FLAG_FIN : 0), this.#sndWire(seg.start), seg.data, now, true);
   }

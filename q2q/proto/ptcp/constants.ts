@@ -2,6 +2,7 @@
  * PTCP tunables (implementation choices, not wire constants; those live in
  * q2q/wire/ptcp-segment.ts).
  */
+import type { CongestionAlgorithm } from './congestion';
 
 export interface PtcpTunables {
   /** Payload bytes per segment (ARCHITECTURE.md: 1200 by default). */
@@ -28,6 +29,8 @@ export interface PtcpTunables {
   initialWindowSegments: number;
   maxCwndBytes: number;
   pacing: boolean;
+  /** BBR (model-based, tolerates random loss) or CUBIC (loss-based); see congestion.ts. */
+  congestion: CongestionAlgorithm;
 }
 
 export const PTCP_DEFAULTS: Readonly<PtcpTunables> = Object.freeze({
@@ -46,13 +49,11 @@ export const PTCP_DEFAULTS: Readonly<PtcpTunables> = Object.freeze({
   initialWindowSegments: 10,
   maxCwndBytes: 32 * 1024 * 1024,
   pacing: true,
+  congestion: 'bbr',
 });
 
 /** RFC 6675 DupThresh: SACKed segments above a hole before it counts as lost without waiting. */
 export const DUP_THRESH = 3;
-/** Pacing gain in slow start and in congestion avoidance (Linux uses 200 % and 120 %). */
-export const PACING_GAIN_SLOW_START = 2;
-export const PACING_GAIN_AVOIDANCE = 1.25;
 /** Pacing bursts cover this many ms of the rate, since Node timers tick in whole ms. */
 export const PACING_BURST_MS = 4;
 export const PACING_MIN_BURST_SEGMENTS = 16;

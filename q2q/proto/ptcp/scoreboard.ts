@@ -10,8 +10,9 @@
  * delivered and a reordering window has passed. Segments are also kept on a list ordered by
  * their last transmit time, so each check only looks at the oldest few.
  */
+import type { RateTxState } from './delivery-rate';
 
-export interface SendSegment {
+export interface SendSegment extends RateTxState {
   start: number;
   end: number;
   data: Buffer;
@@ -39,6 +40,8 @@ export interface AckResult {
   deliveredSentAt: number;
   /** Whether that latest-sent delivered segment had been retransmitted. */
   deliveredWasRetransmit: boolean;
+  /** That latest-sent delivered segment (its delivery-rate state gives the rate sample). */
+  latest: SendSegment | null;
   /** Whether a FIN segment was cumulatively acknowledged. */
   finAcked: boolean;
 }
@@ -58,6 +61,10 @@ function makeSegment(start: number, data: Buffer, fin: boolean): SendSegment {
     prevT: null,
     nextT: null,
     inTimeList: false,
+    txDelivered: 0,
+    txDeliveredTime: 0,
+    txFirstSentTime: 0,
+    txAppLimited: false,
   };
 }
 
@@ -249,11 +256,12 @@ export class SendScoreboard {
    * lie within [una, highestSent]).
    */
   onAck(cumAck: number, sacks: ReadonlyArray<{ start: number; end: number }>): AckResult {
-    const result: AckResult = { newlyDelivered: 0, newlyAcked: 0, deliveredSentAt: -1, deliveredWasRetransmit: false, finAcked: false };
+    const result: AckResult = { newlyDelivered: 0, newlyAcked: 0, deliveredSentAt: -1, deliveredWasRetransmit: false, latest: null, finAcked: false };
     const deliver = (seg: SendSegment): void => {
       if (seg.sentAt > result.deliveredSentAt) {
         result.deliveredSentAt = seg.sentAt;
         result.deliveredWasRetransmit = seg.sentCount > 1;
+        result.latest = seg;
       }
     };
     if (cumAck > this.#una) {
