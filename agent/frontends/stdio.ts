@@ -12,7 +12,16 @@
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { vertexError } from '../../q2q/errors';
 
-export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Promise<void> {
+export interface JoinStdioOptions {
+  /**
+   * Says what a tunnel failure means to the user. When the tunnel is the agent's control
+   * socket, a reset only says the agent dropped it; the reason is in the agent's log.
+   */
+  describeFailure?: (err: Error) => string;
+}
+
+export function joinStdio(input: Readable, output: Writable, tunnel: Duplex, opts: JoinStdioOptions = {}): Promise<void> {
+  const describe = opts.describeFailure ?? ((err: Error) => `tunnel: ${err.message}`);
   return new Promise((resolve, reject) => {
     let failed: Error | undefined;
     let tunnelClosed = false;
@@ -27,7 +36,7 @@ export function joinStdio(input: Readable, output: Writable, tunnel: Duplex): Pr
       if (tunnelClosed && outputDone) resolve();
     };
     tunnel.on('error', (err) => {
-      failed ??= vertexError('ConnectionLost', `tunnel: ${err.message}`, err);
+      failed ??= vertexError('ConnectionLost', describe(err), err);
     });
     tunnel.once('close', () => {
       tunnelClosed = true;

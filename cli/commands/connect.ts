@@ -69,6 +69,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
     const log = createLogger({ level: args.logLevel ?? 'warn', name: 'vertex-connect' });
 
     let tunnel: Duplex;
+    let describeFailure: ((err: Error) => string) | undefined;
     const control = await openControl(setup.socketPath);
     if (control) {
       const info = (await sendRequest(control, 'connect', { target, timeoutMs }, {
@@ -77,12 +78,15 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       })) as { route: string; connectMs: number };
       log.info({ target, route: info.route, connectMs: info.connectMs, via: 'agent' }, 'connected');
       tunnel = control;
+      // After the ok reply the socket carries only the tunnel's bytes, so the agent cannot say
+      // why it dropped it (a dead PTCP path, the peer gone); its log has the reason.
+      describeFailure = (err) => `tunnel to ${target}: the agent dropped the connection (${(err as NodeJS.ErrnoException).code ?? err.message}); its log says why, e.g. journalctl -u vertex-agent or vertex agent's output`;
     } else {
       const stream = await connectAlone(setup, target, log, timeoutMs);
       log.info({ target, route: stream.route, connectMs: stream.connectMs, via: 'direct' }, 'connected');
       tunnel = stream;
     }
-    await joinStdio(process.stdin, openOutput(), tunnel);
+    await joinStdio(process.stdin, openOutput(), tunnel, { describeFailure });
     process.exit(0);
   },
 };

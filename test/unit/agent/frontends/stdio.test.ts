@@ -47,6 +47,16 @@ describe('joinStdio', () => {
     await expect(done).rejects.toMatchObject({ code: 'ConnectionLost' });
   });
 
+  it('a failure is described by the caller when it knows more (the agent dropped the tunnel)', async () => {
+    const [tunnel, remote] = await pairs.pair();
+    const input = new PassThrough();
+    const output = new PassThrough();
+    output.resume();
+    const done = joinStdio(input, output, tunnel, { describeFailure: (err) => `agent dropped it (${(err as NodeJS.ErrnoException).code})` });
+    remote.resetAndDestroy();
+    await expect(done).rejects.toMatchObject({ code: 'ConnectionLost', message: 'agent dropped it (ECONNRESET)' });
+  });
+
   it('an output whose reader left (EPIPE) ends the session quietly', async () => {
     const [tunnel, remote] = await pairs.pair();
     remote.on('error', () => undefined);
