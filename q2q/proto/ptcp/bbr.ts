@@ -336,7 +336,8 @@ export class Bbr implements CongestionController {
   }
 
   #updateMinRtt(ev: AckEvent): void {
-    const expired = ev.now > this.#minRttStamp + BBR_MIN_RTT_WINDOW_MS;
+    // Before the first sample nothing has expired: the clock's origin is arbitrary.
+    const expired = Number.isFinite(this.#minRtt) && ev.now > this.#minRttStamp + BBR_MIN_RTT_WINDOW_MS;
     if (ev.rttMs !== undefined && ev.rttMs >= 0 && (ev.rttMs <= this.#minRtt || expired)) {
       this.#minRtt = ev.rttMs;
       this.#minRttStamp = ev.now;

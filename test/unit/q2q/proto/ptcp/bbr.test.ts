@@ -155,6 +155,15 @@ describe('Bbr', () => {
     expect(cc.cwnd).toBe(before);
   });
 
+  it('does not start in PROBE_RTT when the clock is far from zero', () => {
+    const cc = make();
+    const path = new Path(cc, BW, 10);
+    path.now = 5_000_000;
+    path.round();
+    expect(cc.mode).toBe('startup');
+    expect(cc.cwnd).toBeGreaterThan(BBR_MIN_CWND_SEGMENTS * MSS);
+  });
+
   it('enters PROBE_RTT after 10 s without a lower RTT, drains to 4 segments, then returns', () => {
     const cc = make();
     const path = new Path(cc, BW, 10);
