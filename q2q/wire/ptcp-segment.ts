@@ -79,67 +79,109 @@ export function encodedSize(seg: PtcpSegment): number {
   return PTCP_HEADER_SIZE + seg.sacks.length * PTCP_SACK_BLOCK_SIZE + seg.payload.length;
 }
 
-/** Encodes a segment; throws a RangeError on a programmer error (bad field values). */
+// Byte-wise big-endian access: the header is read and written for every datagram, and the
+// Buffer methods re-check bounds and ranges that encode/decode have already checked once.
+function putU32(buf: Uint8Array, off: number, value: number): void {
+  buf[off] = value >>> 24;
+  buf[off + 1] = value >>> 16;
+  buf[off + 2] = value >>> 8;
+  buf[off + 3] = value;
+}
+
+function getU32(buf: Uint8Array, off: number): number {
+  return (((buf[off] as number) << 24) | ((buf[off + 1] as number) << 16) | ((buf[off + 2] as number) << 8) | (buf[off + 3] as number)) >>> 0;
+}
+
+function getU16(buf: Uint8Array, off: number): number {
+  return ((buf[off] as number) << 8) | (buf[off + 1] as number);
+}
+
+/** Encodes a segment into a new Buffer; throws a RangeError on a programmer error (bad field values). */
 export function encodeSegment(seg: PtcpSegment): Buffer {
-  if (seg.sacks.length > PTCP_MAX_SACK_BLOCKS) throw new RangeError(`encode ptcp segment: ${seg.sacks.length} sack blocks exceed ${PTCP_MAX_SACK_BLOCKS}`);
-  if (seg.payload.length > PTCP_MAX_PAYLOAD) throw new RangeError(`encode ptcp segment: payload ${seg.payload.length} exceeds ${PTCP_MAX_PAYLOAD}`);
-  if ((seg.flags & ~FLAGS_KNOWN) !== 0) throw new RangeError(`encode ptcp segment: unknown flags 0x${seg.flags.toString(16)}`);
-  const sackBytes = seg.sacks.length * PTCP_SACK_BLOCK_SIZE;
-  const buf = Buffer.allocUnsafe(PTCP_HEADER_SIZE + sackBytes + seg.payload.length);
-  buf[0] = PTCP_MAGIC;
-  buf[1] = seg.flags;
-  buf[2] = seg.sacks.length;
-  buf[3] = 0;
-  buf.writeUInt32BE(seg.srcId >>> 0, 4);
-  buf.writeUInt32BE(seg.dstId >>> 0, 8);
-  buf.writeUInt32BE(seg.seq >>> 0, 12);
-  buf.writeUInt32BE(seg.ack >>> 0, 16);
-  buf.writeUInt32BE(seg.tsVal >>> 0, 20);
-  buf.writeUInt32BE(seg.tsEcr >>> 0, 24);
-  const units = Math.min(0xffff, Math.max(0, Math.floor(seg.window / (1 << PTCP_WINDOW_SHIFT))));
-  buf.writeUInt16BE(units, 28);
-  buf.writeUInt16BE(seg.payload.length, 30);
-  let off = PTCP_HEADER_SIZE;
-  for (const block of seg.sacks) {
-    buf.writeUInt32BE(block.start >>> 0, off);
-    buf.writeUInt32BE(block.end >>> 0, off + 4);
-    off += PTCP_SACK_BLOCK_SIZE;
-  }
-  seg.payload.copy(buf, off);
+  const buf = Buffer.allocUnsafe(encodedSize(seg));
+  encodeSegmentInto(seg, buf, 0);
   return buf;
 }
 
 /**
- * Decodes one datagram. The payload is a view into `buf` (no copy). Throws only
- * VertexError('PtcpDecode').
+ * Encodes a segment into `target` at `offset` and returns the bytes written (encodedSize):
+ * a driver can cut datagrams from a buffer of its own instead of allocating one each.
+ * Throws a RangeError on a programmer error (bad field values, or `target` too small).
+ */
+export function encodeSegmentInto(seg: PtcpSegment, target: Uint8Array, offset: number): number {
+  const sackCount = seg.sacks.length;
+  const payloadLength = seg.payload.length;
+  if (sackCount > PTCP_MAX_SACK_BLOCKS) throw new RangeError(`encode ptcp segment: ${sackCount} sack blocks exceed ${PTCP_MAX_SACK_BLOCKS}`);
+  if (payloadLength > PTCP_MAX_PAYLOAD) throw new RangeError(`encode ptcp segment: payload ${payloadLength} exceeds ${PTCP_MAX_PAYLOAD}`);
+  if ((seg.flags & ~FLAGS_KNOWN) !== 0) throw new RangeError(`encode ptcp segment: unknown flags 0x${seg.flags.toString(16)}`);
+  const size = PTCP_HEADER_SIZE + sackCount * PTCP_SACK_BLOCK_SIZE + payloadLength;
+  if (!Number.isInteger(offset) || offset < 0 || offset + size > target.length) {
+    throw new RangeError(`encode ptcp segment: ${size} bytes at offset ${offset} do not fit a ${target.length}-byte buffer`);
+  }
+  const buf = target;
+  const o = offset;
+  buf[o] = PTCP_MAGIC;
+  buf[o + 1] = seg.flags;
+  buf[o + 2] = sackCount;
+  buf[o + 3] = 0;
+  putU32(buf, o + 4, seg.srcId);
+  putU32(buf, o + 8, seg.dstId);
+  putU32(buf, o + 12, seg.seq);
+  putU32(buf, o + 16, seg.ack);
+  putU32(buf, o + 20, seg.tsVal);
+  putU32(buf, o + 24, seg.tsEcr);
+  const units = Math.min(0xffff, Math.max(0, Math.floor(seg.window / (1 << PTCP_WINDOW_SHIFT))));
+  buf[o + 28] = units >>> 8;
+  buf[o + 29] = units;
+  buf[o + 30] = payloadLength >>> 8;
+  buf[o + 31] = payloadLength;
+  let off = o + PTCP_HEADER_SIZE;
+  for (let i = 0; i < sackCount; i++, off += PTCP_SACK_BLOCK_SIZE) {
+    const block = seg.sacks[i] as SackBlock;
+    putU32(buf, off, block.start);
+    putU32(buf, off + 4, block.end);
+  }
+  if (payloadLength > 0) buf.set(seg.payload, off);
+  return size;
+}
+
+/** What a segment without SACK blocks carries: one shared, frozen empty list, not one per datagram. */
+const NO_SACKS: SackBlock[] = Object.freeze([]) as unknown as SackBlock[];
+
+/**
+ * Decodes one datagram. The payload is a view into `buf` (no copy), and a segment without
+ * SACK blocks shares one frozen empty `sacks` array. Throws only VertexError('PtcpDecode').
  */
 export function decodeSegment(buf: Buffer): PtcpSegment {
   if (buf.length < PTCP_HEADER_SIZE) fail(`length ${buf.length} is shorter than the ${PTCP_HEADER_SIZE}-byte header`);
   if (buf[0] !== PTCP_MAGIC) fail(`first byte 0x${(buf[0] ?? 0).toString(16)} is not the ptcp v1 magic`);
-  const flags = buf[1] ?? 0;
+  const flags = buf[1] as number;
   if ((flags & ~FLAGS_KNOWN) !== 0) fail(`unknown flag bits 0x${(flags & ~FLAGS_KNOWN).toString(16)}`);
-  const sackCount = buf[2] ?? 0;
+  const sackCount = buf[2] as number;
   if (sackCount > PTCP_MAX_SACK_BLOCKS) fail(`sack block count ${sackCount} exceeds ${PTCP_MAX_SACK_BLOCKS}`);
   if (buf[3] !== 0) fail(`reserved byte is 0x${(buf[3] ?? 0).toString(16)}, not 0`);
-  const payloadLength = buf.readUInt16BE(30);
+  const payloadLength = getU16(buf, 30);
   if (payloadLength > PTCP_MAX_PAYLOAD) fail(`payload length ${payloadLength} exceeds ${PTCP_MAX_PAYLOAD}`);
   const payloadStart = PTCP_HEADER_SIZE + sackCount * PTCP_SACK_BLOCK_SIZE;
   if (buf.length !== payloadStart + payloadLength) {
     fail(`datagram length ${buf.length} does not match header ${payloadStart} + payload ${payloadLength}`);
   }
-  const sacks: SackBlock[] = [];
-  for (let i = 0, off = PTCP_HEADER_SIZE; i < sackCount; i++, off += PTCP_SACK_BLOCK_SIZE) {
-    sacks.push({ start: buf.readUInt32BE(off), end: buf.readUInt32BE(off + 4) });
+  let sacks = NO_SACKS;
+  if (sackCount > 0) {
+    sacks = [];
+    for (let i = 0, off = PTCP_HEADER_SIZE; i < sackCount; i++, off += PTCP_SACK_BLOCK_SIZE) {
+      sacks.push({ start: getU32(buf, off), end: getU32(buf, off + 4) });
+    }
   }
   return {
     flags,
-    srcId: buf.readUInt32BE(4),
-    dstId: buf.readUInt32BE(8),
-    seq: buf.readUInt32BE(12),
-    ack: buf.readUInt32BE(16),
-    tsVal: buf.readUInt32BE(20),
-    tsEcr: buf.readUInt32BE(24),
-    window: buf.readUInt16BE(28) << PTCP_WINDOW_SHIFT,
+    srcId: getU32(buf, 4),
+    dstId: getU32(buf, 8),
+    seq: getU32(buf, 12),
+    ack: getU32(buf, 16),
+    tsVal: getU32(buf, 20),
+    tsEcr: getU32(buf, 24),
+    window: getU16(buf, 28) << PTCP_WINDOW_SHIFT,
     sacks,
     payload: payloadLength === 0 ? EMPTY : buf.subarray(payloadStart, payloadStart + payloadLength),
   };

@@ -2,7 +2,9 @@ import fc from 'fast-check';
 import { isVertexError } from '../../../../q2q/errors';
 import {
   decodeSegment,
+  encodedSize,
   encodeSegment,
+  encodeSegmentInto,
   FLAG_ACK,
   FLAG_FIN,
   FLAG_SYN,
@@ -44,6 +46,31 @@ describe('ptcp segment codec', () => {
   ])('golden vector both ways: %s', (_name, seg, hex) => {
     expect(encodeSegment(seg).toString('hex')).toBe(hex);
     expect(decodeSegment(Buffer.from(hex, 'hex'))).toEqual(seg);
+  });
+
+  it('encodes into a caller\'s buffer at an offset: the same bytes, nothing around them touched', () => {
+    for (const [seg, hex] of [[SYN, SYN_HEX], [DATA, DATA_HEX]] as const) {
+      const target = Buffer.alloc(7 + hex.length / 2 + 5, 0xee);
+      const written = encodeSegmentInto(seg, target, 7);
+      expect(written).toBe(hex.length / 2);
+      expect(written).toBe(encodedSize(seg));
+      expect(target.subarray(7, 7 + written).toString('hex')).toBe(hex);
+      expect([...target.subarray(0, 7), ...target.subarray(7 + written)].every((b) => b === 0xee)).toBe(true);
+    }
+  });
+
+  it('refuses to encode past the end of the target buffer', () => {
+    const target = Buffer.alloc(DATA_HEX.length / 2 + 3, 0xee);
+    expect(() => encodeSegmentInto(DATA, target, 4)).toThrow(RangeError);
+    expect(() => encodeSegmentInto(DATA, target, -1)).toThrow(RangeError);
+    expect(target.every((b) => b === 0xee)).toBe(true);
+  });
+
+  it('a segment without SACK blocks decodes to an empty list that cannot be changed', () => {
+    const seg = decodeSegment(Buffer.from(SYN_HEX, 'hex'));
+    expect(seg.sacks).toEqual([]);
+    expect(Object.isFrozen(seg.sacks)).toBe(true);
+    expect(decodeSegment(Buffer.from(DATA_HEX, 'hex')).sacks).not.toBe(seg.sacks);
   });
 
   it('rejects every truncation and every extension with PtcpDecode', () => {
@@ -93,8 +120,12 @@ describe('ptcp segment codec', () => {
     });
     fc.assert(
       fc.property(seg, (s) => {
-        const back = decodeSegment(encodeSegment(s));
+        const encoded = encodeSegment(s);
+        const back = decodeSegment(encoded);
         expect({ ...back, payload: Buffer.from(back.payload) }).toEqual({ ...s, payload: s.payload.length === 0 ? Buffer.alloc(0) : s.payload });
+        const into = Buffer.alloc(encoded.length + 3);
+        expect(encodeSegmentInto(s, into, 3)).toBe(encoded.length);
+        expect(into.subarray(3).equals(encoded)).toBe(true);
       }),
     );
   });
