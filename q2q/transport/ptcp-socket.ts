@@ -10,9 +10,14 @@
  *   queries must leave from the port the streams will use.
  * - Inputs are batched: machines are polled once per event-loop turn (setImmediate), so one
  *   ACK answers every datagram read in that turn and writes made in one turn share segments.
+ * - The per-datagram path allocates little: segments are encoded into shared send slabs,
+ *   addresses that are IP literals skip dgram's per-send DNS lookup, in-order payloads read
+ *   in one turn reach the stream as one chunk, and a timer whose deadline moves later is
+ *   left to fire early and re-armed then instead of being replaced on every ACK.
  */
 import { randomBytes } from 'node:crypto';
 import * as dgram from 'node:dgram';
+import * as dns from 'node:dns';
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { Duplex } from 'node:stream';
@@ -21,12 +26,49 @@ import { PtcpConnection, type PtcpAction, type PtcpStats, type RandomSource } fr
 import { MAX_HALF_OPEN, type PtcpTunables } from '../proto/ptcp/constants';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { silentLogger, type Logger } from '../util/log';
-import { decodeSegment, encodeSegment, FLAG_ACK, FLAG_RST, FLAG_SYN, isPtcpDatagram, type PtcpSegment } from '../wire/ptcp-segment';
+import { decodeSegment, encodedSize, encodeSegment, encodeSegmentInto, FLAG_ACK, FLAG_RST, FLAG_SYN, isPtcpDatagram, type PtcpSegment } from '../wire/ptcp-segment';
 
 /** Kernel socket buffers asked for (Linux caps them at net.core.[rw]mem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 const DEFAULT_TTL = 64;
 const STREAM_HIGH_WATER_MARK = 256 * 1024;
+/**
+ * Outgoing datagrams are cut from slabs of this size instead of one Buffer each. A slab is
+ * never written twice: a send the kernel could not take at once stays queued in libuv,
+ * pointing at its bytes, so a full slab is dropped for a fresh one and the GC frees it once
+ * its last datagram has left. A segment larger than a quarter slab gets a Buffer of its own.
+ */
+const SEND_SLAB_BYTES = 128 * 1024;
+/** In-order payloads delivered in one turn are joined into stream chunks of at most this. */
+const MAX_DELIVERY_CHUNK = 64 * 1024;
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
+
+/**
+ * dgram resolves the destination of every datagram through `lookup`; the default,
+ * dns.lookup, answers even an IP literal on the next tick, which costs a tick, a closure and
+ * an IP parse per datagram. Every address the driver holds is a literal except a host name
+ * given to connect(), so literals answer at once (the last one remembered) and names still
+ * go to dns.lookup.
+ */
+function literalFirstLookup(): (address: string, family: number, callback: LookupCallback) => void {
+  let lastLiteral = '';
+  let lastFamily = 0;
+  return (address, family, callback) => {
+    if (address === lastLiteral) {
+      callback(null, address, lastFamily);
+      return;
+    }
+    const literal = isIP(address);
+    if (literal !== 0) {
+      lastLiteral = address;
+      lastFamily = literal;
+      callback(null, address, literal);
+      return;
+    }
+    dns.lookup(address, family, callback);
+  };
+}
 
 export interface PtcpSocketOptions {
   host?: string;
@@ -52,7 +94,10 @@ interface Entry {
   remote: Endpoint;
   stream: PtcpStream | null;
   timer: Timer | null;
+  /** When the machine next wants handleTimer (its last 'timer' action). */
   timerAt: number | null;
+  /** When `timer` fires: at or before timerAt. */
+  armedAt: number;
   passiveKey: string | null;
   /** For an active open: settles the connect() promise. */
   onConnected: ((stream: PtcpStream) => void) | null;
@@ -96,7 +141,9 @@ export class PtcpStream extends Duplex {
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
-    this.#owner._write(this.#entry, Buffer.concat(chunks.map((c) => c.chunk)), callback);
+    // Handed over piece by piece: the connection cuts them into segments anyway, so joining
+    // them first would only copy up to a high-water mark of bytes.
+    this.#owner._write(this.#entry, chunks.map((c) => c.chunk), callback);
   }
 
   override _final(callback: (err?: Error | null) => void): void {
@@ -126,6 +173,9 @@ export class PtcpSocket extends EventEmitter {
   readonly #passive = new Map<string, Entry>();
   #dirty = new Set<Entry>();
   #flushScheduled = false;
+  readonly #flushNow = (): void => this.#flush();
+  #slab: Buffer | null = null;
+  #slabUsed = 0;
   #listening = false;
   #closed = false;
   #ttlBusy = false;
@@ -144,7 +194,9 @@ export class PtcpSocket extends EventEmitter {
 
   static override bind(opts: PtcpSocketOptions = {}): Promise<PtcpSocket> {
     const host = opts.host ?? '0.0.0.0';
-    const udp = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
+    // The lookup's declared type takes an options object; dgram passes the family number.
+    const lookup = literalFirstLookup() as unknown as dgram.SocketOptions['lookup'];
+    const udp = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4', lookup });
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         udp.close();
@@ -262,13 +314,14 @@ export class PtcpSocket extends EventEmitter {
   // ---------------------------------------------------------------- stream hooks (internal)
 
   /** @internal */
-  _write(entry: Entry, chunk: Buffer, callback: (err?: Error | null) => void): void {
+  _write(entry: Entry, chunk: Buffer | Buffer[], callback: (err?: Error | null) => void): void {
     const state = entry.conn.state;
     if (state !== 'established' && state !== 'close-wait') {
       callback(vertexError('ConnectionLost', `ptcp write: connection ${entry.conn.localId} is ${state}`));
       return;
     }
-    entry.conn.write(chunk);
+    if (Array.isArray(chunk)) for (const piece of chunk) entry.conn.write(piece);
+    else entry.conn.write(chunk);
     this.#markDirty(entry);
     if (entry.conn.sendBufferFull) entry.pendingWrite = callback;
     else callback();
@@ -310,7 +363,7 @@ export class PtcpSocket extends EventEmitter {
   }
 
   #entry(conn: PtcpConnection, remote: Endpoint): Entry {
-    return { conn, remote, stream: null, timer: null, timerAt: null, passiveKey: null, onConnected: null, onFailed: null, pendingWrite: null, gone: false };
+    return { conn, remote, stream: null, timer: null, timerAt: null, armedAt: 0, passiveKey: null, onConnected: null, onFailed: null, pendingWrite: null, gone: false };
   }
 
   #onMessage(buf: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -385,6 +438,25 @@ export class PtcpSocket extends EventEmitter {
     this.#sendDatagram(encodeSegment(rst), rinfo);
   }
 
+  #sendSegment(seg: PtcpSegment, entry: Entry): void {
+    if (this.#closed) return;
+    const to = entry.remote;
+    const size = encodedSize(seg);
+    if (size > SEND_SLAB_BYTES / 4) {
+      this.#sendDatagram(encodeSegment(seg), to);
+      return;
+    }
+    let slab = this.#slab;
+    if (slab === null || this.#slabUsed + size > slab.length) {
+      slab = Buffer.allocUnsafeSlow(SEND_SLAB_BYTES);
+      this.#slab = slab;
+      this.#slabUsed = 0;
+    }
+    const start = this.#slabUsed;
+    this.#slabUsed += encodeSegmentInto(seg, slab, start);
+    this.#sendDatagram(slab.subarray(start, this.#slabUsed), to);
+  }
+
   #sendDatagram(buf: Buffer, to: Endpoint): void {
     if (this.#closed) return;
     if (this.#ttlBusy) {
@@ -398,7 +470,7 @@ export class PtcpSocket extends EventEmitter {
     this.#dirty.add(entry);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
-      setImmediate(() => this.#flush());
+      setImmediate(this.#flushNow);
     }
   }
 
@@ -411,16 +483,32 @@ export class PtcpSocket extends EventEmitter {
   }
 
   #run(entry: Entry, actions: PtcpAction[]): void {
+    // Consecutive in-order payloads (one per datagram) are pushed as one chunk: a stream
+    // push and 'data' event per 1200 bytes costs more than copying them together.
+    let chunks: Buffer[] = [];
+    let chunkBytes = 0;
     for (const action of actions) {
+      if (action.type === 'data') {
+        if (chunkBytes > 0 && chunkBytes + action.data.length > MAX_DELIVERY_CHUNK) {
+          this.#deliver(entry, chunks, chunkBytes);
+          chunks = [];
+          chunkBytes = 0;
+        }
+        chunks.push(action.data);
+        chunkBytes += action.data.length;
+        continue;
+      }
+      if (chunkBytes > 0) {
+        this.#deliver(entry, chunks, chunkBytes);
+        chunks = [];
+        chunkBytes = 0;
+      }
       switch (action.type) {
         case 'send':
-          this.#sendDatagram(encodeSegment(action.segment), entry.remote);
+          this.#sendSegment(action.segment, entry);
           break;
         case 'connected':
           this.#onConnected(entry);
-          break;
-        case 'data':
-          if (entry.stream && !entry.stream.destroyed && !entry.stream.push(action.data)) entry.conn.setReadPaused(true);
           break;
         case 'end':
           if (entry.stream && !entry.stream.destroyed) entry.stream.push(null);
@@ -453,6 +541,14 @@ export class PtcpSocket extends EventEmitter {
           assertNever(action);
       }
     }
+    if (chunkBytes > 0) this.#deliver(entry, chunks, chunkBytes);
+  }
+
+  #deliver(entry: Entry, chunks: Buffer[], bytes: number): void {
+    const stream = entry.stream;
+    if (!stream || stream.destroyed) return;
+    const data = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, bytes);
+    if (!stream.push(data)) entry.conn.setReadPaused(true);
   }
 
   #onConnected(entry: Entry): void {
@@ -469,16 +565,32 @@ export class PtcpSocket extends EventEmitter {
   }
 
   #arm(entry: Entry, at: number | null): void {
+    entry.timerAt = at;
+    // A deadline that moved later (the retransmission timer restarts on every ACK) keeps
+    // the timer already set: it fires early and is set again for the new deadline then.
+    if (at !== null && !entry.gone && entry.timer !== null && entry.armedAt <= at) return;
     entry.timer?.cancel();
     entry.timer = null;
-    entry.timerAt = at;
     if (at === null || entry.gone) return;
-    entry.timer = this.#clock.setTimer(() => {
-      entry.timer = null;
-      const now = this.#clock.now();
-      entry.conn.handleTimer(now);
-      this.#run(entry, entry.conn.poll(now));
-    }, Math.max(0, at - this.#clock.now()));
+    this.#setTimer(entry, at);
+  }
+
+  #setTimer(entry: Entry, at: number): void {
+    entry.armedAt = at;
+    entry.timer = this.#clock.setTimer(() => this.#onTimer(entry), Math.max(0, at - this.#clock.now()));
+  }
+
+  #onTimer(entry: Entry): void {
+    entry.timer = null;
+    const at = entry.timerAt;
+    if (at === null || entry.gone) return;
+    const now = this.#clock.now();
+    if (now < at) {
+      this.#setTimer(entry, at);
+      return;
+    }
+    entry.conn.handleTimer(now);
+    this.#run(entry, entry.conn.poll(now));
   }
 
   #forget(entry: Entry): void {
