@@ -21,7 +21,7 @@ import * as dns from 'node:dns';
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { Duplex } from 'node:stream';
-import { isVertexError, vertexError } from '../errors';
+import { isVertexError, vertexError, type VertexError } from '../errors';
 import { PtcpConnection, type PtcpAction, type PtcpStats, type RandomSource } from '../proto/ptcp/connection';
 import { MAX_HALF_OPEN, type PtcpTunables } from '../proto/ptcp/constants';
 import { systemClock, type Clock, type Timer } from '../util/clock';
@@ -82,6 +82,12 @@ export interface PtcpSocketOptions {
 
 export interface PtcpConnectOptions {
   connectTimeoutMs?: number;
+  /**
+   * Gives the connect up when aborted before it completes: nothing more is sent for it (not
+   * even a SYN retransmission already due), its connection id is freed, and the promise
+   * rejects with ConnectionLost. Aborting after the connect resolved changes nothing.
+   */
+  signal?: AbortSignal;
 }
 
 interface Endpoint {
@@ -105,6 +111,8 @@ interface Entry {
   /** A write callback held back while the send buffer is full. */
   pendingWrite: ((err?: Error | null) => void) | null;
   gone: boolean;
+  /** An active open given up through its AbortSignal: its datagrams still queued stay unsent. */
+  cancelled: boolean;
 }
 
 /** A PTCP connection as a Node Duplex: back-pressure both ways, half-close (allowHalfOpen). */
@@ -235,18 +243,41 @@ export class PtcpSocket extends EventEmitter {
 
   connect(host: string, port: number, opts: PtcpConnectOptions = {}): Promise<PtcpStream> {
     if (this.#closed) return Promise.reject(vertexError('ConnectionLost', `ptcp connect ${host}:${port}: socket is closed`));
+    const { signal } = opts;
+    if (signal?.aborted) return Promise.reject(connectCancelled(host, port, signal));
     const conn = new PtcpConnection({ ...this.#tunables, ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}), localId: this.#newId(), random: this.#random });
     const entry = this.#entry(conn, { address: host, port });
     return new Promise((resolve, reject) => {
-      entry.onConnected = resolve;
+      const onAbort = (): void => this.#cancelConnect(entry, connectCancelled(host, port, signal as AbortSignal));
+      entry.onConnected = (stream) => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(stream);
+      };
       entry.onFailed = (err) => {
+        signal?.removeEventListener('abort', onAbort);
         if (isVertexError(err)) err.message = `${err.message} (to ${host}:${port})`;
         reject(err);
       };
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.#byId.set(conn.localId, entry);
       conn.connect(this.#clock.now());
       this.#markDirty(entry);
     });
+  }
+
+  /** Ends an active open that has not completed, without another datagram (see PtcpConnectOptions.signal). */
+  #cancelConnect(entry: Entry, err: VertexError): void {
+    const fail = entry.onFailed;
+    if (fail === null) return;
+    entry.onFailed = null;
+    entry.onConnected = null;
+    // Before the handshake completes an abort sends nothing and the machine just closes, so
+    // a poll still due (the first SYN goes out at the next flush) finds nothing to send; a
+    // datagram already waiting behind a low-TTL raw send is dropped through `cancelled`.
+    entry.cancelled = true;
+    entry.conn.abort(this.#clock.now());
+    this.#forget(entry);
+    fail(err);
   }
 
   /** Sends a non-PTCP datagram from this socket; `ttl` applies to this datagram only. */
@@ -363,7 +394,7 @@ export class PtcpSocket extends EventEmitter {
   }
 
   #entry(conn: PtcpConnection, remote: Endpoint): Entry {
-    return { conn, remote, stream: null, timer: null, timerAt: null, armedAt: 0, passiveKey: null, onConnected: null, onFailed: null, pendingWrite: null, gone: false };
+    return { conn, remote, stream: null, timer: null, timerAt: null, armedAt: 0, passiveKey: null, onConnected: null, onFailed: null, pendingWrite: null, gone: false, cancelled: false };
   }
 
   #onMessage(buf: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -443,7 +474,7 @@ export class PtcpSocket extends EventEmitter {
     const to = entry.remote;
     const size = encodedSize(seg);
     if (size > SEND_SLAB_BYTES / 4) {
-      this.#sendDatagram(encodeSegment(seg), to);
+      this.#sendDatagram(encodeSegment(seg), to, entry);
       return;
     }
     let slab = this.#slab;
@@ -454,13 +485,13 @@ export class PtcpSocket extends EventEmitter {
     }
     const start = this.#slabUsed;
     this.#slabUsed += encodeSegmentInto(seg, slab, start);
-    this.#sendDatagram(slab.subarray(start, this.#slabUsed), to);
+    this.#sendDatagram(slab.subarray(start, this.#slabUsed), to, entry);
   }
 
-  #sendDatagram(buf: Buffer, to: Endpoint): void {
-    if (this.#closed) return;
+  #sendDatagram(buf: Buffer, to: Endpoint, entry: Entry | null = null): void {
+    if (this.#closed || entry?.cancelled) return;
     if (this.#ttlBusy) {
-      this.#ttlQueue.push(() => this.#sendDatagram(buf, to));
+      this.#ttlQueue.push(() => this.#sendDatagram(buf, to, entry));
       return;
     }
     this.#udp.send(buf, to.port, to.address);
@@ -600,6 +631,10 @@ export class PtcpSocket extends EventEmitter {
     if (this.#byId.get(entry.conn.localId) === entry) this.#byId.delete(entry.conn.localId);
     if (entry.passiveKey !== null && this.#passive.get(entry.passiveKey) === entry) this.#passive.delete(entry.passiveKey);
   }
+}
+
+function connectCancelled(host: string, port: number, signal: AbortSignal): VertexError {
+  return vertexError('ConnectionLost', `ptcp connect ${host}:${port}: cancelled`, signal.reason);
 }
 
 function assertNever(x: never): never {
