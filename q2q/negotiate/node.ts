@@ -23,7 +23,7 @@ import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { formatAddress, parseAddress, parseService, parseServiceAddress } from '../address';
 import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
-import { asVertexError, isErrorCode, isVertexError, vertexError, VertexError } from '../errors';
+import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
 import type { AmpArgs } from '../proto/amp-peer';
 import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
@@ -32,10 +32,9 @@ import { defaultAllow, isAllowed } from './allow';
 import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
 import { openRelayLeg } from './relay-leg';
-import { learnReflexiveAddress, punch } from './punch';
+import { learnReflexiveAddress, punch, punchedConnect } from './punch';
 import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { PtcpSocket } from '../transport/ptcp-socket';
-import { PTCP_DEFAULTS } from '../proto/ptcp/constants';
 import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
 import {
@@ -51,17 +50,6 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
  */
 export const PTCP_STAGGER_MS = 150;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
-/**
- * A punched PTCP handshake runs in rounds: a punch, then one SYN, given up
- * before PTCP would retransmit it. Retries are new rounds, so once the race
- * is settled nothing more goes out: a stray SYN that reaches the peer's NAT
- * before the peer punches again (the next connection) makes conntrack re-map
- * the peer, and that punch fails (punch.ts). Measured in the NAT lab's
- * fall-forward scenario. A path slower than this round trip gets the relay.
- */
-const PTCP_ROUND_MS = Math.round(PTCP_DEFAULTS.initialRtoMs * 0.9);
-/** Pause before each further round: backoff, never a tight loop. */
-const PTCP_ROUND_BACKOFF_MS = [300, 600, 1_200, 2_400] as const;
 /**
  * Peer channels over punched UDP: a keepalive every 5 s of silence keeps the NAT
  * mappings open (ARCHITECTURE.md asks for at most 25 s), and 20 s without a word
@@ -513,10 +501,13 @@ export class Q2QNode extends EventEmitter {
       let settled = false;
       let claiming = false;
       let relayTimer: NodeJS.Timeout | null = null;
+      // Aborted once the race is settled: a PTCP attempt still punching stops sending (punch.ts).
+      const raceOver = new AbortController();
 
       const finish = (err: VertexError | null, stream?: Q2QStream) => {
         if (settled) return;
         settled = true;
+        raceOver.abort();
         clearTimeout(overall);
         if (relayTimer) clearTimeout(relayTimer);
         for (const sockets of opened) {
@@ -577,18 +568,7 @@ export class Q2QNode extends EventEmitter {
       for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
         attempt('ptcp', async () => {
           await new Promise((r) => setTimeout(r, ptcpDelay));
-          for (let round = 0; ; round++) {
-            if (settled) throw new Error('not needed');
-            const socket = await this.#ptcpSocket();
-            await punch(socket, p.token, [candidate], { role: 'caller' });
-            try {
-              return await socket.connect(candidate.host, candidate.port, { connectTimeoutMs: Math.max(1, Math.min(PTCP_ROUND_MS, p.deadline - Date.now())) });
-            } catch (err) {
-              const pause = PTCP_ROUND_BACKOFF_MS[Math.min(round, PTCP_ROUND_BACKOFF_MS.length - 1)] ?? 0;
-              if (settled || !isVertexError(err, 'PtcpConnectTimeout') || p.deadline - Date.now() < pause + PTCP_ROUND_MS) throw err;
-              await new Promise((r) => setTimeout(r, pause));
-            }
-          }
+          return punchedConnect(await this.#ptcpSocket(), p.token, candidate, { deadline: p.deadline, signal: raceOver.signal });
         });
       }
       for (const candidate of p.candidates.filter((c) => c.route === 'tcp')) {

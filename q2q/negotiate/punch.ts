@@ -22,15 +22,28 @@
  * host's own outward packet is then given a different source port
  * (TESTING.md "The NAT lab"). So the listener never sends one first, and the
  * caller sends its first full-TTL packet only after the listener's mapping
- * exists. Retries are the SYN's own retransmissions, with the PTCP backoff:
- * there is no punch loop.
+ * exists.
+ *
+ * The caller's handshake (punchedConnect) runs in rounds: a punch, then a
+ * PTCP connect whose SYN PTCP retransmits with its own backoff for up to
+ * PTCP_ROUND_MS; a round that gets no answer is followed by a new punch after
+ * a pause. Once the race for the connection is settled, won or lost, its
+ * AbortSignal gives the connect up at once and nothing more goes out: a stray
+ * SYN that reaches the peer's NAT before the peer punches again (for the next
+ * connection) makes conntrack re-map the peer, and that punch fails (NAT lab,
+ * fall-forward scenario). Before connects could be cancelled, rounds had to
+ * end before PTCP's first retransmission (0.9 x the initial RTO) to keep that
+ * promise, so a path slower than 0.9 s never completed a handshake; a round
+ * now outlasts several RTOs.
  *
  * Probes carry the first bytes of SHA-256(token): they are bound to one
  * inbound and say nothing to anyone who does not hold the token.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type * as dgram from 'node:dgram';
-import type { PtcpSocket } from '../transport/ptcp-socket';
+import { isVertexError, vertexError } from '../errors';
+import { PTCP_DEFAULTS } from '../proto/ptcp/constants';
+import type { PtcpSocket, PtcpStream } from '../transport/ptcp-socket';
 import { decodeWhoAmIAnswer, encodeWhoAmIRequest, isWhoAmIAnswer, WHO_AM_I_NONCE_BYTES } from '../wire/who-am-i';
 
 const PROBE_MAGIC = Buffer.from('Q2QP', 'latin1');
@@ -42,6 +55,16 @@ export const LOW_PROBE_TTL = 2;
 export const LISTENER_LOW_TTL_PROBES = 3;
 export const CALLER_LOW_TTL_PROBES = 2;
 export const CALLER_FULL_TTL_PROBES = 1;
+/**
+ * Longest one round's connect waits for a SYN-ACK: three initial RTOs, so a path with a
+ * round trip of up to about 3 s completes in the first round, with the SYN sent twice
+ * (PTCP retransmits it after one RTO).
+ */
+export const PTCP_ROUND_MS = 3 * PTCP_DEFAULTS.initialRtoMs;
+/** Pause before each further round: backoff, never a tight loop. */
+export const PTCP_ROUND_BACKOFF_MS = [300, 600, 1_200, 2_400] as const;
+/** A further round is started only with at least this long left before the deadline. */
+const PTCP_MIN_ROUND_MS = PTCP_DEFAULTS.initialRtoMs;
 const WHO_AM_I_TRIES = 3;
 const WHO_AM_I_WAIT_MS = 400;
 
@@ -118,4 +141,54 @@ export async function learnReflexiveAddress(socket: PtcpSocket, host: string, po
     if (answer) return answer;
   }
   return null;
+}
+
+export interface PunchedConnectOptions {
+  /** Date.now() after which no round starts and the running one ends. */
+  deadline: number;
+  /** Settles the attempt: aborting stops the rounds and the connect, and nothing more is sent. */
+  signal: AbortSignal;
+  /** Overrides PTCP_ROUND_MS (tests). */
+  roundMs?: number;
+}
+
+/**
+ * The caller's PTCP handshake toward one candidate, in rounds (see the top of the file).
+ * Rejects with the connect's own error (PtcpReset, PtcpConnectTimeout once the deadline
+ * leaves no room for another round), or with ConnectionLost when `signal` aborts.
+ */
+export async function punchedConnect(socket: PtcpSocket, token: string, target: PunchTarget, opts: PunchedConnectOptions): Promise<PtcpStream> {
+  const { deadline, signal } = opts;
+  const roundMs = opts.roundMs ?? PTCP_ROUND_MS;
+  const where = `ptcp to ${target.host}:${target.port}`;
+  for (let round = 0; ; round++) {
+    if (signal.aborted) throw cancelled(where, signal);
+    await punch(socket, token, [target], { role: 'caller' });
+    if (signal.aborted) throw cancelled(where, signal);
+    try {
+      return await socket.connect(target.host, target.port, { connectTimeoutMs: Math.max(1, Math.min(roundMs, deadline - Date.now())), signal });
+    } catch (err) {
+      if (signal.aborted) throw cancelled(where, signal);
+      const pause = PTCP_ROUND_BACKOFF_MS[Math.min(round, PTCP_ROUND_BACKOFF_MS.length - 1)] ?? 0;
+      if (!isVertexError(err, 'PtcpConnectTimeout') || deadline - Date.now() < pause + Math.min(roundMs, PTCP_MIN_ROUND_MS)) throw err;
+      await pauseUnlessAborted(pause, signal);
+    }
+  }
+}
+
+function cancelled(where: string, signal: AbortSignal): Error {
+  return vertexError('ConnectionLost', `${where}: cancelled`, signal.reason);
+}
+
+/** Waits `ms`, or less if `signal` aborts first (the caller checks which). */
+function pauseUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }

@@ -1,9 +1,15 @@
 import * as dgram from 'node:dgram';
+import { isVertexError } from '../../../../q2q/errors';
 import {
-  CALLER_LOW_TTL_PROBES, isProbe, learnReflexiveAddress, LISTENER_LOW_TTL_PROBES, LOW_PROBE_TTL, probeFor, punch, type PunchRole,
+  CALLER_FULL_TTL_PROBES, CALLER_LOW_TTL_PROBES, isProbe, learnReflexiveAddress, LISTENER_LOW_TTL_PROBES, LOW_PROBE_TTL, probeFor, punch,
+  punchedConnect, PTCP_ROUND_MS, type PunchRole,
 } from '../../../../q2q/negotiate/punch';
-import { PtcpSocket } from '../../../../q2q/transport/ptcp-socket';
+import { PTCP_DEFAULTS } from '../../../../q2q/proto/ptcp/constants';
+import { PtcpSocket, type PtcpStream } from '../../../../q2q/transport/ptcp-socket';
+import { ManualClock } from '../../../../q2q/util/clock';
+import { decodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../../../../q2q/wire/who-am-i';
+import { ImpairmentProxy } from '../../../helpers/impairment-proxy';
 
 /** Records what punch() sends, in order, with the TTL of each datagram. */
 function recordingSocket(): { socket: PtcpSocket; sent: Array<{ host: string; port: number; ttl: number | null; buf: Buffer }> } {
@@ -114,5 +120,147 @@ describe('learnReflexiveAddress', () => {
       silent.close();
       await socket.close();
     }
+  });
+});
+
+/** A UDP socket that answers nothing and records what arrives, in order. */
+async function silentPeer(): Promise<{ port: number; got: Buffer[]; until(predicate: () => boolean): Promise<void>; close(): void }> {
+  const udp = dgram.createSocket('udp4');
+  await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
+  const got: Buffer[] = [];
+  udp.on('message', (m) => got.push(m));
+  return {
+    port: udp.address().port,
+    got,
+    until: (predicate) => new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!predicate()) return;
+        clearTimeout(timer);
+        udp.off('message', check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        udp.off('message', check);
+        reject(new Error(`silent peer: condition not met (${got.length} datagrams)`));
+      }, 5_000);
+      udp.on('message', check);
+      check();
+    }),
+    close: () => udp.close(),
+  };
+}
+
+const MARKER = Buffer.from('marker: all sent before has arrived');
+const syns = (got: Buffer[]): Buffer[] => got.filter((m) => isPtcpDatagram(m) && (decodeSegment(m).flags & FLAG_SYN) !== 0);
+
+describe('punchedConnect', () => {
+  const token = 'g'.repeat(32);
+
+  it('punches, then connects to a listening PTCP socket', async () => {
+    const caller = await PtcpSocket.bind({ host: '127.0.0.1' });
+    const listener = await PtcpSocket.bind({ host: '127.0.0.1' });
+    const probes: Buffer[] = [];
+    listener.on('datagram', (m: Buffer) => probes.push(m));
+    const accepted = new Promise<PtcpStream>((resolve) => listener.listen(resolve));
+    try {
+      const stream = await punchedConnect(caller, token, { host: '127.0.0.1', port: listener.address().port }, { deadline: Date.now() + 10_000, signal: new AbortController().signal });
+      const peer = await accepted;
+      expect(stream.remotePort).toBe(listener.address().port);
+      // One round: the caller's probes (loopback delivers the low-TTL ones too), then the SYN.
+      expect(probes).toHaveLength(CALLER_LOW_TTL_PROBES + CALLER_FULL_TTL_PROBES);
+      expect(probes.every((m) => m.equals(probeFor(token)))).toBe(true);
+      peer.destroy();
+      stream.destroy();
+    } finally {
+      await caller.close();
+      await listener.close();
+    }
+  });
+
+  it('completes over a path whose round trip (1.4 s) is longer than 0.9 initial RTOs', async () => {
+    const caller = await PtcpSocket.bind({ host: '127.0.0.1' });
+    const listener = await PtcpSocket.bind({ host: '127.0.0.1' });
+    const slow = { delayMs: 700 };
+    const proxy = await ImpairmentProxy.start({ target: { port: listener.address().port }, up: slow, down: slow });
+    const accepted = new Promise<PtcpStream>((resolve) => listener.listen(resolve));
+    try {
+      expect(2 * slow.delayMs).toBeGreaterThan(0.9 * PTCP_DEFAULTS.initialRtoMs);
+      expect(2 * slow.delayMs).toBeLessThan(PTCP_ROUND_MS);
+      const stream = await punchedConnect(caller, token, { host: '127.0.0.1', port: proxy.port }, { deadline: Date.now() + 10_000, signal: new AbortController().signal });
+      const peer = await accepted;
+      stream.end('over a slow path');
+      const got = await new Promise<string>((resolve) => {
+        const parts: Buffer[] = [];
+        peer.on('data', (d: Buffer) => parts.push(d)).once('end', () => resolve(Buffer.concat(parts).toString()));
+      });
+      expect(got).toBe('over a slow path');
+      peer.end();
+      stream.destroy();
+    } finally {
+      await caller.close();
+      await listener.close();
+      await proxy.close();
+    }
+  }, 20_000);
+
+  describe('aborted', () => {
+    let clock: ManualClock;
+    let socket: PtcpSocket;
+    let peer: Awaited<ReturnType<typeof silentPeer>>;
+    const flushed = async (): Promise<void> => {
+      const before = peer.got.filter((m) => m.equals(MARKER)).length;
+      await socket.sendRaw(MARKER, '127.0.0.1', peer.port);
+      await peer.until(() => peer.got.filter((m) => m.equals(MARKER)).length > before);
+    };
+
+    beforeEach(async () => {
+      clock = new ManualClock(0);
+      socket = await PtcpSocket.bind({ host: '127.0.0.1', clock });
+      peer = await silentPeer();
+    });
+
+    afterEach(async () => {
+      peer.close();
+      await socket.close();
+    });
+
+    it('while its SYN waits for an answer: rejects with ConnectionLost, and no SYN follows', async () => {
+      const controller = new AbortController();
+      const connecting = punchedConnect(socket, token, { host: '127.0.0.1', port: peer.port }, { deadline: Date.now() + 60_000, signal: controller.signal }).catch((e: unknown) => e);
+      await peer.until(() => syns(peer.got).length === 1);
+      controller.abort();
+      expect(isVertexError(await connecting, 'ConnectionLost')).toBe(true);
+      expect(socket.connectionCount).toBe(0);
+      // Past every SYN retransmission the round would have made: none goes out.
+      clock.advance(PTCP_ROUND_MS * 2);
+      await flushed();
+      expect(syns(peer.got)).toHaveLength(1);
+      expect(peer.got.filter(isProbe)).toHaveLength(CALLER_FULL_TTL_PROBES + CALLER_LOW_TTL_PROBES);
+    });
+
+    it('between rounds: rejects with ConnectionLost without another punch or SYN', async () => {
+      const controller = new AbortController();
+      const connecting = punchedConnect(socket, token, { host: '127.0.0.1', port: peer.port }, { deadline: Date.now() + 60_000, signal: controller.signal }).catch((e: unknown) => e);
+      await peer.until(() => syns(peer.got).length === 1);
+      // The round's connect (its SYN and retransmissions) times out on the manual clock; the
+      // next round waits out its pause.
+      clock.advance(PTCP_ROUND_MS);
+      await new Promise((r) => setImmediate(r));
+      expect(socket.connectionCount).toBe(0);
+      controller.abort();
+      expect(isVertexError(await connecting, 'ConnectionLost')).toBe(true);
+      clock.advance(PTCP_ROUND_MS * 2);
+      await flushed();
+      // One round only: its probes, and SYNs of its one connection (a new round opens a new one).
+      expect(peer.got.filter(isProbe)).toHaveLength(CALLER_FULL_TTL_PROBES + CALLER_LOW_TTL_PROBES);
+      expect(new Set(syns(peer.got).map((m) => decodeSegment(m).srcId)).size).toBe(1);
+    });
+
+    it('before it starts: sends nothing at all', async () => {
+      const err = await punchedConnect(socket, token, { host: '127.0.0.1', port: peer.port }, { deadline: Date.now() + 60_000, signal: AbortSignal.abort() }).catch((e: unknown) => e);
+      expect(isVertexError(err, 'ConnectionLost')).toBe(true);
+      await flushed();
+      expect(peer.got).toHaveLength(1);
+    });
   });
 });
