@@ -351,8 +351,11 @@ export class PtcpSocket extends EventEmitter {
       callback(vertexError('ConnectionLost', `ptcp write: connection ${entry.conn.localId} is ${state}`));
       return;
     }
-    if (Array.isArray(chunk)) for (const piece of chunk) entry.conn.write(piece);
-    else entry.conn.write(chunk);
+    // The connection keeps written bytes until they are acknowledged (for retransmission), but
+    // the callback below may run at once, after which a writer may reuse its buffer, as with
+    // net.Socket. So the connection gets a copy; one memcpy is small next to the per-datagram cost.
+    if (Array.isArray(chunk)) for (const piece of chunk) entry.conn.write(Buffer.from(piece));
+    else entry.conn.write(Buffer.from(chunk));
     this.#markDirty(entry);
     if (entry.conn.sendBufferFull) entry.pendingWrite = callback;
     else callback();

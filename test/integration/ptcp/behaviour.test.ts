@@ -46,6 +46,32 @@ describe('ptcp driver', () => {
     }
   }, 90_000);
 
+  it('a writer may reuse its buffer once a write has called back, even over a lossy path', async () => {
+    // Loss forces retransmissions, which must carry the bytes as written, not as the buffer
+    // holds them later.
+    const p = await pair({ loss: 0.05 }, 3);
+    try {
+      const accepted = new Promise<PtcpStream>((resolve) => p.server.listen(resolve));
+      const client = await p.client.connect('127.0.0.1', p.port);
+      const server = await accepted;
+      const receiving = drain(server);
+      const scratch = Buffer.alloc(16 * 1024);
+      const expected: Buffer[] = [];
+      for (let i = 0; i < 64; i++) {
+        scratch.fill(i);
+        expected.push(Buffer.from(scratch));
+        await new Promise<void>((resolve, reject) => client.write(scratch, (err) => (err ? reject(err) : resolve())));
+      }
+      client.end();
+      const got = await receiving;
+      expect(got.sha256).toBe(sha256(Buffer.concat(expected)));
+      // Closing the sockets ends the still-open reverse directions; that error is expected.
+      for (const s of [client, server]) s.on('error', () => undefined);
+    } finally {
+      await p.close();
+    }
+  });
+
   it('half-closes both ways: each side ends its writes and still receives', async () => {
     const p = await pair();
     try {
