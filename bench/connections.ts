@@ -16,6 +16,7 @@
  * runs in a child process, and so does the raw TCP sink, so the receiving
  * end never shares an event loop with the sender in either case.
  */
+import * as fs from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
@@ -198,6 +199,17 @@ const AGENT_START_PARALLEL = 16;
  */
 const AGENTS_PER_PROCESS = 4000;
 const SETTLE_MS = 2000;
+/** /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 per second for user space. */
+const PROC_TICKS_PER_SECOND = 100;
+
+/** CPU milliseconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+function cpuMs(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces; the fields after it start past its closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / PROC_TICKS_PER_SECOND;
+}
 
 interface AgentsStart {
   endpoints: Record<string, number>;
@@ -291,8 +303,12 @@ export async function benchServerMemory(): Promise<void> {
     const before = await memoryAfterGc(server.proc);
     note(`server memory: connecting ${AGENTS} agent sessions`);
     const t1 = performance.now();
+    const cpuBefore = cpuMs(server.proc.pid);
     sessions = await startAgentSessions(endpoints, identities, AGENTS);
     const connectMs = performance.now() - t1;
+    // The server's own CPU per session (TLS handshake, certificate check, hello, who-am-i, listen):
+    // unlike sessionsPerSecond, it does not depend on the clients sharing the cores.
+    const serverCpuMs = cpuMs(server.proc.pid) - cpuBefore;
     await sleep(SETTLE_MS);
     const afterNoGc = rssKb(server.proc.pid);
     const after = await memoryAfterGc(server.proc);
@@ -302,6 +318,7 @@ export async function benchServerMemory(): Promise<void> {
       KBPerAgent: round((after.rssKB - before.rssKB) / AGENTS, 1), targetKB: 100,
       heapKBPerAgent: round((after.heapKB - before.heapKB) / AGENTS, 1),
       registerMsPerUser: round(registerMs / identities.length, 1), sessionsPerSecond: round(AGENTS / (connectMs / 1000), 0),
+      serverCpuMsPerSession: round(serverCpuMs / AGENTS, 2),
     });
   } finally {
     await stopAgentSessions(sessions);

@@ -9,12 +9,16 @@
  *   AKI, a random positive 128-bit serial, and a lifetime of days.
  *
  * Building and signing go through @peculiar/x509 on WebCrypto (async).
- * Reading and verifying are synchronous, with node:crypto's X509Certificate
- * for signatures and issuer matching (OpenSSL) and @peculiar/x509 for
- * extensions, so that the TLS layer can call them inside a handshake.
+ * Reading and verifying are synchronous, so that the TLS layer can call them
+ * inside a handshake, and cheap, because every peer and server handshake
+ * does: node:crypto's X509Certificate (OpenSSL) parses and checks
+ * signatures, issuers and dates, and der.ts reads the serial, names and the
+ * two extensions we judge by. @peculiar/x509's ASN.1 schema parser cost
+ * ~7 ms of CPU per certificate, which capped the server at ~50 sessions/s.
  */
 import * as crypto from 'node:crypto';
 import { VertexError } from '../errors';
+import { readCertificateFields, type CertificateFields } from './der';
 import { generateKeyPair, importSigningKeys, keyAlgorithmOf, keyMatchesCertificate } from './keys';
 import { domainOf, normaliseAddress, normaliseDomain } from './names';
 import { OID, x509 } from './x509';
@@ -121,17 +125,19 @@ export async function issueUserCertificate(opts: IssueUserCertificateOptions): P
   }
   const csr = await checkCsr(opts.csrPem, address, context);
 
-  const caCert = parsePeculiar(opts.caCertPem, `${context}: ca certificate`);
+  const caRead = readCertificate(opts.caCertPem, `${context}: ca certificate`);
   if (!keyMatchesCertificate(opts.caKeyPem, opts.caCertPem)) {
     throw new VertexError('CertificateInvalid', `${context}: the ca key does not match the ca certificate`);
   }
-  if (!isCaCertificate(caCert)) {
-    throw new VertexError('CertificateInvalid', `${context}: the issuer certificate ${caCert.subject} is not a ca`);
+  if (!caRead.fields.basicConstraintsCa) {
+    throw new VertexError('CertificateInvalid', `${context}: the issuer certificate ${subjectText(caRead.x509)} is not a ca`);
   }
-  const caDomain = (caCert.subjectName.getField(OID.commonName)[0] ?? '').toLowerCase();
+  const caDomain = (caRead.fields.subjectCommonNames[0] ?? '').toLowerCase();
   if (caDomain !== domainOf(address)) {
-    throw new VertexError('BadCertificateRequest', `${context}: the ca of ${caDomain || caCert.subject} cannot issue for another domain`);
+    throw new VertexError('BadCertificateRequest', `${context}: the ca of ${caDomain || subjectText(caRead.x509)} cannot issue for another domain`);
   }
+  // Signing needs the CA as @peculiar/x509 objects: its subject name, key identifier and public key.
+  const caCert = parsePeculiar(opts.caCertPem, `${context}: ca certificate`);
   const signer = await importSigningKeys(opts.caKeyPem, `${context}: ca key`);
 
   const now = (opts.now ?? new Date()).getTime();
@@ -162,21 +168,24 @@ export async function issueUserCertificate(opts: IssueUserCertificateOptions): P
 
 /** Reads the fields the rest of Vertex cares about. Unreadable input throws CertificateInvalid. */
 export function describeCertificate(certPem: string): CertificateDescription {
-  const cert = parsePeculiar(certPem, 'describe certificate');
+  const cert = readCertificate(certPem, 'describe certificate');
   return {
-    subjectCn: cert.subjectName.getField(OID.commonName)[0] ?? '',
-    issuerCn: cert.issuerName.getField(OID.commonName)[0] ?? '',
-    q2qAddress: q2qAddressOf(cert),
-    serial: normaliseSerial(cert.serialNumber),
-    notBefore: cert.notBefore,
-    notAfter: cert.notAfter,
-    fingerprint: fingerprintOfDer(Buffer.from(cert.rawData)),
-    isCa: isCaCertificate(cert),
+    subjectCn: cert.fields.subjectCommonNames[0] ?? '',
+    issuerCn: cert.fields.issuerCommonNames[0] ?? '',
+    q2qAddress: q2qAddressOf(cert.fields),
+    serial: normaliseSerial(cert.fields.serialHex),
+    // Copies: Dates are mutable and the read certificate is shared.
+    notBefore: new Date(cert.notBefore.getTime()),
+    notAfter: new Date(cert.notAfter.getTime()),
+    fingerprint: fingerprintOfDer(cert.x509.raw),
+    isCa: cert.fields.basicConstraintsCa,
   };
 }
 
+/** Needs only OpenSSL's parse, not der.ts's fields: any certificate OpenSSL reads has a fingerprint. */
 export function certificateFingerprint(certPem: string): string {
-  return fingerprintOfDer(parseNode(certPem, 'fingerprint certificate').raw);
+  const cached = readCache.get(certPem);
+  return fingerprintOfDer(cached ? cached.x509.raw : parseX509(certPem, 'fingerprint certificate').raw);
 }
 
 /** `SHA256:` + unpadded base64, the way `ssh-keygen -l` prints fingerprints. */
@@ -190,26 +199,25 @@ export function fingerprintOfDer(der: Uint8Array): string {
  * domain (and the expected address, when given).
  */
 export function verifyUserCertificate(certPem: string, caCertPem: string, opts: VerifyUserCertificateOptions = {}): void {
-  const cert = parseNode(certPem, 'verify certificate');
-  const ca = parseNode(caCertPem, 'verify certificate: ca certificate');
-  const parsed = parsePeculiar(certPem, 'verify certificate');
-  const parsedCa = parsePeculiar(caCertPem, 'verify certificate: ca certificate');
-  const who = q2qAddressOf(parsed);
-  const context = `verify certificate ${who ?? parsed.subject}`;
-  const caName = parsedCa.subjectName.getField(OID.commonName)[0] ?? parsedCa.subject;
+  const cert = readCertificate(certPem, 'verify certificate');
+  const ca = readCertificate(caCertPem, 'verify certificate: ca certificate');
+  const who = q2qAddressOf(cert.fields);
+  const context = `verify certificate ${who ?? subjectText(cert.x509)}`;
+  const caName = ca.fields.subjectCommonNames[0] ?? subjectText(ca.x509);
 
-  if (!isCaCertificate(parsedCa)) throw new VertexError('CertificateInvalid', `${context}: issuer ${caName} is not a ca certificate`);
-  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
+  if (!ca.fields.basicConstraintsCa) throw new VertexError('CertificateInvalid', `${context}: issuer ${caName} is not a ca certificate`);
+  // checkIssued matches names and key identifiers and, in OpenSSL 3, refuses an issuer whose keyUsage lacks keyCertSign.
+  if (!cert.x509.checkIssued(ca.x509) || !cert.x509.verify(ca.x509.publicKey)) {
     throw new VertexError('CertificateInvalid', `${context}: not signed by the ca of ${caName}`);
   }
   const now = opts.now ?? new Date();
-  if (now.getTime() < parsed.notBefore.getTime()) {
-    throw new VertexError('CertificateInvalid', `${context}: not valid before ${parsed.notBefore.toISOString()}`);
+  if (now.getTime() < cert.notBefore.getTime()) {
+    throw new VertexError('CertificateInvalid', `${context}: not valid before ${cert.notBefore.toISOString()}`);
   }
-  if (now.getTime() > parsed.notAfter.getTime()) {
-    throw new VertexError('CertificateInvalid', `${context}: expired at ${parsed.notAfter.toISOString()}`);
+  if (now.getTime() > cert.notAfter.getTime()) {
+    throw new VertexError('CertificateInvalid', `${context}: expired at ${cert.notAfter.toISOString()}`);
   }
-  if (isCaCertificate(parsed)) throw new VertexError('CertificateInvalid', `${context}: is a ca certificate, not a user certificate`);
+  if (cert.fields.basicConstraintsCa) throw new VertexError('CertificateInvalid', `${context}: is a ca certificate, not a user certificate`);
   if (who === null) throw new VertexError('CertificateInvalid', `${context}: has no q2q: URI in its subject alternative name`);
   // A domain CA vouches for its own users only, whatever else it signed.
   if (domainOf(who.toLowerCase()) !== caName.toLowerCase()) {
@@ -227,15 +235,14 @@ export function verifyUserCertificate(certPem: string, caCertPem: string, opts: 
 export function checkDomainCaCertificate(domain: string, caCertPem: string): void {
   const name = domain.toLowerCase();
   const context = `check ca certificate for ${name}`;
-  const node = parseNode(caCertPem, context);
-  const parsed = parsePeculiar(caCertPem, context);
-  if (!node.checkIssued(node) || !node.verify(node.publicKey)) {
+  const ca = readCertificate(caCertPem, context);
+  if (!ca.x509.checkIssued(ca.x509) || !ca.x509.verify(ca.x509.publicKey)) {
     throw new VertexError('CertificateInvalid', `${context}: not self-signed`);
   }
-  if (!isCaCertificate(parsed)) throw new VertexError('CertificateInvalid', `${context}: not a ca (basicConstraints CA is missing)`);
-  const cns = parsed.subjectName.getField(OID.commonName);
+  if (!ca.fields.basicConstraintsCa) throw new VertexError('CertificateInvalid', `${context}: not a ca (basicConstraints CA is missing)`);
+  const cns = ca.fields.subjectCommonNames;
   if (cns.length !== 1 || cns[0]?.toLowerCase() !== name) {
-    throw new VertexError('CertificateInvalid', `${context}: its subject is ${parsed.subject}, expected CN=${name}`);
+    throw new VertexError('CertificateInvalid', `${context}: its subject is ${subjectText(ca.x509)}, expected CN=${name}`);
   }
 }
 
@@ -281,44 +288,88 @@ async function checkCsr(csrPem: string, address: string, context: string): Promi
   return csr;
 }
 
-function q2qAddressOf(cert: x509.X509Certificate): string | null {
-  for (const ext of cert.extensions) {
-    if (ext.type !== OID.subjectAltName) continue;
-    const san = readExtension('subjectAltName', () => new x509.SubjectAlternativeNameExtension(ext.rawData));
-    for (const name of san.names.items) {
-      if (name.type === 'url' && name.value.toLowerCase().startsWith(Q2Q_URI_PREFIX)) {
-        return name.value.slice(Q2Q_URI_PREFIX.length);
-      }
-    }
+/** The address of the first SAN URI `q2q:…` (scheme in any case), as written after the scheme. */
+function q2qAddressOf(fields: CertificateFields): string | null {
+  const uri = fields.sanUris.find((u) => u.toLowerCase().startsWith(Q2Q_URI_PREFIX));
+  return uri === undefined ? null : uri.slice(Q2Q_URI_PREFIX.length);
+}
+
+/** The subject as one line, for messages only: OpenSSL prints one attribute per line. */
+function subjectText(cert: crypto.X509Certificate): string {
+  return cert.subject.split('\n').join(', ');
+}
+
+/** A certificate as OpenSSL parsed it, with the fields der.ts reads and its dates as Dates. Never mutated once made. */
+interface ReadCertificate {
+  readonly x509: crypto.X509Certificate;
+  readonly fields: Readonly<CertificateFields>;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+/**
+ * Certificates read recently, by PEM, least recently used first. The same few
+ * come back on every handshake (the domain CA, a peer's certificate checked
+ * twice, a server session's certificate described then verified), and
+ * X509Certificate's constructor alone costs ~150 µs on Node 20. Only
+ * parsing is remembered: every check (signature, dates, names) runs on each
+ * call, so a cached entry never vouches for anything by itself.
+ */
+const READ_CACHE_ENTRIES = 128;
+const readCache = new Map<string, ReadCertificate>();
+
+function readCertificate(pem: string, context: string): ReadCertificate {
+  const cached = readCache.get(pem);
+  if (cached) {
+    readCache.delete(pem);
+    readCache.set(pem, cached);
+    return cached;
   }
-  return null;
-}
-
-function isCaCertificate(cert: x509.X509Certificate): boolean {
-  const ext = cert.extensions.find((e) => e.type === OID.basicConstraints);
-  return ext !== undefined && readExtension('basicConstraints', () => new x509.BasicConstraintsExtension(ext.rawData)).ca;
-}
-
-/** Certificates come from peers; a malformed extension is their error, reported as CertificateInvalid. */
-function readExtension<T>(name: string, read: () => T): T {
+  const cert = parseX509(pem, context);
+  let fields: CertificateFields;
   try {
-    return read();
+    fields = readCertificateFields(cert.raw);
   } catch (err) {
-    throw new VertexError('CertificateInvalid', `read certificate: unreadable ${name} extension`, { cause: err });
+    // OpenSSL accepted it but the fields we judge by are unreadable: the sender's error, never ours.
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new VertexError('CertificateInvalid', `${context}: ${reason}`, { cause: err });
   }
+  Object.freeze(fields.issuerCommonNames);
+  Object.freeze(fields.subjectCommonNames);
+  Object.freeze(fields.sanUris);
+  const read: ReadCertificate = Object.freeze({
+    x509: cert,
+    fields: Object.freeze(fields),
+    notBefore: certificateDate(cert.validFrom, context),
+    notAfter: certificateDate(cert.validTo, context),
+  });
+  readCache.set(pem, read);
+  if (readCache.size > READ_CACHE_ENTRIES) readCache.delete(readCache.keys().next().value as string);
+  return read;
 }
 
-function parsePeculiar(pem: string, context: string): x509.X509Certificate {
+function parseX509(pem: string, context: string): crypto.X509Certificate {
   try {
-    return new x509.X509Certificate(pem);
+    return new crypto.X509Certificate(pem);
   } catch (err) {
     throw new VertexError('CertificateInvalid', `${context}: not a readable PEM certificate`, { cause: err });
   }
 }
 
-function parseNode(pem: string, context: string): crypto.X509Certificate {
+/**
+ * X509Certificate gives dates as OpenSSL prints them ("Jan  1 00:00:00 2030 GMT"),
+ * which Date reads. A date it cannot read would compare false both ways and
+ * pass a validity check, so it is refused.
+ */
+function certificateDate(printed: string, context: string): Date {
+  const date = new Date(printed);
+  if (Number.isNaN(date.getTime())) throw new VertexError('CertificateInvalid', `${context}: unreadable validity date ${JSON.stringify(printed)}`);
+  return date;
+}
+
+function parsePeculiar(pem: string, context: string): x509.X509Certificate {
   try {
-    return new crypto.X509Certificate(pem);
+    return new x509.X509Certificate(pem);
   } catch (err) {
     throw new VertexError('CertificateInvalid', `${context}: not a readable PEM certificate`, { cause: err });
   }

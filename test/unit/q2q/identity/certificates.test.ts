@@ -7,6 +7,7 @@ import { isVertexError } from '../../../../q2q/errors';
 import {
   CLOCK_SKEW_MS,
   certificateFingerprint,
+  checkDomainCaCertificate,
   createCsr,
   createDomainCa,
   describeCertificate,
@@ -367,6 +368,142 @@ describe('verifyUserCertificate', () => {
 
   it('refuses a user certificate used as the CA', async () => {
     await expectCode(() => verifyUserCertificate(alice.certPem, alice.certPem, {}), 'CertificateInvalid');
+  });
+});
+
+/**
+ * The checks verifyUserCertificate makes from the certificate's own fields
+ * (basicConstraints, SAN, CA shape), each on a certificate the CA really
+ * signed, so that only the check under test can refuse it.
+ */
+describe('verifyUserCertificate: checks on what the CA signed', () => {
+  const userKeyUsage = () => new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true);
+
+  async function signedBy(issuer: Ca, extensions: x509.Extension[], opts: { subject?: string; issuerName?: string } = {}): Promise<string> {
+    const signer = await importSigningKeys(issuer.keyPem);
+    const subjectKey = await importSigningKeys((await generateKeyPair()).privateKeyPem);
+    const cert = await x509.X509CertificateGenerator.create({
+      subject: opts.subject ?? `CN=${ALICE}`,
+      issuer: opts.issuerName ?? new x509.X509Certificate(issuer.certPem).subjectName.toString(),
+      notBefore: new Date(Date.now() - DAY),
+      notAfter: new Date(Date.now() + DAY),
+      publicKey: subjectKey.keys.publicKey,
+      signingKey: signer.keys.privateKey,
+      signingAlgorithm: signer.signingAlgorithm,
+      extensions: [
+        ...extensions,
+        await x509.AuthorityKeyIdentifierExtension.create(signer.keys.publicKey),
+      ],
+    });
+    return cert.toString('pem');
+  }
+
+  async function selfSignedCa(domain: string, extensions: x509.Extension[]): Promise<Ca> {
+    const { privateKeyPem } = await generateKeyPair();
+    const signer = await importSigningKeys(privateKeyPem);
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+      name: `CN=${domain}`,
+      notBefore: new Date(Date.now() - DAY),
+      notAfter: new Date(Date.now() + DAY),
+      keys: signer.keys,
+      signingAlgorithm: signer.signingAlgorithm,
+      extensions: [...extensions, await x509.SubjectKeyIdentifierExtension.create(signer.keys.publicKey)],
+    });
+    return { certPem: cert.toString('pem'), keyPem: privateKeyPem };
+  }
+
+  const aliceSan = () => new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `q2q:${ALICE}` }]);
+
+  it('accepts the hand-built control certificate, so each refusal below is the check under test', async () => {
+    const pem = await signedBy(ca, [new x509.BasicConstraintsExtension(false, undefined, true), userKeyUsage(), aliceSan()]);
+    expect(() => verifyUserCertificate(pem, ca.certPem, { expectedAddress: ALICE })).not.toThrow();
+  });
+
+  it('refuses a certificate marked CA:TRUE even when its keyUsage cannot sign certificates', async () => {
+    // OpenSSL's X509_check_ca (X509Certificate.ca) says false for this one; basicConstraints alone decides.
+    const pem = await signedBy(ca, [new x509.BasicConstraintsExtension(true, undefined, true), userKeyUsage(), aliceSan()]);
+    expect(new crypto.X509Certificate(pem).ca).toBe(false);
+    expect(describeCertificate(pem).isCa).toBe(true);
+    await expectCode(() => verifyUserCertificate(pem, ca.certPem, {}), 'CertificateInvalid');
+  });
+
+  it('refuses a certificate without a q2q: URI: no SAN, or a SAN of another scheme', async () => {
+    const bc = () => new x509.BasicConstraintsExtension(false, undefined, true);
+    const noSan = await signedBy(ca, [bc(), userKeyUsage()]);
+    const https = await signedBy(ca, [bc(), userKeyUsage(), new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'https://alice.example.test' }])]);
+    const dns = await signedBy(ca, [bc(), userKeyUsage(), new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'alice.example.test' }])]);
+    for (const pem of [noSan, https, dns]) {
+      expect(describeCertificate(pem).q2qAddress).toBeNull();
+      await expectCode(() => verifyUserCertificate(pem, ca.certPem, {}), 'CertificateInvalid');
+    }
+  });
+
+  it('reads the q2q: URI among other SAN names, and refuses one for another address', async () => {
+    const san = new x509.SubjectAlternativeNameExtension([
+      { type: 'dns', value: 'alice.example.test' },
+      { type: 'url', value: 'https://alice.example.test' },
+      { type: 'url', value: 'q2q:bob@example.test' },
+    ]);
+    const pem = await signedBy(ca, [new x509.BasicConstraintsExtension(false, undefined, true), userKeyUsage(), san]);
+    expect(describeCertificate(pem).q2qAddress).toBe('bob@example.test');
+    expect(() => verifyUserCertificate(pem, ca.certPem, { expectedAddress: 'bob@example.test' })).not.toThrow();
+    await expectCode(() => verifyUserCertificate(pem, ca.certPem, { expectedAddress: ALICE }), 'CertificateInvalid');
+  });
+
+  it('refuses a certificate carrying two SAN extensions', async () => {
+    const pem = await signedBy(ca, [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      aliceSan(),
+      new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'q2q:mallory@example.test' }]),
+    ]);
+    await expectCode(() => verifyUserCertificate(pem, ca.certPem, {}), 'CertificateInvalid');
+  });
+
+  it('refuses an issuer without basicConstraints CA, even one that names the domain and signed the certificate', async () => {
+    const notCa = await selfSignedCa('example.test', [new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)]);
+    const pem = await signedBy(notCa, [new x509.BasicConstraintsExtension(false, undefined, true), aliceSan()]);
+    expect(new crypto.X509Certificate(pem).verify(new crypto.X509Certificate(notCa.certPem).publicKey)).toBe(true);
+    await expectCode(() => verifyUserCertificate(pem, notCa.certPem, {}), 'CertificateInvalid');
+    await expectCode(() => checkDomainCaCertificate('example.test', notCa.certPem), 'CertificateInvalid');
+  });
+
+  it('refuses an issuer whose keyUsage does not allow signing certificates', async () => {
+    const weakCa = await selfSignedCa('example.test', [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+    ]);
+    const pem = await signedBy(weakCa, [new x509.BasicConstraintsExtension(false, undefined, true), aliceSan()]);
+    await expectCode(() => verifyUserCertificate(pem, weakCa.certPem, {}), 'CertificateInvalid');
+  });
+
+  it('refuses a certificate whose issuer name is not the CA, though the CA key signed it', async () => {
+    const pem = await signedBy(ca, [new x509.BasicConstraintsExtension(false, undefined, true), aliceSan()], { issuerName: 'CN=other.test' });
+    await expectCode(() => verifyUserCertificate(pem, ca.certPem, {}), 'CertificateInvalid');
+  });
+
+  it('checks every time: a certificate accepted once is refused once it expires', async () => {
+    const alice = await issueFor(ca, ALICE, { lifetimeMs: DAY });
+    expect(() => verifyUserCertificate(alice.certPem, ca.certPem, {})).not.toThrow();
+    await expectCode(() => verifyUserCertificate(alice.certPem, ca.certPem, { now: new Date(alice.notAfter.getTime() + 1000) }), 'CertificateInvalid');
+    await expectCode(() => verifyUserCertificate(alice.certPem, otherCa.certPem, {}), 'CertificateInvalid');
+  });
+
+  it('hands out its own dates: a caller changing them changes nothing for the next', async () => {
+    const alice = await issueFor(ca, ALICE, { lifetimeMs: DAY });
+    const first = describeCertificate(alice.certPem);
+    first.notAfter.setTime(first.notAfter.getTime() + 365 * DAY);
+    expect(describeCertificate(alice.certPem).notAfter.getTime()).toBe(alice.notAfter.getTime());
+    await expectCode(() => verifyUserCertificate(alice.certPem, ca.certPem, { now: new Date(alice.notAfter.getTime() + 1000) }), 'CertificateInvalid');
+  });
+});
+
+describe('checkDomainCaCertificate', () => {
+  it('accepts a domain CA for its domain only, and refuses a user certificate', async () => {
+    expect(() => checkDomainCaCertificate('EXAMPLE.test', ca.certPem)).not.toThrow();
+    await expectCode(() => checkDomainCaCertificate('other.test', ca.certPem), 'CertificateInvalid');
+    const alice = await issueFor(ca, ALICE);
+    await expectCode(() => checkDomainCaCertificate('example.test', alice.certPem), 'CertificateInvalid');
+    await expectCode(() => checkDomainCaCertificate('example.test', 'garbage'), 'CertificateInvalid');
   });
 });
 
