@@ -10,7 +10,7 @@ import type { AmpArgs, AmpPeer } from '../proto/amp-peer';
 import { attachAmp } from '../transport/amp-connection';
 import type { Logger } from '../util/log';
 import { silentLogger } from '../util/log';
-import { checkDomainCaCertificate, describeCertificate } from '../identity';
+import { checkDomainCaCertificate, describeCertificate, identitySecureContext } from '../identity';
 import type { ServerEndpoint, ServerResolver } from './discovery';
 import { ALPN_CONTROL, COMMANDS, PROTOCOL_VERSION } from './protocol';
 
@@ -72,7 +72,8 @@ export function connectTls(endpoint: ServerEndpoint, domain: string, credentials
       ALPNProtocols: [alpn],
       // The chain is checked below against the pinned CA, not a public root store.
       rejectUnauthorized: false,
-      ...(credentials ? { key: credentials.keyPem, cert: credentials.certPem } : {}),
+      // One context per identity for every control connection (it holds TLS 1.3 as the minimum).
+      ...(credentials ? { secureContext: identitySecureContext(credentials) } : {}),
     });
     const timer = setTimeout(() => {
       socket.destroy();

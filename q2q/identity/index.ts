@@ -29,3 +29,5 @@ export type {
 export { caChangedMessage, checkPinnedCa, formatKnownDomainLine, formatKnownDomains, parseKnownDomains } from './known-domains';
 export type { PinResult } from './known-domains';
 export { domainOf, normaliseAddress, normaliseDomain } from './names';
+export { identitySecureContext } from './secure-context';
+export type { TlsCredentials } from './secure-context';

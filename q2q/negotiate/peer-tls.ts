@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { vertexError } from '../errors';
-import { certificateFingerprint, fingerprintOfDer } from '../identity';
+import { certificateFingerprint, fingerprintOfDer, identitySecureContext } from '../identity';
 import type { Identity } from './types';
 
 /**
@@ -94,31 +94,8 @@ function handshake(socket: tls.TLSSocket, raw: Duplex, event: 'secureConnect' | 
   });
 }
 
-/**
- * Secure contexts by identity certificate, least recently used first. A
- * context holds the parsed key and certificate: building one costs ~4 ms of
- * CPU and ~24 KB of native memory per connection, and every peer connection
- * of an identity can share one. Keyed by the certificate PEM, so that a
- * renewed identity (Q2QNode.setIdentity) gets a new context and the old one
- * ages out; the key PEM is compared too, so a key swapped under the same
- * certificate is never served from the old context.
- */
-const SECURE_CONTEXT_ENTRIES = 8;
-const secureContexts = new Map<string, { keyPem: string; context: tls.SecureContext }>();
-
-export function peerSecureContext(identity: Identity): tls.SecureContext {
-  const cached = secureContexts.get(identity.certPem);
-  if (cached && cached.keyPem === identity.keyPem) {
-    secureContexts.delete(identity.certPem);
-    secureContexts.set(identity.certPem, cached);
-    return cached.context;
-  }
-  const context = tls.createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: 'TLSv1.3' });
-  secureContexts.delete(identity.certPem);
-  secureContexts.set(identity.certPem, { keyPem: identity.keyPem, context });
-  if (secureContexts.size > SECURE_CONTEXT_ENTRIES) secureContexts.delete(secureContexts.keys().next().value as string);
-  return context;
-}
+/** One secure context per identity, shared by every peer connection (see identity/secure-context.ts). */
+export const peerSecureContext = identitySecureContext;
 
 export function tlsClientOver(raw: Duplex, identity: Identity, expectedPeerCertPem: string, what: string, timeoutMs: number): Promise<tls.TLSSocket> {
   const expected = certificateFingerprint(expectedPeerCertPem);
