@@ -37,13 +37,25 @@ function table(rows: string[][]): string[] {
   return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ').trimEnd());
 }
 
+/** What the NAT mapping means for the user: whether hole punching can work from here. */
+function natText(nat: 'easy' | 'hard' | 'unknown'): string {
+  switch (nat) {
+    case 'easy':
+      return 'easy (one mapping for every destination: punching works)';
+    case 'hard':
+      return 'hard (a mapping per destination: peers behind hard NATs use the relay)';
+    case 'unknown':
+      return 'unknown (fewer than two servers answered over UDP)';
+  }
+}
+
 export function formatStatus(s: AgentStatus, now = Date.now()): string {
   const expiresIn = Date.parse(s.certificate.notAfter) - now;
   const lines = [
     `identity     ${s.identity}`,
     `certificate  valid until ${s.certificate.notAfter}${expiresIn > 0 ? ` (in ${formatAge(expiresIn)})` : ' (EXPIRED)'}`,
     `server       ${s.server.state}${s.server.server ? ` ${s.server.server}` : ''} since ${s.server.since}${s.server.lastError ? `; last error: ${s.server.lastError}` : ''}`,
-    `reflexive    tcp ${s.reflexive.tcp ?? '-'}, udp ${s.reflexive.udp ?? '-'}`,
+    `reflexive    tcp ${s.reflexive.tcp ?? '-'}, udp ${s.reflexive.udp ?? '-'}${s.reflexive.nat ? `, NAT ${natText(s.reflexive.nat)}` : ''}`,
     `peer listen  ${s.peerListen ?? '-'}`,
     `socks5       ${s.socks ? `${s.socks.listen} (auth ${s.socks.auth}, passthrough ${s.socks.passthrough ? 'on' : 'off'})` : 'off'}`,
   ];
