@@ -133,6 +133,8 @@ export class Q2QNode extends EventEmitter {
   #peerServer: net.Server | null = null;
   #peerPort: number | null = null;
   #ptcp: Promise<PtcpSocket> | null = null;
+  /** Set by stop(): no socket is bound after it, so nothing keeps the process alive. */
+  #stopped = false;
   /** The ptcp socket's reflexive address as each domain's server saw it. */
   readonly #udpReflexive = new Map<string, Reflexive>();
   readonly #udpReflexivePending = new Map<string, Promise<Reflexive | null>>();
@@ -174,6 +176,7 @@ export class Q2QNode extends EventEmitter {
 
   /** Connects to the home server (reconnecting by itself) and opens the direct peer listener. */
   async start(): Promise<void> {
+    this.#stopped = false;
     if (this.#routes.includes('tcp')) await this.#startPeerListener();
     if (this.#routes.includes('ptcp')) await this.#ptcpSocket();
     this.#home = new HomeSession({
@@ -275,6 +278,7 @@ export class Q2QNode extends EventEmitter {
 
   /** The PTCP socket, bound on first use; PTCP peer channels arriving on it are accepted. */
   #ptcpSocket(): Promise<PtcpSocket> {
+    if (this.#stopped) return Promise.reject(vertexError('ConnectionLost', 'ptcp: the node has stopped'));
     if (!this.#ptcp) {
       const host = this.#opts.peerListen?.host ?? '0.0.0.0';
       this.#ptcp = PtcpSocket.bind({ host, port: 0, log: this.#log.child({ component: 'ptcp' }), tunables: PTCP_PEER_TUNABLES }).then((socket) => {
@@ -568,6 +572,9 @@ export class Q2QNode extends EventEmitter {
       for (const candidate of p.candidates.filter((c) => c.route === 'ptcp')) {
         attempt('ptcp', async () => {
           await new Promise((r) => setTimeout(r, ptcpDelay));
+          // A race settled during the stagger must not bind a PTCP socket: one bound after
+          // stop() is never closed and keeps a one-shot process (vertex ping) alive.
+          if (raceOver.signal.aborted) throw new Error('not needed');
           return punchedConnect(await this.#ptcpSocket(), p.token, candidate, { deadline: p.deadline, signal: raceOver.signal });
         });
       }
@@ -622,6 +629,7 @@ export class Q2QNode extends EventEmitter {
   }
 
   async stop(): Promise<void> {
+    this.#stopped = true;
     if (this.#refreshTimer) clearInterval(this.#refreshTimer);
     this.#refreshTimer = null;
     this.#home?.stop();
