@@ -5,10 +5,12 @@
  * When both legs are in, the relay answers both and splices them. What it
  * carries is the peers' own TLS: the relay never holds their keys.
  */
+import * as net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { Transform, type TransformCallback } from 'node:stream';
 import { RELAY_PAIRING_TIMEOUT_MS, TOKEN_LIFETIME_MS } from '../q2q/control/protocol';
 import { vertexError, VertexError } from '../q2q/errors';
+import { carryAbortsOverTcp } from '../q2q/negotiate/relay-leg';
 import { readPreamble, writePreamble } from '../q2q/transport/preamble';
 import type { Logger } from '../q2q/util/log';
 
@@ -22,8 +24,18 @@ export interface RelayOptions {
 
 type Role = 'caller' | 'listener';
 
-/** How long a leg may keep flushing after its partner closed. */
+/** How long a leg may keep flushing after its partner closed cleanly. */
 export const RELAY_CLOSE_LINGER_MS = 10_000;
+
+/**
+ * The net.Socket under a leg: node:tls made the leg over the socket the
+ * server accepted and keeps it as `_parent` (undocumented, but how node:tls
+ * itself proxies socket methods). Only a net.Socket can send a TCP reset.
+ */
+function tcpUnder(leg: TLSSocket): net.Socket | null {
+  const parent = (leg as unknown as { _parent?: unknown })._parent;
+  return parent instanceof net.Socket ? parent : null;
+}
 
 interface PendingRelay {
   caller: string;
@@ -152,9 +164,12 @@ export class Relay {
     this.#active.add(a);
     this.#active.add(b);
     let open = 2;
-    // When one leg closes, the other still holds bytes piped from it: end it
-    // (flushing them) rather than destroy it, and destroy it only if it does
-    // not close by itself within RELAY_CLOSE_LINGER_MS.
+    // A leg that closed after its end was read closed cleanly: the other still
+    // holds bytes piped from it, so end it (flushing them) rather than destroy
+    // it, and destroy it only if it does not close by itself within
+    // RELAY_CLOSE_LINGER_MS. A leg that closed before its end (its peer reset it
+    // on an abort, or it broke) aborts the stream: destroy the other at once,
+    // which resets it, so that its peer sees the abort rather than a clean end.
     const onClose = (closed: TLSSocket, other: TLSSocket) => () => {
       open -= 1;
       this.#active.delete(closed);
@@ -162,11 +177,21 @@ export class Relay {
         this.#activeStreams -= 1;
         return;
       }
-      if (!other.destroyed) {
-        other.end();
-        setTimeout(() => other.destroy(), RELAY_CLOSE_LINGER_MS).unref();
+      if (other.destroyed) return;
+      if (!closed.readableEnded) {
+        other.destroy();
+        return;
       }
+      other.end();
+      setTimeout(() => other.destroy(), RELAY_CLOSE_LINGER_MS).unref();
     };
+    // Any destroy of a leg before its writable side finished (the abort above, a
+    // flush that outlived the linger, stop()) resets it, so its peer sees an
+    // abort; and a reset that libuv reports as an end closes the leg without one.
+    for (const leg of [a, b]) {
+      const tcp = tcpUnder(leg);
+      if (tcp) carryAbortsOverTcp(leg, tcp);
+    }
     a.once('close', onClose(a, b));
     b.once('close', onClose(b, a));
     a.on('error', () => undefined);

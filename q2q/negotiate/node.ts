@@ -31,7 +31,7 @@ import { silentLogger, type Logger } from '../util/log';
 import { defaultAllow, isAllowed } from './allow';
 import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
-import { openRelayLeg } from './relay-leg';
+import { carryAbortsOverTcp, openRelayLeg } from './relay-leg';
 import { learnReflexiveAddress, punch, punchedConnect } from './punch';
 import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { PtcpSocket } from '../transport/ptcp-socket';
@@ -408,6 +408,8 @@ export class Q2QNode extends EventEmitter {
     let socket: TLSSocket;
     try {
       socket = await tlsServerOver(raw, this.identity, `${route} peer channel`, PEER_HANDSHAKE_TIMEOUT_MS);
+      // Over tcp, aborts must not read as clean ends either way (relay-leg.ts).
+      if (raw instanceof net.Socket) carryAbortsOverTcp(socket, raw);
     } catch (err) {
       this.#log.debug({ route, reason: (err as Error).message }, 'peer tls failed');
       return;
@@ -539,6 +541,8 @@ export class Q2QNode extends EventEmitter {
             sockets.push(raw);
             if (settled) return raw.destroy();
             secure = await tlsClientOver(raw, this.identity, p.listenerCert, `${route} to ${p.to}`, PEER_HANDSHAKE_TIMEOUT_MS);
+            // Over tcp, aborts must not read as clean ends either way (relay-leg.ts).
+            if (raw instanceof net.Socket) carryAbortsOverTcp(secure, raw);
             sockets.push(secure);
           } catch (err) {
             return failedOne(route, err);

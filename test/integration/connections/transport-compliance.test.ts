@@ -204,6 +204,8 @@ describe('each case fails on a pair broken in its way', () => {
     'many-pairs': ['crosses the ends of pairs made at once', crossedPairs(), /"up": false/],
     // 65537-byte writes shrink to 1 byte and 65536-byte writes to nothing: 4 × 64 KiB go missing.
     'odd-sizes': ['keeps 16 bits of a write length', broken({ tamper: (chunk) => chunk.subarray(0, chunk.length & 0xffff) }), /"bytes": 236586/],
+    'abort-a-mid-transfer': ['passes a destroy across as a clean end', broken({ destroyEndsPeer: true }), /b saw a clean end/],
+    'abort-b-mid-transfer': ['passes a destroy across as a clean end', broken({ destroyEndsPeer: true }), /a saw a clean end/],
   };
 
   // Every destroy case (destroy-<destroyer>-while-<survivor>-<activity>) on a pair that keeps a destroy to itself.

@@ -56,12 +56,8 @@ export function transportSuite(name: string, makePair: MakePair, opts: SuiteOpti
 
 // ---- the cases ----
 
-/**
- * What the survivor of an abrupt destroy is doing. Only 'writing' for now: a
- * survivor that only reads is left half-open over the tcp and relay routes,
- * which deliver a destroy as a clean end (not yet fixed).
- */
-const SURVIVOR_ACTIVITIES: ReadonlyArray<'reading' | 'writing'> = ['writing'];
+/** What the survivor of an abrupt destroy is doing. */
+const SURVIVOR_ACTIVITIES: ReadonlyArray<'reading' | 'writing'> = ['reading', 'writing'];
 
 export const COMPLIANCE_CASES: readonly ComplianceCase[] = [
   {
@@ -165,6 +161,39 @@ export const COMPLIANCE_CASES: readonly ComplianceCase[] = [
       }),
     };
   })),
+  // The case the one above misses: a destroy while the data is still flowing. Over
+  // TCP the reset then lands on unread bytes, which libuv reports as a plain end.
+  ...(['a', 'b'] as const).map((destroyer): ComplianceCase => {
+    const survivor = destroyer === 'a' ? 'b' : 'a';
+    return {
+      id: `abort-${destroyer}-mid-transfer`,
+      name: `${destroyer} destroyed while still sending is seen by ${survivor} as an abort: a close, never a clean end`,
+      run: (makePair, opts) => withPair(makePair, opts, async (pair, bound) => {
+        const gone = pair[destroyer];
+        const left = pair[survivor];
+        const leftClosed = closed(left);
+        const seen: string[] = [];
+        left.once('error', (err: Error & { code?: string }) => seen.push(`'error' ${err.code ?? err.message}`));
+        // A clean end of a transfer that was cut off makes it look complete.
+        const endedCleanly = new Promise<never>((_, reject) => left.once('end', () => {
+          reject(new Error(`${survivor} saw a clean end ('end') of a transfer ${destroyer} aborted`));
+        }));
+        endedCleanly.catch(() => undefined);
+        let received = 0;
+        const flowing = new Promise<void>((resolve) => left.on('data', (chunk: Buffer) => {
+          received += chunk.length;
+          if (received >= MB) resolve();
+        }));
+        const sending = writeUntilClosed(gone);
+        sending.catch(() => undefined);
+        await bound(flowing, `the first MB from ${destroyer}`);
+        gone.destroy();
+        await bound(Promise.race([leftClosed, endedCleanly]), `${survivor} closing after ${destroyer} was destroyed`).catch((err: Error) => {
+          throw new Error(`${err.message}; ${survivor} saw ${seen.join(', ') || 'no error'}`);
+        });
+      }),
+    };
+  }),
   {
     id: 'many-pairs',
     name: '20 pairs at once, 256 KB each way on each, byte-exact and not crossed',
@@ -421,6 +450,8 @@ export interface MemoryFaults {
   overflowAt?: number;
   /** A destroy is not seen by the other end (node 20's stream.duplexPair behaves so). */
   destroyStaysLocal?: boolean;
+  /** A destroy reaches the other end as a clean end (the tcp and relay routes did so). */
+  destroyEndsPeer?: boolean;
 }
 
 /**
@@ -483,7 +514,9 @@ class MemoryEnd extends Duplex {
     held?.(connectionReset());
     const clean = this.writableFinished && this.readableEnded;
     const peer = this.peer;
-    if (!clean && !this.#faults.destroyStaysLocal && !peer.destroyed) process.nextTick(() => peer.destroy(connectionReset()));
+    if (clean || this.#faults.destroyStaysLocal || peer.destroyed) return callback(err);
+    if (this.#faults.destroyEndsPeer) process.nextTick(() => peer.push(null));
+    else process.nextTick(() => peer.destroy(connectionReset()));
     callback(err);
   }
 }
