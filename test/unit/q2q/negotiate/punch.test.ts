@@ -10,6 +10,7 @@ import { ManualClock } from '../../../../q2q/util/clock';
 import { decodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../../../../q2q/wire/who-am-i';
 import { ImpairmentProxy } from '../../../helpers/impairment-proxy';
+import { flushedTo, silentPeer, type SilentPeer } from '../../../helpers/silent-peer';
 
 /** Records what punch() sends, in order, with the TTL of each datagram. */
 function recordingSocket(): { socket: PtcpSocket; sent: Array<{ host: string; port: number; ttl: number | null; buf: Buffer }> } {
@@ -123,34 +124,6 @@ describe('learnReflexiveAddress', () => {
   });
 });
 
-/** A UDP socket that answers nothing and records what arrives, in order. */
-async function silentPeer(): Promise<{ port: number; got: Buffer[]; until(predicate: () => boolean): Promise<void>; close(): void }> {
-  const udp = dgram.createSocket('udp4');
-  await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
-  const got: Buffer[] = [];
-  udp.on('message', (m) => got.push(m));
-  return {
-    port: udp.address().port,
-    got,
-    until: (predicate) => new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (!predicate()) return;
-        clearTimeout(timer);
-        udp.off('message', check);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        udp.off('message', check);
-        reject(new Error(`silent peer: condition not met (${got.length} datagrams)`));
-      }, 5_000);
-      udp.on('message', check);
-      check();
-    }),
-    close: () => udp.close(),
-  };
-}
-
-const MARKER = Buffer.from('marker: all sent before has arrived');
 const syns = (got: Buffer[]): Buffer[] => got.filter((m) => isPtcpDatagram(m) && (decodeSegment(m).flags & FLAG_SYN) !== 0);
 
 describe('punchedConnect', () => {
@@ -206,12 +179,8 @@ describe('punchedConnect', () => {
   describe('aborted', () => {
     let clock: ManualClock;
     let socket: PtcpSocket;
-    let peer: Awaited<ReturnType<typeof silentPeer>>;
-    const flushed = async (): Promise<void> => {
-      const before = peer.got.filter((m) => m.equals(MARKER)).length;
-      await socket.sendRaw(MARKER, '127.0.0.1', peer.port);
-      await peer.until(() => peer.got.filter((m) => m.equals(MARKER)).length > before);
-    };
+    let peer: SilentPeer;
+    const flushed = (): Promise<void> => flushedTo(socket, peer);
 
     beforeEach(async () => {
       clock = new ManualClock(0);

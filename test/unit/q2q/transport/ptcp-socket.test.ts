@@ -2,66 +2,15 @@
  * PtcpSocket's connect over real loopback UDP, with a ManualClock driving its timers: the
  * retransmission schedule and what an aborted connect leaves behind (nothing on the wire).
  */
-import * as dgram from 'node:dgram';
 import { isVertexError } from '../../../../q2q/errors';
 import { PTCP_DEFAULTS } from '../../../../q2q/proto/ptcp/constants';
 import { PtcpSocket, type PtcpStream } from '../../../../q2q/transport/ptcp-socket';
 import { ManualClock } from '../../../../q2q/util/clock';
 import { decodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
-
-const MARKER = Buffer.from('end-of-test-marker');
-const HANG_BOUND_MS = 5_000;
-
-/** A UDP socket that answers nothing and records every datagram, in arrival order. */
-interface SilentPeer {
-  port: number;
-  got: Buffer[];
-  /** Resolves once `predicate` holds after some datagram arrived (rejects after HANG_BOUND_MS). */
-  until(predicate: () => boolean): Promise<void>;
-  close(): void;
-}
-
-async function silentPeer(): Promise<SilentPeer> {
-  const udp = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', () => resolve()));
-  const got: Buffer[] = [];
-  udp.on('message', (m) => got.push(m));
-  return {
-    port: udp.address().port,
-    got,
-    until(predicate) {
-      if (predicate()) return Promise.resolve();
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          udp.off('message', check);
-          reject(new Error(`silent peer: condition not met in ${HANG_BOUND_MS} ms (${got.length} datagrams)`));
-        }, HANG_BOUND_MS);
-        function check(): void {
-          if (!predicate()) return;
-          clearTimeout(timer);
-          udp.off('message', check);
-          resolve();
-        }
-        udp.on('message', check);
-      });
-    },
-    close: () => udp.close(),
-  };
-}
+import { flushedTo, silentPeer, type SilentPeer } from '../../../helpers/silent-peer';
 
 const ptcpDatagrams = (peer: SilentPeer): Buffer[] => peer.got.filter((m) => isPtcpDatagram(m));
 const isSyn = (m: Buffer): boolean => (decodeSegment(m).flags & FLAG_SYN) !== 0;
-
-/**
- * Everything the socket sent before this call has reached the peer once the marker has:
- * datagrams from one socket to one loopback port arrive in order.
- */
-async function flushedTo(socket: PtcpSocket, peer: SilentPeer): Promise<void> {
-  const markers = (): number => peer.got.filter((m) => m.equals(MARKER)).length;
-  const before = markers();
-  await socket.sendRaw(MARKER, '127.0.0.1', peer.port);
-  await peer.until(() => markers() > before);
-}
 
 /** Settles a promise into its value or its error, so a rejection is never unhandled. */
 function outcome<T>(p: Promise<T>): Promise<T | Error> {
