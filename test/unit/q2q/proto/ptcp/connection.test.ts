@@ -164,6 +164,20 @@ class Sim {
     this.pump(side);
   }
 
+  /** Writes `data` a -> b and runs until b holds all of it; returns the time taken and a's mean SRTT meanwhile. */
+  transfer(data: Buffer, budgetMs = 600_000): { ms: number; meanSrtt: number } {
+    const t0 = this.clock.now();
+    this.write(this.a, data);
+    let sum = 0;
+    let n = 0;
+    this.runUntil(() => {
+      sum += this.a.conn.stats().srttMs ?? 0;
+      n++;
+      return this.b.receivedBytes === data.length;
+    }, budgetMs);
+    return { ms: this.clock.now() - t0, meanSrtt: sum / n };
+  }
+
   /** Advances in small steps until `done` or the time budget runs out. */
   runUntil(done: () => boolean, budgetMs: number, stepMs = 10): void {
     for (let t = 0; t < budgetMs && !done(); t += stepMs) this.clock.advance(stepMs);
@@ -310,17 +324,9 @@ describe('PtcpConnection data transfer', () => {
     sim.start();
     sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 5000);
     const data = pattern(size, 8);
-    const t0 = sim.clock.now();
-    sim.write(sim.a, data);
-    let sum = 0;
-    let n = 0;
-    sim.runUntil(() => {
-      sum += sim.a.conn.stats().srttMs ?? 0;
-      n++;
-      return sim.b.receivedBytes === data.length;
-    }, 600_000);
+    const { ms, meanSrtt } = sim.transfer(data);
     expect(sha(sim.b.received)).toBe(sha(data));
-    return { ms: sim.clock.now() - t0, meanSrtt: sum / n, overflows: sim.overflows };
+    return { ms, meanSrtt, overflows: sim.overflows };
   }
 
   it('BBR keeps most of a bottleneck under 2 % random loss, where CUBIC does not (simulated time)', () => {
@@ -366,18 +372,11 @@ describe('PtcpConnection data transfer', () => {
     sim.start();
     sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 5000);
     const data = pattern(2_000_000, 7);
-    sim.write(sim.a, data);
-    let sum = 0;
-    let n = 0;
-    sim.runUntil(() => {
-      sum += sim.a.conn.stats().srttMs ?? 0;
-      n++;
-      return sim.b.receivedBytes === data.length;
-    }, 600_000);
+    const { meanSrtt } = sim.transfer(data);
     expect(sha(sim.b.received)).toBe(sha(data));
     // The path RTT is 10 ms; the timestamp echo of the segment that last advanced the left edge
     // would add each hole's age to the samples.
-    expect(sum / n).toBeLessThan(20);
+    expect(meanSrtt).toBeLessThan(20);
   });
 
   it('delays ACKs: one ACK answers two segments', () => {
