@@ -3,6 +3,7 @@
  * server, the domain CA pinned on first use (the server's TLS certificate is
  * the CA itself), then `hello` with the protocol version.
  */
+import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { asVertexError, vertexError, VertexError } from '../errors';
@@ -56,20 +57,33 @@ export class ServerConnection {
   }
 }
 
+export interface ConnectTlsOptions {
+  /** ALPN protocol: the control protocol unless said otherwise (relay legs). */
+  alpn?: string;
+  /**
+   * A TCP socket, already connecting to the endpoint, to run TLS over. For a caller that must
+   * keep the TCP socket, e.g. to reset it (relay legs); otherwise TLS opens its own.
+   */
+  tcp?: net.Socket;
+  /** How errors name the connection. */
+  what?: string;
+}
+
 /** A TLS connection to a domain's server, not yet checked against the pin (see checkServerCa). */
-export function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number, alpn = ALPN_CONTROL): Promise<tls.TLSSocket> {
+export function connectTls(endpoint: ServerEndpoint, domain: string, credentials: ClientCredentials | undefined, timeoutMs: number, opts: ConnectTlsOptions = {}): Promise<tls.TLSSocket> {
+  const { tcp } = opts;
+  const what = opts.what ?? `connect to ${domain} server at ${endpoint.host}:${endpoint.port}`;
   return new Promise((resolve, reject) => {
     // A relay leg carries one direction after the other has ended (half-close).
     // allowHalfOpen is honoured by tls.connect (it reaches net.Socket) but missing from @types/node 20.
     const halfOpen = { allowHalfOpen: true } as tls.ConnectionOptions;
     const socket = tls.connect({
       ...halfOpen,
-      host: endpoint.host,
-      port: endpoint.port,
+      ...(tcp ? { socket: tcp } : { host: endpoint.host, port: endpoint.port }),
       // SNI picks the domain's CA on a server that serves several domains.
       servername: domain,
       minVersion: 'TLSv1.3',
-      ALPNProtocols: [alpn],
+      ALPNProtocols: [opts.alpn ?? ALPN_CONTROL],
       // The chain is checked below against the pinned CA, not a public root store.
       rejectUnauthorized: false,
       // One context per identity for every control connection (it holds TLS 1.3 as the minimum).
@@ -77,18 +91,24 @@ export function connectTls(endpoint: ServerEndpoint, domain: string, credentials
     });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(vertexError('Timeout', `connect to ${domain} server at ${endpoint.host}:${endpoint.port}: no TLS handshake after ${timeoutMs} ms`));
+      tcp?.destroy();
+      reject(vertexError('Timeout', `${what}: no TLS handshake after ${timeoutMs} ms`));
     }, timeoutMs);
-    socket.setNoDelay(true);
+    // Control boxes and relayed handshake records are small: no Nagle delay.
+    (tcp ?? socket).setNoDelay(true);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
+      // From here on errors belong to the owner (AMP, a relay leg), not to the connect.
+      socket.off('error', onError);
       resolve(socket);
     });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
       socket.destroy();
-      reject(vertexError('ServerUnavailable', `connect to ${domain} server at ${endpoint.host}:${endpoint.port}: ${err.code ?? err.message}`, err));
-    });
+      tcp?.destroy();
+      reject(vertexError('ServerUnavailable', `${what}: ${err.code ?? err.message}`, err));
+    };
+    socket.once('error', onError);
   });
 }
 

@@ -9,7 +9,7 @@ import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { isErrorCode, vertexError } from '../errors';
 import type { ServerEndpoint, ServerResolver } from '../control/discovery';
-import { checkServerCa, type CaTrust } from '../control/server-connection';
+import { checkServerCa, connectTls, type CaTrust } from '../control/server-connection';
 import { ALPN_RELAY, RELAY_PAIRING_TIMEOUT_MS } from '../control/protocol';
 import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
 import type { Identity } from './types';
@@ -164,49 +164,21 @@ export class RelayLegStream extends Duplex {
 }
 
 /**
- * TLS to the relay over a TCP connection of our own, so that an abort can
- * reset it (control/server-connection.ts's connectTls keeps the TCP socket
- * inside the TLS one, where only node's internals reach it). Same checks as
- * connectTls: TLS 1.3, SNI for the domain, the chain checked afterwards
- * against the pinned CA.
+ * TLS to the relay (connectTls: TLS 1.3, SNI for the domain, the identity's
+ * shared context, the chain checked afterwards against the pinned CA) over a
+ * TCP connection of our own, so that an abort can reset it.
  */
 function connectLeg(endpoint: ServerEndpoint, domain: string, identity: Identity, timeoutMs: number): Promise<tls.TLSSocket> {
-  return new Promise((resolve, reject) => {
-    // A relay leg carries one direction after the other has ended (half-close): both
-    // the TCP socket and the TLS socket over it stay open when one direction ends.
-    const tcp = net.connect({ host: endpoint.host, port: endpoint.port, allowHalfOpen: true });
-    // Relayed handshake records are small: no Nagle delay.
-    tcp.setNoDelay(true);
-    // allowHalfOpen is honoured by tls.connect (the TLS socket must not end its side
-    // when the relay ends the other) but missing from @types/node 20.
-    const halfOpen = { allowHalfOpen: true } as tls.ConnectionOptions;
-    const leg = tls.connect({
-      ...halfOpen,
-      socket: tcp,
-      servername: domain,
-      minVersion: 'TLSv1.3',
-      ALPNProtocols: [ALPN_RELAY],
-      // The chain is checked by the caller against the pinned CA, not a public root store.
-      rejectUnauthorized: false,
-      key: identity.keyPem,
-      cert: identity.certPem,
-    });
-    const fail = (err: Error): void => {
-      clearTimeout(timer);
-      leg.destroy();
-      tcp.destroy();
-      reject(err);
-    };
-    const where = `relay via ${domain} server at ${endpoint.host}:${endpoint.port}`;
-    const timer = setTimeout(() => fail(vertexError('Timeout', `${where}: no TLS handshake after ${timeoutMs} ms`)), timeoutMs);
-    const onError = (err: NodeJS.ErrnoException): void => fail(vertexError('ServerUnavailable', `${where}: ${err.code ?? err.message}`, err));
-    leg.once('error', onError);
-    leg.once('secureConnect', () => {
-      clearTimeout(timer);
-      leg.off('error', onError);
-      carryAbortsOverTcp(leg, tcp);
-      resolve(leg);
-    });
+  // A relay leg carries one direction after the other has ended (half-close): the TCP socket
+  // stays open when one direction ends, as the TLS socket over it does.
+  const tcp = net.connect({ host: endpoint.host, port: endpoint.port, allowHalfOpen: true });
+  return connectTls(endpoint, domain, identity, timeoutMs, {
+    alpn: ALPN_RELAY,
+    tcp,
+    what: `relay via ${domain} server at ${endpoint.host}:${endpoint.port}`,
+  }).then((leg) => {
+    carryAbortsOverTcp(leg, tcp);
+    return leg;
   });
 }
 
