@@ -89,10 +89,6 @@ export class WindowedMax {
     while (e.length > 0 && (e[0] as { t: number }).t <= t - this.#window) e.shift();
   }
 
-  reset(): void {
-    this.#entries = [];
-  }
-
   get max(): number {
     return this.#entries.length > 0 ? (this.#entries[0] as { v: number }).v : 0;
   }
