@@ -100,16 +100,16 @@ export class AccountService {
         throw new Error(`unknown registration mode ${String(never)}`);
       }
     }
-    if (this.#store.getAccount(address.domain, address.user)) {
+    if (await this.#store.getAccount(address.domain, address.user)) {
       throw vertexError('NameTaken', `register ${name}: the name is taken; choose another or use \`vertex login ${name}\``);
     }
     // Check the CSR before the account exists, so a bad request leaves nothing behind.
     const issued = await this.#issue(name, req.csrPem);
-    if (this.#registration === 'invite' && !this.#store.consumeInvite(address.domain, req.invite ?? '', this.#now())) {
+    if (this.#registration === 'invite' && !await this.#store.consumeInvite(address.domain, req.invite ?? '', this.#now())) {
       throw vertexError('BadInvite', `register ${name}: the invitation code is unknown, used or expired`);
     }
-    this.#store.createAccount(address.domain, address.user, await hashPassword(req.password));
-    this.#record(name, issued);
+    await this.#store.createAccount(address.domain, address.user, await hashPassword(req.password));
+    await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'account registered');
     return issued;
   }
@@ -121,7 +121,7 @@ export class AccountService {
     this.#checkPemSize(req.csrPem, 'sign');
     if (req.password.length > MAX_PASSWORD_LENGTH) throw vertexError('BadPassword', `sign ${name}: wrong password`);
     this.#limiter.check(name, req.sourceAddress);
-    const account = this.#store.getAccount(address.domain, address.user);
+    const account = await this.#store.getAccount(address.domain, address.user);
     const ok = await verifyPassword(req.password, account?.passwordHash ?? DUMMY_PASSWORD_HASH);
     if (!account) {
       this.#limiter.recordFailure(name, req.sourceAddress);
@@ -134,7 +134,7 @@ export class AccountService {
     }
     this.#limiter.recordSuccess(name);
     const issued = await this.#issue(name, req.csrPem);
-    this.#record(name, issued);
+    await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'certificate issued');
     return issued;
   }
@@ -142,9 +142,9 @@ export class AccountService {
   async renew(name: string, csrPem: string): Promise<IssuedIdentity> {
     this.#checkPemSize(csrPem, 'renew');
     const address = parseAddress(name);
-    if (!this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `renew ${name}: the account was removed`);
+    if (!await this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `renew ${name}: the account was removed`);
     const issued = await this.#issue(name, csrPem);
-    this.#record(name, issued);
+    await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial }, 'certificate renewed');
     return issued;
   }
@@ -153,17 +153,17 @@ export class AccountService {
    * Checks a certificate a client presented in TLS: issued by one of our CAs,
    * in date, for an existing account, not revoked. Returns the address it names.
    */
-  authenticateCertificate(certPem: string): string {
+  async authenticateCertificate(certPem: string): Promise<string> {
     const info = describeCertificate(certPem);
     const ca = this.#cas.get(info.issuerCn.toLowerCase());
     if (!ca) throw vertexError('CertificateInvalid', `client certificate issued by "${info.issuerCn}", which this server does not serve`);
     verifyUserCertificate(certPem, ca.certPem, { now: new Date(this.#now()) });
     const name = info.q2qAddress ?? '';
     const address = parseAddress(name);
-    const record = this.#store.getCertificate(info.serial);
+    const record = await this.#store.getCertificate(info.serial);
     if (!record) throw vertexError('CertificateInvalid', `client certificate ${info.serial} was not issued by this server`);
     if (record.revokedAt !== null) throw vertexError('CertificateRevoked', `client certificate ${info.serial} for ${name} is revoked`);
-    if (!this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `client certificate names ${name}, which no longer exists`);
+    if (!await this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `client certificate names ${name}, which no longer exists`);
     return formatAddress(address);
   }
 
@@ -180,9 +180,9 @@ export class AccountService {
     return { certPem: cert.certPem, caPem: ca.certPem, serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter };
   }
 
-  #record(name: string, issued: IssuedIdentity): void {
+  async #record(name: string, issued: IssuedIdentity): Promise<void> {
     const address = parseAddress(name);
-    this.#store.recordCertificate({
+    await this.#store.recordCertificate({
       serial: issued.serial, domain: address.domain, user: address.user,
       notBefore: issued.notBefore.getTime(), notAfter: issued.notAfter.getTime(),
     });

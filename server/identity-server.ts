@@ -178,7 +178,7 @@ export class IdentityServer {
   async #authenticate(certPem: string): Promise<{ address: string; local: boolean }> {
     const info = describeCertificate(certPem);
     const issuer = info.issuerCn.toLowerCase();
-    if (this.accounts.domains.includes(issuer)) return { address: this.accounts.authenticateCertificate(certPem), local: true };
+    if (this.accounts.domains.includes(issuer)) return { address: await this.accounts.authenticateCertificate(certPem), local: true };
     const address = (info.q2qAddress ?? '').toLowerCase();
     return { address: await this.#federation!.authenticate(certPem, issuer, address), local: false };
   }
@@ -259,7 +259,7 @@ export class IdentityServer {
     const udp = this.#udp;
     this.#udp = null;
     if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));
-    this.#store?.close();
+    await this.#store?.close();
     this.#store = null;
   }
 }

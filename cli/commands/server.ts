@@ -162,9 +162,9 @@ const addUser: CommandModule<GlobalArgs, AdminArgs> = {
       requireServedDomain(config, address.domain);
       const password = await readPassword(args, { confirm: true, what: name });
       validatePassword(password, `add-user ${name}`);
-      store.createAccount(address.domain, address.user, await hashPassword(password));
+      await store.createAccount(address.domain, address.user, await hashPassword(password));
     } finally {
-      store.close();
+      await store.close();
     }
     printResult(args.json, `added ${name}`, { address: name });
   },
@@ -174,14 +174,14 @@ const removeUser: CommandModule<GlobalArgs, AdminArgs> = {
   command: 'remove-user <address>',
   describe: 'delete an account and revoke its certificates',
   builder: (y) => serverOptions(y).positional('address', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
-  handler: (args) => {
+  handler: async (args) => {
     const address = parseAddress(args.address ?? '');
     const name = formatAddress(address);
     const { store } = openStore(args);
     try {
-      if (!store.removeAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `remove-user ${name}: no such account`);
+      if (!await store.removeAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `remove-user ${name}: no such account`);
     } finally {
-      store.close();
+      await store.close();
     }
     printResult(args.json, `removed ${name}; its certificates are revoked`, { address: name });
   },
@@ -191,14 +191,14 @@ const revoke: CommandModule<GlobalArgs, AdminArgs> = {
   command: 'revoke <serial>',
   describe: 'revoke a certificate by serial number (hex)',
   builder: (y) => serverOptions(y).positional('serial', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
-  handler: (args) => {
+  handler: async (args) => {
     const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '');
     if (!/^[0-9a-f]{1,64}$/.test(serial)) throw vertexError('Usage', `revoke ${args.serial}: a serial is hexadecimal, as printed by register and login`);
     const { store } = openStore(args);
     try {
-      if (!store.revokeCertificate(serial)) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
+      if (!await store.revokeCertificate(serial)) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
     } finally {
-      store.close();
+      await store.close();
     }
     printResult(args.json, `revoked ${serial}`, { serial });
   },
@@ -208,11 +208,11 @@ const invite: CommandModule<GlobalArgs, AdminArgs> = {
   command: 'invite',
   describe: 'print a one-time invitation code for `vertex register --invite`',
   builder: (y) => serverOptions(y).option('expires', { type: 'string', describe: 'lifetime, e.g. 7d, 12h [7d]' }) as Argv<AdminArgs>,
-  handler: (args) => {
+  handler: async (args) => {
     const { store, config } = openStore(args);
     const domain = config.domains[0];
     if (!domain || (args.domain?.length ?? 0) > 1) {
-      store.close();
+      await store.close();
       throw vertexError('Usage', 'invite: name exactly one --domain');
     }
     const lifetime = args.expires ? parseDuration(args.expires) : INVITE_LIFETIME_MS;
@@ -220,9 +220,9 @@ const invite: CommandModule<GlobalArgs, AdminArgs> = {
     const expiresAt = Date.now() + lifetime;
     try {
       requireServedDomain(config, domain);
-      store.createInvite(domain, code, expiresAt);
+      await store.createInvite(domain, code, expiresAt);
     } finally {
-      store.close();
+      await store.close();
     }
     printResult(args.json, code, { domain, code, expiresAt: new Date(expiresAt).toISOString() });
   },
@@ -232,14 +232,14 @@ const listUsers: CommandModule<GlobalArgs, AdminArgs> = {
   command: 'list-users',
   describe: 'list accounts',
   builder: (y) => serverOptions(y),
-  handler: (args) => {
+  handler: async (args) => {
     const { store } = openStore(args);
     try {
-      const accounts = store.listAccounts(args.domain?.[0]);
+      const accounts = await store.listAccounts(args.domain?.[0]);
       const rows = accounts.map((a) => ({ address: `${a.user}@${a.domain}`, created: new Date(a.createdAt).toISOString() }));
       printResult(args.json, rows.map((r) => `${r.address}\t${r.created}`).join('\n') || '(no accounts)', rows);
     } finally {
-      store.close();
+      await store.close();
     }
   },
 };

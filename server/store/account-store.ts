@@ -1,7 +1,13 @@
 /**
  * The account store interface. The embedded default is SQLite
- * (sqlite-store.ts); the interface exists so a multi-node deployment can put
- * PostgreSQL behind it later without touching the server.
+ * (sqlite-store.ts); a multi-node deployment puts PostgreSQL behind the same
+ * interface. Every method is async so that both can serve it.
+ *
+ * Changes that must reach running servers (a revocation, a removed account)
+ * are also written, in the same transaction, to an append-only change feed.
+ * A server polls it (`eventsAfter`) to close live sessions: the admin
+ * subcommands (`vertex server revoke`, `remove-user`) run as other processes,
+ * and with several nodes any node may make the change.
  */
 
 export interface Account {
@@ -21,22 +27,36 @@ export interface IssuedCertificate {
   revokedAt: number | null;
 }
 
+/** One entry of the change feed. `id` grows strictly; consumers remember the last one they saw. */
+export type AccountEvent =
+  | { id: number; at: number; kind: 'certificate-revoked'; domain: string; user: string; serial: string }
+  | { id: number; at: number; kind: 'account-removed'; domain: string; user: string };
+
+export const MAX_EVENTS_PER_READ = 1000;
+
 export interface AccountStore {
-  getAccount(domain: string, user: string): Account | null;
+  getAccount(domain: string, user: string): Promise<Account | null>;
   /** Throws VertexError('NameTaken') if the account exists. */
-  createAccount(domain: string, user: string, passwordHash: string): Account;
+  createAccount(domain: string, user: string, passwordHash: string): Promise<Account>;
+  /** Replaces the stored hash (a rehash with stronger parameters); false if there is no such account. */
+  setPasswordHash(domain: string, user: string, passwordHash: string): Promise<boolean>;
   /** Removes the account and revokes every certificate issued to it. Returns false if there was none. */
-  removeAccount(domain: string, user: string): boolean;
-  listAccounts(domain?: string): Account[];
+  removeAccount(domain: string, user: string): Promise<boolean>;
+  listAccounts(domain?: string): Promise<Account[]>;
 
-  recordCertificate(cert: Omit<IssuedCertificate, 'revokedAt'>): void;
-  /** Returns false if the serial was never issued. */
-  revokeCertificate(serial: string): boolean;
-  getCertificate(serial: string): IssuedCertificate | null;
+  recordCertificate(cert: Omit<IssuedCertificate, 'revokedAt'>): Promise<void>;
+  /** Returns false if the serial was never issued. Revoking twice is not an error (true). */
+  revokeCertificate(serial: string): Promise<boolean>;
+  getCertificate(serial: string): Promise<IssuedCertificate | null>;
 
-  createInvite(domain: string, code: string, expiresAt: number): void;
+  createInvite(domain: string, code: string, expiresAt: number): Promise<void>;
   /** Atomically marks the invite used; false if unknown, used or expired. */
-  consumeInvite(domain: string, code: string, now: number): boolean;
+  consumeInvite(domain: string, code: string, now: number): Promise<boolean>;
 
-  close(): void;
+  /** Change-feed entries with id > `after`, oldest first, at most `limit` (default MAX_EVENTS_PER_READ). */
+  eventsAfter(after: number, limit?: number): Promise<AccountEvent[]>;
+  /** The newest change-feed id (0 when empty): where a server that just started begins to follow. */
+  latestEventId(): Promise<number>;
+
+  close(): Promise<void>;
 }

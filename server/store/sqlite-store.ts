@@ -1,42 +1,60 @@
 /**
  * AccountStore on embedded SQLite (better-sqlite3, WAL). WAL lets the admin
  * subcommands (`vertex server add-user`, `revoke`, …) write while a server
- * process reads the same file.
+ * process reads the same file. better-sqlite3 is synchronous; the async
+ * methods only satisfy the shared interface.
+ *
+ * The schema is versioned by `PRAGMA user_version`: each entry of
+ * MIGRATIONS moves it one step, inside a transaction, so a database of any
+ * earlier version opens.
  */
 import Database from 'better-sqlite3';
 import { vertexError } from '../../q2q/errors';
-import type { Account, AccountStore, IssuedCertificate } from './account-store';
+import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
 
-const SCHEMA_VERSION = 1;
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS accounts (
-  domain        TEXT    NOT NULL,
-  user          TEXT    NOT NULL,
-  password_hash TEXT    NOT NULL,
-  created_at    INTEGER NOT NULL,
-  PRIMARY KEY (domain, user)
-);
-CREATE TABLE IF NOT EXISTS certificates (
-  serial     TEXT    PRIMARY KEY,
-  domain     TEXT    NOT NULL,
-  user       TEXT    NOT NULL,
-  not_before INTEGER NOT NULL,
-  not_after  INTEGER NOT NULL,
-  revoked_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS certificates_by_user ON certificates (domain, user);
-CREATE TABLE IF NOT EXISTS invites (
-  domain     TEXT    NOT NULL,
-  code       TEXT    NOT NULL,
-  expires_at INTEGER NOT NULL,
-  used_at    INTEGER,
-  PRIMARY KEY (domain, code)
-);
-`;
+/** MIGRATIONS[i] takes the schema from version i to i + 1. */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE IF NOT EXISTS accounts (
+    domain        TEXT    NOT NULL,
+    user          TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (domain, user)
+  );
+  CREATE TABLE IF NOT EXISTS certificates (
+    serial     TEXT    PRIMARY KEY,
+    domain     TEXT    NOT NULL,
+    user       TEXT    NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after  INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  CREATE INDEX IF NOT EXISTS certificates_by_user ON certificates (domain, user);
+  CREATE TABLE IF NOT EXISTS invites (
+    domain     TEXT    NOT NULL,
+    code       TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER,
+    PRIMARY KEY (domain, code)
+  );
+  `,
+  `
+  CREATE TABLE events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    kind   TEXT    NOT NULL,
+    domain TEXT    NOT NULL,
+    user   TEXT    NOT NULL,
+    serial TEXT
+  );
+  `,
+];
+export const SCHEMA_VERSION = MIGRATIONS.length;
 
 interface AccountRow { domain: string; user: string; password_hash: string; created_at: number }
 interface CertificateRow { serial: string; domain: string; user: string; not_before: number; not_after: number; revoked_at: number | null }
+interface EventRow { id: number; at: number; kind: string; domain: string; user: string; serial: string | null }
 
 function toAccount(row: AccountRow): Account {
   return { domain: row.domain, user: row.user, passwordHash: row.password_hash, createdAt: row.created_at };
@@ -47,6 +65,26 @@ function toCertificate(row: CertificateRow): IssuedCertificate {
     serial: row.serial, domain: row.domain, user: row.user,
     notBefore: row.not_before, notAfter: row.not_after, revokedAt: row.revoked_at,
   };
+}
+
+function toEvent(row: EventRow): AccountEvent {
+  if (row.kind === 'certificate-revoked') {
+    return { id: row.id, at: row.at, kind: 'certificate-revoked', domain: row.domain, user: row.user, serial: row.serial ?? '' };
+  }
+  return { id: row.id, at: row.at, kind: 'account-removed', domain: row.domain, user: row.user };
+}
+
+function migrate(db: Database.Database): void {
+  const from = db.pragma('user_version', { simple: true }) as number;
+  if (from > SCHEMA_VERSION) {
+    throw new Error(`schema version ${from} is newer than this vertex understands (${SCHEMA_VERSION}); upgrade vertex`);
+  }
+  for (let version = from; version < SCHEMA_VERSION; version++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[version] as string);
+      db.pragma(`user_version = ${version + 1}`);
+    }).immediate();
+  }
 }
 
 export class SqliteAccountStore implements AccountStore {
@@ -60,19 +98,18 @@ export class SqliteAccountStore implements AccountStore {
       this.#db.pragma('journal_mode = WAL');
       this.#db.pragma('busy_timeout = 5000');
       this.#db.pragma('foreign_keys = ON');
-      this.#db.exec(SCHEMA);
-      this.#db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      migrate(this.#db);
     } catch (err) {
       throw vertexError('Internal', `open account database ${file}: ${(err as Error).message}`, err);
     }
   }
 
-  getAccount(domain: string, user: string): Account | null {
+  async getAccount(domain: string, user: string): Promise<Account | null> {
     const row = this.#db.prepare('SELECT * FROM accounts WHERE domain = ? AND user = ?').get(domain, user) as AccountRow | undefined;
     return row ? toAccount(row) : null;
   }
 
-  createAccount(domain: string, user: string, passwordHash: string): Account {
+  async createAccount(domain: string, user: string, passwordHash: string): Promise<Account> {
     const createdAt = this.#now();
     try {
       this.#db.prepare('INSERT INTO accounts (domain, user, password_hash, created_at) VALUES (?, ?, ?, ?)')
@@ -86,49 +123,78 @@ export class SqliteAccountStore implements AccountStore {
     return { domain, user, passwordHash, createdAt };
   }
 
-  removeAccount(domain: string, user: string): boolean {
-    const now = this.#now();
-    const remove = this.#db.transaction(() => {
-      this.#db.prepare('UPDATE certificates SET revoked_at = ? WHERE domain = ? AND user = ? AND revoked_at IS NULL')
-        .run(now, domain, user);
-      return this.#db.prepare('DELETE FROM accounts WHERE domain = ? AND user = ?').run(domain, user).changes > 0;
-    });
-    return remove();
+  async setPasswordHash(domain: string, user: string, passwordHash: string): Promise<boolean> {
+    return this.#db.prepare('UPDATE accounts SET password_hash = ? WHERE domain = ? AND user = ?')
+      .run(passwordHash, domain, user).changes > 0;
   }
 
-  listAccounts(domain?: string): Account[] {
+  async removeAccount(domain: string, user: string): Promise<boolean> {
+    const now = this.#now();
+    const remove = this.#db.transaction(() => {
+      const removed = this.#db.prepare('DELETE FROM accounts WHERE domain = ? AND user = ?').run(domain, user).changes > 0;
+      if (!removed) return false;
+      this.#db.prepare('UPDATE certificates SET revoked_at = ? WHERE domain = ? AND user = ? AND revoked_at IS NULL')
+        .run(now, domain, user);
+      this.#db.prepare("INSERT INTO events (at, kind, domain, user) VALUES (?, 'account-removed', ?, ?)").run(now, domain, user);
+      return true;
+    });
+    return remove.immediate();
+  }
+
+  async listAccounts(domain?: string): Promise<Account[]> {
     const rows = (domain === undefined
       ? this.#db.prepare('SELECT * FROM accounts ORDER BY domain, user').all()
       : this.#db.prepare('SELECT * FROM accounts WHERE domain = ? ORDER BY user').all(domain)) as AccountRow[];
     return rows.map(toAccount);
   }
 
-  recordCertificate(cert: Omit<IssuedCertificate, 'revokedAt'>): void {
+  async recordCertificate(cert: Omit<IssuedCertificate, 'revokedAt'>): Promise<void> {
     this.#db.prepare('INSERT INTO certificates (serial, domain, user, not_before, not_after) VALUES (?, ?, ?, ?, ?)')
       .run(cert.serial, cert.domain, cert.user, cert.notBefore, cert.notAfter);
   }
 
-  revokeCertificate(serial: string): boolean {
-    return this.#db.prepare('UPDATE certificates SET revoked_at = COALESCE(revoked_at, ?) WHERE serial = ?')
-      .run(this.#now(), serial.toLowerCase()).changes > 0;
+  async revokeCertificate(serialText: string): Promise<boolean> {
+    const serial = serialText.toLowerCase();
+    const now = this.#now();
+    const revoke = this.#db.transaction(() => {
+      const row = this.#db.prepare('SELECT * FROM certificates WHERE serial = ?').get(serial) as CertificateRow | undefined;
+      if (!row) return false;
+      if (row.revoked_at === null) {
+        this.#db.prepare('UPDATE certificates SET revoked_at = ? WHERE serial = ?').run(now, serial);
+        this.#db.prepare("INSERT INTO events (at, kind, domain, user, serial) VALUES (?, 'certificate-revoked', ?, ?, ?)")
+          .run(now, row.domain, row.user, serial);
+      }
+      return true;
+    });
+    return revoke.immediate();
   }
 
-  getCertificate(serial: string): IssuedCertificate | null {
+  async getCertificate(serial: string): Promise<IssuedCertificate | null> {
     const row = this.#db.prepare('SELECT * FROM certificates WHERE serial = ?').get(serial.toLowerCase()) as CertificateRow | undefined;
     return row ? toCertificate(row) : null;
   }
 
-  createInvite(domain: string, code: string, expiresAt: number): void {
+  async createInvite(domain: string, code: string, expiresAt: number): Promise<void> {
     this.#db.prepare('INSERT INTO invites (domain, code, expires_at) VALUES (?, ?, ?)').run(domain, code, expiresAt);
   }
 
-  consumeInvite(domain: string, code: string, now: number): boolean {
+  async consumeInvite(domain: string, code: string, now: number): Promise<boolean> {
     return this.#db.prepare(
       'UPDATE invites SET used_at = ? WHERE domain = ? AND code = ? AND used_at IS NULL AND expires_at > ?',
     ).run(now, domain, code, now).changes > 0;
   }
 
-  close(): void {
+  async eventsAfter(after: number, limit = MAX_EVENTS_PER_READ): Promise<AccountEvent[]> {
+    const rows = this.#db.prepare('SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?').all(after, limit) as EventRow[];
+    return rows.map(toEvent);
+  }
+
+  async latestEventId(): Promise<number> {
+    const row = this.#db.prepare('SELECT MAX(id) AS id FROM events').get() as { id: number | null };
+    return row.id ?? 0;
+  }
+
+  async close(): Promise<void> {
     if (this.#db.open) this.#db.close();
   }
 }

@@ -120,9 +120,9 @@ describe('client certificates at the identity server', () => {
     // As `vertex server revoke` does: a second handle on the same database.
     const admin = new SqliteAccountStore(path.join(dataDir, DATABASE_FILE));
     try {
-      expect(admin.revokeCertificate(bobIssued.serial)).toBe(true);
+      expect(await admin.revokeCertificate(bobIssued.serial)).toBe(true);
     } finally {
-      admin.close();
+      await admin.close();
     }
     expect(await helloAs(bob)).toEqual({ code: 'CertificateRevoked' });
     expect(await helloAs(alice)).toEqual({ identity: `alice@${DOMAIN}` });

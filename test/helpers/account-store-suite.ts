@@ -1,0 +1,132 @@
+/**
+ * The store-compliance suite: one set of cases every AccountStore must pass
+ * (STYLE.md: one suite, many implementations, as libp2p's
+ * interface-compliance-tests). Run by the SQLite test and the PostgreSQL one.
+ */
+import { isVertexError } from '../../q2q/errors';
+import type { AccountStore } from '../../server/store/account-store';
+
+export interface StoreFixture {
+  store: AccountStore;
+  /** A second handle on the same data, as an admin command or another node holds. */
+  second(): Promise<AccountStore>;
+  /** Moves the store's clock (the one its timestamps come from). */
+  setNow(ms: number): void;
+  cleanup(): Promise<void>;
+}
+
+export function accountStoreSuite(name: string, open: () => Promise<StoreFixture>): void {
+  describe(`AccountStore compliance: ${name}`, () => {
+    let f: StoreFixture;
+    let store: AccountStore;
+    beforeEach(async () => {
+      f = await open();
+      store = f.store;
+    });
+    afterEach(async () => {
+      await f.cleanup();
+    });
+
+    it('creates, finds and refuses a taken name with NameTaken', async () => {
+      await store.createAccount('a.test', 'alice', 'hash1');
+      expect((await store.getAccount('a.test', 'alice'))?.passwordHash).toBe('hash1');
+      expect(await store.getAccount('b.test', 'alice')).toBeNull();
+      let code = '';
+      try { await store.createAccount('a.test', 'alice', 'hash2'); } catch (err) { code = isVertexError(err) ? err.code : 'other'; }
+      expect(code).toBe('NameTaken');
+      expect((await store.getAccount('a.test', 'alice'))?.passwordHash).toBe('hash1');
+    });
+
+    it('one of two concurrent creations of a name wins; the other gets NameTaken', async () => {
+      const other = await f.second();
+      try {
+        const results = await Promise.allSettled([store.createAccount('a.test', 'race', 'h1'), other.createAccount('a.test', 'race', 'h2')]);
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+        expect(isVertexError(failed.reason) && failed.reason.code).toBe('NameTaken');
+      } finally {
+        await other.close();
+      }
+    });
+
+    it('replaces a password hash', async () => {
+      await store.createAccount('a.test', 'alice', 'old');
+      expect(await store.setPasswordHash('a.test', 'alice', 'new')).toBe(true);
+      expect((await store.getAccount('a.test', 'alice'))?.passwordHash).toBe('new');
+      expect(await store.setPasswordHash('a.test', 'nobody', 'x')).toBe(false);
+    });
+
+    it('lists accounts, per domain or all, sorted', async () => {
+      await store.createAccount('b.test', 'zed', 'h');
+      await store.createAccount('a.test', 'bob', 'h');
+      await store.createAccount('a.test', 'alice', 'h');
+      expect((await store.listAccounts()).map((a) => `${a.user}@${a.domain}`)).toEqual(['alice@a.test', 'bob@a.test', 'zed@b.test']);
+      expect((await store.listAccounts('a.test')).map((a) => a.user)).toEqual(['alice', 'bob']);
+    });
+
+    it('records and revokes certificates; removing an account revokes its certificates', async () => {
+      await store.createAccount('a.test', 'alice', 'h');
+      await store.recordCertificate({ serial: 'aa01', domain: 'a.test', user: 'alice', notBefore: 1, notAfter: 2 });
+      await store.recordCertificate({ serial: 'aa02', domain: 'a.test', user: 'alice', notBefore: 1, notAfter: 2 });
+      expect(await store.revokeCertificate('AA01')).toBe(true);
+      expect((await store.getCertificate('aa01'))?.revokedAt).not.toBeNull();
+      expect((await store.getCertificate('aa02'))?.revokedAt).toBeNull();
+      expect(await store.revokeCertificate('ffff')).toBe(false);
+      expect(await store.removeAccount('a.test', 'alice')).toBe(true);
+      expect((await store.getCertificate('aa02'))?.revokedAt).not.toBeNull();
+      expect(await store.getAccount('a.test', 'alice')).toBeNull();
+      expect(await store.removeAccount('a.test', 'alice')).toBe(false);
+    });
+
+    it('invites are single use and expire', async () => {
+      await store.createInvite('a.test', 'code1', 1000);
+      expect(await store.consumeInvite('a.test', 'code1', 2000)).toBe(false);
+      await store.createInvite('a.test', 'code2', 5000);
+      expect(await store.consumeInvite('b.test', 'code2', 100)).toBe(false);
+      expect(await store.consumeInvite('a.test', 'code2', 100)).toBe(true);
+      expect(await store.consumeInvite('a.test', 'code2', 100)).toBe(false);
+    });
+
+    it('an invite used by two handles at once is used once', async () => {
+      await store.createInvite('a.test', 'once', 10_000);
+      const other = await f.second();
+      try {
+        const results = await Promise.all([store.consumeInvite('a.test', 'once', 1), other.consumeInvite('a.test', 'once', 1)]);
+        expect(results.filter(Boolean)).toHaveLength(1);
+      } finally {
+        await other.close();
+      }
+    });
+
+    it('the change feed carries revocations and removals, in order, once each, to every handle', async () => {
+      const start = await store.latestEventId();
+      f.setNow(5000);
+      await store.createAccount('a.test', 'alice', 'h');
+      await store.createAccount('a.test', 'bob', 'h');
+      await store.recordCertificate({ serial: 'bb01', domain: 'a.test', user: 'bob', notBefore: 1, notAfter: 2 });
+      await store.recordCertificate({ serial: 'aa01', domain: 'a.test', user: 'alice', notBefore: 1, notAfter: 2 });
+      expect(await store.eventsAfter(start)).toEqual([]);
+      const other = await f.second();
+      try {
+        await other.revokeCertificate('bb01');
+        await other.revokeCertificate('bb01'); // already revoked: no second event
+        await store.removeAccount('a.test', 'alice');
+        await store.removeAccount('a.test', 'alice'); // gone: no event
+        const events = await store.eventsAfter(start);
+        expect(events.map((e) => ({ ...e, id: 0 }))).toEqual([
+          { id: 0, at: expect.any(Number), kind: 'certificate-revoked', domain: 'a.test', user: 'bob', serial: 'bb01' },
+          { id: 0, at: 5000, kind: 'account-removed', domain: 'a.test', user: 'alice' },
+        ]);
+        const [first, second] = events;
+        expect(second!.id).toBeGreaterThan(first!.id);
+        expect(await store.latestEventId()).toBe(second!.id);
+        expect(await store.eventsAfter(first!.id)).toEqual([second]);
+        expect(await store.eventsAfter(second!.id)).toEqual([]);
+        expect(await store.eventsAfter(start, 1)).toEqual([first]);
+        expect(await other.eventsAfter(start)).toEqual(events);
+      } finally {
+        await other.close();
+      }
+    });
+  });
+}
