@@ -103,9 +103,13 @@ describeLab('NAT lab interrupted', () => {
     // The lab module as plain JS, run in a child that builds a lab, starts a process in it and waits.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-lab-sigint-'));
     try {
-      const source = fs.readFileSync(path.join(__dirname, 'lab.ts'), 'utf8');
-      fs.writeFileSync(path.join(dir, 'lab.js'), ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText);
-      const script = `const { NetnsLab } = require(${JSON.stringify(path.join(dir, 'lab.js'))});
+      // lab.ts and what it imports from the test tree, transpiled into the same layout.
+      for (const file of ['netns/lab.ts', 'helpers/system-tools.ts']) {
+        const source = fs.readFileSync(path.join(__dirname, '..', file), 'utf8');
+        fs.mkdirSync(path.join(dir, path.dirname(file)), { recursive: true });
+        fs.writeFileSync(path.join(dir, file.replace(/\.ts$/, '.js')), ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText);
+      }
+      const script = `const { NetnsLab } = require(${JSON.stringify(path.join(dir, 'netns', 'lab.js'))});
         const lab = NetnsLab.create();
         lab.addSide('alice', { kind: 'easy' });
         const p = lab.spawn(lab.side('alice').host, 'sleep', ['600']);

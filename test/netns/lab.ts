@@ -31,6 +31,9 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { inCi, missingToolsLine, TOOLS } from '../helpers/system-tools';
+
+const LAB_TOOLS = [TOOLS.iptables, TOOLS.conntrack, TOOLS.sshd, TOOLS.ssh];
 
 export type SideName = 'alice' | 'bob';
 /** public: the host sits on the internet; easy: MASQUERADE; hard: MASQUERADE --random-fully. */
@@ -74,7 +77,11 @@ export interface CommandResult {
   stderr: string;
 }
 
-/** Why the lab cannot run here, or null when it can. Only "not root" and a broken `ip netns` skip. */
+/**
+ * Why the lab cannot run here, or null when it can: not root, a broken `ip netns`, or (outside
+ * CI) missing iptables/conntrack/sshd. Under CI those programs are installed by .ci/run, so a
+ * missing one is not a reason to skip: requireLabTools() then fails the run.
+ */
 export function labSkipReason(): string | null {
   if (process.platform !== 'linux') return `the NAT lab needs Linux network namespaces (platform is ${process.platform})`;
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return 'the NAT lab needs root (ip netns, iptables); run the suite as root, as CI does';
@@ -82,15 +89,14 @@ export function labSkipReason(): string | null {
   const add = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
   if (add.error || add.status !== 0) return `ip netns is unavailable: ${add.error?.message ?? add.stderr.trim()}`;
   spawnSync('ip', ['netns', 'delete', probe]);
-  return null;
+  const missing = missingToolsLine('the NAT lab', LAB_TOOLS);
+  return missing && !inCi() ? missing : null;
 }
 
-/** Root without the tools is a broken setup, not a reason to skip: .ci/run installs them. */
+/** Under CI, root without the tools is a broken setup, not a reason to skip: .ci/run installs them. */
 export function requireLabTools(): void {
-  for (const [cmd, args, pkg] of [['iptables', ['-V'], 'iptables'], ['conntrack', ['-V'], 'conntrack']] as const) {
-    const r = spawnSync(cmd, args, { stdio: 'ignore' });
-    if (r.error || r.status !== 0) throw new Error(`the NAT lab needs ${cmd}; run: apt-get update && apt-get install -y ${pkg}`);
-  }
+  const missing = missingToolsLine('the NAT lab', LAB_TOOLS);
+  if (missing) throw new Error(missing);
 }
 
 function runSync(cmd: string, args: string[]): CommandResult {

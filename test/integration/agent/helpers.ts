@@ -3,7 +3,7 @@
  * their home, on top of the two-domain world of test/helpers/q2q-world.ts,
  * plus the local services bob exposes and a runner for the real clients.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -132,11 +132,6 @@ export async function stopClients(): Promise<void> {
   })));
 }
 
-/** Fails with an install hint rather than skipping: .ci/run installs these, so a missing one is a broken setup. */
-export function requireTool(cmd: string, args: string[], pkg: string): void {
-  const r = spawnSync(cmd, args, { stdio: 'ignore' });
-  if (r.error) throw new Error(`${cmd} is required by this test but is not installed (${r.error.message}); run: apt-get update && apt-get install -y ${pkg}`);
-}
 
 /** agent.yaml for a test agent: loopback only, both domains' servers named, the control socket in its home. */
 export function agentYaml(world: World, home: string, extra = ''): string {

@@ -9,12 +9,12 @@ import { randomBytes, createHash } from 'node:crypto';
 import { stopAll, tempDir } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import type { AgentStatus } from '../../../agent/daemon';
+import { describeWithTools, itWithTools, TOOLS } from '../../helpers/system-tools';
 import {
   connectTcp,
   exchange,
   freePort,
   PAGE,
-  requireTool,
   run,
   spawnClient,
   startAgent,
@@ -29,7 +29,7 @@ import {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-describe('agents with real clients', () => {
+describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
   let world: World;
   let alice: AgentHandle;
   let bob: AgentHandle;
@@ -39,8 +39,6 @@ describe('agents with real clients', () => {
   const dirs: string[] = [];
 
   beforeAll(async () => {
-    requireTool('curl', ['--version'], 'curl');
-    requireTool('ncat', ['--version'], 'ncat');
     echo = await startEcho();
     web = await startWeb();
     world = await startWorld();
@@ -116,8 +114,7 @@ describe('agents with real clients', () => {
     expect(fg.exitCode).toBe(0);
   });
 
-  it('5: headless Chromium loads bob\'s page through the SOCKS5 proxy', async () => {
-    requireTool('chromium', ['--version'], 'chromium');
+  itWithTools('5: headless Chromium loads bob\'s page through the SOCKS5 proxy', [TOOLS.chromium], async () => {
     const profile = tempDir('chromium');
     dirs.push(profile);
     const r = await run('chromium', [

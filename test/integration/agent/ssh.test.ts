@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stopAll, tempDir } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
-import { requireTool, run, spawnClient, startAgent, freePort, stopClients, until, vertexFor, type AgentHandle } from './helpers';
+import { describeWithTools, TOOLS } from '../../helpers/system-tools';
+import { run, spawnClient, startAgent, freePort, stopClients, until, vertexFor, type AgentHandle } from './helpers';
 
 const SSHD = '/usr/sbin/sshd';
 const FILE_BYTES = 20 * 1024 * 1024;
@@ -22,7 +23,7 @@ function shellWord(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-describe('OpenSSH through vertex connect', () => {
+describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () => {
   let world: World;
   let bob: AgentHandle;
   let alice: AgentHandle;
@@ -33,8 +34,6 @@ describe('OpenSSH through vertex connect', () => {
   const dirs: string[] = [];
 
   beforeAll(async () => {
-    requireTool('ssh', ['-V'], 'openssh-client');
-    requireTool(SSHD, ['-V'], 'openssh-server');
     work = tempDir('ssh');
     dirs.push(work);
     // A throw-away sshd (TESTING.md): its own host key, key-only auth, sftp for today's scp.

@@ -4,7 +4,6 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { spawnSync } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { vertexError, type ErrorCode } from '../../../q2q/errors';
 import type { SocksConnectRequest, SocksDial } from '../../../agent/frontends/socks5-server';
@@ -194,10 +193,3 @@ export class RawClient {
   }
 }
 
-/** Fails with an install hint rather than skipping: the CI installs these tools, so a missing one is a broken setup. */
-export function requireTool(cmd: string, args: string[], pkg: string): void {
-  const r = spawnSync(cmd, args, { stdio: 'ignore' });
-  if (r.error) {
-    throw new Error(`${cmd} is required by this test but is not installed (${r.error.message}); run: apt-get update && apt-get install -y ${pkg}`);
-  }
-}

@@ -6,7 +6,8 @@
 import { spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { Socks5Server } from '../../../agent/frontends/socks5-server';
-import { HTTP_BODY, requireTool, routingDial, startEcho, startHttp, type Closable, type RecordingDial } from './helpers';
+import { describeWithTools, TOOLS } from '../../helpers/system-tools';
+import { HTTP_BODY, routingDial, startEcho, startHttp, type Closable, type RecordingDial } from './helpers';
 
 interface RunResult {
   code: number | null;
@@ -39,7 +40,7 @@ function run(cmd: string, args: string[], input: Buffer | string = '', ms = 10_0
   });
 }
 
-describe('socks5 server with real clients', () => {
+describeWithTools('socks5 server with real clients', [TOOLS.curl, TOOLS.ncat], () => {
   let echo: Closable;
   let web: Closable;
   let server: Socks5Server;
@@ -47,8 +48,6 @@ describe('socks5 server with real clients', () => {
   let proxy: string;
 
   beforeAll(async () => {
-    requireTool('curl', ['--version'], 'curl');
-    requireTool('ncat', ['--version'], 'ncat');
     echo = await startEcho();
     web = await startHttp();
   });

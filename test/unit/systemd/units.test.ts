@@ -14,6 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DEFAULTS } from '../../../config/defaults';
+import { describeWithTools, TOOLS } from '../../helpers/system-tools';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const SYSTEMD_DIR = path.join(ROOT, 'systemd');
@@ -39,10 +40,6 @@ const UNITS: readonly UnitFile[] = [
 let work: string;
 
 beforeAll(() => {
-  const probe = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
-  if (probe.error) {
-    throw new Error(`systemd-analyze is needed to check systemd/*.service: apt-get install -y systemd (${probe.error.message})`);
-  }
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-units-'));
 });
 
@@ -102,7 +99,7 @@ function value(unit: Map<string, Map<string, string[]>>, section: string, key: s
   return unit.get(section)?.get(key)?.at(-1);
 }
 
-describe('systemd units pass systemd-analyze verify', () => {
+describeWithTools('systemd units pass systemd-analyze verify', [TOOLS.systemdAnalyze], () => {
   it.each(UNITS)('$file', ({ file, verifyAs, manager }) => {
     const text = readUnit(file);
     expect(text).toContain(`ExecStart=${INSTALLED_BIN} `);
@@ -112,7 +109,7 @@ describe('systemd units pass systemd-analyze verify', () => {
   });
 });
 
-describe('the verify check catches broken units', () => {
+describeWithTools('the verify check catches broken units', [TOOLS.systemdAnalyze], () => {
   const server = forThisCheckout(readUnit('vertex-server.service'));
 
   it('an unknown directive', () => {

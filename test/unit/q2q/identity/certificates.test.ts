@@ -18,6 +18,7 @@ import {
   verifyUserCertificate,
 } from '../../../../q2q/identity';
 import { x509 } from '../../../../q2q/identity/x509';
+import { describeWithTools, TOOLS } from '../../../helpers/system-tools';
 
 const DAY = 24 * 60 * 60 * 1000;
 const ALICE = 'alice@example.test';
@@ -526,18 +527,9 @@ describe('keyMatchesCertificate and fingerprints', () => {
   });
 });
 
-describe('openssl agrees', () => {
-  const haveOpenssl = (() => {
-    try {
-      execFileSync('openssl', ['version'], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  })();
+describeWithTools('openssl agrees', [TOOLS.openssl], () => {
 
   it('reads an issued certificate as the design describes it', async () => {
-    if (!haveOpenssl) throw new Error('openssl is not installed: apt-get install -y openssl');
     const alice = await issueFor(ca, ALICE);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-cert-'));
     try {
