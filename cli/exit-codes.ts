@@ -33,6 +33,7 @@ export const EXIT_CODES: Record<ErrorCode, ExitStatus> = {
   PtcpIdle: EXIT.unreachable,
   PtcpConnectTimeout: EXIT.unreachable,
   Socks5Decode: EXIT.other,
+  MuxDecode: EXIT.other,
   TransferDecode: EXIT.other,
   NoSuchUser: EXIT.auth,
   BadPassword: EXIT.auth,

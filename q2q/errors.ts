@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   PtcpIdle: 'the PTCP connection went silent past its idle timeout',
   PtcpConnectTimeout: 'the PTCP handshake got no answer',
   Socks5Decode: 'malformed SOCKS5 message',
+  MuxDecode: 'malformed stream-multiplexing frame from a peer',
   TransferDecode: 'malformed file-transfer frame',
   // identity and accounts
   NoSuchUser: 'no such account',

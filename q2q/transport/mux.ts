@@ -1,0 +1,719 @@
+/**
+ * Stream multiplexing over one byte channel (the peer session's mutual-TLS
+ * socket): MuxSession runs the frames of wire/mux-frame.ts, and each stream
+ * is a MuxStream, a Node Duplex with the semantics of a TCP socket:
+ *
+ * - per-stream flow control: a receiver grants each stream a window and
+ *   returns credit as its reader consumes, so a slow reader stalls only its
+ *   own stream, and never buffers more than one window;
+ * - fair sending: streams with data and credit take turns, one frame each
+ *   (at most MUX_DATA_FRAME bytes), whenever the channel has room;
+ * - half-close: end() sends END and the other end reads 'end', while the
+ *   other direction stays open;
+ * - abort: a destroy() before both directions ended cleanly sends RESET, and
+ *   the other end's stream is destroyed with ConnectionLost: a close without
+ *   'end', never mistaken for a complete transfer;
+ * - liveness: a PING after KEEPALIVE_MS without a byte from the peer, and
+ *   the session (every stream with it) closes with ConnectionLost after
+ *   DEAD_AFTER_MS of silence, whatever route carries the channel.
+ *
+ * Opening a stream names a service; the other side decides, through
+ * onOpen, whether to accept or refuse it. The session never decides who may
+ * do what: the session manager (negotiate/) does.
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { Duplex } from 'node:stream';
+import { isErrorCode, vertexError, VertexError } from '../errors';
+import { systemClock, type Clock, type Timer } from '../util/clock';
+import {
+  decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, frameName,
+  MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
+} from '../wire/mux-frame';
+
+// Implementation tunables.
+/** Receive window granted to each stream (bytes a peer may send ahead of our reader). */
+export const MUX_DEFAULT_WINDOW = 1024 * 1024;
+/** DATA frames are cut at this size, so that streams sharing a channel take turns often. */
+export const MUX_DATA_FRAME = 64 * 1024;
+/** A PING goes out after this long without a byte from the peer. */
+export const MUX_KEEPALIVE_MS = 2_500;
+/** The session is declared dead after this long without a byte from the peer (ARCHITECTURE: a dead peer within 10 s). */
+export const MUX_DEAD_AFTER_MS = 7_500;
+/** Streams the peer may have open at once; further OPENs are refused. */
+export const MUX_DEFAULT_MAX_INCOMING = 100_000;
+/** How long an OPEN waits for ACCEPT or REFUSE. */
+export const MUX_OPEN_TIMEOUT_MS = 15_000;
+/** A service name in OPEN (the longest Q2Q service name, with room to spare). */
+const MAX_SERVICE_BYTES = 255;
+
+export interface MuxSessionOptions {
+  /** True on the side that set the channel up: it opens odd stream ids, the other side even ones. */
+  initiator: boolean;
+  window?: number;
+  keepaliveMs?: number;
+  deadAfterMs?: number;
+  maxIncomingStreams?: number;
+  clock?: Clock;
+  /** An OPEN from the peer: call accept() or refuse(), at once or later. Without it every OPEN is refused. */
+  onOpen?: (request: OpenRequest) => void;
+}
+
+export interface OpenRequest {
+  readonly service: string;
+  readonly id: number;
+  /** Opens the stream; the peer's open() resolves. */
+  accept(): MuxStream;
+  /** Refuses it; the peer's open() rejects with this error's code and message. */
+  refuse(err: VertexError): void;
+}
+
+type SessionState = 'open' | 'closed';
+
+interface PendingOpen {
+  stream: MuxStream;
+  resolve: (stream: MuxStream) => void;
+  reject: (err: Error) => void;
+  timer: Timer;
+}
+
+export interface MuxSessionEvents {
+  /** Every stream is done and a GOAWAY was sent or received: nothing more will use the session. */
+  idle: [];
+  goaway: [reason: { code: string; description: string }];
+  close: [err: Error | null];
+}
+
+export class MuxSession extends EventEmitter<MuxSessionEvents> {
+  readonly #channel: Duplex;
+  readonly #clock: Clock;
+  readonly #window: number;
+  readonly #keepaliveMs: number;
+  readonly #deadAfterMs: number;
+  readonly #maxIncoming: number;
+  readonly #onOpen: ((request: OpenRequest) => void) | undefined;
+  readonly #decoder: FrameDecoder;
+  readonly #streams = new Map<number, MuxStream>();
+  readonly #pendingOpens = new Map<number, PendingOpen>();
+  readonly #pings = new Map<string, (rttMs: number) => void>();
+  #state: SessionState = 'open';
+  #nextId: number;
+  #lastPeerId = 0;
+  #incoming = 0;
+  #peerWindow: number | null = null;
+  #goawaySent = false;
+  #goawayReceived = false;
+  #ending = false;
+  /** Streams with data and credit, in turn order (a Set keeps insertion order; re-adding moves to the end). */
+  readonly #ready = new Set<MuxStream>();
+  #congested = false;
+  #pumping = false;
+  #corked = false;
+  #lastHeard: number;
+  #pingOut = false;
+  #timer: Timer | null = null;
+  #bytesIn = 0;
+  #bytesOut = 0;
+  readonly openedAt: number;
+
+  constructor(channel: Duplex, opts: MuxSessionOptions) {
+    super();
+    this.#channel = channel;
+    this.#clock = opts.clock ?? systemClock;
+    this.#window = opts.window ?? MUX_DEFAULT_WINDOW;
+    if (!Number.isInteger(this.#window) || this.#window < MUX_DATA_FRAME || this.#window > MUX_MAX_WINDOW) {
+      throw vertexError('Internal', `mux session: window ${this.#window} must be an integer in ${MUX_DATA_FRAME}..${MUX_MAX_WINDOW}`);
+    }
+    this.#keepaliveMs = opts.keepaliveMs ?? MUX_KEEPALIVE_MS;
+    this.#deadAfterMs = opts.deadAfterMs ?? MUX_DEAD_AFTER_MS;
+    this.#maxIncoming = opts.maxIncomingStreams ?? MUX_DEFAULT_MAX_INCOMING;
+    this.#onOpen = opts.onOpen;
+    this.#nextId = opts.initiator ? 1 : 2;
+    this.openedAt = this.#clock.now();
+    this.#lastHeard = this.openedAt;
+    this.#decoder = new FrameDecoder({
+      frame: (type, id, payload) => this.#onFrame(type, id, payload),
+      data: (id, bytes, last) => this.#onData(id, bytes, last),
+    });
+    channel.on('data', (chunk: Buffer) => {
+      this.#lastHeard = this.#clock.now();
+      this.#pingOut = false;
+      try {
+        this.#decoder.push(chunk);
+      } catch (err) {
+        this.#fail(err as Error);
+      }
+    });
+    channel.on('drain', () => {
+      this.#congested = false;
+      this.#pump();
+    });
+    channel.once('end', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel ended')));
+    channel.once('error', (err: Error) => this.#fail(vertexError('ConnectionLost', `mux session: ${err.message}`, err)));
+    channel.once('close', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel closed')));
+    this.#writeControl(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: MUX_VERSION, window: String(this.#window) })));
+    this.#armTimer(this.#keepaliveMs);
+  }
+
+  get closed(): boolean {
+    return this.#state === 'closed';
+  }
+
+  /** False once a GOAWAY went either way or the session closed: no new streams. */
+  get usable(): boolean {
+    return this.#state === 'open' && !this.#goawaySent && !this.#goawayReceived;
+  }
+
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  /** Payload bytes received and sent on all streams (frame headers not counted). */
+  get bytesIn(): number {
+    return this.#bytesIn;
+  }
+
+  get bytesOut(): number {
+    return this.#bytesOut;
+  }
+
+  /** Opens a stream to `service`; resolves once the peer accepted it. */
+  open(service: string, opts: { timeoutMs?: number } = {}): Promise<MuxStream> {
+    if (!this.usable) {
+      return Promise.reject(vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`));
+    }
+    if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) return Promise.reject(vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`));
+    const id = this.#nextId;
+    this.#nextId += 2;
+    if (this.#nextId > 0xffffffff) this.goAway('ConnectionLost', 'stream ids exhausted');
+    const stream = new MuxStream(this, id, service);
+    this.#streams.set(id, stream);
+    return new Promise((resolve, reject) => {
+      const timeoutMs = opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS;
+      const timer = this.#clock.setTimer(() => {
+        this.#pendingOpens.delete(id);
+        stream.destroy();
+        reject(vertexError('Timeout', `mux open ${service}: no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pendingOpens.set(id, { stream, resolve, reject, timer });
+      this.#writeControl(encodeFrame(FRAME.OPEN, id, encodeFields({ service })));
+    });
+  }
+
+  /** Round-trip time of one PING, in milliseconds. */
+  ping(): Promise<number> {
+    if (this.#state === 'closed') return Promise.reject(vertexError('ConnectionLost', 'mux ping: the session is closed'));
+    const payload = randomBytes(PING_PAYLOAD_BYTES);
+    const sent = this.#clock.now();
+    return new Promise((resolve, reject) => {
+      const onClose = (err: Error | null) => reject(err ?? vertexError('ConnectionLost', 'mux ping: the session closed'));
+      this.once('close', onClose);
+      this.#pings.set(payload.toString('hex'), () => {
+        this.off('close', onClose);
+        resolve(this.#clock.now() - sent);
+      });
+      this.#writeControl(encodeFrame(FRAME.PING, 0, payload));
+    });
+  }
+
+  /** No new streams either way from now on; the open ones run to their end, then 'idle'. */
+  goAway(code: string, description: string): void {
+    if (this.#state === 'closed' || this.#goawaySent) return;
+    this.#goawaySent = true;
+    this.#writeControl(encodeFrame(FRAME.GOAWAY, 0, encodeFields({ code, description: description.slice(0, 512) })));
+    this.#maybeIdle();
+  }
+
+  /**
+   * Closes the session at once: every stream is destroyed with `err` (or
+   * ConnectionLost), so each end sees an abort, and the channel is destroyed.
+   */
+  close(err?: Error): void {
+    this.#fail(err ?? vertexError('ConnectionLost', 'mux session: closed'), true);
+  }
+
+  /**
+   * Ends the session cleanly: no new streams, and once every open stream is
+   * done the channel is ended (the far side sees the end and closes too).
+   */
+  end(): void {
+    this.#ending = true;
+    this.goAway('ConnectionLost', 'the session is closing');
+    this.#maybeIdle();
+  }
+
+  #endChannel(): void {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    this.#stopTimer();
+    this.#channel.end();
+    this.emit('close', null);
+  }
+
+  // ---- used by MuxStream ----
+
+  /** @internal a stream has data and credit: it takes its turn. */
+  schedule(stream: MuxStream): void {
+    this.#ready.add(stream);
+    if (!this.#congested) this.#pump();
+  }
+
+  /** @internal writes one DATA frame. */
+  writeData(id: number, payload: Buffer): void {
+    this.#bytesOut += payload.length;
+    this.#batch();
+    const channel = this.#channel;
+    channel.write(encodeHeader(FRAME.DATA, id, payload.length));
+    if (!channel.write(payload)) this.#congested = true;
+  }
+
+  /**
+   * Frames written in one turn of the event loop leave together: the
+   * channel is corked at the first and uncorked on the next tick, so an
+   * ACCEPT and the service's first bytes, or a burst of small frames, make
+   * one TLS record and one segment instead of one each.
+   */
+  #batch(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    this.#channel.cork();
+    process.nextTick(this.#flush);
+  }
+
+  readonly #flush = (): void => {
+    this.#corked = false;
+    this.#channel.uncork();
+  };
+
+  /** @internal */
+  writeWindow(id: number, increment: number): void {
+    this.#writeControl(encodeWindow(id, increment));
+  }
+
+  /** @internal */
+  writeStreamFrame(type: FrameType, id: number, fields?: Record<string, string>): void {
+    this.#writeControl(encodeFrame(type, id, fields ? encodeFields(fields) : undefined));
+  }
+
+  /** @internal the peer's window: every stream's first credit. */
+  get peerWindow(): number {
+    return this.#peerWindow ?? 0;
+  }
+
+  /** @internal the window this side grants. */
+  get window(): number {
+    return this.#window;
+  }
+
+  /** @internal a stream closed: it leaves the tables. */
+  forget(stream: MuxStream): void {
+    this.#ready.delete(stream);
+    if (this.#streams.get(stream.id) === stream) {
+      this.#streams.delete(stream.id);
+      if (stream.incoming) this.#incoming -= 1;
+    }
+    const pending = this.#pendingOpens.get(stream.id);
+    if (pending?.stream === stream) {
+      this.#pendingOpens.delete(stream.id);
+      pending.timer.cancel();
+      pending.reject(vertexError('ConnectionLost', `mux open ${stream.service}: the stream was destroyed before it opened`));
+    }
+    this.#maybeIdle();
+  }
+
+  get sessionOpen(): boolean {
+    return this.#state === 'open';
+  }
+
+  // ---- sending ----
+
+  #writeControl(frame: Buffer): void {
+    if (this.#state === 'closed' || this.#channel.destroyed) return;
+    this.#batch();
+    if (!this.#channel.write(frame)) this.#congested = true;
+  }
+
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (!this.#congested && this.#ready.size > 0 && this.#state === 'open') {
+        const stream = this.#ready.values().next().value as MuxStream;
+        this.#ready.delete(stream);
+        if (stream.sendFrame()) this.#ready.add(stream);
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  // ---- receiving ----
+
+  #onFrame(type: FrameType, id: number, payload: Buffer): void {
+    switch (type) {
+      case FRAME.HELLO: {
+        if (this.#peerWindow !== null) throw protocolError('a second HELLO');
+        const hello = decodeFields(payload);
+        if (hello.version !== MUX_VERSION) throw vertexError('ProtocolVersion', `mux session: the peer speaks version ${hello.version ?? '(none)'}, not ${MUX_VERSION}`);
+        const window = Number(hello.window);
+        if (!Number.isInteger(window) || window < MUX_DATA_FRAME || window > MUX_MAX_WINDOW) throw protocolError(`HELLO window ${hello.window}`);
+        this.#peerWindow = window;
+        return;
+      }
+      case FRAME.OPEN:
+        return this.#onOpenFrame(id, decodeFields(payload));
+      case FRAME.ACCEPT: {
+        const pending = this.#pendingOpens.get(id);
+        if (!pending) return this.#unknown(type, id);
+        this.#pendingOpens.delete(id);
+        pending.timer.cancel();
+        pending.stream.opened();
+        pending.resolve(pending.stream);
+        return;
+      }
+      case FRAME.REFUSE: {
+        const pending = this.#pendingOpens.get(id);
+        if (!pending) return this.#unknown(type, id);
+        this.#pendingOpens.delete(id);
+        pending.timer.cancel();
+        this.#streams.delete(id);
+        const f = decodeFields(payload);
+        pending.reject(vertexError(f.code && isErrorCode(f.code) ? f.code : 'Internal', f.description ?? `mux open ${pending.stream.service}: refused`));
+        pending.stream.refused();
+        this.#maybeIdle();
+        return;
+      }
+      case FRAME.WINDOW: {
+        const stream = this.#streams.get(id);
+        if (!stream) return this.#unknown(type, id);
+        stream.credit(decodeWindowIncrement(payload));
+        return;
+      }
+      case FRAME.END: {
+        const stream = this.#streams.get(id);
+        if (!stream) return this.#unknown(type, id);
+        stream.remoteEnded();
+        return;
+      }
+      case FRAME.RESET: {
+        const stream = this.#streams.get(id);
+        if (!stream) return this.#unknown(type, id);
+        const f = payload.length > 0 ? decodeFields(payload) : {};
+        stream.remoteReset(f.description ?? 'no reason given');
+        return;
+      }
+      case FRAME.PING:
+        if (payload.length !== PING_PAYLOAD_BYTES) throw protocolError(`PING of ${payload.length} bytes`);
+        this.#writeControl(encodeFrame(FRAME.PONG, 0, payload));
+        return;
+      case FRAME.PONG: {
+        const key = payload.toString('hex');
+        const waiter = this.#pings.get(key);
+        this.#pings.delete(key);
+        waiter?.(0);
+        return;
+      }
+      case FRAME.GOAWAY: {
+        if (this.#goawayReceived) return;
+        this.#goawayReceived = true;
+        const f = decodeFields(payload);
+        this.emit('goaway', { code: f.code ?? 'Internal', description: f.description ?? '' });
+        this.#maybeIdle();
+        return;
+      }
+      case FRAME.DATA:
+        throw protocolError('DATA through the control path');
+      default: {
+        const never: never = type;
+        throw protocolError(`frame type ${String(never)}`);
+      }
+    }
+  }
+
+  #onOpenFrame(id: number, fields: Record<string, string>): void {
+    const peerParity = this.#nextId % 2 === 1 ? 0 : 1;
+    if (id % 2 !== peerParity || id <= this.#lastPeerId) throw protocolError(`OPEN with stream id ${id}`);
+    this.#lastPeerId = id;
+    const service = fields.service ?? '';
+    const refuse = (err: VertexError) => this.writeStreamFrame(FRAME.REFUSE, id, { code: err.code, description: err.message.slice(0, 512) });
+    if (this.#goawaySent || this.#state !== 'open') return refuse(vertexError('ConnectionLost', `open ${service}: the session takes no new streams`));
+    if (this.#incoming >= this.#maxIncoming) return refuse(vertexError('NotAllowed', `open ${service}: the peer has ${this.#maxIncoming} streams open here already`));
+    const onOpen = this.#onOpen;
+    if (!onOpen) return refuse(vertexError('NotExposed', `open ${service}: nothing is served on this session`));
+    const stream = new MuxStream(this, id, service, true);
+    this.#streams.set(id, stream);
+    this.#incoming += 1;
+    let answered = false;
+    onOpen({
+      service,
+      id,
+      accept: () => {
+        if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
+        answered = true;
+        if (this.#streams.get(id) !== stream) {
+          // The session closed (or the stream went) while the decision was made.
+          stream.destroy(vertexError('ConnectionLost', `open ${service}: the session closed before the stream was accepted`));
+          return stream;
+        }
+        this.writeStreamFrame(FRAME.ACCEPT, id);
+        stream.opened();
+        return stream;
+      },
+      refuse: (err) => {
+        if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
+        answered = true;
+        if (this.#streams.get(id) === stream) {
+          this.#streams.delete(id);
+          this.#incoming -= 1;
+          refuse(err);
+        }
+        stream.refused();
+        this.#maybeIdle();
+      },
+    });
+  }
+
+  #onData(id: number, bytes: Buffer, last: boolean): void {
+    const stream = this.#streams.get(id);
+    if (!stream) {
+      // DATA already in flight when we reset or refused the stream is dropped.
+      if (!this.#seen(id)) this.#fail(protocolError(`DATA on stream ${id}, which was never opened`));
+      return;
+    }
+    this.#bytesIn += bytes.length;
+    try {
+      stream.receive(bytes, last);
+    } catch (err) {
+      this.#fail(err as Error);
+    }
+  }
+
+  /** True for an id that was opened at some point (by either side). */
+  #seen(id: number): boolean {
+    const ours = id % 2 === this.#nextId % 2;
+    return ours ? id < this.#nextId : id <= this.#lastPeerId;
+  }
+
+  #unknown(type: FrameType, id: number): void {
+    if (!this.#seen(id)) throw protocolError(`${frameName(type)} on stream ${id}, which was never opened`);
+  }
+
+  #maybeIdle(): void {
+    if (this.#streams.size === 0 && this.#pendingOpens.size === 0 && (this.#goawaySent || this.#goawayReceived) && this.#state === 'open') {
+      if (this.#ending) this.#endChannel();
+      else this.emit('idle');
+    }
+  }
+
+  // ---- liveness ----
+
+  #armTimer(ms: number): void {
+    this.#timer = this.#clock.setTimer(() => this.#onTimer(), ms);
+  }
+
+  #stopTimer(): void {
+    this.#timer?.cancel();
+    this.#timer = null;
+  }
+
+  /** Fires at or after the next keepalive or death deadline; re-arms for the one after. */
+  #onTimer(): void {
+    this.#timer = null;
+    if (this.#state !== 'open') return;
+    const silent = this.#clock.now() - this.#lastHeard;
+    if (silent >= this.#deadAfterMs) {
+      this.#fail(vertexError('ConnectionLost', `mux session: no word from the peer for ${Math.round(silent)} ms`));
+      return;
+    }
+    if (silent >= this.#keepaliveMs && !this.#pingOut) {
+      this.#pingOut = true;
+      this.#writeControl(encodeFrame(FRAME.PING, 0, randomBytes(PING_PAYLOAD_BYTES)));
+    }
+    const next = silent >= this.#keepaliveMs ? this.#deadAfterMs - silent : this.#keepaliveMs - silent;
+    this.#armTimer(Math.max(1, Math.min(next, this.#keepaliveMs)));
+  }
+
+  // ---- closing ----
+
+  #fail(err: Error, local = false): void {
+    if (this.#state === 'closed') {
+      if (local) this.#channel.destroy();
+      return;
+    }
+    this.#state = 'closed';
+    this.#stopTimer();
+    for (const pending of this.#pendingOpens.values()) {
+      pending.timer.cancel();
+      pending.reject(err);
+    }
+    this.#pendingOpens.clear();
+    const streams = [...this.#streams.values()];
+    this.#streams.clear();
+    this.#ready.clear();
+    for (const stream of streams) stream.sessionClosed(err);
+    this.#channel.destroy();
+    this.emit('close', err);
+  }
+}
+
+function protocolError(what: string): VertexError {
+  return vertexError('MuxDecode', `mux session: protocol error: ${what}`);
+}
+
+/**
+ * One multiplexed stream: a Duplex with TCP-socket semantics (see the top of
+ * the file). `bytesRead`/`bytesWritten` count payload bytes, as on a socket.
+ */
+export class MuxStream extends Duplex {
+  readonly id: number;
+  readonly service: string;
+  /** True when the peer opened it. */
+  readonly incoming: boolean;
+  readonly #session: MuxSession;
+  #open = false;
+  /** Send credit: bytes the peer still lets us send. */
+  #credit = 0;
+  #pending: Buffer | null = null;
+  #pendingAt = 0;
+  #pendingCallback: ((err?: Error | null) => void) | null = null;
+  /** Bytes received, and the most the peer may send before it gets more credit. */
+  #received = 0;
+  #allowed = 0;
+  #remoteEnded = false;
+  #remoteReset = false;
+  #written = 0;
+
+  constructor(session: MuxSession, id: number, service: string, incoming = false) {
+    super({ allowHalfOpen: true, readableHighWaterMark: session.window / 2, writableHighWaterMark: MUX_DATA_FRAME });
+    this.#session = session;
+    this.id = id;
+    this.service = service;
+    this.incoming = incoming;
+    this.#allowed = session.window;
+  }
+
+  get bytesRead(): number {
+    return this.#received;
+  }
+
+  get bytesWritten(): number {
+    return this.#written;
+  }
+
+  /** @internal ACCEPT went out or came in: data may flow. */
+  opened(): void {
+    this.#open = true;
+    this.#credit = this.#session.peerWindow;
+    if (this.#pending) this.#session.schedule(this);
+  }
+
+  /** @internal REFUSE: the stream never opened. */
+  refused(): void {
+    this.#remoteReset = true;
+    this.destroy();
+  }
+
+  /** @internal */
+  credit(increment: number): void {
+    this.#credit += increment;
+    if (this.#credit > MUX_MAX_WINDOW) throw protocolError(`stream ${this.id} credit above ${MUX_MAX_WINDOW}`);
+    if (this.#pending && this.#open) this.#session.schedule(this);
+  }
+
+  /** @internal writes one frame of the pending chunk; true if it has more to send now. */
+  sendFrame(): boolean {
+    const chunk = this.#pending;
+    if (!chunk || this.destroyed) return false;
+    const n = Math.min(chunk.length - this.#pendingAt, this.#credit, MUX_DATA_FRAME);
+    if (n <= 0) return false;
+    const piece = this.#pendingAt === 0 && n === chunk.length ? chunk : chunk.subarray(this.#pendingAt, this.#pendingAt + n);
+    this.#pendingAt += n;
+    this.#credit -= n;
+    this.#written += n;
+    this.#session.writeData(this.id, piece);
+    if (this.#pendingAt < chunk.length) return this.#credit > 0;
+    const callback = this.#pendingCallback;
+    this.#pending = null;
+    this.#pendingCallback = null;
+    this.#pendingAt = 0;
+    callback?.();
+    return false;
+  }
+
+  /** @internal DATA arrived. */
+  receive(bytes: Buffer, _last: boolean): void {
+    if (this.#remoteEnded) throw protocolError(`DATA on stream ${this.id} after its END`);
+    this.#received += bytes.length;
+    if (this.#received > this.#allowed) throw protocolError(`stream ${this.id} sent past its window`);
+    if (this.destroyed || bytes.length === 0) return;
+    this.push(bytes);
+    this.#returnCredit();
+  }
+
+  /** @internal END arrived. */
+  remoteEnded(): void {
+    if (this.#remoteEnded) throw protocolError(`a second END on stream ${this.id}`);
+    this.#remoteEnded = true;
+    if (!this.destroyed) this.push(null);
+  }
+
+  /** @internal RESET arrived. */
+  remoteReset(reason: string): void {
+    this.#remoteReset = true;
+    this.destroy(vertexError('ConnectionLost', `stream ${this.service}: the peer aborted it: ${reason}`));
+  }
+
+  /** @internal the session is gone; so is the stream, as an abort. */
+  sessionClosed(err: Error): void {
+    this.#remoteReset = true;
+    if (!this.destroyed) this.destroy(err instanceof VertexError ? err : vertexError('ConnectionLost', err.message, err));
+  }
+
+  /** Returns credit for what the reader has taken, in steps of half a window. */
+  #returnCredit(): void {
+    if (this.#remoteEnded || !this.#open) return;
+    const consumed = this.#received - this.readableLength;
+    const window = this.#session.window;
+    const increment = consumed + window - this.#allowed;
+    if (increment >= window / 2) {
+      this.#allowed += increment;
+      this.#session.writeWindow(this.id, increment);
+    }
+  }
+
+  override _read(): void {
+    this.#returnCredit();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (chunk.length === 0) return callback();
+    this.#pending = chunk;
+    this.#pendingAt = 0;
+    this.#pendingCallback = callback;
+    if (this.#open && this.#credit > 0) this.#session.schedule(this);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (this.#session.sessionOpen) this.#session.writeStreamFrame(FRAME.END, this.id);
+    callback();
+  }
+
+  /**
+   * The close policy: a destroy after both directions ended cleanly sends
+   * nothing; any other destroy (an abort, an error, a reader that gave up)
+   * sends RESET, unless the peer reset the stream or the session is gone.
+   */
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    const clean = this.writableFinished && this.#remoteEnded;
+    if (!clean && !this.#remoteReset && this.#session.sessionOpen) {
+      this.#session.writeStreamFrame(FRAME.RESET, this.id, { code: 'ConnectionLost', description: err ? err.message.slice(0, 256) : 'the stream was destroyed' });
+    }
+    const pendingCallback = this.#pendingCallback;
+    this.#pending = null;
+    this.#pendingCallback = null;
+    this.#session.forget(this);
+    // The chunk in hand is dropped with the stream; its writer learns of the destroy from 'close'.
+    pendingCallback?.(err);
+    callback(err);
+  }
+}
