@@ -137,9 +137,9 @@ export async function benchFileTransfer(megabytes = Number(process.env.VERTEX_BE
     const raw: number[] = [];
     for (let i = 0; i < RUNS; i++) raw.push(await rawCopyMs(file, path.join(tmp, 'raw-copy.bin')));
 
-    const serverA = start([VERTEX, 'server', '--listen', '127.0.0.1:0', '--data', path.join(tmp, 'sa'), '--domain', 'a.test']);
+    const serverA = start([VERTEX, 'server', '--listen', '127.0.0.1:0', '--data', path.join(tmp, 'sa'), '--domain', 'a.test', '--registration', 'open']);
     const portA = (await serverA.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1] as string;
-    const serverB = start([VERTEX, 'server', '--listen', '127.0.0.1:0', '--data', path.join(tmp, 'sb'), '--domain', 'b.test', '--resolve', `a.test=127.0.0.1:${portA}`]);
+    const serverB = start([VERTEX, 'server', '--listen', '127.0.0.1:0', '--data', path.join(tmp, 'sb'), '--domain', 'b.test', '--registration', 'open', '--resolve', `a.test=127.0.0.1:${portA}`]);
     const portB = (await serverB.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1] as string;
     const resolve = ['--resolve', `a.test=127.0.0.1:${portA}`, '--resolve', `b.test=127.0.0.1:${portB}`];
     const alice = [VERTEX, ...resolve, '--home', path.join(tmp, 'ha')];

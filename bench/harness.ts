@@ -293,7 +293,7 @@ export async function startServer(domains: string[], opts: { dataDir?: string; r
   const resolveArgs = Object.entries(opts.resolve ?? {}).flatMap(([d, port]) => ['--resolve', `${d}=127.0.0.1:${port}`]);
   const proc = startVertex([
     // --resolve takes several values: it must follow the subcommand, not precede it.
-    'server', ...configArgs, '--listen', '127.0.0.1:0', '--data', dataDir, '--log-level', 'warn',
+    'server', ...configArgs, '--listen', '127.0.0.1:0', '--data', dataDir, '--log-level', 'warn', '--registration', 'open',
     ...domains.flatMap((d) => ['--domain', d]), ...resolveArgs,
   ], { nodeArgs: opts.nodeArgs ?? [] });
   const port = Number((await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1]);

@@ -33,7 +33,7 @@ export const DEFAULTS = deepFreeze({
   server: {
     listen: '0.0.0.0:8788',
     data_dir: '/var/lib/vertex',
-    registration: 'open',
+    registration: 'invite',
     certificate_lifetime: '30d',
     relay: {
       enabled: true,

@@ -91,7 +91,7 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('listen', { type: 'string', describe: 'HOST:PORT for TCP and UDP [0.0.0.0:8788]' })
     .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
-    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register [open]' }) as unknown as Argv<ServerArgs>;
+    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' }) as unknown as Argv<ServerArgs>;
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */

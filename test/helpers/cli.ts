@@ -119,11 +119,27 @@ export interface ServerHandle {
   resolveArg: (domain: string) => string[];
 }
 
+export interface StartServerOptions {
+  dataDir?: string;
+  extraArgs?: string[];
+  listen?: string;
+  /**
+   * `--registration`: open unless said otherwise, since most tests register their users
+   * themselves; 'default' passes no flag (the server's default, invite).
+   */
+  registration?: 'open' | 'invite' | 'closed' | 'default';
+  env?: NodeJS.ProcessEnv;
+}
+
 /** Starts `vertex server` on a free loopback port for the given domains. */
-export async function startServer(domains: string[], opts: { dataDir?: string; extraArgs?: string[]; listen?: string } = {}): Promise<ServerHandle> {
+export async function startServer(domains: string[], opts: StartServerOptions = {}): Promise<ServerHandle> {
   const dataDir = opts.dataDir ?? tempDir('server');
-  const args = ['server', '--listen', opts.listen ?? '127.0.0.1:0', '--data', dataDir, ...domains.flatMap((d) => ['--domain', d]), ...(opts.extraArgs ?? [])];
-  const proc = startVertex(args);
+  const registration = opts.registration ?? 'open';
+  const args = [
+    'server', '--listen', opts.listen ?? '127.0.0.1:0', '--data', dataDir, ...domains.flatMap((d) => ['--domain', d]),
+    ...(registration === 'default' ? [] : ['--registration', registration]), ...(opts.extraArgs ?? []),
+  ];
+  const proc = startVertex(args, { ...(opts.env ? { env: opts.env } : {}) });
   const m = await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
   const port = Number(m[1]);
   return { proc, port, dataDir, resolveArg: (domain) => ['--resolve', `${domain}=127.0.0.1:${port}`] };

@@ -195,8 +195,8 @@ describe('vertex server + register/login', () => {
 });
 
 describe('registration modes', () => {
-  it('invite-only needs a one-time code; closed refuses', async () => {
-    const server = await startServer(['inv.test'], { extraArgs: ['--registration', 'invite'] });
+  it('with no registration setting (invite, the default) a one-time code is needed; closed refuses', async () => {
+    const server = await startServer(['inv.test'], { registration: 'default' });
     const noCode = await register(server, tempDir('home'), 'alice@inv.test');
     expect(noCode.code).toBe(3);
     expect(noCode.stderr).toMatch(/needs an invitation code/);
@@ -210,7 +210,7 @@ describe('registration modes', () => {
     expect(reused.stderr).toMatch(/unknown, used or expired/);
     await server.proc.stop();
 
-    const closed = await startServer(['closed.test'], { extraArgs: ['--registration', 'closed'] });
+    const closed = await startServer(['closed.test'], { registration: 'closed' });
     const refused = await register(closed, tempDir('home'), 'alice@closed.test');
     expect(refused.code).toBe(5);
     expect(refused.stderr).toMatch(/does not accept registrations/);

@@ -98,6 +98,8 @@ export class LabWorld {
       const proc = lab.spawn(lab.inet, process.execPath, [
         VERTEX_BIN, ...RESOLVE_ARGS, '--log-level', 'info', 'server',
         '--listen', serverOf(domain), '--data', tmp(`server-${domain}`), '--domain', domain,
+        // The lab registers its users itself.
+        '--registration', 'open',
       ]);
       return proc.waitFor(new RegExp(`listening on ${SERVER_ADDRESS[domain].replace(/\./g, '\\.')}:${SERVER_PORT}`));
     });

@@ -125,7 +125,7 @@ describe('config/server.example.yaml', () => {
       listen: { host: '0.0.0.0', port: 8788 },
       publicAddress: '203.0.113.5',
       dataDir: '/var/lib/vertex',
-      registration: 'open',
+      registration: 'invite',
       certificateLifetimeMs: 30 * 24 * 3_600_000,
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },

@@ -230,7 +230,7 @@ describe('loadServerConfig', () => {
       domains: ['example.com'],
       listen: { host: '0.0.0.0', port: 8788 },
       dataDir: '/var/lib/vertex',
-      registration: 'open',
+      registration: 'invite',
       certificateLifetimeMs: 30 * 86_400_000,
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
