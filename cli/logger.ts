@@ -1,19 +1,31 @@
 /**
- * The one real logger: pino JSON lines on stderr, one per event.
+ * The one real logger: pino, one line per event on stderr.
  *
- * Under systemd (JOURNAL_STREAM names our stderr), each line starts with a
- * `<N>` syslog priority, which journald strips and records as the entry's
- * priority (sd-daemon(3), SyslogLevelPrefix=), and pino's `time` is left out
- * because the journal stamps every entry itself. The library layers never
- * build a logger; they get this one, or a child of it, as an option.
+ * - On a terminal (stderr is a TTY), lines are for people:
+ *   `12:00:01.123 INFO  agent: tunnel open kind=socks route=tcp`, with no
+ *   stack traces (an error shows its message).
+ * - Anywhere else (a pipe, a file, journald), one JSON object per line.
+ *   Under systemd (JOURNAL_STREAM names our stderr), each line starts with a
+ *   `<N>` syslog priority, which journald strips and records as the entry's
+ *   priority (sd-daemon(3), SyslogLevelPrefix=), and pino's `time` is left
+ *   out because the journal stamps every entry itself.
+ *
+ * Child loggers add their bindings after their parent's, so pino can write
+ * a key twice (`"component":"agent",...,"component":"home"`). Every line is
+ * read back and written once per key, the innermost value winning, so no
+ * line carries a duplicate key. Stack traces stay out of JSON lines too,
+ * unless the level is debug or trace.
+ *
+ * The library layers never build a logger; they get this one, or a child of
+ * it, as an option.
  */
 import * as fs from 'node:fs';
+import * as tty from 'node:tty';
 import pino from 'pino';
 import { vertexError } from '../q2q/errors';
-import type { Logger } from '../q2q/util/log';
+import { LOGGER_LEVELS, type Logger, type LoggerLevel } from '../q2q/util/log';
 
-export const LOGGER_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
-export type LoggerLevel = (typeof LOGGER_LEVELS)[number];
+export { LOGGER_LEVELS, type LoggerLevel };
 
 /** pino's numeric levels, named: the values pino writes in `"level"`. */
 const PINO_LEVEL = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 } as const;
@@ -48,6 +60,8 @@ export interface CreateLoggerOptions {
   readonly name?: string;
   /** Write journald-style lines; by default, when `env.JOURNAL_STREAM` says stderr is the journal. */
   readonly journald?: boolean;
+  /** Lines for people instead of JSON; by default, when lines go to stderr and it is a terminal. */
+  readonly pretty?: boolean;
   /** Where lines go; default: stderr, written synchronously so nothing is lost at exit. */
   readonly destination?: pino.DestinationStream | NodeJS.WritableStream;
   /** The environment to look at; default process.env. */
@@ -57,8 +71,11 @@ export interface CreateLoggerOptions {
 export function createLogger(options: CreateLoggerOptions): Logger {
   const level = checkLevel(options.level);
   const env = options.env ?? process.env;
-  const journald = options.journald ?? (options.destination === undefined ? isJournalStream(env['JOURNAL_STREAM'], STDERR_FD) : Boolean(env['JOURNAL_STREAM']));
-  const base = options.destination ?? pino.destination({ dest: STDERR_FD, sync: true });
+  const toStderr = options.destination === undefined;
+  const journald = options.journald ?? (toStderr ? isJournalStream(env['JOURNAL_STREAM'], STDERR_FD) : Boolean(env['JOURNAL_STREAM']));
+  const pretty = !journald && (options.pretty ?? (toStderr && tty.isatty(STDERR_FD)));
+  const target = options.destination ?? pino.destination({ dest: STDERR_FD, sync: true });
+  const stacks = level === 'debug' || level === 'trace';
   return pino(
     {
       level,
@@ -67,7 +84,7 @@ export function createLogger(options: CreateLoggerOptions): Logger {
       timestamp: journald ? false : pino.stdTimeFunctions.isoTime,
       redact: { paths: [...REDACTED_PATHS], censor: REDACTED },
     },
-    journald ? withSyslogPrefix(base) : (base as pino.DestinationStream),
+    lineWriter(target, { journald, pretty, stacks }),
   );
 }
 
@@ -100,24 +117,69 @@ export function isJournalStream(journalStream: string | undefined, fd: number): 
   }
 }
 
-interface MetadataStream {
-  lastLevel: number;
-  write(line: string): void;
-  flush?: (cb?: (err?: Error | null) => void) => void;
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+/** Keys a human line shows in its head rather than as key=value. */
+const HEAD_KEYS = new Set(['level', 'time', 'msg', 'name', 'component']);
+
+/** One parsed entry as a line for people: time, level, component, message, then key=value pairs. */
+export function formatPretty(entry: Record<string, unknown>): string {
+  const time = typeof entry['time'] === 'string' ? entry['time'].slice(11, 23) : '';
+  const level = (LEVEL_NAMES[Number(entry['level'])] ?? String(entry['level'])).padEnd(5);
+  const who = entry['component'] ?? entry['name'];
+  const parts = [time, level, who === undefined ? '' : `${String(who)}:`, String(entry['msg'] ?? '')].filter((p) => p !== '');
+  for (const [key, value] of Object.entries(entry)) {
+    if (HEAD_KEYS.has(key) || value === undefined) continue;
+    parts.push(`${key}=${prettyValue(value)}`);
+  }
+  return parts.join(' ');
+}
+
+function prettyValue(value: unknown): string {
+  if (isErrorLike(value)) return prettyValue(value.message);
+  if (typeof value === 'string') return /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
+  return JSON.stringify(value);
+}
+
+function isErrorLike(value: unknown): value is { message: string } {
+  return value !== null && typeof value === 'object' && typeof (value as { message?: unknown }).message === 'string' && 'stack' in value;
+}
+
+/** Drops `stack` from serialized errors (pino's err serializer adds it), at any depth. */
+function withoutStacks(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutStacks);
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) if (k !== 'stack') out[k] = withoutStacks(v);
+    return out;
+  }
+  return value;
 }
 
 /**
- * Prefixes each line with its syslog priority. pino sets `lastLevel` on a
- * destination that asks for metadata, just before it calls `write` (the
- * mechanism pino.multistream uses), so the line is not parsed again.
+ * The destination pino writes to: each line is parsed (which keeps one value
+ * per key, the last), then written as JSON (with the syslog prefix under
+ * journald) or as a line for people.
  */
-function withSyslogPrefix(destination: pino.DestinationStream | NodeJS.WritableStream): pino.DestinationStream {
+function lineWriter(
+  destination: pino.DestinationStream | NodeJS.WritableStream,
+  opts: { journald: boolean; pretty: boolean; stacks: boolean },
+): pino.DestinationStream {
   const target = destination as { write(chunk: string): unknown; flush?: (cb?: (err?: Error | null) => void) => void };
-  const stream: MetadataStream & { [key: symbol]: boolean } = {
-    [Symbol.for('pino.metadata')]: true,
-    lastLevel: PINO_LEVEL.info,
+  const stream: pino.DestinationStream & { flush?: (cb?: (err?: Error | null) => void) => void } = {
     write(line: string) {
-      target.write(`<${syslogPriority(this.lastLevel)}>${line}`);
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        target.write(line);
+        return;
+      }
+      if (opts.pretty) {
+        target.write(`${formatPretty(entry)}\n`);
+        return;
+      }
+      const json = JSON.stringify(opts.stacks ? entry : withoutStacks(entry));
+      target.write(opts.journald ? `<${syslogPriority(Number(entry['level']))}>${json}\n` : `${json}\n`);
     },
   };
   if (typeof target.flush === 'function') {

@@ -28,7 +28,12 @@ import {
   parseUser,
 } from '../q2q/address';
 import { isVertexError, VertexError, type ErrorCode } from '../q2q/errors';
+import { LOG_LEVELS, type LogLevel } from '../q2q/util/log';
+import { ROUTE_NAMES, type RouteName } from '../q2q/negotiate/types';
+import type { SocksAuth } from '../q2q/proto/socks5-session';
 import type { Defaults } from './defaults';
+
+export { LOG_LEVELS, type LogLevel };
 
 // ---- names: the rules of q2q/address.ts, reported as config problems ----
 
@@ -231,12 +236,10 @@ function uniqueList<T extends z.ZodType>(item: T, what: string, key: (v: z.outpu
   });
 }
 
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
 const logSection = strict({ level: z.enum(LOG_LEVELS).optional() });
 
-export const ROUTES = ['tcp', 'ptcp', 'relay'] as const;
-export type RouteName = (typeof ROUTES)[number];
+export const ROUTES = ROUTE_NAMES;
+export type { RouteName };
 
 export const REGISTRATION_MODES = ['open', 'invite', 'closed'] as const;
 export type RegistrationMode = (typeof REGISTRATION_MODES)[number];
@@ -317,7 +320,7 @@ export const agentFileSchema = strict({
 /** The agent file as written (YAML key names, defaults not applied). */
 export type AgentFile = z.input<typeof agentFileSchema>;
 
-export type SocksAuth = 'none' | { readonly username: string; readonly password: string };
+export type { SocksAuth };
 
 export interface AgentConfig {
   readonly version: 1;

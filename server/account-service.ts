@@ -15,7 +15,9 @@ import type { DomainCa } from './ca-store';
 import { DUMMY_PASSWORD_HASH, hashPassword, verifyPassword } from './password';
 import { PasswordRateLimiter } from './rate-limiter';
 
-export type RegistrationMode = 'open' | 'invite' | 'closed';
+import type { RegistrationMode } from '../config/schema';
+
+export type { RegistrationMode };
 
 export const INVITE_LIFETIME_MS = 7 * 24 * 3600 * 1000;
 

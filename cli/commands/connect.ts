@@ -17,9 +17,7 @@ import { openControl, sendRequest } from '../../agent/control-client';
 import { joinStdio } from '../../agent/frontends/stdio';
 import { formatServiceAddress, parseHostTarget, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
-import type { GlobalArgs } from '../context';
-import { createLogger } from '../logger';
-import { agentSetup, connectAlone, type AgentArgs } from './agent';
+import { agentSetup, cliLogger, connectAlone, type AgentArgs, type GlobalArgs } from '../context';
 
 export const DEFAULT_CONNECT_TIMEOUT_S = 15;
 /** Extra time for the agent's answer beyond its own connect timeout. */
@@ -66,7 +64,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
     const target = connectTarget(args.target, args.port, setup.config.ports);
     if (!(args.timeout > 0)) throw vertexError('Usage', '--timeout must be a positive number of seconds');
     const timeoutMs = Math.round(args.timeout * 1000);
-    const log = createLogger({ level: args.logLevel ?? 'warn', name: 'vertex-connect' });
+    const log = cliLogger(args, 'warn', 'vertex-connect');
 
     let tunnel: Duplex;
     let describeFailure: ((err: Error) => string) | undefined;

@@ -24,13 +24,14 @@ import { registerAccount } from '../../q2q/control/accounts';
 import { createServerResolver } from '../../q2q/control/discovery';
 import { openServerConnection } from '../../q2q/control/server-connection';
 import { vertexError } from '../../q2q/errors';
-import { buildServerConfig } from '../../config/load';
+import { buildAgentConfig, buildServerConfig } from '../../config/load';
 import { formatHostPort, parseHostPort } from '../../config/schema';
 import { IdentityServer } from '../../server/identity-server';
-import type { GlobalArgs } from '../context';
+import { logLevelOf, serverResolver, type AgentSetup, type GlobalArgs } from '../context';
 import { createLogger } from '../logger';
-import { AGENT_CONFIG_FILE, agentSetup, createQ2QNode, describeRunning, renewWith } from './agent';
-import { identityServerOptions, stopOnSignals } from './server';
+import { createQ2QNode, describeRunning, renewWith } from '../agent-runner';
+import { identityServerOptions } from '../server-setup';
+import { onStopSignals } from '../signals';
 
 interface DemoArgs extends GlobalArgs {
   data: string;
@@ -59,19 +60,22 @@ async function startPage(): Promise<{ server: http.Server; port: number }> {
   return { server, port: (server.address() as net.AddressInfo).port };
 }
 
-/** The demo's agent.yaml, rewritten on every run so it matches this run's flags. */
-function agentYaml(socks: string, server: string, socket: string): string {
-  return [
-    '# Written by `vertex demo` on every start; edit a copy for your own agent.',
-    'version: 1',
-    `identity: ${DEMO_USER}@${DEMO_DOMAIN}`,
-    `socks: { listen: "${socks}" }`,
-    `domains: { ${DEMO_DOMAIN}: { server: "${server}" } }`,
-    'peer_listen: 127.0.0.1:0',
-    'advertise: [127.0.0.1]',
-    `control: { socket: ${JSON.stringify(socket)} }`,
-    '',
-  ].join('\n');
+/**
+ * The demo agent's configuration, built in memory from this run's flags. No
+ * agent.yaml is written: a second demo that fails to start must not change
+ * the files of one that runs (issue 13, problem 5).
+ */
+function demoAgentSetup(args: DemoArgs, homeDir: string, home: HomeStore, server: string): AgentSetup {
+  const config = buildAgentConfig({
+    identity: `${DEMO_USER}@${DEMO_DOMAIN}`,
+    socks: { listen: args.socks },
+    domains: { [DEMO_DOMAIN]: { server } },
+    peer_listen: '127.0.0.1:0',
+    advertise: ['127.0.0.1'],
+    control: { socket: path.join(homeDir, 'agent.sock') },
+  });
+  const socketPath = config.control.socket;
+  return { config, configFile: null, home, homeDir, socketPath, resolve: serverResolver(args, new Map([[DEMO_DOMAIN, parseHostPort(server)]])) };
 }
 
 export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
@@ -85,7 +89,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
     const dataDir = path.resolve(args.data);
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     parseHostPort(args.socks, { code: 'Usage' });
-    const logLevel = args.logLevel ?? 'warn';
+    const logLevel = logLevelOf(args) ?? 'warn';
     const log = createLogger({ level: logLevel });
 
     const config = buildServerConfig({ domains: [DEMO_DOMAIN], listen: args.listen, data_dir: path.join(dataDir, 'server'), registration: 'open' });
@@ -121,9 +125,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       process.stdout.write(`vertex demo: reusing the account ${address} from ${homeDir}\n`);
     }
 
-    const configFile = path.join(homeDir, AGENT_CONFIG_FILE);
-    fs.writeFileSync(configFile, agentYaml(args.socks, serverAddress, path.join(homeDir, 'agent.sock')));
-    const setup = agentSetup({ ...args, home: homeDir, config: configFile });
+    const setup = demoAgentSetup(args, homeDir, home, serverAddress);
     const page = await startPage();
     const agent = new AgentDaemon({
       config: setup.config,
@@ -134,7 +136,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       controlSocket: setup.socketPath,
       log,
     });
-    stopOnSignals(async () => {
+    onStopSignals(async () => {
       await agent.stop();
       page.server.closeAllConnections();
       await new Promise<void>((resolve) => page.server.close(() => resolve()));

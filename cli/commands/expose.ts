@@ -9,9 +9,9 @@ import { callAgent } from '../../agent/control-client';
 import { parseService } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { formatHostPort, parseHostPort } from '../../config/schema';
-import type { GlobalArgs } from '../context';
+import { agentSetup, repeatable, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
-import { agentSetup, describeRunning, runAgent, type AgentArgs } from './agent';
+import { describeRunning, runAgent } from '../agent-runner';
 
 interface ExposeArgs extends AgentArgs {
   service: string;
@@ -26,7 +26,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
   builder: (y) => y
     .positional('service', { type: 'string', demandOption: true, describe: 'service name, e.g. ssh or http' })
     .positional('target', { type: 'string', describe: 'local HOST:PORT (a bare PORT means 127.0.0.1:PORT)' })
-    .option('allow', { type: 'string', array: true, describe: 'who may connect: *, *@domain or user@domain (repeatable) [*@<my domain>]' })
+    .option('allow', repeatable('who may connect: *, *@domain or user@domain [*@<my domain>]'))
     .option('remove', { type: 'boolean', describe: 'stop exposing SERVICE on the running agent' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ExposeArgs>,
   handler: async (args) => {

@@ -9,9 +9,9 @@ import { callAgent } from '../../agent/control-client';
 import { formatServiceAddress, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort } from '../../config/schema';
-import type { GlobalArgs } from '../context';
+import { agentSetup, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
-import { agentSetup, describeRunning, runAgent, type AgentArgs } from './agent';
+import { describeRunning, runAgent } from '../agent-runner';
 
 interface ForwardArgs extends AgentArgs {
   listen: string;

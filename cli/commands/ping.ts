@@ -8,10 +8,8 @@ import { callAgent } from '../../agent/control-client';
 import { pingWith } from '../../agent/daemon';
 import { DEFAULT_PING_COUNT, formatPing, MAX_PING_COUNT, type PingResult } from '../../agent/ping';
 import { vertexError } from '../../q2q/errors';
-import type { GlobalArgs } from '../context';
-import { createLogger } from '../logger';
+import { agentSetup, cliLogger, connectAlone, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
-import { agentSetup, connectAlone, type AgentArgs } from './agent';
 
 interface PingArgs extends AgentArgs {
   target: string;
@@ -33,7 +31,7 @@ export const pingCommand: CommandModule<GlobalArgs, PingArgs> = {
     if (reply.agent) {
       result = reply.result as PingResult;
     } else {
-      const log = createLogger({ level: args.logLevel ?? 'warn', name: 'vertex-ping' });
+      const log = cliLogger(args, 'warn', 'vertex-ping');
       result = await pingWith((t) => connectAlone(setup, t, log), args.target, args.count);
     }
     printResult(args.json, formatPing(result), result);

@@ -2,10 +2,6 @@
  * `vertex receive [DIR] [--yes] [--from PATTERN]... [--overwrite] [--once]`:
  * a standalone node that exposes the `file-transfer` service and receives
  * into DIR until Ctrl-C (or after one transfer with --once).
- *
- * Also home to the node set-up `vertex send` shares: identity from --home,
- * servers from --resolve and agent.yaml, routes and peer listener from
- * flags over the config file.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,108 +11,13 @@ import {
   createProgressView, FILE_TRANSFER_SERVICE, formatBytes, progressMode, receiveFiles,
   type IncomingOffer, type ProgressView, type ReceiveResult,
 } from '../../agent/file-transfer';
-import type { HomeStore, StoredIdentity } from '../../agent/home-store';
-import { buildAgentConfig, loadAgentConfig, type AgentConfig } from '../../config/load';
-import { parseAllowPattern, type HostPort } from '../../config/schema';
-import { listenQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
-import type { ServerEndpoint } from '../../q2q/control/discovery';
+import { parseAllowPattern } from '../../config/schema';
+import { listenQ2Q, type Q2QStream } from '../../q2q';
 import { asVertexError, vertexError } from '../../q2q/errors';
-import type { Logger } from '../../q2q/util/log';
-import { cliLogger, homeDir, homeStore, serverResolver, type GlobalArgs } from '../context';
+import { NODE_OPTIONS, nodeSetup, repeatable, type GlobalArgs, type NodeArgs } from '../context';
 import { EXIT, EXIT_CODES } from '../exit-codes';
-
-// ---- the node set-up shared with `vertex send` ----
-
-export interface NodeArgs extends GlobalArgs {
-  config?: string;
-  identity?: string;
-  routes?: string[];
-  peerListen?: string;
-  advertise?: string[];
-}
-
-export function nodeOptions<T>(y: Argv<T>): Argv<T & NodeArgs> {
-  return y
-    .option('config', { type: 'string', describe: 'agent config file [<home>/agent.yaml when it exists]' })
-    .option('identity', { type: 'string', describe: 'which stored identity to use (user@domain) [the default identity]' })
-    .option('routes', { type: 'string', array: true, describe: 'routes that may be used, in order: tcp, ptcp, relay (comma-separated or repeated)' })
-    .option('peer-listen', { type: 'string', describe: 'HOST:PORT for direct peer connections [0.0.0.0:0]' })
-    .option('advertise', { type: 'string', array: true, describe: 'addresses to offer peers instead of the local interfaces' }) as unknown as Argv<T & NodeArgs>;
-}
-
-export interface NodeSetup {
-  identity: StoredIdentity;
-  options: Q2QOptions;
-  home: HomeStore;
-  log: Logger;
-}
-
-/** Reads agent.yaml (if any) under the flags, and builds what listenQ2Q/connectQ2Q need. */
-export function nodeSetup(args: NodeArgs): NodeSetup {
-  const home = homeStore(args);
-  const config = agentConfig(args);
-  // agent.yaml's log level is the daemon's; a foreground command stays quiet unless --log-level says otherwise.
-  const log = cliLogger(args);
-  const servers = new Map<string, ServerEndpoint>(Object.entries(config.domains).map(([d, v]) => [d, { host: v.server.host, port: v.server.port }]));
-  const identity = home.loadIdentity(args.identity ?? config.identity);
-  const options: Q2QOptions = {
-    resolve: serverResolver(args, servers),
-    trust: home,
-    routes: config.routes,
-    relayDelayMs: config.relayDelayMs,
-    peerListen: hostPort(config.peerListen),
-    ...(config.advertise !== undefined && { advertise: config.advertise }),
-    log,
-  };
-  return { identity, options, home, log };
-}
-
-function hostPort(hp: HostPort): { host: string; port: number } {
-  return { host: hp.host, port: hp.port };
-}
-
-function agentConfig(args: NodeArgs): AgentConfig {
-  const routes = args.routes?.flatMap((r) => r.split(',')).map((r) => r.trim().toLowerCase()).filter((r) => r !== '');
-  const overrides = {
-    ...(routes !== undefined && { routes: routes as Array<'tcp' | 'ptcp' | 'relay'> }),
-    ...(args.peerListen !== undefined && { peer_listen: args.peerListen }),
-    ...(args.advertise !== undefined && { advertise: args.advertise }),
-  };
-  const file = args.config ?? path.join(homeDir(args), 'agent.yaml');
-  let text: string | null = null;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if (args.config !== undefined || (err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw vertexError('Config', `read ${file}: ${(err as Error).message}`, err);
-    }
-  }
-  return text === null ? buildAgentConfig(overrides) : loadAgentConfig(text, file, { overrides });
-}
-
-/** Stops `stop` on the first SIGINT/SIGTERM; a second one exits at once. */
-export function onInterrupt(stop: (signal: NodeJS.Signals) => void): () => void {
-  let seen = false;
-  const handler = (signal: NodeJS.Signals) => {
-    if (seen) process.exit(EXIT.other);
-    seen = true;
-    stop(signal);
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
-  return () => {
-    process.off('SIGINT', handler);
-    process.off('SIGTERM', handler);
-  };
-}
-
-export function elapsedText(ms: number): string {
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
-}
-
-export function rateText(bytes: number, ms: number): string {
-  return ms > 0 ? `${formatBytes((bytes * 1000) / ms)}/s` : '-';
-}
+import { elapsedText, rateText } from '../output';
+import { onStopSignals } from '../signals';
 
 // ---- vertex receive ----
 
@@ -198,18 +99,17 @@ async function run(args: ReceiveArgs): Promise<void> {
   } else {
     process.stdout.write(`receiving files into ${dir} as ${identity.address} (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
   }
-  const removeHandler = onInterrupt((signal) => {
-    if (!json) process.stderr.write(`vertex: ${signal}, stopping\n`);
+  const signals = onStopSignals(() => {
     for (const c of active.keys()) c.abort();
     // Let cancelled transfers flush their partial files and report, for a bounded time.
     const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
     void Promise.race([Promise.allSettled(active.values()), grace]).then(() => finished(EXIT.ok));
-  });
+  }, { exit: false, announce: !json });
   const status = await done;
-  removeHandler();
+  signals.dispose();
   ask?.close();
   await node.stop();
-  process.exit(status);
+  process.exit(signals.exitCode(status));
 }
 
 function checkDir(dir: string): string {
@@ -280,10 +180,10 @@ class Asker {
 export const receiveCommand: CommandModule<GlobalArgs, ReceiveArgs> = {
   command: 'receive [dir]',
   describe: 'receive files sent with `vertex send` into DIR (default: the current directory)',
-  builder: (y) => nodeOptions(y)
+  builder: (y) => y.options(NODE_OPTIONS)
     .positional('dir', { type: 'string', describe: 'where files land' })
     .option('yes', { alias: 'y', type: 'boolean', describe: 'accept offers without asking (required when stdin is not a terminal)' })
-    .option('from', { type: 'string', array: true, describe: 'who may send: *, *@domain or user@domain (repeatable) [anyone in your own domain]' })
+    .option('from', repeatable('who may send: *, *@domain or user@domain [anyone in your own domain]'))
     .option('overwrite', { type: 'boolean', describe: 'replace existing files of the same name' })
     .option('once', { type: 'boolean', describe: 'exit after one transfer, with its status' })
     .example('$0 receive ~/Downloads --from "*@example.com"', 'ask about each offer from example.com')

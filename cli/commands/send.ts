@@ -12,9 +12,11 @@ import {
 } from '../../agent/file-transfer';
 import { formatAddress, parseAddress } from '../../q2q/address';
 import { connectQ2Q } from '../../q2q';
-import { isVertexError, vertexError, VertexError } from '../../q2q/errors';
-import type { GlobalArgs } from '../context';
-import { elapsedText, nodeOptions, nodeSetup, onInterrupt, rateText, type NodeArgs } from './receive';
+import { asVertexError, isVertexError, vertexError, VertexError } from '../../q2q/errors';
+import { EXIT } from '../exit-codes';
+import { NODE_OPTIONS, nodeSetup, type GlobalArgs, type NodeArgs } from '../context';
+import { elapsedText, rateText } from '../output';
+import { onStopSignals } from '../signals';
 
 interface SendArgs extends NodeArgs {
   paths: string[];
@@ -34,7 +36,7 @@ async function run(args: SendArgs): Promise<void> {
   const { identity, options } = nodeSetup(args);
 
   const controller = new AbortController();
-  const removeHandler = onInterrupt(() => controller.abort());
+  const signals = onStopSignals(() => controller.abort(), { exit: false });
   let view: ProgressView | null = null;
   try {
     const totalBytes = await sumSizes(sources.map((s) => s.file));
@@ -92,9 +94,17 @@ async function run(args: SendArgs): Promise<void> {
         (resumed.length > 0 ? `; resumed ${resumed.length} file${resumed.length === 1 ? '' : 's'}, ${formatBytes(result.bytesSent)} sent` : '') + '\n',
       );
     }
+  } catch (err) {
+    // Ctrl-C: the transfer says it was cancelled, and the exit status says it was interrupted.
+    if (signals.signal) {
+      view?.stop();
+      process.stderr.write(`vertex: ${asVertexError(err).message}\n`);
+      process.exit(signals.exitCode(EXIT.other));
+    }
+    throw err;
   } finally {
     view?.stop();
-    removeHandler();
+    signals.dispose();
   }
 }
 
@@ -107,7 +117,7 @@ async function sumSizes(files: string[]): Promise<number> {
 export const sendCommand: CommandModule<GlobalArgs, SendArgs> = {
   command: 'send <paths..>',
   describe: 'send files or directories to USER@DOMAIN (who runs `vertex receive`); the last argument names the receiver',
-  builder: (y) => nodeOptions(y)
+  builder: (y) => y.options(NODE_OPTIONS)
     .positional('paths', { type: 'string', array: true, describe: 'FILE... USER@DOMAIN' })
     .option('connect-timeout', { type: 'number', describe: 'seconds to wait for a connection [15]' })
     .example('$0 send report.pdf photos/ bob@example.com', 'send a file and a directory to bob') as unknown as Argv<SendArgs>,

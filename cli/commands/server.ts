@@ -10,13 +10,15 @@ import { vertexError } from '../../q2q/errors';
 import { buildServerConfig, loadServerConfig, type ServerOverrides } from '../../config/load';
 import { parseDuration, type ServerConfig } from '../../config/schema';
 import { DEFAULTS } from '../../config/defaults';
-import { IdentityServer, DATABASE_FILE, type IdentityServerOptions } from '../../server/identity-server';
+import { IdentityServer, DATABASE_FILE } from '../../server/identity-server';
 import { caDir } from '../../server/ca-store';
 import { SqliteAccountStore } from '../../server/store/sqlite-store';
 import { hashPassword } from '../../server/password';
 import { INVITE_LIFETIME_MS, newInviteCode, validatePassword } from '../../server/account-service';
 import { createLogger } from '../logger';
-import { serverResolver, type GlobalArgs } from '../context';
+import { logLevelOf, readConfigFile, repeatable, serverResolver, type GlobalArgs } from '../context';
+import { identityServerOptions } from '../server-setup';
+import { onStopSignals } from '../signals';
 import type { ServerResolver } from '../../q2q/control/discovery';
 import { printResult } from '../output';
 import { readPassword } from '../password-input';
@@ -28,14 +30,6 @@ interface ServerArgs extends GlobalArgs {
   data?: string;
   publicAddress?: string;
   registration?: 'open' | 'invite' | 'closed';
-}
-
-export function readConfigFile(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw vertexError('Config', `${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, err);
-  }
 }
 
 function flagOverrides(args: ServerArgs): ServerOverrides {
@@ -65,29 +59,10 @@ function resolveDataDir(args: ServerArgs): { dataDir: string; domains: readonly 
   return { dataDir: path.resolve(args.data ?? DEFAULTS.server.data_dir), domains: (args.domain ?? []).map(parseDomain) };
 }
 
-export function identityServerOptions(config: ServerConfig): Omit<IdentityServerOptions, 'log'> {
-  if (config.domains.length === 0) {
-    throw vertexError('Usage', 'no domain to serve: give --domain DOMAIN or a --config file with domains:');
-  }
-  return {
-    domains: [...config.domains],
-    listen: config.listen,
-    dataDir: path.resolve(config.dataDir),
-    registration: config.registration,
-    certificateLifetimeMs: config.certificateLifetimeMs,
-    relay: { ...config.relay },
-    limits: {
-      maxConnections: config.limits.maxConnections,
-      handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
-      maxBoxBytes: config.limits.maxBoxBytes,
-    },
-  };
-}
-
 function serverOptions(y: Argv): Argv<ServerArgs> {
   return y
     .option('config', { type: 'string', describe: 'server.yaml (see config/server.example.yaml)' })
-    .option('domain', { type: 'string', array: true, describe: 'a domain to serve (repeatable)' })
+    .option('domain', repeatable('a domain to serve'))
     .option('listen', { type: 'string', describe: 'HOST:PORT for TCP and UDP [0.0.0.0:8788]' })
     .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
@@ -98,9 +73,15 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
 export async function runServer(config: ServerConfig, logLevel: string | undefined, resolve?: ServerResolver): Promise<IdentityServer> {
   const log = createLogger({ level: logLevel ?? config.log.level }).child({ component: 'server' });
   const server = new IdentityServer({ ...identityServerOptions(config), log, ...(resolve ? { resolve } : {}) });
+  // Handlers first: a signal that arrives while the server starts still stops it cleanly.
+  const starting = server.start();
+  onStopSignals(async () => {
+    await starting.catch(() => undefined);
+    await server.stop();
+  });
   let bound;
   try {
-    bound = await server.start();
+    bound = await starting;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
@@ -110,18 +91,6 @@ export async function runServer(config: ServerConfig, logLevel: string | undefin
   }
   process.stdout.write(`vertex server: listening on ${bound.host}:${bound.port} (tcp+udp) for ${config.domains.join(', ')}; data in ${config.dataDir}\n`);
   return server;
-}
-
-export function stopOnSignals(stop: () => Promise<void>): void {
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) return;
-    stopping = true;
-    process.stdout.write(`vertex: ${signal}, stopping\n`);
-    stop().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
 }
 
 interface AdminArgs extends ServerArgs {
@@ -249,8 +218,7 @@ const run: CommandModule<GlobalArgs, ServerArgs> = {
   describe: 'run the identity server',
   builder: serverOptions,
   handler: async (args) => {
-    const server = await runServer(resolveServerConfig(args), args.logLevel, serverResolver(args));
-    stopOnSignals(() => server.stop());
+    await runServer(resolveServerConfig(args), logLevelOf(args), serverResolver(args));
   },
 };
 

@@ -7,9 +7,8 @@ import type { Argv, CommandModule } from 'yargs';
 import { callAgent } from '../../agent/control-client';
 import type { AgentStatus } from '../../agent/daemon';
 import { vertexError } from '../../q2q/errors';
-import type { GlobalArgs } from '../context';
+import { agentSetup, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
-import { agentSetup, type AgentArgs } from './agent';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;

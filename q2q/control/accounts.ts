@@ -4,7 +4,7 @@
  * The private key never leaves this process.
  */
 import { formatAddress, parseAddress } from '../address';
-import { vertexError } from '../errors';
+import { isVertexError, vertexError, VertexError } from '../errors';
 import { createCsr, describeCertificate, generateKeyPair, keyMatchesCertificate } from '../identity';
 import { COMMANDS } from './protocol';
 import type { ServerConnection } from './server-connection';
@@ -42,9 +42,16 @@ export function registerAccount(connection: ServerConnection, addressText: strin
   return requestCertificate(connection, COMMANDS.register, address, { password, ...(invite ? { invite } : {}) });
 }
 
-export function loginAccount(connection: ServerConnection, addressText: string, password: string): Promise<NewIdentity> {
+export async function loginAccount(connection: ServerConnection, addressText: string, password: string): Promise<NewIdentity> {
   const address = formatAddress(parseAddress(addressText));
-  return requestCertificate(connection, COMMANDS.sign, address, { password });
+  try {
+    return await requestCertificate(connection, COMMANDS.sign, address, { password });
+  } catch (err) {
+    // The server names its command (`sign alice@a.test: wrong password`); the user ran `vertex login`.
+    if (isVertexError(err, 'BadPassword')) throw new VertexError('BadPassword', `wrong password for ${address}`, { cause: err });
+    if (isVertexError(err, 'NoSuchUser')) throw new VertexError('NoSuchUser', `login ${address}: ${connection.domain}'s server has no such account`, { cause: err });
+    throw err;
+  }
 }
 
 /** Renewal over a connection authenticated with the current certificate; keeps a fresh key. */

@@ -9,6 +9,11 @@ import { DEFAULT_SERVER_PORT } from './protocol';
 export interface ServerEndpoint {
   host: string;
   port: number;
+  /**
+   * How it was found: named by an override, an SRV record, or the domain's
+   * own address on the default port (the last resort); errors say which.
+   */
+  via?: 'override' | 'srv' | 'default';
 }
 
 export type ServerResolver = (domain: string) => Promise<ServerEndpoint[]>;
@@ -27,17 +32,17 @@ export function createServerResolver(opts: ResolverOptions = {}): ServerResolver
   return async (domain) => {
     const key = domain.toLowerCase();
     const override = overrides.get(key);
-    if (override) return [override];
+    if (override) return [{ ...override, via: 'override' }];
     try {
       const records = await resolveSrv(`_q2q._tcp.${key}`);
       if (records.length > 0) {
         return [...records]
           .sort((a, b) => a.priority - b.priority || b.weight - a.weight)
-          .map((r) => ({ host: r.name, port: r.port }));
+          .map((r) => ({ host: r.name, port: r.port, via: 'srv' as const }));
       }
     } catch {
       // No SRV record (ENOTFOUND/ENODATA) is the common case: fall through.
     }
-    return [{ host: key, port: DEFAULT_SERVER_PORT }];
+    return [{ host: key, port: DEFAULT_SERVER_PORT, via: 'default' }];
   };
 }

@@ -150,5 +150,21 @@ export async function openServerConnection(opts: ServerConnectionOptions): Promi
       throw asVertexError(err, 'ServerUnavailable', `connect to ${domain} server`);
     }
   }
-  throw lastError;
+  throw notFoundHint(domain, endpoints, lastError);
+}
+
+/**
+ * When the server was only guessed (no override, no SRV record) and the
+ * guess failed, the error says what was tried and how to name the server.
+ */
+function notFoundHint(domain: string, endpoints: readonly ServerEndpoint[], err: VertexError): VertexError {
+  if (endpoints.length !== 1 || endpoints[0]?.via !== 'default' || err.code !== 'ServerUnavailable') return err;
+  const endpoint = endpoints[0];
+  const cause = (err.cause as NodeJS.ErrnoException | undefined)?.code ?? err.message;
+  return new VertexError(
+    'ServerUnavailable',
+    `cannot find the identity server for ${domain}: there is no SRV record _q2q._tcp.${domain}, and ${endpoint.host}:${endpoint.port} did not answer (${cause}); ` +
+      `name the server with --resolve ${domain}=HOST:PORT (or domains: in agent.yaml)`,
+    { cause: err },
+  );
 }

@@ -7,8 +7,10 @@ import type { CaTrust } from '../control/server-connection';
 import type { ServerResolver } from '../control/discovery';
 import type { Logger } from '../util/log';
 
-export type RouteName = 'tcp' | 'ptcp' | 'relay';
-export const ALL_ROUTES: readonly RouteName[] = ['tcp', 'ptcp', 'relay'];
+/** The routes a connection may take, in the dial ladder's order; the one list of them. */
+export const ROUTE_NAMES = ['tcp', 'ptcp', 'relay'] as const;
+export type RouteName = (typeof ROUTE_NAMES)[number];
+export const ALL_ROUTES: readonly RouteName[] = ROUTE_NAMES;
 
 /** A user's identity: the address, its private key and the certificate its domain issued. */
 export interface Identity {

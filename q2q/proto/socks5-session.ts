@@ -53,7 +53,7 @@ export interface SocksConnectRequest {
   addressType: 'ipv4' | 'domain' | 'ipv6';
 }
 
-export type SocksAuth = 'none' | { username: string; password: string };
+export type SocksAuth = 'none' | { readonly username: string; readonly password: string };
 
 export type Socks5SessionState = 'greeting' | 'auth' | 'request' | 'connecting' | 'established' | 'closed';
 

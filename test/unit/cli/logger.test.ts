@@ -136,6 +136,43 @@ describe('createLogger', () => {
   });
 });
 
+describe('createLogger: one value per key, lines for people on a terminal', () => {
+  it('a child that rebinds a key writes it once, the innermost value winning', () => {
+    const out = memory();
+    const log = createLogger({ level: 'info', destination: out.stream, env: {} }).child({ component: 'agent' }).child({ component: 'home', conn: 1 });
+    log.info({ conn: 2 }, 'online');
+    const line = out.lines()[0] ?? '';
+    expect(line.match(/"component"/g)).toHaveLength(1);
+    expect(line.match(/"conn"/g)).toHaveLength(1);
+    expect(parse(line)).toMatchObject({ component: 'home', conn: 2, msg: 'online' });
+  });
+
+  it('JSON lines carry an error\'s message but not its stack, unless the level is debug', () => {
+    const quiet = memory();
+    createLogger({ level: 'info', destination: quiet.stream, env: {} }).warn({ err: new Error('boom') }, 'failed');
+    expect(parse(quiet.lines()[0] ?? '')).toMatchObject({ err: { message: 'boom' } });
+    expect(quiet.lines()[0]).not.toContain('stack');
+    const loud = memory();
+    createLogger({ level: 'debug', destination: loud.stream, env: {} }).warn({ err: new Error('boom') }, 'failed');
+    expect(loud.lines()[0]).toContain('"stack"');
+  });
+
+  it('pretty: time, level, component, message and key=value pairs, no JSON and no stack', () => {
+    const out = memory();
+    const log = createLogger({ level: 'info', destination: out.stream, env: {}, pretty: true }).child({ component: 'agent' });
+    log.warn({ target: 'bob@b.test:ssh', route: 'tcp', err: new Error('connect ECONNREFUSED'), note: 'two words' }, 'tunnel failed');
+    const line = out.lines()[0] ?? '';
+    expect(line).toMatch(/^\d\d:\d\d:\d\d\.\d{3} WARN  agent: tunnel failed target=bob@b\.test:ssh route=tcp err="connect ECONNREFUSED" note="two words"$/);
+    expect(line).not.toContain('at ');
+  });
+
+  it('journald wins over pretty: the journal wants JSON', () => {
+    const out = memory();
+    createLogger({ level: 'info', destination: out.stream, env: {}, journald: true, pretty: true }).info('x');
+    expect(out.lines()[0]?.startsWith('<6>{')).toBe(true);
+  });
+});
+
 describe('syslogPriority', () => {
   it('maps pino levels to syslog priorities', () => {
     expect([10, 20, 30, 40, 50, 60].map(syslogPriority)).toEqual([7, 7, 6, 4, 3, 2]);

@@ -1,0 +1,28 @@
+/**
+ * The identity server's options from its config: what `vertex server` and
+ * `vertex demo` share.
+ */
+import * as path from 'node:path';
+import { vertexError } from '../q2q/errors';
+import type { ServerConfig } from '../config/schema';
+import type { IdentityServerOptions } from '../server/identity-server';
+
+export function identityServerOptions(config: ServerConfig): Omit<IdentityServerOptions, 'log'> {
+  if (config.domains.length === 0) {
+    throw vertexError('Usage', 'no domain to serve: give --domain DOMAIN or a --config file with domains:');
+  }
+  return {
+    domains: [...config.domains],
+    listen: config.listen,
+    dataDir: path.resolve(config.dataDir),
+    registration: config.registration,
+    certificateLifetimeMs: config.certificateLifetimeMs,
+    relay: { ...config.relay },
+    limits: {
+      maxConnections: config.limits.maxConnections,
+      handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
+      maxBoxBytes: config.limits.maxBoxBytes,
+    },
+  };
+}
+
