@@ -111,7 +111,7 @@ describe('the vertex command line', () => {
     expect(quiet.stderr).toBe('');
     // The server's config says info; -vv asks for debug, and its lines come from child loggers
     // (server -> accounts, relay, ...) that each bind `component` again.
-    const proc = startVertex(['-vv', 'server', '--listen', '127.0.0.1:0', '--data', dir, '--domain', 'v.test']);
+    const proc = startVertex(['-vv', 'server', '--listen', '127.0.0.1:0', '--data', dir, '--domain', 'v.test', '--registration', 'open']);
     const port = Number((await proc.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1]);
     const r = await runVertex(['--resolve', `v.test=127.0.0.1:${port}`, '--home', home(), 'register', 'ivan@v.test', '--password-stdin'], { input: PASSWORD });
     expect(r.code).toBe(0);
