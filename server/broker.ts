@@ -89,6 +89,9 @@ export class Broker {
       const e = asVertexError(err, 'Internal');
       if (e.code === 'ConnectionLost') throw vertexError('Offline', `${to} went offline while answering`);
       if (e.code === 'Timeout') throw vertexError('Timeout', `${to} did not answer within ${INBOUND_FORWARD_TIMEOUT_MS} ms`);
+      // Passed on as it is, the listener's UNHANDLED would tell the caller that this
+      // server does not know inbound.
+      if (e.code === 'UnknownCommand') throw vertexError('ProtocolVersion', `${to}'s agent does not answer inbound`);
       throw e;
     }
     const token = answer.token ?? '';

@@ -121,6 +121,8 @@ export class ControlSession {
 
     this.peer.handle(COMMANDS.inbound, afterHello(COMMANDS.inbound, (args) => {
       if (!context.authenticatedAs || !context.certPem) throw vertexError('NotAllowed', 'inbound: connect with your certificate first');
+      requireArg(args, 'to', COMMANDS.inbound);
+      requireArg(args, 'service', COMMANDS.inbound);
       return broker.inbound({ address: context.authenticatedAs, certPem: context.certPem }, args);
     }));
 

@@ -9,15 +9,24 @@
  * `_error_code` and `_error_description`. Boxes are written with their keys
  * sorted bytewise, as Twisted does, so our bytes match its bytes.
  *
+ * Error codes travel as Twisted's clients expect them (wire/amp-errors.ts):
+ * an unknown command is answered with UNHANDLED and an internal failure with
+ * UNKNOWN, every other VertexError with its own code. Tags are echoed byte
+ * for byte, whatever bytes the asker chose.
+ *
  * Where we differ from Twisted: a request-level failure (unknown command,
  * a responder that throws, an answer that cannot be encoded) is answered with
  * an error and never closes the connection. Only broken framing does, because
- * a stream that lost framing cannot be trusted again.
+ * a stream that lost framing cannot be trusted again. String responders
+ * (handle()) get text: a value that is not UTF-8 is refused with BadRequest
+ * instead of being turned into replacement characters.
  */
-import { asVertexError, ErrorCode, isErrorCode, isVertexError, VertexError, vertexError } from '../errors';
+import { isUtf8 } from 'node:buffer';
+import { asVertexError, ErrorCode, isVertexError, VertexError, vertexError } from '../errors';
 import { Clock, systemClock, Timer } from '../util/clock';
 import { Logger, silentLogger } from '../util/log';
 import { AmpBox, AmpDecoder, AmpLimits, ampLimits, boxToStrings, encodeBox } from '../wire/amp';
+import { ampErrorFromWire, ampErrorToWire } from '../wire/amp-errors';
 
 export type AmpArgs = Record<string, string>;
 export type AmpResponder = (args: AmpArgs) => Promise<AmpArgs | void> | AmpArgs | void;
@@ -53,6 +62,20 @@ export const AMP_RESERVED_KEYS: ReadonlySet<string> = new Set([
 ]);
 /** Error descriptions are for people; a longer one is cut rather than breaking the box. */
 export const MAX_ERROR_DESCRIPTION_BYTES = 2048;
+
+/**
+ * How a call fails when the peer answers with an error box: `code` is ours
+ * (wire/amp-errors.ts maps the wire code), `remoteCode` is the `_error_code`
+ * exactly as the peer sent it, for peers with codes of their own.
+ */
+export class AmpRemoteError extends VertexError {
+  readonly remoteCode: string;
+
+  constructor(code: ErrorCode, message: string, remoteCode: string) {
+    super(code, message);
+    this.remoteCode = remoteCode;
+  }
+}
 
 interface PendingCall {
   command: string;
@@ -264,10 +287,11 @@ export class AmpPeer {
     const error = box.get('_error');
     if (error !== undefined) {
       const rawCode = box.get('_error_code')?.toString('utf8') ?? '';
-      const code: ErrorCode = isErrorCode(rawCode) ? rawCode : 'Internal';
       this.#settle(error.toString('utf8'), (call) => {
-        const description = box.get('_error_description')?.toString('utf8') ?? `${call.command}: error ${JSON.stringify(rawCode)} without a description`;
-        call.reject(vertexError(code, description));
+        const rawDescription = box.get('_error_description')?.toString('utf8');
+        const { code, description } = ampErrorFromWire(rawCode, rawDescription ?? '');
+        const message = rawDescription === undefined ? `${call.command}: error ${JSON.stringify(rawCode)} without a description` : description;
+        call.reject(new AmpRemoteError(code, message, rawCode));
       });
       return;
     }
@@ -292,7 +316,8 @@ export class AmpPeer {
   }
 
   #request(command: string, box: AmpBox): void {
-    const tag = box.get('_ask')?.toString('utf8');
+    // Echoed as bytes: the asker matches its answers by the exact tag it sent.
+    const tag = box.get('_ask');
     const handler = this.#handlers.get(command);
     if (handler === undefined) {
       this.#log.debug({ command }, 'amp: unknown command');
@@ -304,6 +329,11 @@ export class AmpPeer {
     fields.delete('_ask');
     let result: unknown;
     try {
+      if (!handler.raw) {
+        for (const [key, value] of fields) {
+          if (!isUtf8(value)) throw vertexError('BadRequest', `${command}: argument ${JSON.stringify(key)} is not valid utf-8`);
+        }
+      }
       result = handler.raw ? handler.fn(fields) : handler.fn(boxToStrings(fields));
     } catch (err) {
       this.#failed(command, tag, err);
@@ -319,7 +349,7 @@ export class AmpPeer {
     }
   }
 
-  #answer(command: string, tag: string | undefined, result: unknown): void {
+  #answer(command: string, tag: Buffer | undefined, result: unknown): void {
     if (tag === undefined || this.#closed) return;
     let bytes: Buffer;
     try {
@@ -336,7 +366,7 @@ export class AmpPeer {
     this.#write(bytes);
   }
 
-  #failed(command: string, tag: string | undefined, err: unknown): void {
+  #failed(command: string, tag: Buffer | undefined, err: unknown): void {
     if (isVertexError(err)) {
       this.#log.debug({ command, code: err.code, reason: err.message }, 'amp: responder refused');
       this.#sendError(command, tag, err.code, err.message);
@@ -347,16 +377,17 @@ export class AmpPeer {
     this.#sendError(command, tag, 'Internal', 'internal error');
   }
 
-  #sendError(command: string, tag: string | undefined, code: ErrorCode, description: string): void {
+  #sendError(command: string, tag: Buffer | undefined, code: ErrorCode, description: string): void {
     if (tag === undefined || this.#closed) {
       if (tag === undefined) this.#log.debug({ command, code }, 'amp: error for a request that wants no answer');
       return;
     }
+    const wire = ampErrorToWire(code, description);
     const bytes = encodeBox(
       sortedBox([
         ['_error', tag],
-        ['_error_code', code],
-        ['_error_description', truncateUtf8(description, MAX_ERROR_DESCRIPTION_BYTES)],
+        ['_error_code', wire.code],
+        ['_error_description', truncateUtf8(wire.description, MAX_ERROR_DESCRIPTION_BYTES)],
       ]),
     );
     this.#write(bytes);

@@ -1,5 +1,5 @@
 import { isVertexError, VertexError, vertexError } from '../../../../q2q/errors';
-import { AmpArgs, AmpPeer, AmpPeerOptions, MAX_ERROR_DESCRIPTION_BYTES } from '../../../../q2q/proto/amp-peer';
+import { AmpArgs, AmpPeer, AmpPeerOptions, AmpRemoteError, MAX_ERROR_DESCRIPTION_BYTES } from '../../../../q2q/proto/amp-peer';
 import { ManualClock } from '../../../../q2q/util/clock';
 import { AMP_MAX_VALUE_LENGTH, AmpBox, AmpDecoder, boxToStrings, encodeBox } from '../../../../q2q/wire/amp';
 
@@ -252,6 +252,104 @@ describe('AmpPeer: request-level errors keep the connection', () => {
     const { peer } = lone();
     peer.receive(encodeBox({ hello: 'there' }));
     expect(peer.closed).toBe(false);
+  });
+});
+
+describe('AmpPeer: error codes as Twisted reads them (issue 15)', () => {
+  it('answers an unknown command with UNHANDLED, our code first in the description', () => {
+    const { peer, sent } = lone();
+    peer.receive(encodeBox({ _ask: '7', _command: 'frobnicate' }));
+    const [box] = new AmpDecoder().push(Buffer.concat(sent));
+    expect(boxToStrings(box!)).toEqual({
+      _error: '7',
+      _error_code: 'UNHANDLED',
+      _error_description: 'UnknownCommand: unknown command "frobnicate"',
+    });
+  });
+
+  it('answers an internal failure with UNKNOWN and keeps the connection', () => {
+    const { peer, sent } = lone();
+    peer.handle('boom', () => {
+      throw new Error('secret');
+    });
+    peer.receive(encodeBox({ _ask: '1', _command: 'boom' }));
+    const [box] = new AmpDecoder().push(Buffer.concat(sent));
+    expect(boxToStrings(box!)).toEqual({ _error: '1', _error_code: 'UNKNOWN', _error_description: 'Internal: internal error' });
+    expect(peer.closed).toBe(false);
+  });
+
+  it('sends every other code as it is', () => {
+    const { peer, sent } = lone();
+    peer.handle('login', () => {
+      throw vertexError('BadPassword', 'sign alice@a.test: wrong password');
+    });
+    peer.receive(encodeBox({ _ask: '1', _command: 'login' }));
+    const [box] = new AmpDecoder().push(Buffer.concat(sent));
+    expect(boxToStrings(box!)).toEqual({ _error: '1', _error_code: 'BadPassword', _error_description: 'sign alice@a.test: wrong password' });
+  });
+
+  it.each([
+    // [what the peer sends: code, description] -> [our code, our message]
+    ['UNHANDLED', "Unhandled Command: b'frob'", 'UnknownCommand', "Unhandled Command: b'frob'"],
+    ['UNHANDLED', 'UnknownCommand: unknown command "frob"', 'UnknownCommand', 'unknown command "frob"'],
+    ['UNKNOWN', 'Unknown Error', 'Internal', 'Unknown Error'],
+    ['UNKNOWN', 'Internal: internal error', 'Internal', 'internal error'],
+    ['UnknownCommand', 'unknown command "frob"', 'UnknownCommand', 'unknown command "frob"'],
+    ['Internal', 'internal error', 'Internal', 'internal error'],
+    ['NoSuchUser', "'alice'", 'NoSuchUser', "'alice'"],
+    ['NoSuchConnection', "'x'", 'Internal', "'x'"],
+    ['UNHANDLED', 'Internal: not the prefix of this code', 'UnknownCommand', 'Internal: not the prefix of this code'],
+  ])('maps _error_code %s (%s) to %s', async (wireCode, description, code, message) => {
+    const { peer } = lone();
+    const call = peer.call('x');
+    peer.receive(encodeBox({ _error: '1', _error_code: wireCode, _error_description: description }));
+    const err = await rejection(call);
+    expect(err).toBeInstanceOf(AmpRemoteError);
+    expect(err.code).toBe(code);
+    expect(err.message).toBe(message);
+    expect((err as AmpRemoteError).remoteCode).toBe(wireCode);
+  });
+
+  it('round-trips our codes between two peers exactly as before the mapping', async () => {
+    const { a, b } = pair();
+    b.handle('boom', () => {
+      throw new Error('x');
+    });
+    b.handle('deny', () => {
+      throw vertexError('Denied', 'deny: not on the list');
+    });
+    const unknown = await rejection(a.call('frob'));
+    expect([unknown.code, unknown.message]).toEqual(['UnknownCommand', 'unknown command "frob"']);
+    const internal = await rejection(a.call('boom'));
+    expect([internal.code, internal.message]).toEqual(['Internal', 'internal error']);
+    const denied = await rejection(a.call('deny'));
+    expect([denied.code, denied.message]).toEqual(['Denied', 'deny: not on the list']);
+  });
+
+  it('echoes a tag that is not UTF-8 byte for byte', () => {
+    // Regression (fuzz): the tag went through a UTF-8 string, so 0xff came back as ef bf bd
+    // and the asker could not match its answer.
+    const { peer, sent } = lone();
+    peer.handle('ping', () => ({}));
+    const tag = Buffer.from([0xff, 0x00, 0x80]);
+    peer.receive(encodeBox(new Map([['_ask', tag], ['_command', Buffer.from('ping')]])));
+    peer.receive(encodeBox(new Map([['_ask', tag], ['_command', Buffer.from('nope')]])));
+    const boxes = new AmpDecoder().push(Buffer.concat(sent));
+    expect(boxes.map((box) => box.get('_answer') ?? box.get('_error'))).toEqual([tag, tag]);
+  });
+
+  it('refuses an argument that is not UTF-8 with BadRequest instead of replacement characters', async () => {
+    const { a, b } = pair();
+    const got: string[] = [];
+    b.handle('identify', (args) => {
+      got.push(args.domain ?? '');
+      return {};
+    });
+    const err = await rejection(a.callRaw('identify', { domain: Buffer.from([0x61, 0xff]) }));
+    expect(err.code).toBe('BadRequest');
+    expect(err.message).toContain('"domain"');
+    expect(got).toEqual([]);
+    await expect(a.callRaw('identify', { domain: Buffer.from('a.test') })).resolves.toEqual(new Map());
   });
 });
 
