@@ -2,15 +2,15 @@
  * The public shapes of Q2Q connections: what listenQ2Q/connectQ2Q take and
  * return. Front-ends (agent/, file transfer) build on these only.
  */
-import type { TLSSocket } from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type { CaTrust } from '../control/server-connection';
 import type { ServerResolver } from '../control/discovery';
+import type { RouteName } from '../transport/route';
 import type { Logger } from '../util/log';
+import type { SessionStatus } from './peer-session';
 
-/** The routes a connection may take, in the dial ladder's order; the one list of them. */
-export const ROUTE_NAMES = ['tcp', 'ptcp', 'relay'] as const;
-export type RouteName = (typeof ROUTE_NAMES)[number];
-export const ALL_ROUTES: readonly RouteName[] = ROUTE_NAMES;
+export { ALL_ROUTES, ROUTE_NAMES, type RouteName } from '../transport/route';
+export type { SessionStatus } from './peer-session';
 
 /** A user's identity: the address, its private key and the certificate its domain issued. */
 export interface Identity {
@@ -32,10 +32,19 @@ export interface Q2QStreamInfo {
   readonly peerCertificate: string;
   /** Milliseconds from the connect call to the stream being usable (caller side; 0 on the listener). */
   readonly connectMs: number;
+  /** The peer session that carries the stream (both ends see the same id). */
+  readonly sessionId?: string;
+  /** The peer's device, where known. */
+  readonly peerDevice?: string;
 }
 
-/** A byte stream to a peer, end-to-end mutual TLS 1.3 on whatever route carried it. */
-export type Q2QStream = TLSSocket & Q2QStreamInfo;
+/**
+ * A byte stream to a peer: one stream of the peer session, which is mutual
+ * TLS 1.3 end to end on whatever route carries it. It behaves like a TCP
+ * socket: half-close, back-pressure, and an abort that the other end sees
+ * as an error, never as a clean end.
+ */
+export type Q2QStream = Duplex & Q2QStreamInfo & { readonly bytesRead: number; readonly bytesWritten: number };
 
 /** Trust decisions about domain CAs: pin on first use, and the pinned CA for verifying peers. */
 export interface DomainTrust extends CaTrust {

@@ -42,6 +42,8 @@ export const MUX_KEEPALIVE_MS = 2_500;
 export const MUX_DEAD_AFTER_MS = 7_500;
 /** Streams the peer may have open at once; further OPENs are refused. */
 export const MUX_DEFAULT_MAX_INCOMING = 100_000;
+/** After a clean end, how long the far side may take to end too before the channel is destroyed. */
+export const MUX_CLOSE_LINGER_MS = 10_000;
 /** How long an OPEN waits for ACCEPT or REFUSE. */
 export const MUX_OPEN_TIMEOUT_MS = 15_000;
 /** A service name in OPEN (the longest Q2Q service name, with room to spare). */
@@ -242,11 +244,18 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#maybeIdle();
   }
 
+  /**
+   * Ends the channel cleanly: what is queued is still sent, the far side sees
+   * the end and ends too; a far side that never does is cut off after
+   * MUX_CLOSE_LINGER_MS.
+   */
   #endChannel(): void {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#stopTimer();
     this.#channel.end();
+    const linger = this.#clock.setTimer(() => this.#channel.destroy(), MUX_CLOSE_LINGER_MS);
+    this.#channel.once('close', () => linger.cancel());
     this.emit('close', null);
   }
 

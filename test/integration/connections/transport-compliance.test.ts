@@ -7,6 +7,7 @@
  * Last, each case is run against an in-memory pair broken in one way, and
  * must fail there: a case that cannot fail proves nothing.
  */
+import type { TLSSocket } from 'node:tls';
 import { Q2QNode } from '../../../q2q/negotiate/node';
 import type { Q2QStream, RouteName } from '../../../q2q/negotiate/types';
 import { PtcpSocket, type PtcpStream } from '../../../q2q/transport/ptcp-socket';
@@ -59,12 +60,15 @@ class Rendezvous<T> {
 }
 
 /**
- * Both ends of one peer TLS session derive the same exporter secret (RFC
- * 8446 section 7.5) and no other session does, so concurrent connects pair
- * up without sending a byte the cases would see.
+ * Both ends of a stream know its peer session's id (derived from the TLS
+ * session, RFC 8446 section 7.5) and the stream's id within it, and no other
+ * stream has both, so concurrent connects pair up without sending a byte the
+ * cases would see.
  */
 function pairingKey(stream: Q2QStream): string {
-  return stream.exportKeyingMaterial(32, 'vertex transport compliance pairing', Buffer.alloc(0)).toString('hex');
+  if (stream.sessionId) return `${stream.sessionId}/${(stream as Q2QStream & { id: number }).id}`;
+  // A stream that is its own TLS session (before peer sessions): the session's exporter alone.
+  return (stream as unknown as TLSSocket).exportKeyingMaterial(32, 'vertex transport compliance pairing', Buffer.alloc(0)).toString('hex');
 }
 
 /** A pair that arrived on another route is released before the case fails. */

@@ -1,0 +1,185 @@
+/**
+ * One peer session: a claimed mutual-TLS channel between two agents (on
+ * whatever route the ladder found) carrying multiplexed streams
+ * (transport/mux.ts). It knows its authenticated peer (address, device,
+ * certificate), counts its streams and bytes, closes itself after it has
+ * carried no stream for idleMs, and closes when either certificate expires.
+ */
+import { EventEmitter } from 'node:events';
+import type { TLSSocket } from 'node:tls';
+import { vertexError } from '../errors';
+import { describeCertificate } from '../identity';
+import { MuxSession, type MuxStream, type OpenRequest } from '../transport/mux';
+import type { RouteName } from '../transport/route';
+import { systemClock, type Clock, type Timer } from '../util/clock';
+import type { PeerChannel } from './ladder';
+import type { Q2QStream } from './types';
+
+/** A session that has carried no stream for this long ends cleanly. */
+export const SESSION_IDLE_MS = 300_000;
+/** Longest single timer; a certificate expiry further away is re-armed in steps. */
+const MAX_TIMER_MS = 24 * 60 * 60 * 1000;
+/** Length of the session id both ends derive from the TLS session (RFC 8446 §7.5). */
+const SESSION_ID_BYTES = 8;
+
+export interface PeerSessionOptions {
+  clock?: Clock;
+  /** Wall-clock milliseconds (certificate lifetimes are wall-clock). */
+  wallNow?: () => number;
+  idleMs?: number;
+  /** Our own certificate on this session: its expiry ends the session too. */
+  ownCertificate: string;
+  mux?: { window?: number; keepaliveMs?: number; deadAfterMs?: number };
+  /** A stream the peer opened: accept or refuse it. */
+  onOpen: (session: PeerSession, request: OpenRequest) => void;
+}
+
+export type SessionState = 'open' | 'draining' | 'closed';
+
+export interface SessionStatus {
+  id: string;
+  peer: string;
+  device: string;
+  /** caller: we set it up; listener: the peer did. */
+  role: 'caller' | 'listener';
+  route: RouteName;
+  state: SessionState;
+  streams: number;
+  bytesIn: number;
+  bytesOut: number;
+  startedAt: string;
+  ageMs: number;
+}
+
+export interface PeerSessionEvents {
+  close: [err: Error | null];
+}
+
+export class PeerSession extends EventEmitter<PeerSessionEvents> {
+  readonly id: string;
+  readonly route: RouteName;
+  readonly role: 'caller' | 'listener';
+  readonly peer: string;
+  readonly device: string;
+  readonly certificate: string;
+  readonly socket: TLSSocket;
+  readonly mux: MuxSession;
+  /** Services this side opened streams to (fall forward asks for one of them). */
+  readonly servicesUsed = new Set<string>();
+  readonly #clock: Clock;
+  readonly #wallNow: () => number;
+  readonly #idleMs: number;
+  readonly #startedWall: number;
+  readonly #startedMono: number;
+  #streams = 0;
+  #idleTimer: Timer | null = null;
+  #expiryTimer: Timer | null = null;
+  #closed = false;
+
+  constructor(channel: PeerChannel, opts: PeerSessionOptions) {
+    super();
+    this.#clock = opts.clock ?? systemClock;
+    this.#wallNow = opts.wallNow ?? Date.now;
+    this.#idleMs = opts.idleMs ?? SESSION_IDLE_MS;
+    this.route = channel.route;
+    this.role = channel.role;
+    this.peer = channel.peer;
+    this.device = channel.device;
+    this.certificate = channel.certificate;
+    this.socket = channel.socket as TLSSocket;
+    this.id = this.socket.exportKeyingMaterial(SESSION_ID_BYTES, 'vertex peer session id', Buffer.alloc(0)).toString('hex');
+    this.#startedWall = this.#wallNow();
+    this.#startedMono = this.#clock.now();
+    this.mux = new MuxSession(this.socket, {
+      initiator: channel.role === 'caller',
+      clock: this.#clock,
+      ...opts.mux,
+      onOpen: (request) => opts.onOpen(this, request),
+    });
+    this.mux.on('close', (err) => this.#onClosed(err));
+    this.mux.on('idle', () => this.mux.end());
+    const expires = Math.min(describeCertificate(opts.ownCertificate).notAfter.getTime(), describeCertificate(channel.certificate).notAfter.getTime());
+    this.#armExpiry(expires);
+    this.#armIdle();
+  }
+
+  get state(): SessionState {
+    if (this.#closed) return 'closed';
+    return this.mux.usable ? 'open' : 'draining';
+  }
+
+  /** New streams may go on this session. */
+  get usable(): boolean {
+    return !this.#closed && this.mux.usable;
+  }
+
+  get streamCount(): number {
+    return this.#streams;
+  }
+
+  /** Opens a stream to `service` on the peer; `connectMs` counts from `startedAt` (clock ms). */
+  async open(service: string, opts: { timeoutMs?: number; startedAt?: number } = {}): Promise<Q2QStream> {
+    const stream = await this.mux.open(service, { timeoutMs: opts.timeoutMs });
+    this.servicesUsed.add(service);
+    const connectMs = opts.startedAt === undefined ? 0 : Math.round(this.#clock.now() - opts.startedAt);
+    return this.adoptStream(stream, service, connectMs);
+  }
+
+  /** Counts `stream` and gives it what a Q2QStream knows about itself. */
+  adoptStream(stream: MuxStream, service: string, connectMs: number): Q2QStream {
+    this.#streams += 1;
+    this.#idleTimer?.cancel();
+    this.#idleTimer = null;
+    stream.once('close', () => {
+      this.#streams -= 1;
+      if (this.#streams === 0) this.#armIdle();
+    });
+    return Object.assign(stream, {
+      route: this.route, peer: this.peer, service, peerCertificate: this.certificate, connectMs, sessionId: this.id, peerDevice: this.device,
+    }) as unknown as Q2QStream;
+  }
+
+  /** No new streams either way; the open ones finish, then the session ends. */
+  drain(code: string, description: string): void {
+    this.mux.goAway(code, description);
+  }
+
+  /** Closes at once: every stream aborts. */
+  close(err?: Error): void {
+    this.mux.close(err);
+  }
+
+  status(): SessionStatus {
+    return {
+      id: this.id, peer: this.peer, device: this.device, role: this.role, route: this.route, state: this.state,
+      streams: this.#streams, bytesIn: this.mux.bytesIn, bytesOut: this.mux.bytesOut,
+      startedAt: new Date(this.#startedWall).toISOString(), ageMs: Math.max(0, Math.round(this.#clock.now() - this.#startedMono)),
+    };
+  }
+
+  #armIdle(): void {
+    if (this.#closed) return;
+    this.#idleTimer?.cancel();
+    this.#idleTimer = this.#clock.setTimer(() => {
+      this.#idleTimer = null;
+      if (this.#streams === 0) this.mux.end();
+    }, this.#idleMs);
+  }
+
+  #armExpiry(at: number): void {
+    const left = at - this.#wallNow();
+    if (left <= 0) {
+      this.close(vertexError('CertificateInvalid', `peer session with ${this.peer}: a certificate expired`));
+      return;
+    }
+    this.#expiryTimer = this.#clock.setTimer(() => this.#armExpiry(at), Math.min(left, MAX_TIMER_MS));
+  }
+
+  #onClosed(err: Error | null): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#idleTimer?.cancel();
+    this.#expiryTimer?.cancel();
+    this.emit('close', err);
+  }
+}
