@@ -18,6 +18,7 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     registration: config.registration,
     certificateLifetimeMs: config.certificateLifetimeMs,
     relay: { ...config.relay },
+    store: config.store,
     limits: {
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,

@@ -6,7 +6,8 @@
  * check that the two agree.
  *
  * Keys that have no default (`identity`, an expose's `allow`, `advertise`,
- * `public_address`, the server's `domains`) are absent on purpose.
+ * `public_address`, the server's `domains`, `metrics`, which is off unless
+ * written) are absent on purpose.
  *
  * AGENT_DEFAULTS and SERVER_DEFAULTS are the same values as typed config
  * objects, for code that runs with no file at all.
@@ -45,6 +46,7 @@ export const DEFAULTS = deepFreeze({
       handshake_timeout: '10s',
       max_box_bytes: 262_144,
     },
+    store: 'sqlite',
     log: { level: 'info' },
   },
 } as const);

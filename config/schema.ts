@@ -238,6 +238,23 @@ function uniqueList<T extends z.ZodType>(item: T, what: string, key: (v: z.outpu
 
 const logSection = strict({ level: z.enum(LOG_LEVELS).optional() });
 
+/** `metrics.listen` may be a bare port, which binds loopback only (metrics are off unless the section is there). */
+export const METRICS_LISTEN: HostPortOptions = { minPort: 0, defaultHost: '127.0.0.1' };
+const metricsSection = strict({ listen: hostPortText(METRICS_LISTEN, '127.0.0.1:9464 or 9464') });
+
+/** The account store: `sqlite` (data_dir/vertex.db) or a PostgreSQL URL. */
+function storeProblem(text: string): string | undefined {
+  if (text === 'sqlite') return undefined;
+  if (!/^postgres(ql)?:\/\//i.test(text)) return `expected sqlite or a postgres://user@host:port/database URL, got ${describeValue(text)}`;
+  try {
+    const url = new URL(text);
+    if (!url.hostname && !url.searchParams.get('host')) return 'the PostgreSQL URL names no host';
+  } catch {
+    return 'not a valid URL';
+  }
+  return undefined;
+}
+
 export const ROUTES = ROUTE_NAMES;
 export type { RouteName };
 
@@ -312,6 +329,7 @@ export const agentFileSchema = strict({
   ports: z.record(checked((text) => portProblem(text, 1)), serviceName).optional(),
   control: strict({ socket: controlSocket.optional() }).optional(),
   log: logSection.optional(),
+  metrics: metricsSection.optional(),
   relay_delay_ms: z.int().min(0).max(60_000).optional(),
   peer_listen: listenAddress('0.0.0.0:0').optional(),
   advertise: z.array(checked(hostProblem)).optional(),
@@ -350,6 +368,8 @@ export interface AgentConfig {
    */
   readonly control: { readonly socket: string };
   readonly log: { readonly level: LogLevel };
+  /** Prometheus text on http://listen/metrics; absent means off. */
+  readonly metrics?: { readonly listen: HostPort };
   /** How long the dial waits for a direct route before opening relay legs too. */
   readonly relayDelayMs: number;
   /** The listening address for direct TCP peer channels (port 0: any free port). */
@@ -378,6 +398,8 @@ export const serverFileSchema = strict({
     handshake_timeout: duration(100, '100ms').optional(),
     max_box_bytes: z.int().min(4096).max(16 * 1024 * 1024).optional(),
   }).optional(),
+  store: checked(storeProblem).optional(),
+  metrics: metricsSection.optional(),
   log: logSection.optional(),
 });
 
@@ -407,6 +429,10 @@ export interface ServerConfig {
     readonly handshakeTimeoutMs: number;
     readonly maxBoxBytes: number;
   };
+  /** `sqlite` (data_dir/vertex.db) or a PostgreSQL URL, as written. */
+  readonly store: string;
+  /** Prometheus text on http://listen/metrics and health on /health; absent means off. */
+  readonly metrics?: { readonly listen: HostPort };
   readonly log: { readonly level: LogLevel };
 }
 
@@ -449,6 +475,7 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
     ),
     control: { socket: file.control?.socket ?? d.control.socket },
     log: { level: file.log?.level ?? d.log.level },
+    ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),
     relayDelayMs: file.relay_delay_ms ?? d.relay_delay_ms,
     peerListen: hostPort(file.peer_listen ?? d.peer_listen),
     ...(file.advertise && { advertise: file.advertise.map((a) => a.toLowerCase()) }),
@@ -474,6 +501,8 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
       handshakeTimeoutMs: parseDuration(file.limits?.handshake_timeout ?? d.limits.handshake_timeout),
       maxBoxBytes: file.limits?.max_box_bytes ?? d.limits.max_box_bytes,
     },
+    store: file.store ?? d.store,
+    ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),
     log: { level: file.log?.level ?? d.log.level },
   };
 }

@@ -51,6 +51,8 @@ export const ERROR_CODES = {
   // file transfer
   TransferRejected: 'the receiver refused the offered files',
   TransferFailed: 'a file transfer broke off: disk, verification or the other end',
+  // server operation
+  StoreUnavailable: "the server's account store cannot be reached",
   Internal: 'an unexpected internal error',
 } as const;
 

@@ -7,7 +7,6 @@ import { listenOn } from '../q2q/transport/listen';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asVertexError, type VertexError } from '../q2q/errors';
 import { ALPN_CONTROL, ALPN_RELAY, COMMANDS } from '../q2q/control/protocol';
@@ -25,7 +24,7 @@ import { Broker } from './broker';
 import { Federation } from './federation';
 import { Relay } from './relay';
 import type { AccountStore } from './store/account-store';
-import { SqliteAccountStore } from './store/sqlite-store';
+import { DATABASE_FILE, openAccountStore } from './store/open-store';
 
 export interface IdentityServerOptions {
   domains: string[];
@@ -35,12 +34,14 @@ export interface IdentityServerOptions {
   certificateLifetimeMs: number;
   limits: { maxConnections: number; handshakeTimeoutMs: number; maxBoxBytes: number };
   relay: { enabled: boolean; maxStreams: number; perUserRate: number };
+  /** `sqlite` (dataDir/vertex.db, the default) or a postgres:// URL. */
+  store?: string;
   /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
   resolve?: ServerResolver;
   log?: Logger;
 }
 
-export const DATABASE_FILE = 'vertex.db';
+export { DATABASE_FILE };
 /** A refused client gets this long to read why before the connection is cut. */
 const REFUSAL_LINGER_MS = 2_000;
 const REFUSAL_MAX_BOX_BYTES = 16 * 1024;
@@ -92,7 +93,7 @@ export class IdentityServer {
         this.#log.info({ domain, fingerprint: ca.fingerprint }, 'created domain CA');
       }
     }
-    this.#store = new SqliteAccountStore(path.join(dataDir, DATABASE_FILE));
+    this.#store = await openAccountStore({ store: this.#opts.store ?? 'sqlite', dataDir, log: this.#log.child({ component: 'store' }) });
     this.#accounts = new AccountService({
       store: this.#store, cas, registration: this.#opts.registration,
       certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),

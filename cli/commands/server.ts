@@ -10,9 +10,11 @@ import { vertexError } from '../../q2q/errors';
 import { buildServerConfig, loadServerConfig, type ServerOverrides } from '../../config/load';
 import { parseDuration, type ServerConfig } from '../../config/schema';
 import { DEFAULTS } from '../../config/defaults';
-import { IdentityServer, DATABASE_FILE } from '../../server/identity-server';
+import { IdentityServer } from '../../server/identity-server';
 import { caDir } from '../../server/ca-store';
-import { SqliteAccountStore } from '../../server/store/sqlite-store';
+import type { AccountStore } from '../../server/store/account-store';
+import { DATABASE_FILE, describeStore, openAccountStore } from '../../server/store/open-store';
+import { isPostgresUrl } from '../../server/store/postgres-store';
 import { hashPassword } from '../../server/password';
 import { INVITE_LIFETIME_MS, newInviteCode, validatePassword } from '../../server/account-service';
 import { createLogger } from '../logger';
@@ -30,6 +32,7 @@ interface ServerArgs extends GlobalArgs {
   data?: string;
   publicAddress?: string;
   registration?: 'open' | 'invite' | 'closed';
+  store?: string;
 }
 
 function flagOverrides(args: ServerArgs): ServerOverrides {
@@ -39,6 +42,7 @@ function flagOverrides(args: ServerArgs): ServerOverrides {
     ...(args.data ? { data_dir: args.data } : {}),
     ...(args.publicAddress ? { public_address: args.publicAddress } : {}),
     ...(args.registration ? { registration: args.registration } : {}),
+    ...(args.store ? { store: args.store } : {}),
   };
 }
 
@@ -50,13 +54,19 @@ export function resolveServerConfig(args: ServerArgs): ServerConfig {
     : buildServerConfig(overrides);
 }
 
-/** Admin commands need only the data directory (and sometimes a domain), not a full server config. */
-function resolveDataDir(args: ServerArgs): { dataDir: string; domains: readonly string[] } {
+interface AdminConfig { dataDir: string; domains: readonly string[]; store: string }
+
+/** Admin commands need only the data directory or store (and sometimes a domain), not a full server config. */
+function resolveDataDir(args: ServerArgs): AdminConfig {
   if (args.config) {
     const config = resolveServerConfig(args);
-    return { dataDir: path.resolve(config.dataDir), domains: config.domains };
+    return { dataDir: path.resolve(config.dataDir), domains: config.domains, store: config.store };
   }
-  return { dataDir: path.resolve(args.data ?? DEFAULTS.server.data_dir), domains: (args.domain ?? []).map(parseDomain) };
+  const store = args.store ?? DEFAULTS.server.store;
+  if (store !== 'sqlite' && !isPostgresUrl(store)) {
+    throw vertexError('Usage', `--store ${JSON.stringify(store)}: expected sqlite or a postgres://user@host:port/database URL`);
+  }
+  return { dataDir: path.resolve(args.data ?? DEFAULTS.server.data_dir), domains: (args.domain ?? []).map(parseDomain), store };
 }
 
 function serverOptions(y: Argv): Argv<ServerArgs> {
@@ -66,7 +76,8 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('listen', { type: 'string', describe: 'HOST:PORT for TCP and UDP [0.0.0.0:8788]' })
     .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
-    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' }) as unknown as Argv<ServerArgs>;
+    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' })
+    .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' }) as unknown as Argv<ServerArgs>;
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */
@@ -89,7 +100,8 @@ export async function runServer(config: ServerConfig, logLevel: string | undefin
     }
     throw err;
   }
-  process.stdout.write(`vertex server: listening on ${bound.host}:${bound.port} (tcp+udp) for ${config.domains.join(', ')}; data in ${config.dataDir}\n`);
+  const accounts = config.store === 'sqlite' ? '' : `; accounts in ${describeStore(config.store, config.dataDir)}`;
+  process.stdout.write(`vertex server: listening on ${bound.host}:${bound.port} (tcp+udp) for ${config.domains.join(', ')}; data in ${config.dataDir}${accounts}\n`);
   return server;
 }
 
@@ -101,19 +113,26 @@ interface AdminArgs extends ServerArgs {
   expires?: string;
 }
 
-function openStore(args: AdminArgs): { store: SqliteAccountStore; config: { dataDir: string; domains: readonly string[] } } {
+async function openStore(args: AdminArgs): Promise<{ store: AccountStore; config: AdminConfig }> {
   const config = resolveDataDir(args);
-  const file = path.join(config.dataDir, DATABASE_FILE);
-  if (!fs.existsSync(file)) {
-    throw vertexError('Usage', `no server data in ${config.dataDir}: start \`vertex server\` there first, or pass --data DIR`);
+  if (config.store === 'sqlite' && !fs.existsSync(path.join(config.dataDir, DATABASE_FILE))) {
+    throw vertexError('Usage', `no server data in ${config.dataDir}: start \`vertex server\` there first, or pass --data DIR or --store URL`);
   }
-  return { store: new SqliteAccountStore(file), config };
+  // An admin command only writes: no LISTEN connection. Its changes reach
+  // running servers through the change feed (NOTIFY wakes them at once).
+  return { store: await openAccountStore({ store: config.store, dataDir: config.dataDir, follow: false }), config };
 }
 
-function requireServedDomain(config: { dataDir: string }, domain: string): void {
-  if (!fs.existsSync(caDir(config.dataDir, domain))) {
-    throw vertexError('UnknownDomain', `${config.dataDir} has no CA for ${domain}; start the server with --domain ${domain} first`);
-  }
+/**
+ * Refuses accounts and invites for a domain no server here serves (a typo
+ * would otherwise create an unusable account): the data directory holds its
+ * CA, or, with a shared PostgreSQL store, the config or --domain names it.
+ */
+function requireServedDomain(config: AdminConfig, domain: string): void {
+  if (fs.existsSync(caDir(config.dataDir, domain))) return;
+  if (isPostgresUrl(config.store) && config.domains.includes(domain)) return;
+  const hint = isPostgresUrl(config.store) ? `name it with --domain ${domain} or --config` : `start the server with --domain ${domain} first`;
+  throw vertexError('UnknownDomain', `${config.dataDir} has no CA for ${domain}; ${hint}`);
 }
 
 const addUser: CommandModule<GlobalArgs, AdminArgs> = {
@@ -126,7 +145,7 @@ const addUser: CommandModule<GlobalArgs, AdminArgs> = {
   handler: async (args) => {
     const address = parseAddress(args.address ?? '');
     const name = formatAddress(address);
-    const { store, config } = openStore(args);
+    const { store, config } = await openStore(args);
     try {
       requireServedDomain(config, address.domain);
       const password = await readPassword(args, { confirm: true, what: name });
@@ -146,7 +165,7 @@ const removeUser: CommandModule<GlobalArgs, AdminArgs> = {
   handler: async (args) => {
     const address = parseAddress(args.address ?? '');
     const name = formatAddress(address);
-    const { store } = openStore(args);
+    const { store } = await openStore(args);
     try {
       if (!await store.removeAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `remove-user ${name}: no such account`);
     } finally {
@@ -163,7 +182,7 @@ const revoke: CommandModule<GlobalArgs, AdminArgs> = {
   handler: async (args) => {
     const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '');
     if (!/^[0-9a-f]{1,64}$/.test(serial)) throw vertexError('Usage', `revoke ${args.serial}: a serial is hexadecimal, as printed by register and login`);
-    const { store } = openStore(args);
+    const { store } = await openStore(args);
     try {
       if (!await store.revokeCertificate(serial)) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
     } finally {
@@ -178,7 +197,7 @@ const invite: CommandModule<GlobalArgs, AdminArgs> = {
   describe: 'print a one-time invitation code for `vertex register --invite`',
   builder: (y) => serverOptions(y).option('expires', { type: 'string', describe: 'lifetime, e.g. 7d, 12h [7d]' }) as Argv<AdminArgs>,
   handler: async (args) => {
-    const { store, config } = openStore(args);
+    const { store, config } = await openStore(args);
     const domain = config.domains[0];
     if (!domain || (args.domain?.length ?? 0) > 1) {
       await store.close();
@@ -202,7 +221,7 @@ const listUsers: CommandModule<GlobalArgs, AdminArgs> = {
   describe: 'list accounts',
   builder: (y) => serverOptions(y),
   handler: async (args) => {
-    const { store } = openStore(args);
+    const { store } = await openStore(args);
     try {
       const accounts = await store.listAccounts(args.domain?.[0]);
       const rows = accounts.map((a) => ({ address: `${a.user}@${a.domain}`, created: new Date(a.createdAt).toISOString() }));

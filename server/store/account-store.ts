@@ -5,7 +5,8 @@
  *
  * Changes that must reach running servers (a revocation, a removed account)
  * are also written, in the same transaction, to an append-only change feed.
- * A server polls it (`eventsAfter`) to close live sessions: the admin
+ * A server follows it (server/store/change-feed.ts: `eventsAfter`, polled,
+ * and woken early by `onChange`) to close live sessions: the admin
  * subcommands (`vertex server revoke`, `remove-user`) run as other processes,
  * and with several nodes any node may make the change.
  */
@@ -57,6 +58,16 @@ export interface AccountStore {
   eventsAfter(after: number, limit?: number): Promise<AccountEvent[]>;
   /** The newest change-feed id (0 when empty): where a server that just started begins to follow. */
   latestEventId(): Promise<number>;
+  /**
+   * Calls `listener` soon after the change feed may have grown, so a follower
+   * can read it at once instead of at its next poll. PostgreSQL wakes on any
+   * handle's change (LISTEN/NOTIFY); SQLite only on this handle's own. A
+   * wake-up is a hint: followers still poll. Returns the unsubscribe.
+   */
+  onChange(listener: () => void): () => void;
+
+  /** Resolves when the store answers a query (health checks); throws VertexError('StoreUnavailable') otherwise. */
+  ping(): Promise<void>;
 
   close(): Promise<void>;
 }

@@ -90,6 +90,7 @@ function migrate(db: Database.Database): void {
 export class SqliteAccountStore implements AccountStore {
   readonly #db: Database.Database;
   readonly #now: () => number;
+  readonly #listeners = new Set<() => void>();
 
   constructor(file: string, opts: { now?: () => number } = {}) {
     this.#now = opts.now ?? Date.now;
@@ -138,7 +139,9 @@ export class SqliteAccountStore implements AccountStore {
       this.#db.prepare("INSERT INTO events (at, kind, domain, user) VALUES (?, 'account-removed', ?, ?)").run(now, domain, user);
       return true;
     });
-    return remove.immediate();
+    const removed = remove.immediate();
+    if (removed) this.#wake();
+    return removed;
   }
 
   async listAccounts(domain?: string): Promise<Account[]> {
@@ -156,6 +159,7 @@ export class SqliteAccountStore implements AccountStore {
   async revokeCertificate(serialText: string): Promise<boolean> {
     const serial = serialText.toLowerCase();
     const now = this.#now();
+    let changed = false;
     const revoke = this.#db.transaction(() => {
       const row = this.#db.prepare('SELECT * FROM certificates WHERE serial = ?').get(serial) as CertificateRow | undefined;
       if (!row) return false;
@@ -163,10 +167,13 @@ export class SqliteAccountStore implements AccountStore {
         this.#db.prepare('UPDATE certificates SET revoked_at = ? WHERE serial = ?').run(now, serial);
         this.#db.prepare("INSERT INTO events (at, kind, domain, user, serial) VALUES (?, 'certificate-revoked', ?, ?, ?)")
           .run(now, row.domain, row.user, serial);
+        changed = true;
       }
       return true;
     });
-    return revoke.immediate();
+    const known = revoke.immediate();
+    if (changed) this.#wake();
+    return known;
   }
 
   async getCertificate(serial: string): Promise<IssuedCertificate | null> {
@@ -194,7 +201,28 @@ export class SqliteAccountStore implements AccountStore {
     return row.id ?? 0;
   }
 
+  /** Wakes on this handle's own changes only; other processes' are found by polling. */
+  onChange(listener: () => void): () => void {
+    const own = (): void => listener();
+    this.#listeners.add(own);
+    return () => this.#listeners.delete(own);
+  }
+
+  #wake(): void {
+    // After the caller's await resumes, as a notification from another process would arrive.
+    for (const listener of this.#listeners) queueMicrotask(listener);
+  }
+
+  async ping(): Promise<void> {
+    try {
+      this.#db.prepare('SELECT 1').get();
+    } catch (err) {
+      throw vertexError('StoreUnavailable', `account store: ping: ${(err as Error).message}`, err);
+    }
+  }
+
   async close(): Promise<void> {
+    this.#listeners.clear();
     if (this.#db.open) this.#db.close();
   }
 }

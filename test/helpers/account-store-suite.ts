@@ -128,5 +128,27 @@ export function accountStoreSuite(name: string, open: () => Promise<StoreFixture
         await other.close();
       }
     });
+
+    it("a change made through a handle wakes that handle's onChange listeners; unsubscribing stops them", async () => {
+      await store.createAccount('a.test', 'carol', 'h');
+      await store.recordCertificate({ serial: 'cc01', domain: 'a.test', user: 'carol', notBefore: 1, notAfter: 2 });
+      await store.recordCertificate({ serial: 'cc02', domain: 'a.test', user: 'carol', notBefore: 1, notAfter: 2 });
+      let wakes = 0;
+      const woken = new Promise<void>((resolve) => {
+        const off = store.onChange(() => { wakes++; off(); resolve(); });
+      });
+      await store.revokeCertificate('cc01');
+      await woken;
+      expect(wakes).toBe(1);
+      // The listener is gone: a second change reaches only a new one.
+      const again = new Promise<void>((resolve) => { const off = store.onChange(() => { off(); resolve(); }); });
+      await store.removeAccount('a.test', 'carol');
+      await again;
+      expect(wakes).toBe(1);
+    });
+
+    it('answers ping while open', async () => {
+      await expect(store.ping()).resolves.toBeUndefined();
+    });
   });
 }

@@ -85,6 +85,7 @@ describe('config/agent.example.yaml', () => {
     expect(config.log).toEqual({ level: 'info' });
     expect(config.relayDelayMs).toBe(1000);
     expect(config.peerListen).toEqual({ host: '0.0.0.0', port: 0 });
+    expect(config.metrics).toEqual({ listen: { host: '127.0.0.1', port: 9465 } });
     expect(config.advertise).toBeUndefined();
   });
 
@@ -129,6 +130,8 @@ describe('config/server.example.yaml', () => {
       certificateLifetimeMs: 30 * 24 * 3_600_000,
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
+      store: 'sqlite',
+      metrics: { listen: { host: '127.0.0.1', port: 9464 } },
       log: { level: 'info' },
     });
   });
@@ -151,6 +154,7 @@ describe('config/server.example.yaml', () => {
       String(d.limits.max_connections),
       d.limits.handshake_timeout,
       String(d.limits.max_box_bytes),
+      d.store,
       d.log.level,
     ]) {
       expect(text).toContain(`Default: ${value}.`);

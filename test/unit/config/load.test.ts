@@ -234,6 +234,7 @@ describe('loadServerConfig', () => {
       certificateLifetimeMs: 30 * 86_400_000,
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
+      store: 'sqlite',
       log: { level: 'info' },
     });
   });
@@ -391,5 +392,26 @@ describe('resolveControlSocket', () => {
     );
     expect(resolveControlSocket('auto', { env: { XDG_RUNTIME_DIR: '/run/user/1000' }, home })).toBe('/run/user/1000/vertex/agent.sock');
     expect(resolveControlSocket('auto', { env: {}, home })).toBe(`${home}/agent.sock`);
+  });
+});
+
+describe('store and metrics keys', () => {
+  it('store is sqlite unless a PostgreSQL URL is given; anything else is refused with what was expected', () => {
+    expect(loadServerConfig(lf('version: 1', 'domains: [a.test]'), SERVER_FILE).store).toBe('sqlite');
+    expect(loadServerConfig(lf('version: 1', 'domains: [a.test]', 'store: postgres://vertex@db.a.test:5432/vertex'), SERVER_FILE).store)
+      .toBe('postgres://vertex@db.a.test:5432/vertex');
+    expect(buildServerConfig({ domains: ['a.test'], store: 'postgresql://vertex@127.0.0.1/vertex' }).store).toBe('postgresql://vertex@127.0.0.1/vertex');
+    expect(configError(() => loadServerConfig(lf('version: 1', 'domains: [a.test]', 'store: mysql://x@y/z'), SERVER_FILE)).message)
+      .toBe(`${SERVER_FILE}:3: store: expected sqlite or a postgres://user@host:port/database URL, got "mysql://x@y/z"`);
+    expect(configError(() => buildServerConfig({ domains: ['a.test'], store: 'postgres://' })).message).toMatch(/^command line: store: /);
+  });
+
+  it('metrics are off unless the section is there; a bare port binds loopback', () => {
+    expect(loadServerConfig(lf('version: 1', 'domains: [a.test]'), SERVER_FILE).metrics).toBeUndefined();
+    expect(loadAgentConfig('version: 1\n', AGENT_FILE).metrics).toBeUndefined();
+    expect(loadServerConfig(lf('version: 1', 'domains: [a.test]', 'metrics: { listen: 9464 }'), SERVER_FILE).metrics)
+      .toEqual({ listen: { host: '127.0.0.1', port: 9464 } });
+    expect(loadAgentConfig(lf('version: 1', 'metrics:', '  listen: "[::1]:0"'), AGENT_FILE).metrics).toEqual({ listen: { host: '::1', port: 0 } });
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'metrics: {}'), AGENT_FILE)).message).toContain('metrics.listen: missing; expected HOST:PORT');
   });
 });
