@@ -42,7 +42,7 @@ describePostgres('vertex server on PostgreSQL', () => {
     // Node 2: the same domain CA (copied, as docs/deploy.md describes), --store on the command line.
     const data2 = tempDir('server');
     fs.cpSync(path.join(node1.dataDir, 'ca'), path.join(data2, 'ca'), { recursive: true });
-    node2 = await startServer([DOMAIN], { dataDir: data2, extraArgs: ['--store', storeUrl, '--registration', 'open'] });
+    node2 = await startServer([DOMAIN], { dataDir: data2, extraArgs: ['--store', storeUrl] });
   });
 
   async function account(server: ServerHandle, home: string, address: string, command: 'register' | 'login', extra: string[] = []) {
