@@ -56,6 +56,6 @@ export const EXIT_CODES: Record<ErrorCode, ExitStatus> = {
   ServerUnavailable: EXIT.unreachable,
   TransferRejected: EXIT.denied,
   TransferFailed: EXIT.other,
-  StoreUnavailable: EXIT.other,
+  StorageUnavailable: EXIT.other,
   Internal: EXIT.other,
 };

@@ -52,7 +52,7 @@ export const ERROR_CODES = {
   TransferRejected: 'the receiver refused the offered files',
   TransferFailed: 'a file transfer broke off: disk, verification or the other end',
   // server operation
-  StoreUnavailable: "the server's account store cannot be reached",
+  StorageUnavailable: "the server's account store cannot be reached or written: database down, disk full, read-only or failing",
   Internal: 'an unexpected internal error',
 } as const;
 

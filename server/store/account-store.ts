@@ -66,7 +66,7 @@ export interface AccountStore {
    */
   onChange(listener: () => void): () => void;
 
-  /** Resolves when the store answers a query (health checks); throws VertexError('StoreUnavailable') otherwise. */
+  /** Resolves when the store answers a query (health checks); throws VertexError('StorageUnavailable') otherwise. */
   ping(): Promise<void>;
 
   close(): Promise<void>;

@@ -22,6 +22,12 @@ import type { Logger } from '../../q2q/util/log';
 import { silentLogger } from '../../q2q/util/log';
 import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
 
+// The rate-limit counter types, as trust-server's store interface defines them
+// (server/store/account-store.ts once it lands there).
+export interface RateLimitCounter { key: string; limit: number; windowMs: number }
+export type RateLimitResult = { ok: true } | { ok: false; key: string; retryAt: number };
+export const MAX_RATE_LIMIT_KEYS = 8;
+
 /** Advisory lock keys (one 64-bit key space per database; these are ours). */
 const MIGRATION_LOCK = 0x7665_7274_0001n; // "vert" 1
 export const EVENTS_LOCK = 0x7665_7274_0002n;
@@ -31,7 +37,7 @@ export const DEFAULT_POOL_SIZE = 10;
 /** The LISTEN connection retries after a failure with this backoff, doubling up to the cap. */
 const LISTEN_RETRY_MIN_MS = 250;
 const LISTEN_RETRY_MAX_MS = 10_000;
-/** A query or connect that takes longer fails with StoreUnavailable rather than hanging a request. */
+/** A query or connect that takes longer fails with StorageUnavailable rather than hanging a request. */
 const CONNECT_TIMEOUT_MS = 10_000;
 const QUERY_TIMEOUT_MS = 30_000;
 
@@ -69,6 +75,14 @@ const MIGRATIONS: readonly string[] = [
     username text   NOT NULL,
     serial   text
   );
+  `,
+  `
+  CREATE TABLE rate_limits (
+    key         text    PRIMARY KEY,
+    hits        integer NOT NULL,
+    window_ends bigint  NOT NULL
+  );
+  CREATE INDEX rate_limits_by_end ON rate_limits (window_ends);
   `,
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
@@ -118,7 +132,7 @@ export function isPostgresUrl(text: string): boolean {
 
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'EPIPE']);
 
-/** Errors that mean "the database is not there" (rather than a bug or a constraint): StoreUnavailable. */
+/** Errors that mean "the database is not there" (rather than a bug or a constraint): StorageUnavailable. */
 function isUnavailable(err: unknown): boolean {
   const e = err as { code?: string; message?: string };
   if (e.code && UNAVAILABLE_CODES.has(e.code)) return true;
@@ -184,7 +198,7 @@ export class PostgresAccountStore implements AccountStore {
   #wrap(err: unknown, context: string): Error {
     if (isVertexError(err)) return err;
     const reason = (err as Error).message ?? String(err);
-    if (isUnavailable(err)) return vertexError('StoreUnavailable', `${context}: ${reason}`, err);
+    if (isUnavailable(err)) return vertexError('StorageUnavailable', `${context}: ${reason}`, err);
     return vertexError('Internal', `${context}: ${reason}`, err);
   }
 
@@ -391,6 +405,53 @@ export class PostgresAccountStore implements AccountStore {
       'UPDATE invites SET used_at = $1 WHERE domain = $2 AND code = $3 AND used_at IS NULL AND expires_at > $1',
       [now, domain, code]);
     return (rowCount ?? 0) > 0;
+  }
+
+  /**
+   * The shared rate-limit counters (same semantics as the SQLite store's):
+   * one transaction that creates missing rows, locks every row in key order
+   * (so two nodes taking overlapping sets cannot deadlock), decides, and
+   * writes all or none. Nodes sharing the database therefore count as one.
+   */
+  async takeRateLimit(counters: readonly RateLimitCounter[], now: number): Promise<RateLimitResult> {
+    if (counters.length > MAX_RATE_LIMIT_KEYS) throw new Error(`takeRateLimit: at most ${MAX_RATE_LIMIT_KEYS} counters`);
+    if (counters.length === 0) return { ok: true };
+    const keys = [...new Set(counters.map((c) => c.key))].sort();
+    return this.#transaction('take rate limit', async (client) => {
+      await client.query(
+        'INSERT INTO rate_limits (key, hits, window_ends) SELECT k, 0, 0 FROM unnest($1::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING',
+        [keys]);
+      const { rows } = await client.query<{ key: string; hits: number; window_ends: number }>(
+        'SELECT key, hits, window_ends FROM rate_limits WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE', [keys]);
+      const state = new Map(rows.map((r) => [r.key, { hits: r.window_ends > now ? r.hits : 0, windowEnds: r.window_ends > now ? r.window_ends : 0 }]));
+      for (const c of counters) {
+        const st = state.get(c.key) ?? { hits: 0, windowEnds: 0 };
+        if (st.windowEnds === 0) st.windowEnds = now + c.windowMs;
+        if (st.hits >= c.limit) return { ok: false, key: c.key, retryAt: st.windowEnds };
+        st.hits += 1;
+        state.set(c.key, st);
+      }
+      await client.query(
+        'UPDATE rate_limits AS r SET hits = n.hits, window_ends = n.window_ends FROM unnest($1::text[], $2::int[], $3::bigint[]) AS n(key, hits, window_ends) WHERE r.key = n.key',
+        [[...state.keys()], [...state.values()].map((v) => v.hits), [...state.values()].map((v) => v.windowEnds)]);
+      return { ok: true };
+    });
+  }
+
+  async releaseRateLimit(keys: readonly string[], now: number): Promise<void> {
+    if (keys.length === 0) return;
+    await this.#query('release rate limit',
+      'UPDATE rate_limits SET hits = GREATEST(hits - 1, 0) WHERE key = ANY($1::text[]) AND window_ends > $2', [[...new Set(keys)], now]);
+  }
+
+  async peekRateLimit(key: string, now: number): Promise<number> {
+    const { rows } = await this.#query<{ hits: number }>('peek rate limit', 'SELECT hits FROM rate_limits WHERE key = $1 AND window_ends > $2', [key, now]);
+    return rows[0]?.hits ?? 0;
+  }
+
+  async pruneRateLimits(now: number): Promise<number> {
+    const { rowCount } = await this.#query('prune rate limits', 'DELETE FROM rate_limits WHERE window_ends <= $1', [now]);
+    return rowCount ?? 0;
   }
 
   async eventsAfter(after: number, limit = MAX_EVENTS_PER_READ): Promise<AccountEvent[]> {

@@ -217,7 +217,7 @@ export class SqliteAccountStore implements AccountStore {
     try {
       this.#db.prepare('SELECT 1').get();
     } catch (err) {
-      throw vertexError('StoreUnavailable', `account store: ping: ${(err as Error).message}`, err);
+      throw vertexError('StorageUnavailable', `account store: ping: ${(err as Error).message}`, err);
     }
   }
 
