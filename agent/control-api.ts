@@ -11,7 +11,10 @@
  *
  * then the agent closes the connection, except for `connect`: after an ok
  * reply the same socket carries the tunnel's bytes both ways, with half-close
- * (that is how `vertex connect` uses the agent's Q2Q session).
+ * (that is how `vertex connect` uses the agent's Q2Q session). With
+ * `"framed": true` in the request (and in the reply), those bytes are framed
+ * (agent/control-tunnel.ts) so that each end learns whether the other ended
+ * cleanly or why it broke off; without it they are raw, as older clients expect.
  *
  * A request line longer than MAX_REQUEST_BYTES, a line that is not a JSON
  * object, or no complete line within REQUEST_TIMEOUT_MS closes that
@@ -24,6 +27,7 @@ import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
 import { silentLogger, type Logger } from '../q2q/util/log';
+import { FramedTunnel } from './control-tunnel';
 import { joinStreams } from './frontends/join';
 
 export const MAX_REQUEST_BYTES = 64 * 1024;
@@ -193,8 +197,10 @@ export class ControlApi {
           stream.destroy();
           return;
         }
-        socket.write(encodeReply({ ok: true, result: info }));
-        void joinStreams(socket, stream, { log });
+        const framed = request.args['framed'] === true;
+        socket.write(encodeReply({ ok: true, result: framed ? { ...(info as object), framed: true } : info }));
+        if (framed) void joinStreams(new FramedTunnel(socket, { other: 'the client' }), stream, { log, propagate: true });
+        else void joinStreams(socket, stream, { log });
       },
       (err: unknown) => {
         socket.off('close', onGone);

@@ -1,22 +1,27 @@
 /**
  * The stdio front-end, for `vertex connect` as an ssh ProxyCommand: a
- * readable (stdin) and a writable (stdout) joined to a tunnel, half-close
- * kept both ways. End of input ends our sending side of the tunnel while
- * the answer keeps coming; the tunnel's end ends the output (closing a pipe,
- * shutting down a socket) while input may still flow.
+ * readable (stdin) and a writable (stdout) joined to a tunnel.
+ *
+ * The session ends when the tunnel ends, in either direction:
+ *
+ * - end of input half-closes the tunnel (our side sends its end) while the
+ *   answer keeps coming; the session ends when the far side ends too;
+ * - the far side's end ends the output and the session at once, with input
+ *   still open: nothing more can be answered, and a ProxyCommand or a
+ *   `... | vertex connect | wc -c` pipeline must not wait for stdin to close
+ *   (issue 13, problem 2). Our end is sent back, so the far side sees a
+ *   clean close too.
  *
  * Settles when the tunnel has closed and the output has taken every byte.
- * A tunnel that fails rejects; an output whose reader went away (EPIPE)
- * just ends the session, as for any filter in a pipeline.
+ * A tunnel that breaks (an error, or a close before its end) rejects with
+ * ConnectionLost and a one-line reason; an output whose reader went away
+ * (EPIPE) just ends the session, as for any filter in a pipeline.
  */
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { vertexError } from '../../q2q/errors';
 
 export interface JoinStdioOptions {
-  /**
-   * Says what a tunnel failure means to the user. When the tunnel is the agent's control
-   * socket, a reset only says the agent dropped it; the reason is in the agent's log.
-   */
+  /** Says what a tunnel failure means to the user, in one line. */
   describeFailure?: (err: Error) => string;
 }
 
@@ -38,9 +43,15 @@ export function joinStdio(input: Readable, output: Writable, tunnel: Duplex, opt
     tunnel.on('error', (err) => {
       failed ??= vertexError('ConnectionLost', describe(err), err);
     });
+    tunnel.once('end', () => {
+      // The far side is done: stop reading input and end our side too.
+      input.unpipe(tunnel);
+      input.pause();
+      if (!tunnel.writableEnded) tunnel.end();
+    });
     tunnel.once('close', () => {
       tunnelClosed = true;
-      if (!failed && !outputGone && !tunnel.readableEnded) failed = vertexError('ConnectionLost', 'tunnel: closed by the other side before it finished');
+      if (!failed && !outputGone && !tunnel.readableEnded) failed = vertexError('ConnectionLost', describe(new Error('closed by the other side before it finished')));
       if (failed) {
         input.unpipe(tunnel);
         outputDone = true;

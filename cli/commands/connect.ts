@@ -8,12 +8,17 @@
  * its `vertex status`; without one, this process dials by itself. Every
  * wait has a timeout that names what it waited for: ProxyCommand users
  * otherwise see a silent hang.
+ *
+ * It exits when the tunnel ends, in either direction (agent/frontends/stdio.ts):
+ * 0 when it closed cleanly, 4 (ConnectionLost) with one line on stderr
+ * saying why when it broke off (the peer or its agent went away, a reset).
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Duplex, Writable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
 import { openControl, sendRequest } from '../../agent/control-client';
+import { FramedTunnel } from '../../agent/control-tunnel';
 import { joinStdio } from '../../agent/frontends/stdio';
 import { formatServiceAddress, parseHostTarget, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
@@ -67,18 +72,22 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
     const log = cliLogger(args, 'warn', 'vertex-connect');
 
     let tunnel: Duplex;
-    let describeFailure: ((err: Error) => string) | undefined;
+    let describeFailure: ((err: Error) => string) = (err) => `tunnel to ${target} broke off: ${err.message}`;
     const control = await openControl(setup.socketPath);
     if (control) {
-      const info = (await sendRequest(control, 'connect', { target, timeoutMs }, {
+      const info = (await sendRequest(control, 'connect', { target, timeoutMs, framed: true }, {
         timeoutMs: timeoutMs + AGENT_REPLY_MARGIN_MS,
         waitingFor: `the agent (${setup.socketPath}) to connect to ${target}`,
-      })) as { route: string; connectMs: number };
+      })) as { route: string; connectMs: number; framed?: boolean };
       log.info({ target, route: info.route, connectMs: info.connectMs, via: 'agent' }, 'connected');
-      tunnel = control;
-      // After the ok reply the socket carries only the tunnel's bytes, so the agent cannot say
-      // why it dropped it (a dead PTCP path, the peer gone); its log has the reason.
-      describeFailure = (err) => `tunnel to ${target}: the agent dropped the connection (${(err as NodeJS.ErrnoException).code ?? err.message}); its log says why, e.g. journalctl -u vertex-agent or vertex agent's output`;
+      if (info.framed) {
+        // The agent says how the tunnel ended: an ABORT frame carries its reason.
+        tunnel = new FramedTunnel(control, { other: `the agent (${setup.socketPath})` });
+      } else {
+        // An older agent: raw bytes, so a reset far away looks like any close; its log has the reason.
+        tunnel = control;
+        describeFailure = (err) => `tunnel to ${target}: the agent dropped the connection (${(err as NodeJS.ErrnoException).code ?? err.message}); its log says why`;
+      }
     } else {
       const stream = await connectAlone(setup, target, log, timeoutMs);
       log.info({ target, route: stream.route, connectMs: stream.connectMs, via: 'direct' }, 'connected');

@@ -26,6 +26,8 @@ function shellWord(s: string): string {
 describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () => {
   let world: World;
   let bob: AgentHandle;
+  let bobHome: string;
+  const bobYaml = (): string => `expose:\n  - { service: ssh, target: "127.0.0.1:${sshPort}", allow: ["alice@a.test"] }`;
   let alice: AgentHandle;
   let aliceHome: string;
   let work: string;
@@ -67,7 +69,8 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
     const aliceUser = await world.user('alice@a.test');
     aliceHome = aliceUser.home.dir;
     dirs.push(bobUser.home.dir, aliceHome);
-    bob = await startAgent(world, bobUser.home.dir, `expose:\n  - { service: ssh, target: "127.0.0.1:${sshPort}", allow: ["alice@a.test"] }`);
+    bobHome = bobUser.home.dir;
+    bob = await startAgent(world, bobHome, bobYaml());
     alice = await startAgent(world, aliceHome);
   });
 
@@ -118,6 +121,21 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
     fs.writeFileSync(alone, fs.readFileSync(path.join(aliceHome, 'agent.yaml'), 'utf8').replace(path.join(aliceHome, 'agent.sock'), path.join(work, 'no-agent.sock')));
     await sshAndScp([...vertexFor(world, aliceHome).argv, '--config', alone], 'direct');
   }, 90_000);
+
+  it('issue 13, problem 2: ssh through ProxyCommand exits when the far agent restarts, and says why', async () => {
+    // An interactive-like session: the remote command waits on stdin, which stays open.
+    const ssh = spawnClient('ssh', [...sshOptions(alice.argv), '-l', 'root', 'bob.b.test.q2q', 'echo ready; cat']);
+    await until('the ssh session to be up', () => (ssh.output().includes('ready') ? true : undefined), 30_000);
+    const exited = new Promise<number | null>((resolve) => ssh.once('close', (code) => resolve(code)));
+    const started = Date.now();
+    await bob.proc.stop('SIGTERM');
+    const code = await exited;
+    process.stdout.write(`ssh exited ${Date.now() - started} ms after the far agent was told to stop\n`);
+    expect(code).toBe(255);
+    // vertex connect's own line, passed through by ssh.
+    expect(ssh.output()).toMatch(/vertex: tunnel to bob@b\.test:ssh broke off: /);
+    bob = await startAgent(world, bobHome, bobYaml());
+  }, 60_000);
 
   it('a ProxyCommand to a host that is not a Q2Q name fails at once with a message and exit 5', async () => {
     const r = await run(alice.argv[0] as string, [...alice.argv.slice(1), 'connect', 'example.com', '22'], { ms: 10_000 });

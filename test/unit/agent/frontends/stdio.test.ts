@@ -23,18 +23,20 @@ describe('joinStdio', () => {
     expect((await outputText).toString()).toBe('answer sent after the request ended');
   });
 
-  it('the remote ending first ends the output while input may still flow', async () => {
+  it('the remote ending first ends the output and the session, with input still open (issue 13, problem 2)', async () => {
     const [tunnel, remote] = await pairs.pair();
     const input = new PassThrough();
     const output = new PassThrough();
     const outputText = readAll(output);
-    const done = joinStdio(input, output, tunnel);
-    remote.end('banner');
-    expect((await outputText).toString()).toBe('banner');
     const atRemote = readAll(remote);
-    input.end('late words');
-    expect((await atRemote).toString()).toBe('late words');
+    const done = joinStdio(input, output, tunnel);
+    input.write('request');
+    remote.end('answer');
+    expect((await outputText).toString()).toBe('answer');
+    // Our end goes back: the remote sees a clean close, and the session settles without input ending.
+    expect((await atRemote).toString()).toBe('request');
     await done;
+    expect(input.writableEnded).toBe(false);
   });
 
   it('a tunnel cut off mid-way rejects with ConnectionLost', async () => {
