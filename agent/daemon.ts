@@ -17,6 +17,7 @@ import type { Duplex } from 'node:stream';
 import { formatServiceAddress, parseAddress, parseHostTarget, parseService, parseServiceAddress, formatAddress } from '../q2q/address';
 import { asVertexError, vertexError } from '../q2q/errors';
 import { describeCertificate } from '../q2q/identity';
+import { defaultAllow } from '../q2q/negotiate/allow';
 import type { ConnectOptions, DomainTrust, Identity, NodeStatus, Q2QOptions, Q2QStream, ServiceOptions } from '../q2q/negotiate/types';
 import type { ServerResolver } from '../q2q/control/discovery';
 import { systemClock, type Clock } from '../q2q/util/clock';
@@ -202,8 +203,8 @@ export class AgentDaemon {
         this.#renewer.start();
       }
 
-      node.expose(PING_SERVICE, { allow: ['*'], onConnection: pingEchoHandler });
       for (const e of config.expose) this.#expose(e, 'config');
+      this.#exposePing();
 
       if (this.#opts.socks ?? true) {
         const socks = new Socks5Server({
@@ -325,6 +326,7 @@ export class AgentDaemon {
     if (!this.#exposes.has(service)) throw vertexError('NotExposed', `unexpose ${service}: this agent does not expose it`);
     this.#exposes.delete(service);
     this.#requireNode().unexpose(service);
+    this.#exposePing();
     this.#log.info({ service }, 'service unexposed');
   }
 
@@ -332,7 +334,7 @@ export class AgentDaemon {
     const service = parseService(spec.service);
     if (service === PING_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for vertex ping`);
     const me = parseAddress(this.#requireIdentity().address);
-    const allow = spec.allow && spec.allow.length > 0 ? [...spec.allow] : [`*@${me.domain}`];
+    const allow = spec.allow && spec.allow.length > 0 ? [...spec.allow] : this.#defaultAllow();
     const node = this.#requireNode();
     const log = this.#log.child({ service });
     const entry: ExposeEntry = { service, target: spec.target, allow, source };
@@ -348,7 +350,21 @@ export class AgentDaemon {
     });
     this.#exposes.set(service, entry);
     log.info({ target: local, allow }, 'service exposed');
+    this.#exposePing();
     return entry;
+  }
+
+  /**
+   * vertex-ping admits whoever some exposed service admits, and the owner
+   * (issue 11): a caller no service allows learns nothing from a ping, not
+   * even the addresses a connect would hand out.
+   */
+  #exposePing(): void {
+    const node = this.#node;
+    if (!node) return;
+    const allow = new Set<string>(this.#defaultAllow());
+    for (const e of this.#exposes.values()) for (const pattern of e.allow) allow.add(pattern);
+    node.expose(PING_SERVICE, { allow: [...allow], onConnection: pingEchoHandler });
   }
 
   // ---- forwards ----
@@ -445,8 +461,9 @@ export class AgentDaemon {
     return summary;
   }
 
+  /** An expose without `allow` admits its owner alone, on any of the owner's devices. */
   #defaultAllow(): string[] {
-    return [`*@${parseAddress(this.address).domain}`];
+    return defaultAllow(this.address);
   }
 
   // ---- dialling ----

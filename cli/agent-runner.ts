@@ -14,6 +14,7 @@ import type { Logger } from '../q2q/util/log';
 import { formatHostPort, type AgentConfig } from '../config/schema';
 import { logLevelOf, readAgentConfig, type AgentSetup, type GlobalArgs } from './context';
 import { createLogger } from './logger';
+import { describeAllow } from './output';
 import { onStopSignals } from './signals';
 
 export function agentLogger(args: GlobalArgs, config: AgentConfig): Logger {
@@ -47,7 +48,7 @@ export function describeRunning(daemon: AgentDaemon, extra: string[] = []): stri
   const lines = [`vertex agent: ${status.identity} running; server ${status.server.state}${status.server.server ? ` (${status.server.server})` : ''}`];
   if (status.socks) lines.push(`  socks5 listening on ${status.socks.listen} (auth ${status.socks.auth}, passthrough ${status.socks.passthrough ? 'on' : 'off'})`);
   for (const f of daemon.forwardAddresses) lines.push(`  forward ${formatHostPort(f.listen)} -> ${f.to}`);
-  for (const e of status.exposed) lines.push(`  expose ${e.address} -> ${e.target} (allow ${e.allow.join(', ')})`);
+  for (const e of status.exposed) lines.push(`  expose ${e.address} -> ${e.target} (allow ${describeAllow(e.allow, status.identity)})`);
   if (status.control) lines.push(`  control socket ${status.control.socket}`);
   return [...lines, ...extra].join('\n');
 }

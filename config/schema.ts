@@ -354,7 +354,7 @@ export interface AgentConfig {
   readonly expose: readonly {
     readonly service: string;
     readonly target: HostPort;
-    /** Omitted means the owner's own domain, `*@<domain>`; the agent fills it in. */
+    /** Omitted means the owner alone (any of the owner's devices); the agent fills it in. */
     readonly allow?: readonly string[];
   }[];
   /** Server overrides per domain, like curl's --resolve. Keys are case-folded. */

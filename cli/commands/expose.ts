@@ -10,7 +10,7 @@ import { parseService } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { formatHostPort, parseHostPort } from '../../config/schema';
 import { agentSetup, repeatable, type AgentArgs, type GlobalArgs } from '../context';
-import { printResult } from '../output';
+import { describeAllow, printResult } from '../output';
 import { describeRunning, runAgent } from '../agent-runner';
 
 interface ExposeArgs extends AgentArgs {
@@ -26,7 +26,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
   builder: (y) => y
     .positional('service', { type: 'string', demandOption: true, describe: 'service name, e.g. ssh or http' })
     .positional('target', { type: 'string', describe: 'local HOST:PORT (a bare PORT means 127.0.0.1:PORT)' })
-    .option('allow', repeatable('who may connect: *, *@domain or user@domain [*@<my domain>]'))
+    .option('allow', repeatable('who may connect: user@domain, *@domain (a whole domain) or * (any user of any domain) [only you, on any of your devices]'))
     .option('remove', { type: 'boolean', describe: 'stop exposing SERVICE on the running agent' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ExposeArgs>,
   handler: async (args) => {
@@ -46,7 +46,8 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
     const reply = await callAgent(setup.socketPath, 'expose-add', { service, target, ...(allow && { allow }) });
     if (reply.agent) {
       const r = reply.result as { address: string; target: string; allow: string[] };
-      printResult(args.json, `exposed ${r.address} -> ${r.target} (allow ${r.allow.join(', ')}) on the running agent`, { ...r, agent: true });
+      const owner = r.address.slice(0, r.address.lastIndexOf(':'));
+      printResult(args.json, `exposed ${r.address} -> ${r.target} (allow ${describeAllow(r.allow, owner)}) on the running agent`, { ...r, agent: true });
       return;
     }
     const foreground = agentSetup(args, { expose: [{ service, target, ...(allow && { allow }) }], forwards: [] });

@@ -13,6 +13,7 @@ import {
 } from '../../agent/file-transfer';
 import { parseAllowPattern } from '../../config/schema';
 import { listenQ2Q, type Q2QStream } from '../../q2q';
+import { defaultAllow } from '../../q2q/negotiate/allow';
 import { asVertexError, vertexError } from '../../q2q/errors';
 import { NODE_OPTIONS, nodeSetup, repeatable, type GlobalArgs, type NodeArgs } from '../context';
 import { EXIT, EXIT_CODES } from '../exit-codes';
@@ -41,6 +42,8 @@ async function run(args: ReceiveArgs): Promise<void> {
     throw vertexError('Usage', 'receive: standard input is not a terminal, so offers cannot be asked about; pass --yes to accept them (and --from to limit who may send)');
   }
   const { identity, options, log } = nodeSetup(args);
+  // Without --from only the owner may send (any of the owner's devices): *@domain and * are written out.
+  const allow = from.length > 0 ? from : defaultAllow(identity.address);
   const json = Boolean(args.json);
   /** Transfers in progress, each with its cancel switch and a promise settled when it is reported. */
   const active = new Map<AbortController, Promise<void>>();
@@ -61,7 +64,7 @@ async function run(args: ReceiveArgs): Promise<void> {
     const reported = receiveFiles(stream, {
       dir,
       peer: stream.peer,
-      ...(from.length > 0 && { allow: from }),
+      allow,
       overwrite: Boolean(args.overwrite),
       busy,
       log,
@@ -91,11 +94,11 @@ async function run(args: ReceiveArgs): Promise<void> {
   };
 
   const node = await listenQ2Q(identity, {
-    [FILE_TRANSFER_SERVICE]: { ...(from.length > 0 && { allow: from }), onConnection },
+    [FILE_TRANSFER_SERVICE]: { allow, onConnection },
   }, options);
-  const allowText = from.length > 0 ? from.join(', ') : `anyone in ${identity.address.slice(identity.address.indexOf('@') + 1)}`;
+  const allowText = from.length > 0 ? from.join(', ') : `only ${identity.address} itself; pass --from to let others send`;
   if (json) {
-    process.stdout.write(`${JSON.stringify({ event: 'listening', address: identity.address, service: FILE_TRANSFER_SERVICE, dir, from: from.length > 0 ? from : null })}\n`);
+    process.stdout.write(`${JSON.stringify({ event: 'listening', address: identity.address, service: FILE_TRANSFER_SERVICE, dir, from: allow })}\n`);
   } else {
     process.stdout.write(`receiving files into ${dir} as ${identity.address} (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
   }
@@ -183,7 +186,7 @@ export const receiveCommand: CommandModule<GlobalArgs, ReceiveArgs> = {
   builder: (y) => y.options(NODE_OPTIONS)
     .positional('dir', { type: 'string', describe: 'where files land' })
     .option('yes', { alias: 'y', type: 'boolean', describe: 'accept offers without asking (required when stdin is not a terminal)' })
-    .option('from', repeatable('who may send: *, *@domain or user@domain [anyone in your own domain]'))
+    .option('from', repeatable('who may send: *, *@domain or user@domain [only you, on your other devices]'))
     .option('overwrite', { type: 'boolean', describe: 'replace existing files of the same name' })
     .option('once', { type: 'boolean', describe: 'exit after one transfer, with its status' })
     .example('$0 receive ~/Downloads --from "*@example.com"', 'ask about each offer from example.com')

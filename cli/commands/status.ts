@@ -8,7 +8,7 @@ import { callAgent } from '../../agent/control-client';
 import type { AgentStatus } from '../../agent/daemon';
 import { vertexError } from '../../q2q/errors';
 import { agentSetup, type AgentArgs, type GlobalArgs } from '../context';
-import { printResult } from '../output';
+import { describeAllow, printResult } from '../output';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -59,7 +59,7 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
     `socks5       ${s.socks ? `${s.socks.listen} (auth ${s.socks.auth}, passthrough ${s.socks.passthrough ? 'on' : 'off'})` : 'off'}`,
   ];
   lines.push(s.exposed.length === 0 ? 'exposed      (none)' : 'exposed');
-  lines.push(...table(s.exposed.map((e) => ['  ', e.address, '->', e.target, `allow ${e.allow.join(', ')}`, `(${e.source})`])));
+  lines.push(...table(s.exposed.map((e) => ['  ', e.address, '->', e.target, `allow ${describeAllow(e.allow, s.identity)}`, `(${e.source})`])));
   lines.push(s.forwards.length === 0 ? 'forwards     (none)' : 'forwards');
   lines.push(...table(s.forwards.map((f) => ['  ', f.listen, '->', f.to, `(${f.source})`])));
   if (s.tunnels.length === 0) {

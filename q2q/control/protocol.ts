@@ -30,6 +30,14 @@ export const COMMANDS = {
   /** Caller → listener's server: {to, service, candidates, routes} → {token, candidates, certificate, relay}.
    *  Server → listener: {from, service, certificate, candidates, routes} → {token, candidates}. */
   inbound: 'inbound',
+  /** Server → the listener's session that answered an inbound: {token} → {}. The caller's relay
+   *  leg for that token is in; only now does the listener open its own (DESIGN.md). */
+  relayReady: 'relay-ready',
+  /** Home server → its online agents (push): {serials: JSON [serial], addresses: JSON [user@domain]} → {}.
+   *  Peer streams whose certificate has one of the serials, or names one of the addresses, close. */
+  revoked: 'revoked',
+  /** Agent or server → a server: {certificates: JSON [{domain, serial}]} (at most 256) → {revoked: JSON [serial]}. */
+  certStatus: 'cert-status',
 } as const;
 
 /** ALPN names on the server port: control sessions, and relay legs that become raw byte pipes. */

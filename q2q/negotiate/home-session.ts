@@ -10,7 +10,7 @@ import { parseAddress } from '../address';
 import type { ServerResolver } from '../control/discovery';
 import { COMMANDS } from '../control/protocol';
 import { openServerConnection, type CaTrust, type ServerConnection } from '../control/server-connection';
-import { asVertexError } from '../errors';
+import { asVertexError, vertexError } from '../errors';
 import type { AmpArgs } from '../proto/amp-peer';
 import type { Logger } from '../util/log';
 import type { HomeConnectionState, Identity } from './types';
@@ -28,6 +28,10 @@ export interface HomeSessionOptions {
   log: Logger;
   services: () => string[];
   onInbound: (args: AmpArgs) => Promise<AmpArgs>;
+  /** `relay-ready` from the server: the caller's relay leg for args.token is in. */
+  onRelayReady?: (args: AmpArgs) => Promise<AmpArgs>;
+  /** `revoked` pushed by the server: peer streams with those certificates must close. */
+  onRevoked?: (args: AmpArgs) => Promise<AmpArgs>;
   random?: () => number;
 }
 
@@ -92,6 +96,9 @@ export class HomeSession extends EventEmitter {
       return;
     }
     connection.peer.handle(COMMANDS.inbound, (args) => this.#opts.onInbound(args));
+    const { onRelayReady, onRevoked } = this.#opts;
+    if (onRelayReady) connection.peer.handle(COMMANDS.relayReady, (args) => onRelayReady(args));
+    if (onRevoked) connection.peer.handle(COMMANDS.revoked, (args) => onRevoked(args));
     this.#connection = connection;
     connection.socket.once('close', () => {
       if (this.#connection !== connection) return;
@@ -141,6 +148,15 @@ export class HomeSession extends EventEmitter {
   /** Sends the current service set; called after expose/unexpose. */
   async relisten(): Promise<void> {
     if (this.#connection && this.#state === 'online') await this.#listen(this.#connection);
+  }
+
+  /** A command on the live session; ServerUnavailable while there is none. */
+  call(command: string, args: AmpArgs = {}, opts?: { timeoutMs?: number }): Promise<AmpArgs> {
+    const connection = this.#connection;
+    if (!connection || this.#state !== 'online') {
+      return Promise.reject(vertexError('ServerUnavailable', `${command}: no session with the home server of ${this.#domain}`));
+    }
+    return connection.call(command, args, opts);
   }
 
   #startPing(connection: ServerConnection): void {

@@ -11,8 +11,15 @@
  *      TLS; the others are closed.
  *
  * Listen (listener side): the home session forwards inbound requests; the
- * allow list decides; a one-time token bound to the caller's certificate is
- * handed out; claims arrive on the direct TCP listener or a relay leg.
+ * per-caller limits and the allow list decide before anything else is done or
+ * revealed (inbound-limits.ts, allow.ts); a one-time token bound to the
+ * caller's certificate is handed out; punch probes go only to caller
+ * candidates that pass a sanity check (probe-targets.ts); claims arrive on the
+ * direct TCP listener or a relay leg, which the listener opens when the server
+ * says `relay-ready` (the caller's leg is in).
+ *
+ * Every peer stream, either side, is watched for revocation of the peer's
+ * certificate (revocation-watch.ts).
  */
 import { listenOn } from '../transport/listen';
 import { randomBytes } from 'node:crypto';
@@ -33,6 +40,9 @@ import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
 import { carryAbortsOverTcp, openRelayLeg } from './relay-leg';
 import { learnReflexiveAddress, punch, punchedConnect } from './punch';
+import { InboundLimits, type InboundAdmission } from './inbound-limits';
+import { localHost, punchTargets, type LocalHost } from './probe-targets';
+import { RevocationWatch } from './revocation-watch';
 import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { PtcpSocket } from '../transport/ptcp-socket';
 import type { Duplex } from 'node:stream';
@@ -69,6 +79,10 @@ const REFLEXIVE_TTL_MS = 60_000;
 const REFLEXIVE_REFRESH_MS = 25_000;
 /** Longest a listener waits on a second who-am-i answer to tell its NAT mapping (nat-type.ts). */
 const NAT_DETECT_WAIT_MS = 300;
+/** The host's interfaces are read again after this long (for probe-targets.ts). */
+const LOCAL_HOST_TTL_MS = 5_000;
+/** Entries a `revoked` push may name, each list; more is a malformed push. */
+const MAX_REVOKED_ENTRIES = 4096;
 
 interface Reflexive { value: string; port: number; at: number }
 
@@ -80,7 +94,16 @@ interface PendingInbound {
   service: string;
   fingerprint: string;
   expiresAt: number;
+  /** Counts against the inbound limits until the token is claimed or forgotten. */
+  admission: InboundAdmission;
+  /** Both ends allow the relay: a `relay-ready` for this token opens our leg. */
+  relay: boolean;
+  /**
+   * Transitional, until every server sends relay-ready: the leg is also opened after
+   * relayDelayMs. relay-ready, when it comes first, cancels it.
+   */
   relayTimer: NodeJS.Timeout | null;
+  relayOpening: boolean;
   relayLeg: Duplex | null;
 }
 
@@ -108,6 +131,20 @@ function parseCandidates(json: string | undefined): Candidate[] {
     if (m?.[1] && m[2] && net.isIP(m[2]) && port > 0 && port < 65536) out.push({ route: m[1] as DirectRoute, host: m[2], port });
   }
   return out;
+}
+
+/** A JSON list of strings from a server push, bounded; anything else is BadRequest. */
+function stringList(json: string | undefined, what: string): string[] {
+  let list: unknown;
+  try {
+    list = JSON.parse(json ?? '[]');
+  } catch {
+    throw vertexError('BadRequest', `${what}: not JSON`);
+  }
+  if (!Array.isArray(list) || list.length > MAX_REVOKED_ENTRIES || !list.every((x) => typeof x === 'string')) {
+    throw vertexError('BadRequest', `${what}: expected a JSON list of at most ${MAX_REVOKED_ENTRIES} strings`);
+  }
+  return list as string[];
 }
 
 function parseRoutes(json: string | undefined): RouteName[] {
@@ -140,6 +177,9 @@ export class Q2QNode extends EventEmitter {
   readonly #udpReflexivePending = new Map<string, Promise<Reflexive | null>>();
   readonly #mapping = new MappingObserver();
   #refreshTimer: NodeJS.Timeout | null = null;
+  readonly #limits = new InboundLimits();
+  #localHost: { value: LocalHost; at: number } | null = null;
+  readonly #watch: RevocationWatch;
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
@@ -150,6 +190,11 @@ export class Q2QNode extends EventEmitter {
     this.#relayDelayMs = options.relayDelayMs ?? DEFAULT_RELAY_DELAY_MS;
     this.#domain = parseAddress(this.identity.address).domain;
     this.#pool = new ServerPool(this.identity, options.resolve, options.trust, this.#log.child({ component: 'pool' }));
+    this.#watch = new RevocationWatch({
+      ownCertificate: () => this.#identity.certPem,
+      check: (certificates) => this.#certStatus(certificates),
+      log: this.#log.child({ component: 'revocation' }),
+    });
   }
 
   get identity(): Identity {
@@ -186,7 +231,10 @@ export class Q2QNode extends EventEmitter {
       log: this.#log.child({ component: 'home' }),
       services: () => [...this.#services.keys()],
       onInbound: (args) => this.#onInbound(args),
+      onRelayReady: async (args) => this.#onRelayReady(args),
+      onRevoked: async (args) => this.#onRevoked(args),
     });
+    this.#watch.start();
     this.#home.on('state', (state) => {
       // A new home session may mean a new network: the UDP mapping is re-learned.
       if (state === 'online') {
@@ -221,7 +269,11 @@ export class Q2QNode extends EventEmitter {
   }
 
   expose(service: string, opts: ServiceOptions): void {
-    this.#services.set(parseService(service), opts);
+    const name = parseService(service);
+    const known = this.#services.has(name);
+    this.#services.set(name, opts);
+    // The server knows names only: a changed allow list needs no new listen.
+    if (known) return;
     void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
   }
 
@@ -267,11 +319,12 @@ export class Q2QNode extends EventEmitter {
     if (routes.includes('ptcp')) {
       const socket = await this.#ptcpSocket();
       const port = socket.address().port;
-      for (const host of hosts) out.push(formatCandidate('ptcp', host, port));
+      // The reflexive address first: a listener probes only the first few (probe-targets.ts).
       const reflexive = await this.#reflexiveUdp(reflexiveFrom);
       if (reflexive && !(hosts.includes(reflexive.value) && reflexive.port === port)) {
         out.push(formatCandidate('ptcp', reflexive.value, reflexive.port));
       }
+      for (const host of hosts) out.push(formatCandidate('ptcp', host, port));
     }
     return out.slice(0, MAX_CANDIDATES);
   }
@@ -332,8 +385,17 @@ export class Q2QNode extends EventEmitter {
     return this.natMapping;
   }
 
+  /** This host's interface addresses, re-read every LOCAL_HOST_TTL_MS. */
+  #ownHost(): LocalHost {
+    const now = Date.now();
+    if (!this.#localHost || now - this.#localHost.at > LOCAL_HOST_TTL_MS) this.#localHost = { value: localHost(), at: now };
+    return this.#localHost.value;
+  }
+
   async #onInbound(args: AmpArgs): Promise<AmpArgs> {
     const from = formatAddress(parseAddress(args.from ?? ''));
+    // Before any other work: a caller past its rate gets nothing else done.
+    this.#limits.take(from);
     const service = parseService(args.service ?? '');
     const options = this.#services.get(service);
     if (!options) throw vertexError('NotExposed', `${this.identity.address} does not expose "${service}"`);
@@ -347,10 +409,14 @@ export class Q2QNode extends EventEmitter {
       throw vertexError('CertificateInvalid', `inbound from ${from}: the forwarded certificate names someone else`);
     }
     const callerRoutes = parseRoutes(args.routes);
+    const fingerprint = certificateFingerprint(certificate);
+    const admission = this.#limits.admit(from);
     const token = randomBytes(16).toString('hex');
     const pending: PendingInbound = {
-      from, service, fingerprint: certificateFingerprint(certificate),
-      expiresAt: Date.now() + TOKEN_LIFETIME_MS, relayTimer: null, relayLeg: null,
+      from, service, fingerprint, admission,
+      expiresAt: Date.now() + TOKEN_LIFETIME_MS,
+      relay: this.#routes.includes('relay') && callerRoutes.includes('relay'),
+      relayTimer: null, relayOpening: false, relayLeg: null,
     };
     this.#pending.set(token, pending);
     setTimeout(() => this.#forget(token), TOKEN_LIFETIME_MS).unref();
@@ -362,13 +428,15 @@ export class Q2QNode extends EventEmitter {
     // Both ends behind per-destination mappings: no punch, and the relay leg at once.
     if (hopeless) direct = direct.filter((r) => r !== 'ptcp');
     const candidates = await this.#directCandidates(direct, this.#domain);
-    const callerPtcp = parseCandidates(args.candidates).filter((c) => c.route === 'ptcp');
+    // Only candidates that pass the sanity check, and only a few (probe-targets.ts).
+    const callerPtcp = (this.#opts.punchTargetPolicy ?? punchTargets)(parseCandidates(args.candidates).filter((c) => c.route === 'ptcp'), this.#ownHost());
     if (direct.includes('ptcp') && callerPtcp.length > 0) {
       // Open our NAT mapping toward the caller before the answer goes back: low-TTL
       // probes only, so nothing of ours reaches the caller's NAT first (punch.ts).
       await this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp, { role: 'listener' }));
     }
-    if (this.#routes.includes('relay') && callerRoutes.includes('relay')) {
+    if (pending.relay && this.#pending.get(token) === pending) {
+      // Transitional (see PendingInbound.relayTimer): relay-ready normally opens the leg.
       const delay = candidates.length > 0 && !hopeless ? this.#relayDelayMs : 0;
       pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
       pending.relayTimer.unref();
@@ -381,13 +449,44 @@ export class Q2QNode extends EventEmitter {
     const pending = this.#pending.get(token);
     if (!pending) return;
     this.#pending.delete(token);
+    pending.admission.release();
     if (pending.relayTimer) clearTimeout(pending.relayTimer);
     pending.relayLeg?.destroy();
   }
 
+  /** The server has the caller's relay leg for this token: open ours, once. */
+  #onRelayReady(args: AmpArgs): AmpArgs {
+    const token = args.token ?? '';
+    const pending = this.#pending.get(token);
+    if (!pending || pending.expiresAt < Date.now()) throw vertexError('TokenInvalid', 'relay-ready: unknown, expired or used token');
+    if (!pending.relay) throw vertexError('NotAllowed', 'relay-ready: this connection does not use the relay');
+    void this.#listenerRelayLeg(token, pending);
+    return {};
+  }
+
+  /** The home server's `revoked` push: close peer streams with those certificates. */
+  #onRevoked(args: AmpArgs): AmpArgs {
+    const serials = stringList(args.serials, 'revoked: serials');
+    const addresses = stringList(args.addresses, 'revoked: addresses');
+    const closed = this.#watch.onRevoked({ serials, addresses });
+    this.#log.info({ serials: serials.length, addresses: addresses.length, closed }, 'revocation notice from the home server');
+    return {};
+  }
+
+  /** One cert-status call, to the home server (the live session, else a pooled connection). */
+  async #certStatus(certificates: Array<{ domain: string; serial: string }>): Promise<string[]> {
+    const args = { certificates: JSON.stringify(certificates) };
+    const answer = this.#home?.state === 'online'
+      ? await this.#home.call(COMMANDS.certStatus, args)
+      : await (await this.#pool.get(this.#domain)).call(COMMANDS.certStatus, args);
+    return stringList(answer.revoked, 'cert-status: revoked');
+  }
+
   async #listenerRelayLeg(token: string, pending: PendingInbound): Promise<void> {
+    if (pending.relayTimer) clearTimeout(pending.relayTimer);
     pending.relayTimer = null;
-    if (this.#pending.get(token) !== pending) return;
+    if (this.#pending.get(token) !== pending || pending.relayOpening) return;
+    pending.relayOpening = true;
     try {
       const leg = await openRelayLeg({
         domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust,
@@ -444,7 +543,9 @@ export class Q2QNode extends EventEmitter {
     if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
     writePreamble(socket, { ok: '1' });
     this.#log.info({ from: pending.from, service: pending.service, route }, 'peer connected');
-    service.onConnection(decorate(socket, { route, peer: pending.from, service: pending.service, peerCertificate: presented.toString(), connectMs: 0 }));
+    const stream = decorate(socket, { route, peer: pending.from, service: pending.service, peerCertificate: presented.toString(), connectMs: 0 });
+    this.#watch.track(stream, stream.peerCertificate);
+    service.onConnection(stream);
   }
 
   // ---- connecting ----
@@ -471,6 +572,10 @@ export class Q2QNode extends EventEmitter {
     });
     const connectMs = Math.round(performance.now() - started);
     this.#log.info({ to, service, route: stream.route, connectMs }, 'connected');
+    if (!this.#stopped) {
+      this.#watch.start();
+      this.#watch.track(stream, stream.peerCertificate);
+    }
     return Object.assign(stream, { connectMs }) as Q2QStream;
   }
 
@@ -634,6 +739,7 @@ export class Q2QNode extends EventEmitter {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#watch.stop();
     if (this.#refreshTimer) clearInterval(this.#refreshTimer);
     this.#refreshTimer = null;
     this.#home?.stop();

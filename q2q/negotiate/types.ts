@@ -52,7 +52,10 @@ export interface DomainTrust extends CaTrust {
 }
 
 export interface ServiceOptions {
-  /** Who may connect: `*`, `*@domain`, `user@domain`. Default: the owner's own domain. */
+  /**
+   * Who may connect: `*`, `*@domain`, `*@*.domain`, `user@domain` (allow.ts).
+   * Default: the owner alone, on any of the owner's devices.
+   */
   allow?: readonly string[];
   onConnection: (stream: Q2QStream) => void;
 }
@@ -71,6 +74,11 @@ export interface Q2QOptions {
   /** Overall limit for one connect. Default 15000 ms. */
   connectTimeoutMs?: number;
   log?: Logger;
+  /**
+   * @internal Tests only: replaces the sanity check on where a listener sends punch
+   * probes (probe-targets.ts punchTargets), to show that a test catches its absence.
+   */
+  punchTargetPolicy?: (candidates: ReadonlyArray<{ host: string; port: number }>, local: { addresses: readonly string[]; broadcasts: readonly string[] }) => Array<{ host: string; port: number }>;
 }
 
 export interface ConnectOptions {

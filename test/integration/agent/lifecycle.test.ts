@@ -68,7 +68,7 @@ describe('agent lifecycle', () => {
 
   it('vertex expose adds to the running agent and --remove takes it away; without an agent it runs in the foreground', async () => {
     const added = await alice.vertex(['expose', 'web', String(web.port)]);
-    expect(added.stdout).toMatch(new RegExp(`exposed alice@a\\.test:web -> 127\\.0\\.0\\.1:${web.port} \\(allow \\*@a\\.test\\) on the running agent`));
+    expect(added.stdout).toMatch(new RegExp(`exposed alice@a\\.test:web -> 127\\.0\\.0\\.1:${web.port} \\(allow only alice@a\\.test \\(any of its devices\\)\\) on the running agent`));
     expect((await status(alice)).exposed.map((e) => `${e.service} ${e.source}`)).toEqual(['web cli']);
     const removed = await alice.vertex(['expose', '--remove', 'web']);
     expect(removed.code).toBe(0);
@@ -76,11 +76,11 @@ describe('agent lifecycle', () => {
     const again = await alice.vertex(['expose', '--remove', 'web']);
     expect(again.code).toBe(4);
 
-    // carol has no agent: the expose runs in this process until SIGTERM, and alice reaches it.
+    // carol has no agent: the expose runs in this process until SIGTERM, and alice (allowed) reaches it.
     const carol = await world.user('carol@a.test');
     dirs.push(carol.home.dir);
     fs.writeFileSync(path.join(carol.home.dir, 'agent.yaml'), agentYaml(world, carol.home.dir));
-    const fg = spawnClient(alice.argv[0] as string, [...alice.argv.slice(1, -1), carol.home.dir, 'expose', 'echo', `127.0.0.1:${echo.port}`]);
+    const fg = spawnClient(alice.argv[0] as string, [...alice.argv.slice(1, -1), carol.home.dir, 'expose', 'echo', `127.0.0.1:${echo.port}`, '--allow', 'alice@a.test']);
     await until('the foreground expose', () => (/expose carol@a\.test:echo -> /.test(fg.output()) ? true : undefined));
     const reply = await run(alice.argv[0] as string, [...alice.argv.slice(1), 'connect', 'carol@a.test:echo'], { input: 'to carol' });
     expect(reply.stdout.toString()).toBe('to carol');

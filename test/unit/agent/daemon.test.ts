@@ -211,7 +211,7 @@ describe('agent daemon', () => {
     expect(status.result.exposed).toEqual([]);
 
     const added = await callAgent(sock, 'expose-add', { service: 'web', target: `127.0.0.1:${echo.port}` });
-    expect(added).toEqual({ agent: true, result: { address: 'alice@a.test:web', target: `127.0.0.1:${echo.port}`, allow: ['*@a.test'] } });
+    expect(added).toEqual({ agent: true, result: { address: 'alice@a.test:web', target: `127.0.0.1:${echo.port}`, allow: ['alice@a.test'] } });
     expect(network.services.has('alice@a.test:web')).toBe(true);
     await callAgent(sock, 'expose-remove', { service: 'web' });
     expect(network.services.has('alice@a.test:web')).toBe(false);

@@ -130,7 +130,7 @@ export class FakeNode implements AgentNode {
     if (!this.#net.online.has(peer)) throw vertexError('Offline', `connect ${target}: ${peer} is offline`);
     const exposed = this.#net.services.get(target);
     if (!exposed) throw vertexError('NotExposed', `connect ${target}: not exposed`);
-    if (!allowMatches(exposed.opts.allow ?? [`*@${peer.slice(peer.indexOf('@') + 1)}`], this.identity.address)) {
+    if (!allowMatches(exposed.opts.allow ?? [peer], this.identity.address)) {
       throw vertexError('Denied', `connect ${target}: denied`);
     }
     const [mine, theirs] = await this.#net.pair();

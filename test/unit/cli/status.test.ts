@@ -24,4 +24,14 @@ describe('vertex status text', () => {
     expect(formatStatus(status('unknown'), now)).toContain('NAT unknown');
     expect(formatStatus(status(), now)).not.toContain('NAT');
   });
+
+  it('says in words when a service admits only its owner, and spells out *', () => {
+    const exposed = (allow: string[]): AgentStatus => ({
+      ...status(),
+      exposed: [{ service: 'web', address: 'alice@a.test:web', target: '127.0.0.1:80', allow, source: 'cli' }],
+    });
+    expect(formatStatus(exposed(['alice@a.test']))).toContain('allow only alice@a.test (any of its devices)');
+    expect(formatStatus(exposed(['*']))).toContain('allow * (any user of any domain)');
+    expect(formatStatus(exposed(['*@a.test', 'bob@b.test']))).toContain('allow *@a.test, bob@b.test');
+  });
 });
