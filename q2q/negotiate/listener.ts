@@ -1,10 +1,12 @@
 /**
  * The listener's side of a new peer session.
  *
- * 1. inbound: the home server forwards a caller's request. The named
- *    service's allow list decides; a one-time token bound to the caller's
- *    certificate is handed out with our direct candidates; our NAT mapping
- *    toward the caller is opened with low-TTL probes (punch.ts).
+ * 1. inbound: the home server forwards a caller's request. The caller's
+ *    limits (inbound-limits.ts) and the named service's allow list decide
+ *    before anything is done or revealed; a one-time token bound to the
+ *    caller's certificate is handed out with our direct candidates; our NAT
+ *    mapping toward the caller is opened with low-TTL probes (punch.ts), sent
+ *    only to caller candidates that pass the sanity check (probe-targets.ts).
  * 2. channels arrive: on the direct TCP listener, the PTCP socket, or a
  *    relay leg we open only once the server says the caller's leg is in
  *    (`relay-ready`; DESIGN.md "Relay legs only after the caller's leg"). Each gets peer TLS as the server side, then the token
@@ -31,6 +33,8 @@ import { parseCandidates, parseRoutes } from './candidates';
 import { PEER_HANDSHAKE_TIMEOUT_MS, type PeerChannel } from './ladder';
 import { mappingMarker, peerMapping, punchHopeless, type NatMapping } from './nat-type';
 import { tlsServerOver } from './peer-tls';
+import { InboundLimits, type InboundAdmission } from './inbound-limits';
+import { localHost, punchTargets, type LocalHost, type ProbeTarget } from './probe-targets';
 import type { ServiceTable } from './services';
 import type { Identity } from './types';
 
@@ -49,6 +53,12 @@ export interface ListenerOptions {
   openRelayLeg(token: string): Promise<Duplex>;
   /** A claimed channel: the session manager takes it from here. */
   onChannel(channel: PeerChannel): void;
+  /** Per-caller and per-listener inbound limits; default: InboundLimits' defaults on `clock`. */
+  limits?: InboundLimits;
+  /** This host's addresses, which are never probed; default: the interfaces, re-read every 5 s. */
+  ownHost?: () => LocalHost;
+  /** Where probes may go (default punchTargets); tests replace it to show the check catches probes. */
+  punchTargetPolicy?: (candidates: readonly ProbeTarget[], local: LocalHost) => ProbeTarget[];
   clock?: Clock;
   random?: (bytes: number) => Buffer;
   handshakeTimeoutMs?: number;
@@ -63,6 +73,8 @@ interface PendingInbound {
   /** Both ends allow the relay: relay-ready for this token opens our leg. */
   relay: boolean;
   expiry: Timer;
+  /** Counts against the inbound limits until the token is claimed or forgotten. */
+  admission: InboundAdmission;
   relayOpening: boolean;
   relayLeg: Duplex | null;
 }
@@ -72,12 +84,16 @@ export class PeerListener {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #pending = new Map<string, PendingInbound>();
+  readonly #limits: InboundLimits;
+  readonly #ownHost: () => LocalHost;
   #stopped = false;
 
   constructor(opts: ListenerOptions) {
     this.#opts = opts;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.log ?? silentLogger;
+    this.#limits = opts.limits ?? new InboundLimits({ clock: this.#clock });
+    this.#ownHost = opts.ownHost ?? cachedLocalHost(this.#clock);
   }
 
   get pendingCount(): number {
@@ -90,6 +106,8 @@ export class PeerListener {
     const from = formatAddress(parseAddress(args.from ?? ''));
     const service = parseService(args.service ?? '');
     try {
+      // Before any other work: a caller past its rate gets nothing else done.
+      this.#limits.take(from);
       this.#opts.services.check(service, from);
     } catch (err) {
       this.#log.info({ from, service, code: (err as VertexError).code }, 'inbound refused');
@@ -100,10 +118,12 @@ export class PeerListener {
       throw vertexError('CertificateInvalid', `inbound from ${from}: the forwarded certificate names someone else`);
     }
     const callerRoutes = parseRoutes(args.routes);
+    const fingerprint = certificateFingerprint(certificate);
+    const admission = this.#limits.admit(from);
     const token = (this.#opts.random ?? randomBytes)(16).toString('hex');
     const routes = this.#opts.routes;
     const pending: PendingInbound = {
-      from, fromDevice: args.from_device ?? '', service, fingerprint: certificateFingerprint(certificate),
+      from, fromDevice: args.from_device ?? '', service, fingerprint, admission,
       relay: routes.includes('relay') && callerRoutes.includes('relay'),
       expiry: this.#clock.setTimer(() => this.#forget(token), TOKEN_LIFETIME_MS),
       relayOpening: false, relayLeg: null,
@@ -117,7 +137,8 @@ export class PeerListener {
     // Both ends behind per-destination mappings: no punch, and the relay at once.
     if (hopeless) direct = direct.filter((r) => r !== 'ptcp');
     const candidates = await this.#opts.candidates(direct);
-    const callerPtcp = parseCandidates(args.candidates).filter((c) => c.route === 'ptcp');
+    // Only candidates that pass the sanity check, and only a few (probe-targets.ts).
+    const callerPtcp = (this.#opts.punchTargetPolicy ?? punchTargets)(parseCandidates(args.candidates).filter((c) => c.route === 'ptcp'), this.#ownHost());
     if (direct.includes('ptcp') && callerPtcp.length > 0) {
       // Open our NAT mapping toward the caller before the answer goes back: low-TTL
       // probes only, so nothing of ours reaches the caller's NAT first (punch.ts).
@@ -143,6 +164,7 @@ export class PeerListener {
     if (!pending) return;
     this.#pending.delete(token);
     pending.expiry.cancel();
+    pending.admission.release();
     pending.relayLeg?.destroy();
   }
 
@@ -212,4 +234,15 @@ export class PeerListener {
     this.#stopped = true;
     for (const token of [...this.#pending.keys()]) this.#forget(token);
   }
+}
+
+/** os.networkInterfaces(), read again at most every LOCAL_HOST_TTL_MS. */
+const LOCAL_HOST_TTL_MS = 5_000;
+function cachedLocalHost(clock: Clock): () => LocalHost {
+  let cached: { value: LocalHost; at: number } | null = null;
+  return () => {
+    const now = clock.now();
+    if (!cached || now - cached.at > LOCAL_HOST_TTL_MS) cached = { value: localHost(), at: now };
+    return cached.value;
+  };
 }
