@@ -30,6 +30,7 @@ import { ForwardListener } from './frontends/forward';
 import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
 import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
 import { TunnelRegistry, type TunnelEntry, type TunnelKind } from './tunnels';
+import type { AgentMetrics } from './metrics';
 
 /** What the daemon needs from a Q2Q node; q2q/negotiate's Q2QNode is one. */
 export interface AgentNode {
@@ -61,6 +62,8 @@ export interface AgentDaemonOptions {
   createNode: CreateNode;
   /** The control API's unix socket; null runs without one (foreground `vertex expose`/`forward`). */
   controlSocket: string | null;
+  /** The agent's metrics (agent/metrics.ts): told of tunnels, connects and the node's events. */
+  metrics?: AgentMetrics;
   /** Gets a new certificate for `current` from its home server; without it the agent does not renew. */
   renew?: (current: Identity) => Promise<Identity>;
   /** Run the SOCKS5 front-end; default true. */
@@ -152,7 +155,8 @@ export class AgentDaemon {
     this.#config = opts.config;
     this.#log = (opts.log ?? silentLogger).child({ component: 'agent' });
     this.#clock = opts.clock ?? systemClock;
-    this.tunnels = new TunnelRegistry({ clock: this.#clock });
+    this.tunnels = new TunnelRegistry({ clock: this.#clock, ...(opts.metrics ? { observer: opts.metrics } : {}) });
+    opts.metrics?.readTunnels(() => this.tunnels.list());
   }
 
   get address(): string {
@@ -185,6 +189,7 @@ export class AgentDaemon {
         log: this.#log,
       });
       this.#node = node;
+      this.#opts.metrics?.watchNode(node);
       await node.start();
 
       const renew = this.#opts.renew;
@@ -476,6 +481,10 @@ export class AgentDaemon {
     try {
       if (signal?.aborted) throw vertexError('ConnectionLost', `connect ${target}: the client left before its turn to dial`);
       stream = await node.connect(target, opts);
+      this.#opts.metrics?.connected(stream.route, stream.connectMs);
+    } catch (err) {
+      this.#opts.metrics?.connectFailed(err);
+      throw err;
     } finally {
       this.#releaseDialSlot();
     }

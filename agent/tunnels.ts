@@ -39,6 +39,12 @@ export interface TunnelEntry extends TunnelInfo {
   bytesOut: number;
 }
 
+/** Told of every tunnel's open and close (the agent's metrics). */
+export interface TunnelObserver {
+  opened(info: TunnelInfo): void;
+  closed(info: TunnelInfo, bytesIn: number, bytesOut: number): void;
+}
+
 interface Counted {
   bytesRead?: number;
   bytesWritten?: number;
@@ -59,11 +65,13 @@ export class TunnelRegistry {
   readonly #clock: Clock;
   readonly #wallNow: () => number;
   readonly #tunnels = new Map<number, Record_>();
+  readonly #observer: TunnelObserver | undefined;
   #nextId = 1;
 
-  constructor(opts: { clock?: Clock; wallNow?: () => number } = {}) {
+  constructor(opts: { clock?: Clock; wallNow?: () => number; observer?: TunnelObserver } = {}) {
     this.#clock = opts.clock ?? systemClock;
     this.#wallNow = opts.wallNow ?? Date.now;
+    this.#observer = opts.observer;
   }
 
   get size(): number {
@@ -86,32 +94,44 @@ export class TunnelRegistry {
       baseRead: counted.bytesRead ?? 0,
       baseWritten: counted.bytesWritten ?? 0,
     });
+    this.#observer?.opened(info);
     const remove = (): void => {
+      const record = this.#tunnels.get(id);
+      if (!record) return;
       this.#tunnels.delete(id);
+      if (this.#observer) {
+        const [bytesIn, bytesOut] = this.#bytes(record);
+        this.#observer.closed(info, bytesIn, bytesOut);
+      }
     };
     if (stream.destroyed) remove();
     else stream.once('close', remove);
     return id;
   }
 
+  #bytes(t: Record_): [number, number] {
+    const counted = t.stream as Duplex & Counted;
+    return [Math.max(0, (counted.bytesRead ?? 0) - t.baseRead), Math.max(0, (counted.bytesWritten ?? 0) - t.baseWritten)];
+  }
+
   list(): TunnelEntry[] {
     const now = this.#clock.now();
     return [...this.#tunnels.values()].map((t) => {
-      const counted = t.stream as Duplex & Counted;
+      const [bytesIn, bytesOut] = this.#bytes(t);
       return {
         id: t.id,
         ...t.info,
         startedAt: new Date(t.startedWall).toISOString(),
         ageMs: Math.max(0, Math.round(now - t.startedMono)),
-        bytesIn: Math.max(0, (counted.bytesRead ?? 0) - t.baseRead),
-        bytesOut: Math.max(0, (counted.bytesWritten ?? 0) - t.baseWritten),
+        bytesIn,
+        bytesOut,
       };
     });
   }
 
   /** Destroys every tunnel still open; used at the end of a stop. */
   destroyAll(): void {
-    for (const t of this.#tunnels.values()) t.stream.destroy();
+    for (const t of [...this.#tunnels.values()]) t.stream.destroy();
     this.#tunnels.clear();
   }
 

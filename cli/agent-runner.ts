@@ -5,6 +5,8 @@
  * the config, the home, the resolver, the logger and the node factory.
  */
 import { AgentDaemon, type CreateNode } from '../agent/daemon';
+import { AgentMetrics } from '../agent/metrics';
+import { MetricsHttpServer } from '../q2q/util/metrics-http';
 import { Q2QNode, type Identity } from '../q2q';
 import { parseAddress } from '../q2q/address';
 import { renewCertificate } from '../q2q/control/accounts';
@@ -54,6 +56,8 @@ export function describeRunning(daemon: AgentDaemon, extra: string[] = []): stri
 }
 
 export interface RunAgentOptions {
+  /** Serve /metrics when the config has `metrics:` (vertex agent); one-shot commands do not. */
+  metrics?: boolean;
   socks?: boolean;
   control?: boolean;
   /** Reload on SIGHUP from this file. */
@@ -63,7 +67,10 @@ export interface RunAgentOptions {
 /** Starts a daemon for `setup` and stops it on SIGINT/SIGTERM. */
 export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAgentOptions = {}): Promise<AgentDaemon> {
   const log = agentLogger(args, setup.config);
+  const metricsListen = opts.metrics ? setup.config.metrics?.listen : undefined;
+  const metrics = metricsListen ? new AgentMetrics() : undefined;
   const daemon = new AgentDaemon({
+    ...(metrics ? { metrics } : {}),
     config: setup.config,
     home: setup.home,
     resolve: setup.resolve,
@@ -75,11 +82,18 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
   });
   // Handlers first: a signal that arrives while the agent starts still stops it cleanly.
   const starting = daemon.start();
+  let http: MetricsHttpServer | undefined;
   onStopSignals(async () => {
     await starting.catch(() => undefined);
+    await http?.close();
     await daemon.stop();
   });
   await starting;
+  if (metrics && metricsListen) {
+    http = new MetricsHttpServer(metrics, { log: log.child({ component: 'metrics' }) });
+    const bound = await http.listen(metricsListen.host, metricsListen.port);
+    process.stdout.write(`vertex agent: metrics on http://${formatHostPort({ host: metricsListen.host, port: bound.port })}/metrics\n`);
+  }
   const reloadFrom = opts.reloadFrom;
   if (reloadFrom) {
     process.on('SIGHUP', () => {

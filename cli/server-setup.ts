@@ -19,6 +19,7 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     certificateLifetimeMs: config.certificateLifetimeMs,
     relay: { ...config.relay },
     store: config.store,
+    ...(config.metrics ? { metrics: { ...config.metrics.listen } } : {}),
     limits: {
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,

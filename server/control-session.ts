@@ -12,6 +12,7 @@ import { COMMANDS, PROTOCOL_VERSION, SOFTWARE } from '../q2q/control/protocol';
 import type { Logger } from '../q2q/util/log';
 import type { AccountService } from './account-service';
 import type { Broker } from './broker';
+import { instrumentCommands, type ServerMetrics } from './metrics';
 
 export interface SessionContext {
   /** The remote IP, for rate limiting and logs. */
@@ -32,6 +33,7 @@ export interface ControlSessionOptions {
   log: Logger;
   maxBoxBytes: number;
   helloTimeoutMs: number;
+  metrics?: ServerMetrics;
 }
 
 function requireArg(args: AmpArgs, name: string, command: string): string {
@@ -50,6 +52,7 @@ export class ControlSession {
     const { socket, context, accounts, broker, log } = opts;
     this.context = context;
     this.peer = attachAmp(socket, { log, limits: { maxBoxBytes: opts.maxBoxBytes } });
+    if (opts.metrics) instrumentCommands(this.peer, opts.metrics);
     this.#helloTimer = setTimeout(() => {
       if (!this.#helloDone) {
         log.info('closing control connection: no hello in time');

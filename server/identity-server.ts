@@ -23,6 +23,8 @@ import { ControlSession } from './control-session';
 import { Broker } from './broker';
 import { Federation } from './federation';
 import { Relay } from './relay';
+import { instrumentStore, ServerMetrics } from './metrics';
+import { MetricsHttpServer } from '../q2q/util/metrics-http';
 import type { AccountStore } from './store/account-store';
 import { DATABASE_FILE, openAccountStore } from './store/open-store';
 
@@ -36,6 +38,10 @@ export interface IdentityServerOptions {
   relay: { enabled: boolean; maxStreams: number; perUserRate: number };
   /** `sqlite` (dataDir/vertex.db, the default) or a postgres:// URL. */
   store?: string;
+  /** Serve Prometheus metrics and /health on this address (off when absent). */
+  metrics?: { host: string; port: number };
+  /** This node's name in metrics; default the host name. */
+  nodeName?: string;
   /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
   resolve?: ServerResolver;
   log?: Logger;
@@ -65,6 +71,9 @@ export class IdentityServer {
   #udp: dgram.Socket | null = null;
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Set<ControlSession>();
+  #metrics: ServerMetrics | null = null;
+  #metricsHttp: MetricsHttpServer | null = null;
+  #metricsAddress: { host: string; port: number } | null = null;
 
   constructor(opts: IdentityServerOptions) {
     this.#opts = opts;
@@ -94,12 +103,16 @@ export class IdentityServer {
       }
     }
     this.#store = await openAccountStore({ store: this.#opts.store ?? 'sqlite', dataDir, log: this.#log.child({ component: 'store' }) });
+    if (this.#opts.metrics) {
+      this.#metrics = new ServerMetrics(this.#opts.nodeName ? { node: this.#opts.nodeName } : {});
+      this.#store = instrumentStore(this.#store, this.#metrics);
+    }
     this.#accounts = new AccountService({
       store: this.#store, cas, registration: this.#opts.registration,
       certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),
     });
 
-    this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }) });
+    this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }), ...(this.#metrics ? { metrics: this.#metrics } : {}) });
     this.#broker = new Broker({ domains, relay: this.#relay, log: this.#log.child({ component: 'broker' }) });
     this.#federation = new Federation({
       dataDir, resolve: this.#opts.resolve ?? createServerResolver(), log: this.#log.child({ component: 'federation' }),
@@ -156,7 +169,25 @@ export class IdentityServer {
       }
     }
     this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
+    if (this.#metrics && this.#opts.metrics) await this.#startMetrics(this.#metrics, this.#opts.metrics);
     return { host, port: bound.port, createdCas };
+  }
+
+  async #startMetrics(metrics: ServerMetrics, listen: { host: string; port: number }): Promise<void> {
+    const store = this.#store!;
+    metrics.attach(
+      { sessions: () => this.#sessions.size, onlineAgents: () => this.#broker?.onlineCount ?? 0, relayActive: () => this.#relay?.activeStreams ?? 0 },
+      () => (this.#tcp ? store.ping() : Promise.reject(new Error('stopping'))),
+    );
+    this.#metricsHttp = new MetricsHttpServer(metrics, { log: this.#log.child({ component: 'metrics' }) });
+    const bound = await this.#metricsHttp.listen(listen.host, listen.port);
+    this.#metricsAddress = { host: listen.host, port: bound.port };
+    this.#log.info({ host: listen.host, port: bound.port }, 'metrics on /metrics, health on /health');
+  }
+
+  /** Where /metrics is served, once started with `metrics`. */
+  get metricsAddress(): { host: string; port: number } | null {
+    return this.#metricsAddress;
   }
 
   async #startUdp(host: string, port: number): Promise<void> {
@@ -215,6 +246,7 @@ export class IdentityServer {
       return;
     }
     const session = new ControlSession({
+      ...(this.#metrics ? { metrics: this.#metrics } : {}),
       socket,
       context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local },
       accounts: this.accounts,
@@ -251,6 +283,8 @@ export class IdentityServer {
   async stop(): Promise<void> {
     const tcp = this.#tcp;
     this.#tcp = null;
+    await this.#metricsHttp?.close();
+    this.#metricsHttp = null;
     if (tcp) {
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
       for (const socket of this.#sockets) socket.destroy();

@@ -13,6 +13,7 @@ import { vertexError, VertexError } from '../q2q/errors';
 import { carryAbortsOverTcp } from '../q2q/negotiate/relay-leg';
 import { readPreamble, writePreamble } from '../q2q/transport/preamble';
 import type { Logger } from '../q2q/util/log';
+import type { ServerMetrics } from './metrics';
 
 export interface RelayOptions {
   enabled: boolean;
@@ -20,6 +21,7 @@ export interface RelayOptions {
   /** Bytes per second per user and direction; 0 = unlimited. */
   perUserRate: number;
   log: Logger;
+  metrics?: ServerMetrics;
 }
 
 type Role = 'caller' | 'listener';
@@ -161,6 +163,7 @@ export class Relay {
 
   #splice(a: TLSSocket, b: TLSSocket, pending: PendingRelay): void {
     this.#activeStreams += 1;
+    this.#opts.metrics?.relaySpliced(a, b);
     this.#active.add(a);
     this.#active.add(b);
     let open = 2;

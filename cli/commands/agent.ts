@@ -13,7 +13,7 @@ export const agentCommand: CommandModule<GlobalArgs, AgentArgs> = {
   builder: (y) => y.option('config', { type: 'string', describe: `agent.yaml [<home>/${AGENT_CONFIG_FILE}]` }) as Argv<AgentArgs>,
   handler: async (args) => {
     const setup = agentSetup(args);
-    const daemon = await runAgent(args, setup, { reloadFrom: setup.configFile });
+    const daemon = await runAgent(args, setup, { reloadFrom: setup.configFile, metrics: true });
     process.stdout.write(`${describeRunning(daemon)}\n`);
   },
 };

@@ -8,7 +8,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { formatAddress, parseAddress, parseDomain } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { buildServerConfig, loadServerConfig, type ServerOverrides } from '../../config/load';
-import { parseDuration, type ServerConfig } from '../../config/schema';
+import { formatHostPort, parseDuration, type ServerConfig } from '../../config/schema';
 import { DEFAULTS } from '../../config/defaults';
 import { IdentityServer } from '../../server/identity-server';
 import { caDir } from '../../server/ca-store';
@@ -33,6 +33,7 @@ interface ServerArgs extends GlobalArgs {
   publicAddress?: string;
   registration?: 'open' | 'invite' | 'closed';
   store?: string;
+  metrics?: string;
 }
 
 function flagOverrides(args: ServerArgs): ServerOverrides {
@@ -43,6 +44,7 @@ function flagOverrides(args: ServerArgs): ServerOverrides {
     ...(args.publicAddress ? { public_address: args.publicAddress } : {}),
     ...(args.registration ? { registration: args.registration } : {}),
     ...(args.store ? { store: args.store } : {}),
+    ...(args.metrics ? { metrics: { listen: args.metrics } } : {}),
   };
 }
 
@@ -77,7 +79,8 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
     .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' })
-    .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' }) as unknown as Argv<ServerArgs>;
+    .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' })
+    .option('metrics', { type: 'string', describe: 'serve Prometheus /metrics and /health on HOST:PORT (a bare PORT binds 127.0.0.1) [off]' }) as unknown as Argv<ServerArgs>;
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */
@@ -102,6 +105,8 @@ export async function runServer(config: ServerConfig, logLevel: string | undefin
   }
   const accounts = config.store === 'sqlite' ? '' : `; accounts in ${describeStore(config.store, config.dataDir)}`;
   process.stdout.write(`vertex server: listening on ${bound.host}:${bound.port} (tcp+udp) for ${config.domains.join(', ')}; data in ${config.dataDir}${accounts}\n`);
+  const metrics = server.metricsAddress;
+  if (metrics) process.stdout.write(`vertex server: metrics on http://${formatHostPort(metrics)}/metrics, health on /health\n`);
   return server;
 }
 

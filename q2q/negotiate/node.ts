@@ -563,6 +563,7 @@ export class Q2QNode extends EventEmitter {
     verifyUserCertificate(listenerCert, ca, { expectedAddress: to });
     // Both ends behind per-destination mappings: skip the punch, relay at once (nat-type.ts).
     const hopeless = punchHopeless(this.natMapping, peerMapping(answer.candidates));
+    if (hopeless && parseCandidates(answer.candidates).some((c) => c.route === 'ptcp')) this.emit('punch', 'skipped');
     const stream = await this.#race({
       to, service, token: answer.token ?? '', listenerCert,
       candidates: parseCandidates(answer.candidates).filter((c) => this.#routes.includes(c.route) && !(hopeless && c.route === 'ptcp')),
@@ -684,7 +685,11 @@ export class Q2QNode extends EventEmitter {
           // A race settled during the stagger must not bind a PTCP socket: one bound after
           // stop() is never closed and keeps a one-shot process (vertex ping) alive.
           if (raceOver.signal.aborted) throw new Error('not needed');
-          return punchedConnect(await this.#ptcpSocket(), p.token, candidate, { deadline: p.deadline, signal: raceOver.signal });
+          // 'punch' events: the agent's metrics count attempts and outcomes (agent/metrics.ts).
+          return punchedConnect(await this.#ptcpSocket(), p.token, candidate, { deadline: p.deadline, signal: raceOver.signal }).then(
+            (socket) => { this.emit('punch', 'ok'); return socket; },
+            (err: unknown) => { this.emit('punch', raceOver.signal.aborted ? 'cancelled' : 'failed'); throw err; },
+          );
         });
       }
       for (const candidate of p.candidates.filter((c) => c.route === 'tcp')) {
