@@ -4,6 +4,7 @@
  * (agent/daemon.ts) reads nothing from argv, env or files; this hands it
  * the config, the home, the resolver, the logger and the node factory.
  */
+import { AgentLock } from '../agent/agent-lock';
 import { AgentDaemon, type CreateNode } from '../agent/daemon';
 import { AgentMetrics } from '../agent/metrics';
 import { MetricsHttpServer } from '../q2q/util/metrics-http';
@@ -67,6 +68,10 @@ export interface RunAgentOptions {
 /** Starts a daemon for `setup` and stops it on SIGINT/SIGTERM. */
 export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAgentOptions = {}): Promise<AgentDaemon> {
   const log = agentLogger(args, setup.config);
+  // One agent per home, checked before anything reaches the server (issue 13).
+  const identity = setup.home.loadIdentity(setup.config.identity).address;
+  const lock = AgentLock.acquire(setup.homeDir, { identity, socket: opts.control === false ? null : setup.socketPath, config: setup.configFile });
+  process.once('exit', () => lock.release());
   const metricsListen = opts.metrics ? setup.config.metrics?.listen : undefined;
   const metrics = metricsListen ? new AgentMetrics() : undefined;
   const daemon = new AgentDaemon({
@@ -87,6 +92,7 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
     await starting.catch(() => undefined);
     await http?.close();
     await daemon.stop();
+    lock.release();
   });
   await starting;
   if (metrics && metricsListen) {

@@ -10,11 +10,22 @@
  *   else the defaults.
  * - Node options for commands that dial by themselves when no agent runs
  *   (`connect`, `ping`, `send`, foreground `receive`).
+ * - The running agent (agentSockets/openAgent/callRunningAgent): `--socket`;
+ *   else the socket of `--config`; else the one the home's running agent
+ *   wrote into `<home>/agent.lock` (whatever config it was started with);
+ *   else the home's agent.yaml (or the default, `control.socket: auto`);
+ *   and, for the default home only, the well-known places:
+ *   `$XDG_RUNTIME_DIR/vertex/agent.sock` (the user unit) and
+ *   `/run/vertex/agent.sock` (the system unit).
  */
 import * as fs from 'node:fs';
+import type * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Options } from 'yargs';
+import { readAgentLock } from '../agent/agent-lock';
+import { openControl, sendRequest } from '../agent/control-client';
+import type { ControlOp } from '../agent/control-api';
 import { HomeStore, type StoredIdentity } from '../agent/home-store';
 import { connectQ2Q, type Q2QOptions, type Q2QStream } from '../q2q';
 import { createServerResolver, type ServerEndpoint, type ServerResolver } from '../q2q/control/discovery';
@@ -224,4 +235,74 @@ export function nodeSetup(args: NodeArgs): NodeSetup {
     log,
   };
   return { identity, options, home, log, setup };
+}
+
+// ---- finding the running agent ----
+
+/** The system unit's socket (RuntimeDirectory=vertex). */
+export const SYSTEM_AGENT_SOCKET = '/run/vertex/agent.sock';
+
+export interface AgentSocket {
+  path: string;
+  /** Where the path came from, for "no agent is running" messages. */
+  why: string;
+}
+
+/** Where to look for the running agent, in order, without duplicates. */
+export function agentSockets(args: AgentArgs, env: NodeJS.ProcessEnv = process.env): AgentSocket[] {
+  if (args.socket) return [{ path: path.resolve(args.socket), why: '--socket' }];
+  const dir = homeDir(args, env);
+  const found: AgentSocket[] = [];
+  const add = (p: string | null | undefined, why: string): void => {
+    if (p && !found.some((f) => f.path === p)) found.push({ path: p, why });
+  };
+  if (args.config) {
+    const config = readAgentConfig(path.resolve(args.config));
+    return [{ path: resolveControlSocket(config.control.socket, { env, home: dir }), why: `control.socket of ${args.config}` }];
+  }
+  add(readAgentLock(dir)?.socket, `the running agent's ${path.join(dir, 'agent.lock')}`);
+  const file = agentConfigFile(args);
+  add(resolveControlSocket(readAgentConfig(file).control.socket, { env, home: dir }), file ? `control.socket of ${file}` : 'control.socket: auto');
+  const explicitHome = Boolean(args.home) || Boolean(env.VERTEX_HOME);
+  if (!explicitHome) {
+    if (env.XDG_RUNTIME_DIR) add(path.join(env.XDG_RUNTIME_DIR, 'vertex', 'agent.sock'), 'the user unit');
+    add(SYSTEM_AGENT_SOCKET, 'the system unit');
+  }
+  return found;
+}
+
+/** A connection to the first agent that answers, or null with the places looked at. */
+export async function openAgent(args: AgentArgs): Promise<{ socket: net.Socket; path: string } | { socket: null; looked: AgentSocket[] }> {
+  const candidates = agentSockets(args);
+  for (const c of candidates) {
+    try {
+      const socket = await openControl(c.path);
+      if (socket) return { socket, path: c.path };
+    } catch (err) {
+      // Another user's socket (the system agent's, for a normal user): keep looking, but an
+      // explicit --socket that cannot be opened is an error of its own.
+      if (args.socket) throw err;
+    }
+  }
+  return { socket: null, looked: candidates };
+}
+
+export function noAgentMessage(looked: AgentSocket[]): string {
+  return `no agent is running (looked at ${looked.map((l) => `${l.path} (${l.why})`).join(', ')}); start one with \`vertex agent\`, or name its socket with --socket`;
+}
+
+/** One request to the running agent; `{ agent: false }` when none answers. */
+export async function callRunningAgent(
+  args: AgentArgs,
+  op: Exclude<ControlOp, 'connect'>,
+  request: Record<string, unknown> = {},
+  opts: { timeoutMs?: number } = {},
+): Promise<{ agent: false; looked: AgentSocket[] } | { agent: true; result: unknown; path: string }> {
+  const found = await openAgent(args);
+  if (!found.socket) return { agent: false, looked: found.looked };
+  try {
+    return { agent: true, result: await sendRequest(found.socket, op, request, opts), path: found.path };
+  } finally {
+    found.socket.destroy();
+  }
 }

@@ -57,5 +57,7 @@ export const EXIT_CODES: Record<ErrorCode, ExitStatus> = {
   TransferRejected: EXIT.denied,
   TransferFailed: EXIT.other,
   StorageUnavailable: EXIT.other,
+  AgentRunning: EXIT.other,
+  Refused: EXIT.unreachable,
   Internal: EXIT.other,
 };

@@ -53,6 +53,9 @@ export const ERROR_CODES = {
   TransferFailed: 'a file transfer broke off: disk, verification or the other end',
   // server operation
   StorageUnavailable: "the server's account store cannot be reached or written: database down, disk full, read-only or failing",
+  // the local agent
+  AgentRunning: 'another agent already runs for this home or identity',
+  Refused: "the peer's service refused the connection",
   Internal: 'an unexpected internal error',
 } as const;
 

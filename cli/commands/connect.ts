@@ -17,12 +17,12 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Duplex, Writable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
-import { openControl, sendRequest } from '../../agent/control-client';
+import { sendRequest } from '../../agent/control-client';
 import { FramedTunnel } from '../../agent/control-tunnel';
 import { joinStdio } from '../../agent/frontends/stdio';
 import { formatServiceAddress, parseHostTarget, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
-import { agentSetup, cliLogger, connectAlone, type AgentArgs, type GlobalArgs } from '../context';
+import { agentSetup, cliLogger, connectAlone, openAgent, type AgentArgs, type GlobalArgs } from '../context';
 
 export const DEFAULT_CONNECT_TIMEOUT_S = 15;
 /** Extra time for the agent's answer beyond its own connect timeout. */
@@ -73,16 +73,18 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
 
     let tunnel: Duplex;
     let describeFailure: ((err: Error) => string) = (err) => `tunnel to ${target} broke off: ${err.message}`;
-    const control = await openControl(setup.socketPath);
+    const found = await openAgent(args);
+    const control = found.socket;
     if (control) {
+      const socketPath = found.path;
       const info = (await sendRequest(control, 'connect', { target, timeoutMs, framed: true }, {
         timeoutMs: timeoutMs + AGENT_REPLY_MARGIN_MS,
-        waitingFor: `the agent (${setup.socketPath}) to connect to ${target}`,
+        waitingFor: `the agent (${socketPath}) to connect to ${target}`,
       })) as { route: string; connectMs: number; framed?: boolean };
       log.info({ target, route: info.route, connectMs: info.connectMs, via: 'agent' }, 'connected');
       if (info.framed) {
         // The agent says how the tunnel ended: an ABORT frame carries its reason.
-        tunnel = new FramedTunnel(control, { other: `the agent (${setup.socketPath})` });
+        tunnel = new FramedTunnel(control, { other: `the agent (${socketPath})` });
       } else {
         // An older agent: raw bytes, so a reset far away looks like any close; its log has the reason.
         tunnel = control;

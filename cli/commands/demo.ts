@@ -18,6 +18,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
+import { AgentLock } from '../../agent/agent-lock';
 import { AgentDaemon } from '../../agent/daemon';
 import { HomeStore } from '../../agent/home-store';
 import { registerAccount } from '../../q2q/control/accounts';
@@ -88,6 +89,10 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
   handler: async (args) => {
     const dataDir = path.resolve(args.data);
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    // A demo already running on this data refuses a second one before anything starts or changes.
+    const homeDir = path.join(dataDir, 'home');
+    const lock = AgentLock.acquire(homeDir, { identity: `${DEMO_USER}@${DEMO_DOMAIN}`, socket: path.join(homeDir, 'agent.sock'), config: null });
+    process.once('exit', () => lock.release());
     parseHostPort(args.socks, { code: 'Usage' });
     const logLevel = logLevelOf(args) ?? 'warn';
     const log = createLogger({ level: logLevel });
@@ -106,7 +111,6 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
     process.stdout.write(`vertex demo: identity server for ${DEMO_DOMAIN} listening on ${serverAddress} (tcp+udp); data in ${dataDir}\n`);
 
     const address = `${DEMO_USER}@${DEMO_DOMAIN}`;
-    const homeDir = path.join(dataDir, 'home');
     const home = new HomeStore(homeDir);
     if (!home.hasIdentity(address)) {
       const connection = await openServerConnection({

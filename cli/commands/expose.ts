@@ -5,11 +5,10 @@
  * foreground until Ctrl-C.
  */
 import type { Argv, CommandModule } from 'yargs';
-import { callAgent } from '../../agent/control-client';
 import { parseService } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { formatHostPort, parseHostPort } from '../../config/schema';
-import { agentSetup, repeatable, type AgentArgs, type GlobalArgs } from '../context';
+import { agentSetup, callRunningAgent, noAgentMessage, repeatable, type AgentArgs, type GlobalArgs } from '../context';
 import { describeAllow, printResult } from '../output';
 import { describeRunning, runAgent } from '../agent-runner';
 
@@ -31,11 +30,10 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ExposeArgs>,
   handler: async (args) => {
     const service = parseService(args.service);
-    const setup = agentSetup(args);
     if (args.remove) {
       if (args.target !== undefined) throw vertexError('Usage', 'expose --remove SERVICE takes no target');
-      const reply = await callAgent(setup.socketPath, 'expose-remove', { service });
-      if (!reply.agent) throw vertexError('Usage', `expose --remove ${service}: no agent is running (control socket ${setup.socketPath})`);
+      const reply = await callRunningAgent(args, 'expose-remove', { service });
+      if (!reply.agent) throw vertexError('Usage', `expose --remove ${service}: ${noAgentMessage(reply.looked)}`);
       printResult(args.json, `no longer exposing ${service}`, { service, removed: true });
       return;
     }
@@ -43,7 +41,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
     // Parsed here so that a bad target is a usage error, not a config error, and a bare port works.
     const target = formatHostPort(parseHostPort(args.target, { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' }));
     const allow = args.allow?.length ? args.allow : undefined;
-    const reply = await callAgent(setup.socketPath, 'expose-add', { service, target, ...(allow && { allow }) });
+    const reply = await callRunningAgent(args, 'expose-add', { service, target, ...(allow && { allow }) });
     if (reply.agent) {
       const r = reply.result as { address: string; target: string; allow: string[] };
       const owner = r.address.slice(0, r.address.lastIndexOf(':'));

@@ -5,11 +5,10 @@
  * runs it in the foreground until Ctrl-C.
  */
 import type { Argv, CommandModule } from 'yargs';
-import { callAgent } from '../../agent/control-client';
 import { formatServiceAddress, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort } from '../../config/schema';
-import { agentSetup, type AgentArgs, type GlobalArgs } from '../context';
+import { agentSetup, callRunningAgent, noAgentMessage, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
 import { describeRunning, runAgent } from '../agent-runner';
 
@@ -29,17 +28,16 @@ export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ForwardArgs>,
   handler: async (args) => {
     const listen = formatHostPort(parseHostPort(String(args.listen), { ...FORWARD_LISTEN, code: 'Usage' }));
-    const setup = agentSetup(args);
     if (args.remove) {
       if (args.to !== undefined) throw vertexError('Usage', 'forward --remove [BIND:]PORT takes no target');
-      const reply = await callAgent(setup.socketPath, 'forward-remove', { listen });
-      if (!reply.agent) throw vertexError('Usage', `forward --remove ${listen}: no agent is running (control socket ${setup.socketPath})`);
+      const reply = await callRunningAgent(args, 'forward-remove', { listen });
+      if (!reply.agent) throw vertexError('Usage', `forward --remove ${listen}: ${noAgentMessage(reply.looked)}`);
       printResult(args.json, `removed the forward on ${listen}`, { listen, removed: true });
       return;
     }
     if (args.to === undefined) throw vertexError('Usage', `forward ${listen}: name the remote USER@DOMAIN:SERVICE`);
     const to = formatServiceAddress(parseServiceAddress(args.to));
-    const reply = await callAgent(setup.socketPath, 'forward-add', { listen, to });
+    const reply = await callRunningAgent(args, 'forward-add', { listen, to });
     if (reply.agent) {
       const r = reply.result as { listen: string; to: string };
       printResult(args.json, `forwarding ${r.listen} -> ${r.to} on the running agent`, { ...r, agent: true });

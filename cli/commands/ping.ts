@@ -4,11 +4,10 @@
  * agent's sessions are what gets measured), else with a connection of its own.
  */
 import type { Argv, CommandModule } from 'yargs';
-import { callAgent } from '../../agent/control-client';
 import { pingWith } from '../../agent/daemon';
 import { DEFAULT_PING_COUNT, formatPing, MAX_PING_COUNT, type PingResult } from '../../agent/ping';
 import { vertexError } from '../../q2q/errors';
-import { agentSetup, cliLogger, connectAlone, type AgentArgs, type GlobalArgs } from '../context';
+import { agentSetup, callRunningAgent, cliLogger, connectAlone, type AgentArgs, type GlobalArgs } from '../context';
 import { printResult } from '../output';
 
 interface PingArgs extends AgentArgs {
@@ -25,13 +24,13 @@ export const pingCommand: CommandModule<GlobalArgs, PingArgs> = {
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<PingArgs>,
   handler: async (args) => {
     if (!Number.isInteger(args.count) || args.count < 1 || args.count > MAX_PING_COUNT) throw vertexError('Usage', `--count must be 1-${MAX_PING_COUNT}`);
-    const setup = agentSetup(args);
-    const reply = await callAgent(setup.socketPath, 'ping', { target: args.target, count: args.count }, { timeoutMs: 30_000 });
+    const reply = await callRunningAgent(args, 'ping', { target: args.target, count: args.count }, { timeoutMs: 30_000 });
     let result: PingResult;
     if (reply.agent) {
       result = reply.result as PingResult;
     } else {
       const log = cliLogger(args, 'warn', 'vertex-ping');
+      const setup = agentSetup(args);
       result = await pingWith((t) => connectAlone(setup, t, log), args.target, args.count);
     }
     printResult(args.json, formatPing(result), result);

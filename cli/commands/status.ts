@@ -4,10 +4,9 @@
  * services, forwards, and every open tunnel with its route, age and bytes.
  */
 import type { Argv, CommandModule } from 'yargs';
-import { callAgent } from '../../agent/control-client';
 import type { AgentStatus } from '../../agent/daemon';
 import { vertexError } from '../../q2q/errors';
-import { agentSetup, type AgentArgs, type GlobalArgs } from '../context';
+import { callRunningAgent, noAgentMessage, type AgentArgs, type GlobalArgs } from '../context';
 import { describeAllow, printResult } from '../output';
 
 export function formatBytes(n: number): string {
@@ -79,9 +78,8 @@ export const statusCommand: CommandModule<GlobalArgs, AgentArgs> = {
   describe: 'show the running agent: identity, server connection, exposes, forwards, tunnels with routes',
   builder: (y) => y.option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as Argv<AgentArgs>,
   handler: async (args) => {
-    const setup = agentSetup(args);
-    const reply = await callAgent(setup.socketPath, 'status');
-    if (!reply.agent) throw vertexError('Internal', `no agent is running (control socket ${setup.socketPath}); start one with \`vertex agent\``);
+    const reply = await callRunningAgent(args, 'status');
+    if (!reply.agent) throw vertexError('Internal', noAgentMessage(reply.looked));
     const status = reply.result as AgentStatus;
     printResult(args.json, formatStatus(status), status);
   },

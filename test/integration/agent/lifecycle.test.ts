@@ -143,7 +143,7 @@ describe('agent lifecycle', () => {
     fs.mkdirSync(emptyHome);
     const noAgent = await run(alice.argv[0] as string, [alice.argv[1] as string, '--home', emptyHome, 'status'], { env: { XDG_RUNTIME_DIR: '', RUNTIME_DIRECTORY: '' } });
     expect(noAgent.code).toBe(1);
-    expect(noAgent.stderr).toMatch(/no agent is running \(control socket .*agent\.sock\)/);
+    expect(noAgent.stderr).toMatch(/no agent is running \(looked at .*agent\.sock \(control\.socket: auto\)\)/);
   });
 
   it('SIGTERM stops the agent cleanly: exit 0, socket gone, peers see it offline', async () => {

@@ -179,7 +179,8 @@ describe('the units keep INTERFACE.md\'s promises', () => {
     const state = value(unit, 'Service', 'StateDirectory') ?? '';
     expect(state.split('/')[0]).toBe('vertex');
     expect(value(unit, 'Service', 'Environment')).toBe(`VERTEX_HOME=/var/lib/${state}`);
-    expect(value(unit, 'Service', 'RuntimeDirectory')).toBe('vertex-agent');
+    // /run/vertex/agent.sock: where `vertex status` looks for the system agent (cli/context.ts).
+    expect(value(unit, 'Service', 'RuntimeDirectory')).toBe('vertex');
     expect(value(unit, 'Service', 'ProtectHome')).toBe('yes');
   });
 
