@@ -390,17 +390,25 @@ export class AgentDaemon {
     await entry.listener.stop();
   }
 
+  /**
+   * Port 0 listens on a port the system picks; the bound address is what
+   * status, the CLI's answer and the log report. A config entry keeps its
+   * written address as its key (so a reload matches it again); a CLI entry on
+   * port 0 is keyed by the bound address, so several can coexist.
+   */
   async #addForward(spec: ForwardSpec, source: EntrySource): Promise<ForwardListener> {
     const target = formatServiceAddress(parseServiceAddress(spec.to));
-    const key = formatHostPort(spec.listen);
-    if (this.#forwards.has(key)) throw vertexError('Usage', `forward ${key}: already forwarding to ${this.#forwards.get(key)?.to}`);
+    const ephemeral = spec.listen.port === 0 && source === 'cli';
+    let key = formatHostPort(spec.listen);
+    if (!ephemeral && this.#forwards.has(key)) throw vertexError('Usage', `forward ${key}: already forwarding to ${this.#forwards.get(key)?.to}`);
     const listener = new ForwardListener({
       listen: spec.listen,
       to: target,
       dial: ({ address }) => this.#dialQ2Q(target, 'forward', address),
       log: this.#log,
     });
-    await listener.start();
+    const bound = await listener.start();
+    if (ephemeral) key = formatHostPort(bound);
     this.#forwards.set(key, { key, listener, to: target, source });
     return listener;
   }
@@ -447,14 +455,15 @@ export class AgentDaemon {
       if (!keep) {
         this.#forwards.delete(entry.key);
         await entry.listener.stop();
-        summary.forwards.removed.push(entry.key);
+        summary.forwards.removed.push(entry.listener.address ? formatHostPort(entry.listener.address) : entry.key);
       }
     }
     for (const [key, wanted] of wantedForwards) {
       if (this.#forwards.has(key)) continue;
       try {
-        await this.#addForward(wanted, 'config');
-        summary.forwards.added.push(key);
+        const listener = await this.#addForward(wanted, 'config');
+        // The bound address: the port the system chose for a port-0 entry.
+        summary.forwards.added.push(listener.address ? formatHostPort(listener.address) : key);
       } catch (err) {
         this.#log.warn({ forward: key, err: asVertexError(err).message }, 'reload: forward failed');
       }

@@ -213,7 +213,8 @@ function hostPortText(options: HostPortOptions, example: string) {
 const listenAddress = (example: string) => hostPortText({ minPort: 0 }, example);
 const connectAddress = hostPortText({ minPort: 1 }, '203.0.113.5:8788');
 /** A forward's `listen` may be a bare port, which binds loopback only. */
-export const FORWARD_LISTEN: HostPortOptions = { minPort: 1, defaultHost: '127.0.0.1' };
+/** Port 0 is allowed: the system picks a free port, reported by `vertex forward`, status and the log. */
+export const FORWARD_LISTEN: HostPortOptions = { minPort: 0, defaultHost: '127.0.0.1' };
 const forwardListen = hostPortText(FORWARD_LISTEN, '127.0.0.1:2222 or 2222');
 const serviceName = checkedTextOrNumber('a service name such as ssh, or a port number', serviceProblem);
 

@@ -22,7 +22,7 @@ export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
   command: 'forward <listen> [to]',
   describe: 'listen on [BIND:]PORT and tunnel each connection to USER@DOMAIN:SERVICE',
   builder: (y) => y
-    .positional('listen', { type: 'string', demandOption: true, describe: '[BIND:]PORT; a bare PORT binds 127.0.0.1' })
+    .positional('listen', { type: 'string', demandOption: true, describe: '[BIND:]PORT; a bare PORT binds 127.0.0.1; port 0 picks a free port and prints it' })
     .positional('to', { type: 'string', describe: 'USER@DOMAIN:SERVICE' })
     .option('remove', { type: 'boolean', describe: 'remove the forward on [BIND:]PORT from the running agent' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ForwardArgs>,

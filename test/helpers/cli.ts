@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { HANG_MS } from './net';
 
 export const ROOT = path.resolve(__dirname, '../..');
 export const VERTEX_BIN = path.join(ROOT, 'bin', 'vertex');
@@ -48,8 +49,12 @@ export function runVertex(args: string[], opts: { input?: string; env?: NodeJS.P
 export interface VertexProcess {
   child: ChildProcess;
   output: () => string;
-  /** Resolves with the first regex match in stdout+stderr, or rejects after timeoutMs. */
-  waitFor: (re: RegExp, timeoutMs?: number) => Promise<RegExpMatchArray>;
+  /**
+   * Resolves with the first match of `re` in stdout+stderr from offset `from`
+   * on (take `output().length` before an action to wait for what it logs);
+   * rejects when the process exits first, or after timeoutMs (a hang guard).
+   */
+  waitFor: (re: RegExp, timeoutMs?: number, from?: number) => Promise<RegExpMatchArray>;
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
 }
 
@@ -78,9 +83,9 @@ export function startVertex(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd
   return {
     child,
     output: () => output,
-    waitFor: (re, timeoutMs = 20000) => new Promise((resolve, reject) => {
+    waitFor: (re, timeoutMs = HANG_MS, from = 0) => new Promise((resolve, reject) => {
       const check = () => {
-        const m = output.match(re);
+        const m = output.slice(from).match(re);
         if (m) { cleanup(); resolve(m); return; }
         if (child.exitCode !== null || child.signalCode !== null) {
           cleanup(); reject(new Error(`process exited (${child.exitCode ?? child.signalCode}) before ${re}:\n${output}`));

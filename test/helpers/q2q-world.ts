@@ -4,7 +4,6 @@
  * registered through the real CLI, and helpers to build library nodes.
  */
 import { createHash } from 'node:crypto';
-import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { HomeStore } from '../../agent/home-store';
 import { createServerResolver, type ServerEndpoint } from '../../q2q/control/discovery';
@@ -71,13 +70,4 @@ export function exchange(stream: Duplex, payload: Buffer): Promise<Buffer> {
 export function echo(stream: Duplex): void {
   stream.on('error', () => undefined);
   stream.pipe(stream);
-}
-
-export function freeClosedPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }

@@ -9,7 +9,10 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { runVertex, startVertex, VERTEX_BIN, type RunResult, type VertexProcess } from '../../helpers/cli';
+import { connectTcp, HANG_MS, listenOnPort0, until as untilValue } from '../../helpers/net';
 import type { World } from '../../helpers/q2q-world';
+
+export { connectTcp };
 
 export const PAGE = '<!doctype html><html><head><title>bob</title></head><body><h1 id="greeting">hello from bob</h1></body></html>\n';
 
@@ -27,13 +30,7 @@ function track(server: net.Server): Set<net.Socket> {
   return sockets;
 }
 
-async function listen(server: net.Server): Promise<number> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  return (server.address() as net.AddressInfo).port;
-}
+const listen = (server: net.Server): Promise<number> => listenOnPort0(server);
 
 function closer(server: net.Server, sockets: Set<net.Socket>): () => Promise<void> {
   return () => {
@@ -86,7 +83,7 @@ export interface ProgramResult {
 
 /** Runs a program with `input` on stdin; kills it (and fails) after `ms`. */
 export function run(cmd: string, args: string[], opts: { input?: Buffer | string; ms?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<ProgramResult> {
-  const ms = opts.ms ?? 15_000;
+  const ms = opts.ms ?? 30_000;
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env }, ...(opts.cwd && { cwd: opts.cwd }) });
@@ -175,22 +172,11 @@ export async function startAgent(world: World, home: string, extraYaml = ''): Pr
   return { proc, home, socksPort: Number(socks[1]), ...vertexFor(world, home) };
 }
 
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  const port = await listen(s);
-  await new Promise<void>((resolve) => s.close(() => resolve()));
+/** The port in a `HOST:PORT` a command printed (a forward on port 0 reports the one it bound). */
+export function portOf(listen: string): number {
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  if (!Number.isInteger(port) || port <= 0) throw new Error(`no port in ${JSON.stringify(listen)}`);
   return port;
-}
-
-export function connectTcp(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
-    s.once('connect', () => {
-      s.off('error', reject);
-      resolve(s);
-    });
-    s.once('error', reject);
-  });
 }
 
 /** Writes `payload`, half-closes, and collects what comes back until the other side ends. */
@@ -204,13 +190,7 @@ export function exchange(socket: net.Socket, payload: Buffer | string): Promise<
   });
 }
 
-/** Polls until `cond` holds; the error names what it waited for. */
-export async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+/** Polls until `probe` returns a value (test/helpers/net.ts); the error names what it waited for. */
+export async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, ms = HANG_MS): Promise<T> {
+  return untilValue(what, probe, ms);
 }

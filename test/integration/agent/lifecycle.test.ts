@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { stopAll } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import type { AgentStatus } from '../../../agent/daemon';
-import { agentYaml, connectTcp, exchange, freePort, run, spawnClient, startAgent, startEcho, startWeb, stopClients, until, type AgentHandle, type Closable } from './helpers';
+import { agentYaml, connectTcp, exchange, portOf, run, spawnClient, startAgent, startEcho, startWeb, stopClients, until, type AgentHandle, type Closable } from './helpers';
 
 describe('agent lifecycle', () => {
   let world: World;
@@ -90,44 +90,53 @@ describe('agent lifecycle', () => {
   });
 
   it('SIGHUP applies a changed agent.yaml: forwards and exposes change, an open tunnel stays up', async () => {
-    const [p1, p2] = [await freePort(), await freePort()];
     const file = path.join(alice.home, 'agent.yaml');
     const original = fs.readFileSync(file, 'utf8');
     try {
-      await reloadSteps(file, original, p1, p2);
+      await reloadSteps(file, original);
     } finally {
       fs.writeFileSync(file, original);
     }
   });
 
-  async function reloadSteps(file: string, original: string, p1: number, p2: number): Promise<void> {
-    fs.writeFileSync(file, `${original}\nforwards:\n  - { listen: "127.0.0.1:${p1}", to: "bob@b.test:echo" }\n`);
+  /** Sends SIGHUP and waits for the agent's "reloaded" line; returns the forwards it added (bound addresses). */
+  async function reload(): Promise<string[]> {
+    const mark = alice.proc.output().length;
     alice.proc.child.kill('SIGHUP');
-    await alice.proc.waitFor(/reloaded .*"added":\["127\.0\.0\.1:\d+"\]/);
+    const line = await alice.proc.waitFor(/vertex agent: reloaded [^\n]*?: (\{.*\})\n/, undefined, mark);
+    return (JSON.parse(line[1] as string) as { forwards: { added: string[] } }).forwards.added;
+  }
+
+  async function reloadSteps(file: string, original: string): Promise<void> {
+    // Port 0: the agent picks a free port and reports the one it bound.
+    fs.writeFileSync(file, `${original}\nforwards:\n  - { listen: "127.0.0.1:0", to: "bob@b.test:echo" }\n`);
+    const [first] = await reload();
+    expect(first).toMatch(/^127\.0\.0\.1:\d+$/);
+    const p1 = portOf(first as string);
     const open = await connectTcp(p1);
     open.write('before ');
     await until('the tunnel through the first forward', async () => ((await status(alice)).tunnels.length === 1 ? true : undefined));
 
-    fs.writeFileSync(file, `${original}\nforwards:\n  - { listen: "127.0.0.1:${p2}", to: "bob@b.test:echo" }\nexpose:\n  - { service: web, target: "127.0.0.1:${web.port}" }\n`);
-    const before = alice.proc.output().length;
-    alice.proc.child.kill('SIGHUP');
-    await until('the second reload', () => (alice.proc.output().slice(before).includes('reloaded') ? true : undefined));
+    // Another forward (another loopback address) replaces it, and an expose comes in.
+    fs.writeFileSync(file, `${original}\nforwards:\n  - { listen: "127.0.0.2:0", to: "bob@b.test:echo" }\nexpose:\n  - { service: web, target: "127.0.0.1:${web.port}" }\n`);
+    const [second] = await reload();
+    const p2 = portOf(second as string);
     const s = await status(alice);
-    expect(s.forwards.map((f) => f.listen)).toEqual([`127.0.0.1:${p2}`]);
+    expect(s.forwards.map((f) => f.listen)).toEqual([`127.0.0.2:${p2}`]);
     expect(s.exposed.map((e) => e.service)).toEqual(['web']);
     await expect(connectTcp(p1)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
-    expect((await exchange(await connectTcp(p2), 'new')).toString()).toBe('new');
+    expect((await exchange(await connectTcp(p2, '127.0.0.2'), 'new')).toString()).toBe('new');
     expect((await exchange(open, 'after')).toString()).toBe('before after');
 
     // A broken file is reported and changes nothing.
     fs.writeFileSync(file, `${original}\nforwards: nonsense\n`);
     const mark = alice.proc.output().length;
     alice.proc.child.kill('SIGHUP');
-    await until('the reload error', () => (alice.proc.output().slice(mark).includes('config not applied') ? true : undefined));
+    await alice.proc.waitFor(/config not applied/, undefined, mark);
     expect(alice.proc.output().slice(mark)).toMatch(/agent\.yaml:\d+: forwards: expected a list/);
     // (The CLI reads the same file to find the socket, so put it back before asking.)
     fs.writeFileSync(file, original);
-    expect((await status(alice)).forwards.map((f) => f.listen)).toEqual([`127.0.0.1:${p2}`]);
+    expect((await status(alice)).forwards.map((f) => f.listen)).toEqual([`127.0.0.2:${p2}`]);
   }
 
   it('bad input on the command line: usage errors exit 2, no agent is a clear error', async () => {
@@ -150,7 +159,7 @@ describe('agent lifecycle', () => {
     const code = await bob.proc.stop('SIGTERM');
     expect(code).toBe(0);
     expect(fs.existsSync(path.join(bobHome, 'agent.sock'))).toBe(false);
-    const r = await run('curl', ['-sS', '--max-time', '10', '--socks5-hostname', `127.0.0.1:${alice.socksPort}`, 'http://bob.b.test.q2q/']);
+    const r = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', `127.0.0.1:${alice.socksPort}`, 'http://bob.b.test.q2q/']);
     expect(r.stderr).toMatch(/\(4\)/);
   });
 });

@@ -11,9 +11,9 @@ import * as path from 'node:path';
 import { stopAll, tempDir } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import { describeWithTools, TOOLS } from '../../helpers/system-tools';
-import { run, spawnClient, startAgent, freePort, stopClients, until, vertexFor, type AgentHandle } from './helpers';
+import { startSshd, type Sshd } from '../../helpers/sshd';
+import { run, spawnClient, startAgent, stopClients, until, vertexFor, type AgentHandle } from './helpers';
 
-const SSHD = '/usr/sbin/sshd';
 const FILE_BYTES = 20 * 1024 * 1024;
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -27,42 +27,18 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
   let world: World;
   let bob: AgentHandle;
   let bobHome: string;
-  const bobYaml = (): string => `expose:\n  - { service: ssh, target: "127.0.0.1:${sshPort}", allow: ["alice@a.test"] }`;
+  const bobYaml = (): string => `expose:\n  - { service: ssh, target: "127.0.0.1:${sshd.port}", allow: ["alice@a.test"] }`;
   let alice: AgentHandle;
   let aliceHome: string;
   let work: string;
-  let sshPort: number;
-  let sshdLog: () => string;
+  let sshd: Sshd;
   const dirs: string[] = [];
 
   beforeAll(async () => {
     work = tempDir('ssh');
     dirs.push(work);
-    // A throw-away sshd (TESTING.md): its own host key, key-only auth, sftp for today's scp.
-    fs.mkdirSync('/run/sshd', { recursive: true });
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(work, 'host_key')]);
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(work, 'user_key')]);
-    fs.copyFileSync(path.join(work, 'user_key.pub'), path.join(work, 'authorized_keys'));
-    sshPort = await freePort();
-    fs.writeFileSync(path.join(work, 'sshd_config'), [
-      `Port ${sshPort}`,
-      'ListenAddress 127.0.0.1',
-      `HostKey ${path.join(work, 'host_key')}`,
-      'PidFile none',
-      'UsePAM no',
-      'StrictModes no',
-      'PermitRootLogin yes',
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'PubkeyAuthentication yes',
-      `AuthorizedKeysFile ${path.join(work, 'authorized_keys')}`,
-      'Subsystem sftp internal-sftp',
-      'LogLevel VERBOSE',
-      '',
-    ].join('\n'));
-    const sshd = spawnClient(SSHD, ['-D', '-e', '-f', path.join(work, 'sshd_config')]);
-    sshdLog = sshd.output;
-    await until('sshd to listen', () => (/Server listening on 127\.0\.0\.1/.test(sshd.output()) ? true : undefined));
+    // A throw-away sshd (TESTING.md) on a port of its own (port 0, read back).
+    sshd = await startSshd(work);
 
     world = await startWorld();
     const bobUser = await world.user('bob@b.test');
@@ -77,17 +53,13 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
   afterAll(async () => {
     await stopClients();
     await stopAll();
+    await sshd?.close();
     for (const d of [...dirs, world?.a.dataDir, world?.b.dataDir]) if (d) fs.rmSync(d, { recursive: true, force: true });
   });
 
   function sshOptions(proxyArgv: string[]): string[] {
     return [
-      '-F', '/dev/null',
-      '-i', path.join(work, 'user_key'),
-      '-o', 'IdentitiesOnly=yes',
-      '-o', 'BatchMode=yes',
-      '-o', `UserKnownHostsFile=${path.join(work, 'known_hosts')}`,
-      '-o', 'StrictHostKeyChecking=accept-new',
+      ...sshd.clientOptions(),
       '-o', `ProxyCommand=${[...proxyArgv, '--log-level', 'info', 'connect', '%h', '%p'].map(shellWord).join(' ')}`,
     ];
   }
@@ -112,7 +84,7 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
 
   it('ssh runs a command and scp copies 20 MB intact through the running agent', async () => {
     await sshAndScp(alice.argv, 'agent');
-    expect(sshdLog()).toMatch(/Accepted publickey for root/);
+    expect(sshd.log()).toMatch(/Accepted publickey for root/);
   }, 90_000);
 
   it('the same without an agent: vertex connect dials by itself', async () => {

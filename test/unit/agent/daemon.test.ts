@@ -16,6 +16,7 @@ import { buildAgentConfig, type AgentOverrides } from '../../../config/load';
 import { isVertexError } from '../../../q2q/errors';
 import type { AgentConfig } from '../../../config/schema';
 import { FakeNetwork, fakeHome } from './fake-network';
+import { connectTcp, untilTrue as until } from '../../helpers/net';
 
 const noResolve = async () => [];
 
@@ -37,14 +38,6 @@ async function startEcho(): Promise<{ port: number; close: () => Promise<void> }
   };
 }
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', () => resolve()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
-
 /** Writes `payload`, half-closes, and collects everything until the other side ends. */
 function roundTrip(socket: net.Socket, payload: Buffer): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -54,14 +47,6 @@ function roundTrip(socket: net.Socket, payload: Buffer): Promise<Buffer> {
     socket.once('end', () => resolve(Buffer.concat(chunks)));
     socket.once('error', reject);
     socket.end(payload);
-  });
-}
-
-function connectTcp(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
   });
 }
 
@@ -82,12 +67,10 @@ async function socksReply(port: number, host: string, destPort: number): Promise
   }
 }
 
-async function until(what: string, cond: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+/** The port a forward bound (forwards listen on port 0 here; status reports the bound address). */
+function forwardPort(daemon: AgentDaemon, index = 0): number {
+  const listen = daemon.status().forwards[index]?.listen ?? '';
+  return Number(listen.slice(listen.lastIndexOf(':') + 1));
 }
 
 describe('agent daemon', () => {
@@ -187,8 +170,9 @@ describe('agent daemon', () => {
 
   it('forwards a local port to a remote service, with half-close and byte counts', async () => {
     await agent('bob@b.test', { expose: [{ service: 'echo', target: `127.0.0.1:${echo.port}`, allow: ['*@a.test'] }] });
-    const port = await freePort();
-    const alice = await agent('alice@a.test', { forwards: [{ listen: `127.0.0.1:${port}`, to: 'bob@b.test:echo' }] });
+    const alice = await agent('alice@a.test', { forwards: [{ listen: '127.0.0.1:0', to: 'bob@b.test:echo' }] });
+    const port = forwardPort(alice);
+    expect(port).toBeGreaterThan(0);
     expect(alice.status().forwards).toEqual([{ listen: `127.0.0.1:${port}`, to: 'bob@b.test:echo', source: 'config' }]);
     const client = await connectTcp(port);
     client.write('x'.repeat(1000));
@@ -218,9 +202,14 @@ describe('agent daemon', () => {
     await expect(callAgent(sock, 'expose-remove', { service: 'web' })).rejects.toMatchObject({ code: 'NotExposed' });
     await expect(callAgent(sock, 'expose-add', { service: PING_SERVICE, target: '127.0.0.1:1' })).rejects.toMatchObject({ code: 'Usage' });
 
-    const fwdPort = await freePort();
-    const fwd = await callAgent(sock, 'forward-add', { listen: String(fwdPort), to: 'bob@b.test:echo' });
+    // Port 0: the agent binds a free port and answers with it.
+    const fwd = (await callAgent(sock, 'forward-add', { listen: '0', to: 'bob@b.test:echo' })) as { agent: true; result: { listen: string } };
+    const fwdPort = Number(/^127\.0\.0\.1:(\d+)$/.exec(fwd.result.listen)?.[1]);
     expect(fwd).toEqual({ agent: true, result: { listen: `127.0.0.1:${fwdPort}`, to: 'bob@b.test:echo' } });
+    // A second port-0 forward gets a port of its own.
+    const other = (await callAgent(sock, 'forward-add', { listen: '127.0.0.1:0', to: 'bob@b.test:echo' })) as { result: { listen: string } };
+    expect(other.result.listen).not.toBe(fwd.result.listen);
+    await callAgent(sock, 'forward-remove', { listen: other.result.listen });
     expect((await roundTrip(await connectTcp(fwdPort), Buffer.from('via forward'))).toString()).toBe('via forward');
     await expect(callAgent(sock, 'forward-add', { listen: String(fwdPort), to: 'bob@b.test:echo' })).rejects.toMatchObject({ code: 'Usage' });
     await callAgent(sock, 'forward-remove', { listen: `127.0.0.1:${fwdPort}` });
@@ -246,37 +235,39 @@ describe('agent daemon', () => {
 
   it('reloads forwards and exposes without dropping an open tunnel', async () => {
     await agent('bob@b.test', { expose: [{ service: 'echo', target: `127.0.0.1:${echo.port}`, allow: ['*'] }] });
-    const [p1, p2] = [await freePort(), await freePort()];
     const alice = await agent('alice@a.test', {
-      forwards: [{ listen: `127.0.0.1:${p1}`, to: 'bob@b.test:echo' }],
+      forwards: [{ listen: '127.0.0.1:0', to: 'bob@b.test:echo' }],
       expose: [{ service: 'old', target: `127.0.0.1:${echo.port}` }],
     });
+    const p1 = forwardPort(alice);
     const open = await connectTcp(p1);
     open.write('before ');
     await until('the tunnel through the first forward', () => alice.status().tunnels.length === 1);
 
+    // Another forward (on another loopback address, port 0 again) replaces the first.
     const summary = await alice.reload(buildAgentConfig({
       socks: { listen: '127.0.0.1:0' },
-      forwards: [{ listen: `127.0.0.1:${p2}`, to: 'bob@b.test:echo' }],
+      forwards: [{ listen: '127.0.0.2:0', to: 'bob@b.test:echo' }],
       expose: [{ service: 'new', target: `127.0.0.1:${echo.port}` }],
       routes: ['relay'],
     }));
+    const p2 = forwardPort(alice);
     expect(summary).toEqual({
       exposes: { added: ['new'], removed: ['old'] },
-      forwards: { added: [`127.0.0.1:${p2}`], removed: [`127.0.0.1:${p1}`] },
+      forwards: { added: [`127.0.0.2:${p2}`], removed: [`127.0.0.1:${p1}`] },
       needRestart: ['routes'],
     });
     expect(alice.status().exposed.map((e) => e.service)).toEqual(['new']);
     await expect(connectTcp(p1)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
-    expect((await roundTrip(await connectTcp(p2), Buffer.from('new forward'))).toString()).toBe('new forward');
+    expect((await roundTrip(await connectTcp(p2, '127.0.0.2'), Buffer.from('new forward'))).toString()).toBe('new forward');
     // The tunnel opened through the removed forward still carries bytes.
     expect((await roundTrip(open, Buffer.from('after'))).toString()).toBe('before after');
   });
 
   it('stop closes every front-end, removes the control socket and takes the node offline', async () => {
-    const fwdPort = await freePort();
     await agent('bob@b.test', { expose: [{ service: 'echo', target: `127.0.0.1:${echo.port}`, allow: ['*'] }] });
-    const alice = await agent('alice@a.test', { forwards: [{ listen: `127.0.0.1:${fwdPort}`, to: 'bob@b.test:echo' }] });
+    const alice = await agent('alice@a.test', { forwards: [{ listen: '127.0.0.1:0', to: 'bob@b.test:echo' }] });
+    const fwdPort = forwardPort(alice);
     const socksPort = alice.socksAddress!.port;
     const open = await connectTcp(fwdPort);
     open.write('x');

@@ -1,0 +1,93 @@
+/**
+ * A throw-away OpenSSH server for tests (TESTING.md "Real clients"): its own
+ * host key, key-only auth, sftp for today's scp.
+ *
+ * It listens on port 0: this module owns the listening socket and runs the
+ * real sshd in inetd mode (`sshd -i`) for each connection, with the accepted
+ * socket as its stdin and stdout. So there is no port to pick, and no
+ * "Server listening" line to wait for: the port is bound before this resolves.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { listenOnPort0 } from './net';
+
+export const SSHD = '/usr/sbin/sshd';
+
+export interface Sshd {
+  port: number;
+  /** Everything the sshd processes wrote to stderr (`-e`, LogLevel VERBOSE). */
+  log(): string;
+  /** The client's private key, authorized for any user (root included). */
+  userKey: string;
+  /** ssh(1) options for this server: the user key, a known_hosts file of its own, batch mode. */
+  clientOptions(): string[];
+  /** Stops listening and kills the sshd processes still running, by pid. */
+  close(): Promise<void>;
+}
+
+function keygen(file: string): void {
+  const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file], { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`ssh-keygen -f ${file} failed (${r.error?.message ?? `exit ${r.status}`})`);
+}
+
+/** Starts the sshd in `dir` (which it fills with keys and a config) on 127.0.0.1, port 0. */
+export async function startSshd(dir: string): Promise<Sshd> {
+  fs.mkdirSync('/run/sshd', { recursive: true });
+  const hostKey = path.join(dir, 'host_key');
+  const userKey = path.join(dir, 'user_key');
+  keygen(hostKey);
+  keygen(userKey);
+  fs.copyFileSync(`${userKey}.pub`, path.join(dir, 'authorized_keys'));
+  const config = path.join(dir, 'sshd_config');
+  fs.writeFileSync(config, [
+    `HostKey ${hostKey}`,
+    'PidFile none',
+    'UsePAM no',
+    'StrictModes no',
+    'PermitRootLogin yes',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'PubkeyAuthentication yes',
+    `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+    'Subsystem sftp internal-sftp',
+    'LogLevel VERBOSE',
+    '',
+  ].join('\n'));
+
+  let log = '';
+  const children = new Set<ChildProcess>();
+  // pauseOnConnect: this process never reads from the socket; sshd gets it whole.
+  const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+    const child = spawn(SSHD, ['-i', '-e', '-f', config], { stdio: [socket, socket, 'pipe'] });
+    children.add(child);
+    child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    child.on('error', (err) => (log += `spawn ${SSHD}: ${err.message}\n`));
+    child.on('close', () => children.delete(child));
+    // sshd holds its own copy of the descriptor; ours is closed without a shutdown.
+    socket.destroy();
+  });
+  const port = await listenOnPort0(server);
+  return {
+    port,
+    log: () => log,
+    userKey,
+    clientOptions: () => [
+      '-F', '/dev/null',
+      '-i', userKey,
+      '-o', 'IdentitiesOnly=yes',
+      '-o', 'BatchMode=yes',
+      '-o', `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
+      '-o', 'StrictHostKeyChecking=accept-new',
+    ],
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await Promise.all([...children].map((c) => new Promise<void>((resolve) => {
+        if (c.exitCode !== null || c.signalCode !== null) return resolve();
+        c.once('close', () => resolve());
+        c.kill('SIGKILL');
+      })));
+    },
+  };
+}
