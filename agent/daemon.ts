@@ -14,7 +14,9 @@
  */
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { formatServiceAddress, parseAddress, parseHostTarget, parseService, parseServiceAddress, formatAddress } from '../q2q/address';
+import {
+  formatAddress, formatDeviceAddress, formatServiceAddress, parseAddress, parseDeviceAddress, parseHostTarget, parseService, parseServiceAddress,
+} from '../q2q/address';
 import { asVertexError, vertexError } from '../q2q/errors';
 import { describeCertificate } from '../q2q/identity';
 import { defaultAllow } from '../q2q/negotiate/allow';
@@ -112,6 +114,10 @@ interface ForwardEntry {
 
 export interface AgentStatus {
   identity: string;
+  /** This agent's device name (agent.yaml `device:`, --device, else from the host name). */
+  device: string;
+  /** The identity's devices as the home server describes them (NodeStatus.devices). */
+  devices: NodeStatus['devices'];
   certificate: { notAfter: string };
   server: NodeStatus['home'];
   reflexive: NodeStatus['reflexive'];
@@ -182,6 +188,7 @@ export class AgentDaemon {
       const node = this.#opts.createNode(identity, {
         resolve: this.#opts.resolve,
         trust: this.#opts.home,
+        ...(config.device !== undefined && { device: config.device }),
         routes: config.routes,
         relayDelayMs: config.relayDelayMs,
         peerListen: config.peerListen,
@@ -291,6 +298,9 @@ export class AgentDaemon {
     const socks = this.#socksAddress;
     return {
       identity: identity.address,
+      device: ns.device,
+      // Every agent exposes the ping service: that it is shared is no news.
+      devices: { ...ns.devices, conflicts: ns.devices.conflicts.filter((c) => c.service !== PING_SERVICE) },
       // After a renewal the node may still report the certificate it started with.
       certificate: { notAfter: this.#renewer ? describeCertificate(identity.certPem).notAfter.toISOString() : ns.certificateNotAfter },
       server: ns.home,
@@ -349,7 +359,9 @@ export class AgentDaemon {
       allow,
       onConnection: (stream) => {
         log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
-        this.tunnels.add({ kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
+        this.tunnels.add({
+          kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs,
+        }, stream);
         handler(stream);
       },
     });
@@ -426,7 +438,7 @@ export class AgentDaemon {
     this.#requireRunning();
     const prev = this.#config;
     const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, needRestart: [] };
-    for (const key of ['identity', 'socks', 'domains', 'routes', 'ports', 'control', 'log', 'relayDelayMs', 'peerListen', 'advertise'] as const) {
+    for (const key of ['identity', 'device', 'socks', 'domains', 'routes', 'ports', 'control', 'log', 'relayDelayMs', 'peerListen', 'advertise'] as const) {
       if (JSON.stringify(prev[key]) !== JSON.stringify(next[key])) summary.needRestart.push(key);
     }
 
@@ -497,8 +509,8 @@ export class AgentDaemon {
     } finally {
       this.#releaseDialSlot();
     }
-    this.tunnels.add({ kind, target, peer: stream.peer, route: stream.route, local, connectMs: stream.connectMs }, stream);
-    this.#log.info({ kind, target, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
+    this.tunnels.add({ kind, target, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs }, stream);
+    this.#log.info({ kind, target, device: stream.device, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
     return stream;
   }
 
@@ -568,7 +580,7 @@ export class AgentDaemon {
     const timeoutMs = args['timeoutMs'];
     if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs > 0))) throw vertexError('BadRequest', 'control request: "timeoutMs" must be a positive number');
     const stream = await this.#dialQ2Q(target, 'connect', 'control', timeoutMs === undefined ? {} : { timeoutMs });
-    return { stream, info: { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs } };
+    return { stream, info: { target, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs } };
   }
 
   /** `vertex ping`: probes over the ping service, or a timed connect to a named service. */
@@ -600,14 +612,15 @@ export class AgentDaemon {
 export async function pingWith(connect: (target: string) => Promise<Q2QStream>, targetText: string, count: number, clock: Clock = systemClock): Promise<PingResult> {
   const colon = targetText.indexOf(':', targetText.indexOf('@') + 1);
   if (colon < 0) {
-    const address = formatAddress(parseAddress(targetText));
-    const stream = await connect(`${address}:${PING_SERVICE}`);
-    return runProbes(address, { stream, peer: stream.peer, route: stream.route, connectMs: stream.connectMs }, count, clock);
+    const { address, device } = parseDeviceAddress(targetText);
+    const named = formatDeviceAddress(address, device);
+    const stream = await connect(`${named}:${PING_SERVICE}`);
+    return runProbes(named, { stream, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs }, count, clock);
   }
   const target = formatServiceAddress(parseServiceAddress(targetText));
   const stream = await connect(target);
   stream.destroy();
-  return { target, peer: stream.peer, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
+  return { target, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
 }
 
 function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {

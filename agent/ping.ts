@@ -23,6 +23,8 @@ export const PROBE_TIMEOUT_MS = 5_000;
 export interface PingResult {
   target: string;
   peer: string;
+  /** The peer's device that answered (README "Several machines per user"). */
+  device: string;
   route: string;
   connectMs: number;
   /** Round trips of each probe, in ms; empty when only a connect was timed. */
@@ -32,6 +34,7 @@ export interface PingResult {
 export interface ConnectedStream {
   stream: Duplex;
   peer: string;
+  device: string;
   route: string;
   connectMs: number;
 }
@@ -114,12 +117,18 @@ export async function runProbes(target: string, conn: ConnectedStream, count: nu
     stream.end();
     stream.destroy();
   }
-  return { target, peer: conn.peer, route: conn.route, connectMs: conn.connectMs, rttMs };
+  return { target, peer: conn.peer, device: conn.device, route: conn.route, connectMs: conn.connectMs, rttMs };
+}
+
+/** `bob+laptop@b.test`: the peer and the device that answered. */
+function deviceName(peer: string, device: string): string {
+  const at = peer.indexOf('@');
+  return at < 0 || !device ? peer : `${peer.slice(0, at)}+${device}${peer.slice(at)}`;
 }
 
 /** One line per probe, as `vertex ping` prints them. */
 export function formatPing(result: PingResult): string {
-  const head = `${result.target} via ${result.route}: connected in ${result.connectMs} ms`;
+  const head = `${result.target} via ${result.route}: connected to ${deviceName(result.peer, result.device)} in ${result.connectMs} ms`;
   if (result.rttMs.length === 0) return head;
   const lines = result.rttMs.map((ms, i) => `probe ${i + 1}: ${ms} ms via ${result.route}`);
   const min = Math.min(...result.rttMs);

@@ -21,6 +21,8 @@ export interface TunnelInfo {
   target: string;
   /** The other end's verified address; for inbound tunnels the caller. */
   peer: string;
+  /** The other end's device (Q2QStream.device); absent for a passthrough. */
+  device?: string;
   route: TunnelRoute;
   /** The local end: a client address, a forward's listen address, `control`. */
   local: string;

@@ -48,7 +48,7 @@ export function renewWith(setup: AgentSetup, log: Logger): (current: Identity) =
 /** What the agent prints once it runs; tests read the addresses from here. */
 export function describeRunning(daemon: AgentDaemon, extra: string[] = []): string {
   const status = daemon.status();
-  const lines = [`vertex agent: ${status.identity} running; server ${status.server.state}${status.server.server ? ` (${status.server.server})` : ''}`];
+  const lines = [`vertex agent: ${status.identity} running as device ${status.device}; server ${status.server.state}${status.server.server ? ` (${status.server.server})` : ''}`];
   if (status.socks) lines.push(`  socks5 listening on ${status.socks.listen} (auth ${status.socks.auth}, passthrough ${status.socks.passthrough ? 'on' : 'off'})`);
   for (const f of daemon.forwardAddresses) lines.push(`  forward ${formatHostPort(f.listen)} -> ${f.to}`);
   for (const e of status.exposed) lines.push(`  expose ${e.address} -> ${e.target} (allow ${describeAllow(e.allow, status.identity)})`);
@@ -105,7 +105,7 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
     process.on('SIGHUP', () => {
       let next: AgentConfig;
       try {
-        next = readAgentConfig(reloadFrom);
+        next = readAgentConfig(reloadFrom, setup.overrides);
       } catch (err) {
         log.error({ err: asVertexError(err).message }, 'reload: config not applied');
         return;

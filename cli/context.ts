@@ -29,7 +29,7 @@ import type { ControlOp } from '../agent/control-api';
 import { HomeStore, type StoredIdentity } from '../agent/home-store';
 import { connectQ2Q, type Q2QOptions, type Q2QStream } from '../q2q';
 import { createServerResolver, type ServerEndpoint, type ServerResolver } from '../q2q/control/discovery';
-import { parseDomain } from '../q2q/address';
+import { deviceFromHostname, MAX_DEVICE_LENGTH, parseDevice, parseDomain } from '../q2q/address';
 import { vertexError } from '../q2q/errors';
 import type { Logger } from '../q2q/util/log';
 import { buildAgentConfig, loadAgentConfig, resolveControlSocket, type AgentOverrides } from '../config/load';
@@ -124,6 +124,8 @@ export function readConfigFile(file: string): string {
 
 export interface AgentArgs extends GlobalArgs {
   config?: string;
+  /** `--device NAME` (vertex agent, send, receive): overrides agent.yaml's `device:`. */
+  device?: string;
 }
 
 export interface AgentSetup {
@@ -135,6 +137,8 @@ export interface AgentSetup {
   /** Where this config puts the agent's control socket. */
   socketPath: string;
   resolve: ServerResolver;
+  /** The flags laid over the file; a reload lays them over the re-read file too. */
+  overrides?: AgentOverrides;
 }
 
 /** The config file in effect: `--config`, else `<home>/agent.yaml` if present. */
@@ -163,13 +167,35 @@ export function agentSetup(args: AgentArgs, overrides?: AgentOverrides): AgentSe
     homeDir: dir,
     socketPath: resolveControlSocket(config.control.socket, { env: process.env, home: dir }),
     resolve: serverResolver(args, domainServers(config)),
+    ...(overrides !== undefined && { overrides }),
   };
+}
+
+/** This machine's device name: agent.yaml `device:` (or --device), else from the host name. */
+export function machineDevice(config: AgentConfig): string {
+  return config.device ?? deviceFromHostname(os.hostname());
+}
+
+/** Suffix of a standalone `vertex receive`'s default device name. */
+export const RECEIVE_DEVICE_SUFFIX = '-receive';
+
+/**
+ * A standalone `vertex receive` is online as a device of its own,
+ * `<machine device>-receive` (laptop-receive), unless --device names one: it
+ * never takes over the device of an agent of the same identity, on this
+ * machine or on another with the same host name (README "Several machines
+ * per user").
+ */
+export function receiveDevice(machine: string): string {
+  const base = machine.slice(0, MAX_DEVICE_LENGTH - RECEIVE_DEVICE_SUFFIX.length).replace(/-+$/, '');
+  return parseDevice(`${base}${RECEIVE_DEVICE_SUFFIX}`);
 }
 
 /** The node options an agent config implies, for one-off connects without an agent. */
 export function nodeOptionsFor(setup: AgentSetup, log: Logger, timeoutMs?: number): Q2QOptions & { timeoutMs?: number } {
   const { config } = setup;
   return {
+    device: machineDevice(config),
     resolve: setup.resolve,
     trust: setup.home,
     routes: config.routes,
@@ -202,6 +228,7 @@ export const NODE_OPTIONS: Record<string, Options> = {
   routes: repeatable('routes that may be used, in order: tcp, ptcp, relay (comma-separated or repeated)'),
   'peer-listen': { type: 'string', describe: 'HOST:PORT for direct peer connections [0.0.0.0:0]' },
   advertise: repeatable('an address to offer peers instead of the local interfaces'),
+  device: { type: 'string', describe: "this node's device name [agent.yaml device:, else the host name; receive adds -receive]" },
 };
 
 export interface NodeSetup {
@@ -216,6 +243,7 @@ export interface NodeSetup {
 export function nodeSetup(args: NodeArgs): NodeSetup {
   const routes = args.routes?.flatMap((r) => r.split(',')).map((r) => r.trim().toLowerCase()).filter((r) => r !== '');
   const overrides: AgentOverrides = {
+    ...(args.device !== undefined && { device: args.device }),
     ...(routes !== undefined && { routes: routes as RouteName[] }),
     ...(args.peerListen !== undefined && { peer_listen: args.peerListen }),
     ...(args.advertise !== undefined && { advertise: args.advertise }),
@@ -226,6 +254,7 @@ export function nodeSetup(args: NodeArgs): NodeSetup {
   const log = cliLogger(args);
   const identity = home.loadIdentity(args.identity ?? config.identity);
   const options: Q2QOptions = {
+    device: machineDevice(config),
     resolve: setup.resolve,
     trust: home,
     routes: config.routes,

@@ -7,7 +7,9 @@
  *
  * Keys that have no default (`identity`, an expose's `allow`, `advertise`,
  * `public_address`, the server's `domains`, `metrics`, which is off unless
- * written) are absent on purpose.
+ * written) are absent on purpose, and so is the agent's `device`, whose
+ * default is the host name's first label: it is worked out by the node when
+ * it starts (q2q/address.ts deviceFromHostname).
  *
  * AGENT_DEFAULTS and SERVER_DEFAULTS are the same values as typed config
  * objects, for code that runs with no file at all.

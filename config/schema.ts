@@ -22,6 +22,7 @@ import {
   formatAddress,
   formatServiceAddress,
   parseAddress,
+  parseDevice,
   parseDomain,
   parseService,
   parseServiceAddress,
@@ -53,6 +54,7 @@ function nameProblem(parse: (text: string) => unknown): (text: string) => string
 }
 
 const domainProblem = nameProblem(parseDomain);
+const deviceProblem = nameProblem(parseDevice);
 const serviceProblem = nameProblem(parseService);
 const userAddressProblem = nameProblem(parseAddress);
 const serviceAddressProblem = nameProblem(parseServiceAddress);
@@ -294,6 +296,7 @@ const controlSocket = z.string().superRefine((text, ctx) => {
 export const agentFileSchema = strict({
   version,
   identity: checked(userAddressProblem).optional(),
+  device: checked(deviceProblem).optional(),
   socks: strict({
     listen: listenAddress('127.0.0.1:1080').optional(),
     auth: socksAuth.optional(),
@@ -345,6 +348,12 @@ export interface AgentConfig {
   readonly version: 1;
   /** `user@domain` of the identity under home to use; omitted means the only one stored. */
   readonly identity?: string;
+  /**
+   * This machine's device name among the identity's machines (README "Several
+   * machines per user"), case-folded; omitted means the host name's first label
+   * (q2q/address.ts deviceFromHostname), worked out when the node starts.
+   */
+  readonly device?: string;
   readonly socks: {
     readonly listen: HostPort;
     readonly auth: SocksAuth;
@@ -456,6 +465,7 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
   return {
     version: 1,
     ...(file.identity !== undefined && { identity: formatAddress(parseAddress(file.identity)) }),
+    ...(file.device !== undefined && { device: parseDevice(file.device) }),
     socks: {
       listen: hostPort(file.socks?.listen ?? d.socks.listen),
       auth: auth === 'none' ? 'none' : { username: auth.username, password: auth.password },

@@ -1,12 +1,16 @@
 /**
- * Presence and inbound brokering. An agent's `listen` puts its services
- * online; a caller's `inbound` is forwarded to that agent with the caller's
- * certificate, and the agent's answer (candidates and a one-time token) goes
- * back with the listener's certificate. The token is registered with the
- * relay so both sides can fall back to it.
+ * Presence and inbound brokering. An agent's `listen` puts one of its user's
+ * devices online with its services; a caller's `inbound` is forwarded to the
+ * device that serves the name (the one the caller named, else the one
+ * chooseDevice picks) with the caller's certificate, and that device's answer
+ * (candidates and a one-time token) goes back with the device's certificate
+ * and name. The token is registered with the relay so both sides can fall back
+ * to it. The device rules are in q2q/control/protocol.ts, "Devices".
  */
-import { formatAddress, parseAddress, parseService } from '../q2q/address';
-import { COMMANDS, INBOUND_FORWARD_TIMEOUT_MS } from '../q2q/control/protocol';
+import { formatAddress, formatDeviceAddress, parseAddress, parseDevice, parseService } from '../q2q/address';
+import {
+  chooseDevice, COMMANDS, INBOUND_FORWARD_TIMEOUT_MS, MAX_CONFLICTS_REPORTED, MAX_DEVICES_PER_ADDRESS, UNNAMED_DEVICE, type Conflict,
+} from '../q2q/control/protocol';
 import { asVertexError, vertexError } from '../q2q/errors';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
 import type { Logger } from '../q2q/util/log';
@@ -14,11 +18,16 @@ import type { Relay } from './relay';
 
 const TOKEN_RE = /^[0-9a-f]{32}$/;
 export const MAX_SERVICES_PER_LISTENER = 256;
+/** How long a presence or replaced push may take; nobody waits on it. */
+const PUSH_TIMEOUT_MS = 10_000;
 
 interface Listener {
+  device: string;
   peer: AmpPeer;
   certPem: string;
   services: Set<string>;
+  /** The session's remote HOST:PORT, told to a session this one replaces. */
+  remote: string;
 }
 
 export interface Caller {
@@ -26,8 +35,25 @@ export interface Caller {
   certPem: string;
 }
 
+/** What a listening device is told about its address's other devices (listen answer, presence push). */
+export interface PresenceView {
+  devices: string[];
+  conflicts: Conflict[];
+  /** Conflicts left out of `conflicts` beyond MAX_CONFLICTS_REPORTED. */
+  moreConflicts: number;
+}
+
+export function presenceArgs(view: PresenceView): AmpArgs {
+  return {
+    devices: JSON.stringify(view.devices),
+    conflicts: JSON.stringify(view.conflicts),
+    ...(view.moreConflicts > 0 && { more_conflicts: String(view.moreConflicts) }),
+  };
+}
+
 export class Broker {
-  readonly #listeners = new Map<string, Listener>();
+  /** address -> device -> its listening session. */
+  readonly #listeners = new Map<string, Map<string, Listener>>();
   readonly #servedDomains: ReadonlySet<string>;
   readonly #relay: Relay;
   readonly #log: Logger;
@@ -38,14 +64,27 @@ export class Broker {
     this.#log = opts.log;
   }
 
+  /** Listening sessions (devices), over all addresses. */
   get onlineCount(): number {
-    return this.#listeners.size;
+    let n = 0;
+    for (const devices of this.#listeners.values()) n += devices.size;
+    return n;
   }
 
-  listen(address: string, peer: AmpPeer, certPem: string, servicesJson: string): void {
+  /** The devices of `address` online now, sorted. */
+  devicesOf(address: string): string[] {
+    return [...(this.#listeners.get(address)?.keys() ?? [])].sort();
+  }
+
+  /**
+   * Puts `peer` online as (address, device) with these services, replacing
+   * another session's entry for the same pair, and answers with what the
+   * device should know (protocol.ts, `listen`).
+   */
+  listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote = ''): AmpArgs {
     let names: unknown;
     try {
-      names = JSON.parse(servicesJson);
+      names = JSON.parse(args.services ?? '[]');
     } catch {
       throw vertexError('BadRequest', 'listen: "services" must be a JSON array of service names');
     }
@@ -53,33 +92,100 @@ export class Broker {
       throw vertexError('BadRequest', `listen: "services" must be a JSON array of at most ${MAX_SERVICES_PER_LISTENER} names`);
     }
     const services = new Set(names.map((n) => parseService(String(n))));
-    const previous = this.#listeners.get(address);
-    if (previous && previous.peer !== peer) this.#log.info({ address }, 'a newer session of this user takes over listening');
-    this.#listeners.set(address, { peer, certPem, services });
-    this.#log.info({ address, services: [...services] }, 'listening');
+    const device = args.device ? parseDevice(args.device) : UNNAMED_DEVICE;
+    const devices = this.#listeners.get(address) ?? new Map<string, Listener>();
+    const before = this.#views(devices);
+    // A session is one device: listening under a new name gives up the old one.
+    for (const [name, l] of devices) if (l.peer === peer && name !== device) devices.delete(name);
+    const previous = devices.get(device);
+    if (!previous && devices.size >= MAX_DEVICES_PER_ADDRESS) {
+      throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: ${address} already has ${MAX_DEVICES_PER_ADDRESS} devices online; stop one or reuse its device name`);
+    }
+    let replaced: string | undefined;
+    if (previous && previous.peer !== peer) {
+      replaced = previous.remote;
+      this.#log.warn({ address, device, old: previous.remote, new: remote }, 'a newer session of this device takes over listening');
+      previous.peer.call(COMMANDS.replaced, { device, by: remote }, { timeoutMs: PUSH_TIMEOUT_MS }).catch(() => undefined);
+    }
+    devices.set(device, { device, peer, certPem, services, remote });
+    this.#listeners.set(address, devices);
+    this.#log.info({ address, device, services: [...services] }, 'listening');
+    this.#pushChanged(address, devices, before, device);
+    const view = this.#view(devices, device);
+    return { device, ...presenceArgs(view), ...(replaced !== undefined && { replaced }) };
   }
 
   /** Drops the listener if it is this session (a newer session may have replaced it). */
   drop(address: string, peer: AmpPeer): void {
-    if (this.#listeners.get(address)?.peer === peer) {
-      this.#listeners.delete(address);
-      this.#log.info({ address }, 'offline');
+    const devices = this.#listeners.get(address);
+    if (!devices) return;
+    const before = this.#views(devices);
+    for (const [device, l] of devices) {
+      if (l.peer !== peer) continue;
+      devices.delete(device);
+      this.#log.info({ address, device }, 'offline');
+    }
+    if (devices.size === 0) this.#listeners.delete(address);
+    this.#pushChanged(address, devices, before);
+  }
+
+  #view(devices: ReadonlyMap<string, Listener>, device: string): PresenceView {
+    const own = devices.get(device);
+    const conflicts: Conflict[] = [];
+    for (const service of [...(own?.services ?? [])].sort()) {
+      const exposing = [...devices.values()].filter((l) => l.services.has(service)).map((l) => l.device).sort();
+      if (exposing.length > 1) conflicts.push({ service, devices: exposing, chosen: chooseDevice(exposing) as string });
+    }
+    return {
+      devices: [...devices.keys()].sort(),
+      conflicts: conflicts.slice(0, MAX_CONFLICTS_REPORTED),
+      moreConflicts: Math.max(0, conflicts.length - MAX_CONFLICTS_REPORTED),
+    };
+  }
+
+  #views(devices: ReadonlyMap<string, Listener>): Map<string, string> {
+    return new Map([...devices.keys()].map((d) => [d, JSON.stringify(this.#view(devices, d))]));
+  }
+
+  /** Tells every device (but `except`, which gets an answer instead) whose view changed. */
+  #pushChanged(address: string, devices: ReadonlyMap<string, Listener>, before: Map<string, string>, except?: string): void {
+    for (const [device, l] of devices) {
+      if (device === except) continue;
+      const view = this.#view(devices, device);
+      if (before.get(device) === JSON.stringify(view)) continue;
+      this.#log.debug({ address, device }, 'presence changed');
+      l.peer.call(COMMANDS.presence, presenceArgs(view), { timeoutMs: PUSH_TIMEOUT_MS }).catch(() => undefined);
     }
   }
 
   async inbound(caller: Caller, args: AmpArgs): Promise<AmpArgs> {
-    const to = formatAddress(parseAddress(args.to ?? ''));
+    const address = parseAddress(args.to ?? '');
+    const to = formatAddress(address);
     const service = parseService(args.service ?? '');
-    if (!this.#servedDomains.has(parseAddress(to).domain)) {
-      throw vertexError('UnknownDomain', `inbound: this server does not serve ${parseAddress(to).domain}`);
+    const wanted = args.device ? parseDevice(args.device) : undefined;
+    const fromDevice = args.from_device ? parseDevice(args.from_device) : undefined;
+    if (!this.#servedDomains.has(address.domain)) {
+      throw vertexError('UnknownDomain', `inbound: this server does not serve ${address.domain}`);
     }
-    const listener = this.#listeners.get(to);
-    if (!listener) throw vertexError('Offline', `${to} is not online`);
-    if (!listener.services.has(service)) throw vertexError('NotExposed', `${to} does not expose "${service}"`);
+    const named = formatDeviceAddress(address, wanted);
+    const devices = this.#listeners.get(to);
+    let listener: Listener | undefined;
+    if (wanted !== undefined) {
+      listener = devices?.get(wanted);
+      if (!listener) throw vertexError('Offline', `${named} is not online`);
+      if (!listener.services.has(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
+    } else {
+      if (!devices || devices.size === 0) throw vertexError('Offline', `${to} is not online`);
+      const chosen = chooseDevice([...devices.values()].filter((l) => l.services.has(service)).map((l) => l.device));
+      if (chosen === undefined) throw vertexError('NotExposed', `${to} does not expose "${service}"`);
+      listener = devices.get(chosen) as Listener;
+    }
+    const reached = formatDeviceAddress(address, listener.device);
     let answer: AmpArgs;
     try {
       answer = await listener.peer.call(COMMANDS.inbound, {
         from: caller.address,
+        ...(fromDevice !== undefined && { from_device: fromDevice }),
         service,
         certificate: caller.certPem,
         candidates: args.candidates ?? '[]',
@@ -87,22 +193,23 @@ export class Broker {
       }, { timeoutMs: INBOUND_FORWARD_TIMEOUT_MS });
     } catch (err) {
       const e = asVertexError(err, 'Internal');
-      if (e.code === 'ConnectionLost') throw vertexError('Offline', `${to} went offline while answering`);
-      if (e.code === 'Timeout') throw vertexError('Timeout', `${to} did not answer within ${INBOUND_FORWARD_TIMEOUT_MS} ms`);
+      if (e.code === 'ConnectionLost') throw vertexError('Offline', `${reached} went offline while answering`);
+      if (e.code === 'Timeout') throw vertexError('Timeout', `${reached} did not answer within ${INBOUND_FORWARD_TIMEOUT_MS} ms`);
       // Passed on as it is, the listener's UNHANDLED would tell the caller that this
       // server does not know inbound.
-      if (e.code === 'UnknownCommand') throw vertexError('ProtocolVersion', `${to}'s agent does not answer inbound`);
+      if (e.code === 'UnknownCommand') throw vertexError('ProtocolVersion', `${reached}'s agent does not answer inbound`);
       throw e;
     }
     const token = answer.token ?? '';
-    if (!TOKEN_RE.test(token)) throw vertexError('Internal', `${to} answered inbound without a valid token`);
+    if (!TOKEN_RE.test(token)) throw vertexError('Internal', `${reached} answered inbound without a valid token`);
     this.#relay.register(token, caller.address, to);
-    this.#log.info({ from: caller.address, to, service }, 'inbound brokered');
+    this.#log.info({ from: caller.address, fromDevice, to, device: listener.device, named: wanted !== undefined, service }, 'inbound brokered');
     return {
       token,
       candidates: answer.candidates ?? '[]',
       certificate: listener.certPem,
       relay: this.#relay.enabled ? '1' : '0',
+      device: listener.device,
     };
   }
 }

@@ -4,6 +4,7 @@
  * Request-level errors are answered with `_error` and never drop the
  * connection (AmpPeer does that); framing errors drop only this connection.
  */
+import { isIPv6 } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { attachAmp } from '../q2q/transport/amp-connection';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
@@ -115,8 +116,8 @@ export class ControlSession {
       if (!context.authenticatedAs || !context.local || !context.certPem) {
         throw vertexError('NotAllowed', 'listen: connect with a certificate of a domain this server serves');
       }
-      broker.listen(context.authenticatedAs, this.peer, context.certPem, args.services ?? '[]');
-      return {};
+      const remote = isIPv6(context.remoteAddress) ? `[${context.remoteAddress}]:${context.remotePort}` : `${context.remoteAddress}:${context.remotePort}`;
+      return broker.listen(context.authenticatedAs, this.peer, context.certPem, args, remote);
     }));
     socket.once('close', () => {
       if (context.authenticatedAs) broker.drop(context.authenticatedAs, this.peer);

@@ -10,9 +10,11 @@ import { describeRunning, runAgent } from '../agent-runner';
 export const agentCommand: CommandModule<GlobalArgs, AgentArgs> = {
   command: 'agent',
   describe: 'run the agent: SOCKS5, forwards, exposes and the local control API',
-  builder: (y) => y.option('config', { type: 'string', describe: `agent.yaml [<home>/${AGENT_CONFIG_FILE}]` }) as Argv<AgentArgs>,
+  builder: (y) => y
+    .option('config', { type: 'string', describe: `agent.yaml [<home>/${AGENT_CONFIG_FILE}]` })
+    .option('device', { type: 'string', describe: "this machine's name among the identity's machines, e.g. laptop [agent.yaml device:, else the host name]" }) as Argv<AgentArgs>,
   handler: async (args) => {
-    const setup = agentSetup(args);
+    const setup = agentSetup(args, args.device === undefined ? undefined : { device: args.device });
     const daemon = await runAgent(args, setup, { reloadFrom: setup.configFile, metrics: true });
     process.stdout.write(`${describeRunning(daemon)}\n`);
   },

@@ -12,10 +12,11 @@ import {
   type IncomingOffer, type ProgressView, type ReceiveResult,
 } from '../../agent/file-transfer';
 import { parseAllowPattern } from '../../config/schema';
-import { listenQ2Q, type Q2QStream } from '../../q2q';
+import { listenQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
+import { formatDeviceAddress, parseAddress, parseDevice } from '../../q2q/address';
 import { defaultAllow } from '../../q2q/negotiate/allow';
 import { asVertexError, vertexError } from '../../q2q/errors';
-import { NODE_OPTIONS, nodeSetup, repeatable, type GlobalArgs, type NodeArgs } from '../context';
+import { machineDevice, NODE_OPTIONS, nodeSetup, receiveDevice, repeatable, type GlobalArgs, type NodeArgs } from '../context';
 import { EXIT, EXIT_CODES } from '../exit-codes';
 import { elapsedText, rateText } from '../output';
 import { onStopSignals } from '../signals';
@@ -41,7 +42,10 @@ async function run(args: ReceiveArgs): Promise<void> {
   if (!args.yes && !process.stdin.isTTY) {
     throw vertexError('Usage', 'receive: standard input is not a terminal, so offers cannot be asked about; pass --yes to accept them (and --from to limit who may send)');
   }
-  const { identity, options, log } = nodeSetup(args);
+  const { identity, log, setup, options: nodeOptions } = nodeSetup(args);
+  const device = args.device === undefined ? receiveDevice(machineDevice(setup.config)) : parseDevice(args.device);
+  const options: Q2QOptions = { ...nodeOptions, device };
+  const me = formatDeviceAddress(parseAddress(identity.address), device);
   // Without --from only the owner may send (any of the owner's devices): *@domain and * are written out.
   const allow = from.length > 0 ? from : defaultAllow(identity.address);
   const json = Boolean(args.json);
@@ -98,10 +102,18 @@ async function run(args: ReceiveArgs): Promise<void> {
   }, options);
   const allowText = from.length > 0 ? from.join(', ') : `only ${identity.address} itself; pass --from to let others send`;
   if (json) {
-    process.stdout.write(`${JSON.stringify({ event: 'listening', address: identity.address, service: FILE_TRANSFER_SERVICE, dir, from: allow })}\n`);
+    process.stdout.write(`${JSON.stringify({ event: 'listening', address: identity.address, device, service: FILE_TRANSFER_SERVICE, dir, from: allow })}\n`);
   } else {
-    process.stdout.write(`receiving files into ${dir} as ${identity.address} (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
+    process.stdout.write(`receiving files into ${dir} as ${identity.address}, device ${device} (${me}) (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
   }
+  // Another node took this device name over: it gets the offers now, so say so and stop.
+  node.once('replaced', (by: string) => {
+    const message = `receive: a newer node (from ${by}) is online as ${me} and gets the offers now; stopping (use --device to run both)`;
+    if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', code: 'Offline', message })}\n`);
+    else process.stderr.write(`vertex: ${message}\n`);
+    for (const c of active.keys()) c.abort();
+    finished(EXIT_CODES.Offline);
+  });
   const signals = onStopSignals(() => {
     for (const c of active.keys()) c.abort();
     // Let cancelled transfers flush their partial files and report, for a bounded time.

@@ -10,7 +10,7 @@ import {
   collectSources, createProgressView, FILE_TRANSFER_SERVICE, formatBytes, prepareFiles, progressMode, sendFiles,
   type ProgressView,
 } from '../../agent/file-transfer';
-import { formatAddress, parseAddress } from '../../q2q/address';
+import { formatDeviceAddress, parseAddress, parseDeviceAddress } from '../../q2q/address';
 import { connectQ2Q } from '../../q2q';
 import { asVertexError, isVertexError, vertexError, VertexError } from '../../q2q/errors';
 import { EXIT } from '../exit-codes';
@@ -26,11 +26,12 @@ interface SendArgs extends NodeArgs {
 async function run(args: SendArgs): Promise<void> {
   const paths = [...(args.paths ?? [])];
   const targetText = paths.pop();
-  if (targetText === undefined || paths.length === 0) throw vertexError('Usage', 'send: expected FILE... USER@DOMAIN');
+  if (targetText === undefined || paths.length === 0) throw vertexError('Usage', 'send: expected FILE... USER@DOMAIN (or USER+DEVICE@DOMAIN)');
   if (targetText.includes(':')) {
     throw vertexError('Usage', `send: ${targetText}: name the receiver as user@domain; the service is always ${FILE_TRANSFER_SERVICE}`);
   }
-  const target = formatAddress(parseAddress(targetText));
+  const named = parseDeviceAddress(targetText);
+  const target = formatDeviceAddress(named.address, named.device);
   const json = Boolean(args.json);
   const sources = await collectSources(paths);
   const { identity, options } = nodeSetup(args);
@@ -61,7 +62,7 @@ async function run(args: SendArgs): Promise<void> {
     });
     const total = files.reduce((sum, f) => sum + f.size, 0);
     if (!json) {
-      process.stderr.write(`connected to ${stream.peer} via ${stream.route} in ${elapsedText(stream.connectMs)}; ` +
+      process.stderr.write(`connected to ${formatDeviceAddress(parseAddress(stream.peer), stream.device)} via ${stream.route} in ${elapsedText(stream.connectMs)}; ` +
         `offering ${files.length} file${files.length === 1 ? '' : 's'} (${formatBytes(total)})\n`);
     }
     view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `to ${stream.peer}`, route: stream.route });

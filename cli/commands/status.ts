@@ -1,5 +1,6 @@
 /**
- * `vertex status [--json]`: what the running agent is doing: identity,
+ * `vertex status [--json]`: what the running agent is doing: identity and
+ * device (with the identity's other devices online, and services they share),
  * certificate expiry, the server connection, the reflexive address, exposed
  * services, forwards, and every open tunnel with its route, age and bytes.
  */
@@ -47,10 +48,40 @@ function natText(nat: 'easy' | 'hard' | 'unknown'): string {
   }
 }
 
+/** `bob+laptop@b.test`: an address with one of its devices named. */
+function withDevice(address: string, device: string): string {
+  const at = address.indexOf('@');
+  return at < 0 ? address : `${address.slice(0, at)}+${device}${address.slice(at)}`;
+}
+
+function deviceText(s: AgentStatus): string {
+  if (s.devices.replacedBy !== null) return `${s.device} (replaced by a newer session from ${s.devices.replacedBy}: not online as this device)`;
+  const others = s.devices.online.filter((d) => d !== s.device);
+  if (s.devices.online.length === 0) return s.device;
+  return others.length === 0 ? `${s.device} (the only device of ${s.identity} online)` : `${s.device} (also online: ${others.join(', ')})`;
+}
+
+/** Services this device shares with the identity's other devices, and which one an unqualified name reaches. */
+function conflictLines(s: AgentStatus): string[] {
+  const { conflicts, moreConflicts } = s.devices;
+  if (conflicts.length === 0) return [];
+  const lines = ['conflicts    services other devices of yours expose too; a name without a device reaches the first device by name'];
+  lines.push(...table(conflicts.map((c) => [
+    '  ',
+    c.service,
+    `on ${c.devices.join(', ')}`,
+    `${s.identity}:${c.service} -> ${c.chosen}${c.chosen === s.device ? ' (this device)' : ''}`,
+    `this device: ${withDevice(s.identity, s.device)}:${c.service}`,
+  ])));
+  if (moreConflicts > 0) lines.push(`  (and ${moreConflicts} more)`);
+  return lines;
+}
+
 export function formatStatus(s: AgentStatus, now = Date.now()): string {
   const expiresIn = Date.parse(s.certificate.notAfter) - now;
   const lines = [
     `identity     ${s.identity}`,
+    `device       ${deviceText(s)}`,
     `certificate  valid until ${s.certificate.notAfter}${expiresIn > 0 ? ` (in ${formatAge(expiresIn)})` : ' (EXPIRED)'}`,
     `server       ${s.server.state}${s.server.server ? ` ${s.server.server}` : ''} since ${s.server.since}${s.server.lastError ? `; last error: ${s.server.lastError}` : ''}`,
     `reflexive    tcp ${s.reflexive.tcp ?? '-'}, udp ${s.reflexive.udp ?? '-'}${s.reflexive.nat ? `, NAT ${natText(s.reflexive.nat)}` : ''}`,
@@ -59,6 +90,7 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
   ];
   lines.push(s.exposed.length === 0 ? 'exposed      (none)' : 'exposed');
   lines.push(...table(s.exposed.map((e) => ['  ', e.address, '->', e.target, `allow ${describeAllow(e.allow, s.identity)}`, `(${e.source})`])));
+  lines.push(...conflictLines(s));
   lines.push(s.forwards.length === 0 ? 'forwards     (none)' : 'forwards');
   lines.push(...table(s.forwards.map((f) => ['  ', f.listen, '->', f.to, `(${f.source})`])));
   if (s.tunnels.length === 0) {
@@ -66,8 +98,8 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
   } else {
     lines.push('tunnels');
     lines.push(...table([
-      ['  ', 'ID', 'KIND', 'TARGET', 'PEER', 'ROUTE', 'AGE', 'IN', 'OUT', 'LOCAL'],
-      ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
+      ['  ', 'ID', 'KIND', 'TARGET', 'PEER', 'DEVICE', 'ROUTE', 'AGE', 'IN', 'OUT', 'LOCAL'],
+      ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.device ?? '-', t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
     ]));
   }
   return lines.join('\n');

@@ -1,14 +1,22 @@
 /**
  * The agent's long-lived control session with its home server: authenticated
- * by the user's certificate, it puts the exposed services online (`listen`),
- * answers forwarded `inbound` requests, and pings to notice a dead link. When
- * the connection drops it reconnects with exponential backoff and jitter
- * (1 s doubling to 30 s) and listens again, without the caller doing anything.
+ * by the user's certificate, it puts the exposed services online as one
+ * device of the user (`listen`), answers forwarded `inbound` requests, and
+ * pings to notice a dead link. When the connection drops it reconnects with
+ * exponential backoff and jitter (1 s doubling to 30 s) and listens again,
+ * without the caller doing anything.
+ *
+ * It also keeps what the server says about the user's other devices (the
+ * listen answer and `presence` pushes: which devices are online, which shared
+ * service names reach which device). A `replaced` push means a newer session
+ * listens as the same device: this one stops listening and does not reconnect
+ * (two nodes with one device name would otherwise take turns), and says so in
+ * lastError.
  */
 import { EventEmitter } from 'node:events';
-import { parseAddress } from '../address';
+import { formatDeviceAddress, parseAddress } from '../address';
 import type { ServerResolver } from '../control/discovery';
-import { COMMANDS } from '../control/protocol';
+import { COMMANDS, type Conflict } from '../control/protocol';
 import { openServerConnection, type CaTrust, type ServerConnection } from '../control/server-connection';
 import { asVertexError, vertexError } from '../errors';
 import type { AmpArgs } from '../proto/amp-peer';
@@ -26,6 +34,8 @@ export interface HomeSessionOptions {
   resolve: ServerResolver;
   trust: CaTrust;
   log: Logger;
+  /** This node's device name (q2q/address.ts parseDevice). */
+  device: string;
   services: () => string[];
   onInbound: (args: AmpArgs) => Promise<AmpArgs>;
   /** `relay-ready` from the server: the caller's relay leg for args.token is in. */
@@ -33,6 +43,37 @@ export interface HomeSessionOptions {
   /** `revoked` pushed by the server: peer streams with those certificates must close. */
   onRevoked?: (args: AmpArgs) => Promise<AmpArgs>;
   random?: () => number;
+}
+
+/** The user's devices as the home server last described them to this one. */
+export interface Presence {
+  /** Every device of the address online, this one included, sorted. */
+  devices: string[];
+  /** Services this device shares with others, and which one unqualified callers reach. */
+  conflicts: Conflict[];
+  /** Conflicts the server left out of `conflicts` (it lists at most MAX_CONFLICTS_REPORTED). */
+  moreConflicts: number;
+}
+
+const NO_PRESENCE: Presence = Object.freeze({ devices: [], conflicts: [], moreConflicts: 0 });
+
+/** Reads the presence fields of a listen answer or a presence push; malformed parts read as empty. */
+export function parsePresence(args: AmpArgs): Presence {
+  const list = (text: string | undefined): unknown[] => {
+    try {
+      const value = JSON.parse(text ?? '[]') as unknown;
+      return Array.isArray(value) ? value : [];
+    } catch {
+      return [];
+    }
+  };
+  const strings = (value: unknown): string[] => (Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : []);
+  const conflicts = list(args.conflicts).flatMap((c): Conflict[] => {
+    const { service, devices, chosen } = (c ?? {}) as Record<string, unknown>;
+    return typeof service === 'string' && typeof chosen === 'string' ? [{ service, devices: strings(devices), chosen }] : [];
+  });
+  const more = Number(args.more_conflicts ?? 0);
+  return { devices: strings(list(args.devices)), conflicts, moreConflicts: Number.isSafeInteger(more) && more > 0 ? more : 0 };
 }
 
 export class HomeSession extends EventEmitter {
@@ -47,6 +88,9 @@ export class HomeSession extends EventEmitter {
   #stopped = true;
   #retryTimer: NodeJS.Timeout | null = null;
   #pingTimer: NodeJS.Timeout | null = null;
+  #presence: Presence = NO_PRESENCE;
+  /** Set when a newer session of this device took over: no reconnecting until start() again. */
+  #replacedBy: string | null = null;
 
   constructor(opts: HomeSessionOptions) {
     super();
@@ -58,6 +102,11 @@ export class HomeSession extends EventEmitter {
   get since(): Date { return this.#since; }
   get lastError(): string | null { return this.#lastError; }
   get reflexiveTcp(): string | null { return this.#reflexiveTcp; }
+  get device(): string { return this.#opts.device; }
+  /** What the server last said about the user's devices; empty while offline. */
+  get presence(): Presence { return this.#presence; }
+  /** HOST:PORT of the newer session that replaced this device's, while that is why it is offline. */
+  get replacedBy(): string | null { return this.#replacedBy; }
   get server(): string | null {
     return this.#connection ? `${this.#connection.endpoint.host}:${this.#connection.endpoint.port}` : null;
   }
@@ -65,6 +114,7 @@ export class HomeSession extends EventEmitter {
   /** Starts connecting; resolves after the first attempt, whether or not it succeeded. */
   async start(): Promise<void> {
     this.#stopped = false;
+    this.#replacedBy = null;
     await this.#connect();
   }
 
@@ -99,11 +149,21 @@ export class HomeSession extends EventEmitter {
     const { onRelayReady, onRevoked } = this.#opts;
     if (onRelayReady) connection.peer.handle(COMMANDS.relayReady, (args) => onRelayReady(args));
     if (onRevoked) connection.peer.handle(COMMANDS.revoked, (args) => onRevoked(args));
+    // Pushes on a connection that is no longer ours (a half-dead one we left) change nothing.
+    connection.peer.handle(COMMANDS.presence, (args) => {
+      if (this.#connection === connection) this.#setPresence(parsePresence(args));
+      return {};
+    });
+    connection.peer.handle(COMMANDS.replaced, (args) => {
+      if (this.#connection === connection) this.#onReplaced(connection, args.by ?? '');
+      return {};
+    });
     this.#connection = connection;
     connection.socket.once('close', () => {
       if (this.#connection !== connection) return;
       this.#connection = null;
       this.#stopPing();
+      this.#setPresence(NO_PRESENCE);
       this.#failed('connection to the home server closed');
     });
     try {
@@ -125,7 +185,7 @@ export class HomeSession extends EventEmitter {
   #failed(reason: string): void {
     this.#lastError = reason;
     this.#setState('offline');
-    if (this.#stopped) return;
+    if (this.#stopped || this.#replacedBy !== null) return;
     const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** this.#attempt);
     const jitter = 0.8 + 0.4 * (this.#opts.random ?? Math.random)();
     const delay = Math.round(base * jitter);
@@ -135,8 +195,38 @@ export class HomeSession extends EventEmitter {
     this.#retryTimer.unref();
   }
 
-  #listen(connection: ServerConnection): Promise<AmpArgs> {
-    return connection.call(COMMANDS.listen, { services: JSON.stringify(this.#opts.services()) });
+  async #listen(connection: ServerConnection): Promise<AmpArgs> {
+    const answer = await connection.call(COMMANDS.listen, { services: JSON.stringify(this.#opts.services()), device: this.#opts.device });
+    if (this.#connection !== connection) return answer;
+    if (answer.replaced) {
+      // Usually this agent's own previous run, not yet noticed gone by the server; if not, two
+      // machines share a device name and the other one now says so in its status.
+      this.#opts.log.warn({ device: this.#opts.device, previous: answer.replaced },
+        'took over this device from another session; if that was not an earlier run of this node, give each machine its own device name');
+    }
+    this.#setPresence(parsePresence(answer));
+    return answer;
+  }
+
+  #setPresence(presence: Presence): void {
+    const changed = JSON.stringify(presence) !== JSON.stringify(this.#presence);
+    this.#presence = presence;
+    if (changed) {
+      if (presence.conflicts.length > 0) this.#opts.log.info({ device: this.#opts.device, devices: presence.devices, conflicts: presence.conflicts }, 'services shared with other devices');
+      this.emit('presence', presence);
+    }
+  }
+
+  #onReplaced(connection: ServerConnection, by: string): void {
+    const me = formatDeviceAddress(parseAddress(this.#opts.identity.address), this.#opts.device);
+    this.#replacedBy = by || 'unknown';
+    this.#opts.log.warn({ device: this.#opts.device, by: this.#replacedBy }, 'replaced by a newer session of this device; not listening any more');
+    this.#connection = null;
+    this.#stopPing();
+    this.#setPresence(NO_PRESENCE);
+    connection.close();
+    this.#failed(`replaced: a newer session (from ${this.#replacedBy}) listens as ${me}; this node stopped listening. Give each machine its own device name (agent.yaml device:, --device), or stop the other node and restart this one`);
+    this.emit('replaced', this.#replacedBy);
   }
 
   /** A renewed certificate: reconnect with it (the server sees the new one at once). */

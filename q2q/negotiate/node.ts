@@ -28,8 +28,8 @@ import { promises as dns } from 'node:dns';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
-import { formatAddress, parseAddress, parseService, parseServiceAddress } from '../address';
-import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
+import { deviceFromHostname, formatAddress, formatDeviceAddress, parseAddress, parseDevice, parseService, parseServiceAddress } from '../address';
+import { COMMANDS, TOKEN_LIFETIME_MS, UNNAMED_DEVICE } from '../control/protocol';
 import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
 import type { AmpArgs } from '../proto/amp-peer';
@@ -91,6 +91,7 @@ interface Candidate { route: DirectRoute; host: string; port: number }
 
 interface PendingInbound {
   from: string;
+  fromDevice: string;
   service: string;
   fingerprint: string;
   expiresAt: number;
@@ -107,7 +108,7 @@ interface PendingInbound {
   relayLeg: Duplex | null;
 }
 
-function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; service: string; peerCertificate: string; connectMs: number }): Q2QStream {
+function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; device: string; service: string; peerCertificate: string; connectMs: number }): Q2QStream {
   return Object.assign(socket, info) as Q2QStream;
 }
 
@@ -166,6 +167,7 @@ export class Q2QNode extends EventEmitter {
   readonly #services = new Map<string, ServiceOptions>();
   readonly #pending = new Map<string, PendingInbound>();
   readonly #domain: string;
+  readonly #device: string;
   #home: HomeSession | null = null;
   #peerServer: net.Server | null = null;
   #peerPort: number | null = null;
@@ -189,6 +191,7 @@ export class Q2QNode extends EventEmitter {
     this.#routes = options.routes ?? ALL_ROUTES;
     this.#relayDelayMs = options.relayDelayMs ?? DEFAULT_RELAY_DELAY_MS;
     this.#domain = parseAddress(this.identity.address).domain;
+    this.#device = parseDevice(options.device ?? deviceFromHostname(os.hostname()));
     this.#pool = new ServerPool(this.identity, options.resolve, options.trust, this.#log.child({ component: 'pool' }));
     this.#watch = new RevocationWatch({
       ownCertificate: () => this.#identity.certPem,
@@ -199,6 +202,11 @@ export class Q2QNode extends EventEmitter {
 
   get identity(): Identity {
     return this.#identity;
+  }
+
+  /** This node's device name: Q2QOptions.device, else from the host name. */
+  get device(): string {
+    return this.#device;
   }
 
   /**
@@ -229,6 +237,7 @@ export class Q2QNode extends EventEmitter {
       resolve: this.#opts.resolve,
       trust: this.#opts.trust,
       log: this.#log.child({ component: 'home' }),
+      device: this.#device,
       services: () => [...this.#services.keys()],
       onInbound: (args) => this.#onInbound(args),
       onRelayReady: async (args) => this.#onRelayReady(args),
@@ -244,6 +253,8 @@ export class Q2QNode extends EventEmitter {
       }
       this.emit('home', state);
     });
+    this.#home.on('presence', (presence) => this.emit('presence', presence));
+    this.#home.on('replaced', (by) => this.emit('replaced', by));
     await this.#home.start();
     if (this.#routes.includes('ptcp')) {
       this.#refreshTimer = setInterval(() => void this.#refreshReflexive(), REFLEXIVE_REFRESH_MS);
@@ -394,6 +405,7 @@ export class Q2QNode extends EventEmitter {
 
   async #onInbound(args: AmpArgs): Promise<AmpArgs> {
     const from = formatAddress(parseAddress(args.from ?? ''));
+    const fromDevice = args.from_device ? parseDevice(args.from_device) : '';
     // Before any other work: a caller past its rate gets nothing else done.
     this.#limits.take(from);
     const service = parseService(args.service ?? '');
@@ -413,7 +425,7 @@ export class Q2QNode extends EventEmitter {
     const admission = this.#limits.admit(from);
     const token = randomBytes(16).toString('hex');
     const pending: PendingInbound = {
-      from, service, fingerprint, admission,
+      from, fromDevice, service, fingerprint, admission,
       expiresAt: Date.now() + TOKEN_LIFETIME_MS,
       relay: this.#routes.includes('relay') && callerRoutes.includes('relay'),
       relayTimer: null, relayOpening: false, relayLeg: null,
@@ -441,7 +453,7 @@ export class Q2QNode extends EventEmitter {
       pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
       pending.relayTimer.unref();
     }
-    this.#log.info({ from, service, candidates: candidates.length, nat: this.natMapping, callerNat: callerMapping, hopeless }, 'inbound accepted');
+    this.#log.info({ from, fromDevice, service, candidates: candidates.length, nat: this.natMapping, callerNat: callerMapping, hopeless }, 'inbound accepted');
     return { token, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]) };
   }
 
@@ -542,21 +554,32 @@ export class Q2QNode extends EventEmitter {
     const service = this.#services.get(pending.service);
     if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
     writePreamble(socket, { ok: '1' });
-    this.#log.info({ from: pending.from, service: pending.service, route }, 'peer connected');
-    const stream = decorate(socket, { route, peer: pending.from, service: pending.service, peerCertificate: presented.toString(), connectMs: 0 });
+    this.#log.info({ from: pending.from, fromDevice: pending.fromDevice, service: pending.service, route }, 'peer connected');
+    const stream = decorate(socket, {
+      route, peer: pending.from, device: pending.fromDevice, service: pending.service, peerCertificate: presented.toString(), connectMs: 0,
+    });
     this.#watch.track(stream, stream.peerCertificate);
     service.onConnection(stream);
   }
 
   // ---- connecting ----
 
+  /**
+   * Connects to `user@domain:service`, or to one device's service with
+   * `user+device@domain:service`. The stream's `.device` is the device that
+   * answered, as the listener's server names it.
+   */
   async connect(target: string, opts: ConnectOptions = {}): Promise<Q2QStream> {
     const started = performance.now();
-    const { address, service } = parseServiceAddress(target);
+    const { address, device: wanted, service } = parseServiceAddress(target);
     const to = formatAddress(address);
     const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
-    const answer = await this.#inbound(to, service, timeoutMs);
+    const answer = await this.#inbound(to, wanted, service, timeoutMs);
+    const device = answer.device ? parseDevice(answer.device) : UNNAMED_DEVICE;
+    if (wanted !== undefined && device !== wanted) {
+      throw vertexError('Internal', `connect ${formatDeviceAddress(address, wanted)}:${service}: the server answered for device ${device} instead`);
+    }
     const listenerCert = answer.certificate ?? '';
     const ca = this.#opts.trust.loadCaFor(address.domain);
     if (!ca) throw vertexError('CertificateInvalid', `connect ${to}: no pinned CA for ${address.domain}`);
@@ -565,14 +588,14 @@ export class Q2QNode extends EventEmitter {
     const hopeless = punchHopeless(this.natMapping, peerMapping(answer.candidates));
     if (hopeless && parseCandidates(answer.candidates).some((c) => c.route === 'ptcp')) this.emit('punch', 'skipped');
     const stream = await this.#race({
-      to, service, token: answer.token ?? '', listenerCert,
+      to, device, service, token: answer.token ?? '', listenerCert,
       candidates: parseCandidates(answer.candidates).filter((c) => this.#routes.includes(c.route) && !(hopeless && c.route === 'ptcp')),
       relay: this.#routes.includes('relay') && answer.relay === '1',
       relayAtOnce: hopeless,
       deadline,
     });
     const connectMs = Math.round(performance.now() - started);
-    this.#log.info({ to, service, route: stream.route, connectMs }, 'connected');
+    this.#log.info({ to, device, service, route: stream.route, connectMs }, 'connected');
     if (!this.#stopped) {
       this.#watch.start();
       this.#watch.track(stream, stream.peerCertificate);
@@ -580,11 +603,13 @@ export class Q2QNode extends EventEmitter {
     return Object.assign(stream, { connectMs }) as Q2QStream;
   }
 
-  async #inbound(to: string, service: string, timeoutMs: number): Promise<AmpArgs> {
+  async #inbound(to: string, device: string | undefined, service: string, timeoutMs: number): Promise<AmpArgs> {
     const domain = parseAddress(to).domain;
     // Our own ptcp candidates go with the request, so the listener can punch toward us at once.
     const candidates = this.#routes.includes('ptcp') ? await this.#directCandidates(['ptcp'], domain) : [];
-    const args = { to, service, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]), routes: JSON.stringify(this.#routes) };
+    const args = {
+      to, ...(device !== undefined && { device }), from_device: this.#device, service, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]), routes: JSON.stringify(this.#routes),
+    };
     for (let attempt = 0; ; attempt++) {
       const connection = await this.#pool.get(domain);
       try {
@@ -602,7 +627,7 @@ export class Q2QNode extends EventEmitter {
   }
 
   #race(p: {
-    to: string; service: string; token: string; listenerCert: string;
+    to: string; device: string; service: string; token: string; listenerCert: string;
     candidates: Candidate[]; relay: boolean; relayAtOnce: boolean; deadline: number;
   }): Promise<Q2QStream> {
     return new Promise((resolve, reject) => {
@@ -670,7 +695,7 @@ export class Q2QNode extends EventEmitter {
             return failedOne(route, err);
           }
           outstanding -= 1;
-          finish(null, decorate(secure, { route, peer: p.to, service: p.service, peerCertificate: p.listenerCert, connectMs: 0 }));
+          finish(null, decorate(secure, { route, peer: p.to, device: p.device, service: p.service, peerCertificate: p.listenerCert, connectMs: 0 }));
         })();
       };
 
@@ -723,8 +748,16 @@ export class Q2QNode extends EventEmitter {
   // ---- status and shutdown ----
 
   status(): NodeStatus {
+    const presence = this.#home?.presence;
     return {
       identity: this.identity.address,
+      device: this.#device,
+      devices: {
+        online: presence?.devices ?? [],
+        conflicts: presence?.conflicts ?? [],
+        moreConflicts: presence?.moreConflicts ?? 0,
+        replacedBy: this.#home?.replacedBy ?? null,
+      },
       certificateNotAfter: describeCertificate(this.identity.certPem).notAfter.toISOString(),
       home: {
         state: this.#home?.state ?? 'offline',

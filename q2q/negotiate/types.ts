@@ -6,6 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { CaTrust } from '../control/server-connection';
 import type { ServerResolver } from '../control/discovery';
 import type { RouteName } from '../transport/route';
+import type { Conflict } from '../control/protocol';
 import type { Logger } from '../util/log';
 import type { SessionStatus } from './peer-session';
 
@@ -24,6 +25,13 @@ export interface Q2QStreamInfo {
   readonly route: RouteName;
   /** The other end's address, verified by peer TLS. */
   readonly peer: string;
+  /**
+   * The other end's device (README "Several machines per user"): on the caller
+   * side the device that answered, as its server names it; on the listener side
+   * the device the caller said it is. A label among one address's machines, not
+   * a separate identity: peer TLS proves `peer`, not `device`.
+   */
+  readonly device: string;
   readonly service: string;
   /**
    * The peer's certificate (PEM), as verified during peer TLS. Kept here because
@@ -62,6 +70,11 @@ export interface ServiceOptions {
 
 export interface Q2QOptions {
   resolve: ServerResolver;
+  /**
+   * This node's device name, one DNS label without '--' (q2q/address.ts).
+   * Default: the host name's first label (deviceFromHostname(os.hostname())).
+   */
+  device?: string;
   trust: DomainTrust;
   /** Which routes may be used, in order of preference. Default: all. */
   routes?: readonly RouteName[];
@@ -89,6 +102,14 @@ export type HomeConnectionState = 'connecting' | 'online' | 'offline';
 
 export interface NodeStatus {
   identity: string;
+  device: string;
+  /**
+   * The user's devices as the home server describes them: every device online
+   * (this one included), the services this device shares with others and which
+   * device unqualified callers reach, and who replaced this device's session
+   * if that is why it is offline.
+   */
+  devices: { online: string[]; conflicts: Conflict[]; moreConflicts: number; replacedBy: string | null };
   certificateNotAfter: string;
   home: { state: HomeConnectionState; server: string | null; since: string; lastError: string | null };
   /** nat: the UDP mapping behaviour (q2q/negotiate/nat-type.ts); absent where a node cannot tell. */

@@ -76,7 +76,7 @@ export class FakeNetwork {
   };
 }
 
-function decorate(s: net.Socket, info: { route: RouteName; peer: string; service: string; connectMs: number }): Q2QStream {
+function decorate(s: net.Socket, info: { route: RouteName; peer: string; device: string; service: string; connectMs: number }): Q2QStream {
   return Object.assign(s, info) as unknown as Q2QStream;
 }
 
@@ -135,13 +135,19 @@ export class FakeNode implements AgentNode {
     }
     const [mine, theirs] = await this.#net.pair();
     const route = this.#net.route;
-    exposed.opts.onConnection(decorate(theirs, { route, peer: this.identity.address, service, connectMs: 0 }));
-    return decorate(mine, { route, peer, service, connectMs: 3 });
+    exposed.opts.onConnection(decorate(theirs, { route, peer: this.identity.address, device: this.device, service, connectMs: 0 }));
+    return decorate(mine, { route, peer, device: 'fake', service, connectMs: 3 });
+  }
+
+  get device(): string {
+    return this.options.device ?? 'fake';
   }
 
   status(): NodeStatus {
     return {
       identity: this.identity.address,
+      device: this.device,
+      devices: { online: [this.device], conflicts: [], moreConflicts: 0, replacedBy: null },
       certificateNotAfter: '2030-01-01T00:00:00.000Z',
       home: { state: this.started && !this.stopped ? 'online' : 'offline', server: '127.0.0.1:8788', since: new Date(0).toISOString(), lastError: null },
       reflexive: { tcp: null, udp: '127.0.0.1:40000' },

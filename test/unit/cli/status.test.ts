@@ -1,9 +1,11 @@
 import type { AgentStatus } from '../../../agent/daemon';
 import { formatStatus } from '../../../cli/commands/status';
 
-function status(nat?: 'easy' | 'hard' | 'unknown'): AgentStatus {
+function status(nat?: 'easy' | 'hard' | 'unknown', devices: Partial<AgentStatus['devices']> = {}): AgentStatus {
   return {
     identity: 'alice@a.test',
+    device: 'laptop',
+    devices: { online: ['laptop'], conflicts: [], moreConflicts: 0, replacedBy: null, ...devices },
     certificate: { notAfter: '2027-01-01T00:00:00.000Z' },
     server: { state: 'online', server: '127.0.0.1:8788', since: '2026-12-02T10:00:00.000Z', lastError: null },
     reflexive: { tcp: '192.0.2.10:4000', udp: '192.0.2.10:4001', ...(nat ? { nat } : {}) },
@@ -33,5 +35,23 @@ describe('vertex status text', () => {
     expect(formatStatus(exposed(['alice@a.test']))).toContain('allow only alice@a.test (any of its devices)');
     expect(formatStatus(exposed(['*']))).toContain('allow * (any user of any domain)');
     expect(formatStatus(exposed(['*@a.test', 'bob@b.test']))).toContain('allow *@a.test, bob@b.test');
+  });
+
+  it('names the device, the other devices online, and the services they share', () => {
+    const now = Date.parse('2026-12-02T10:00:00.000Z');
+    expect(formatStatus(status(), now)).toContain('device       laptop (the only device of alice@a.test online)\n');
+    const shared = formatStatus(status(undefined, {
+      online: ['homeserver', 'laptop'],
+      conflicts: [{ service: 'ssh', devices: ['homeserver', 'laptop'], chosen: 'homeserver' }],
+    }), now);
+    expect(shared).toContain('device       laptop (also online: homeserver)\n');
+    expect(shared).toMatch(/conflicts {4}.*first device by name\n {4}ssh {2}on homeserver, laptop {2}alice@a\.test:ssh -> homeserver {2}this device: alice\+laptop@a\.test:ssh/);
+    const chosen = formatStatus(status(undefined, {
+      online: ['laptop', 'pi'], conflicts: [{ service: 'ssh', devices: ['laptop', 'pi'], chosen: 'laptop' }], moreConflicts: 2,
+    }), now);
+    expect(chosen).toContain('alice@a.test:ssh -> laptop (this device)');
+    expect(chosen).toContain('(and 2 more)');
+    expect(formatStatus(status(undefined, { online: [], replacedBy: '192.0.2.7:5000' }), now))
+      .toContain('device       laptop (replaced by a newer session from 192.0.2.7:5000: not online as this device)');
   });
 });

@@ -72,6 +72,7 @@ describe('config/agent.example.yaml', () => {
   it('loads, with the values it shows', () => {
     const config = loadAgentConfig(text, AGENT_EXAMPLE);
     expect(config.identity).toBe('alice@example.com');
+    expect(config.device).toBe('laptop');
     expect(config.socks).toEqual({ listen: { host: '127.0.0.1', port: 1080 }, auth: 'none', passthrough: false });
     expect(config.forwards).toEqual([{ listen: { host: '127.0.0.1', port: 2222 }, to: 'bob@example.com:ssh' }]);
     expect(config.expose).toEqual([

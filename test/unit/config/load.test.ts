@@ -36,7 +36,7 @@ describe('loadAgentConfig: errors name the file, the line and the key path', () 
     const err = configError(() => loadAgentConfig(lf('version: 1', 'identity: alice@example.com', 'sokcs:', '  listen: 127.0.0.1:1080'), AGENT_FILE));
     expect(lines(err)).toHaveLength(1);
     expect(err.message).toMatch(/^\/etc\/vertex\/agent\.yaml:3: sokcs: unknown key \(did you mean "socks"\?\)/);
-    expect(err.message).toContain('allowed keys here: version, identity, socks');
+    expect(err.message).toContain('allowed keys here: version, identity, device, socks');
   });
 
   it('an unknown nested key points at the key, not its parent', () => {

@@ -1,9 +1,14 @@
 import fc from 'fast-check';
 import {
   DEFAULT_PORT_SERVICES,
+  deviceFromHostname,
   formatAddress,
+  formatDeviceAddress,
+  formatHostTarget,
   formatServiceAddress,
   parseAddress,
+  parseDevice,
+  parseDeviceAddress,
   parseDomain,
   parseHostTarget,
   parseService,
@@ -48,6 +53,10 @@ describe('parseUser', () => {
     ['bob.smith', "'.' is not allowed"],
     ['bob@x', "'@' is not allowed"],
     ['b\u00f6b', 'U+00F6 is not allowed'],
+    ['bob+laptop', "'+' is not allowed"],
+    // '--' separates user and device in DNS-safe names (bob--laptop.b.test.q2q).
+    ['bob--smith', "'--' is reserved"],
+    ['a---b', "'--' is reserved"],
     // The Kelvin sign lower-cases to 'k' under Unicode rules; it must not pass as "kelvin".
     ['\u212Aelvin', 'U+212A is not allowed'],
   ])('rejects %j (%s)', (input, reason) => {
@@ -61,6 +70,101 @@ describe('parseUser', () => {
     expect(invalidName(() => parseUser('bob!')).message).toBe(
       'invalid user "bob!": \'!\' is not allowed; use letters, digits, \'-\' and \'_\' (1-63 characters, starting and ending with a letter or digit)',
     );
+  });
+});
+
+describe('devices', () => {
+  it.each([
+    ['laptop', 'laptop'],
+    ['HomeServer', 'homeserver'],
+    ['pi-4', 'pi-4'],
+    ['7', '7'],
+    ['a'.repeat(63), 'a'.repeat(63)],
+  ])('parseDevice accepts %j as %j', (input, expected) => {
+    expect(parseDevice(input)).toBe(expected);
+  });
+
+  it.each([
+    ['', 'empty'],
+    ['lap top', 'U+0020 is not allowed'],
+    ['lap_top', "'_' is not allowed"],
+    ['lap.top', "'.' is not allowed"],
+    ['-laptop', 'start and end'],
+    ['laptop-', 'start and end'],
+    ['lap--top', "'--' is reserved"],
+    ['a'.repeat(64), '64 characters'],
+  ])('parseDevice rejects %j (%s)', (input, reason) => {
+    const err = invalidName(() => parseDevice(input));
+    expect(err.message).toContain('invalid device');
+    expect(err.message).toContain(reason);
+  });
+
+  it.each([
+    ['laptop', 'laptop'],
+    ['Bobs-MacBook-Pro.local', 'bobs-macbook-pro'],
+    ['build_host.example.com', 'build-host'],
+    ['--weird__name--', 'weird-name'],
+    ['a--b', 'a-b'],
+    ['', 'device'],
+    ['...', 'device'],
+    ['\u00e9t\u00e9', 't'],
+    ['\u00e9', 'device'],
+    [`${'x'.repeat(62)}-y${'z'.repeat(10)}`, 'x'.repeat(62)],
+  ])('deviceFromHostname(%j) is %j, always a valid device', (host, expected) => {
+    expect(deviceFromHostname(host)).toBe(expected);
+    expect(parseDevice(deviceFromHostname(host))).toBe(expected);
+  });
+
+  it('any host name gives a valid device name', () => {
+    fc.assert(fc.property(fc.string({ maxLength: 100 }), (host) => {
+      expect(parseDevice(deviceFromHostname(host))).toBe(deviceFromHostname(host));
+    }), { numRuns: 500 });
+  });
+
+  it.each([
+    ['bob@b.test', { address: { user: 'bob', domain: 'b.test' } }, 'bob@b.test'],
+    ['Bob+Laptop@B.test', { address: { user: 'bob', domain: 'b.test' }, device: 'laptop' }, 'bob+laptop@b.test'],
+  ])('parseDeviceAddress(%j)', (input, expected, formatted) => {
+    const parsed = parseDeviceAddress(input);
+    expect(parsed).toEqual(expected);
+    expect(formatDeviceAddress(parsed.address, parsed.device)).toBe(formatted);
+  });
+
+  it.each([
+    ['bob+@b.test', 'invalid device'],
+    ['+laptop@b.test', 'invalid user'],
+    ['bob+lap+top@b.test', "'+' is not allowed"],
+    ['bob+lap--top@b.test', "'--' is reserved"],
+    ['bob+laptop', 'expected user@domain or user+device@domain'],
+    ['bob+laptop@', 'invalid domain'],
+  ])('parseDeviceAddress rejects %j (%s)', (input, reason) => {
+    expect(invalidName(() => parseDeviceAddress(input)).message).toContain(reason);
+  });
+
+  it('an identity never names a device', () => {
+    expect(invalidName(() => parseAddress('bob+laptop@b.test')).message).toContain("'+' is not allowed");
+  });
+
+  it('service addresses name a device with +, and format it back', () => {
+    const parsed = parseServiceAddress('BOB+Laptop@b.test:SSH');
+    expect(parsed).toEqual({ address: { user: 'bob', domain: 'b.test' }, device: 'laptop', service: 'ssh' });
+    expect(formatServiceAddress(parsed)).toBe('bob+laptop@b.test:ssh');
+    expect('device' in parseServiceAddress('bob@b.test:ssh')).toBe(false);
+  });
+
+  it('the literal and the DNS-safe forms round-trip', () => {
+    const label = fc.stringMatching(/^[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?$/).filter((l) => !l.includes('--'));
+    const user = fc.stringMatching(/^[a-z0-9](?:[a-z0-9_-]{0,8}[a-z0-9])?$/).filter((u) => !u.includes('--'));
+    const domain = fc.tuple(label, fc.stringMatching(/^[a-z][a-z0-9]{0,5}$/)).map(([a, b]) => `${a}.${b}`);
+    fc.assert(fc.property(user, domain, fc.option(label, { nil: undefined }), (u, d, device) => {
+      const address = { user: u, domain: d };
+      const literal = parseHostTarget(formatDeviceAddress(address, device), 22);
+      const dnsSafe = parseHostTarget(formatHostTarget(address, device), 22);
+      const expected = { address, ...(device !== undefined && { device }), service: 'ssh' };
+      expect(literal).toEqual(expected);
+      expect(dnsSafe).toEqual(expected);
+      expect(formatServiceAddress(literal!)).toBe(`${formatDeviceAddress(address, device)}:ssh`);
+    }), { numRuns: 500 });
   });
 });
 
@@ -182,7 +286,7 @@ describe('addresses', () => {
 
   it('parses what it formats, and formats canonically', () => {
     const label = fc.stringMatching(/^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?$/);
-    const user = fc.stringMatching(/^[a-zA-Z0-9](?:[a-zA-Z0-9_-]{0,10}[a-zA-Z0-9])?$/);
+    const user = fc.stringMatching(/^[a-zA-Z0-9](?:[a-zA-Z0-9_-]{0,10}[a-zA-Z0-9])?$/).filter((u) => !u.includes('--'));
     const domain = fc
       .tuple(fc.array(label, { minLength: 0, maxLength: 3 }), fc.stringMatching(/^[a-zA-Z][a-zA-Z0-9]{0,5}$/))
       .map(([labels, tld]) => [...labels, tld].join('.'));
@@ -199,7 +303,7 @@ describe('addresses', () => {
   it('only ever throws InvalidName on arbitrary text', () => {
     fc.assert(
       fc.property(fc.string({ maxLength: 80 }), fc.integer({ min: -5, max: 70000 }), (text, port) => {
-        for (const fn of [parseUser, parseDomain, parseService, parseAddress, parseServiceAddress, (t: string) => parseHostTarget(t, port, {})]) {
+        for (const fn of [parseUser, parseDevice, parseDomain, parseService, parseAddress, parseDeviceAddress, parseServiceAddress, (t: string) => parseHostTarget(t, port, {})]) {
           try {
             fn(text);
           } catch (err) {
@@ -223,8 +327,19 @@ describe('parseHostTarget', () => {
     ['bob.b.test.q2q', 80, 'bob', 'b.test', 'http'],
     ['demo.localhost.q2q', 1, 'demo', 'localhost', '1'],
     ['a_b.example.com.q2q', 65535, 'a_b', 'example.com', '65535'],
+    ['a-b.example.com.q2q', 22, 'a-b', 'example.com', 'ssh'],
   ])('reads %j port %d', (host, port, user, domain, service) => {
     expect(parseHostTarget(host, port, DEFAULT_PORT_SERVICES)).toEqual({ address: { user, domain }, service });
+  });
+
+  it.each([
+    ['bob+laptop@example.com', 22, 'bob', 'laptop', 'example.com', 'ssh'],
+    ['bob+laptop@example.com.', 80, 'bob', 'laptop', 'example.com', 'http'],
+    ['bob--laptop.example.com.q2q', 22, 'bob', 'laptop', 'example.com', 'ssh'],
+    ['Bob--HomeServer.B.Test.Q2Q.', 443, 'bob', 'homeserver', 'b.test', 'https'],
+    ['a-b--pi-4.b.test.q2q', 8080, 'a-b', 'pi-4', 'b.test', '8080'],
+  ])('reads the device form %j port %d', (host, port, user, device, domain, service) => {
+    expect(parseHostTarget(host, port, DEFAULT_PORT_SERVICES)).toEqual({ address: { user, domain }, device, service });
   });
 
   it.each([['example.com'], ['localhost'], ['1.2.3.4'], ['::1'], ['[::1]'], ['q2q'], ['update.googleapis.com'], ['example.q2q.com']])(
@@ -244,6 +359,12 @@ describe('parseHostTarget', () => {
     ['@example.com', 'invalid user'],
     ['bob@1.2.3.4', 'invalid domain'],
     ['a@b@c', "more than one '@'"],
+    ['bob--.b.test.q2q', 'invalid device'],
+    ['--laptop.b.test.q2q', 'invalid user'],
+    ['bob---laptop.b.test.q2q', 'invalid device'],
+    ['bob--lap--top.b.test.q2q', "'--' is reserved"],
+    ['bob+@b.test', 'invalid device'],
+    ['bob--laptop@b.test', "'--' is reserved"],
   ])('throws InvalidName for the malformed q2q name %j (%s)', (host, reason) => {
     expect(invalidName(() => parseHostTarget(host, 22, DEFAULT_PORT_SERVICES)).message).toContain(reason);
   });
