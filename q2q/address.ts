@@ -108,10 +108,18 @@ function badCharacter(text: string, allowed: RegExp): string | undefined {
   return undefined;
 }
 
-export function parseUser(text: string): string {
+export interface ParseUserOptions {
+  /**
+   * Accept '--' as user names did before devices: only for removing such an
+   * account (`vertex server remove-user`); nothing else can address it.
+   */
+  legacy?: boolean;
+}
+
+export function parseUser(text: string, opts: ParseUserOptions = {}): string {
   const user = foldCase(text);
   if (USER_RE.test(user)) {
-    if (user.includes(DNS_DEVICE_SEPARATOR)) invalid('user', text, DOUBLE_HYPHEN, USER_RULE);
+    if (!opts.legacy && user.includes(DNS_DEVICE_SEPARATOR)) invalid('user', text, DOUBLE_HYPHEN, USER_RULE);
     return user;
   }
   if (user.length === 0) invalid('user', text, 'it is empty', USER_RULE);
@@ -185,11 +193,11 @@ export function parseService(text: string): string {
 }
 
 /** Parses `user@domain`. */
-export function parseAddress(text: string): Q2QAddress {
+export function parseAddress(text: string, opts: ParseUserOptions = {}): Q2QAddress {
   const at = text.indexOf('@');
   if (at < 0) throw vertexError('InvalidName', `invalid address ${quote(text)}: expected user@domain`);
   if (text.indexOf('@', at + 1) >= 0) throw vertexError('InvalidName', `invalid address ${quote(text)}: more than one '@'; expected user@domain`);
-  return { user: parseUser(text.slice(0, at)), domain: parseDomain(text.slice(at + 1)) };
+  return { user: parseUser(text.slice(0, at), opts), domain: parseDomain(text.slice(at + 1)) };
 }
 
 export function formatAddress(address: Q2QAddress): string {

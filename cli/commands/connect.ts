@@ -80,8 +80,8 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       const info = (await sendRequest(control, 'connect', { target, timeoutMs, framed: true }, {
         timeoutMs: timeoutMs + AGENT_REPLY_MARGIN_MS,
         waitingFor: `the agent (${socketPath}) to connect to ${target}`,
-      })) as { route: string; connectMs: number; framed?: boolean };
-      log.info({ target, route: info.route, connectMs: info.connectMs, via: 'agent' }, 'connected');
+      })) as { route: string; device?: string; connectMs: number; framed?: boolean };
+      log.info({ target, device: info.device, route: info.route, connectMs: info.connectMs, via: 'agent' }, 'connected');
       if (info.framed) {
         // The agent says how the tunnel ended: an ABORT frame carries its reason.
         tunnel = new FramedTunnel(control, { other: `the agent (${socketPath})` });
@@ -92,7 +92,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       }
     } else {
       const stream = await connectAlone(setup, target, log, timeoutMs);
-      log.info({ target, route: stream.route, connectMs: stream.connectMs, via: 'direct' }, 'connected');
+      log.info({ target, device: stream.device, route: stream.route, connectMs: stream.connectMs, via: 'direct' }, 'connected');
       tunnel = stream;
     }
     await joinStdio(process.stdin, openOutput(), tunnel, { describeFailure });

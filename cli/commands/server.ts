@@ -168,7 +168,8 @@ const removeUser: CommandModule<GlobalArgs, AdminArgs> = {
   describe: 'delete an account and revoke its certificates',
   builder: (y) => serverOptions(y).positional('address', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
   handler: async (args) => {
-    const address = parseAddress(args.address ?? '');
+    // Also an account made before '--' was reserved for devices (README "Names").
+    const address = parseAddress(args.address ?? '', { legacy: true });
     const name = formatAddress(address);
     const { store } = await openStore(args);
     try {

@@ -156,6 +156,25 @@ describe('vertex server + register/login', () => {
     expect((await register(server, tempDir('home'), 'frank@example.test')).code).toBe(0);
   });
 
+  it("a user name with '--' (the device separator of bob--laptop.example.test.q2q) is refused, by the CLI and by the server", async () => {
+    const refused = await register(server, tempDir('home'), 'bob--laptop@example.test');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe(`vertex: invalid user "bob--laptop": '--' is reserved: it separates user and device in DNS-safe names such as bob--laptop.example.com.q2q; use letters, digits, '-' and '_' (1-63 characters, starting and ending with a letter or digit)\n`);
+    // A client that skips the CLI's check meets the server's.
+    const socket = tls.connect({ host: '127.0.0.1', port: server.port, servername: 'example.test', rejectUnauthorized: false });
+    await new Promise((r) => socket.once('secureConnect', r));
+    const peer = attachAmp(socket);
+    await peer.call('hello', { version: '2' });
+    const key = await generateKeyPair();
+    const csr = await createCsr('bob-laptop@example.test', key.privateKeyPem);
+    const answer = await peer.call('register', { address: 'bob--laptop@example.test', password: PASSWORD, csr }).then(() => 'registered', (e: { code?: string; message?: string }) => `${e.code}: ${e.message}`);
+    expect(answer).toMatch(/^InvalidName: invalid user "bob--laptop": '--' is reserved/);
+    socket.destroy();
+    // The account was never made, and one with a single hyphen is fine.
+    expect((await register(server, tempDir('home'), 'bob--laptop@example.test', PASSWORD, 'login')).code).toBe(2);
+    expect((await register(server, tempDir('home'), 'bob-laptop@example.test')).code).toBe(0);
+  });
+
   it('exchanges the protocol version in the first box and refuses commands before it', async () => {
     const connect = async () => {
       const socket = tls.connect({ host: '127.0.0.1', port: server.port, servername: 'example.test', rejectUnauthorized: false });

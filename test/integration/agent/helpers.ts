@@ -49,15 +49,15 @@ export async function startEcho(): Promise<Closable> {
   return { port: await listen(server), close: closer(server, sockets) };
 }
 
-/** `/` serves PAGE; `/slow` answers only when release() is called (to hold a tunnel open). */
-export async function startWeb(): Promise<Closable & { release(): void; hosts: string[] }> {
+/** `/` serves `page` (PAGE); `/slow` answers only when release() is called (to hold a tunnel open). */
+export async function startWeb(page = PAGE): Promise<Closable & { release(): void; hosts: string[] }> {
   const waiting: http.ServerResponse[] = [];
   const hosts: string[] = [];
   const server = http.createServer((req, res) => {
     hosts.push(req.headers.host ?? '');
     res.setHeader('content-type', 'text/html; charset=utf-8');
     if (req.url === '/slow') waiting.push(res);
-    else res.end(PAGE);
+    else res.end(page);
   });
   const sockets = track(server);
   const port = await listen(server);
@@ -65,7 +65,7 @@ export async function startWeb(): Promise<Closable & { release(): void; hosts: s
     port,
     hosts,
     release: () => {
-      for (const res of waiting.splice(0)) res.end(PAGE);
+      for (const res of waiting.splice(0)) res.end(page);
     },
     close: () => {
       server.closeAllConnections();
@@ -130,6 +130,11 @@ export async function stopClients(): Promise<void> {
 }
 
 
+/** A quoted word for ssh's ProxyCommand, which runs through /bin/sh. */
+export function shellWord(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
 /** agent.yaml for a test agent: loopback only, both domains' servers named, the control socket in its home. */
 export function agentYaml(world: World, home: string, extra = ''): string {
   return [
@@ -163,10 +168,10 @@ export function vertexFor(world: World, home: string): Pick<AgentHandle, 'vertex
   };
 }
 
-/** Writes agent.yaml into `home` and starts `vertex agent` there. */
-export async function startAgent(world: World, home: string, extraYaml = ''): Promise<AgentHandle> {
+/** Writes agent.yaml into `home` and starts `vertex agent` there, with `agentArgs` after `agent`. */
+export async function startAgent(world: World, home: string, extraYaml = '', agentArgs: string[] = []): Promise<AgentHandle> {
   fs.writeFileSync(path.join(home, 'agent.yaml'), agentYaml(world, home, extraYaml));
-  const proc = startVertex(['--home', home, 'agent', '--log-level', 'info']);
+  const proc = startVertex(['--home', home, 'agent', '--log-level', 'info', ...agentArgs]);
   const socks = await proc.waitFor(/socks5 listening on 127\.0\.0\.1:(\d+)/);
   await proc.waitFor(/control socket /);
   return { proc, home, socksPort: Number(socks[1]), ...vertexFor(world, home) };

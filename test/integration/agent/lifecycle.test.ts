@@ -52,7 +52,7 @@ describe('agent lifecycle', () => {
   it('vertex ping reports the route and round-trip times, through the agent and without one', async () => {
     const r = await alice.vertex(['ping', 'bob@b.test', '--count', '2']);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toMatch(/^bob@b\.test via tcp: connected in \d+ ms\nprobe 1: [\d.]+ ms via tcp\nprobe 2: [\d.]+ ms via tcp\nrtt min\/avg\/max /);
+    expect(r.stdout).toMatch(/^bob@b\.test via tcp: connected to bob\+[a-z0-9-]+@b\.test in \d+ ms\nprobe 1: [\d.]+ ms via tcp\nprobe 2: [\d.]+ ms via tcp\nrtt min\/avg\/max /);
     const json = JSON.parse((await alice.vertex(['ping', 'bob@b.test:echo', '--json'])).stdout) as { route: string; rttMs: number[]; connectMs: number };
     expect(json).toMatchObject({ route: 'tcp', rttMs: [] });
     // With a config whose control socket has no agent behind it: a one-off connection of its own.
@@ -60,7 +60,7 @@ describe('agent lifecycle', () => {
     fs.writeFileSync(alone, agentYaml(world, alice.home).replace(path.join(alice.home, 'agent.sock'), path.join(alice.home, 'none.sock')));
     const direct = await alice.vertex(['ping', 'bob@b.test', '--count', '1', '--config', alone]);
     expect(direct.stderr).toBe('');
-    expect(direct.stdout).toMatch(/^bob@b\.test via tcp: connected in \d+ ms\nprobe 1: /);
+    expect(direct.stdout).toMatch(/^bob@b\.test via tcp: connected to bob\+[a-z0-9-]+@b\.test in \d+ ms\nprobe 1: /);
     const offline = await alice.vertex(['ping', 'nobody@b.test']);
     expect(offline.code).toBe(4);
     expect(offline.stderr.trim().split('\n')).toHaveLength(1);

@@ -161,8 +161,8 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
     expect(fwd?.bytesOut).toBe(4);
 
     const human = await alice.vertex(['status']);
-    expect(human.stdout).toMatch(/tunnels\n\s+ID\s+KIND\s+TARGET\s+PEER\s+ROUTE\s+AGE\s+IN\s+OUT/);
-    expect(human.stdout).toMatch(/forward\s+bob@b\.test:echo\s+bob@b\.test\s+tcp/);
+    expect(human.stdout).toMatch(/tunnels\n\s+ID\s+KIND\s+TARGET\s+PEER\s+DEVICE\s+ROUTE\s+AGE\s+IN\s+OUT/);
+    expect(human.stdout).toMatch(/forward\s+bob@b\.test:echo\s+bob@b\.test\s+[a-z0-9-]+\s+tcp/);
     const bobStatus = JSON.parse((await bob.vertex(['status', '--json'])).stdout) as AgentStatus;
     expect(bobStatus.tunnels.filter((t) => t.kind === 'inbound' && t.peer === 'alice@a.test').length).toBeGreaterThanOrEqual(3);
 

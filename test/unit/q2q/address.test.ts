@@ -66,6 +66,12 @@ describe('parseUser', () => {
     expect(err.message).toContain("use letters, digits, '-' and '_'");
   });
 
+  it("accepts '--' only for legacy accounts (remove-user), never '+'", () => {
+    expect(parseUser('bob--smith', { legacy: true })).toBe('bob--smith');
+    expect(parseAddress('bob--smith@b.test', { legacy: true })).toEqual({ user: 'bob--smith', domain: 'b.test' });
+    expect(invalidName(() => parseUser('bob+smith', { legacy: true })).message).toContain("'+' is not allowed");
+  });
+
   it('says what was wrong in the documented shape', () => {
     expect(invalidName(() => parseUser('bob!')).message).toBe(
       'invalid user "bob!": \'!\' is not allowed; use letters, digits, \'-\' and \'_\' (1-63 characters, starting and ending with a letter or digit)',
