@@ -99,7 +99,7 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
     lines.push('tunnels');
     lines.push(...table([
       ['  ', 'ID', 'KIND', 'TARGET', 'PEER', 'DEVICE', 'ROUTE', 'AGE', 'IN', 'OUT', 'LOCAL'],
-      ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.device ?? '-', t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
+      ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.device || '-', t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
     ]));
   }
   return lines.join('\n');

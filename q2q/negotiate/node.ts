@@ -29,7 +29,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { deviceFromHostname, formatAddress, formatDeviceAddress, parseAddress, parseDevice, parseService, parseServiceAddress } from '../address';
-import { COMMANDS, TOKEN_LIFETIME_MS, UNNAMED_DEVICE } from '../control/protocol';
+import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
 import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
 import type { AmpArgs } from '../proto/amp-peer';
@@ -576,9 +576,11 @@ export class Q2QNode extends EventEmitter {
     const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
     const answer = await this.#inbound(to, wanted, service, timeoutMs);
-    const device = answer.device ? parseDevice(answer.device) : UNNAMED_DEVICE;
+    const device = answer.device ? parseDevice(answer.device) : '';
     if (wanted !== undefined && device !== wanted) {
-      throw vertexError('Internal', `connect ${formatDeviceAddress(address, wanted)}:${service}: the server answered for device ${device} instead`);
+      const named = `${formatDeviceAddress(address, wanted)}:${service}`;
+      if (device === '') throw vertexError('ProtocolVersion', `connect ${named}: ${address.domain}'s server does not know devices (its answer named none); connect without one`);
+      throw vertexError('Internal', `connect ${named}: the server answered for device ${device} instead`);
     }
     const listenerCert = answer.certificate ?? '';
     const ca = this.#opts.trust.loadCaFor(address.domain);

@@ -135,7 +135,7 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
       if (this.#streams === 0) this.#armIdle();
     });
     return Object.assign(stream, {
-      route: this.route, peer: this.peer, service, peerCertificate: this.certificate, connectMs, sessionId: this.id, peerDevice: this.device,
+      route: this.route, peer: this.peer, service, peerCertificate: this.certificate, connectMs, sessionId: this.id, device: this.device,
     }) as unknown as Q2QStream;
   }
 

@@ -28,8 +28,9 @@ export interface Q2QStreamInfo {
   /**
    * The other end's device (README "Several machines per user"): on the caller
    * side the device that answered, as its server names it; on the listener side
-   * the device the caller said it is. A label among one address's machines, not
-   * a separate identity: peer TLS proves `peer`, not `device`.
+   * the device the caller said it is; '' when the peer did not say. A label
+   * among one address's machines, not a separate identity: peer TLS proves
+   * `peer`, not `device`. Peer sessions are keyed on (peer, device).
    */
   readonly device: string;
   readonly service: string;
@@ -42,8 +43,6 @@ export interface Q2QStreamInfo {
   readonly connectMs: number;
   /** The peer session that carries the stream (both ends see the same id). */
   readonly sessionId?: string;
-  /** The peer's device, where known. */
-  readonly peerDevice?: string;
 }
 
 /**
