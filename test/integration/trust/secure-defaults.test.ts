@@ -108,7 +108,7 @@ describe('secure defaults: an expose without --allow admits only its owner', () 
 
     const allowed = await alice.vertex(['ping', 'bob@b.test', '--count', '1']);
     expect(allowed.stderr).toBe('');
-    expect(allowed.stdout).toMatch(/^bob@b\.test via \w+: connected in \d+ ms\nprobe 1: /);
+    expect(allowed.stdout).toMatch(/^bob@b\.test via \w+: connected to bob\+[a-z0-9-]+@b\.test in \d+ ms\nprobe 1: /);
     // An admitted caller does get addresses: so the Denied answers above are what hid them.
     const answer = await rawInbound(alice.home, 'alice@a.test', 'vertex-ping');
     expect('ok' in answer && JSON.parse(answer.ok.candidates ?? '[]').some((c: string) => /^(tcp|ptcp):/.test(c))).toBe(true);
