@@ -337,6 +337,17 @@ describe('loadAgentConfig', () => {
     expect(config.advertise).toEqual(['198.51.100.7', '2001:db8::1']);
   });
 
+  it('device: case-folded, checked, and a forward may name a device', () => {
+    const config = loadAgentConfig(lf('version: 1', 'device: HomeServer', 'forwards: [{ listen: 2222, to: Bob+Laptop@Example.com:SSH }]'), AGENT_FILE);
+    expect(config.device).toBe('homeserver');
+    expect(config.forwards).toEqual([{ listen: { host: '127.0.0.1', port: 2222 }, to: 'bob+laptop@example.com:ssh' }]);
+    expect(loadAgentConfig('version: 1\n', AGENT_FILE)).not.toHaveProperty('device');
+    const err = configError(() => loadAgentConfig(lf('version: 1', 'device: home--server'), AGENT_FILE));
+    expect(err.message).toMatch(/^\/etc\/vertex\/agent\.yaml:2: device: invalid device "home--server": '--' is reserved/);
+    const flag = configError(() => loadAgentConfig('version: 1\n', AGENT_FILE, { overrides: { device: 'my laptop' } }));
+    expect(flag.message).toMatch(/^command line: device: invalid device "my laptop": U\+0020 is not allowed/);
+  });
+
   it('an expose without allow leaves allow out for the agent to fill in', () => {
     const config = loadAgentConfig(lf('version: 1', 'expose: [{ service: ssh, target: 127.0.0.1:22 }]'), AGENT_FILE);
     expect(config.expose[0]).toEqual({ service: 'ssh', target: { host: '127.0.0.1', port: 22 } });
