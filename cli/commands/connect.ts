@@ -60,7 +60,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
   command: 'connect <target> [port]',
   describe: 'join stdin/stdout to user@domain:service (for ssh ProxyCommand: vertex connect %h %p)',
   builder: (y) => y
-    .positional('target', { type: 'string', demandOption: true, describe: 'user@domain:service, or bob.example.com.q2q / bob@example.com with PORT' })
+    .positional('target', { type: 'string', demandOption: true, describe: 'user@domain:service (user+device@domain:service for one device), or bob.example.com.q2q / bob--laptop.example.com.q2q / bob@example.com with PORT' })
     .positional('port', { type: 'number', describe: 'port, mapped to a service (22 -> ssh, 80 -> http, 443 -> https, else the number)' })
     .option('timeout', { type: 'number', default: DEFAULT_CONNECT_TIMEOUT_S, describe: 'seconds to wait for the tunnel' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ConnectArgs>,

@@ -19,7 +19,7 @@ export const pingCommand: CommandModule<GlobalArgs, PingArgs> = {
   command: 'ping <target>',
   describe: 'reach USER@DOMAIN[:SERVICE] and report the route and round-trip time',
   builder: (y) => y
-    .positional('target', { type: 'string', demandOption: true, describe: 'user@domain, or user@domain:service to time a connect to that service' })
+    .positional('target', { type: 'string', demandOption: true, describe: 'user@domain (user+device@domain for one device), or user@domain:service to time a connect to that service' })
     .option('count', { alias: 'c', type: 'number', default: DEFAULT_PING_COUNT, describe: `probes to send (1-${MAX_PING_COUNT})` })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<PingArgs>,
   handler: async (args) => {

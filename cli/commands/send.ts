@@ -117,7 +117,7 @@ async function sumSizes(files: string[]): Promise<number> {
 
 export const sendCommand: CommandModule<GlobalArgs, SendArgs> = {
   command: 'send <paths..>',
-  describe: 'send files or directories to USER@DOMAIN (who runs `vertex receive`); the last argument names the receiver',
+  describe: 'send files or directories to USER@DOMAIN or USER+DEVICE@DOMAIN (who runs `vertex receive`); the last argument names the receiver',
   builder: (y) => y.options(NODE_OPTIONS)
     .positional('paths', { type: 'string', array: true, describe: 'FILE... USER@DOMAIN' })
     .option('connect-timeout', { type: 'number', describe: 'seconds to wait for a connection [15]' })
