@@ -1,36 +1,32 @@
 /**
- * Issue 5, "must show" 1: transfers of 50 MB each way, byte-exact, through the impairment proxy.
- * Each case states its time bound (measured on 2 cores, with headroom for CI load); none may hang.
- *
- * Measured with BBR on an otherwise busy 2-core machine: 5 % loss 6 s, 10 % loss 14 s,
- * reordering 7 s, all at once 19 s. With CUBIC the all-at-once case moved ~60 KB/s (it ran at
- * 1 MB) and reordering alone took up to 75 s under load; the bounds still allow for that
- * slower machine.
+ * Issue 5, "must show" 1, at a size that is quick on a busy machine: transfers each way,
+ * byte-exact (length and SHA-256 at both ends), through each impairment of the impairment
+ * proxy. No time bound here: the 50 MB runs with their bounds are in the slow tier
+ * (test/slow/ptcp-transfer.test.ts, `npm run test:slow`). A transfer that stalls still fails,
+ * at the test's timeout.
  */
 import type { Impairment } from '../../helpers/impairment-proxy';
 import { exchange, pair, payload } from './harness';
 
 const MB = 1_000_000;
 
-const cases: Array<[string, number, Impairment | undefined, number]> = [
-  ['no impairment (direct), 50 MB', 50 * MB, undefined, 20_000],
-  ['no impairment (through the proxy), 50 MB', 50 * MB, {}, 30_000],
-  ['5% loss, 50 MB', 50 * MB, { loss: 0.05 }, 90_000],
-  ['10% loss, 50 MB', 50 * MB, { loss: 0.1 }, 180_000],
-  ['5% duplication, 50 MB', 50 * MB, { duplicate: 0.05 }, 30_000],
-  ['reordering within 50 ms, 50 MB', 50 * MB, { jitterMs: 50 }, 150_000],
-  ['all at once, 50 MB', 50 * MB, { loss: 0.1, jitterMs: 50, duplicate: 0.05 }, 150_000],
+const cases: Array<[string, number, Impairment | undefined]> = [
+  ['no impairment (direct), 4 MB', 4 * MB, undefined],
+  ['no impairment (through the proxy), 4 MB', 4 * MB, {}],
+  ['5% loss, 2 MB', 2 * MB, { loss: 0.05 }],
+  ['10% loss, 2 MB', 2 * MB, { loss: 0.1 }],
+  ['5% duplication, 2 MB', 2 * MB, { duplicate: 0.05 }],
+  ['reordering within 50 ms, 2 MB', 2 * MB, { jitterMs: 50 }],
+  ['all at once, 2 MB', 2 * MB, { loss: 0.1, jitterMs: 50, duplicate: 0.05 }],
 ];
 
 describe('ptcp transfers each way', () => {
-  it.each(cases)('%s', async (_name, size, impairment, boundMs) => {
+  it.each(cases)('%s', async (_name, size, impairment) => {
     const p = await pair(impairment, 7);
-    const started = performance.now();
     try {
       await exchange(p, payload(size), payload(size));
-      expect(performance.now() - started).toBeLessThan(boundMs);
     } finally {
       await p.close();
     }
-  }, 200_000);
+  }, 120_000);
 });
