@@ -98,6 +98,10 @@ export class Broker {
     // A session is one device: listening under a new name gives up the old one.
     for (const [name, l] of devices) if (l.peer === peer && name !== device) devices.delete(name);
     const previous = devices.get(device);
+    if (previous && previous.peer !== peer && args.takeover === '0') {
+      // A replaced node asking whether its device is free again: it is not.
+      throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: a session from ${previous.remote} listens as this device`);
+    }
     if (!previous && devices.size >= MAX_DEVICES_PER_ADDRESS) {
       throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: ${address} already has ${MAX_DEVICES_PER_ADDRESS} devices online; stop one or reuse its device name`);
     }

@@ -26,14 +26,17 @@ export const COMMANDS = {
   /** {} → {}. */
   ping: 'ping',
   /**
-   * Agent → its home server: {services: JSON string[], device} →
+   * Agent → its home server: {services: JSON string[], device, takeover?} →
    * {device, devices: JSON string[], conflicts: JSON Conflict[], replaced?: "HOST:PORT"}.
    * Puts this session online as (address, device) with exactly these services
    * (a later listen on the same session replaces the set). `device` defaults to
-   * UNNAMED_DEVICE. The answer: the device as recorded, every device of the
-   * address now online (sorted), the conflicts this device is part of (see
-   * "Devices" below), and, when this session took (address, device) over from
-   * another live session, that session's remote address.
+   * UNNAMED_DEVICE. With takeover "0" the listen is refused (NotAllowed) while
+   * another session holds (address, device): a replaced node asks that way
+   * until its device is free again, so two nodes never take turns. The answer:
+   * the device as recorded, every device of the address now online (sorted),
+   * the conflicts this device is part of (see "Devices" below), and, when this
+   * session took (address, device) over from another live session, that
+   * session's remote address.
    */
   listen: 'listen',
   /**
@@ -66,8 +69,9 @@ export const COMMANDS = {
   /**
    * Home server → a listening session that a newer session of the same
    * (address, device) has replaced: {device, by: "HOST:PORT"} → {}. The old
-   * session no longer receives inbound requests; the agent stops re-listening
-   * and says so in `vertex status` instead of fighting the newer session.
+   * session no longer receives inbound requests; the agent says so in
+   * `vertex status` and, instead of fighting the newer session, listens again
+   * only with takeover "0", which succeeds once that session has gone.
    */
   replaced: 'replaced',
 } as const;
@@ -79,7 +83,8 @@ export const COMMANDS = {
  * session names its device (`listen {device}`); the server keeps every
  * device's session and services. The same (address, device) from a new
  * session replaces the old one: that is an agent restart, or two machines
- * configured with the same device name (the old session is told, `replaced`).
+ * configured with the same device name (the old session is told, `replaced`,
+ * and comes back by itself, `listen {takeover: "0"}`, once the device is free).
  *
  * A caller names a device as `bob+laptop@b.test:ssh` or, DNS-safe,
  * `bob--laptop.b.test.q2q` (q2q/address.ts), sent as inbound `device`.

@@ -9,9 +9,10 @@
  * It also keeps what the server says about the user's other devices (the
  * listen answer and `presence` pushes: which devices are online, which shared
  * service names reach which device). A `replaced` push means a newer session
- * listens as the same device: this one stops listening and does not reconnect
- * (two nodes with one device name would otherwise take turns), and says so in
- * lastError.
+ * listens as the same device: this one stops listening, says so in lastError,
+ * and from then on reconnects (with the usual backoff) asking to listen only
+ * if the device is free (`takeover: "0"`), so two nodes with one device name
+ * never take turns, and this one is back by itself once the other has gone.
  */
 import { EventEmitter } from 'node:events';
 import { formatDeviceAddress, parseAddress } from '../address';
@@ -89,7 +90,7 @@ export class HomeSession extends EventEmitter {
   #retryTimer: NodeJS.Timeout | null = null;
   #pingTimer: NodeJS.Timeout | null = null;
   #presence: Presence = NO_PRESENCE;
-  /** Set when a newer session of this device took over: no reconnecting until start() again. */
+  /** Set while a newer session of this device holds it: listens only with takeover "0" until one succeeds. */
   #replacedBy: string | null = null;
 
   constructor(opts: HomeSessionOptions) {
@@ -171,8 +172,13 @@ export class HomeSession extends EventEmitter {
       this.#reflexiveTcp = seen.host ?? null;
       await this.#listen(connection);
     } catch (err) {
+      if (this.#connection !== connection) return;
+      this.#connection = null;
       connection.close();
       connection.socket.destroy();
+      const e = asVertexError(err, 'ServerUnavailable');
+      if (this.#replacedBy !== null && e.code === 'NotAllowed') this.#opts.log.info({ reason: e.message }, 'device still taken by the session that replaced this one');
+      this.#failed(this.#replacedBy !== null ? this.#replacedText() : e.message);
       return;
     }
     this.#attempt = 0;
@@ -185,7 +191,7 @@ export class HomeSession extends EventEmitter {
   #failed(reason: string): void {
     this.#lastError = reason;
     this.#setState('offline');
-    if (this.#stopped || this.#replacedBy !== null) return;
+    if (this.#stopped) return;
     const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** this.#attempt);
     const jitter = 0.8 + 0.4 * (this.#opts.random ?? Math.random)();
     const delay = Math.round(base * jitter);
@@ -196,8 +202,17 @@ export class HomeSession extends EventEmitter {
   }
 
   async #listen(connection: ServerConnection): Promise<AmpArgs> {
-    const answer = await connection.call(COMMANDS.listen, { services: JSON.stringify(this.#opts.services()), device: this.#opts.device });
+    const waiting = this.#replacedBy !== null;
+    const answer = await connection.call(COMMANDS.listen, {
+      services: JSON.stringify(this.#opts.services()),
+      device: this.#opts.device,
+      ...(waiting && { takeover: '0' }),
+    });
     if (this.#connection !== connection) return answer;
+    if (waiting) {
+      this.#opts.log.info({ device: this.#opts.device }, 'the session that replaced this device has gone; listening again');
+      this.#replacedBy = null;
+    }
     if (answer.replaced) {
       // Usually this agent's own previous run, not yet noticed gone by the server; if not, two
       // machines share a device name and the other one now says so in its status.
@@ -217,15 +232,22 @@ export class HomeSession extends EventEmitter {
     }
   }
 
-  #onReplaced(connection: ServerConnection, by: string): void {
+  #replacedText(): string {
     const me = formatDeviceAddress(parseAddress(this.#opts.identity.address), this.#opts.device);
+    return `replaced: a newer session (from ${this.#replacedBy}) listens as ${me}; this node listens again once it has gone. `
+      + 'To run both, give each machine its own device name (agent.yaml device:, --device)';
+  }
+
+  #onReplaced(connection: ServerConnection, by: string): void {
     this.#replacedBy = by || 'unknown';
-    this.#opts.log.warn({ device: this.#opts.device, by: this.#replacedBy }, 'replaced by a newer session of this device; not listening any more');
+    this.#opts.log.warn({ device: this.#opts.device, by: this.#replacedBy }, 'replaced by a newer session of this device; not listening until it has gone');
     this.#connection = null;
     this.#stopPing();
     this.#setPresence(NO_PRESENCE);
     connection.close();
-    this.#failed(`replaced: a newer session (from ${this.#replacedBy}) listens as ${me}; this node stopped listening. Give each machine its own device name (agent.yaml device:, --device), or stop the other node and restart this one`);
+    // From the shortest backoff: the other node may be a start that fails at once.
+    this.#attempt = 0;
+    this.#failed(this.#replacedText());
     this.emit('replaced', this.#replacedBy);
   }
 

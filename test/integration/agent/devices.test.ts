@@ -14,7 +14,8 @@
  *
  * Then `vertex receive` runs as bob beside the laptop's agent, in the same
  * home, without taking it offline; and a node that takes over a device's name
- * leaves the old one saying so in its status instead of silently offline.
+ * leaves the old one saying so in its status instead of silently offline, and
+ * the old one is back by itself once the other has gone.
  *
  * On the code before devices, the second of bob's sessions took the first
  * offline (server/broker.ts kept one session per address): the first test
@@ -284,23 +285,35 @@ describeWithTools('several machines per user', [TOOLS.ssh, TOOLS.sshd, TOOLS.cur
     expect(await sshdPortVia([...cfg, 'bob--laptop.b.test.q2q'])).toBe(sshdLaptop.port);
   }, 120_000);
 
-  it('a node that takes over a device\'s name leaves that device saying so, and unqualified names move on', async () => {
+  it("a node that takes over a device's name leaves that device saying so, without taking turns, and it is back by itself once the other has gone", async () => {
     const elsewhere = await bobLogsIn();
     const inbox = path.join(work, 'inbox-2');
     fs.mkdirSync(inbox);
     const usurper = startVertex([...world.resolveArgs, '--home', elsewhere, 'receive', inbox, '--yes', '--device', 'homeserver', '--json']);
     await usurper.waitFor(/"event":"listening"/);
+    const logFrom = homeserver.proc.output().length;
     const replaced = await until('the home server agent to say it was replaced', async () => {
       const s = await status(homeserver);
       return s.devices.replacedBy !== null ? s : undefined;
     });
-    expect(replaced.server.state).toBe('offline');
-    expect(replaced.server.lastError).toMatch(/^replaced: a newer session \(from 127\.0\.0\.1:\d+\) listens as bob\+homeserver@b\.test/);
+    expect(replaced.server.state).not.toBe('online');
+    expect(replaced.server.lastError).toMatch(/^replaced: a newer session \(from 127\.0\.0\.1:\d+\) listens as bob\+homeserver@b\.test; this node listens again once it has gone/);
     expect((await homeserver.vertex(['status'])).stdout).toMatch(/device {7}homeserver \(replaced by a newer session from 127\.0\.0\.1:\d+/);
+    // It asks again, but only for a free device: refused, and the receive keeps the name.
+    await homeserver.proc.waitFor(/device still taken by the session that replaced this one/, undefined, logFrom);
+    expect(usurper.output()).not.toContain('"event":"failed"');
     // The home server's ssh is gone with it, so the unqualified name now reaches the laptop
     // (whose host key is not the one ssh saw under that name before).
     expect(await sshdPortVia(['-F', sshConfig, '-o', `UserKnownHostsFile=${path.join(work, 'known_hosts-2')}`, 'bob.b.test.q2q'])).toBe(sshdLaptop.port);
-    await usurper.stop();
     expect((await status(laptop)).server.state).toBe('online');
+
+    expect(await usurper.stop()).toBe(0);
+    // Its next try (reconnect backoff: 1, 2, 4, 8 s ...) finds the device free.
+    const back = await until('the home server agent to be online again', async () => {
+      const s = await status(homeserver);
+      return s.server.state === 'online' && s.devices.replacedBy === null ? s : undefined;
+    }, 60_000);
+    expect(back.devices.online).toEqual(['homeserver', 'laptop']);
+    expect(await sshdPortVia(['-F', sshConfig, 'bob--homeserver.b.test.q2q'])).toBe(sshdHome.port);
   }, 120_000);
 });

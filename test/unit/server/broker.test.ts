@@ -159,6 +159,26 @@ describe('broker: several devices per address', () => {
     expect(old.inbound).toHaveLength(0);
   });
 
+  it('a replaced node asking with takeover "0" is refused while the device is held, and gets it back once free', async () => {
+    const broker = makeBroker();
+    const old = session();
+    const next = session();
+    listen(broker, old, 'laptop', ['ssh'], '192.0.2.1:1000');
+    listen(broker, next, 'laptop', ['ssh'], '192.0.2.2:2000');
+    const waiting = session();
+    const ask = () => broker.listen(BOB, waiting.server, 'cert-of-old', { services: '["ssh"]', device: 'laptop', takeover: '0' }, '192.0.2.1:1001');
+    expect(ask).toThrow('listen bob+laptop@b.test: a session from 192.0.2.2:2000 listens as this device');
+    await settle();
+    expect(next.replaced).toEqual([]);
+    await broker.inbound(CALLER, { to: BOB, service: 'ssh' });
+    expect(next.inbound).toHaveLength(1);
+    broker.drop(BOB, next.server);
+    expect(ask()).toMatchObject({ device: 'laptop' });
+    expect(ask()).not.toHaveProperty('replaced');
+    await broker.inbound(CALLER, { to: BOB, service: 'ssh' });
+    expect(waiting.inbound).toHaveLength(1);
+  });
+
   it('a session is one device: listening under a new name gives up the old one', () => {
     const broker = makeBroker();
     const s = session();
