@@ -234,8 +234,8 @@ export class HomeSession extends EventEmitter {
 
   #replacedText(): string {
     const me = formatDeviceAddress(parseAddress(this.#opts.identity.address), this.#opts.device);
-    return `replaced: a newer session (from ${this.#replacedBy}) listens as ${me}; this node listens again once it has gone. `
-      + 'To run both, give each machine its own device name (agent.yaml device:, --device)';
+    return `replaced: a newer session (from ${this.#replacedBy}) listens as ${me}; this node listens again once it has gone; `
+      + 'to run both, give each machine its own device name (agent.yaml device:, --device)';
   }
 
   #onReplaced(connection: ServerConnection, by: string): void {
