@@ -26,6 +26,7 @@ import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type HostPort } from '../config/schema';
 import { ControlApi, type ControlOp } from './control-api';
+import type { RuntimeState, RuntimeStateStore } from './runtime-state';
 import { CertificateRenewer } from './renewal';
 import { connectLocal, exposeHandler } from './frontends/expose';
 import { ForwardListener } from './frontends/forward';
@@ -70,6 +71,11 @@ export interface AgentDaemonOptions {
   renew?: (current: Identity) => Promise<Identity>;
   /** Run the SOCKS5 front-end; default true. */
   socks?: boolean;
+  /**
+   * Where exposes and forwards added at runtime persist (agent/runtime-state.ts);
+   * without it they last until the agent stops (foreground expose/forward).
+   */
+  runtime?: RuntimeStateStore;
   log?: Logger;
   clock?: Clock;
 }
@@ -215,7 +221,16 @@ export class AgentDaemon {
         this.#renewer.start();
       }
 
-      for (const e of config.expose) this.#expose(e, 'config');
+      const runtime = this.#opts.runtime?.load();
+      const runtimeServices = new Set(runtime?.expose.map((e) => e.service) ?? []);
+      for (const e of config.expose) if (!runtimeServices.has(e.service)) this.#expose(e, 'config');
+      for (const e of runtime?.expose ?? []) {
+        try {
+          this.#expose({ service: e.service, target: parseHostPort(e.target, { minPort: 1 }), allow: e.allow }, 'cli');
+        } catch (err) {
+          this.#log.warn({ service: e.service, file: this.#opts.runtime?.where, err: asVertexError(err).message }, 'runtime expose not applied');
+        }
+      }
       this.#exposePing();
 
       if (this.#opts.socks ?? true) {
@@ -230,7 +245,16 @@ export class AgentDaemon {
         this.#socksAddress = await socks.start();
       }
 
-      for (const f of config.forwards) await this.#addForward(f, 'config');
+      const runtimeForwards = new Set(runtime?.forwards.map((f) => f.listen) ?? []);
+      for (const f of config.forwards) if (!runtimeForwards.has(formatHostPort(f.listen))) await this.#addForward(f, 'config');
+      for (const f of runtime?.forwards ?? []) {
+        try {
+          await this.#addForward({ listen: parseHostPort(f.listen, FORWARD_LISTEN), to: f.to }, 'cli');
+        } catch (err) {
+          // A persisted forward whose port is taken now must not keep the agent down.
+          this.#log.warn({ forward: f.listen, file: this.#opts.runtime?.where, err: asVertexError(err).message }, 'runtime forward not applied');
+        }
+      }
 
       if (this.#opts.controlSocket !== null) {
         const control = new ControlApi({
@@ -328,21 +352,63 @@ export class AgentDaemon {
 
   // ---- exposes ----
 
-  /** Puts `target` online as me:service; replaces an existing expose of the same service. */
-  addExpose(spec: ExposeSpec, source: EntrySource = 'cli'): { address: string; target: string; allow: readonly string[] } {
+  /**
+   * Puts `target` online as me:service. A service already exposed is replaced
+   * only with `replace`, and then keeps its allow list unless `spec.allow`
+   * names a new one: an allow list never changes silently (issue 13, problem 4).
+   * Runtime (`cli`) entries persist when the daemon has a runtime store.
+   */
+  addExpose(
+    spec: ExposeSpec,
+    source: EntrySource = 'cli',
+    opts: { replace?: boolean } = {},
+  ): { address: string; target: string; allow: readonly string[]; replaced?: { target: string; allow: readonly string[]; source: EntrySource } } {
     this.#requireRunning();
-    const entry = this.#expose(spec, source);
-    return { address: `${this.address}:${entry.service}`, target: formatHostPort(entry.target), allow: entry.allow };
+    const service = parseService(spec.service);
+    const current = this.#exposes.get(service);
+    if (current && !opts.replace) {
+      throw vertexError(
+        'Usage',
+        `expose ${service}: already exposed -> ${formatHostPort(current.target)} (allow ${current.allow.join(', ')}; from ${current.source === 'config' ? 'agent.yaml' : 'vertex expose'}); add --replace to replace it`,
+      );
+    }
+    const allow = spec.allow && spec.allow.length > 0 ? spec.allow : current?.allow;
+    const entry = this.#expose({ ...spec, ...(allow && { allow }) }, source);
+    if (source === 'cli') this.#persist();
+    return {
+      address: `${this.address}:${entry.service}`,
+      target: formatHostPort(entry.target),
+      allow: entry.allow,
+      ...(current && { replaced: { target: formatHostPort(current.target), allow: current.allow, source: current.source } }),
+    };
   }
 
-  removeExpose(serviceText: string): void {
+  removeExpose(serviceText: string): { fromConfig: boolean } {
     this.#requireRunning();
     const service = parseService(serviceText);
-    if (!this.#exposes.has(service)) throw vertexError('NotExposed', `unexpose ${service}: this agent does not expose it`);
+    const entry = this.#exposes.get(service);
+    if (!entry) throw vertexError('NotExposed', `unexpose ${service}: this agent does not expose it`);
     this.#exposes.delete(service);
     this.#requireNode().unexpose(service);
     this.#exposePing();
+    this.#persist();
     this.#log.info({ service }, 'service unexposed');
+    return { fromConfig: this.#config.expose.some((e) => e.service === service) };
+  }
+
+  /** Writes the runtime entries to the runtime store, if there is one. */
+  #persist(): void {
+    const store = this.#opts.runtime;
+    if (!store) return;
+    const state: RuntimeState = {
+      expose: [...this.#exposes.values()].filter((e) => e.source === 'cli').map((e) => ({ service: e.service, target: formatHostPort(e.target), allow: [...e.allow] })),
+      forwards: [...this.#forwards.values()].filter((f) => f.source === 'cli').map((f) => ({ listen: f.key, to: f.to })),
+    };
+    try {
+      store.save(state);
+    } catch (err) {
+      this.#log.error({ file: store.where, err: asVertexError(err).message }, 'runtime entries not saved; they last until the agent stops');
+    }
   }
 
   #expose(spec: ExposeSpec, source: EntrySource): ExposeEntry {
@@ -386,10 +452,19 @@ export class AgentDaemon {
 
   // ---- forwards ----
 
-  async addForward(spec: ForwardSpec, source: EntrySource = 'cli'): Promise<{ listen: string; to: string }> {
+  async addForward(spec: ForwardSpec, source: EntrySource = 'cli', opts: { replace?: boolean } = {}): Promise<{ listen: string; to: string; replaced?: { to: string } }> {
     this.#requireRunning();
+    const key = formatHostPort(spec.listen);
+    const current = this.#forwards.get(key);
+    if (current && opts.replace) {
+      this.#forwards.delete(key);
+      await current.listener.stop();
+    } else if (current) {
+      throw vertexError('Usage', `forward ${key}: already forwarding to ${current.to} (from ${current.source === 'config' ? 'agent.yaml' : 'vertex forward'}); add --replace to replace it`);
+    }
     const listener = await this.#addForward(spec, source);
-    return { listen: formatHostPort(listener.address ?? spec.listen), to: listener.to };
+    if (source === 'cli') this.#persist();
+    return { listen: formatHostPort(listener.address ?? spec.listen), to: listener.to, ...(current && { replaced: { to: current.to } }) };
   }
 
   async removeForward(listenText: string): Promise<void> {
@@ -400,6 +475,7 @@ export class AgentDaemon {
     if (!entry) throw vertexError('Usage', `forward ${key}: no such forward on this agent`);
     this.#forwards.delete(entry.key);
     await entry.listener.stop();
+    this.#persist();
   }
 
   /**
@@ -451,6 +527,8 @@ export class AgentDaemon {
     }
     for (const wanted of next.expose) {
       const current = this.#exposes.get(wanted.service);
+      // A runtime entry replaced this one on purpose (--replace) and keeps it replaced.
+      if (current && current.source === 'cli') continue;
       if (current && current.source === 'config' && sameExpose(current, wanted, this.#defaultAllow())) continue;
       try {
         this.#expose(wanted, 'config');
@@ -463,7 +541,7 @@ export class AgentDaemon {
     const wantedForwards = new Map(next.forwards.map((f) => [formatHostPort(f.listen), f]));
     for (const entry of [...this.#forwards.values()]) {
       const wanted = wantedForwards.get(entry.key);
-      const keep = entry.source === 'config' ? wanted !== undefined && wanted.to === entry.to : wanted === undefined;
+      const keep = entry.source === 'config' ? wanted !== undefined && wanted.to === entry.to : true;
       if (!keep) {
         this.#forwards.delete(entry.key);
         await entry.listener.stop();
@@ -551,14 +629,13 @@ export class AgentDaemon {
         const service = stringArg(args, 'service');
         const target = parseHostPort(stringArg(args, 'target'), { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' });
         const allow = optionalStringList(args, 'allow');
-        return this.addExpose({ service, target, ...(allow && { allow }) }, 'cli');
+        return this.addExpose({ service, target, ...(allow && { allow }) }, 'cli', { replace: args['replace'] === true });
       }
       case 'expose-remove':
-        this.removeExpose(stringArg(args, 'service'));
-        return { service: stringArg(args, 'service') };
+        return { service: stringArg(args, 'service'), ...this.removeExpose(stringArg(args, 'service')) };
       case 'forward-add': {
         const listen = parseHostPort(stringArg(args, 'listen'), { ...FORWARD_LISTEN, code: 'Usage' });
-        return this.addForward({ listen, to: stringArg(args, 'to') }, 'cli');
+        return this.addForward({ listen, to: stringArg(args, 'to') }, 'cli', { replace: args['replace'] === true });
       }
       case 'forward-remove':
         await this.removeForward(stringArg(args, 'listen'));

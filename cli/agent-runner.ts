@@ -4,7 +4,9 @@
  * (agent/daemon.ts) reads nothing from argv, env or files; this hands it
  * the config, the home, the resolver, the logger and the node factory.
  */
+import * as path from 'node:path';
 import { AgentLock } from '../agent/agent-lock';
+import { RUNTIME_STATE_FILE, RuntimeStateFile } from '../agent/runtime-state';
 import { AgentDaemon, type CreateNode } from '../agent/daemon';
 import { AgentMetrics } from '../agent/metrics';
 import { MetricsHttpServer } from '../q2q/util/metrics-http';
@@ -82,6 +84,8 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
     createNode: createQ2QNode,
     renew: renewWith(setup, log),
     controlSocket: opts.control === false ? null : setup.socketPath,
+    // Only an agent that others can change (it has a control socket) persists what they add.
+    ...(opts.control !== false && { runtime: new RuntimeStateFile(path.join(setup.homeDir, RUNTIME_STATE_FILE)) }),
     socks: opts.socks ?? true,
     log,
   });

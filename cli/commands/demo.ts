@@ -147,7 +147,8 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       await server.stop();
     });
     await agent.start();
-    agent.addExpose({ service: 'http', target: { host: '127.0.0.1', port: page.port } });
+    // Part of the demo's own set-up, not a runtime change: it is not persisted.
+    agent.addExpose({ service: 'http', target: { host: '127.0.0.1', port: page.port } }, 'config');
     const socks = formatHostPort(agent.socksAddress ?? parseHostPort(args.socks));
     const v = `npx vertex --home ${path.relative(process.cwd(), homeDir) || '.'}`;
     process.stdout.write([

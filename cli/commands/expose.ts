@@ -17,6 +17,7 @@ interface ExposeArgs extends AgentArgs {
   target?: string;
   allow?: string[];
   remove?: boolean;
+  replace?: boolean;
 }
 
 export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
@@ -27,6 +28,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
     .positional('target', { type: 'string', describe: 'local HOST:PORT (a bare PORT means 127.0.0.1:PORT)' })
     .option('allow', repeatable('who may connect: user@domain, *@domain (a whole domain) or * (any user of any domain) [only you, on any of your devices]'))
     .option('remove', { type: 'boolean', describe: 'stop exposing SERVICE on the running agent' })
+    .option('replace', { type: 'boolean', describe: 'replace SERVICE if it is already exposed (its allow list is kept unless --allow is given)' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ExposeArgs>,
   handler: async (args) => {
     const service = parseService(args.service);
@@ -34,18 +36,23 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
       if (args.target !== undefined) throw vertexError('Usage', 'expose --remove SERVICE takes no target');
       const reply = await callRunningAgent(args, 'expose-remove', { service });
       if (!reply.agent) throw vertexError('Usage', `expose --remove ${service}: ${noAgentMessage(reply.looked)}`);
-      printResult(args.json, `no longer exposing ${service}`, { service, removed: true });
+      const r = reply.result as { fromConfig?: boolean };
+      const note = r.fromConfig ? '; it is in agent.yaml and comes back at the next start: delete it there to remove it for good' : '';
+      printResult(args.json, `no longer exposing ${service}${note}`, { service, removed: true, fromConfig: Boolean(r.fromConfig) });
       return;
     }
     if (args.target === undefined) throw vertexError('Usage', `expose ${service}: name the local HOST:PORT to expose`);
     // Parsed here so that a bad target is a usage error, not a config error, and a bare port works.
     const target = formatHostPort(parseHostPort(args.target, { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' }));
     const allow = args.allow?.length ? args.allow : undefined;
-    const reply = await callRunningAgent(args, 'expose-add', { service, target, ...(allow && { allow }) });
+    const reply = await callRunningAgent(args, 'expose-add', { service, target, ...(allow && { allow }), replace: Boolean(args.replace) });
     if (reply.agent) {
-      const r = reply.result as { address: string; target: string; allow: string[] };
+      const r = reply.result as { address: string; target: string; allow: string[]; replaced?: { target: string; allow: string[] } };
       const owner = r.address.slice(0, r.address.lastIndexOf(':'));
-      printResult(args.json, `exposed ${r.address} -> ${r.target} (allow ${describeAllow(r.allow, owner)}) on the running agent`, { ...r, agent: true });
+      const was = r.replaced
+        ? `; replaced -> ${r.replaced.target}, ${allow ? `allow was ${describeAllow(r.replaced.allow, owner)}` : 'allow list kept'}`
+        : '';
+      printResult(args.json, `exposed ${r.address} -> ${r.target} (allow ${describeAllow(r.allow, owner)}) on the running agent${was}; kept across restarts`, { ...r, agent: true });
       return;
     }
     const foreground = agentSetup(args, { expose: [{ service, target, ...(allow && { allow }) }], forwards: [] });

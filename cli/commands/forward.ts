@@ -16,6 +16,7 @@ interface ForwardArgs extends AgentArgs {
   listen: string;
   to?: string;
   remove?: boolean;
+  replace?: boolean;
 }
 
 export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
@@ -25,6 +26,7 @@ export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
     .positional('listen', { type: 'string', demandOption: true, describe: '[BIND:]PORT; a bare PORT binds 127.0.0.1; port 0 picks a free port and prints it' })
     .positional('to', { type: 'string', describe: 'USER@DOMAIN:SERVICE' })
     .option('remove', { type: 'boolean', describe: 'remove the forward on [BIND:]PORT from the running agent' })
+    .option('replace', { type: 'boolean', describe: 'replace the forward already on [BIND:]PORT' })
     .option('config', { type: 'string', describe: 'agent.yaml [<home>/agent.yaml]' }) as unknown as Argv<ForwardArgs>,
   handler: async (args) => {
     const listen = formatHostPort(parseHostPort(String(args.listen), { ...FORWARD_LISTEN, code: 'Usage' }));
@@ -37,10 +39,10 @@ export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
     }
     if (args.to === undefined) throw vertexError('Usage', `forward ${listen}: name the remote USER@DOMAIN:SERVICE`);
     const to = formatServiceAddress(parseServiceAddress(args.to));
-    const reply = await callRunningAgent(args, 'forward-add', { listen, to });
+    const reply = await callRunningAgent(args, 'forward-add', { listen, to, replace: Boolean(args.replace) });
     if (reply.agent) {
-      const r = reply.result as { listen: string; to: string };
-      printResult(args.json, `forwarding ${r.listen} -> ${r.to} on the running agent`, { ...r, agent: true });
+      const r = reply.result as { listen: string; to: string; replaced?: { to: string } };
+      printResult(args.json, `forwarding ${r.listen} -> ${r.to} on the running agent${r.replaced ? ` (was -> ${r.replaced.to})` : ''}; kept across restarts`, { ...r, agent: true });
       return;
     }
     const foreground = agentSetup(args, { forwards: [{ listen, to }], expose: [] });
