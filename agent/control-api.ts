@@ -26,6 +26,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
+import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
 import { FramedTunnel } from './control-tunnel';
 import { joinStreams } from './frontends/join';
@@ -58,6 +59,8 @@ export interface ControlApiOptions {
   /** How long a client may take to send its request line; default REQUEST_TIMEOUT_MS. */
   requestTimeoutMs?: number;
   log?: Logger;
+  /** Runs the request timeout; tests pass a ManualClock. Default: real time. */
+  clock?: Clock;
 }
 
 export function encodeReply(reply: ControlReply): string {
@@ -93,6 +96,7 @@ export class ControlApi {
   readonly #handlers: ControlHandlers;
   readonly #log: Logger;
   readonly #requestTimeoutMs: number;
+  readonly #clock: Clock;
   readonly #clients = new Set<net.Socket>();
   #server: net.Server | undefined;
 
@@ -100,6 +104,7 @@ export class ControlApi {
     this.socketPath = path.resolve(opts.socketPath);
     this.#handlers = opts.handlers;
     this.#requestTimeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+    this.#clock = opts.clock ?? systemClock;
     this.#log = (opts.log ?? silentLogger).child({ component: 'control' });
   }
 
@@ -136,12 +141,12 @@ export class ControlApi {
     socket.on('close', () => this.#clients.delete(socket));
     socket.on('error', (err) => this.#log.debug({ err: err.message }, 'control client error'));
     let buffered: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => {
+    const timer = this.#clock.setTimer(() => {
       this.#log.debug('control client sent no request in time');
       socket.destroy();
     }, this.#requestTimeoutMs);
     const onEnd = (): void => {
-      clearTimeout(timer);
+      timer.cancel();
       socket.destroy();
     };
     const onData = (chunk: Buffer): void => {
@@ -149,13 +154,13 @@ export class ControlApi {
       const nl = buffered.indexOf(0x0a);
       if (nl < 0) {
         if (buffered.length > MAX_REQUEST_BYTES) {
-          clearTimeout(timer);
+          timer.cancel();
           socket.end(encodeReply(errorReply(vertexError('BadRequest', `control request: longer than ${MAX_REQUEST_BYTES} bytes`))));
           socket.destroySoon();
         }
         return;
       }
-      clearTimeout(timer);
+      timer.cancel();
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.pause();

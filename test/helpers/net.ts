@@ -89,3 +89,23 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
 export async function untilTrue(what: string, cond: () => Promise<boolean> | boolean, ms = HANG_MS): Promise<void> {
   await until(what, async () => ((await cond()) ? true : undefined), ms);
 }
+
+/**
+ * A loopback TCP port where connecting is refused (ECONNREFUSED), for tests of refusal.
+ * Port 1 (tcpmux, long unused) is below 1024: no port-0 listener and no outgoing
+ * connection ever gets it, so unlike a port that was bound and closed again nothing can
+ * take it in the meantime. Checked on every call: if something does listen there, this
+ * throws (a machine to fix, not a flaky test).
+ */
+export async function refusedPort(host = '127.0.0.1'): Promise<number> {
+  const port = 1;
+  const refused = await connectTcp(port, host).then(
+    (s) => {
+      s.destroy();
+      return false;
+    },
+    (err: NodeJS.ErrnoException) => err.code === 'ECONNREFUSED',
+  );
+  if (!refused) throw new Error(`refusedPort: something answers on ${host}:${port}; the refusal tests need it unused`);
+  return port;
+}

@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { stopAll, VERTEX_BIN } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import { agentYaml, PAGE, startAgent, startEcho, startWeb, run, type AgentHandle, type Closable } from './helpers';
+import { untilTrue } from '../../helpers/net';
 
 /** A shell-quoted word. */
 function q(s: string): string {
@@ -104,7 +105,7 @@ describe('vertex connect ends when the tunnel ends', () => {
     const exited = new Promise<number | null>((resolve) => connect.once('close', (code) => resolve(code)));
     // The tunnel works, and stdin stays open.
     connect.stdin.write('hello\n');
-    for (let i = 0; i < 200 && !out.includes('hello'); i++) await new Promise((r) => setTimeout(r, 50));
+    await untilTrue('the echo through the tunnel', () => out.includes('hello'));
     expect(out).toBe('hello\n');
 
     const started = Date.now();
@@ -117,5 +118,5 @@ describe('vertex connect ends when the tunnel ends', () => {
     expect(err).toMatch(/^vertex: tunnel to bob@b\.test:echo broke off: /);
     connect.stdin.destroy();
     bob = await startAgent(world, bobHome, bobYaml());
-  }, 30_000);
+  }, 90_000);
 });

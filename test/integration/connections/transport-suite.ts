@@ -14,6 +14,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Duplex } from 'node:stream';
+import { untilTrue } from '../../helpers/net';
 
 export interface StreamPair {
   /** One end; the caller where the transport has one. */
@@ -114,17 +115,22 @@ export const COMPLIANCE_CASES: readonly ComplianceCase[] = [
   },
   {
     id: 'slow-readers',
-    name: 'slow readers: nothing read for 1.5 s while 3 MB is written each way, then every byte arrives',
+    name: 'slow readers: nothing read while 3 MB is written each way until both writers are held or done, then every byte arrives',
     run: (makePair, opts) => withPair(makePair, opts, async ({ a, b }, bound) => {
       const up = randomBytes(3 * MB);
       const down = randomBytes(3 * MB);
-      const PAUSE_MS = 1500;
       // a has no reader at all during the pause; b reads 64 KB, then pauses its flowing stream.
-      const writes = Promise.all([pump(a, up), pump(b, down)]);
-      const atB = readToEnd(b, { pauseAfterBytes: 64 * KB, pauseMs: PAUSE_MS });
+      const written = { a: false, b: false };
+      const writes = Promise.all([pump(a, up).then(() => { written.a = true; }), pump(b, down).then(() => { written.b = true; })]);
+      let resume!: () => void;
+      const resumed = new Promise<void>((resolve) => (resume = resolve));
+      const atB = readToEnd(b, { pauseAfterBytes: 64 * KB, resumeWhen: resumed });
       writes.catch(() => undefined);
       atB.catch(() => undefined);
-      await sleep(PAUSE_MS);
+      // The pause lasts until each writer has done all it can with nobody reading: it is held by
+      // back-pressure, or the transport's buffers took everything (a state, not a time).
+      await untilTrue('both writers held by back-pressure or done', () => (a.writableNeedDrain || written.a) && (b.writableNeedDrain || written.b), opts?.hangMs ?? DEFAULT_HANG_MS);
+      resume();
       const [atA, atBDone] = await bound(Promise.all([readToEnd(a), atB, writes]), 'the slow readers draining 3 MB each way');
       expectSameBytes(atA, down);
       expectSameBytes(atBDone, up);
@@ -274,12 +280,10 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
   return Promise.race([promise, hang]).finally(() => clearTimeout(timer));
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
 // ---- reading and writing ----
 
 /** Reads until 'end'. Rejects on an error or on a close that came without an end. */
-function readToEnd(stream: Duplex, slow?: { pauseAfterBytes: number; pauseMs: number }): Promise<Buffer> {
+function readToEnd(stream: Duplex, slow?: { pauseAfterBytes: number; resumeWhen: Promise<void> }): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let bytes = 0;
@@ -290,7 +294,7 @@ function readToEnd(stream: Duplex, slow?: { pauseAfterBytes: number; pauseMs: nu
       if (slow && !paused && bytes >= slow.pauseAfterBytes) {
         paused = true;
         stream.pause();
-        setTimeout(() => stream.resume(), slow.pauseMs);
+        void slow.resumeWhen.then(() => stream.resume());
       }
     });
     stream.once('end', () => resolve(Buffer.concat(chunks)));

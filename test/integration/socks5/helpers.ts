@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { vertexError, type ErrorCode } from '../../../q2q/errors';
 import type { SocksConnectRequest, SocksDial } from '../../../agent/frontends/socks5-server';
+import { HANG_MS, refusedPort } from '../../helpers/net';
 
 export interface Closable {
   port: number;
@@ -65,12 +66,8 @@ export async function startHttp(): Promise<Closable> {
 }
 
 /** A port on 127.0.0.1 that nothing listens on (bound then released). */
-export async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  const port = await listen(server);
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+/** A port where connecting is refused (test/helpers/net.ts refusedPort: no bind-close-reuse). */
+export const closedPort = (): Promise<number> => refusedPort();
 
 export function connectTcp(port: number, host = '127.0.0.1', opts: { allowHalfOpen?: boolean } = {}): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
@@ -161,8 +158,8 @@ export class RawClient {
     for (const w of waiters) w();
   }
 
-  /** Resolves when `cond` holds (checked on every event and every POLL_MS); rejects after `ms` naming what it waited for. */
-  async until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
+  /** Resolves when `cond` holds (checked on every event and every POLL_MS); rejects after `ms` (a hang guard) naming what it waited for. */
+  async until(what: string, cond: () => boolean, ms = HANG_MS): Promise<void> {
     const deadline = Date.now() + ms;
     while (!cond()) {
       const left = deadline - Date.now();

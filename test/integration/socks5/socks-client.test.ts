@@ -6,6 +6,7 @@ import { Writable, type Duplex } from 'node:stream';
 import pino from 'pino';
 import { SocksClient, type SocksClientOptions } from 'socks';
 import { Socks5Server, type SocksDial } from '../../../agent/frontends/socks5-server';
+import { HANG_MS, untilTrue } from '../../helpers/net';
 import { closedPort, connectTcp, RawClient, routingDial, startEcho, type Closable, type RecordingDial } from './helpers';
 
 const SOCKS5_REP_NAMES: Record<string, number> = {
@@ -70,7 +71,7 @@ describe('socks5 server with the socks npm client', () => {
       proxy: { host: '127.0.0.1', port, type: 5, ...creds },
       command: 'connect',
       destination: { host, port: destPort },
-      timeout: 5000,
+      timeout: 30_000,
     };
   }
 
@@ -210,6 +211,9 @@ describe('socks5 server with the socks npm client', () => {
       c.write('05 01 00 03 0a 626f6240622e74657374 0007');
       c.write(Buffer.from('early'));
       await c.until('the dial to start', () => release !== undefined);
+      // Nothing may arrive while the dial runs. An absence cannot be awaited: give a reply that
+      // was (wrongly) sent with the dial's start a moment to arrive. Load can only make this
+      // check miss a bug, never fail a correct server.
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(c.received.length).toBe(0);
       release?.();
@@ -292,10 +296,6 @@ describe('socks5 server with the socks npm client', () => {
   });
 });
 
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+async function waitFor(cond: () => boolean, what: string, ms = HANG_MS): Promise<void> {
+  await untilTrue(what, cond, ms);
 }

@@ -21,6 +21,7 @@ import { probeFor } from '../../../q2q/negotiate/punch';
 import { stopAll } from '../../helpers/cli';
 import { echo, type World } from '../../helpers/q2q-world';
 import { startOpenWorld } from './world';
+import { untilTrue } from '../../helpers/net';
 
 jest.setTimeout(120_000);
 
@@ -66,8 +67,7 @@ async function recorder(): Promise<{ port: number; got: Buffer[]; close(): void 
 }
 
 async function until(predicate: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !predicate(); i++) await new Promise((r) => setTimeout(r, 25));
-  if (!predicate()) throw new Error(`timed out waiting for ${what}`);
+  await untilTrue(what, predicate);
 }
 
 describe('listener limits', () => {

