@@ -116,7 +116,11 @@ export interface ParseUserOptions {
   legacy?: boolean;
 }
 
+// Lengths are checked before characters: a peer may send 64 KB where a name
+// belongs, and describing its first bad character must not cost a scan of it.
+
 export function parseUser(text: string, opts: ParseUserOptions = {}): string {
+  if (text.length > MAX_USER_LENGTH) invalid('user', text, `it is ${text.length} characters long`, USER_RULE);
   const user = foldCase(text);
   if (USER_RE.test(user)) {
     if (!opts.legacy && user.includes(DNS_DEVICE_SEPARATOR)) invalid('user', text, DOUBLE_HYPHEN, USER_RULE);
@@ -125,12 +129,12 @@ export function parseUser(text: string, opts: ParseUserOptions = {}): string {
   if (user.length === 0) invalid('user', text, 'it is empty', USER_RULE);
   const bad = badCharacter(user, /^[a-z0-9_-]$/);
   if (bad) invalid('user', text, bad, USER_RULE);
-  if (user.length > MAX_USER_LENGTH) invalid('user', text, `it is ${user.length} characters long`, USER_RULE);
   return invalid('user', text, 'it must start and end with a letter or digit', USER_RULE);
 }
 
 /** A device name: one DNS label without '--'. */
 export function parseDevice(text: string): string {
+  if (text.length > MAX_DEVICE_LENGTH) invalid('device', text, `it is ${text.length} characters long`, DEVICE_RULE);
   const device = foldCase(text);
   if (LABEL_RE.test(device)) {
     if (device.includes(DNS_DEVICE_SEPARATOR)) invalid('device', text, DOUBLE_HYPHEN, DEVICE_RULE);
@@ -139,7 +143,6 @@ export function parseDevice(text: string): string {
   if (device.length === 0) invalid('device', text, 'it is empty', DEVICE_RULE);
   const bad = badCharacter(device, /^[a-z0-9-]$/);
   if (bad) invalid('device', text, bad, DEVICE_RULE);
-  if (device.length > MAX_DEVICE_LENGTH) invalid('device', text, `it is ${device.length} characters long`, DEVICE_RULE);
   return invalid('device', text, 'it must start and end with a letter or digit', DEVICE_RULE);
 }
 
@@ -157,6 +160,7 @@ export function deviceFromHostname(hostname: string): string {
 }
 
 export function parseDomain(text: string): string {
+  if (text.length > MAX_DOMAIN_LENGTH) invalid('domain', text, `it is ${text.length} characters long, over ${MAX_DOMAIN_LENGTH}`, DOMAIN_RULE);
   const domain = foldCase(text);
   if (domain.length === 0) invalid('domain', text, 'it is empty', DOMAIN_RULE);
   const bad = badCharacter(domain, /^[a-z0-9.-]$/);
@@ -164,7 +168,6 @@ export function parseDomain(text: string): string {
     const hint = /^[\x00-\x7f]*$/.test(domain) ? '' : ' (write an international name in its xn-- form)';
     invalid('domain', text, bad + hint, DOMAIN_RULE);
   }
-  if (domain.length > MAX_DOMAIN_LENGTH) invalid('domain', text, `it is ${domain.length} characters long, over ${MAX_DOMAIN_LENGTH}`, DOMAIN_RULE);
   const labels = domain.split('.');
   for (const label of labels) {
     if (label.length === 0) invalid('domain', text, 'it has an empty label (a leading, trailing or doubled dot)', DOMAIN_RULE);
@@ -177,6 +180,8 @@ export function parseDomain(text: string): string {
 }
 
 export function parseService(text: string): string {
+  // No service name or port is longer; see parseUser.
+  if (text.length > MAX_SERVICE_LENGTH) invalid('service', text, `it is ${text.length} characters long`, SERVICE_RULE);
   const service = foldCase(text);
   if (service.length === 0) invalid('service', text, 'it is empty', SERVICE_RULE);
   if (DIGITS_RE.test(service)) {
@@ -188,7 +193,6 @@ export function parseService(text: string): string {
   if (SERVICE_RE.test(service)) return service;
   const bad = badCharacter(service, /^[a-z0-9-]$/);
   if (bad) invalid('service', text, bad, SERVICE_RULE);
-  if (service.length > MAX_SERVICE_LENGTH) invalid('service', text, `it is ${service.length} characters long`, SERVICE_RULE);
   return invalid('service', text, "it must start with a letter or digit, not '-'", SERVICE_RULE);
 }
 

@@ -88,10 +88,11 @@ export class Broker {
     } catch {
       throw vertexError('BadRequest', 'listen: "services" must be a JSON array of service names');
     }
-    if (!Array.isArray(names) || names.length > MAX_SERVICES_PER_LISTENER) {
+    // Strings only: String() of a deeply nested array recurses until the stack overflows (fuzz).
+    if (!Array.isArray(names) || names.length > MAX_SERVICES_PER_LISTENER || !names.every((n) => typeof n === 'string')) {
       throw vertexError('BadRequest', `listen: "services" must be a JSON array of at most ${MAX_SERVICES_PER_LISTENER} names`);
     }
-    const services = new Set(names.map((n) => parseService(String(n))));
+    const services = new Set(names.map((n: string) => parseService(n)));
     const device = args.device ? parseDevice(args.device) : UNNAMED_DEVICE;
     const devices = this.#listeners.get(address) ?? new Map<string, Listener>();
     const before = this.#views(devices);

@@ -193,16 +193,22 @@ export class AmpDecoder {
     try {
       let offset = 0;
       while (offset < chunk.length) {
-        const take = Math.min(this.#need - this.#have, chunk.length - offset);
+        const need = this.#need;
+        if (this.#have === 0 && chunk.length - offset >= need) {
+          // The whole field is in this chunk: read it in place, without a Buffer per field.
+          this.#onField(chunk, offset, need, boxes);
+          offset += need;
+          continue;
+        }
+        const take = Math.min(need - this.#have, chunk.length - offset);
         this.#pieces.push(chunk.subarray(offset, offset + take));
         this.#have += take;
         offset += take;
-        if (this.#have < this.#need) break;
-        // Copy, so that the boxes we hand out never alias the caller's buffer.
-        const field = Buffer.concat(this.#pieces, this.#need);
+        if (this.#have < need) break;
+        const field = Buffer.concat(this.#pieces, need);
         this.#pieces = [];
         this.#have = 0;
-        this.#onField(field, boxes);
+        this.#onField(field, 0, need, boxes);
       }
     } catch (err) {
       this.#state = 'failed';
@@ -231,27 +237,29 @@ export class AmpDecoder {
     }
   }
 
-  #onField(field: Buffer, boxes: AmpBox[]): void {
+  /** The field is `length` bytes of `buf` at `at`: `buf` may be the caller's chunk, so nothing kept may alias it. */
+  #onField(buf: Buffer, at: number, length: number, boxes: AmpBox[]): void {
     const state = this.#state;
     switch (state) {
       case 'keyLength': {
-        const length = field.readUInt16BE(0);
+        const keyLength = ((buf[at] as number) << 8) | (buf[at + 1] as number);
         this.#boxBytes += LENGTH_BYTES;
-        if (length === 0) {
+        if (keyLength === 0) {
           boxes.push(this.#box);
           this.#box = new Map();
           this.#boxBytes = 0;
           this.#expect('keyLength', LENGTH_BYTES);
           return;
         }
-        if (length > AMP_MAX_KEY_LENGTH) this.#fail(`key length ${length} exceeds ${AMP_MAX_KEY_LENGTH}`);
+        if (keyLength > AMP_MAX_KEY_LENGTH) this.#fail(`key length ${keyLength} exceeds ${AMP_MAX_KEY_LENGTH}`);
         if (this.#box.size >= this.limits.maxKeys) this.#fail(`too many keys (more than ${this.limits.maxKeys})`);
         // The key and its value length must still fit, with room for the terminator.
-        this.#reserve(length + LENGTH_BYTES);
-        this.#expect('key', length);
+        this.#reserve(keyLength + LENGTH_BYTES);
+        this.#expect('key', keyLength);
         return;
       }
       case 'key': {
+        const field = buf.subarray(at, at + length);
         let key: string;
         try {
           key = utf8.decode(field);
@@ -260,25 +268,26 @@ export class AmpDecoder {
         }
         if (this.#box.has(key)) this.#fail(`duplicate key ${JSON.stringify(key)}`);
         this.#key = key;
-        this.#boxBytes += field.length;
+        this.#boxBytes += length;
         this.#expect('valueLength', LENGTH_BYTES);
         return;
       }
       case 'valueLength': {
-        const length = field.readUInt16BE(0);
+        const valueLength = ((buf[at] as number) << 8) | (buf[at + 1] as number);
         this.#boxBytes += LENGTH_BYTES;
-        this.#reserve(length);
-        if (length === 0) {
+        this.#reserve(valueLength);
+        if (valueLength === 0) {
           this.#box.set(this.#key, Buffer.alloc(0));
           this.#expect('keyLength', LENGTH_BYTES);
         } else {
-          this.#expect('value', length);
+          this.#expect('value', valueLength);
         }
         return;
       }
       case 'value': {
-        this.#box.set(this.#key, field);
-        this.#boxBytes += field.length;
+        // A copy, so that the boxes we hand out never alias the caller's buffer.
+        this.#box.set(this.#key, Buffer.copyBytesFrom(buf, at, length));
+        this.#boxBytes += length;
         this.#expect('keyLength', LENGTH_BYTES);
         return;
       }

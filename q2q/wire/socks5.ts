@@ -135,7 +135,9 @@ export interface Decoded<T> {
   length: number;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM keeps a leading U+FEFF instead of silently dropping it: "\uFEFFbob@b.test" must
+// not read as bob@b.test, nor a password with a BOM in front as the password without it.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function fail(what: string, detail: string): never {
   throw vertexError('Socks5Decode', `decode socks5 ${what}: ${detail}`);

@@ -209,6 +209,9 @@ export const CASES: Array<ControlCase | PipelineCase> = [
   { id: 'listen/services-list', session: 'alice', command: 'listen', args: { services: L(['ssh', 'http']) }, expect: error('BadRequest'), failure: 'services as ListOf(String), not JSON' },
   { id: 'listen/services-object', session: 'alice', command: 'listen', args: { services: U('{"ssh":1}') }, expect: error('BadRequest'), failure: 'services a JSON object' },
   { id: 'listen/services-integer', session: 'alice', command: 'listen', args: { services: I(5) }, expect: error('BadRequest'), failure: 'services as Integer' },
+  { id: 'listen/services-numbers', session: 'alice', command: 'listen', args: { services: U('[22,80]') }, expect: error('BadRequest'), failure: 'services JSON numbers, not names' },
+  // Regression (fuzz): String() of a deeply nested array overflowed the stack, answered UNKNOWN.
+  { id: 'listen/services-nested-deep', session: 'alice', command: 'listen', args: { services: U(`${'['.repeat(5000)}${']'.repeat(5000)}`) }, expect: error('BadRequest'), failure: 'services a JSON array nested 5,000 deep' },
   { id: 'listen/bad-service', session: 'alice', command: 'listen', args: { services: U('["no such name!"]') }, expect: error('InvalidName'), failure: 'invalid service name' },
   { id: 'listen/ok', session: 'alice', command: 'listen', args: { services: U('["ssh","http"]') }, expect: answer() },
   { id: 'renew/ok', session: 'alice', command: 'renew', args: { csr: csrFor(ALICE) }, expect: issued },

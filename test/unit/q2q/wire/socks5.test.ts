@@ -185,6 +185,22 @@ describe('socks5 codec rejects malformed messages', () => {
   });
 });
 
+describe('socks5 text keeps a leading byte-order mark (fuzz)', () => {
+  // Regression: the UTF-8 decoder dropped a leading U+FEFF, so "\uFEFFbob@b.test" read as
+  // bob@b.test and a password with a BOM in front as the password without it.
+  it('in a username and a password', () => {
+    expect(decodeUserPass(hex('01 00 03 efbbbf'))?.value.password).toBe('\uFEFF');
+    expect(decodeUserPass(hex('01 06 efbbbf 757365 00'))?.value.username).toBe('\uFEFFuse');
+  });
+
+  it('in a domain name, which encodes back to the same bytes', () => {
+    const bytes = Buffer.concat([hex('05 01 00 03'), Buffer.from([13]), hex('efbbbf'), Buffer.from('bob@b.test'), hex('0016')]);
+    const request = decodeRequest(bytes);
+    expect(request?.value.address).toEqual({ type: 'domain', host: '\uFEFFbob@b.test' });
+    expect(encodeRequest(request!.value as Parameters<typeof encodeRequest>[0]).equals(bytes)).toBe(true);
+  });
+});
+
 describe('socks5 encoders refuse values that cannot be encoded', () => {
   it.each([
     ['no methods', () => encodeGreeting({ methods: [] })],
