@@ -29,7 +29,8 @@ export function parseCandidates(json: string | undefined): Candidate[] {
   if (!Array.isArray(list)) return [];
   const out: Candidate[] = [];
   for (const item of list.slice(0, MAX_CANDIDATES)) {
-    const m = /^(tcp|ptcp):\[?([^\]]+?)\]?:(\d{1,5})$/.exec(String(item));
+    // Strings only: String() of a deeply nested array (a caller's JSON) overflows the stack.
+    const m = typeof item === 'string' ? /^(tcp|ptcp):\[?([^\]]+?)\]?:(\d{1,5})$/.exec(item) : null;
     const port = Number(m?.[3]);
     if (m?.[1] && m[2] && net.isIP(m[2]) && port > 0 && port < 65536) out.push({ route: m[1] as DirectRoute, host: m[2], port });
   }

@@ -236,6 +236,11 @@ function verdict(c: ControlCase | PipelineCase, pass: Pass): string[] {
     if (args.service?.text !== 'ssh') bad.push(`alice was asked for service ${JSON.stringify(args.service)}`);
     if (args.certificate?.text !== pass.ctx.certPem('bob')) bad.push("alice did not get bob's certificate");
   }
+  if (c.id === 'inbound/device') {
+    const events = pass.lines.filter((l) => l.event === 'responder' && l.command === 'inbound');
+    const args = (events[1]?.args ?? {}) as Record<string, { text?: string }>;
+    if (args.from_device?.text !== 'phone') bad.push(`alice was told the caller's device is ${JSON.stringify(args.from_device)}`);
+  }
   return bad;
 }
 

@@ -36,12 +36,12 @@ const PASSWORD = 'correct horse battery staple';
 const COMMANDS = [
   'hello', 'ping', 'identify', 'who-am-i', 'register', 'sign', 'renew', 'listen', 'inbound',
   // Commands other work adds (issues 11-13); UNHANDLED until they land, then fuzzed as they are.
-  'cert-status', 'revoked', 'relay-ready', 'unlisten', 'relay', 'frobnicate', 'Who-Am-I', '',
+  'cert-status', 'revoked', 'relay-ready', 'presence', 'replaced', 'unlisten', 'relay', 'frobnicate', 'Who-Am-I', '',
 ];
 const HELLO_PICK = 0xa5;
 const KEYS = [
   'version', 'domain', 'address', 'password', 'csr', 'invite', 'services', 'to', 'service', 'candidates', 'routes',
-  'token', 'certificates', 'serials', 'addresses', 'device', 'from', 'certificate', 'x', 'From', 'k'.repeat(255),
+  'token', 'certificates', 'serials', 'addresses', 'device', 'from_device', 'takeover', 'from', 'certificate', 'x', 'From', 'k'.repeat(255),
 ];
 
 interface Pools {
@@ -64,7 +64,7 @@ async function makePools(): Promise<Pools> {
     PASSWORD, 'short', 'x'.repeat(1025), ownCsr, await csr(`other@${DOMAIN}`), await csr(`new1@${DOMAIN}`), await csr('nobody@other.test'),
     ownCsr.replace('A', 'B'), ownCsr.slice(0, 200), `-----BEGIN CERTIFICATE REQUEST-----\n${'A'.repeat(20_000)}\n-----END CERTIFICATE REQUEST-----\n`,
     '[{"host":"127.0.0.1","port":1}]', '[{"host":"::1","port":70000}]', '["tcp","ptcp","relay"]', '["bogus"]',
-    'a'.repeat(32), '0123456789abcdef0123456789abcdef', JSON.stringify([{ domain: DOMAIN, serial: '01' }]), '["01","zz"]',
+    'a'.repeat(32), '0123456789abcdef0123456789abcdef', 'laptop', 'LAPTOP', 'no--dash', '-x', 'a'.repeat(64), JSON.stringify([{ domain: DOMAIN, serial: '01' }]), '["01","zz"]',
   ];
   const values: Buffer[] = text.map((t) => Buffer.from(t, 'utf8'));
   values.push(

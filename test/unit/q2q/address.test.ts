@@ -407,6 +407,7 @@ describe('names of 64 KB (fuzz: control commands)', () => {
     ['user', () => parseUser(huge)],
     ['domain', () => parseDomain(huge)],
     ['service', () => parseService(huge)],
+    ['device', () => parseDevice(huge)],
     ['address', () => parseAddress(`${huge}@example.com`)],
     ['address domain', () => parseAddress(`bob@${huge}`)],
   ])('a %s of 65,535 characters is refused for its length, not its characters', (_what, parse) => {
