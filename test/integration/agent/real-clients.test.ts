@@ -93,7 +93,7 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
     // Port 0: the agent binds a free port and says which.
     const added = await alice.vertex(['forward', '127.0.0.1:0', 'bob@b.test:echo']);
     expect(added.stderr).toBe('');
-    const m = /^forwarding (127\.0\.0\.1:\d+) -> bob@b\.test:echo on the running agent$/m.exec(added.stdout);
+    const m = /^forwarding (127\.0\.0\.1:\d+) -> bob@b\.test:echo on the running agent; kept across restarts$/m.exec(added.stdout);
     expect(m).not.toBeNull();
     const port = portOf(m?.[1] ?? '');
     const payload = randomBytes(300_000);
