@@ -61,13 +61,15 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 export const PTCP_STAGGER_MS = 150;
 const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
 /**
- * Peer channels over punched UDP: a keepalive every 5 s of silence keeps the NAT
- * mappings open (ARCHITECTURE.md asks for at most 25 s), and 20 s without a word
- * from the peer ends the stream with PtcpIdle. A mapping that moved to another
- * port mid-stream is that silence: the peer's home router drops the new port,
- * and the tunnel fails with that error instead of hanging (NAT lab scenario 8b).
+ * Peer channels over punched UDP use PTCP's defaults (proto/ptcp/constants.ts): a
+ * keepalive after 2.5 s of silence keeps the NAT mappings open (ARCHITECTURE.md asks
+ * for at most 25 s), unanswered ones are repeated every second, and 7.5 s without a
+ * word from the peer ends the stream with PtcpIdle, so a dead peer is noticed within
+ * 10 s (issue 11). A mapping that moved to another port mid-stream is that silence:
+ * the peer's home router drops the new port, and the tunnel fails with that error
+ * instead of hanging (NAT lab scenario 8b).
  */
-const PTCP_PEER_TUNABLES = { keepaliveMs: 5_000, idleTimeoutMs: 20_000 } as const;
+const PTCP_PEER_TUNABLES = {} as const;
 const MAX_CANDIDATES = 16;
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;

@@ -71,6 +71,11 @@ export type RandomSource = (size: number) => Buffer;
 export interface PtcpConnectionOptions extends Partial<PtcpTunables> {
   localId: number;
   random: RandomSource;
+  /**
+   * @internal Tests only: retransmit the SYN-ACK on a timer, as PTCP did before issue 11,
+   * to show that a test catches a spoofed SYN drawing several SYN-ACKs.
+   */
+  retransmitSynAck?: boolean;
 }
 
 export interface PtcpStats {
@@ -106,6 +111,7 @@ export class PtcpConnection {
   readonly localId: number;
   readonly #o: PtcpTunables;
   readonly #random: RandomSource;
+  readonly #retransmitSynAck: boolean;
   #state: PtcpState = 'idle';
   #peerId = 0;
   #iss = 0;
@@ -158,6 +164,8 @@ export class PtcpConnection {
   // Liveness.
   #lastRecvAt = 0;
   #lastKeepaliveAt = 0;
+  /** Keepalives sent since the peer was last heard from (for the PtcpIdle message). */
+  #keepalivesUnanswered = 0;
   #timeWaitAt: number | null = null;
 
   #stats = { segmentsSent: 0, segmentsReceived: 0, retransmits: 0, timeouts: 0, spuriousRecoveries: 0, bytesAcked: 0, bytesDelivered: 0 };
@@ -168,6 +176,7 @@ export class PtcpConnection {
     }
     this.localId = opts.localId;
     this.#random = opts.random;
+    this.#retransmitSynAck = opts.retransmitSynAck === true;
     const o: PtcpTunables = { ...PTCP_DEFAULTS };
     for (const key of Object.keys(PTCP_DEFAULTS) as (keyof PtcpTunables)[]) {
       const v = opts[key];
@@ -398,6 +407,7 @@ export class PtcpConnection {
         assertNever(this.#state);
     }
     this.#lastRecvAt = now;
+    this.#keepalivesUnanswered = 0;
     if (seg.flags & FLAG_SYN) {
       // Our ACK of the SYN-ACK was lost and the peer repeats it.
       this.#ackNow = true;
@@ -672,12 +682,15 @@ export class PtcpConnection {
       return;
     }
     if (this.#state === 'time-wait') return;
-    if (now - this.#lastRecvAt >= this.#o.idleTimeoutMs) {
-      this.#fail(vertexError('PtcpIdle', `ptcp connection ${this.localId}: nothing heard from the peer for ${Math.round(now - this.#lastRecvAt)} ms`));
+    // The same sum as #nextDeadline: `now - last >= timeout` can round below the timeout
+    // at the very deadline (fractional ms), and the timer would then fire forever.
+    if (now >= this.#lastRecvAt + this.#o.idleTimeoutMs) {
+      this.#fail(vertexError('PtcpIdle', `ptcp connection ${this.localId}: the peer is gone: nothing heard for ${Math.round(now - this.#lastRecvAt)} ms, ${this.#keepalivesUnanswered} keepalive(s) unanswered`));
       return;
     }
-    if (now >= Math.max(this.#lastRecvAt, this.#lastKeepaliveAt) + this.#o.keepaliveMs) {
+    if (now >= this.#nextKeepaliveAt()) {
       this.#lastKeepaliveAt = now;
+      this.#keepalivesUnanswered++;
       this.#emitSegment(FLAG_ACK | FLAG_KEEPALIVE, this.#sndWire(this.#sb.highestSent), Buffer.alloc(0), now, false);
     }
     if (this.#delAckAt !== null && now >= this.#delAckAt) {
@@ -785,6 +798,14 @@ export class PtcpConnection {
     } else if (this.#state === 'syn-received') {
       this.#synTries++;
       this.#emitSegment(FLAG_SYN | FLAG_ACK, this.#iss, Buffer.alloc(0), now, true);
+      // No timer: a SYN-ACK goes out only in answer to a SYN. The source of a SYN is
+      // unverified (UDP), so retransmitting on our own would let a spoofed SYN aim several
+      // datagrams at a victim (issue 11). A real peer whose SYN-ACK was lost retransmits
+      // its SYN, and the duplicate draws a new SYN-ACK (handleSegment).
+      if (!this.#retransmitSynAck) {
+        this.#synAt = null;
+        return;
+      }
     } else {
       return;
     }
@@ -924,9 +945,20 @@ export class PtcpConnection {
       consider(this.#delAckAt);
       consider(this.#rackAt);
       consider(this.#lastRecvAt + this.#o.idleTimeoutMs);
-      consider(Math.max(this.#lastRecvAt, this.#lastKeepaliveAt) + this.#o.keepaliveMs);
+      consider(this.#nextKeepaliveAt());
     }
     return at === Infinity ? null : at;
+  }
+
+  /**
+   * The first keepalive goes out after keepaliveMs of silence; while the peer stays silent,
+   * another every keepaliveIntervalMs (a live peer acknowledges each at once), so a dead peer
+   * is declared at idleTimeoutMs after several probes rather than after one.
+   */
+  #nextKeepaliveAt(): number {
+    const first = this.#lastRecvAt + this.#o.keepaliveMs;
+    if (this.#lastKeepaliveAt < this.#lastRecvAt) return first;
+    return Math.max(first, this.#lastKeepaliveAt + this.#o.keepaliveIntervalMs);
   }
 
   // ---------------------------------------------------------------- teardown

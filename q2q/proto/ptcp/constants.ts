@@ -20,7 +20,15 @@ export interface PtcpTunables {
   ackEverySegments: number;
   /** Send a keepalive after this long without hearing from the peer (also keeps NAT mappings). */
   keepaliveMs: number;
-  /** Fail with PtcpIdle after this long without hearing from the peer. */
+  /**
+   * While a keepalive goes unanswered, probe again this often: a live peer answers every
+   * probe at once, so a few lost datagrams do not pass for a dead peer.
+   */
+  keepaliveIntervalMs: number;
+  /**
+   * Dead-peer timeout: fail with PtcpIdle after this long without hearing from the peer.
+   * Probing starts at keepaliveMs, so a live peer is heard from well before this.
+   */
   idleTimeoutMs: number;
   /** Fail an active open with PtcpConnectTimeout after this long without a SYN-ACK. */
   connectTimeoutMs: number;
@@ -42,8 +50,11 @@ export const PTCP_DEFAULTS: Readonly<PtcpTunables> = Object.freeze({
   maxRtoMs: 60_000,
   delayedAckMs: 25,
   ackEverySegments: 2,
-  keepaliveMs: 15_000,
-  idleTimeoutMs: 60_000,
+  // A dead peer is noticed within 10 s (issue 11): first probe after 2.5 s of silence,
+  // then one a second, and dead after 7.5 s, so five probes must all be lost first.
+  keepaliveMs: 2_500,
+  keepaliveIntervalMs: 1_000,
+  idleTimeoutMs: 7_500,
   connectTimeoutMs: 10_000,
   timeWaitMs: 2_000,
   initialWindowSegments: 10,

@@ -2,11 +2,13 @@
  * PtcpSocket's connect over real loopback UDP, with a ManualClock driving its timers: the
  * retransmission schedule and what an aborted connect leaves behind (nothing on the wire).
  */
+import * as dgram from 'node:dgram';
 import { isVertexError } from '../../../../q2q/errors';
 import { PTCP_DEFAULTS } from '../../../../q2q/proto/ptcp/constants';
 import { PtcpSocket, type PtcpStream } from '../../../../q2q/transport/ptcp-socket';
 import { ManualClock } from '../../../../q2q/util/clock';
-import { decodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
+import { decodeSegment, encodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
+import { untilTrue } from '../../../helpers/net';
 import { flushedTo, silentPeer, type SilentPeer } from '../../../helpers/silent-peer';
 
 const ptcpDatagrams = (peer: SilentPeer): Buffer[] => peer.got.filter((m) => isPtcpDatagram(m));
@@ -114,5 +116,49 @@ describe('PtcpSocket.connect with a signal that aborts after the handshake', () 
       await a.close();
       await b.close();
     }
+  });
+});
+
+describe('PtcpSocket passive open: a SYN from an unverified source (issue 11)', () => {
+  async function synAcksDrawn(retransmitSynAck: boolean): Promise<{ synAcks: number; answered: number }> {
+    const clock = new ManualClock(0);
+    // retransmitSynAck is a test-only connection option; the socket hands its tunables to each connection.
+    const tunables = (retransmitSynAck ? { retransmitSynAck: true } : {}) as Record<string, never>;
+    const socket = await PtcpSocket.bind({ host: '127.0.0.1', clock, tunables });
+    socket.listen(() => undefined);
+    // The "victim": the address a spoofer would write as the SYN's source.
+    const sender = dgram.createSocket('udp4');
+    try {
+      await new Promise<void>((resolve) => sender.bind(0, '127.0.0.1', () => resolve()));
+      const got: Buffer[] = [];
+      sender.on('message', (m) => got.push(m));
+      const syn = encodeSegment({ flags: FLAG_SYN, srcId: 0xbeef, dstId: 0, seq: 4242, ack: 0, tsVal: 1, tsEcr: 0, window: 65535, sacks: [], payload: Buffer.alloc(0) });
+      sender.send(syn, socket.address().port, '127.0.0.1');
+      const marker = Buffer.from('marker');
+      const flushed = async (): Promise<void> => {
+        const before = got.filter((m) => m.equals(marker)).length;
+        await socket.sendRaw(marker, '127.0.0.1', sender.address().port);
+        await untilTrue('marker', () => got.filter((m) => m.equals(marker)).length > before);
+      };
+      await untilTrue('the first SYN-ACK', () => got.some((m) => isPtcpDatagram(m)));
+      // Everything the half-open connection would ever do: retransmissions, then giving up.
+      for (let t = 0; t < 60_000; t += 500) {
+        clock.advance(500);
+        await flushed();
+      }
+      const answers = got.filter((m) => isPtcpDatagram(m));
+      return { synAcks: answers.filter(isSyn).length, answered: answers.length };
+    } finally {
+      sender.close();
+      await socket.close();
+    }
+  }
+
+  it('sends one SYN-ACK and nothing more toward the source', async () => {
+    expect(await synAcksDrawn(false)).toEqual({ synAcks: 1, answered: 1 });
+  });
+
+  it('can fail: with SYN-ACK retransmission on a timer (the behaviour before), the count is caught', async () => {
+    expect((await synAcksDrawn(true)).synAcks).toBeGreaterThan(1);
   });
 });

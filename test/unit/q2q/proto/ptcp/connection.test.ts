@@ -527,3 +527,119 @@ describe('PtcpConnection close', () => {
     expect(sim.clock.now() - t0).toBeLessThan(3200);
   });
 });
+
+describe('PtcpConnection dead peer (issue 11: noticed within 10 s)', () => {
+  /** Time from the peer's last segment to PtcpIdle, with `conn` tunables, after `setup`. */
+  function timeToNotice(conn: Partial<PtcpConnectionOptions>, setup: (sim: Sim) => void = () => undefined): { ms: number | null; keepalives: number } {
+    const sim = new Sim({ conn });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    // The peer dies: nothing it sends arrives any more, and it never answers again.
+    let lastHeard = sim.clock.now();
+    const orig = sim.deliver.bind(sim);
+    let dead = false;
+    sim.deliver = (from, seg) => {
+      if (from === sim.b && dead) return;
+      if (from === sim.a && dead) return;
+      if (from === sim.b) lastHeard = sim.clock.now();
+      orig(from, seg);
+    };
+    // Let a few answered keepalives happen first when idle, then kill the peer.
+    sim.runUntil(() => false, 6_000, 10);
+    setup(sim);
+    dead = true;
+    const sentBefore = sim.a.sent.length;
+    sim.runUntil(() => sim.a.closed, 60_000, 10);
+    const keepalives = sim.a.sent.slice(sentBefore).filter((s) => s.flags & FLAG_KEEPALIVE).length;
+    if (!sim.a.closed) return { ms: null, keepalives };
+    expect(sim.a.errors.map((e) => e.code)).toEqual(['PtcpIdle']);
+    return { ms: sim.clock.now() - lastHeard, keepalives };
+  }
+
+  it('with the defaults, an idle connection notices within 10 s, after several probes', () => {
+    const { ms, keepalives } = timeToNotice({});
+    expect(ms).not.toBeNull();
+    expect(ms as number).toBeLessThanOrEqual(10_000);
+    // One lost probe is not a dead peer: several went out before giving up.
+    expect(keepalives).toBeGreaterThanOrEqual(3);
+  });
+
+  it('with the defaults, a connection busy sending notices within 10 s', () => {
+    let inFlight = 0;
+    const { ms } = timeToNotice({}, (sim) => {
+      sim.write(sim.a, pattern(1_000_000, 3));
+      sim.clock.advance(50);
+      inFlight = sim.a.conn.stats().inFlight;
+    });
+    expect(inFlight).toBeGreaterThan(0);
+    expect(ms).not.toBeNull();
+    expect(ms as number).toBeLessThanOrEqual(10_000);
+  });
+
+  it('can fail: the tunables before issue 11 (keepalive 5 s, dead after 20 s) miss the bound', () => {
+    const { ms } = timeToNotice({ keepaliveMs: 5_000, idleTimeoutMs: 20_000 });
+    expect(ms as number).toBeGreaterThan(10_000);
+  });
+
+  it('with the defaults, a live idle peer on a lossy link (5 % each way) stays connected for 10 minutes', () => {
+    const sim = new Sim({ ab: { loss: 0.05 }, ba: { loss: 0.05 }, seed: 7 });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 10_000);
+    sim.runUntil(() => sim.a.closed || sim.b.closed, 600_000, 50);
+    expect(sim.a.errors).toEqual([]);
+    expect(sim.b.errors).toEqual([]);
+    expect(sim.a.conn.state).toBe('established');
+  });
+});
+
+describe('PtcpConnection passive open from an unverified source (issue 11: a spoofed SYN)', () => {
+  const syn: PtcpSegment = { flags: FLAG_SYN, srcId: 0xbeef, dstId: 0, seq: 12345, ack: 0, tsVal: 77, tsEcr: 0, window: 65535, sacks: [], payload: Buffer.alloc(0) };
+
+  /** SYN-ACKs one SYN draws from a passive connection left alone until it gives up. */
+  function synAcksForOneSyn(opts: Partial<PtcpConnectionOptions> = {}): { synAcks: number; closed: boolean } {
+    const clock = new ManualClock(0);
+    const conn = new PtcpConnection({ localId: 0x2222, random: randomSource(5), ...opts });
+    let synAcks = 0;
+    let closed = false;
+    let timer: Timer | null = null;
+    const pump = (): void => {
+      for (const action of conn.poll(clock.now())) {
+        if (action.type === 'send' && action.segment.flags & FLAG_SYN) synAcks++;
+        if (action.type === 'closed') closed = true;
+        if (action.type === 'timer') {
+          timer?.cancel();
+          timer = action.at === null ? null : clock.setTimer(() => {
+            conn.handleTimer(clock.now());
+            pump();
+          }, action.at - clock.now());
+        }
+      }
+    };
+    conn.accept(syn, clock.now());
+    pump();
+    for (let t = 0; t < 60_000; t += 100) clock.advance(100);
+    return { synAcks, closed };
+  }
+
+  it('answers one SYN with exactly one SYN-ACK, and forgets the half-open connection', () => {
+    expect(synAcksForOneSyn()).toEqual({ synAcks: 1, closed: true });
+  });
+
+  it('can fail: retransmitting the SYN-ACK on a timer (the behaviour before) is counted', () => {
+    expect(synAcksForOneSyn({ retransmitSynAck: true }).synAcks).toBeGreaterThan(1);
+  });
+
+  it('a real peer whose SYN-ACK was lost still connects: its repeated SYN draws a new one', () => {
+    let dropped = 0;
+    const sim = new Sim({ ba: { filter: (s) => (s.flags & FLAG_SYN) !== 0 && dropped++ < 2 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && sim.b?.connected, 10_000);
+    expect(sim.a.connected).toBe(true);
+    expect(sim.b.connected).toBe(true);
+    const synAcks = sim.b.sent.filter((s) => s.flags & FLAG_SYN).length;
+    const synsFromA = sim.a.sent.filter((s) => s.flags & FLAG_SYN).length;
+    expect(synAcks).toBe(3);
+    // Never more SYN-ACKs than SYNs: no amplification.
+    expect(synAcks).toBeLessThanOrEqual(synsFromA);
+  });
+});
