@@ -20,6 +20,7 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     relay: { ...config.relay },
     store: config.store,
     ...(config.metrics ? { metrics: { ...config.metrics.listen } } : {}),
+    ...(config.federation.allow ? { federation: { allow: [...config.federation.allow] } } : {}),
     limits: {
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,

@@ -410,6 +410,19 @@ export const serverFileSchema = strict({
   }).optional(),
   store: checked(storeProblem).optional(),
   metrics: metricsSection.optional(),
+  federation: strict({
+    allow: uniqueList(checked(domainProblem), 'domain').optional(),
+    servers: z
+      .record(checked(domainProblem), connectAddress)
+      .superRefine((record, ctx) => {
+        const seen = new Set<string>();
+        for (const domain of Object.keys(record)) {
+          if (seen.has(domain.toLowerCase())) ctx.addIssue({ code: 'custom', path: [domain], message: `duplicate domain "${domain.toLowerCase()}"` });
+          seen.add(domain.toLowerCase());
+        }
+      })
+      .optional(),
+  }).optional(),
   log: logSection.optional(),
 });
 
@@ -443,6 +456,13 @@ export interface ServerConfig {
   readonly store: string;
   /** Prometheus text on http://listen/metrics and health on /health; absent means off. */
   readonly metrics?: { readonly listen: HostPort };
+  /** Users of other domains (server/federation.ts). */
+  readonly federation: {
+    /** Only these domains' users are checked and admitted; absent means any valid domain. */
+    readonly allow?: readonly string[];
+    /** Where other domains' servers are, case-folded keys; --resolve wins over these. */
+    readonly servers: Readonly<Record<string, HostPort>>;
+  };
   readonly log: { readonly level: LogLevel };
 }
 
@@ -514,6 +534,12 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
     },
     store: file.store ?? d.store,
     ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),
+    federation: {
+      ...(file.federation?.allow && { allow: file.federation.allow.map(parseDomain) }),
+      servers: Object.fromEntries(
+        Object.entries(file.federation?.servers ?? {}).map(([domain, server]) => [parseDomain(domain), hostPort(server)]),
+      ),
+    },
     log: { level: file.log?.level ?? d.log.level },
   };
 }

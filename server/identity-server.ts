@@ -21,7 +21,7 @@ import { AccountService, type RegistrationMode } from './account-service';
 import { loadOrCreateCa, type DomainCa } from './ca-store';
 import { ControlSession } from './control-session';
 import { Broker } from './broker';
-import { Federation } from './federation';
+import { Federation, type FederationOptions } from './federation';
 import { Relay } from './relay';
 import { instrumentStore, ServerMetrics } from './metrics';
 import { MetricsHttpServer } from '../q2q/util/metrics-http';
@@ -44,6 +44,8 @@ export interface IdentityServerOptions {
   nodeName?: string;
   /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
   resolve?: ServerResolver;
+  /** server.yaml federation: which domains' users are admitted (absent: any valid domain). */
+  federation?: { allow?: readonly string[]; unsafeForTests?: FederationOptions['unsafeForTests'] };
   log?: Logger;
 }
 
@@ -114,8 +116,11 @@ export class IdentityServer {
 
     this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }), ...(this.#metrics ? { metrics: this.#metrics } : {}) });
     this.#broker = new Broker({ domains, relay: this.#relay, log: this.#log.child({ component: 'broker' }) });
+    const federation = this.#opts.federation;
     this.#federation = new Federation({
-      dataDir, resolve: this.#opts.resolve ?? createServerResolver(), log: this.#log.child({ component: 'federation' }),
+      dataDir, resolve: this.#opts.resolve ?? createServerResolver(), log: this.#log.child({ component: 'federation' }), localDomains: domains,
+      ...(federation?.allow && { allow: federation.allow }),
+      ...(federation?.unsafeForTests && { unsafeForTests: federation.unsafeForTests }),
     });
 
     const contexts = new Map<string, tls.SecureContext>();
@@ -211,8 +216,9 @@ export class IdentityServer {
     const info = describeCertificate(certPem);
     const issuer = info.issuerCn.toLowerCase();
     if (this.accounts.domains.includes(issuer)) return { address: await this.accounts.authenticateCertificate(certPem), local: true };
+    // The issuer and address are unverified input here: Federation checks them before any use.
     const address = (info.q2qAddress ?? '').toLowerCase();
-    return { address: await this.#federation!.authenticate(certPem, issuer, address), local: false };
+    return { address: await this.#federation!.authenticate(certPem, info.issuerCn, address), local: false };
   }
 
   async #onSecureConnection(socket: tls.TLSSocket): Promise<void> {

@@ -243,7 +243,10 @@ const run: CommandModule<GlobalArgs, ServerArgs> = {
   describe: 'run the identity server',
   builder: serverOptions,
   handler: async (args) => {
-    await runServer(resolveServerConfig(args), logLevelOf(args), serverResolver(args));
+    const config = resolveServerConfig(args);
+    // federation.servers from server.yaml, then --resolve on top (a flag beats the file).
+    const servers = new Map(Object.entries(config.federation.servers).map(([domain, server]) => [domain, { ...server }]));
+    await runServer(config, logLevelOf(args), serverResolver(args, servers));
   },
 };
 

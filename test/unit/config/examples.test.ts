@@ -133,6 +133,7 @@ describe('config/server.example.yaml', () => {
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
       store: 'sqlite',
       metrics: { listen: { host: '127.0.0.1', port: 9464 } },
+      federation: { allow: ['a.example', 'b.example'], servers: { 'b.example': { host: '198.51.100.7', port: 8788 } } },
       log: { level: 'info' },
     });
   });

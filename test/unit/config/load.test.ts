@@ -235,8 +235,20 @@ describe('loadServerConfig', () => {
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
       store: 'sqlite',
+      federation: { servers: {} },
       log: { level: 'info' },
     });
+  });
+
+  it('federation: allow and servers, case-folded and checked', () => {
+    const config = loadServerConfig(lf('version: 1', 'domains: [a.test]', 'federation:', '  allow: [B.test]', '  servers:', '    B.Test: 127.0.0.1:8790'), SERVER_FILE);
+    expect(config.federation).toEqual({ allow: ['b.test'], servers: { 'b.test': { host: '127.0.0.1', port: 8790 } } });
+    expect(configError(() => loadServerConfig(lf('version: 1', 'domains: [a.test]', 'federation:', '  allow: [../x]'), SERVER_FILE)).message).toMatch(
+      /^\/etc\/vertex\/server\.yaml:4: federation\.allow\[0\]: invalid domain "\.\.\/x"/,
+    );
+    expect(configError(() => loadServerConfig(lf('version: 1', 'domains: [a.test]', 'federation:', '  servers:', '    b.test: nowhere'), SERVER_FILE)).message).toMatch(
+      /:5: federation\.servers\["b\.test"\]: expected HOST:PORT/,
+    );
   });
 
   it('domains are required and must be names', () => {
