@@ -10,18 +10,20 @@
 import type { Duplex } from 'node:stream';
 import { vertexError, VertexError } from '../../q2q/errors';
 import { systemClock, type Clock } from '../../q2q/util/clock';
-import { encodeDataHeader, encodeFrame, FrameDecoder, type TransferFrame } from '../../q2q/wire/file-transfer';
+import { encodeDataHeader, encodeFrame, FrameDecoder, type OfferLimits, type TransferFrame } from '../../q2q/wire/file-transfer';
 
 export interface FrameChannelOptions {
   clock?: Clock;
   /** What the stream connects to, for messages: `bob@b.test`. */
   peer?: string;
+  /** The receiver's limits on one offer, enforced while it is decoded. */
+  offerLimits?: OfferLimits;
 }
 
 export class FrameChannel {
   readonly stream: Duplex;
   readonly peer: string;
-  readonly #decoder = new FrameDecoder();
+  readonly #decoder: FrameDecoder;
   readonly #queue: TransferFrame[] = [];
   readonly #chunks: AsyncIterator<Buffer>;
   readonly #clock: Clock;
@@ -36,6 +38,7 @@ export class FrameChannel {
     this.stream = stream;
     this.peer = options.peer ?? 'the peer';
     this.#clock = options.clock ?? systemClock;
+    this.#decoder = new FrameDecoder(options.offerLimits);
     this.#lastActivity = this.#clock.now();
     this.#chunks = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   }

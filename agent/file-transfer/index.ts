@@ -9,13 +9,13 @@
 export const FILE_TRANSFER_SERVICE = 'file-transfer';
 
 export { FrameChannel } from './frame-channel';
-export { badOfferPaths, badTransferPath, partialPath, PARTIAL_SUFFIX } from './names';
+export { badOfferPaths, badTransferPath, partialPath, PARTIAL_SUFFIX, quoteName } from './names';
 export {
   createProgressView, describeProgress, formatBytes, formatEta, progressMode, RateMeter,
   type ProgressMode, type ProgressSnapshot, type ProgressView,
 } from './progress';
 export {
-  receiveFiles, type IncomingOffer, type ReceivedFile, type ReceiveOptions, type ReceiveProgress, type ReceiveResult,
+  DEFAULT_RECEIVE_LIMITS, receiveFiles, type IncomingOffer, type ReceiveLimits, type ReceivedFile, type ReceiveOptions, type ReceiveProgress, type ReceiveResult,
 } from './receiver';
 export {
   collectSources, hashFile, prepareFiles, sendFiles,

@@ -4,7 +4,8 @@
  * An offered path is relative and '/'-separated. The receiver refuses the
  * whole offer when any name could land outside its directory or confuse a
  * person reading it: absolute paths, `.` and `..` components, empty
- * components, NUL and other control characters, backslashes (a separator
+ * components, NUL and other control characters, bidi controls and other
+ * invisible format characters, backslashes (a separator
  * elsewhere), components too long to carry the partial-file prefix and
  * suffix, names that look like our own partial files, and two names for one
  * place.
@@ -25,6 +26,15 @@ export const MAX_COMPONENT_BYTES = MAX_NAME_BYTES - PARTIAL_PREFIX.length - PART
 
 // C0 controls, DEL and the C1 controls: they rewrite terminals and logs.
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+/**
+ * Format characters (Cf) and the line and paragraph separators: bidi overrides and
+ * isolates (U+202A-202E, U+2066-2069) make `txt.exe` read as `exe.txt`, and zero-width
+ * ones hide what a name really is (issue 11). ZWNJ and ZWJ (U+200C, U+200D) are kept:
+ * Persian, Indic scripts and emoji sequences need them, and they reorder nothing.
+ */
+const FORMAT_RE = /(?![\u200c\u200d])[\p{Cf}\p{Zl}\p{Zp}]/u;
+/** What quoteName escapes: every control, format and separator character, ZWJ included. */
+const UNPRINTABLE_RE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}]/gu;
 
 /** Why `name` may not be used as an offered path, or null when it is fine. */
 export function badTransferPath(name: string): string | null {
@@ -32,6 +42,8 @@ export function badTransferPath(name: string): string | null {
   if (Buffer.byteLength(name, 'utf8') > MAX_PATH_BYTES) return `the name is longer than ${MAX_PATH_BYTES} bytes`;
   if (name.includes('\u0000')) return 'the name contains a NUL byte';
   if (CONTROL_RE.test(name)) return 'the name contains a control character';
+  const format = FORMAT_RE.exec(name);
+  if (format) return `the name contains U+${(format[0].codePointAt(0) as number).toString(16).toUpperCase().padStart(4, '0')}, an invisible formatting character (bidi controls can disguise a name)`;
   if (name.includes('\\')) return 'the name contains a backslash';
   if (name.startsWith('/')) return 'the name is an absolute path';
   for (const part of name.split('/')) {
@@ -77,8 +89,13 @@ export function partialPath(file: string): string {
   return path.join(path.dirname(file), `${PARTIAL_PREFIX}${path.basename(file)}${PARTIAL_SUFFIX}`);
 }
 
-/** A name as it appears in a message: quoted and escaped, so a hostile name cannot rewrite the terminal. */
+/**
+ * A name as it appears in a message: quoted and escaped, so a hostile name cannot rewrite
+ * the terminal. JSON.stringify alone escapes only C0 controls, so controls, bidi and other
+ * format characters, separators, private-use and unassigned code points become \u{...}.
+ */
 export function quoteName(name: string): string {
   const max = 120;
-  return JSON.stringify(name.length > max ? `${name.slice(0, max)}...` : name);
+  const cut = name.length > max ? `${name.slice(0, max)}...` : name;
+  return JSON.stringify(cut).replace(UNPRINTABLE_RE, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }

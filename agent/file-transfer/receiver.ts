@@ -49,6 +49,24 @@ export const WRITE_BATCH_BYTES = 1024 * 1024;
 /** Background write-back interval while a file arrives. */
 export const SYNC_EVERY_BYTES = 16 * 1024 * 1024;
 const READ_CHUNK_BYTES = 1024 * 1024;
+/** Partial files looked up at once while an offer is checked (not one fs call per offered file at once). */
+const CHECK_CONCURRENCY = 16;
+
+/**
+ * What one offer may ask of this receiver (issue 11: one offer of 65,536 files drove a
+ * receiver to 490 MB). Both are checked while the offer is decoded, before anything per
+ * file is allocated or touched on disk; an offer above either is refused (REJECT
+ * too-large) with a message that says which and what to do.
+ */
+export interface ReceiveLimits {
+  /** Files in one offer. */
+  maxFiles: number;
+  /** The offered names together, in UTF-8 bytes. */
+  maxNameBytes: number;
+}
+
+/** docs/security.md lists these; `receive` options override them. */
+export const DEFAULT_RECEIVE_LIMITS: Readonly<ReceiveLimits> = Object.freeze({ maxFiles: 10_000, maxNameBytes: 1024 * 1024 });
 
 export interface IncomingOffer {
   peer: string;
@@ -104,6 +122,8 @@ export interface ReceiveOptions {
   /** Aborting sends a `cancelled` error to the sender and stops; partial data is kept. */
   signal?: AbortSignal;
   idleTimeoutMs?: number;
+  /** Limits on one offer; each defaults to DEFAULT_RECEIVE_LIMITS. */
+  limits?: Partial<ReceiveLimits>;
   clock?: Clock;
   log?: Logger;
 }
@@ -160,7 +180,8 @@ class Receiver {
     this.#log = (opts.log ?? silentLogger).child({ component: 'file-receive', peer: opts.peer });
     this.#idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     this.#busy = opts.busy ?? new Set();
-    this.#ch = new FrameChannel(stream, { peer: opts.peer, ...(opts.clock && { clock: opts.clock }) });
+    const offerLimits = { ...DEFAULT_RECEIVE_LIMITS, ...opts.limits };
+    this.#ch = new FrameChannel(stream, { peer: opts.peer, offerLimits, ...(opts.clock && { clock: opts.clock }) });
   }
 
   async run(): Promise<ReceiveResult> {
@@ -230,6 +251,8 @@ class Receiver {
       frame = await this.#ch.read(OFFER_TIMEOUT_MS, 'an offer');
     } catch (err) {
       if (isVertexError(err, 'ProtocolVersion')) throw new Refusal('version', `unsupported protocol: ${err.message}`);
+      // Over ReceiveLimits: refused while decoding, before the offer's files exist here.
+      if (isVertexError(err, 'TransferRejected')) throw new Refusal('too-large', err.message);
       throw err;
     }
     if (frame === null) throw vertexError('TransferFailed', `${this.#opts.peer} closed the connection without an offer`);
@@ -254,7 +277,10 @@ class Receiver {
       this.#plans.push({ offered, final, partial: partialPath(final), resume: { offset: 0, sha256: EMPTY_SHA256 }, resumeHash: null });
     }
     await this.#checkWritable();
-    const held = await Promise.all(this.#plans.map((p) => partialSize(p.partial, p.offered.path)));
+    const held: number[] = [];
+    for (let i = 0; i < this.#plans.length; i += CHECK_CONCURRENCY) {
+      held.push(...await Promise.all(this.#plans.slice(i, i + CHECK_CONCURRENCY).map((p) => partialSize(p.partial, p.offered.path))));
+    }
     const needed = this.#plans.reduce((sum, p, i) => sum + Math.max(0, p.offered.size - Math.min(held[i] ?? 0, p.offered.size)), 0);
     const available = await freeBytes(this.#dir);
     if (available !== null && needed > available) {
@@ -443,6 +469,19 @@ class Receiver {
     });
   }
 
+  /**
+   * A message as the sender may see it: where this receiver keeps files is none of its
+   * business (issue 13), so paths under DIR become relative and DIR itself "the receiving
+   * directory". Our own error and log keep the full paths.
+   */
+  #forSender(message: string): string {
+    // Receiving into / itself: every name is already relative to it.
+    if (this.#dir === path.parse(this.#dir).root) return message;
+    return message
+      .split(`${this.#dir}${path.sep}`).join('')
+      .split(this.#dir).join('the receiving directory');
+  }
+
   /** Tells the sender why (when the stream still takes a frame), closes, and returns the error for our side. */
   async #fail(err: unknown): Promise<VertexError> {
     if (err instanceof Refusal && this.#accepted) {
@@ -450,7 +489,7 @@ class Receiver {
     }
     if (err instanceof Refusal) {
       this.#log.info({ reason: err.reason }, `offer refused: ${err.message}`);
-      this.#ch.endWith({ type: 'reject', reason: err.reason, message: err.message });
+      this.#ch.endWith({ type: 'reject', reason: err.reason, message: this.#forSender(err.message) });
       await this.#ch.closeGracefully(CLOSE_GRACE_MS);
       const code = err.reason === 'no-space' || err.reason === 'unwritable' ? 'TransferFailed' : 'TransferRejected';
       return vertexError(code, `refused the offer from ${this.#opts.peer}: ${err.message}`);
@@ -460,13 +499,14 @@ class Receiver {
       return vertexError('TransferFailed', err.message);
     }
     if (err instanceof TransferError) {
-      this.#ch.endWith({ type: 'error', reason: err.reason, message: err.message });
+      this.#log.info({ reason: err.reason }, `transfer failed: ${err.message}`);
+      this.#ch.endWith({ type: 'error', reason: err.reason, message: this.#forSender(err.message) });
       await this.#ch.closeGracefully(CLOSE_GRACE_MS);
       return vertexError('TransferFailed', `receive from ${this.#opts.peer}: ${err.message}`, err.cause);
     }
     if (isVertexError(err)) {
       const reason: ErrorReason = err.code === 'TransferDecode' ? 'protocol' : 'other';
-      this.#ch.endWith({ type: 'error', reason, message: err.message });
+      this.#ch.endWith({ type: 'error', reason, message: this.#forSender(err.message) });
       this.#ch.abort(err);
       return err;
     }

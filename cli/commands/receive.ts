@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
 import {
-  createProgressView, FILE_TRANSFER_SERVICE, formatBytes, progressMode, receiveFiles,
+  createProgressView, FILE_TRANSFER_SERVICE, formatBytes, progressMode, quoteName, receiveFiles,
   type IncomingOffer, type ProgressView, type ReceiveResult,
 } from '../../agent/file-transfer';
 import { parseAllowPattern } from '../../config/schema';
@@ -161,7 +161,7 @@ function report(json: boolean, result: ReceiveResult, stream: Q2QStream, ms: num
     `received ${result.files.length} file${result.files.length === 1 ? '' : 's'} (${formatBytes(result.bytesTotal)}) from ${result.peer} ` +
     `via ${stream.route} in ${elapsedText(ms)}, ${rateText(result.bytesReceived, ms)}; SHA-256 verified` +
     (resumed > 0 ? `; resumed, ${formatBytes(result.bytesReceived)} crossed the wire` : ''),
-    ...result.files.slice(0, LISTED_FILES).map((f) => `  ${f.file}  ${formatBytes(f.size)}  sha256:${f.sha256}`),
+    ...result.files.slice(0, LISTED_FILES).map((f) => `  ${quoteName(f.file)}  ${formatBytes(f.size)}  sha256:${f.sha256}`),
   ];
   if (result.files.length > LISTED_FILES) lines.push(`  (and ${result.files.length - LISTED_FILES} more)`);
   process.stdout.write(`${lines.join('\n')}\n`);
@@ -180,7 +180,7 @@ class Asker {
 
   async #ask(offer: IncomingOffer, dir: string): Promise<boolean> {
     this.#rl ??= readline.createInterface({ input: process.stdin, output: process.stderr });
-    const shown = offer.files.slice(0, LISTED_FILES).map((f) => `  ${JSON.stringify(f.path)}  ${formatBytes(f.size)}`);
+    const shown = offer.files.slice(0, LISTED_FILES).map((f) => `  ${quoteName(f.path)}  ${formatBytes(f.size)}`);
     if (offer.files.length > LISTED_FILES) shown.push(`  (and ${offer.files.length - LISTED_FILES} more)`);
     process.stderr.write(`${offer.peer} offers ${describeOffer(offer)}:\n${shown.join('\n')}\n`);
     const answer = await new Promise<string>((resolve) => this.#rl?.question(`accept into ${dir}? [y/N] `, resolve));

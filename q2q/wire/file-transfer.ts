@@ -73,6 +73,8 @@ export const REJECT_REASON = {
   unwritable: 6,
   busy: 7,
   version: 8,
+  /** More files or more name bytes in one offer than the receiver takes (OfferLimits). */
+  'too-large': 9,
 } as const;
 export type RejectReason = keyof typeof REJECT_REASON;
 
@@ -93,6 +95,18 @@ export const MAX_PATH_BYTES = 4096;
 export const MAX_DATA_BYTES = 64 * 1024;
 export const MAX_MESSAGE_BYTES = 1024;
 export const MAX_OFFER_BYTES = 8 * 1024 * 1024;
+
+/**
+ * What a receiver takes in one offer, checked while the offer is decoded: before any
+ * per-file object exists, a count or a name total above these ends the decode with
+ * TransferRejected (the receiver answers REJECT too-large). The wire maxima above bound
+ * what any frame may cost; these are the receiver's own, smaller, choice.
+ */
+export interface OfferLimits {
+  maxFiles: number;
+  /** The sum of the offered paths' UTF-8 lengths. */
+  maxNameBytes: number;
+}
 
 const OFFER_FIXED_BYTES = 1 + 4;
 const OFFER_ENTRY_FIXED_BYTES = 2 + 8 + SHA256_BYTES;
@@ -294,7 +308,7 @@ function decodeText(bytes: Buffer, what: string): string {
 }
 
 /** Decodes one payload whose length the header already bounded. */
-export function decodePayload(type: FrameTypeName, payload: Buffer): TransferFrame {
+export function decodePayload(type: FrameTypeName, payload: Buffer, limits?: OfferLimits): TransferFrame {
   switch (type) {
     case 'offer': {
       if (payload.length < OFFER_FIXED_BYTES) fail(`offer: ${payload.length} bytes is too short`);
@@ -304,13 +318,21 @@ export function decodePayload(type: FrameTypeName, payload: Buffer): TransferFra
       }
       const count = payload.readUInt32BE(1);
       if (count < 1 || count > MAX_FILES) fail(`offer: ${count} files, allowed 1..${MAX_FILES}`);
+      if (limits && count > limits.maxFiles) {
+        throw vertexError('TransferRejected', `the offer has ${count} files; this receiver takes at most ${limits.maxFiles} in one offer (send fewer at a time, or pack them into an archive)`);
+      }
       const files: OfferedFile[] = [];
       let at = OFFER_FIXED_BYTES;
+      let nameBytes = 0;
       for (let i = 0; i < count; i++) {
         if (payload.length - at < 2) fail(`offer: file ${i} is cut short`);
         const pathLength = payload.readUInt16BE(at);
         at += 2;
         if (pathLength < 1 || pathLength > MAX_PATH_BYTES) fail(`offer: path ${i} is ${pathLength} bytes, allowed 1..${MAX_PATH_BYTES}`);
+        nameBytes += pathLength;
+        if (limits && nameBytes > limits.maxNameBytes) {
+          throw vertexError('TransferRejected', `the offer's names add up to more than ${limits.maxNameBytes} bytes, the most this receiver takes in one offer (send fewer files at a time, or pack them into an archive)`);
+        }
         if (payload.length - at < pathLength + 8 + SHA256_BYTES) fail(`offer: file ${i} is cut short`);
         const path = decodeText(payload.subarray(at, at + pathLength), `offer path ${i}`);
         at += pathLength;
@@ -373,12 +395,18 @@ export function decodePayload(type: FrameTypeName, payload: Buffer): TransferFra
  * error the decoder stays failed.
  */
 export class FrameDecoder {
+  readonly #limits: OfferLimits | undefined;
   #pieces: Buffer[] = [];
   #buffered = 0;
   /** The header of the frame being collected, once its 5 bytes are in. */
   #type: FrameTypeName | null = null;
   #need = 0;
   #failed: Error | null = null;
+
+  /** `limits`: the receiving side's OfferLimits, checked while an offer is decoded. */
+  constructor(limits?: OfferLimits) {
+    this.#limits = limits;
+  }
 
   /** Bytes held waiting for the rest of a frame. */
   get buffered(): number {
@@ -410,7 +438,7 @@ export class FrameDecoder {
         const payload = this.#take(this.#need);
         this.#type = null;
         this.#need = 0;
-        frames.push(decodePayload(type, payload));
+        frames.push(decodePayload(type, payload, this.#limits));
       }
     } catch (err) {
       this.#failed = err instanceof Error ? err : new Error(String(err));

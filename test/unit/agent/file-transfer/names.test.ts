@@ -58,6 +58,32 @@ describe('file-transfer names', () => {
     expect(finalPath('/d', 'sub/file.bin')).toBe('/d/sub/file.bin');
   });
 
+  it.each([
+    ['U+202E (right-to-left override)', 'invoice\u202Etxt.exe', /U\+202E/],
+    ['U+2066 (left-to-right isolate)', 'a\u2066b', /U\+2066/],
+    ['U+200F (right-to-left mark)', 'a\u200Fb', /U\+200F/],
+    ['U+200B (zero-width space)', 'pay\u200Bpal.pdf', /U\+200B/],
+    ['U+FEFF (zero-width no-break space)', '\uFEFFa', /U\+FEFF/],
+    ['U+2028 (line separator)', 'a\u2028b', /U\+2028/],
+  ])('refuses a name with %s (issue 11)', (_label, name, why) => {
+    expect(badTransferPath(name)).toMatch(why);
+    expect(badTransferPath(name)).toMatch(/formatting character/);
+  });
+
+  it.each(['\u{1F468}\u200D\u{1F469}\u200D\u{1F467}.jpg', '\u0645\u06CC\u200C\u062E\u0648\u0627\u0647\u0645.txt'])('keeps ZWJ and ZWNJ, which scripts and emoji need: %s', (name) => {
+    expect(badTransferPath(name)).toBeNull();
+  });
+
+  it('prints bidi controls and other invisible characters escaped, never raw (issue 11)', () => {
+    const shown = quoteName('invoice\u202Etxt.exe');
+    expect(shown).toBe('"invoice\\u{202e}txt.exe"');
+    for (const c of ['\u202E', '\u2066', '\u200B', '\uFEFF', '\u2028', '\u200D', '\u0085', '\uE000']) {
+      expect(quoteName(`a${c}b`)).not.toContain(c);
+    }
+    // What JSON.stringify alone did (the behaviour before): the override goes out raw.
+    expect(JSON.stringify('invoice\u202Etxt.exe')).toContain('\u202E');
+  });
+
   it('quotes hostile names for messages', () => {
     expect(quoteName('a\u001b[2Jb')).toBe('"a\\u001b[2Jb"');
     expect(quoteName('x'.repeat(500)).length).toBeLessThan(130);

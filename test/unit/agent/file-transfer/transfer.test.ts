@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FrameChannel } from '../../../../agent/file-transfer/frame-channel';
 import { partialPath } from '../../../../agent/file-transfer/names';
-import { receiveFiles, type ReceiveOptions } from '../../../../agent/file-transfer/receiver';
+import { DEFAULT_RECEIVE_LIMITS, receiveFiles, type ReceiveOptions } from '../../../../agent/file-transfer/receiver';
 import {
   collectSources, prepareFiles, sendFiles, type PreparedFile, type SendOptions,
 } from '../../../../agent/file-transfer/sender';
@@ -109,7 +109,7 @@ function errorMessage(result: PromiseSettledResult<unknown>): string {
 }
 
 /** Runs a hand-written sender: writes `frames` and returns the frames the receiver answered. */
-async function rawSender(receive: Omit<ReceiveOptions, 'peer'>, frames: TransferFrame[]) {
+async function rawSender(receive: Omit<ReceiveOptions, 'peer'>, frames: TransferFrame[], readTimeoutMs = 5000) {
   const [a, b] = await socketPair();
   const received = receiveFiles(b, { peer: ALICE, ...receive });
   received.catch(() => undefined);
@@ -117,7 +117,7 @@ async function rawSender(receive: Omit<ReceiveOptions, 'peer'>, frames: Transfer
   for (const f of frames) await ch.write(f);
   const answers: TransferFrame[] = [];
   for (;;) {
-    const f = await ch.read(5000).catch(() => null);
+    const f = await ch.read(readTimeoutMs).catch(() => null);
     if (f === null) break;
     answers.push(f);
   }
@@ -450,6 +450,98 @@ describe('file transfer over a socket pair', () => {
     expect(errorCode(r)).toBe('TransferFailed');
     expect(fs.existsSync(path.join(dest, 'f.bin'))).toBe(false);
     expect(fs.existsSync(partialPath(path.join(dest, 'f.bin')))).toBe(true);
+  });
+});
+
+describe('hostile offers (issues 11 and 13)', () => {
+  const offerOf = (n: number, name = (i: number) => `d${i % 100}/file-${i}`): TransferFrame => ({
+    type: 'offer', files: Array.from({ length: n }, (_, i) => ({ path: name(i), size: 1, sha256: EMPTY_SHA256 })),
+  });
+
+  it('refuses a name with a bidi override, and the refusal shows it escaped', async () => {
+    const dest = tempDir('dest');
+    const decide = jest.fn(async () => true);
+    const { answers, received } = await rawSender({ dir: dest, decide }, [{ type: 'offer', files: [{ path: 'invoice\u202Etxt.exe', size: 1, sha256: EMPTY_SHA256 }] }]);
+    expect(answers[0]).toMatchObject({ type: 'reject', reason: 'bad-name' });
+    const message = (answers[0] as { message: string }).message;
+    expect(message).not.toContain('\u202E');
+    expect(message).toContain('\\u{202e}');
+    expect(errorMessage(received)).not.toContain('\u202E');
+    expect(decide).not.toHaveBeenCalled();
+    expect(tree(dest)).toEqual([]);
+  });
+
+  it('refuses more files than DEFAULT_RECEIVE_LIMITS.maxFiles before asking or touching the disk', async () => {
+    const dest = tempDir('dest');
+    const decide = jest.fn(async () => true);
+    const { answers, received } = await rawSender({ dir: dest, decide }, [offerOf(DEFAULT_RECEIVE_LIMITS.maxFiles + 1)]);
+    expect(answers).toEqual([{ type: 'reject', reason: 'too-large', message: expect.stringMatching(/10001 files; this receiver takes at most 10000/) }]);
+    expect(errorCode(received)).toBe('TransferRejected');
+    expect(decide).not.toHaveBeenCalled();
+    expect(tree(dest)).toEqual([]);
+  });
+
+  it('refuses names adding up to more than the limit, and takes what fits', async () => {
+    const dest = tempDir('dest');
+    const limits = { maxNameBytes: 1000 };
+    const long = (i: number) => `${i}-${'n'.repeat(96)}`;
+    const over = await rawSender({ dir: dest, limits, decide: async () => false }, [offerOf(11, long)]);
+    expect(over.answers[0]).toMatchObject({ type: 'reject', reason: 'too-large', message: expect.stringMatching(/more than 1000 bytes/) });
+    // Under the limit the offer goes on to the usual checks (here: declined).
+    const under = await rawSender({ dir: dest, limits, decide: async () => false }, [offerOf(9, long)]);
+    expect(under.answers[0]).toMatchObject({ type: 'reject', reason: 'declined' });
+  });
+
+  /** RSS growth of a fresh receiver process handling one offer of `n` files (test/helpers/offer-memory.js). */
+  function offerMemory(n: number, limits?: { maxFiles: number; maxNameBytes: number }): { growthMB: number; reason: string } {
+    const script = path.join(__dirname, '../../../helpers/offer-memory.js');
+    const out = execFileSync(process.execPath, [script, String(n), ...(limits ? [JSON.stringify(limits)] : [])], { encoding: 'utf8', timeout: 80_000 });
+    return JSON.parse(out.trim().split('\n').pop() as string) as { growthMB: number; reason: string };
+  }
+
+  it('an offer of 65,536 files (the wire maximum) is refused with memory bounded', () => {
+    const { growthMB, reason } = offerMemory(65_536);
+    expect(reason).toBe('too-large');
+    // Measured: under 1 MB (the offer is refused while it is decoded); 491 MB RSS before.
+    expect(growthMB).toBeLessThan(15);
+  }, 90_000);
+
+  it('can fail: without the file limit, the same offer costs the receiver far more', () => {
+    const { growthMB, reason } = offerMemory(65_536, { maxFiles: 65_536, maxNameBytes: 8 * 1024 * 1024 });
+    expect(reason).toBe('declined');
+    // Measured: about 50 MB with the checks now run 16 files at a time (491 MB when all 65,536 ran at once).
+    expect(growthMB).toBeGreaterThan(15);
+  }, 90_000);
+
+  it("the receiver's absolute path never reaches the sender; its own error keeps it", async () => {
+    const root = tempDir('root');
+    const dest = path.join(root, 'private-inbox');
+    fs.mkdirSync(dest);
+    fs.writeFileSync(path.join(dest, 'taken.txt'), 'mine');
+    fs.mkdirSync(path.join(root, 'elsewhere'));
+    fs.symlinkSync(path.join(root, 'elsewhere'), path.join(dest, 'link'));
+    fs.writeFileSync(path.join(dest, 'plain'), 'a file, not a directory');
+    const cases: TransferFrame[] = [
+      { type: 'offer', files: [{ path: 'taken.txt', size: 1, sha256: EMPTY_SHA256 }] },
+      { type: 'offer', files: [{ path: 'link/x', size: 1, sha256: EMPTY_SHA256 }] },
+      { type: 'offer', files: [{ path: 'plain/x', size: 1, sha256: EMPTY_SHA256 }] },
+    ];
+    for (const offer of cases) {
+      const { answers, received } = await rawSender({ dir: dest }, [offer]);
+      const told = (answers[0] as { message: string }).message;
+      expect(told).not.toContain(root);
+      expect(told).not.toMatch(/(^|[\s'"(])\/[a-z]/i);
+      // The detector works: the receiver's own message (for its user) names the directory.
+      expect(errorMessage(received)).toContain(root);
+    }
+    // An unwritable directory: the sender learns that, not where it is.
+    const ro = await readOnlyDir();
+    const src = tempDir('src');
+    fs.writeFileSync(path.join(src, 'x'), 'data');
+    const { r, s } = await transfer(await prepared([path.join(src, 'x')]), { dir: ro });
+    expect(errorMessage(s)).toMatch(/cannot write to the receiving directory/);
+    expect(errorMessage(s)).not.toContain(ro);
+    expect(errorMessage(r)).toContain(ro);
   });
 });
 
