@@ -94,6 +94,7 @@ export class IdentityServer {
   async start(): Promise<{ host: string; port: number; createdCas: string[] }> {
     const { dataDir, domains } = this.#opts;
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    this.#tightenDataDir(dataDir);
     const cas = new Map<string, DomainCa>();
     const createdCas: string[] = [];
     for (const domain of domains) {
@@ -176,6 +177,22 @@ export class IdentityServer {
     this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
     if (this.#metrics && this.#opts.metrics) await this.#startMetrics(this.#metrics, this.#opts.metrics);
     return { host, port: bound.port, createdCas };
+  }
+
+  /**
+   * The data directory holds CA keys and password hashes: owner only, also
+   * when it was made by an older version or by hand (issue 11). A directory
+   * this user does not own is left as it is, with a warning.
+   */
+  #tightenDataDir(dataDir: string): void {
+    const mode = fs.statSync(dataDir).mode & 0o777;
+    if (mode === 0o700) return;
+    try {
+      fs.chmodSync(dataDir, 0o700);
+      this.#log.info({ dataDir, was: mode.toString(8) }, 'data directory tightened to 0700');
+    } catch (err) {
+      this.#log.warn({ dataDir, mode: mode.toString(8), reason: (err as Error).message }, 'cannot make the data directory owner-only');
+    }
   }
 
   async #startMetrics(metrics: ServerMetrics, listen: { host: string; port: number }): Promise<void> {
