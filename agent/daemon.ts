@@ -28,7 +28,7 @@ import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type H
 import { ControlApi, type ControlOp } from './control-api';
 import type { RuntimeState, RuntimeStateStore } from './runtime-state';
 import { CertificateRenewer } from './renewal';
-import { connectLocal, exposeHandler } from './frontends/expose';
+import { connectLocal, exposeHandler, exposePrepare } from './frontends/expose';
 import { ForwardListener } from './frontends/forward';
 import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
 import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
@@ -423,12 +423,13 @@ export class AgentDaemon {
     const handler = exposeHandler(spec.target, { log });
     node.expose(service, {
       allow,
-      onConnection: (stream) => {
+      prepare: exposePrepare(spec.target, `${formatAddress(me)}:${service}`, { log }),
+      onConnection: (stream, prepared) => {
         log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
         this.tunnels.add({
           kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs,
         }, stream);
-        handler(stream);
+        handler(stream, prepared as net.Socket | undefined);
       },
     });
     this.#exposes.set(service, entry);
@@ -694,10 +695,21 @@ export async function pingWith(connect: (target: string) => Promise<Q2QStream>, 
     const stream = await connect(`${named}:${PING_SERVICE}`);
     return runProbes(named, { stream, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs }, count, clock);
   }
+  // A named service: `count` whole connects, timed like probes. Each resolves only once
+  // the program behind the service accepted (ServiceOptions.prepare), so a refusing target
+  // rejects here with Refused.
   const target = formatServiceAddress(parseServiceAddress(targetText));
-  const stream = await connect(target);
-  stream.destroy();
-  return { target, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs, rttMs: [] };
+  const times: number[] = [];
+  let last: Q2QStream | undefined;
+  for (let i = 0; i < count; i++) {
+    const started = clock.now();
+    const stream = await connect(target);
+    stream.destroy();
+    times.push(Math.round((clock.now() - started) * 100) / 100);
+    last = stream;
+  }
+  const s = last as Q2QStream;
+  return { target, peer: s.peer, device: s.device, route: s.route, connectMs: s.connectMs, kind: 'connect', rttMs: times };
 }
 
 function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {

@@ -4,8 +4,11 @@
  *
  * Every agent exposes PING_SERVICE, which echoes a few small probes and
  * hangs up. `vertex ping bob@b.test` connects to it and times each probe's
- * echo over the tunnel. `vertex ping bob@b.test:ssh` only connects to that
- * service (its protocol is not ours to speak) and reports the connect time.
+ * echo over the tunnel. `vertex ping -c N bob@b.test:ssh` connects to that
+ * service N times (its protocol is not ours to speak) and reports each
+ * connect's time; a connect completes only once the program behind the
+ * service accepted, so a target that refuses fails the ping with Refused
+ * (exit 4), never "connected".
  */
 import type { Duplex } from 'node:stream';
 import { vertexError } from '../q2q/errors';
@@ -27,7 +30,13 @@ export interface PingResult {
   device: string;
   route: string;
   connectMs: number;
-  /** Round trips of each probe, in ms; empty when only a connect was timed. */
+  /**
+   * 'echo': rttMs are round trips of probes over one stream to the ping service;
+   * 'connect': a service was named, and rttMs are the times of `count` whole connects,
+   * each one complete only once the program behind the service accepted.
+   */
+  kind: 'echo' | 'connect';
+  /** In ms, one per probe or connect. */
   rttMs: number[];
 }
 
@@ -117,7 +126,7 @@ export async function runProbes(target: string, conn: ConnectedStream, count: nu
     stream.end();
     stream.destroy();
   }
-  return { target, peer: conn.peer, device: conn.device, route: conn.route, connectMs: conn.connectMs, rttMs };
+  return { target, peer: conn.peer, device: conn.device, route: conn.route, connectMs: conn.connectMs, kind: 'echo', rttMs };
 }
 
 /** `bob+laptop@b.test`: the peer and the device that answered. */
@@ -126,11 +135,15 @@ function deviceName(peer: string, device: string): string {
   return at < 0 || !device ? peer : `${peer.slice(0, at)}+${device}${peer.slice(at)}`;
 }
 
-/** One line per probe, as `vertex ping` prints them. */
+/** One line per probe (or connect), as `vertex ping` prints them. */
 export function formatPing(result: PingResult): string {
-  const head = `${result.target} via ${result.route}: connected to ${deviceName(result.peer, result.device)} in ${result.connectMs} ms`;
+  const who = deviceName(result.peer, result.device);
+  const head = result.kind === 'connect'
+    ? `${result.target} via ${result.route}: ${who} accepted ${result.rttMs.length} connection${result.rttMs.length === 1 ? '' : 's'} to the service`
+    : `${result.target} via ${result.route}: connected to ${who} in ${result.connectMs} ms`;
   if (result.rttMs.length === 0) return head;
-  const lines = result.rttMs.map((ms, i) => `probe ${i + 1}: ${ms} ms via ${result.route}`);
+  const label = result.kind === 'connect' ? 'connect' : 'probe';
+  const lines = result.rttMs.map((ms, i) => `${label} ${i + 1}: ${ms} ms via ${result.route}`);
   const min = Math.min(...result.rttMs);
   const max = Math.max(...result.rttMs);
   const avg = Math.round((result.rttMs.reduce((a, b) => a + b, 0) / result.rttMs.length) * 100) / 100;

@@ -30,7 +30,7 @@ import * as os from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { deviceFromHostname, formatAddress, formatDeviceAddress, parseAddress, parseDevice, parseService, parseServiceAddress } from '../address';
 import { COMMANDS, TOKEN_LIFETIME_MS } from '../control/protocol';
-import { asVertexError, isErrorCode, vertexError, VertexError } from '../errors';
+import { asVertexError, isErrorCode, isVertexError, vertexError, VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate, verifyUserCertificate } from '../identity';
 import type { AmpArgs } from '../proto/amp-peer';
 import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
@@ -556,13 +556,26 @@ export class Q2QNode extends EventEmitter {
     if (route !== 'relay') leg?.destroy();
     const service = this.#services.get(pending.service);
     if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
+    let prepared: unknown;
+    if (service.prepare) {
+      try {
+        prepared = await service.prepare();
+      } catch (err) {
+        return refuse(asVertexError(err, 'Refused'));
+      }
+      if (socket.destroyed) {
+        // The caller gave up meanwhile: whatever was prepared for it is not needed.
+        (prepared as { destroy?: () => void } | undefined)?.destroy?.();
+        return;
+      }
+    }
     writePreamble(socket, { ok: '1' });
     this.#log.info({ from: pending.from, fromDevice: pending.fromDevice, service: pending.service, route }, 'peer connected');
     const stream = decorate(socket, {
       route, peer: pending.from, device: pending.fromDevice, service: pending.service, peerCertificate: presented.toString(), connectMs: 0,
     });
     this.#watch.track(stream, stream.peerCertificate);
-    service.onConnection(stream);
+    service.onConnection(stream, prepared);
   }
 
   // ---- connecting ----
@@ -697,6 +710,12 @@ export class Q2QNode extends EventEmitter {
           } catch (err) {
             claiming = false;
             secure.destroy();
+            // The listener's own verdict on an authenticated channel (its service's target
+            // refused, or the service is gone): no other route would get another answer.
+            if (isVertexError(err, 'Refused') || isVertexError(err, 'NotExposed') || isVertexError(err, 'Denied')) {
+              outstanding -= 1;
+              return finish(err);
+            }
             return failedOne(route, err);
           }
           outstanding -= 1;

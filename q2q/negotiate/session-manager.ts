@@ -25,7 +25,7 @@
  * use our services, a GOAWAY once we expose nothing that peer may use.
  */
 import { EventEmitter } from 'node:events';
-import { isVertexError, vertexError } from '../errors';
+import { asVertexError, isVertexError, vertexError } from '../errors';
 import type { OpenRequest } from '../transport/mux';
 import { DIRECT_ROUTES, type RouteName } from '../transport/route';
 import { systemClock, type Clock, type Timer } from '../util/clock';
@@ -33,7 +33,7 @@ import { silentLogger, type Logger } from '../util/log';
 import type { Ladder, PeerChannel } from './ladder';
 import { PeerSession, type PeerSessionOptions, type SessionStatus } from './peer-session';
 import type { ServiceTable } from './services';
-import type { Identity, Q2QStream } from './types';
+import type { Identity, Q2QStream, ServiceOptions } from './types';
 
 export const FALL_FORWARD_FIRST_MS = 5_000;
 export const FALL_FORWARD_MAX_MS = 60_000;
@@ -227,17 +227,26 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
   // ---- streams the peer opens ----
 
   #onOpen(session: PeerSession, request: OpenRequest): void {
-    let onConnection: (stream: Q2QStream) => void;
+    let service: ServiceOptions;
     try {
-      onConnection = this.#opts.services.check(request.service, session.peer).onConnection;
+      service = this.#opts.services.check(request.service, session.peer);
     } catch (err) {
       this.#log.info({ peer: session.peer, service: request.service, code: (err as { code?: string }).code }, 'stream refused');
       request.refuse(err as never);
       return;
     }
-    const stream = session.adoptStream(request.accept(), request.service, 0);
-    this.#log.debug({ peer: session.peer, service: request.service, route: session.route }, 'stream accepted');
-    onConnection(stream);
+    const open = (prepared?: unknown): void => {
+      const stream = session.adoptStream(request.accept(), request.service, 0);
+      this.#log.debug({ peer: session.peer, service: request.service, route: session.route }, 'stream accepted');
+      service.onConnection(stream, prepared);
+    };
+    if (!service.prepare) return open();
+    // As the node does for a claim (node.ts #acceptPeer): the target first, then the accept.
+    service.prepare().then(open, (err: unknown) => {
+      const e = asVertexError(err, 'Refused');
+      this.#log.info({ peer: session.peer, service: request.service, code: e.code }, 'stream refused');
+      request.refuse(e);
+    });
   }
 
   // ---- fall forward ----

@@ -64,7 +64,15 @@ export interface ServiceOptions {
    * Default: the owner alone, on any of the owner's devices.
    */
   allow?: readonly string[];
-  onConnection: (stream: Q2QStream) => void;
+  /**
+   * Optional: runs once the caller is authenticated and allowed, before the caller's
+   * connect resolves (an exposed service connects to its local target here). A rejection
+   * refuses the connection with the error's code (Refused unless it carries another), so
+   * the caller learns at connect time that nothing answers behind the service, instead
+   * of getting a stream that closes at once. What it resolves to goes to onConnection.
+   */
+  prepare?: () => Promise<unknown>;
+  onConnection: (stream: Q2QStream, prepared?: unknown) => void;
 }
 
 export interface Q2QOptions {

@@ -31,6 +31,8 @@ export const REPLY_FOR_ERROR_CODE: Readonly<Partial<Record<ErrorCode, SocksReply
   ServerUnavailable: SOCKS_REPLY.HostUnreachable,
   // the peer is there but nothing answers on that service
   NotExposed: SOCKS_REPLY.ConnectionRefused,
+  // the service is exposed, but the program behind it refused
+  Refused: SOCKS_REPLY.ConnectionRefused,
 });
 
 export const REPLY_FOR_ERRNO: Readonly<Record<string, SocksReplyCode>> = Object.freeze({

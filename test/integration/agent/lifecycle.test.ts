@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stopAll } from '../../helpers/cli';
+import { refusedPort } from '../../helpers/net';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import type { AgentStatus } from '../../../agent/daemon';
 import { agentYaml, connectTcp, exchange, portOf, run, spawnClient, startAgent, startEcho, startWeb, stopClients, until, type AgentHandle, type Closable } from './helpers';
@@ -53,8 +54,8 @@ describe('agent lifecycle', () => {
     const r = await alice.vertex(['ping', 'bob@b.test', '--count', '2']);
     expect(r.stderr).toBe('');
     expect(r.stdout).toMatch(/^bob@b\.test via tcp: connected to bob\+[a-z0-9-]+@b\.test in \d+ ms\nprobe 1: [\d.]+ ms via tcp\nprobe 2: [\d.]+ ms via tcp\nrtt min\/avg\/max /);
-    const json = JSON.parse((await alice.vertex(['ping', 'bob@b.test:echo', '--json'])).stdout) as { route: string; rttMs: number[]; connectMs: number };
-    expect(json).toMatchObject({ route: 'tcp', rttMs: [] });
+    const json = JSON.parse((await alice.vertex(['ping', 'bob@b.test:echo', '--count', '1', '--json'])).stdout) as { route: string; rttMs: number[]; connectMs: number };
+    expect(json).toMatchObject({ route: 'tcp', kind: 'connect', rttMs: [expect.any(Number)] });
     // With a config whose control socket has no agent behind it: a one-off connection of its own.
     const alone = path.join(alice.home, 'alone.yaml');
     fs.writeFileSync(alone, agentYaml(world, alice.home).replace(path.join(alice.home, 'agent.sock'), path.join(alice.home, 'none.sock')));
@@ -64,6 +65,37 @@ describe('agent lifecycle', () => {
     const offline = await alice.vertex(['ping', 'nobody@b.test']);
     expect(offline.code).toBe(4);
     expect(offline.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('vertex ping of a service whose program refuses reports the refusal and exits 4; -c counts connects to a service (issue 13, problem 8)', async () => {
+    const port = await refusedPort();
+    const exposed = await bob.vertex(['expose', 'dead', `127.0.0.1:${port}`, '--allow', '*']);
+    expect(exposed.code).toBe(0);
+    try {
+      const alone = path.join(alice.home, 'alone-dead.yaml');
+      fs.writeFileSync(alone, agentYaml(world, alice.home).replace(path.join(alice.home, 'agent.sock'), path.join(alice.home, 'none.sock')));
+      // Through the running agent, and with a connection of its own.
+      for (const extra of [[], ['--config', alone]]) {
+        const r = await alice.vertex(['ping', 'bob@b.test:dead', ...extra]);
+        expect(r.code).toBe(4);
+        expect(r.stdout).toBe('');
+        expect(r.stderr.trim().split('\n')).toHaveLength(1);
+        expect(r.stderr).toMatch(/bob@b\.test:dead: the service is exposed, but the program behind it refused the connection/);
+        // The caller learns that it refused, not where bob's program lives.
+        expect(r.stderr).not.toContain(String(port));
+        const json = await alice.vertex(['ping', 'bob@b.test:dead', '--json', ...extra]);
+        expect(json.code).toBe(4);
+        expect(JSON.parse(json.stdout || json.stderr)).toMatchObject({ error: { code: 'Refused' } });
+      }
+      // -c with a service: that many connects, each timed.
+      const five = await alice.vertex(['ping', 'bob@b.test:echo', '-c', '5']);
+      expect(five.code).toBe(0);
+      expect(five.stdout).toMatch(/^bob@b\.test:echo via tcp: bob\+[a-z0-9-]+@b\.test accepted 5 connections to the service\n(connect \d: [\d.]+ ms via tcp\n){5}rtt min\/avg\/max /);
+      const json = JSON.parse((await alice.vertex(['ping', 'bob@b.test:echo', '-c', '5', '--json'])).stdout) as { rttMs: number[] };
+      expect(json.rttMs).toHaveLength(5);
+    } finally {
+      await bob.vertex(['expose', '--remove', 'dead']);
+    }
   });
 
   it('vertex expose adds to the running agent and --remove takes it away; without an agent it runs in the foreground', async () => {

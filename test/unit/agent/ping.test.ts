@@ -1,5 +1,6 @@
 import { MAX_PING_BYTES, PING_SERVICE, formatPing, pingEchoHandler, runProbes } from '../../../agent/ping';
 import { pingWith } from '../../../agent/daemon';
+import { vertexError } from '../../../q2q/errors';
 import type { Q2QStream } from '../../../q2q/negotiate/types';
 import { ManualClock } from '../../../q2q/util/clock';
 import { closed, readAll, socketPairs, type PairFactory } from './socket-pair';
@@ -47,7 +48,7 @@ describe('ping', () => {
     expect(theirs.destroyed).toBe(true);
   });
 
-  it('pingWith probes the ping service for user@domain, and only times a connect for user@domain:service', async () => {
+  it('pingWith probes the ping service for user@domain, and times `count` connects for user@domain:service', async () => {
     const targets: string[] = [];
     const connect = async (target: string): Promise<Q2QStream> => {
       targets.push(target);
@@ -57,11 +58,14 @@ describe('ping', () => {
       return Object.assign(mine, { route: 'relay', peer: 'bob@b.test', device, service: target.split(':')[1], connectMs: 7 }) as unknown as Q2QStream;
     };
     expect((await pingWith(connect, 'Bob@B.test', 1)).rttMs).toHaveLength(1);
-    expect(await pingWith(connect, 'bob@b.test:ssh', 3)).toEqual({ target: 'bob@b.test:ssh', peer: 'bob@b.test', device: 'homeserver', route: 'relay', connectMs: 7, rttMs: [] });
+    expect(await pingWith(connect, 'bob@b.test:ssh', 3)).toEqual({ target: 'bob@b.test:ssh', peer: 'bob@b.test', device: 'homeserver', route: 'relay', connectMs: 7, kind: 'connect', rttMs: [expect.any(Number), expect.any(Number), expect.any(Number)] });
     const named = await pingWith(connect, 'Bob+Laptop@b.test', 1);
     expect(named).toMatchObject({ target: 'bob+laptop@b.test', device: 'laptop' });
     expect(formatPing(named)).toMatch(/^bob\+laptop@b\.test via relay: connected to bob\+laptop@b\.test in 7 ms/);
-    expect(targets).toEqual([`bob@b.test:${PING_SERVICE}`, 'bob@b.test:ssh', `bob+laptop@b.test:${PING_SERVICE}`]);
+    expect(targets).toEqual([`bob@b.test:${PING_SERVICE}`, 'bob@b.test:ssh', 'bob@b.test:ssh', 'bob@b.test:ssh', `bob+laptop@b.test:${PING_SERVICE}`]);
+    // A refusing target: the connect rejects, and so does the ping (never "connected").
+    const refusing = async (): Promise<Q2QStream> => { throw vertexError('Refused', 'bob@b.test:dead: the service is exposed, but the program behind it refused the connection'); };
+    await expect(pingWith(refusing, 'bob@b.test:dead', 5)).rejects.toMatchObject({ code: 'Refused' });
     await expect(pingWith(connect, 'not-an-address', 1)).rejects.toMatchObject({ code: 'InvalidName' });
   });
 });

@@ -16,6 +16,7 @@ describe('socks5 reply for a dial error', () => {
     ['Timeout', SOCKS_REPLY.HostUnreachable],
     ['ServerUnavailable', SOCKS_REPLY.HostUnreachable],
     ['NotExposed', SOCKS_REPLY.ConnectionRefused],
+    ['Refused', SOCKS_REPLY.ConnectionRefused],
     ['Internal', SOCKS_REPLY.GeneralFailure],
     ['ConnectionLost', SOCKS_REPLY.GeneralFailure],
     ['CertificateInvalid', SOCKS_REPLY.GeneralFailure],
