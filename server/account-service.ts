@@ -12,8 +12,8 @@ import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, MAX_PEM_LENGTH } from '../q2q
 import type { Logger } from '../q2q/util/log';
 import type { AccountStore } from './store/account-store';
 import type { DomainCa } from './ca-store';
-import { DUMMY_PASSWORD_HASH, hashPassword, verifyPassword } from './password';
-import { PasswordRateLimiter } from './rate-limiter';
+import { DUMMY_PASSWORD_HASH, hashPassword, needsRehash, verifyPassword } from './password';
+import { AccountLocks, LoginRateLimiter, type LoginLimits } from './rate-limiter';
 
 import type { RegistrationMode } from '../config/schema';
 
@@ -28,7 +28,8 @@ export interface AccountServiceOptions {
   certificateLifetimeMs: number;
   log: Logger;
   now?: () => number;
-  rateLimiter?: PasswordRateLimiter;
+  /** Password and registration budgets (server.yaml limits:); defaults in rate-limiter.ts. */
+  loginLimits?: Partial<LoginLimits>;
 }
 
 export interface IssuedIdentity {
@@ -59,7 +60,8 @@ export class AccountService {
   readonly #lifetimeMs: number;
   readonly #log: Logger;
   readonly #now: () => number;
-  readonly #limiter: PasswordRateLimiter;
+  readonly #limiter: LoginRateLimiter;
+  readonly #locks = new AccountLocks();
 
   constructor(opts: AccountServiceOptions) {
     this.#store = opts.store;
@@ -68,7 +70,7 @@ export class AccountService {
     this.#lifetimeMs = opts.certificateLifetimeMs;
     this.#log = opts.log;
     this.#now = opts.now ?? Date.now;
-    this.#limiter = opts.rateLimiter ?? new PasswordRateLimiter({ now: this.#now });
+    this.#limiter = new LoginRateLimiter(opts.store, { now: this.#now, ...(opts.loginLimits ? { limits: opts.loginLimits } : {}) });
   }
 
   get domains(): string[] {
@@ -102,6 +104,8 @@ export class AccountService {
         throw new Error(`unknown registration mode ${String(never)}`);
       }
     }
+    // Counted before any store lookup or scrypt work, atomically (rate-limiter.ts).
+    await this.#limiter.takeRegistration(req.sourceAddress, this.#registration === 'invite');
     if (await this.#store.getAccount(address.domain, address.user)) {
       throw vertexError('NameTaken', `register ${name}: the name is taken; choose another or use \`vertex login ${name}\``);
     }
@@ -110,6 +114,7 @@ export class AccountService {
     if (this.#registration === 'invite' && !await this.#store.consumeInvite(address.domain, req.invite ?? '', this.#now())) {
       throw vertexError('BadInvite', `register ${name}: the invitation code is unknown, used or expired`);
     }
+    if (this.#registration === 'invite') await this.#limiter.inviteAccepted(req.sourceAddress);
     await this.#store.createAccount(address.domain, address.user, await hashPassword(req.password));
     await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'account registered');
@@ -122,19 +127,24 @@ export class AccountService {
     this.caFor(address.domain);
     this.#checkPemSize(req.csrPem, 'sign');
     if (req.password.length > MAX_PASSWORD_LENGTH) throw vertexError('BadPassword', `sign ${name}: wrong password`);
-    this.#limiter.check(name, req.sourceAddress);
-    const account = await this.#store.getAccount(address.domain, address.user);
-    const ok = await verifyPassword(req.password, account?.passwordHash ?? DUMMY_PASSWORD_HASH);
-    if (!account) {
-      this.#limiter.recordFailure(name, req.sourceAddress);
-      throw vertexError('NoSuchUser', `sign ${name}: no such account on this server`);
-    }
-    if (!ok) {
-      this.#limiter.recordFailure(name, req.sourceAddress);
-      this.#log.warn({ address: name, source: req.sourceAddress }, 'wrong password');
-      throw vertexError('BadPassword', `sign ${name}: wrong password`);
-    }
-    this.#limiter.recordSuccess(name);
+    // The attempt is counted (atomically, all budgets or none) before any
+    // scrypt work, and only one check per account runs at a time.
+    const ticket = await this.#limiter.takeLogin(name, req.sourceAddress);
+    await this.#locks.run(name, async () => {
+      const account = await this.#store.getAccount(address.domain, address.user);
+      const ok = await verifyPassword(req.password, account?.passwordHash ?? DUMMY_PASSWORD_HASH);
+      if (!account) throw vertexError('NoSuchUser', `sign ${name}: no such account on this server`);
+      if (!ok) {
+        this.#log.warn({ address: name, source: req.sourceAddress }, 'wrong password');
+        throw vertexError('BadPassword', `sign ${name}: wrong password`);
+      }
+      await this.#limiter.loginSucceeded(ticket, name, req.sourceAddress);
+      if (needsRehash(account.passwordHash)) {
+        // Old parameters (N=2^14 before issue 11): the password is known right now, so upgrade the hash.
+        await this.#store.setPasswordHash(address.domain, address.user, await hashPassword(req.password));
+        this.#log.info({ address: name }, 'password hash upgraded to current scrypt parameters');
+      }
+    });
     const issued = await this.#issue(name, req.csrPem);
     await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'certificate issued');

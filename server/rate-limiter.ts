@@ -1,90 +1,168 @@
 /**
- * Password-failure limiting, per account and per source address.
+ * Password and registration limits (issue 11, item 3; docs/security.md
+ * "Limits and their defaults").
  *
- * Policy (documented in README "Limits"): within a window of
- * FAILURE_WINDOW_MS, an account accepts ACCOUNT_FAILURE_LIMIT wrong passwords
- * and a source address ADDRESS_FAILURE_LIMIT; after that, attempts are
- * refused with RateLimited, without checking the password, until the window
- * that began with the first failure ends. A success clears the account's
- * count (not the address's). Memory is bounded by MAX_TRACKED_KEYS.
+ * Every attempt takes its hits from the store's counters (takeRateLimit:
+ * checked and counted in one atomic step, all or none) BEFORE any scrypt
+ * work, and a success gives its hits back. So the counters are failure
+ * budgets in which an attempt still being checked already counts as a
+ * failure: 50 guesses sent at once find 5 hits free, not 50 checks that all
+ * pass before the first failure is recorded (the race of issue 11).
+ *
+ * Which budgets, and why:
+ * - per (account, address): 5 per 15 min. The attacker's guesses at alice use
+ *   up the attacker's address's budget for alice, not alice's own.
+ * - per address: 20 per 15 min over all accounts, so one address cannot try
+ *   5 guesses at each of many accounts.
+ * - per account: 100 per 15 min from all addresses together (a distributed
+ *   guesser). When it is used up the account is not locked: it goes to a slow
+ *   lane of one attempt per 10 s, and an address that logged in to that
+ *   account successfully in the last 30 days skips the per-account budget
+ *   altogether, so a distributed flood slows new addresses down but never
+ *   locks the owner out of the machines they use.
+ * - registration per address: 20 per hour, and in invite mode 5 wrong
+ *   invitation codes per address per 15 min (a guessed invitation is a
+ *   guessed password).
  */
 import { vertexError } from '../q2q/errors';
+import type { AccountStore, RateLimitCounter } from './store/account-store';
 
-export const FAILURE_WINDOW_MS = 15 * 60 * 1000;
-export const ACCOUNT_FAILURE_LIMIT = 5;
-export const ADDRESS_FAILURE_LIMIT = 20;
-const MAX_TRACKED_KEYS = 100_000;
+export interface Budget { limit: number; windowMs: number }
 
-interface FailureWindow {
-  startedAt: number;
-  failures: number;
+export interface LoginLimits {
+  perAccountAddress: Budget;
+  perAddress: Budget;
+  perAccount: Budget;
+  /** Once perAccount is used up, attempts from addresses not known good. */
+  accountSlowLane: Budget;
+  /** How long a successful login makes its address known good for that account. */
+  knownGoodMs: number;
+  registerPerAddress: Budget;
+  invitePerAddress: Budget;
 }
 
-class FailureCounter {
-  readonly #windows = new Map<string, FailureWindow>();
+const MINUTE = 60_000;
+export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
+  perAccountAddress: { limit: 5, windowMs: 15 * MINUTE },
+  perAddress: { limit: 20, windowMs: 15 * MINUTE },
+  perAccount: { limit: 100, windowMs: 15 * MINUTE },
+  accountSlowLane: { limit: 1, windowMs: 10_000 },
+  knownGoodMs: 30 * 24 * 60 * MINUTE,
+  registerPerAddress: { limit: 20, windowMs: 60 * MINUTE },
+  invitePerAddress: { limit: 5, windowMs: 15 * MINUTE },
+});
 
-  constructor(readonly limit: number, readonly windowMs: number) {}
+type LimitStore = Pick<AccountStore, 'takeRateLimit' | 'releaseRateLimit' | 'peekRateLimit'>;
 
-  /** Milliseconds until `key` may try again, or 0 if it may try now. */
-  blockedFor(key: string, now: number): number {
-    const w = this.#windows.get(key);
-    if (!w) return 0;
-    const endsAt = w.startedAt + this.windowMs;
-    if (now >= endsAt) {
-      this.#windows.delete(key);
-      return 0;
-    }
-    return w.failures >= this.limit ? endsAt - now : 0;
-  }
+/** Hits taken for one attempt: give them back with `release` when it succeeded. */
+export interface Ticket { keys: string[] }
 
-  recordFailure(key: string, now: number): void {
-    const w = this.#windows.get(key);
-    if (w && now < w.startedAt + this.windowMs) {
-      w.failures += 1;
-      return;
-    }
-    if (this.#windows.size >= MAX_TRACKED_KEYS) {
-      // Maps iterate in insertion order: drop the oldest window.
-      const oldest = this.#windows.keys().next().value;
-      if (oldest !== undefined) this.#windows.delete(oldest);
-    }
-    this.#windows.set(key, { startedAt: now, failures: 1 });
-  }
-
-  clear(key: string): void {
-    this.#windows.delete(key);
-  }
+function counter(key: string, budget: Budget): RateLimitCounter {
+  return { key, limit: budget.limit, windowMs: budget.windowMs };
 }
 
-export class PasswordRateLimiter {
-  readonly #accounts: FailureCounter;
-  readonly #addresses: FailureCounter;
+function retryMessage(context: string, retryAt: number, now: number): string {
+  return `${context}; try again in ${Math.max(1, Math.ceil((retryAt - now) / 1000))} s`;
+}
+
+export class LoginRateLimiter {
+  readonly #store: LimitStore;
+  readonly #limits: LoginLimits;
   readonly #now: () => number;
 
-  constructor(opts: { now?: () => number; accountLimit?: number; addressLimit?: number; windowMs?: number } = {}) {
-    const windowMs = opts.windowMs ?? FAILURE_WINDOW_MS;
-    this.#accounts = new FailureCounter(opts.accountLimit ?? ACCOUNT_FAILURE_LIMIT, windowMs);
-    this.#addresses = new FailureCounter(opts.addressLimit ?? ADDRESS_FAILURE_LIMIT, windowMs);
+  constructor(store: LimitStore, opts: { limits?: Partial<LoginLimits>; now?: () => number } = {}) {
+    this.#store = store;
+    this.#limits = { ...DEFAULT_LOGIN_LIMITS, ...opts.limits };
     this.#now = opts.now ?? Date.now;
   }
 
-  /** Throws RateLimited if either the account or the source address is over its limit. */
-  check(account: string, sourceAddress: string): void {
+  get limits(): Readonly<LoginLimits> {
+    return this.#limits;
+  }
+
+  /** Takes one password attempt at `account` from `address`, or throws RateLimited. */
+  async takeLogin(account: string, address: string): Promise<Ticket> {
+    const l = this.#limits;
     const now = this.#now();
-    const wait = Math.max(this.#accounts.blockedFor(account, now), this.#addresses.blockedFor(sourceAddress, now));
-    if (wait > 0) {
-      const seconds = Math.ceil(wait / 1000);
-      throw vertexError('RateLimited', `${account}: too many wrong passwords; try again in ${seconds} s`);
+    const base = [counter(`login:acct-addr:${account}|${address}`, l.perAccountAddress), counter(`login:addr:${address}`, l.perAddress)];
+    const knownGood = await this.#store.peekRateLimit(this.#goodKey(account, address), now) > 0;
+    const attempts = knownGood ? [base] : [
+      [...base, counter(`login:acct:${account}`, l.perAccount)],
+      [...base, counter(`login:acct-slow:${account}`, l.accountSlowLane)],
+    ];
+    let refused: { key: string; retryAt: number } | null = null;
+    for (const counters of attempts) {
+      const result = await this.#store.takeRateLimit(counters, now);
+      if (result.ok) return { keys: counters.map((c) => c.key) };
+      refused = result;
+      // Only a full per-account budget moves on to the slow lane.
+      if (!result.key.startsWith('login:acct:')) break;
+    }
+    throw vertexError('RateLimited', retryMessage(`${account}: too many wrong passwords`, refused!.retryAt, now));
+  }
+
+  /** A right password: its hits do not count, and its address is known good for the account. */
+  async loginSucceeded(ticket: Ticket, account: string, address: string): Promise<void> {
+    const now = this.#now();
+    await this.#store.releaseRateLimit(ticket.keys, now);
+    await this.#store.takeRateLimit([{ key: this.#goodKey(account, address), limit: Number.MAX_SAFE_INTEGER, windowMs: this.#limits.knownGoodMs }], now);
+  }
+
+  /** Takes one registration from `address` (and, with an invitation, one invitation guess), or throws RateLimited. */
+  async takeRegistration(address: string, withInvite: boolean): Promise<Ticket> {
+    const l = this.#limits;
+    const now = this.#now();
+    const counters = [counter(`register:addr:${address}`, l.registerPerAddress)];
+    if (withInvite) counters.push(counter(`register:invite:${address}`, l.invitePerAddress));
+    const result = await this.#store.takeRateLimit(counters, now);
+    if (!result.ok) {
+      const what = result.key.startsWith('register:invite:') ? 'too many wrong invitation codes from your address' : 'too many registrations from your address';
+      throw vertexError('RateLimited', retryMessage(`register: ${what}`, result.retryAt, now));
+    }
+    return { keys: counters.map((c) => c.key) };
+  }
+
+  /** A registration that used a valid invitation: the invitation guess does not count. */
+  async inviteAccepted(address: string): Promise<void> {
+    await this.#store.releaseRateLimit([`register:invite:${address}`], this.#now());
+  }
+
+  #goodKey(account: string, address: string): string {
+    return `login:good:${account}|${address}`;
+  }
+}
+
+/**
+ * At most one password check per account at a time: later attempts wait
+ * their turn (their hits are already taken, so waiting costs the attacker
+ * budget, not the server scrypt work), at most `maxWaiting` of them; more are
+ * refused with RateLimited.
+ */
+export class AccountLocks {
+  readonly #queues = new Map<string, Array<() => void>>();
+
+  constructor(readonly maxWaiting = 16) {}
+
+  async run<T>(account: string, fn: () => Promise<T>): Promise<T> {
+    const queue = this.#queues.get(account);
+    if (queue) {
+      if (queue.length >= this.maxWaiting) throw vertexError('RateLimited', `${account}: too many logins at once; try again in 1 s`);
+      await new Promise<void>((resolve) => queue.push(resolve));
+    } else {
+      this.#queues.set(account, []);
+    }
+    try {
+      return await fn();
+    } finally {
+      const waiting = this.#queues.get(account)!;
+      const next = waiting.shift();
+      if (next) next();
+      else this.#queues.delete(account);
     }
   }
 
-  recordFailure(account: string, sourceAddress: string): void {
-    const now = this.#now();
-    this.#accounts.recordFailure(account, now);
-    this.#addresses.recordFailure(sourceAddress, now);
-  }
-
-  recordSuccess(account: string): void {
-    this.#accounts.clear(account);
+  /** Accounts with a check in flight (tests, metrics). */
+  get busy(): number {
+    return this.#queues.size;
   }
 }

@@ -35,6 +35,12 @@ export type AccountEvent =
 
 export const MAX_EVENTS_PER_READ = 1000;
 
+/** One counter of a takeRateLimit: at most `limit` hits per fixed window of `windowMs` that starts at its first hit. */
+export interface RateLimitCounter { key: string; limit: number; windowMs: number }
+export type RateLimitResult = { ok: true } | { ok: false; key: string; retryAt: number };
+/** Counters per takeRateLimit call (a request's keys: address, account, both). */
+export const MAX_RATE_LIMIT_KEYS = 8;
+
 export interface AccountStore {
   getAccount(domain: string, user: string): Promise<Account | null>;
   /** Throws VertexError('NameTaken') if the account exists. */
@@ -53,6 +59,22 @@ export interface AccountStore {
   createInvite(domain: string, code: string, expiresAt: number): Promise<void>;
   /** Atomically marks the invite used; false if unknown, used or expired. */
   consumeInvite(domain: string, code: string, now: number): Promise<boolean>;
+
+  /**
+   * Takes one hit from every counter, all or none, atomically (one
+   * transaction): if any counter is at its limit nothing is counted and the
+   * first full one is named with the time its window ends. Counters live in
+   * the store so that nodes sharing it count as one, and a takeRateLimit
+   * checks and counts in one step, so concurrent requests cannot all pass a
+   * check before any of them is counted.
+   */
+  takeRateLimit(counters: readonly RateLimitCounter[], now: number): Promise<RateLimitResult>;
+  /** Gives back one hit to each key whose window is still open (a success that should not count). */
+  releaseRateLimit(keys: readonly string[], now: number): Promise<void>;
+  /** Hits counted for `key` in its open window (0 when none). */
+  peekRateLimit(key: string, now: number): Promise<number>;
+  /** Deletes counters whose window ended; returns how many. */
+  pruneRateLimits(now: number): Promise<number>;
 
   /** Change-feed entries with id > `after`, oldest first, at most `limit` (default MAX_EVENTS_PER_READ). */
   eventsAfter(after: number, limit?: number): Promise<AccountEvent[]>;

@@ -22,11 +22,8 @@ import type { Logger } from '../../q2q/util/log';
 import { silentLogger } from '../../q2q/util/log';
 import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
 
-// The rate-limit counter types, as trust-server's store interface defines them
-// (server/store/account-store.ts once it lands there).
-export interface RateLimitCounter { key: string; limit: number; windowMs: number }
-export type RateLimitResult = { ok: true } | { ok: false; key: string; retryAt: number };
-export const MAX_RATE_LIMIT_KEYS = 8;
+import { MAX_RATE_LIMIT_KEYS, type RateLimitCounter, type RateLimitResult } from './account-store';
+export { MAX_RATE_LIMIT_KEYS, type RateLimitCounter, type RateLimitResult };
 
 /** Advisory lock keys (one 64-bit key space per database; these are ours). */
 const MIGRATION_LOCK = 0x7665_7274_0001n; // "vert" 1

@@ -10,7 +10,10 @@
  */
 import Database from 'better-sqlite3';
 import { vertexError } from '../../q2q/errors';
-import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
+import {
+  MAX_EVENTS_PER_READ, MAX_RATE_LIMIT_KEYS, type Account, type AccountEvent, type AccountStore, type IssuedCertificate,
+  type RateLimitCounter, type RateLimitResult,
+} from './account-store';
 
 /** MIGRATIONS[i] takes the schema from version i to i + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -48,6 +51,14 @@ const MIGRATIONS: readonly string[] = [
     user   TEXT    NOT NULL,
     serial TEXT
   );
+  `,
+  `
+  CREATE TABLE rate_limits (
+    key         TEXT    PRIMARY KEY,
+    hits        INTEGER NOT NULL,
+    window_ends INTEGER NOT NULL
+  );
+  CREATE INDEX rate_limits_by_end ON rate_limits (window_ends);
   `,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -189,6 +200,49 @@ export class SqliteAccountStore implements AccountStore {
     return this.#db.prepare(
       'UPDATE invites SET used_at = ? WHERE domain = ? AND code = ? AND used_at IS NULL AND expires_at > ?',
     ).run(now, domain, code, now).changes > 0;
+  }
+
+  /**
+   * Same semantics as the PostgreSQL store's. One IMMEDIATE transaction takes
+   * the write lock first, so a server and an admin process (or two servers on
+   * one file) never both pass a check before either counts.
+   */
+  async takeRateLimit(counters: readonly RateLimitCounter[], now: number): Promise<RateLimitResult> {
+    if (counters.length > MAX_RATE_LIMIT_KEYS) throw new Error(`takeRateLimit: at most ${MAX_RATE_LIMIT_KEYS} counters`);
+    if (counters.length === 0) return { ok: true };
+    const select = this.#db.prepare('SELECT hits, window_ends FROM rate_limits WHERE key = ?');
+    const upsert = this.#db.prepare(
+      'INSERT INTO rate_limits (key, hits, window_ends) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET hits = excluded.hits, window_ends = excluded.window_ends');
+    const take = this.#db.transaction((): RateLimitResult => {
+      const state = new Map<string, { hits: number; windowEnds: number }>();
+      for (const c of counters) {
+        let st = state.get(c.key);
+        if (!st) {
+          const row = select.get(c.key) as { hits: number; window_ends: number } | undefined;
+          st = row && row.window_ends > now ? { hits: row.hits, windowEnds: row.window_ends } : { hits: 0, windowEnds: now + c.windowMs };
+        }
+        if (st.hits >= c.limit) return { ok: false, key: c.key, retryAt: st.windowEnds };
+        st.hits += 1;
+        state.set(c.key, st);
+      }
+      for (const [key, st] of state) upsert.run(key, st.hits, st.windowEnds);
+      return { ok: true };
+    });
+    return take.immediate();
+  }
+
+  async releaseRateLimit(keys: readonly string[], now: number): Promise<void> {
+    const release = this.#db.prepare('UPDATE rate_limits SET hits = MAX(hits - 1, 0) WHERE key = ? AND window_ends > ?');
+    this.#db.transaction(() => { for (const key of new Set(keys)) release.run(key, now); }).immediate();
+  }
+
+  async peekRateLimit(key: string, now: number): Promise<number> {
+    const row = this.#db.prepare('SELECT hits FROM rate_limits WHERE key = ? AND window_ends > ?').get(key, now) as { hits: number } | undefined;
+    return row?.hits ?? 0;
+  }
+
+  async pruneRateLimits(now: number): Promise<number> {
+    return this.#db.prepare('DELETE FROM rate_limits WHERE window_ends <= ?').run(now).changes;
   }
 
   async eventsAfter(after: number, limit = MAX_EVENTS_PER_READ): Promise<AccountEvent[]> {

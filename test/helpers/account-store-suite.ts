@@ -147,6 +147,41 @@ export function accountStoreSuite(name: string, open: () => Promise<StoreFixture
       expect(wakes).toBe(1);
     });
 
+    it('a rate-limit counter allows `limit` hits per window, then names itself and when it frees up; a new window starts from zero', async () => {
+      const c = { key: 'pw:addr:192.0.2.1', limit: 3, windowMs: 1000 };
+      for (let i = 0; i < 3; i++) expect(await store.takeRateLimit([c], 100 + i)).toEqual({ ok: true });
+      expect(await store.peekRateLimit(c.key, 150)).toBe(3);
+      expect(await store.takeRateLimit([c], 500)).toEqual({ ok: false, key: c.key, retryAt: 1100 });
+      expect(await store.peekRateLimit(c.key, 1100)).toBe(0);
+      expect(await store.takeRateLimit([c], 1100)).toEqual({ ok: true });
+      expect(await store.peekRateLimit(c.key, 1101)).toBe(1);
+    });
+
+    it('takes from several counters all or none, and a release gives one hit back (never below zero); prune forgets ended windows', async () => {
+      const a = { key: 'a', limit: 2, windowMs: 10_000 };
+      const b = { key: 'b', limit: 1, windowMs: 10_000 };
+      expect(await store.takeRateLimit([a, b], 0)).toEqual({ ok: true });
+      expect(await store.takeRateLimit([a, b], 1)).toEqual({ ok: false, key: 'b', retryAt: 10_000 });
+      expect(await store.peekRateLimit('a', 2)).toBe(1);
+      await store.releaseRateLimit(['b'], 3);
+      expect(await store.peekRateLimit('b', 3)).toBe(0);
+      await store.releaseRateLimit(['b', 'missing'], 4);
+      expect(await store.peekRateLimit('b', 4)).toBe(0);
+      expect(await store.takeRateLimit([a, b], 5)).toEqual({ ok: true });
+      expect(await store.peekRateLimit('a', 5)).toBe(2);
+      await store.takeRateLimit([{ key: 'old', limit: 5, windowMs: 100 }], 0);
+      expect(await store.pruneRateLimits(10_000)).toBe(3);
+      expect(await store.pruneRateLimits(10_000)).toBe(0);
+    });
+
+    it('rate-limit counters are shared by a second handle on the same data (an admin command, another node)', async () => {
+      const other = await f.second();
+      const c = { key: 'login:acct:alice@a.test', limit: 3, windowMs: 60_000 };
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? other : store).takeRateLimit([c], 1000)));
+      expect(results.filter((r) => r.ok)).toHaveLength(3);
+      expect(await store.peekRateLimit(c.key, 1001)).toBe(3);
+    });
+
     it('answers ping while open', async () => {
       await expect(store.ping()).resolves.toBeUndefined();
     });

@@ -1,9 +1,9 @@
-import { hashPassword, verifyPassword, DUMMY_PASSWORD_HASH } from '../../../server/password';
+import { hashPassword, needsRehash, verifyPassword, DUMMY_PASSWORD_HASH, SCRYPT_N } from '../../../server/password';
 
 describe('password hashing', () => {
   it('verifies the right password and rejects a wrong one', async () => {
     const hash = await hashPassword('correct horse battery');
-    expect(hash).toMatch(/^scrypt\$16384\$8\$1\$/);
+    expect(hash).toMatch(/^scrypt\$131072\$8\$1\$/);
     expect(hash).not.toContain('correct horse');
     await expect(verifyPassword('correct horse battery', hash)).resolves.toBe(true);
     await expect(verifyPassword('correct horse batterY', hash)).resolves.toBe(false);
@@ -17,5 +17,17 @@ describe('password hashing', () => {
     await expect(verifyPassword('x', 'plain')).resolves.toBe(false);
     await expect(verifyPassword('x', 'scrypt$99999999$8$1$AA==$AA==')).resolves.toBe(false);
     await expect(verifyPassword('', DUMMY_PASSWORD_HASH)).resolves.toBe(false);
+  });
+});
+
+describe('scrypt parameters', () => {
+  it('a hash made with the old N=2^14 still verifies and asks to be rehashed; a current one does not', async () => {
+    const old = await hashPassword('correct horse battery', { n: 1 << 14 });
+    expect(old).toMatch(/^scrypt\$16384\$/);
+    await expect(verifyPassword('correct horse battery', old)).resolves.toBe(true);
+    await expect(verifyPassword('wrong horse battery', old)).resolves.toBe(false);
+    expect(needsRehash(old)).toBe(true);
+    expect(needsRehash(await hashPassword('correct horse battery'))).toBe(false);
+    expect(SCRYPT_N).toBe(1 << 17);
   });
 });

@@ -1,42 +1,156 @@
-import { PasswordRateLimiter, ACCOUNT_FAILURE_LIMIT, ADDRESS_FAILURE_LIMIT, FAILURE_WINDOW_MS } from '../../../server/rate-limiter';
+/**
+ * The login and registration budgets (server/rate-limiter.ts) over a real
+ * SQLite store, on an injected clock, and the password-hash upgrade through
+ * AccountService. Each budget is also checked against the race it forbids.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { isVertexError } from '../../../q2q/errors';
+import { createCsr, createDomainCa, generateKeyPair } from '../../../q2q/identity';
+import { silentLogger } from '../../../q2q/util/log';
+import { AccountService } from '../../../server/account-service';
+import { hashPassword } from '../../../server/password';
+import { AccountLocks, DEFAULT_LOGIN_LIMITS, LoginRateLimiter } from '../../../server/rate-limiter';
+import { SqliteAccountStore } from '../../../server/store/sqlite-store';
 
-function codeOf(fn: () => void): string | null {
+const ALICE = 'alice@a.test';
+const ATTACKER = '198.51.100.66';
+const OWNER = '203.0.113.7';
+
+let dir: string;
+let store: SqliteAccountStore;
+let now: number;
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-limits-'));
+  store = new SqliteAccountStore(path.join(dir, 'vertex.db'));
+  now = 1_000_000;
+});
+
+afterEach(async () => {
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+async function outcome<T>(p: Promise<T>): Promise<string> {
   try {
-    fn();
-    return null;
+    await p;
+    return 'ok';
   } catch (err) {
-    return isVertexError(err) ? err.code : 'not-a-vertex-error';
+    return isVertexError(err) ? err.code : `not a VertexError: ${String(err)}`;
   }
 }
 
-describe('PasswordRateLimiter', () => {
-  it('refuses an account after ACCOUNT_FAILURE_LIMIT failures until the window ends', () => {
-    let now = 1_000_000;
-    const limiter = new PasswordRateLimiter({ now: () => now });
-    for (let i = 0; i < ACCOUNT_FAILURE_LIMIT; i++) {
-      expect(codeOf(() => limiter.check('alice@a.test', `198.51.100.${i}`))).toBeNull();
-      limiter.recordFailure('alice@a.test', `198.51.100.${i}`);
+describe('LoginRateLimiter', () => {
+  it('50 attempts at once from one address: exactly the per-(account, address) budget passes, counted before any check', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    const results = await Promise.all(Array.from({ length: 50 }, () => outcome(limiter.takeLogin(ALICE, ATTACKER))));
+    expect(results.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.perAccountAddress.limit);
+    expect(results.filter((r) => r === 'RateLimited')).toHaveLength(50 - DEFAULT_LOGIN_LIMITS.perAccountAddress.limit);
+  });
+
+  it("the attacker's used-up budget does not lock the owner out from another address", async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    for (let i = 0; i < 5; i++) await limiter.takeLogin(ALICE, ATTACKER);
+    expect(await outcome(limiter.takeLogin(ALICE, ATTACKER))).toBe('RateLimited');
+    expect(await outcome(limiter.takeLogin(ALICE, OWNER))).toBe('ok');
+  });
+
+  it('one address is limited over all accounts, and a budget frees up when its window ends', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    for (let i = 0; i < DEFAULT_LOGIN_LIMITS.perAddress.limit; i++) await limiter.takeLogin(`user${i}@a.test`, ATTACKER);
+    expect(await outcome(limiter.takeLogin('other@a.test', ATTACKER))).toBe('RateLimited');
+    expect(await outcome(limiter.takeLogin('other@a.test', OWNER))).toBe('ok');
+    now += DEFAULT_LOGIN_LIMITS.perAddress.windowMs;
+    expect(await outcome(limiter.takeLogin('other@a.test', ATTACKER))).toBe('ok');
+  });
+
+  it('a success gives its hits back: a user who gets it right is never counted', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    for (let i = 0; i < 20; i++) {
+      const ticket = await limiter.takeLogin(ALICE, OWNER);
+      await limiter.loginSucceeded(ticket, ALICE, OWNER);
     }
-    expect(codeOf(() => limiter.check('alice@a.test', '198.51.100.99'))).toBe('RateLimited');
-    // Other accounts are unaffected.
-    expect(codeOf(() => limiter.check('bob@a.test', '198.51.100.99'))).toBeNull();
-    now += FAILURE_WINDOW_MS;
-    expect(codeOf(() => limiter.check('alice@a.test', '198.51.100.99'))).toBeNull();
+    expect(await store.peekRateLimit(`login:acct-addr:${ALICE}|${OWNER}`, now)).toBe(0);
   });
 
-  it('refuses a source address after ADDRESS_FAILURE_LIMIT failures across accounts', () => {
-    const limiter = new PasswordRateLimiter({ now: () => 0 });
-    for (let i = 0; i < ADDRESS_FAILURE_LIMIT; i++) limiter.recordFailure(`user${i}@a.test`, '203.0.113.7');
-    expect(codeOf(() => limiter.check('fresh@a.test', '203.0.113.7'))).toBe('RateLimited');
-    expect(codeOf(() => limiter.check('fresh@a.test', '203.0.113.8'))).toBeNull();
+  it('a distributed flood that uses up the per-account budget slows new addresses to the slow lane; a known-good address is not limited by it', async () => {
+    const limits = { perAccount: { limit: 10, windowMs: 60_000 } };
+    const limiter = new LoginRateLimiter(store, { now: () => now, limits });
+    await limiter.loginSucceeded(await limiter.takeLogin(ALICE, OWNER), ALICE, OWNER);
+    for (let i = 0; i < 10; i++) await limiter.takeLogin(ALICE, `198.51.100.${i}`);
+    // Budget used up: one attempt per slow-lane window from the rest of the world.
+    expect(await outcome(limiter.takeLogin(ALICE, '198.51.100.200'))).toBe('ok');
+    expect(await outcome(limiter.takeLogin(ALICE, '198.51.100.201'))).toBe('RateLimited');
+    expect(await outcome(limiter.takeLogin(ALICE, OWNER))).toBe('ok');
+    now += DEFAULT_LOGIN_LIMITS.accountSlowLane.windowMs;
+    expect(await outcome(limiter.takeLogin(ALICE, '198.51.100.201'))).toBe('ok');
   });
 
-  it('a success clears the account count', () => {
-    const limiter = new PasswordRateLimiter({ now: () => 0 });
-    for (let i = 0; i < ACCOUNT_FAILURE_LIMIT - 1; i++) limiter.recordFailure('alice@a.test', '192.0.2.1');
-    limiter.recordSuccess('alice@a.test');
-    limiter.recordFailure('alice@a.test', '192.0.2.1');
-    expect(codeOf(() => limiter.check('alice@a.test', '192.0.2.1'))).toBeNull();
+  it('can fail: the old check-then-record order lets all 50 through (what takeRateLimit prevents)', async () => {
+    // The forbidden behaviour: look at the count, check the password (await), record the failure after.
+    let failures = 0;
+    const checkThenRecord = async (): Promise<string> => {
+      if (failures >= 5) return 'RateLimited';
+      await new Promise((resolve) => setImmediate(resolve));
+      failures++;
+      return 'ok';
+    };
+    const results = await Promise.all(Array.from({ length: 50 }, checkThenRecord));
+    expect(results.filter((r) => r === 'ok').length).toBeGreaterThan(DEFAULT_LOGIN_LIMITS.perAccountAddress.limit);
+  });
+
+  it('registration: per address, and wrong invitation codes have their own smaller budget', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    const invites = await Promise.all(Array.from({ length: 50 }, () => outcome(limiter.takeRegistration(ATTACKER, true))));
+    expect(invites.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.invitePerAddress.limit);
+    const open = await Promise.all(Array.from({ length: 50 }, () => outcome(limiter.takeRegistration(OWNER, false))));
+    expect(open.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.registerPerAddress.limit);
+    expect(await outcome(limiter.takeRegistration('192.0.2.9', false))).toBe('ok');
+  });
+});
+
+describe('AccountLocks', () => {
+  it('runs one check per account at a time, others wait their turn, too many waiting are refused', async () => {
+    const locks = new AccountLocks(3);
+    let inFlight = 0;
+    let most = 0;
+    const gates: Array<() => void> = [];
+    const work = () => locks.run(ALICE, async () => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise<void>((resolve) => gates.push(resolve));
+      inFlight--;
+    });
+    const runs = Array.from({ length: 6 }, () => outcome(work()));
+    const other = outcome(locks.run('bob@a.test', async () => undefined));
+    expect(await other).toBe('ok');
+    while (gates.length < 1) await new Promise((resolve) => setImmediate(resolve));
+    for (let i = 0; i < 4; i++) {
+      while (gates.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      gates.shift()!();
+    }
+    const results = await Promise.all(runs);
+    expect(most).toBe(1);
+    expect(results.filter((r) => r === 'ok')).toHaveLength(4);
+    expect(results.filter((r) => r === 'RateLimited')).toHaveLength(2);
+    expect(locks.busy).toBe(0);
+  });
+});
+
+describe('AccountService passwords', () => {
+  it('upgrades an old N=2^14 hash on the next successful login, and the password still works after', async () => {
+    const ca = await createDomainCa('a.test');
+    const service = new AccountService({
+      store, cas: new Map([['a.test', { domain: 'a.test', certPem: ca.certPem, keyPem: ca.keyPem, fingerprint: '' }]]),
+      registration: 'open', certificateLifetimeMs: 3_600_000, log: silentLogger,
+    });
+    await store.createAccount('a.test', 'alice', await hashPassword('correct horse battery staple', { n: 1 << 14 }));
+    const csr = async () => createCsr(ALICE, (await generateKeyPair()).privateKeyPem);
+    await service.signWithPassword({ address: ALICE, password: 'correct horse battery staple', csrPem: await csr(), sourceAddress: OWNER });
+    expect((await store.getAccount('a.test', 'alice'))?.passwordHash).toMatch(/^scrypt\$131072\$8\$1\$/);
+    await service.signWithPassword({ address: ALICE, password: 'correct horse battery staple', csrPem: await csr(), sourceAddress: OWNER });
+    expect(await outcome(service.signWithPassword({ address: ALICE, password: 'wrong horse battery staple', csrPem: await csr(), sourceAddress: OWNER }))).toBe('BadPassword');
   });
 });

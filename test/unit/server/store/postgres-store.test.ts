@@ -155,37 +155,6 @@ describePostgres('PostgreSQL account store', () => {
       expect(visibleWhileOpen[0]).toBeGreaterThan(held);
     });
 
-    // trust-server's rate-limit counter cases (test/helpers/account-store-suite.ts on their branch);
-    // they move into the compliance suite when the interface lands on main.
-    it('a rate-limit counter allows `limit` hits per window, then names itself and when it frees up; a new window starts from zero', async () => {
-      const store = await openStore(await database().freshSchema(), { listen: false });
-      const c = { key: 'pw:addr:192.0.2.1', limit: 3, windowMs: 1000 };
-      for (let i = 0; i < 3; i++) expect(await store.takeRateLimit([c], 100 + i)).toEqual({ ok: true });
-      expect(await store.peekRateLimit(c.key, 150)).toBe(3);
-      expect(await store.takeRateLimit([c], 500)).toEqual({ ok: false, key: c.key, retryAt: 1100 });
-      expect(await store.peekRateLimit(c.key, 1100)).toBe(0);
-      expect(await store.takeRateLimit([c], 1100)).toEqual({ ok: true });
-      expect(await store.peekRateLimit(c.key, 1101)).toBe(1);
-    });
-
-    it('takes from several counters all or none, and a release gives one hit back (never below zero); prune forgets ended windows', async () => {
-      const store = await openStore(await database().freshSchema(), { listen: false });
-      const a = { key: 'a', limit: 2, windowMs: 10_000 };
-      const b = { key: 'b', limit: 1, windowMs: 10_000 };
-      expect(await store.takeRateLimit([a, b], 0)).toEqual({ ok: true });
-      expect(await store.takeRateLimit([a, b], 1)).toEqual({ ok: false, key: 'b', retryAt: 10_000 });
-      expect(await store.peekRateLimit('a', 2)).toBe(1);
-      await store.releaseRateLimit(['b'], 3);
-      expect(await store.peekRateLimit('b', 3)).toBe(0);
-      await store.releaseRateLimit(['b', 'missing'], 4);
-      expect(await store.peekRateLimit('b', 4)).toBe(0);
-      expect(await store.takeRateLimit([a, b], 5)).toEqual({ ok: true });
-      expect(await store.peekRateLimit('a', 5)).toBe(2);
-      await store.takeRateLimit([{ key: 'old', limit: 5, windowMs: 100 }], 0);
-      expect(await store.pruneRateLimits(10_000)).toBe(3);
-      expect(await store.pruneRateLimits(10_000)).toBe(0);
-    });
-
     it('a flood of takes spread over three nodes, on overlapping counters in different orders, is limited as one (no deadlock)', async () => {
       const url = await database().freshSchema();
       const nodes = [await openStore(url, { listen: false }), await openStore(url, { listen: false }), await openStore(url, { listen: false })];
