@@ -9,12 +9,18 @@
  *     agent -> client   {"ok":true,"result":{...}}\n
  *                   or  {"ok":false,"error":{"code":"Offline","message":"..."}}\n
  *
- * then the agent closes the connection, except for `connect`: after an ok
- * reply the same socket carries the tunnel's bytes both ways, with half-close
- * (that is how `vertex connect` uses the agent's Q2Q session). With
+ * then the agent closes the connection, except for the stream ops
+ * (agent/control-protocol.ts STREAM_OPS): after an ok reply to `connect` the
+ * same socket carries the tunnel's bytes both ways, with half-close (that is
+ * how `vertex connect` and `vertex send` use the agent's Q2Q session). With
  * `"framed": true` in the request (and in the reply), those bytes are framed
  * (agent/control-tunnel.ts) so that each end learns whether the other ended
  * cleanly or why it broke off; without it they are raw, as older clients expect.
+ * After `receive` the agent writes one JSON line per incoming transfer, and
+ * `receive-accept` (always framed) hands one of them over.
+ *
+ * Every request's args are checked by the op's zod schema before a handler
+ * sees them.
  *
  * A request line longer than MAX_REQUEST_BYTES, a line that is not a JSON
  * object, or no complete line within REQUEST_TIMEOUT_MS closes that
@@ -29,6 +35,9 @@ import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
 import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
 import { FramedTunnel } from './control-tunnel';
+import {
+  CONTROL_OPS, isStreamOp, parseControlArgs, type CallOp, type ControlArgs, type ControlOp, type StreamOp,
+} from './control-protocol';
 import { joinStreams } from './frontends/join';
 
 export const MAX_REQUEST_BYTES = 64 * 1024;
@@ -36,21 +45,28 @@ export const REQUEST_TIMEOUT_MS = 5_000;
 const SOCKET_MODE = 0o600;
 const DIR_MODE = 0o700;
 
-export type ControlOp = 'status' | 'expose-add' | 'expose-remove' | 'forward-add' | 'forward-remove' | 'ping' | 'connect';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'expose-add', 'expose-remove', 'forward-add', 'forward-remove', 'ping', 'connect'];
+export { CONTROL_OPS, type ControlOp } from './control-protocol';
 
-export interface ControlRequest {
-  op: ControlOp;
-  args: Record<string, unknown>;
-}
+/** A parsed request: the op and its arguments, checked by the op's schema (agent/control-protocol.ts). */
+export type ControlRequest = { [Op in ControlOp]: { op: Op; args: ControlArgs<Op> } }[ControlOp];
+export type CallRequest = Extract<ControlRequest, { op: CallOp }>;
+export type StreamRequest = Extract<ControlRequest, { op: StreamOp }>;
 
 export type ControlReply = { ok: true; result: unknown } | { ok: false; error: { code: string; message: string } };
 
+export interface OpenedStream {
+  stream: Duplex;
+  /** Goes into the ok reply (with `framed: true` added when framed). */
+  info: object;
+  /** The bytes after the reply are agent/control-tunnel.ts frames; else raw. */
+  framed: boolean;
+}
+
 export interface ControlHandlers {
-  /** Every op but `connect`: the JSON result. */
-  call(op: Exclude<ControlOp, 'connect'>, args: Record<string, unknown>): Promise<unknown>;
-  /** Opens a tunnel for `vertex connect`; `info` goes into the ok reply. */
-  connect(args: Record<string, unknown>, client: { signal: AbortSignal }): Promise<{ stream: Duplex; info: unknown }>;
+  /** Calls: the JSON result. */
+  call(request: CallRequest): Promise<unknown>;
+  /** Stream ops (`connect`, `receive`, `receive-accept`): the stream the socket is joined to after the reply. */
+  open(request: StreamRequest, client: { signal: AbortSignal }): Promise<OpenedStream>;
 }
 
 export interface ControlApiOptions {
@@ -88,7 +104,8 @@ export function parseRequest(line: string): ControlRequest {
   if (args !== undefined && (args === null || typeof args !== 'object' || Array.isArray(args))) {
     throw vertexError('BadRequest', 'control request: args must be an object');
   }
-  return { op: op as ControlOp, args: (args ?? {}) as Record<string, unknown> };
+  const known = op as ControlOp;
+  return { op: known, args: parseControlArgs(known, args ?? {}) } as ControlRequest;
 }
 
 export class ControlApi {
@@ -181,8 +198,8 @@ export class ControlApi {
 
   #serve(socket: net.Socket, request: ControlRequest): void {
     const log = this.#log.child({ op: request.op });
-    if (request.op !== 'connect') {
-      this.#handlers.call(request.op, request.args).then(
+    if (!isStreamRequest(request)) {
+      this.#handlers.call(request).then(
         (result) => socket.end(encodeReply({ ok: true, result: result ?? null })),
         (err: unknown) => {
           log.debug({ err: asVertexError(err).message }, 'control request failed');
@@ -195,25 +212,28 @@ export class ControlApi {
     const abort = new AbortController();
     const onGone = (): void => abort.abort();
     socket.once('close', onGone);
-    this.#handlers.connect(request.args, { signal: abort.signal }).then(
-      ({ stream, info }) => {
+    this.#handlers.open(request, { signal: abort.signal }).then(
+      ({ stream, info, framed }) => {
         socket.off('close', onGone);
         if (socket.destroyed) {
           stream.destroy();
           return;
         }
-        const framed = request.args['framed'] === true;
-        socket.write(encodeReply({ ok: true, result: framed ? { ...(info as object), framed: true } : info }));
+        socket.write(encodeReply({ ok: true, result: framed ? { ...info, framed: true } : info }));
         if (framed) void joinStreams(new FramedTunnel(socket, { other: 'the client' }), stream, { log, propagate: true });
         else void joinStreams(socket, stream, { log });
       },
       (err: unknown) => {
         socket.off('close', onGone);
-        log.debug({ err: asVertexError(err).message }, 'control connect failed');
+        log.debug({ err: asVertexError(err).message }, `control ${request.op} failed`);
         if (!socket.destroyed) socket.end(encodeReply(errorReply(err)));
       },
     );
   }
+}
+
+function isStreamRequest(request: ControlRequest): request is StreamRequest {
+  return isStreamOp(request.op);
 }
 
 /**

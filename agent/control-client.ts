@@ -4,7 +4,8 @@
  */
 import * as net from 'node:net';
 import { isErrorCode, vertexError, VertexError } from '../q2q/errors';
-import { MAX_REQUEST_BYTES, type ControlOp, type ControlReply } from './control-api';
+import { MAX_REQUEST_BYTES, type ControlReply } from './control-api';
+import type { CallOp, ControlArgs, ControlOp } from './control-protocol';
 
 export const CONTROL_CONNECT_TIMEOUT_MS = 2_000;
 export const CONTROL_REPLY_TIMEOUT_MS = 10_000;
@@ -40,7 +41,7 @@ export function openControl(socketPath: string, timeoutMs = CONTROL_CONNECT_TIME
  * On success the socket is left paused, with any bytes after the reply line
  * put back, so `connect` can go on using it as the tunnel.
  */
-export function sendRequest(socket: net.Socket, op: ControlOp, args: Record<string, unknown>, opts: { timeoutMs?: number; waitingFor?: string } = {}): Promise<unknown> {
+export function sendRequest<Op extends ControlOp>(socket: net.Socket, op: Op, args: ControlArgs<Op>, opts: { timeoutMs?: number; waitingFor?: string } = {}): Promise<unknown> {
   const timeoutMs = opts.timeoutMs ?? CONTROL_REPLY_TIMEOUT_MS;
   const waitingFor = opts.waitingFor ?? `the agent's answer to ${op}`;
   return new Promise((resolve, reject) => {
@@ -95,10 +96,10 @@ export function sendRequest(socket: net.Socket, op: ControlOp, args: Record<stri
  * One request to a running agent; resolves `{ agent: false }` when none
  * runs at `socketPath`.
  */
-export async function callAgent(
+export async function callAgent<Op extends CallOp>(
   socketPath: string,
-  op: Exclude<ControlOp, 'connect'>,
-  args: Record<string, unknown> = {},
+  op: Op,
+  args: ControlArgs<Op> = {} as ControlArgs<Op>,
   opts: { timeoutMs?: number } = {},
 ): Promise<{ agent: false } | { agent: true; result: unknown }> {
   const socket = await openControl(socketPath);

@@ -12,8 +12,9 @@
  * for `vertex status`. reload() applies a new config's forwards and exposes
  * without touching tunnels that are already open.
  */
+import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
 import {
   formatAddress, formatDeviceAddress, formatServiceAddress, parseAddress, parseDeviceAddress, parseHostTarget, parseService, parseServiceAddress,
 } from '../q2q/address';
@@ -25,7 +26,11 @@ import type { ServerResolver } from '../q2q/control/discovery';
 import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
 import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type HostPort } from '../config/schema';
-import { ControlApi, type ControlOp } from './control-api';
+import { ControlApi, type CallRequest, type OpenedStream, type StreamRequest } from './control-api';
+import type { ReceiveEvent, ReceiveInfo, TunnelInfo as ControlTunnelInfo } from './control-protocol';
+import { FILE_TRANSFER_SERVICE } from './file-transfer';
+import { AgentReceiver, type ReceiveChange, type ReceiveStatus } from './receive-service';
+import { parseAllowPattern } from '../config/schema';
 import type { RuntimeState, RuntimeStateStore } from './runtime-state';
 import { CertificateRenewer } from './renewal';
 import { connectLocal, exposeHandler, exposePrepare } from './frontends/expose';
@@ -88,6 +93,8 @@ export const STOP_DRAIN_MS = 500;
  * ladder together, and on a small machine they all run out of time.
  */
 export const MAX_CONCURRENT_DIALS = 16;
+/** An incoming transfer announced to `vertex receive` is closed unless claimed within this long. */
+export const INCOMING_CLAIM_MS = 30_000;
 /** A passthrough dial to an ordinary host gives up after this long. */
 export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -132,12 +139,16 @@ export interface AgentStatus {
   control: { socket: string } | null;
   exposed: Array<{ service: string; address: string; target: string; allow: readonly string[]; source: EntrySource }>;
   forwards: Array<{ listen: string; to: string; source: EntrySource }>;
+  /** Who takes files sent to this device (agent.yaml `receive:` or an attached `vertex receive`); null: nobody. */
+  receive: ReceiveStatus | null;
   tunnels: TunnelEntry[];
 }
 
 export interface ReloadSummary {
   exposes: { added: string[]; removed: string[] };
   forwards: { added: string[]; removed: string[] };
+  /** What became of agent.yaml's `receive:`. */
+  receive: ReceiveChange;
   /** Config sections that changed but take effect only after a restart. */
   needRestart: string[];
 }
@@ -157,10 +168,13 @@ export class AgentDaemon {
   #socksAddress: HostPort | undefined;
   #control: ControlApi | undefined;
   #renewer: CertificateRenewer | undefined;
+  #receiver: AgentReceiver | undefined;
   #dialsRunning = 0;
   readonly #dialQueue: Array<() => void> = [];
   readonly #exposes = new Map<string, ExposeEntry>();
   readonly #forwards = new Map<string, ForwardEntry>();
+  /** Senders announced to an attached `vertex receive`, waiting for its receive-accept. */
+  readonly #incoming = new Map<string, { stream: Q2QStream; timer: { cancel(): void } }>();
 
   constructor(opts: AgentDaemonOptions) {
     this.#opts = opts;
@@ -231,6 +245,19 @@ export class AgentDaemon {
           this.#log.warn({ service: e.service, file: this.#opts.runtime?.where, err: asVertexError(err).message }, 'runtime expose not applied');
         }
       }
+      const me = identity.address;
+      this.#receiver = new AgentReceiver({
+        node,
+        defaultAllow: () => this.#defaultAllow(),
+        onInbound: (stream) => {
+          this.tunnels.add({
+            kind: 'inbound', target: `${me}:${FILE_TRANSFER_SERVICE}`, peer: stream.peer, device: stream.device, route: stream.route, local: 'receive', connectMs: stream.connectMs,
+          }, stream);
+        },
+        onAllowChange: () => this.#exposePing(),
+        log: this.#log,
+      });
+      this.#receiver.configure(config.receive);
       this.#exposePing();
 
       if (this.#opts.socks ?? true) {
@@ -260,8 +287,8 @@ export class AgentDaemon {
         const control = new ControlApi({
           socketPath: this.#opts.controlSocket,
           handlers: {
-            call: (op, args) => this.#handleControl(op, args),
-            connect: (args) => this.#controlConnect(args),
+            call: (request) => this.#handleControl(request),
+            open: (request) => this.#openControl(request),
           },
           log: this.#log,
         });
@@ -296,6 +323,8 @@ export class AgentDaemon {
     };
     this.#renewer?.stop();
     this.#renewer = undefined;
+    this.#receiver?.stop();
+    this.#receiver = undefined;
     const control = this.#control;
     this.#control = undefined;
     if (control) await step('control api', () => control.stop());
@@ -346,6 +375,7 @@ export class AgentDaemon {
         to: f.to,
         source: f.source,
       })),
+      receive: this.#receiver?.status() ?? null,
       tunnels: this.tunnels.list(),
     };
   }
@@ -414,6 +444,7 @@ export class AgentDaemon {
   #expose(spec: ExposeSpec, source: EntrySource): ExposeEntry {
     const service = parseService(spec.service);
     if (service === PING_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for vertex ping`);
+    if (service === FILE_TRANSFER_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for receiving files (receive: in agent.yaml, or vertex receive)`);
     const me = parseAddress(this.#requireIdentity().address);
     const allow = spec.allow && spec.allow.length > 0 ? [...spec.allow] : this.#defaultAllow();
     const node = this.#requireNode();
@@ -448,6 +479,7 @@ export class AgentDaemon {
     if (!node) return;
     const allow = new Set<string>(this.#defaultAllow());
     for (const e of this.#exposes.values()) for (const pattern of e.allow) allow.add(pattern);
+    for (const pattern of this.#receiver?.allow() ?? []) allow.add(pattern);
     node.expose(PING_SERVICE, { allow: [...allow], onConnection: pingEchoHandler });
   }
 
@@ -514,7 +546,7 @@ export class AgentDaemon {
   async reload(next: AgentConfig): Promise<ReloadSummary> {
     this.#requireRunning();
     const prev = this.#config;
-    const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, needRestart: [] };
+    const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, receive: 'unchanged', needRestart: [] };
     for (const key of ['identity', 'device', 'socks', 'domains', 'routes', 'ports', 'control', 'log', 'relayDelayMs', 'peerListen', 'advertise'] as const) {
       if (JSON.stringify(prev[key]) !== JSON.stringify(next[key])) summary.needRestart.push(key);
     }
@@ -560,7 +592,15 @@ export class AgentDaemon {
       }
     }
 
-    this.#config = { ...prev, forwards: next.forwards, expose: next.expose };
+    try {
+      summary.receive = this.#receiver?.configure(next.receive) ?? 'unchanged';
+    } catch (err) {
+      // A directory that cannot be made: the receive: in force stays.
+      this.#log.warn({ err: asVertexError(err).message }, 'reload: receive not applied');
+      next = { ...next, ...(prev.receive ? { receive: prev.receive } : { receive: undefined }) };
+    }
+
+    this.#config = { ...prev, forwards: next.forwards, expose: next.expose, ...(next.receive ? { receive: next.receive } : { receive: undefined }) };
     this.#log.info(summary, 'config reloaded');
     if (summary.needRestart.length > 0) this.#log.warn({ sections: summary.needRestart }, 'reload: these changes take effect after a restart');
     return summary;
@@ -622,43 +662,116 @@ export class AgentDaemon {
 
   // ---- control API ----
 
-  async #handleControl(op: Exclude<ControlOp, 'connect'>, args: Record<string, unknown>): Promise<unknown> {
-    switch (op) {
+  async #handleControl(request: CallRequest): Promise<unknown> {
+    switch (request.op) {
       case 'status':
         return this.status();
       case 'expose-add': {
-        const service = stringArg(args, 'service');
-        const target = parseHostPort(stringArg(args, 'target'), { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' });
-        const allow = optionalStringList(args, 'allow');
-        return this.addExpose({ service, target, ...(allow && { allow }) }, 'cli', { replace: args['replace'] === true });
+        const { service, allow, replace } = request.args;
+        const target = parseHostPort(request.args.target, { minPort: 1, defaultHost: '127.0.0.1', code: 'Usage' });
+        return this.addExpose({ service, target, ...(allow && { allow }) }, 'cli', { replace: replace === true });
       }
       case 'expose-remove':
-        return { service: stringArg(args, 'service'), ...this.removeExpose(stringArg(args, 'service')) };
+        return { service: request.args.service, ...this.removeExpose(request.args.service) };
       case 'forward-add': {
-        const listen = parseHostPort(stringArg(args, 'listen'), { ...FORWARD_LISTEN, code: 'Usage' });
-        return this.addForward({ listen, to: stringArg(args, 'to') }, 'cli', { replace: args['replace'] === true });
+        const listen = parseHostPort(request.args.listen, { ...FORWARD_LISTEN, code: 'Usage' });
+        return this.addForward({ listen, to: request.args.to }, 'cli', { replace: request.args.replace === true });
       }
       case 'forward-remove':
-        await this.removeForward(stringArg(args, 'listen'));
-        return { listen: stringArg(args, 'listen') };
-      case 'ping': {
-        const count = args['count'] === undefined ? DEFAULT_PING_COUNT : Number(args['count']);
-        return this.ping(stringArg(args, 'target'), count);
-      }
+        await this.removeForward(request.args.listen);
+        return { listen: request.args.listen };
+      case 'ping':
+        return this.ping(request.args.target, request.args.count ?? DEFAULT_PING_COUNT);
       default: {
-        const never: never = op;
-        throw vertexError('BadRequest', `control request: unknown op ${String(never)}`);
+        const never: never = request;
+        throw vertexError('BadRequest', `control request: unknown op ${String((never as { op: unknown }).op)}`);
       }
     }
   }
 
-  async #controlConnect(args: Record<string, unknown>): Promise<{ stream: Duplex; info: unknown }> {
+  async #openControl(request: StreamRequest): Promise<OpenedStream> {
     this.#requireRunning();
-    const target = formatServiceAddress(parseServiceAddress(stringArg(args, 'target')));
-    const timeoutMs = args['timeoutMs'];
-    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs > 0))) throw vertexError('BadRequest', 'control request: "timeoutMs" must be a positive number');
-    const stream = await this.#dialQ2Q(target, 'connect', 'control', timeoutMs === undefined ? {} : { timeoutMs });
-    return { stream, info: { target, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs } };
+    switch (request.op) {
+      case 'connect': {
+        const target = formatServiceAddress(parseServiceAddress(request.args.target));
+        const { timeoutMs } = request.args;
+        const stream = await this.#dialQ2Q(target, 'connect', 'control', timeoutMs === undefined ? {} : { timeoutMs });
+        const info: ControlTunnelInfo = { target, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs };
+        return { stream, info, framed: request.args.framed === true };
+      }
+      case 'receive':
+        return this.#attachReceive(request.args.allow);
+      case 'receive-accept': {
+        const waiting = this.#incoming.get(request.args.id);
+        if (!waiting) throw vertexError('BadRequest', `receive-accept: no incoming transfer ${request.args.id} (taken, or given up after ${INCOMING_CLAIM_MS} ms)`);
+        this.#incoming.delete(request.args.id);
+        waiting.timer.cancel();
+        const { stream } = waiting;
+        const info: ControlTunnelInfo = { target: `${this.address}:${FILE_TRANSFER_SERVICE}`, peer: stream.peer, device: stream.device, route: stream.route, connectMs: stream.connectMs };
+        return { stream, info, framed: true };
+      }
+      default: {
+        const never: never = request;
+        throw vertexError('BadRequest', `control request: unknown op ${String((never as { op: unknown }).op)}`);
+      }
+    }
+  }
+
+  /**
+   * `vertex receive` through the agent: the file-transfer service is the
+   * client's while its control connection lasts. Each sender is announced
+   * on that connection; the client claims it with `receive-accept` on a
+   * new one, and a sender nobody claims in time is closed.
+   */
+  #attachReceive(allowText: readonly string[] | undefined): OpenedStream {
+    const receiver = this.#receiver;
+    if (!receiver) throw vertexError('Internal', `agent is ${this.#state}: no receiver`);
+    const allow = allowText && allowText.length > 0 ? allowText.map((p) => parseAllowPattern(p)) : this.#defaultAllow();
+    const mine = new Set<string>();
+    let detach: () => void = () => undefined;
+    const events = new Duplex({
+      read() {},
+      write(_chunk, _encoding, callback) {
+        callback();
+      },
+      final(callback) {
+        detach();
+        this.push(null);
+        callback();
+      },
+      destroy(err, callback) {
+        detach();
+        callback(err);
+      },
+    });
+    const attached = receiver.attach({
+      allow,
+      onStream: (stream) => {
+        const id = randomBytes(12).toString('hex');
+        const timer = this.#clock.setTimer(() => {
+          this.#incoming.delete(id);
+          mine.delete(id);
+          stream.destroy();
+        }, INCOMING_CLAIM_MS);
+        this.#incoming.set(id, { stream, timer });
+        mine.add(id);
+        const event: ReceiveEvent = { event: 'incoming', id, peer: stream.peer, device: stream.device, route: stream.route };
+        events.push(`${JSON.stringify(event)}\n`);
+      },
+    });
+    detach = () => {
+      attached.detach();
+      // Senders announced but never claimed go with the client.
+      for (const id of mine) {
+        const waiting = this.#incoming.get(id);
+        this.#incoming.delete(id);
+        waiting?.timer.cancel();
+        waiting?.stream.destroy();
+      }
+      mine.clear();
+    };
+    const info: ReceiveInfo = { address: this.address, device: this.#requireNode().status().device, service: FILE_TRANSFER_SERVICE, allow, displaced: attached.displaced };
+    return { stream: events, info, framed: false };
   }
 
   /** `vertex ping`: probes over the ping service, or a timed connect to a named service. */
@@ -715,19 +828,6 @@ export async function pingWith(connect: (target: string) => Promise<Q2QStream>, 
 function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {
   const allow = wanted.allow && wanted.allow.length > 0 ? wanted.allow : defaultAllow;
   return formatHostPort(entry.target) === formatHostPort(wanted.target) && JSON.stringify([...entry.allow]) === JSON.stringify([...allow]);
-}
-
-function stringArg(args: Record<string, unknown>, key: string): string {
-  const value = args[key];
-  if (typeof value !== 'string' || value.length === 0) throw vertexError('BadRequest', `control request: "${key}" must be a non-empty string`);
-  return value;
-}
-
-function optionalStringList(args: Record<string, unknown>, key: string): string[] | undefined {
-  const value = args[key];
-  if (value === undefined) return undefined;
-  if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) throw vertexError('BadRequest', `control request: "${key}" must be a list of strings`);
-  return value as string[];
 }
 
 function connectDirect(host: string, port: number): Promise<net.Socket> {

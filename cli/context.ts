@@ -25,7 +25,7 @@ import * as path from 'node:path';
 import type { Options } from 'yargs';
 import { readAgentLock } from '../agent/agent-lock';
 import { openControl, sendRequest } from '../agent/control-client';
-import type { ControlOp } from '../agent/control-api';
+import type { CallOp, ControlArgs } from '../agent/control-protocol';
 import { HomeStore, type StoredIdentity } from '../agent/home-store';
 import { connectQ2Q, type Q2QOptions, type Q2QStream } from '../q2q';
 import { createServerResolver, type ServerEndpoint, type ServerResolver } from '../q2q/control/discovery';
@@ -320,11 +320,24 @@ export function noAgentMessage(looked: AgentSocket[]): string {
   return `no agent is running (looked at ${looked.map((l) => `${l.path} (${l.why})`).join(', ')}); start one with \`vertex agent\`, or name its socket with --socket`;
 }
 
+/**
+ * The running agent for send and receive, unless a node flag (--device,
+ * --identity, --routes, --peer-listen, --advertise) asks for a node of the
+ * command's own: the agent's node is already set up, so those flags would
+ * otherwise be ignored without a word.
+ */
+export async function agentForNode(args: NodeArgs): Promise<{ socket: net.Socket; path: string } | null> {
+  const own = [args.device, args.identity, args.routes, args.peerListen, args.advertise].some((v) => v !== undefined);
+  if (own) return null;
+  const found = await openAgent(args);
+  return found.socket ? found : null;
+}
+
 /** One request to the running agent; `{ agent: false }` when none answers. */
-export async function callRunningAgent(
+export async function callRunningAgent<Op extends CallOp>(
   args: AgentArgs,
-  op: Exclude<ControlOp, 'connect'>,
-  request: Record<string, unknown> = {},
+  op: Op,
+  request: ControlArgs<Op> = {} as ControlArgs<Op>,
   opts: { timeoutMs?: number } = {},
 ): Promise<{ agent: false; looked: AgentSocket[] } | { agent: true; result: unknown; path: string }> {
   const found = await openAgent(args);

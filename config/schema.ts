@@ -334,6 +334,13 @@ export const agentFileSchema = strict({
   control: strict({ socket: controlSocket.optional() }).optional(),
   log: logSection.optional(),
   metrics: metricsSection.optional(),
+  receive: strict({
+    dir: z.string({ error: (iss) => expectedGot('an absolute path such as /var/lib/vertex/inbox', iss.input) }).superRefine((text, ctx) => {
+      if (!text.startsWith('/')) ctx.addIssue({ code: 'custom', message: `expected an absolute path such as /var/lib/vertex/inbox, got "${text}"` });
+    }),
+    allow: z.array(checked(allowPatternProblem)).min(1).optional(),
+    overwrite: z.boolean().optional(),
+  }).optional(),
   relay_delay_ms: z.int().min(0).max(60_000).optional(),
   peer_listen: listenAddress('0.0.0.0:0').optional(),
   advertise: z.array(checked(hostProblem)).optional(),
@@ -380,6 +387,11 @@ export interface AgentConfig {
   readonly log: { readonly level: LogLevel };
   /** Prometheus text on http://listen/metrics; absent means off. */
   readonly metrics?: { readonly listen: HostPort };
+  /**
+   * The agent receives files itself (`vertex send` to this identity) into
+   * `dir`, from `allow` (omitted: the owner alone); absent means off.
+   */
+  readonly receive?: { readonly dir: string; readonly allow?: readonly string[]; readonly overwrite: boolean };
   /** How long the dial waits for a direct route before opening relay legs too. */
   readonly relayDelayMs: number;
   /** The listening address for direct TCP peer channels (port 0: any free port). */
@@ -507,6 +519,13 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
     control: { socket: file.control?.socket ?? d.control.socket },
     log: { level: file.log?.level ?? d.log.level },
     ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),
+    ...(file.receive && {
+      receive: {
+        dir: file.receive.dir,
+        ...(file.receive.allow && { allow: file.receive.allow.map(parseAllowPattern) }),
+        overwrite: file.receive.overwrite ?? false,
+      },
+    }),
     relayDelayMs: file.relay_delay_ms ?? d.relay_delay_ms,
     peerListen: hostPort(file.peer_listen ?? d.peer_listen),
     ...(file.advertise && { advertise: file.advertise.map((a) => a.toLowerCase()) }),

@@ -16,7 +16,12 @@ import { listenQ2Q, type Q2QOptions, type Q2QStream } from '../../q2q';
 import { formatDeviceAddress, parseAddress, parseDevice } from '../../q2q/address';
 import { defaultAllow } from '../../q2q/negotiate/allow';
 import { asVertexError, vertexError } from '../../q2q/errors';
-import { machineDevice, NODE_OPTIONS, nodeSetup, receiveDevice, repeatable, type GlobalArgs, type NodeArgs } from '../context';
+import { agentForNode, cliLogger, machineDevice, NODE_OPTIONS, nodeSetup, receiveDevice, repeatable, type GlobalArgs, type NodeArgs } from '../context';
+import { openControl, sendRequest } from '../../agent/control-client';
+import { RECEIVE_EVENT, RECEIVE_INFO, type ReceiveEvent } from '../../agent/control-protocol';
+import { FramedTunnel } from '../../agent/control-tunnel';
+import type * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { EXIT, EXIT_CODES } from '../exit-codes';
 import { elapsedText, rateText } from '../output';
 import { onStopSignals } from '../signals';
@@ -42,13 +47,53 @@ async function run(args: ReceiveArgs): Promise<void> {
   if (!args.yes && !process.stdin.isTTY) {
     throw vertexError('Usage', 'receive: standard input is not a terminal, so offers cannot be asked about; pass --yes to accept them (and --from to limit who may send)');
   }
-  const { identity, log, setup, options: nodeOptions } = nodeSetup(args);
-  const device = args.device === undefined ? receiveDevice(machineDevice(setup.config)) : parseDevice(args.device);
-  const options: Q2QOptions = { ...nodeOptions, device };
-  const me = formatDeviceAddress(parseAddress(identity.address), device);
-  // Without --from only the owner may send (any of the owner's devices): *@domain and * are written out.
-  const allow = from.length > 0 ? from : defaultAllow(identity.address);
+  // Through the running agent when there is one: it already holds this identity's
+  // session, so a second node would only add a device (or, before devices, take it over).
+  const agent = await agentForNode(args);
+  let address: string;
+  let device: string;
+  let allow: readonly string[];
+  let start: () => Promise<{ stop(): Promise<void> }>;
   const json = Boolean(args.json);
+  const log = cliLogger(args);
+  if (agent) {
+    const info = RECEIVE_INFO.parse(await sendRequest(agent.socket, 'receive', from.length > 0 ? { allow: from } : {}, {
+      waitingFor: `the agent (${agent.path}) to take the file-transfer service`,
+    }));
+    ({ address, device, allow } = info);
+    start = async () => {
+      const detach = attachToAgent(agent, (stream, meta) => onConnection(stream, meta), () => {
+        const message = `receive: the agent (${agent.path}) went away; no more offers arrive here`;
+        if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', code: 'Offline', message })}\n`);
+        else process.stderr.write(`vertex: ${message}\n`);
+        for (const c of active.keys()) c.abort();
+        finished(EXIT_CODES.Offline);
+      });
+      return { stop: async () => detach() };
+    };
+  } else {
+    const { identity, setup, options: nodeOptions } = nodeSetup(args);
+    device = args.device === undefined ? receiveDevice(machineDevice(setup.config)) : parseDevice(args.device);
+    const options: Q2QOptions = { ...nodeOptions, device };
+    address = identity.address;
+    // Without --from only the owner may send (any of the owner's devices): *@domain and * are written out.
+    allow = from.length > 0 ? from : defaultAllow(identity.address);
+    start = async () => {
+      const node = await listenQ2Q(identity, {
+        [FILE_TRANSFER_SERVICE]: { allow: [...allow], onConnection: (stream: Q2QStream) => onConnection(stream, stream) },
+      }, options);
+      // Another node took this device name over: it gets the offers now, so say so and stop.
+      node.once('replaced', (by: string) => {
+        const message = `receive: a newer node (from ${by}) is online as ${me} and gets the offers now; stopping (use --device to run both)`;
+        if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', code: 'Offline', message })}\n`);
+        else process.stderr.write(`vertex: ${message}\n`);
+        for (const c of active.keys()) c.abort();
+        finished(EXIT_CODES.Offline);
+      });
+      return node;
+    };
+  }
+  const me = formatDeviceAddress(parseAddress(address), device);
   /** Transfers in progress, each with its cancel switch and a promise settled when it is reported. */
   const active = new Map<AbortController, Promise<void>>();
   const busy = new Set<string>();
@@ -56,7 +101,7 @@ async function run(args: ReceiveArgs): Promise<void> {
   let finished: (status: number) => void = () => undefined;
   const done = new Promise<number>((resolve) => { finished = resolve; });
 
-  const onConnection = (stream: Q2QStream) => {
+  const onConnection = (stream: Duplex, meta: StreamMeta) => {
     if (args.once && active.size > 0) {
       stream.destroy();
       return;
@@ -67,7 +112,7 @@ async function run(args: ReceiveArgs): Promise<void> {
     let view: ProgressView | null = null;
     const reported = receiveFiles(stream, {
       dir,
-      peer: stream.peer,
+      peer: meta.peer,
       allow,
       overwrite: Boolean(args.overwrite),
       busy,
@@ -76,18 +121,18 @@ async function run(args: ReceiveArgs): Promise<void> {
       ...(ask && { decide: (offer: IncomingOffer) => ask.decide(offer, dir) }),
       onAccept: (offer) => {
         started = performance.now();
-        if (!json) process.stderr.write(`receiving ${describeOffer(offer)} from ${stream.peer} via ${stream.route}\n`);
-        view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `from ${stream.peer}`, route: stream.route });
+        if (!json) process.stderr.write(`receiving ${describeOffer(offer)} from ${meta.peer} via ${meta.route}\n`);
+        view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `from ${meta.peer}`, route: meta.route });
       },
       onProgress: (p) => view?.update(p),
     }).then((result) => {
       view?.stop();
-      report(json, result, stream, performance.now() - started);
+      report(json, result, meta, performance.now() - started);
       return EXIT.ok;
     }, (err: unknown) => {
       view?.stop();
       const failure = asVertexError(err);
-      if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', from: stream.peer, route: stream.route, code: failure.code, message: failure.message })}\n`);
+      if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', from: meta.peer, route: meta.route, code: failure.code, message: failure.message })}\n`);
       else process.stderr.write(`vertex: ${failure.message}\n`);
       return EXIT_CODES[failure.code];
     }).then((status) => {
@@ -97,23 +142,14 @@ async function run(args: ReceiveArgs): Promise<void> {
     active.set(controller, reported);
   };
 
-  const node = await listenQ2Q(identity, {
-    [FILE_TRANSFER_SERVICE]: { allow, onConnection },
-  }, options);
-  const allowText = from.length > 0 ? from.join(', ') : `only ${identity.address} itself; pass --from to let others send`;
+  const node = await start();
+  const allowText = from.length > 0 ? from.join(', ') : `only ${address} itself; pass --from to let others send`;
+  const via = agent ? 'agent' : 'direct';
   if (json) {
-    process.stdout.write(`${JSON.stringify({ event: 'listening', address: identity.address, device, service: FILE_TRANSFER_SERVICE, dir, from: allow })}\n`);
+    process.stdout.write(`${JSON.stringify({ event: 'listening', address, device, service: FILE_TRANSFER_SERVICE, dir, from: allow, via })}\n`);
   } else {
-    process.stdout.write(`receiving files into ${dir} as ${identity.address}, device ${device} (${me}) (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
+    process.stdout.write(`receiving files into ${dir} as ${address}, device ${device} (${me})${agent ? ' through the agent' : ''} (from ${allowText}); ${args.once ? 'exits after one transfer' : 'Ctrl-C stops'}\n`);
   }
-  // Another node took this device name over: it gets the offers now, so say so and stop.
-  node.once('replaced', (by: string) => {
-    const message = `receive: a newer node (from ${by}) is online as ${me} and gets the offers now; stopping (use --device to run both)`;
-    if (json) process.stdout.write(`${JSON.stringify({ event: 'failed', code: 'Offline', message })}\n`);
-    else process.stderr.write(`vertex: ${message}\n`);
-    for (const c of active.keys()) c.abort();
-    finished(EXIT_CODES.Offline);
-  });
   const signals = onStopSignals(() => {
     for (const c of active.keys()) c.abort();
     // Let cancelled transfers flush their partial files and report, for a bounded time.
@@ -125,6 +161,50 @@ async function run(args: ReceiveArgs): Promise<void> {
   ask?.close();
   await node.stop();
   process.exit(signals.exitCode(status));
+}
+
+/** What a transfer's stream says about its other end (a Q2QStream, or the agent's announcement). */
+interface StreamMeta {
+  peer: string;
+  route: string;
+}
+
+/**
+ * Follows the agent's announcements on the `receive` connection and claims
+ * each sender with `receive-accept` on a connection of its own, whose framed
+ * bytes are that sender's stream.
+ */
+function attachToAgent(agent: { socket: net.Socket; path: string }, onStream: (stream: Duplex, meta: StreamMeta) => void, onGone: () => void): () => void {
+  let stopping = false;
+  const lines = readline.createInterface({ input: agent.socket, crlfDelay: Infinity });
+  lines.on('line', (line) => {
+    let event: ReceiveEvent;
+    try {
+      event = RECEIVE_EVENT.parse(JSON.parse(line));
+    } catch {
+      return;
+    }
+    void (async () => {
+      const control = await openControl(agent.path);
+      if (!control) return;
+      try {
+        await sendRequest(control, 'receive-accept', { id: event.id }, { waitingFor: `the agent (${agent.path}) to hand over the transfer from ${event.peer}` });
+      } catch {
+        control.destroy();
+        return;
+      }
+      onStream(new FramedTunnel(control, { other: `the agent (${agent.path})` }), event);
+    })().catch(() => undefined);
+  });
+  agent.socket.on('error', () => undefined);
+  agent.socket.once('close', () => {
+    if (!stopping) onGone();
+  });
+  return () => {
+    stopping = true;
+    lines.close();
+    agent.socket.destroy();
+  };
 }
 
 function checkDir(dir: string): string {
@@ -148,7 +228,7 @@ function describeOffer(offer: IncomingOffer): string {
   return `${count} file${count === 1 ? '' : 's'} (${formatBytes(offer.totalBytes)})`;
 }
 
-function report(json: boolean, result: ReceiveResult, stream: Q2QStream, ms: number): void {
+function report(json: boolean, result: ReceiveResult, stream: StreamMeta, ms: number): void {
   if (json) {
     process.stdout.write(`${JSON.stringify({
       event: 'received', from: result.peer, route: stream.route, files: result.files,

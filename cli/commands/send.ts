@@ -12,11 +12,20 @@ import {
 } from '../../agent/file-transfer';
 import { formatDeviceAddress, parseAddress, parseDeviceAddress } from '../../q2q/address';
 import { connectQ2Q } from '../../q2q';
+import { sendRequest } from '../../agent/control-client';
+import { TUNNEL_INFO, type TunnelInfo } from '../../agent/control-protocol';
+import { FramedTunnel } from '../../agent/control-tunnel';
+import type { Duplex } from 'node:stream';
 import { asVertexError, isVertexError, vertexError, VertexError } from '../../q2q/errors';
 import { EXIT } from '../exit-codes';
-import { NODE_OPTIONS, nodeSetup, type GlobalArgs, type NodeArgs } from '../context';
+import { agentForNode, NODE_OPTIONS, nodeSetup, type GlobalArgs, type NodeArgs } from '../context';
 import { elapsedText, rateText } from '../output';
 import { onStopSignals } from '../signals';
+
+/** Seconds `vertex send` waits for a connection unless --connect-timeout says otherwise. */
+const DEFAULT_CONNECT_TIMEOUT_S = 15;
+/** Extra time for the agent's answer beyond its own connect timeout. */
+const AGENT_REPLY_MARGIN_MS = 3_000;
 
 interface SendArgs extends NodeArgs {
   paths: string[];
@@ -34,7 +43,9 @@ async function run(args: SendArgs): Promise<void> {
   const target = formatDeviceAddress(named.address, named.device);
   const json = Boolean(args.json);
   const sources = await collectSources(paths);
-  const { identity, options } = nodeSetup(args);
+  // Through the running agent when there is one (its session, its status), else a node of our own.
+  const agent = await agentForNode(args);
+  const { identity, options } = agent ? { identity: null, options: null } : nodeSetup(args);
 
   const controller = new AbortController();
   const signals = onStopSignals(() => controller.abort(), { exit: false });
@@ -51,10 +62,17 @@ async function run(args: SendArgs): Promise<void> {
     if (controller.signal.aborted) throw vertexError('TransferFailed', `send to ${target}: cancelled`);
 
     const started = performance.now();
-    const stream = await connectQ2Q(identity, `${target}:${FILE_TRANSFER_SERVICE}`, {
-      ...options,
-      ...(args.connectTimeout !== undefined && { connectTimeoutMs: args.connectTimeout * 1000, timeoutMs: args.connectTimeout * 1000 }),
-    }).catch((err: unknown) => {
+    const service = `${target}:${FILE_TRANSFER_SERVICE}`;
+    const opened: Promise<{ stream: Duplex; info: Omit<TunnelInfo, 'target'> }> = agent
+      ? sendRequest(agent.socket, 'connect', { target: service, framed: true, timeoutMs: (args.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S) * 1000 }, {
+        timeoutMs: (args.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT_S) * 1000 + AGENT_REPLY_MARGIN_MS,
+        waitingFor: `the agent (${agent.path}) to connect to ${service}`,
+      }).then((result) => ({ stream: new FramedTunnel(agent.socket, { other: `the agent (${agent.path})` }), info: TUNNEL_INFO.parse(result) }))
+      : connectQ2Q(identity!, service, {
+        ...options!,
+        ...(args.connectTimeout !== undefined && { connectTimeoutMs: args.connectTimeout * 1000, timeoutMs: args.connectTimeout * 1000 }),
+      }).then((stream) => ({ stream, info: stream }));
+    const { stream, info: conn } = await opened.catch((err: unknown) => {
       if (isVertexError(err, 'NotExposed') || isVertexError(err, 'Offline')) {
         throw new VertexError(err.code, `${err.message} (is ${target} running \`vertex receive\`?)`, { cause: err });
       }
@@ -62,18 +80,18 @@ async function run(args: SendArgs): Promise<void> {
     });
     const total = files.reduce((sum, f) => sum + f.size, 0);
     if (!json) {
-      process.stderr.write(`connected to ${formatDeviceAddress(parseAddress(stream.peer), stream.device)} via ${stream.route} in ${elapsedText(stream.connectMs)}; ` +
+      process.stderr.write(`connected to ${formatDeviceAddress(parseAddress(conn.peer), conn.device)} via ${conn.route} in ${elapsedText(conn.connectMs)}${agent ? ' (through the agent)' : ''}; ` +
         `offering ${files.length} file${files.length === 1 ? '' : 's'} (${formatBytes(total)})\n`);
     }
-    view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `to ${stream.peer}`, route: stream.route });
+    view = createProgressView({ mode: progressMode(json, process.stderr), out: process.stderr, label: `to ${conn.peer}`, route: conn.route });
     // The rate counts from the acceptance: a person may take a while to say yes.
     let accepted: number | null = null;
     const result = await sendFiles(stream, files, {
-      peer: stream.peer,
+      peer: conn.peer,
       signal: controller.signal,
       onProgress: (p) => {
         if (p.phase === 'waiting') {
-          if (!json) process.stderr.write(`waiting for ${stream.peer} to accept\n`);
+          if (!json) process.stderr.write(`waiting for ${conn.peer} to accept\n`);
           return;
         }
         accepted ??= performance.now();
@@ -84,13 +102,13 @@ async function run(args: SendArgs): Promise<void> {
     const ms = performance.now() - (accepted ?? started);
     if (json) {
       process.stdout.write(`${JSON.stringify({
-        event: 'sent', to: result.peer, route: stream.route, connectMs: Math.round(stream.connectMs), files: result.files,
+        event: 'sent', to: result.peer, route: conn.route, via: agent ? 'agent' : 'direct', connectMs: Math.round(conn.connectMs), files: result.files,
         bytesTotal: result.bytesTotal, bytesSent: result.bytesSent, ms: Math.round(ms), totalMs: Math.round(performance.now() - started),
       })}\n`);
     } else {
       const resumed = result.files.filter((f) => f.resumedFrom > 0);
       process.stdout.write(
-        `sent ${result.files.length} file${result.files.length === 1 ? '' : 's'} (${formatBytes(result.bytesTotal)}) to ${result.peer} via ${stream.route} ` +
+        `sent ${result.files.length} file${result.files.length === 1 ? '' : 's'} (${formatBytes(result.bytesTotal)}) to ${result.peer} via ${conn.route} ` +
         `in ${elapsedText(ms)}, ${rateText(result.bytesSent, ms)}; SHA-256 verified by ${result.peer}` +
         (resumed.length > 0 ? `; resumed ${resumed.length} file${resumed.length === 1 ? '' : 's'}, ${formatBytes(result.bytesSent)} sent` : '') + '\n',
       );
@@ -106,6 +124,7 @@ async function run(args: SendArgs): Promise<void> {
   } finally {
     view?.stop();
     signals.dispose();
+    agent?.socket.destroy();
   }
 }
 

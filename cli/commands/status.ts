@@ -77,6 +77,15 @@ function conflictLines(s: AgentStatus): string[] {
   return lines;
 }
 
+/** Who takes files sent to this device; an older agent does not say (undefined). */
+function receiveText(s: AgentStatus): string {
+  const r = s.receive;
+  if (!r) return r === null ? 'off (receive: in agent.yaml, or vertex receive)' : '-';
+  const counts = `${r.received} received, ${r.failed} failed${r.active > 0 ? `, ${r.active} in progress` : ''}`;
+  if (r.by === 'vertex receive') return `by vertex receive (allow ${describeAllow(r.allow, s.identity)})${r.dir ? `; agent.yaml's ${r.dir} resumes when it exits` : ''}`;
+  return `into ${r.dir} (allow ${describeAllow(r.allow, s.identity)}${r.overwrite ? ', overwrite' : ''}; from agent.yaml); ${counts}`;
+}
+
 export function formatStatus(s: AgentStatus, now = Date.now()): string {
   const expiresIn = Date.parse(s.certificate.notAfter) - now;
   const lines = [
@@ -91,6 +100,7 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
   lines.push(s.exposed.length === 0 ? 'exposed      (none)' : 'exposed');
   lines.push(...table(s.exposed.map((e) => ['  ', e.address, '->', e.target, `allow ${describeAllow(e.allow, s.identity)}`, `(${e.source})`])));
   lines.push(...conflictLines(s));
+  lines.push(`receive      ${receiveText(s)}`);
   lines.push(s.forwards.length === 0 ? 'forwards     (none)' : 'forwards');
   lines.push(...table(s.forwards.map((f) => ['  ', f.listen, '->', f.to, `(${f.source})`])));
   if (s.tunnels.length === 0) {

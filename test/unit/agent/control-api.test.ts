@@ -32,16 +32,18 @@ describe('control API', () => {
   const calls: Array<{ op: string; args: unknown }> = [];
 
   const handlers: ControlHandlers = {
-    call: async (op, args) => {
+    call: async ({ op, args }) => {
       calls.push({ op, args });
       if (op === 'expose-remove') throw vertexError('NotExposed', 'unexpose web: this agent does not expose it');
       return { op, echo: args };
     },
-    connect: async (args) => {
-      if (args['target'] === 'nobody@b.test:x') throw vertexError('Offline', 'nobody@b.test is offline');
+    open: async (request) => {
+      if (request.op !== 'connect') throw vertexError('BadRequest', `not here: ${request.op}`);
+      const { args } = request;
+      if (args.target === 'nobody@b.test:x') throw vertexError('Offline', 'nobody@b.test is offline');
       const [mine, theirs] = await pairs.pair();
       theirs.pipe(theirs);
-      return { stream: mine, info: { route: 'relay', target: args['target'] } };
+      return { stream: mine, info: { route: 'relay', target: args.target }, framed: args.framed === true };
     },
   };
 
@@ -92,6 +94,8 @@ describe('control API', () => {
     ['an array', '[1]\n', /"code":"BadRequest".*JSON object/],
     ['an unknown op', '{"op":"reboot"}\n', /"code":"BadRequest".*unknown op \\"reboot\\"/],
     ['bad args', '{"op":"status","args":[1]}\n', /"code":"BadRequest".*args must be an object/],
+    ['args of the wrong type', '{"op":"ping","args":{"target":7}}\n', /"code":"BadRequest".*ping: \\"target\\": /],
+    ['args missing', '{"op":"expose-add","args":{"service":"web"}}\n', /"code":"BadRequest".*expose-add: \\"target\\": /],
   ])('refuses %s and closes that connection only', async (_name, line, expected) => {
     expect(await rawExchange(socketPath, line)).toMatch(expected);
     expect(calls).toEqual([]);

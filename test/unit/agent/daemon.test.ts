@@ -255,6 +255,7 @@ describe('agent daemon', () => {
     expect(summary).toEqual({
       exposes: { added: ['new'], removed: ['old'] },
       forwards: { added: [`127.0.0.2:${p2}`], removed: [`127.0.0.1:${p1}`] },
+      receive: 'unchanged',
       needRestart: ['routes'],
     });
     expect(alice.status().exposed.map((e) => e.service)).toEqual(['new']);

@@ -10,6 +10,7 @@ function status(nat?: 'easy' | 'hard' | 'unknown', devices: Partial<AgentStatus[
     server: { state: 'online', server: '127.0.0.1:8788', since: '2026-12-02T10:00:00.000Z', lastError: null },
     reflexive: { tcp: '192.0.2.10:4000', udp: '192.0.2.10:4001', ...(nat ? { nat } : {}) },
     peerListen: '0.0.0.0:4000',
+    receive: null,
     socks: null,
     control: null,
     exposed: [],

@@ -438,3 +438,20 @@ describe('store and metrics keys', () => {
     expect(configError(() => loadAgentConfig(lf('version: 1', 'metrics: {}'), AGENT_FILE)).message).toContain('metrics.listen: missing; expected HOST:PORT');
   });
 });
+
+describe('the agent receive key', () => {
+  it('is off unless written; allow patterns are case-folded, overwrite defaults to false', () => {
+    expect(loadAgentConfig('version: 1\n', AGENT_FILE).receive).toBeUndefined();
+    expect(loadAgentConfig(lf('version: 1', 'receive: { dir: /srv/in, allow: ["*@Example.COM"] }'), AGENT_FILE).receive)
+      .toEqual({ dir: '/srv/in', allow: ['*@example.com'], overwrite: false });
+    expect(loadAgentConfig(lf('version: 1', 'receive:', '  dir: /srv/in', '  overwrite: true'), AGENT_FILE).receive).toEqual({ dir: '/srv/in', overwrite: true });
+  });
+
+  it('names the line and the key of a relative dir, a bad pattern or an unknown key', () => {
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: inbox }'), AGENT_FILE)).message)
+      .toBe(`${AGENT_FILE}:2: receive.dir: expected an absolute path such as /var/lib/vertex/inbox, got "inbox"`);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive:', '  dir: /in', '  allow: [bob]'), AGENT_FILE)).message).toMatch(/:4: receive\.allow\[0\]: invalid allow pattern/);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: /in, ask: true }'), AGENT_FILE)).message).toMatch(/:2: receive\.ask: unknown key; allowed keys here: dir, allow, overwrite/);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: {}'), AGENT_FILE)).message).toMatch(/receive\.dir: missing; expected an absolute path/);
+  });
+});

@@ -1,0 +1,95 @@
+/**
+ * The control API's requests, one zod schema per op, shared by the daemon
+ * (which parses every request with them) and the CLI (whose calls are typed
+ * by them): no `Record<string, unknown>` and casts on either side.
+ *
+ * Ops come in two kinds:
+ *
+ * - calls: one request, one reply line, then the agent closes;
+ * - stream ops (`connect`, `receive`, `receive-accept`): after an ok reply
+ *   the same socket goes on carrying bytes (agent/control-api.ts).
+ *
+ * Values are checked for shape here; names and addresses are checked by the
+ * parsers of q2q/address.ts where they are used, whose messages say more.
+ */
+import { z } from 'zod';
+import { vertexError } from '../q2q/errors';
+
+const text = z.string().min(1);
+const patterns = z.array(z.string().min(1));
+
+export const CONTROL_REQUESTS = {
+  status: z.object({}),
+  'expose-add': z.object({ service: text, target: text, allow: patterns.optional(), replace: z.boolean().optional() }),
+  'expose-remove': z.object({ service: text }),
+  'forward-add': z.object({ listen: text, to: text, replace: z.boolean().optional() }),
+  'forward-remove': z.object({ listen: text }),
+  ping: z.object({ target: text, count: z.number().int().optional() }),
+  /** A tunnel to `target` (user@domain:service); `framed` asks for agent/control-tunnel.ts frames. */
+  connect: z.object({ target: text, timeoutMs: z.number().positive().optional(), framed: z.boolean().optional() }),
+  /**
+   * `vertex receive` through the agent: the agent takes the file-transfer
+   * service for this client (allow: who may send; omitted means the owner)
+   * and, on the same socket, announces each sender as a JSON line
+   * (ReceiveEvent). The client claims each with `receive-accept`.
+   */
+  receive: z.object({ allow: patterns.optional() }),
+  /** Claims an announced incoming transfer: the socket becomes its framed stream. */
+  'receive-accept': z.object({ id: text }),
+} as const;
+
+export type ControlOp = keyof typeof CONTROL_REQUESTS;
+export const CONTROL_OPS = Object.keys(CONTROL_REQUESTS) as ControlOp[];
+export type ControlArgs<Op extends ControlOp> = z.infer<(typeof CONTROL_REQUESTS)[Op]>;
+
+/** Ops after whose ok reply the socket carries bytes instead of closing. */
+export const STREAM_OPS = ['connect', 'receive', 'receive-accept'] as const satisfies readonly ControlOp[];
+export type StreamOp = (typeof STREAM_OPS)[number];
+export type CallOp = Exclude<ControlOp, StreamOp>;
+
+export function isStreamOp(op: ControlOp): op is StreamOp {
+  return (STREAM_OPS as readonly string[]).includes(op);
+}
+
+/** Checks `args` against the op's schema; the message names the first bad key. */
+export function parseControlArgs<Op extends ControlOp>(op: Op, args: unknown): ControlArgs<Op> {
+  const result = CONTROL_REQUESTS[op].safeParse(args ?? {});
+  if (result.success) return result.data as ControlArgs<Op>;
+  const issue = result.error.issues[0];
+  const key = issue && issue.path.length > 0 ? `"${issue.path.join('.')}"` : 'args';
+  throw vertexError('BadRequest', `control request ${op}: ${key}: ${issue?.message ?? 'invalid'}`);
+}
+
+// ---- replies of the stream ops ----
+
+export const TUNNEL_INFO = z.object({
+  target: z.string(),
+  peer: z.string(),
+  device: z.string(),
+  route: z.string(),
+  connectMs: z.number(),
+  framed: z.boolean().optional(),
+});
+/** The ok reply to `connect` and `receive-accept`. */
+export type TunnelInfo = z.infer<typeof TUNNEL_INFO>;
+
+export const RECEIVE_INFO = z.object({
+  address: z.string(),
+  device: z.string(),
+  service: z.string(),
+  allow: z.array(z.string()),
+  /** A `receive:` of agent.yaml that this client stands in for until it leaves, if any. */
+  displaced: z.object({ dir: z.string() }).nullable(),
+});
+/** The ok reply to `receive`. */
+export type ReceiveInfo = z.infer<typeof RECEIVE_INFO>;
+
+/** A line on a `receive` socket: a sender is waiting; `receive-accept` with its id takes the stream. */
+export const RECEIVE_EVENT = z.object({
+  event: z.literal('incoming'),
+  id: z.string(),
+  peer: z.string(),
+  device: z.string(),
+  route: z.string(),
+});
+export type ReceiveEvent = z.infer<typeof RECEIVE_EVENT>;
