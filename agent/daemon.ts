@@ -54,6 +54,8 @@ export interface AgentNode {
    * stored and used from the agent's next start.
    */
   setIdentity?(identity: Identity): void;
+  /** Tries the home server at once (SIGHUP); optional for nodes that cannot. */
+  reconnectNow?(trigger: 'sighup' | 'network'): void;
 }
 
 export type CreateNode = (identity: Identity, options: Q2QOptions) => AgentNode;
@@ -780,6 +782,11 @@ export class AgentDaemon {
     if (!Number.isInteger(count) || count < 1 || count > MAX_PING_COUNT) throw vertexError('Usage', `ping: count must be 1-${MAX_PING_COUNT}`);
     const node = this.#requireNode();
     return pingWith((t) => node.connect(t), targetText, count, this.#clock);
+  }
+
+  /** SIGHUP: reach the home server now rather than after the backoff (issue 13). */
+  reconnectNow(): void {
+    this.#node?.reconnectNow?.('sighup');
   }
 
   // ---- helpers ----

@@ -105,20 +105,22 @@ export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAge
     process.stdout.write(`vertex agent: metrics on http://${formatHostPort({ host: metricsListen.host, port: bound.port })}/metrics\n`);
   }
   const reloadFrom = opts.reloadFrom;
-  if (reloadFrom) {
-    process.on('SIGHUP', () => {
-      let next: AgentConfig;
-      try {
-        next = readAgentConfig(reloadFrom, setup.overrides);
-      } catch (err) {
-        log.error({ err: asVertexError(err).message }, 'reload: config not applied');
-        return;
-      }
-      daemon.reload(next).then(
-        (summary) => process.stdout.write(`vertex agent: reloaded ${reloadFrom}: ${JSON.stringify(summary)}\n`),
-        (err: unknown) => log.error({ err: asVertexError(err).message }, 'reload failed'),
-      );
-    });
-  }
+  // SIGHUP: try the home server at once (a daemon people trust: `systemctl reload`,
+  // or a hook after a network change), and re-read the config when there is a file.
+  process.on('SIGHUP', () => {
+    daemon.reconnectNow();
+    if (!reloadFrom) return;
+    let next: AgentConfig;
+    try {
+      next = readAgentConfig(reloadFrom, setup.overrides);
+    } catch (err) {
+      log.error({ err: asVertexError(err).message }, 'reload: config not applied');
+      return;
+    }
+    daemon.reload(next).then(
+      (summary) => process.stdout.write(`vertex agent: reloaded ${reloadFrom}: ${JSON.stringify(summary)}\n`),
+      (err: unknown) => log.error({ err: asVertexError(err).message }, 'reload failed'),
+    );
+  });
   return daemon;
 }

@@ -86,13 +86,20 @@ function receiveText(s: AgentStatus): string {
   return `into ${r.dir} (allow ${describeAllow(r.allow, s.identity)}${r.overwrite ? ', overwrite' : ''}; from agent.yaml); ${counts}`;
 }
 
+/** While the agent waits to reconnect: when it tries next (`vertex agent` tries at once on SIGHUP). */
+function nextTryText(s: AgentStatus, now: number): string {
+  if (s.server.state === 'online' || !s.server.nextTry) return '';
+  const inMs = Date.parse(s.server.nextTry) - now;
+  return `; next try ${inMs > 0 ? `in ${Math.ceil(inMs / 1000)} s` : 'now'} (${s.server.nextTry}; SIGHUP tries at once)`;
+}
+
 export function formatStatus(s: AgentStatus, now = Date.now()): string {
   const expiresIn = Date.parse(s.certificate.notAfter) - now;
   const lines = [
     `identity     ${s.identity}`,
     `device       ${deviceText(s)}`,
     `certificate  valid until ${s.certificate.notAfter}${expiresIn > 0 ? ` (in ${formatAge(expiresIn)})` : ' (EXPIRED)'}`,
-    `server       ${s.server.state}${s.server.server ? ` ${s.server.server}` : ''} since ${s.server.since}${s.server.lastError ? `; last error: ${s.server.lastError}` : ''}`,
+    `server       ${s.server.state}${s.server.server ? ` ${s.server.server}` : ''} since ${s.server.since}${s.server.lastError ? `; last error: ${s.server.lastError}` : ''}${nextTryText(s, now)}`,
     `reflexive    tcp ${s.reflexive.tcp ?? '-'}, udp ${s.reflexive.udp ?? '-'}${s.reflexive.nat ? `, NAT ${natText(s.reflexive.nat)}` : ''}`,
     `peer listen  ${s.peerListen ?? '-'}`,
     `socks5       ${s.socks ? `${s.socks.listen} (auth ${s.socks.auth}, passthrough ${s.socks.passthrough ? 'on' : 'off'})` : 'off'}`,

@@ -3,8 +3,11 @@
  * by the user's certificate, it puts the exposed services online as one
  * device of the user (`listen`), answers forwarded `inbound` requests, and
  * pings to notice a dead link. When the connection drops it reconnects with
- * exponential backoff and jitter (1 s doubling to 30 s) and listens again,
- * without the caller doing anything.
+ * exponential backoff and jitter (1 s doubling to 4 s, each wait drawn from
+ * 75-100 % of that), so an agent is back within 5 s of its server coming
+ * back (issue 13), and listens again, without the caller doing anything.
+ * While it waits, nextTryAt says when the next attempt is; retryNow() (SIGHUP,
+ * a network change) tries at once.
  *
  * It also keeps what the server says about the user's other devices (the
  * listen answer and `presence` pushes: which devices are online, which shared
@@ -25,10 +28,30 @@ import type { Logger } from '../util/log';
 import type { HomeConnectionState, Identity } from './types';
 
 export const RECONNECT_MIN_MS = 1_000;
-export const RECONNECT_MAX_MS = 30_000;
+/**
+ * The longest wait between attempts. Jitter only shortens a wait (75-100 %), so the agent
+ * tries at least every 4 s and is online within 5 s of its server coming back. Several
+ * thousand agents of a domain then try about 1,000 times a second while its server is
+ * down, each attempt one TCP connect (refused) or one TLS handshake.
+ */
+export const RECONNECT_MAX_MS = 4_000;
+/** Why an attempt to reach the home server was made (shown in status). */
+export type TryTrigger = 'start' | 'backoff' | 'sighup' | 'network';
 /** A NAT or firewall forgets an idle TCP flow after minutes; a ping every 25 s keeps it and shows a dead link. */
 export const KEEPALIVE_INTERVAL_MS = 25_000;
 export const KEEPALIVE_TIMEOUT_MS = 10_000;
+
+/** How long a link check after SIGHUP or a network change waits for the server's answer. */
+const RETRY_PING_TIMEOUT_MS = 3_000;
+
+/**
+ * The wait before reconnect attempt `attempt` (0-based): 1 s doubling to RECONNECT_MAX_MS,
+ * times 0.75-1.0 from `random` in [0, 1), so no wait exceeds RECONNECT_MAX_MS.
+ */
+export function reconnectDelay(attempt: number, random: number): number {
+  const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempt, 30));
+  return Math.round(base * (0.75 + 0.25 * random));
+}
 
 export interface HomeSessionOptions {
   identity: Identity;
@@ -88,6 +111,10 @@ export class HomeSession extends EventEmitter {
   #attempt = 0;
   #stopped = true;
   #retryTimer: NodeJS.Timeout | null = null;
+  #nextTryAt: Date | null = null;
+  /** retryNow() came during an attempt: if it fails, try again at once with this trigger. */
+  #retryAfterAttempt: 'sighup' | 'network' | null = null;
+  #lastTry: { at: Date; trigger: TryTrigger } | null = null;
   #pingTimer: NodeJS.Timeout | null = null;
   #presence: Presence = NO_PRESENCE;
   /** Set while a newer session of this device holds it: listens only with takeover "0" until one succeeds. */
@@ -108,6 +135,10 @@ export class HomeSession extends EventEmitter {
   get presence(): Presence { return this.#presence; }
   /** HOST:PORT of the newer session that replaced this device's, while that is why it is offline. */
   get replacedBy(): string | null { return this.#replacedBy; }
+  /** When the next attempt is due, while waiting to reconnect; null otherwise. */
+  get nextTryAt(): Date | null { return this.#nextTryAt; }
+  /** The latest attempt to reach the server, and what started it. */
+  get lastTry(): { at: Date; trigger: TryTrigger } | null { return this.#lastTry; }
   get server(): string | null {
     return this.#connection ? `${this.#connection.endpoint.host}:${this.#connection.endpoint.port}` : null;
   }
@@ -116,7 +147,37 @@ export class HomeSession extends EventEmitter {
   async start(): Promise<void> {
     this.#stopped = false;
     this.#replacedBy = null;
-    await this.#connect();
+    await this.#connect('start');
+  }
+
+  /**
+   * Tries at once instead of waiting for the backoff (SIGHUP, a network change). While
+   * online, checks the link with a ping instead: after a network change the old TCP flow
+   * may be dead without a word, and a failed ping reconnects. An attempt under way is left
+   * to finish.
+   */
+  retryNow(trigger: 'sighup' | 'network'): void {
+    if (this.#stopped) return;
+    if (this.#state === 'connecting') {
+      // An attempt is under way (perhaps on the old network): if it fails, the next one
+      // starts at once rather than after the backoff.
+      this.#retryAfterAttempt = trigger;
+      return;
+    }
+    const connection = this.#connection;
+    if (this.#state === 'online' && connection) {
+      connection.call(COMMANDS.ping, {}, { timeoutMs: RETRY_PING_TIMEOUT_MS }).catch(() => {
+        this.#opts.log.info({ trigger }, 'home server did not answer a ping after a network change; reconnecting');
+        connection.socket.destroy();
+      });
+      return;
+    }
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#nextTryAt = null;
+    this.#attempt = 0;
+    this.#opts.log.info({ trigger }, 'reconnecting to the home server now');
+    void this.#connect(trigger);
   }
 
   #setState(state: HomeConnectionState): void {
@@ -126,8 +187,10 @@ export class HomeSession extends EventEmitter {
     this.emit('state', state);
   }
 
-  async #connect(): Promise<void> {
+  async #connect(trigger: TryTrigger): Promise<void> {
     if (this.#stopped) return;
+    this.#nextTryAt = null;
+    this.#lastTry = { at: new Date(), trigger };
     this.#setState('connecting');
     let connection: ServerConnection;
     try {
@@ -182,6 +245,7 @@ export class HomeSession extends EventEmitter {
       return;
     }
     this.#attempt = 0;
+    this.#retryAfterAttempt = null;
     this.#lastError = null;
     this.#setState('online');
     this.#opts.log.info({ server: this.server }, 'home server session online');
@@ -192,12 +256,21 @@ export class HomeSession extends EventEmitter {
     this.#lastError = reason;
     this.#setState('offline');
     if (this.#stopped) return;
-    const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** this.#attempt);
-    const jitter = 0.8 + 0.4 * (this.#opts.random ?? Math.random)();
-    const delay = Math.round(base * jitter);
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    const asked = this.#retryAfterAttempt;
+    this.#retryAfterAttempt = null;
+    if (asked !== null) {
+      this.#retryTimer = null;
+      this.#attempt = 0;
+      this.#opts.log.info({ reason, trigger: asked }, 'home server session down; reconnecting now');
+      setImmediate(() => void this.#connect(asked));
+      return;
+    }
+    const delay = reconnectDelay(this.#attempt, (this.#opts.random ?? Math.random)());
     this.#attempt += 1;
+    this.#nextTryAt = new Date(Date.now() + delay);
     this.#opts.log.info({ reason, retryInMs: delay }, 'home server session down; reconnecting');
-    this.#retryTimer = setTimeout(() => { this.#retryTimer = null; void this.#connect(); }, delay);
+    this.#retryTimer = setTimeout(() => { this.#retryTimer = null; void this.#connect('backoff'); }, delay);
     this.#retryTimer.unref();
   }
 
@@ -289,6 +362,8 @@ export class HomeSession extends EventEmitter {
   stop(): void {
     this.#stopped = true;
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#nextTryAt = null;
     this.#stopPing();
     const connection = this.#connection;
     this.#connection = null;

@@ -71,6 +71,15 @@ const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
  */
 const PTCP_PEER_TUNABLES = {} as const;
 const MAX_CANDIDATES = 16;
+/** How often the interface addresses are compared to notice a network change. */
+const NETWORK_CHECK_MS = 2_000;
+
+/** The machine's non-internal interface addresses, as one comparable string. */
+function addressSet(): string {
+  return Object.values(os.networkInterfaces()).flat()
+    .filter((i): i is os.NetworkInterfaceInfo => !!i && !i.internal)
+    .map((i) => i.address).sort().join(',');
+}
 /** A reflexive UDP address is re-learned after this long (NAT mappings change). */
 const REFLEXIVE_TTL_MS = 60_000;
 /**
@@ -172,6 +181,7 @@ export class Q2QNode extends EventEmitter {
   readonly #domain: string;
   readonly #device: string;
   #home: HomeSession | null = null;
+  #netTimer: NodeJS.Timeout | null = null;
   #peerServer: net.Server | null = null;
   #peerPort: number | null = null;
   #ptcp: Promise<PtcpSocket> | null = null;
@@ -259,10 +269,36 @@ export class Q2QNode extends EventEmitter {
     this.#home.on('presence', (presence) => this.emit('presence', presence));
     this.#home.on('replaced', (by) => this.emit('replaced', by));
     await this.#home.start();
+    this.#watchNetwork();
     if (this.#routes.includes('ptcp')) {
       this.#refreshTimer = setInterval(() => void this.#refreshReflexive(), REFLEXIVE_REFRESH_MS);
       this.#refreshTimer.unref();
     }
+  }
+
+  /**
+   * Tries the home server at once instead of waiting for the backoff (the agent's SIGHUP).
+   * While online it checks the link with a ping.
+   */
+  reconnectNow(trigger: 'sighup' | 'network' = 'sighup'): void {
+    this.#home?.retryNow(trigger);
+  }
+
+  /**
+   * A network change (an interface address came or went: a new Wi-Fi, a VPN, a resumed
+   * laptop) is noticed by comparing the address set every NETWORK_CHECK_MS, which costs
+   * one getifaddrs; the home session then tries at once (issue 13).
+   */
+  #watchNetwork(): void {
+    let before = addressSet();
+    this.#netTimer = setInterval(() => {
+      const now = addressSet();
+      if (now === before) return;
+      this.#log.info({ before, now }, 'network change: reconnecting to the home server now');
+      before = now;
+      this.#home?.retryNow('network');
+    }, NETWORK_CHECK_MS);
+    this.#netTimer.unref();
   }
 
   async #refreshReflexive(): Promise<void> {
@@ -788,6 +824,8 @@ export class Q2QNode extends EventEmitter {
         server: this.#home?.server ?? null,
         since: (this.#home?.since ?? new Date()).toISOString(),
         lastError: this.#home?.lastError ?? null,
+        nextTry: this.#home?.nextTryAt?.toISOString() ?? null,
+        lastTry: ((t) => (t ? { at: t.at.toISOString(), trigger: t.trigger } : null))(this.#home?.lastTry ?? null),
       },
       reflexive: {
         tcp: this.#home?.reflexiveTcp ?? null,
@@ -804,6 +842,8 @@ export class Q2QNode extends EventEmitter {
     this.#watch.stop();
     if (this.#refreshTimer) clearInterval(this.#refreshTimer);
     this.#refreshTimer = null;
+    if (this.#netTimer) clearInterval(this.#netTimer);
+    this.#netTimer = null;
     this.#home?.stop();
     this.#pool.closeAll();
     for (const token of [...this.#pending.keys()]) this.#forget(token);

@@ -118,7 +118,13 @@ export interface NodeStatus {
    */
   devices: { online: string[]; conflicts: Conflict[]; moreConflicts: number; replacedBy: string | null };
   certificateNotAfter: string;
-  home: { state: HomeConnectionState; server: string | null; since: string; lastError: string | null };
+  home: {
+    state: HomeConnectionState; server: string | null; since: string; lastError: string | null;
+    /** While offline: when the next attempt to reach the server is due (ISO time). */
+    nextTry?: string | null;
+    /** The latest attempt, and what started it: start, backoff, sighup or network. */
+    lastTry?: { at: string; trigger: string } | null;
+  };
   /** nat: the UDP mapping behaviour (q2q/negotiate/nat-type.ts); absent where a node cannot tell. */
   reflexive: { tcp: string | null; udp: string | null; nat?: 'easy' | 'hard' | 'unknown' };
   services: Array<{ service: string; allow: readonly string[] }>;
