@@ -115,6 +115,7 @@ export class HomeSession extends EventEmitter {
   /** retryNow() came during an attempt: if it fails, try again at once with this trigger. */
   #retryAfterAttempt: 'sighup' | 'network' | null = null;
   #lastTry: { at: Date; trigger: TryTrigger } | null = null;
+  readonly #tries: Record<TryTrigger, number> = { start: 0, backoff: 0, sighup: 0, network: 0 };
   #pingTimer: NodeJS.Timeout | null = null;
   #presence: Presence = NO_PRESENCE;
   /** Set while a newer session of this device holds it: listens only with takeover "0" until one succeeds. */
@@ -139,6 +140,8 @@ export class HomeSession extends EventEmitter {
   get nextTryAt(): Date | null { return this.#nextTryAt; }
   /** The latest attempt to reach the server, and what started it. */
   get lastTry(): { at: Date; trigger: TryTrigger } | null { return this.#lastTry; }
+  /** Attempts so far, by what started them. */
+  get tries(): Readonly<Record<TryTrigger, number>> { return { ...this.#tries }; }
   get server(): string | null {
     return this.#connection ? `${this.#connection.endpoint.host}:${this.#connection.endpoint.port}` : null;
   }
@@ -191,6 +194,7 @@ export class HomeSession extends EventEmitter {
     if (this.#stopped) return;
     this.#nextTryAt = null;
     this.#lastTry = { at: new Date(), trigger };
+    this.#tries[trigger] += 1;
     this.#setState('connecting');
     let connection: ServerConnection;
     try {

@@ -826,6 +826,7 @@ export class Q2QNode extends EventEmitter {
         lastError: this.#home?.lastError ?? null,
         nextTry: this.#home?.nextTryAt?.toISOString() ?? null,
         lastTry: ((t) => (t ? { at: t.at.toISOString(), trigger: t.trigger } : null))(this.#home?.lastTry ?? null),
+        tries: { ...(this.#home?.tries ?? {}) },
       },
       reflexive: {
         tcp: this.#home?.reflexiveTcp ?? null,

@@ -124,6 +124,8 @@ export interface NodeStatus {
     nextTry?: string | null;
     /** The latest attempt, and what started it: start, backoff, sighup or network. */
     lastTry?: { at: string; trigger: string } | null;
+    /** Attempts so far by what started them (start, backoff, sighup, network). */
+    tries?: Record<string, number>;
   };
   /** nat: the UDP mapping behaviour (q2q/negotiate/nat-type.ts); absent where a node cannot tell. */
   reflexive: { tcp: string | null; udp: string | null; nat?: 'easy' | 'hard' | 'unknown' };
