@@ -290,9 +290,10 @@ export class Q2QNode extends EventEmitter {
    * one getifaddrs; the home session then tries at once (issue 13).
    */
   #watchNetwork(): void {
-    let before = addressSet();
+    const current = this.#opts.networkAddresses ?? addressSet;
+    let before = current();
     this.#netTimer = setInterval(() => {
-      const now = addressSet();
+      const now = current();
       if (now === before) return;
       this.#log.info({ before, now }, 'network change: reconnecting to the home server now');
       before = now;

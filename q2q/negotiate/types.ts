@@ -98,6 +98,11 @@ export interface Q2QOptions {
    * @internal Tests only: replaces the sanity check on where a listener sends punch
    * probes (probe-targets.ts punchTargets), to show that a test catches its absence.
    */
+  /**
+   * @internal Tests only: the machine's interface addresses as one string, in place of
+   * os.networkInterfaces(), so a test can change "the network" and see the node react.
+   */
+  networkAddresses?: () => string;
   punchTargetPolicy?: (candidates: ReadonlyArray<{ host: string; port: number }>, local: { addresses: readonly string[]; broadcasts: readonly string[] }) => Array<{ host: string; port: number }>;
 }
 

@@ -9,6 +9,8 @@ import * as fs from 'node:fs';
 import { startServer, stopAll, type ServerHandle } from '../../helpers/cli';
 import { startWorld, type World } from '../../helpers/q2q-world';
 import type { AgentStatus } from '../../../agent/daemon';
+import { listenQ2Q } from '../../../q2q';
+import type { Q2QNode } from '../../../q2q/negotiate/node';
 import { startAgent, until, type AgentHandle } from './helpers';
 
 describe('agent reconnect to its home server', () => {
@@ -82,4 +84,43 @@ describe('agent reconnect to its home server', () => {
     expect(online.server.nextTry ?? null).toBeNull();
     expect(online.server.lastError).toBeNull();
   }, 90_000);
+});
+
+describe('a node notices a network change', () => {
+  let world: World;
+  let node: Q2QNode | null = null;
+  const dirs: string[] = [];
+
+  beforeAll(async () => {
+    world = await startWorld();
+  });
+
+  afterAll(async () => {
+    await node?.stop();
+    await stopAll();
+    for (const d of [...dirs, world?.a.dataDir, world?.b.dataDir]) if (d) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('tries its home server at once when the interface addresses change, and only checks the link while online', async () => {
+    const bob = await world.user('bob@b.test');
+    dirs.push(bob.home.dir);
+    let addresses = '192.0.2.10';
+    node = await listenQ2Q(bob.identity, {}, bob.options({ networkAddresses: () => addresses, routes: ['tcp'] }));
+    const home = (): NonNullable<ReturnType<Q2QNode['status']>['home']> => (node as Q2QNode).status().home;
+    await until('online', () => (home().state === 'online' ? true : undefined));
+
+    // Online: a change checks the link (a ping), which the live server answers: no new attempt.
+    // (A settle for an absence: one address check is 2 s away; load can only hide a bug here.)
+    addresses = '192.0.2.10,198.51.100.7';
+    await new Promise((r) => setTimeout(r, 2_500));
+    expect(home().state).toBe('online');
+    expect(home().tries?.network ?? 0).toBe(0);
+
+    // Offline and waiting: a change makes it try at once.
+    await world.b.proc.stop('SIGKILL');
+    await until('offline, waiting', () => (home().state === 'offline' && home().nextTry ? true : undefined));
+    expect(home().tries?.network ?? 0).toBe(0);
+    addresses = '203.0.113.9';
+    await until('an attempt started by the network change', () => ((home().tries?.network ?? 0) >= 1 ? true : undefined));
+  }, 60_000);
 });
