@@ -19,7 +19,12 @@ import { describeWithTools, TOOLS } from '../../helpers/system-tools';
 const ROOT = path.resolve(__dirname, '../../..');
 const SYSTEMD_DIR = path.join(ROOT, 'systemd');
 const VERTEX_BIN = path.join(ROOT, 'bin', 'vertex');
-const INSTALLED_BIN = '/usr/bin/vertex';
+/**
+ * The units name the bare command: systemd looks it up in its fixed search
+ * path (/usr/local/bin, /usr/bin, ...), which covers `npm install -g` under
+ * either usual prefix.
+ */
+const INSTALLED_BIN = 'vertex';
 const VERIFY_TIMEOUT_MS = 30_000;
 
 interface UnitFile {
@@ -69,7 +74,7 @@ function readUnit(file: string): string {
   return fs.readFileSync(path.join(SYSTEMD_DIR, file), 'utf8');
 }
 
-/** The unit with /usr/bin/vertex replaced by this checkout's launcher. */
+/** The unit with `vertex` replaced by this checkout's launcher. */
 function forThisCheckout(text: string): string {
   return text.split(`=${INSTALLED_BIN} `).join(`=${VERTEX_BIN} `);
 }
