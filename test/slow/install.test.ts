@@ -88,7 +88,7 @@ describeWithTools('npm pack, a global install in a scratch prefix, and the units
     ok(r, 'npm install -g');
 
     const bin = path.join(prefix, 'bin');
-    const found = ok(run('sh', ['-c', 'command -v vertex && vertex --version'], { cwd: work, env: { PATH: `${bin}:${process.env['PATH'] ?? ''}` } })).trim().split('\n');
+    const found = ok(run('sh', ['-c', 'command -v vertex && vertex --version'], { cwd: work, env: { PATH: `${bin}:${process.env['PATH'] ?? ''}` } }), 'vertex on PATH').trim().split('\n');
     expect(found[0]).toBe(path.join(bin, 'vertex'));
     expect(found[1]).toContain(PKG.version);
     // The native module was built for this Node: the identity server's store works.
