@@ -29,6 +29,7 @@ import { FORWARD_LISTEN, formatHostPort, parseHostPort, type AgentConfig, type H
 import { ControlApi, type CallRequest, type OpenedStream, type StreamRequest } from './control-api';
 import type { ReceiveEvent, ReceiveInfo, TunnelInfo as ControlTunnelInfo } from './control-protocol';
 import { FILE_TRANSFER_SERVICE } from './file-transfer';
+import { planReload, type EntrySource } from './reload-plan';
 import { AgentReceiver, type ReceiveChange, type ReceiveStatus } from './receive-service';
 import { parseAllowPattern } from '../config/schema';
 import type { RuntimeState, RuntimeStateStore } from './runtime-state';
@@ -100,7 +101,7 @@ export const INCOMING_CLAIM_MS = 30_000;
 /** A passthrough dial to an ordinary host gives up after this long. */
 export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
-export type EntrySource = 'config' | 'cli';
+export type { EntrySource };
 
 export interface ExposeSpec {
   service: string;
@@ -548,23 +549,18 @@ export class AgentDaemon {
   async reload(next: AgentConfig): Promise<ReloadSummary> {
     this.#requireRunning();
     const prev = this.#config;
-    const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, receive: 'unchanged', needRestart: [] };
-    for (const key of ['identity', 'device', 'socks', 'domains', 'routes', 'ports', 'control', 'log', 'relayDelayMs', 'peerListen', 'advertise'] as const) {
-      if (JSON.stringify(prev[key]) !== JSON.stringify(next[key])) summary.needRestart.push(key);
-    }
+    const plan = planReload(prev, next, {
+      exposes: [...this.#exposes.values()],
+      forwards: [...this.#forwards.values()].map((f) => ({ key: f.key, to: f.to, source: f.source })),
+      defaultAllow: this.#defaultAllow(),
+    });
+    const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, receive: 'unchanged', needRestart: plan.needRestart };
 
-    const wantedExposes = new Map(next.expose.map((e) => [e.service, e]));
-    for (const entry of [...this.#exposes.values()]) {
-      if (entry.source === 'config' && !wantedExposes.has(entry.service)) {
-        this.removeExpose(entry.service);
-        summary.exposes.removed.push(entry.service);
-      }
+    for (const service of plan.exposes.remove) {
+      this.removeExpose(service);
+      summary.exposes.removed.push(service);
     }
-    for (const wanted of next.expose) {
-      const current = this.#exposes.get(wanted.service);
-      // A runtime entry replaced this one on purpose (--replace) and keeps it replaced.
-      if (current && current.source === 'cli') continue;
-      if (current && current.source === 'config' && sameExpose(current, wanted, this.#defaultAllow())) continue;
+    for (const wanted of plan.exposes.apply) {
       try {
         this.#expose(wanted, 'config');
         summary.exposes.added.push(wanted.service);
@@ -573,18 +569,15 @@ export class AgentDaemon {
       }
     }
 
-    const wantedForwards = new Map(next.forwards.map((f) => [formatHostPort(f.listen), f]));
-    for (const entry of [...this.#forwards.values()]) {
-      const wanted = wantedForwards.get(entry.key);
-      const keep = entry.source === 'config' ? wanted !== undefined && wanted.to === entry.to : true;
-      if (!keep) {
-        this.#forwards.delete(entry.key);
-        await entry.listener.stop();
-        summary.forwards.removed.push(entry.listener.address ? formatHostPort(entry.listener.address) : entry.key);
-      }
+    for (const key of plan.forwards.remove) {
+      const entry = this.#forwards.get(key);
+      if (!entry) continue;
+      this.#forwards.delete(key);
+      await entry.listener.stop();
+      summary.forwards.removed.push(entry.listener.address ? formatHostPort(entry.listener.address) : key);
     }
-    for (const [key, wanted] of wantedForwards) {
-      if (this.#forwards.has(key)) continue;
+    for (const wanted of plan.forwards.add) {
+      const key = formatHostPort(wanted.listen);
       try {
         const listener = await this.#addForward(wanted, 'config');
         // The bound address: the port the system chose for a port-0 entry.
@@ -832,10 +825,6 @@ export async function pingWith(connect: (target: string) => Promise<Q2QStream>, 
   return { target, peer: s.peer, device: s.device, route: s.route, connectMs: s.connectMs, kind: 'connect', rttMs: times };
 }
 
-function sameExpose(entry: ExposeEntry, wanted: AgentConfig['expose'][number], defaultAllow: readonly string[]): boolean {
-  const allow = wanted.allow && wanted.allow.length > 0 ? wanted.allow : defaultAllow;
-  return formatHostPort(entry.target) === formatHostPort(wanted.target) && JSON.stringify([...entry.allow]) === JSON.stringify([...allow]);
-}
 
 function connectDirect(host: string, port: number): Promise<net.Socket> {
   return connectLocal({ host, port }, PASSTHROUGH_CONNECT_TIMEOUT_MS).catch((err: unknown) => {
