@@ -28,10 +28,14 @@ class ServerTrustFile implements CaTrust {
   readonly #caDir: string;
   readonly #checkName: (domain: string) => string;
 
-  constructor(dataDir: string, checkName: (domain: string) => string = parseDomain) {
+  readonly #unsafeOld: boolean;
+
+  /** `unsafeOld` (tests only): raw names and the old cache read, issue 11's forbidden behaviour. */
+  constructor(dataDir: string, unsafeOld = false) {
     this.#file = path.join(dataDir, KNOWN_DOMAINS_FILE);
     this.#caDir = path.join(dataDir, 'foreign-ca');
-    this.#checkName = checkName;
+    this.#unsafeOld = unsafeOld;
+    this.#checkName = unsafeOld ? (d) => d.toLowerCase() : parseDomain;
   }
 
   /** Every path below is built from a checked domain name, never from raw input (defence in depth). */
@@ -52,6 +56,9 @@ class ServerTrustFile implements CaTrust {
   cached(domain: string): string | null {
     const file = this.#caFile(domain);
     if (!fs.existsSync(file)) return null;
+    // No pin (an operator removed the line after CaChanged): the copy is stale; fetch afresh.
+    const text = fs.existsSync(this.#file) ? fs.readFileSync(this.#file, 'utf8') : '';
+    if (!this.#unsafeOld && !parseKnownDomains(text, this.#file).has(domain.toLowerCase())) return null;
     const pem = fs.readFileSync(file, 'utf8');
     // Re-check the pin: the cached file is only a copy of what known_domains vouches for.
     this.pinDomainCa(domain, pem);
@@ -110,7 +117,7 @@ export class Federation {
 
   constructor(opts: FederationOptions) {
     this.#unsafe = opts.unsafeForTests ?? {};
-    this.#trust = new ServerTrustFile(opts.dataDir, this.#unsafe.rawNames ? (d) => d.toLowerCase() : parseDomain);
+    this.#trust = new ServerTrustFile(opts.dataDir, this.#unsafe.rawNames === true);
     this.#resolve = opts.resolve;
     this.#log = opts.log;
     this.#allow = opts.allow ? new Set(opts.allow.map((d) => parseDomain(d))) : null;

@@ -49,7 +49,12 @@ const READY: ReadonlyArray<{ block: RegExp; printed: RegExp }> = [
 const children: ChildProcess[] = [];
 
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+  // Each child leads its own process group (detached): bash and whatever it started go together.
+  await Promise.all(children.map((c) => new Promise<void>((resolve) => {
+    if (c.exitCode !== null || c.signalCode !== null || c.pid === undefined) return resolve();
+    c.once('exit', () => resolve());
+    try { process.kill(-c.pid, 'SIGTERM'); } catch { resolve(); }
+  })));
   await stopAll();
 });
 
@@ -78,7 +83,7 @@ describe('README: two domains, step by step', () => {
     };
 
     // One shell for the run blocks, as a reader's own terminal.
-    const shell = spawn('bash', ['--norc', '--noprofile'], { cwd: dir, env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const shell = spawn('bash', ['--norc', '--noprofile'], { cwd: dir, env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     children.push(shell);
     let shellOut = '';
     shell.stdout.on('data', (d: Buffer) => { shellOut += d.toString(); });
@@ -102,7 +107,7 @@ describe('README: two domains, step by step', () => {
 
     const terminals: Array<{ text: string; output: () => string }> = [];
     const startTerminal = async (text: string, original: string): Promise<void> => {
-      const child = spawn('bash', ['-c', text], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn('bash', ['-c', text], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       children.push(child);
       let output = '';
       const waiters = new Set<() => void>();
@@ -128,14 +133,20 @@ describe('README: two domains, step by step', () => {
       for (const { block, printed } of READY) if (block.test(original)) await waitFor(printed);
     };
 
-    for (const block of blocks) {
-      const text = substitute(block.text);
-      if (block.kind === 'terminal') {
-        await startTerminal(text, block.text);
-        continue;
+    try {
+      for (const block of blocks) {
+        const text = substitute(block.text);
+        if (block.kind === 'terminal') {
+          await startTerminal(text, block.text);
+          continue;
+        }
+        const output = await runInShell(text);
+        for (const m of block.text.matchAll(/^# prints: (.*)$/gm)) expect(output).toContain(m[1]);
       }
-      const output = await runInShell(text);
-      for (const m of block.text.matchAll(/^# prints: (.*)$/gm)) expect(output).toContain(m[1]);
+    } catch (err) {
+      // What each terminal printed is what a reader would look at next.
+      const logs = terminals.map((t) => `--- ${t.text}\n${t.output().slice(-4000)}`).join('\n');
+      throw new Error(`${(err as Error).message}\n${logs}`);
     }
     // The README's own federation claim: b.test's server pinned a.test's CA, found through federation.servers.
     expect(fs.readFileSync(path.join(dir, 'b-data', 'known_domains'), 'utf8')).toMatch(/^a\.test SHA256:/m);
