@@ -67,6 +67,10 @@ const STORE_WORK: Readonly<Record<string, string>> = {
   revokeCertificate: 'record the revocation',
   createInvite: 'store the invitation',
   consumeInvite: 'use the invitation',
+  // Rate-limit counters are written before any account is: on a full disk they fail first.
+  takeRateLimit: 'write to its account store',
+  releaseRateLimit: 'write to its account store',
+  pruneRateLimits: 'write to its account store',
 };
 
 /**
