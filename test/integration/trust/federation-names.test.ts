@@ -18,6 +18,9 @@ import { createServerResolver } from '../../../q2q/control/discovery';
 import { generateKeyPair, importSigningKeys } from '../../../q2q/identity/keys';
 import { OID, x509 } from '../../../q2q/identity/x509';
 import { IdentityServer } from '../../../server/identity-server';
+import { Federation } from '../../../server/federation';
+import { createCsr, issueUserCertificate } from '../../../q2q/identity';
+import { silentLogger } from '../../../q2q/util/log';
 import { startServer, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { listenOnPort0, refusedPort, untilTrue } from '../../helpers/net';
 
@@ -199,5 +202,51 @@ describe('federation with names chosen by unauthenticated clients (issue 11, ite
     } finally {
       await unsafe.stop();
     }
+  });
+});
+
+describe('a foreign CA that changed, after the operator removes its pin', () => {
+  /** An in-process b.test server with a fresh CA, and a certificate it signed for bob. */
+  async function domainB(): Promise<{ server: IdentityServer; port: number; bobCert: string }> {
+    const dataDir = tempDir('b-data');
+    const server = new IdentityServer({
+      domains: ['b.test'], listen: { host: '127.0.0.1', port: 0 }, dataDir, registration: 'open', certificateLifetimeMs: 3_600_000,
+      limits: { maxConnections: 100, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
+      relay: { enabled: false, maxStreams: 10, perUserRate: 0 },
+    });
+    const { port } = await server.start();
+    const caKeyPem = fs.readFileSync(path.join(dataDir, 'ca', 'b.test', 'key.pem'), 'utf8');
+    const caCertPem = fs.readFileSync(path.join(dataDir, 'ca', 'b.test', 'cert.pem'), 'utf8');
+    const key = (await generateKeyPair()).privateKeyPem;
+    const { certPem } = await issueUserCertificate({ caCertPem, caKeyPem, csrPem: await createCsr('bob@b.test', key), expectedAddress: 'bob@b.test', lifetimeMs: 3_600_000 });
+    return { server, port, bobCert: certPem };
+  }
+
+  async function run(unsafeForTests?: { rawNames: boolean }): Promise<'accepted' | string> {
+    const b1 = await domainB();
+    let bPort = b1.port;
+    const fedDir = tempDir('fed');
+    const federation = new Federation({
+      dataDir: fedDir, log: silentLogger, localDomains: ['a.test'],
+      resolve: async () => [{ host: '127.0.0.1', port: bPort, via: 'override' }],
+      ...(unsafeForTests && { unsafeForTests }),
+    });
+    await federation.authenticate(b1.bobCert, 'b.test', 'bob@b.test');
+    await b1.server.stop();
+    // b.test's operator starts over with a new CA; a.test's operator accepts it by removing the pin.
+    const b2 = await domainB();
+    bPort = b2.port;
+    try {
+      const known = path.join(fedDir, 'known_domains');
+      fs.writeFileSync(known, fs.readFileSync(known, 'utf8').split('\n').filter((l) => !l.startsWith('b.test ')).join('\n'));
+      return await federation.authenticate(b2.bobCert, 'b.test', 'bob@b.test').then(() => 'accepted', (err: Error) => err.message);
+    } finally {
+      await b2.server.stop();
+    }
+  }
+
+  it('fetches and pins the new CA instead of re-pinning the stale copy; the old behaviour would not', async () => {
+    expect(await run()).toBe('accepted');
+    expect(await run({ rawNames: true })).toMatch(/not signed by the ca of b\.test/);
   });
 });
