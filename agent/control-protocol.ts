@@ -60,6 +60,43 @@ export function parseControlArgs<Op extends ControlOp>(op: Op, args: unknown): C
   throw vertexError('BadRequest', `control request ${op}: ${key}: ${issue?.message ?? 'invalid'}`);
 }
 
+// ---- replies of the calls ----
+
+/*
+ * Loose objects: a newer agent may add fields, and an older CLI passes them
+ * on (--json) instead of dropping them; what the CLI reads is checked.
+ */
+export const CONTROL_RESULTS = {
+  'expose-add': z.looseObject({
+    address: z.string(),
+    target: z.string(),
+    allow: z.array(z.string()),
+    replaced: z.looseObject({ target: z.string(), allow: z.array(z.string()) }).optional(),
+  }),
+  'expose-remove': z.looseObject({ service: z.string(), fromConfig: z.boolean() }),
+  'forward-add': z.looseObject({ listen: z.string(), to: z.string(), replaced: z.looseObject({ to: z.string() }).optional() }),
+  'forward-remove': z.looseObject({ listen: z.string() }),
+  ping: z.looseObject({
+    target: z.string(),
+    peer: z.string(),
+    device: z.string(),
+    route: z.string(),
+    connectMs: z.number(),
+    kind: z.enum(['echo', 'connect']),
+    rttMs: z.array(z.number()),
+  }),
+} as const;
+export type ResultOp = keyof typeof CONTROL_RESULTS;
+export type ControlResult<Op extends ResultOp> = z.infer<(typeof CONTROL_RESULTS)[Op]>;
+
+/** Checks an agent's reply; a reply of the wrong shape is BadRequest naming the first bad key. */
+export function parseControlResult<Op extends ResultOp>(op: Op, value: unknown): ControlResult<Op> {
+  const result = CONTROL_RESULTS[op].safeParse(value);
+  if (result.success) return result.data as ControlResult<Op>;
+  const issue = result.error.issues[0];
+  throw vertexError('BadRequest', `agent reply to ${op}: ${issue && issue.path.length > 0 ? `"${issue.path.join('.')}": ` : ''}${issue?.message ?? 'invalid'}`);
+}
+
 // ---- replies of the stream ops ----
 
 export const TUNNEL_INFO = z.object({

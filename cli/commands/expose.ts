@@ -4,6 +4,7 @@
  * `--remove` takes it away); without one, this command runs it in the
  * foreground until Ctrl-C.
  */
+import { parseControlResult } from '../../agent/control-protocol';
 import type { Argv, CommandModule } from 'yargs';
 import { parseService } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
@@ -36,7 +37,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
       if (args.target !== undefined) throw vertexError('Usage', 'expose --remove SERVICE takes no target');
       const reply = await callRunningAgent(args, 'expose-remove', { service });
       if (!reply.agent) throw vertexError('Usage', `expose --remove ${service}: ${noAgentMessage(reply.looked)}`);
-      const r = reply.result as { fromConfig?: boolean };
+      const r = parseControlResult('expose-remove', reply.result);
       const note = r.fromConfig ? '; it is in agent.yaml and comes back at the next start: delete it there to remove it for good' : '';
       printResult(args.json, `no longer exposing ${service}${note}`, { service, removed: true, fromConfig: Boolean(r.fromConfig) });
       return;
@@ -47,7 +48,7 @@ export const exposeCommand: CommandModule<GlobalArgs, ExposeArgs> = {
     const allow = args.allow?.length ? args.allow : undefined;
     const reply = await callRunningAgent(args, 'expose-add', { service, target, ...(allow && { allow }), replace: Boolean(args.replace) });
     if (reply.agent) {
-      const r = reply.result as { address: string; target: string; allow: string[]; replaced?: { target: string; allow: string[] } };
+      const r = parseControlResult('expose-add', reply.result);
       const owner = r.address.slice(0, r.address.lastIndexOf(':'));
       const was = r.replaced
         ? `; replaced -> ${r.replaced.target}, ${allow ? `allow was ${describeAllow(r.replaced.allow, owner)}` : 'allow list kept'}`

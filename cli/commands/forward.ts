@@ -4,6 +4,7 @@
  * added there (and `--remove` takes it away); without one, this command
  * runs it in the foreground until Ctrl-C.
  */
+import { parseControlResult } from '../../agent/control-protocol';
 import type { Argv, CommandModule } from 'yargs';
 import { formatServiceAddress, parseServiceAddress } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
@@ -41,7 +42,7 @@ export const forwardCommand: CommandModule<GlobalArgs, ForwardArgs> = {
     const to = formatServiceAddress(parseServiceAddress(args.to));
     const reply = await callRunningAgent(args, 'forward-add', { listen, to, replace: Boolean(args.replace) });
     if (reply.agent) {
-      const r = reply.result as { listen: string; to: string; replaced?: { to: string } };
+      const r = parseControlResult('forward-add', reply.result);
       printResult(args.json, `forwarding ${r.listen} -> ${r.to} on the running agent${r.replaced ? ` (was -> ${r.replaced.to})` : ''}; kept across restarts`, { ...r, agent: true });
       return;
     }

@@ -3,6 +3,7 @@
  * and round-trip time. Through the running agent when there is one (so the
  * agent's sessions are what gets measured), else with a connection of its own.
  */
+import { parseControlResult } from '../../agent/control-protocol';
 import type { Argv, CommandModule } from 'yargs';
 import { pingWith } from '../../agent/daemon';
 import { DEFAULT_PING_COUNT, formatPing, MAX_PING_COUNT, type PingResult } from '../../agent/ping';
@@ -27,7 +28,7 @@ export const pingCommand: CommandModule<GlobalArgs, PingArgs> = {
     const reply = await callRunningAgent(args, 'ping', { target: args.target, count: args.count }, { timeoutMs: 30_000 });
     let result: PingResult;
     if (reply.agent) {
-      result = reply.result as PingResult;
+      result = parseControlResult('ping', reply.result);
     } else {
       const log = cliLogger(args, 'warn', 'vertex-ping');
       const setup = agentSetup(args);
