@@ -50,7 +50,11 @@ export function validatePassword(password: string, context: string): void {
 }
 
 export function newInviteCode(): string {
-  return randomBytes(12).toString('base64url');
+  // A code that starts with '-' reads as a flag: `vertex register --invite -4Tm…` failed (1 in 64).
+  for (;;) {
+    const code = randomBytes(12).toString('base64url');
+    if (!code.startsWith('-')) return code;
+  }
 }
 
 export class AccountService {
