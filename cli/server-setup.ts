@@ -6,6 +6,20 @@ import * as path from 'node:path';
 import { vertexError } from '../q2q/errors';
 import type { ServerConfig } from '../config/schema';
 import type { IdentityServerOptions } from '../server/identity-server';
+import type { LoginLimits } from '../server/rate-limiter';
+
+const HOUR_MS = 3_600_000;
+
+function loginLimits(l: ServerConfig['limits']['login']): Partial<LoginLimits> {
+  return {
+    perAccountAddress: { limit: l.perAccountAddress, windowMs: l.windowMs },
+    perAddress: { limit: l.perAddress, windowMs: l.windowMs },
+    perAccount: { limit: l.perAccount, windowMs: l.windowMs },
+    registerPerAddress: { limit: l.registrationsPerAddress, windowMs: HOUR_MS },
+    invitePerAddress: { limit: l.inviteGuessesPerAddress, windowMs: l.windowMs },
+    maxWaitingPerAccount: l.waitingPerAccount,
+  };
+}
 
 export function identityServerOptions(config: ServerConfig): Omit<IdentityServerOptions, 'log'> {
   if (config.domains.length === 0) {
@@ -25,6 +39,8 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       maxBoxBytes: config.limits.maxBoxBytes,
+      unauthenticated: { ...config.limits.unauthenticated },
+      login: loginLimits(config.limits.login),
     },
   };
 }

@@ -419,6 +419,17 @@ export const serverFileSchema = strict({
     max_connections: z.int().min(1).max(10_000_000).optional(),
     handshake_timeout: duration(100, '100ms').optional(),
     max_box_bytes: z.int().min(4096).max(16 * 1024 * 1024).optional(),
+    unauthenticated_per_address: z.int().min(1).max(10_000_000).optional(),
+    unauthenticated_max: z.int().min(1).max(10_000_000).optional(),
+    unauthenticated_idle_timeout: duration(100, '100ms').optional(),
+    unauthenticated_lifetime: duration(1000, '1s').optional(),
+    password_guesses_per_account_address: z.int().min(1).max(1_000_000).optional(),
+    password_guesses_per_address: z.int().min(1).max(1_000_000).optional(),
+    password_guesses_per_account: z.int().min(1).max(1_000_000).optional(),
+    password_window: duration(1000, '1s').optional(),
+    registrations_per_address: z.int().min(1).max(1_000_000).optional(),
+    invite_guesses_per_address: z.int().min(1).max(1_000_000).optional(),
+    logins_waiting_per_account: z.int().min(0).max(1_000_000).optional(),
   }).optional(),
   store: checked(storeProblem).optional(),
   metrics: metricsSection.optional(),
@@ -463,6 +474,26 @@ export interface ServerConfig {
     readonly maxConnections: number;
     readonly handshakeTimeoutMs: number;
     readonly maxBoxBytes: number;
+    /** Connections without a valid client certificate (server/admission.ts). */
+    readonly unauthenticated: {
+      readonly perAddress: number;
+      readonly total: number;
+      readonly idleMs: number;
+      readonly lifetimeMs: number;
+    };
+    /** Password and registration budgets (server/rate-limiter.ts). */
+    readonly login: {
+      readonly perAccountAddress: number;
+      readonly perAddress: number;
+      readonly perAccount: number;
+      readonly windowMs: number;
+      /** Per hour. */
+      readonly registrationsPerAddress: number;
+      /** Per windowMs. */
+      readonly inviteGuessesPerAddress: number;
+      /** Password checks waiting for an account's one in flight. */
+      readonly waitingPerAccount: number;
+    };
   };
   /** `sqlite` (data_dir/vertex.db) or a PostgreSQL URL, as written. */
   readonly store: string;
@@ -550,6 +581,21 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
       maxConnections: file.limits?.max_connections ?? d.limits.max_connections,
       handshakeTimeoutMs: parseDuration(file.limits?.handshake_timeout ?? d.limits.handshake_timeout),
       maxBoxBytes: file.limits?.max_box_bytes ?? d.limits.max_box_bytes,
+      unauthenticated: {
+        perAddress: file.limits?.unauthenticated_per_address ?? d.limits.unauthenticated_per_address,
+        total: file.limits?.unauthenticated_max ?? d.limits.unauthenticated_max,
+        idleMs: parseDuration(file.limits?.unauthenticated_idle_timeout ?? d.limits.unauthenticated_idle_timeout),
+        lifetimeMs: parseDuration(file.limits?.unauthenticated_lifetime ?? d.limits.unauthenticated_lifetime),
+      },
+      login: {
+        perAccountAddress: file.limits?.password_guesses_per_account_address ?? d.limits.password_guesses_per_account_address,
+        perAddress: file.limits?.password_guesses_per_address ?? d.limits.password_guesses_per_address,
+        perAccount: file.limits?.password_guesses_per_account ?? d.limits.password_guesses_per_account,
+        windowMs: parseDuration(file.limits?.password_window ?? d.limits.password_window),
+        registrationsPerAddress: file.limits?.registrations_per_address ?? d.limits.registrations_per_address,
+        inviteGuessesPerAddress: file.limits?.invite_guesses_per_address ?? d.limits.invite_guesses_per_address,
+        waitingPerAccount: file.limits?.logins_waiting_per_account ?? d.limits.logins_waiting_per_account,
+      },
     },
     store: file.store ?? d.store,
     ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),

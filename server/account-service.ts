@@ -65,7 +65,7 @@ export class AccountService {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #limiter: LoginRateLimiter;
-  readonly #locks = new AccountLocks();
+  readonly #locks: AccountLocks;
 
   constructor(opts: AccountServiceOptions) {
     this.#store = opts.store;
@@ -75,6 +75,7 @@ export class AccountService {
     this.#log = opts.log;
     this.#now = opts.now ?? Date.now;
     this.#limiter = new LoginRateLimiter(opts.store, { now: this.#now, ...(opts.loginLimits ? { limits: opts.loginLimits } : {}) });
+    this.#locks = new AccountLocks(this.#limiter.limits.maxWaitingPerAccount);
   }
 
   get domains(): string[] {

@@ -47,7 +47,14 @@ export class ControlSession {
   readonly peer: AmpPeer;
   readonly context: SessionContext;
   #helloDone = false;
+  /** Requests being answered: such a session is not idle (server/admission.ts). */
+  #inFlight = 0;
   readonly #helloTimer: NodeJS.Timeout;
+
+  /** True while a request is being answered. */
+  get busy(): boolean {
+    return this.#inFlight > 0;
+  }
 
   constructor(opts: ControlSessionOptions) {
     const { socket, context, accounts, broker, log } = opts;
@@ -65,7 +72,13 @@ export class ControlSession {
 
     const afterHello = <T>(command: string, fn: (args: AmpArgs) => T) => (args: AmpArgs): T => {
       if (!this.#helloDone) throw vertexError('ProtocolVersion', `${command}: send hello with version ${PROTOCOL_VERSION} first`);
-      return fn(args);
+      const result = fn(args);
+      if (result instanceof Promise) {
+        this.#inFlight++;
+        const done = (): void => { this.#inFlight--; };
+        result.then(done, done);
+      }
+      return result;
     };
 
     this.peer.handle(COMMANDS.hello, (args) => {

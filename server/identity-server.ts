@@ -18,6 +18,8 @@ import type { Logger } from '../q2q/util/log';
 import { silentLogger } from '../q2q/util/log';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../q2q/wire/who-am-i';
 import { AccountService, type RegistrationMode } from './account-service';
+import { Admission, type Admitted, type AdmissionLimits } from './admission';
+import type { LoginLimits } from './rate-limiter';
 import { loadOrCreateCa, type DomainCa } from './ca-store';
 import { ControlSession } from './control-session';
 import { Broker } from './broker';
@@ -34,7 +36,13 @@ export interface IdentityServerOptions {
   dataDir: string;
   registration: RegistrationMode;
   certificateLifetimeMs: number;
-  limits: { maxConnections: number; handshakeTimeoutMs: number; maxBoxBytes: number };
+  limits: {
+    maxConnections: number; handshakeTimeoutMs: number; maxBoxBytes: number;
+    /** Connections without a valid client certificate (server/admission.ts); defaults there. */
+    unauthenticated?: Partial<AdmissionLimits>;
+    /** Password and registration budgets (server/rate-limiter.ts); defaults there. */
+    login?: Partial<LoginLimits>;
+  };
   relay: { enabled: boolean; maxStreams: number; perUserRate: number };
   /** `sqlite` (dataDir/vertex.db, the default) or a postgres:// URL. */
   store?: string;
@@ -53,6 +61,8 @@ export { DATABASE_FILE };
 /** A refused client gets this long to read why before the connection is cut. */
 const REFUSAL_LINGER_MS = 2_000;
 const REFUSAL_MAX_BOX_BYTES = 16 * 1024;
+/** How often unauthenticated connections are checked for idling (their timeouts are whole seconds). */
+const SWEEP_INTERVAL_MS = 1_000;
 /** With port 0, how many OS-chosen ports to try before giving up on a free TCP+UDP pair. */
 const PORT_PAIR_ATTEMPTS = 10;
 
@@ -76,10 +86,20 @@ export class IdentityServer {
   #metrics: ServerMetrics | null = null;
   #metricsHttp: MetricsHttpServer | null = null;
   #metricsAddress: { host: string; port: number } | null = null;
+  readonly #admission: Admission;
+  /** Unauthenticated connections by remote address:port, from TCP accept until they authenticate or close. */
+  readonly #admitted = new Map<string, { entry: Admitted; busy: () => boolean }>();
+  #sweep: NodeJS.Timeout | null = null;
 
   constructor(opts: IdentityServerOptions) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLogger;
+    this.#admission = new Admission(opts.limits.unauthenticated ?? {});
+  }
+
+  /** Connections without a valid client certificate, and how many were refused, evicted or timed out. */
+  get unauthenticated(): Admission['stats'] {
+    return this.#admission.stats;
   }
 
   get accounts(): AccountService {
@@ -113,6 +133,7 @@ export class IdentityServer {
     this.#accounts = new AccountService({
       store: this.#store, cas, registration: this.#opts.registration,
       certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),
+      ...(this.#opts.limits.login ? { loginLimits: this.#opts.limits.login } : {}),
     });
 
     this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }), ...(this.#metrics ? { metrics: this.#metrics } : {}) });
@@ -145,10 +166,31 @@ export class IdentityServer {
     tcp.on('connection', (socket: net.Socket) => {
       // Control answers and relayed handshake records are small: no Nagle delay.
       socket.setNoDelay(true);
+      // Every connection starts unauthenticated: bounded per address and in total before any TLS work.
+      const remote = plainAddress(socket.remoteAddress);
+      const key = `${remote}:${socket.remotePort}`;
+      const entry = this.#admission.admit(remote, (reason) => {
+        this.#log.debug({ remote: key, reason }, 'unauthenticated connection closed');
+        socket.destroy();
+      }, () => this.#admitted.get(key)?.busy() ?? false);
+      if (!entry) {
+        this.#log.debug({ remote: key, open: this.#admission.countFor(remote) }, 'too many unauthenticated connections; connection refused');
+        socket.destroy();
+        return;
+      }
+      this.#admitted.set(key, { entry, busy: () => false });
       this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        this.#admission.release(entry);
+        this.#admitted.delete(key);
+      });
     });
+    this.#sweep = setInterval(() => this.#admission.sweep(), SWEEP_INTERVAL_MS);
+    this.#sweep.unref();
     tcp.on('tlsClientError', (err, socket) => {
+      // A connection closed at accept by the admission limits fails its handshake too: expected, not news.
+      if (!this.#admitted.has(`${plainAddress(socket.remoteAddress)}:${socket.remotePort}`) && !socket.remoteAddress) return;
       this.#log.info({ remote: plainAddress(socket.remoteAddress), reason: err.message }, 'tls handshake failed; connection closed');
       socket.destroy();
     });
@@ -259,6 +301,12 @@ export class IdentityServer {
       }
     }
     if (socket.destroyed) return;
+    const admitted = this.#admitted.get(`${remoteAddress}:${socket.remotePort}`);
+    if (admitted && authenticatedAs) {
+      // Authenticated: no longer bounded as unauthenticated (other limits apply).
+      this.#admission.release(admitted.entry);
+      this.#admitted.delete(`${remoteAddress}:${socket.remotePort}`);
+    }
     if (socket.alpnProtocol === ALPN_RELAY) {
       if (!authenticatedAs) {
         log.info('relay leg without a client certificate; connection closed');
@@ -278,6 +326,10 @@ export class IdentityServer {
       maxBoxBytes: this.#opts.limits.maxBoxBytes,
       helloTimeoutMs: this.#opts.limits.handshakeTimeoutMs,
     });
+    if (admitted && !authenticatedAs) {
+      admitted.busy = () => session.busy;
+      socket.on('data', () => this.#admission.touch(admitted.entry));
+    }
     socket.resume();
     this.#sessions.add(session);
     socket.once('close', () => this.#sessions.delete(session));
@@ -306,6 +358,8 @@ export class IdentityServer {
   async stop(): Promise<void> {
     const tcp = this.#tcp;
     this.#tcp = null;
+    if (this.#sweep) clearInterval(this.#sweep);
+    this.#sweep = null;
     await this.#metricsHttp?.close();
     this.#metricsHttp = null;
     if (tcp) {

@@ -39,6 +39,8 @@ export interface LoginLimits {
   knownGoodMs: number;
   registerPerAddress: Budget;
   invitePerAddress: Budget;
+  /** Password checks that may wait for an account's one in flight; more are refused (AccountLocks). */
+  maxWaitingPerAccount: number;
 }
 
 const MINUTE = 60_000;
@@ -50,6 +52,7 @@ export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
   knownGoodMs: 30 * 24 * 60 * MINUTE,
   registerPerAddress: { limit: 20, windowMs: 60 * MINUTE },
   invitePerAddress: { limit: 5, windowMs: 15 * MINUTE },
+  maxWaitingPerAccount: 16,
 });
 
 type LimitStore = Pick<AccountStore, 'takeRateLimit' | 'releaseRateLimit' | 'peekRateLimit'>;

@@ -130,7 +130,11 @@ describe('config/server.example.yaml', () => {
       registration: 'invite',
       certificateLifetimeMs: 30 * 24 * 3_600_000,
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
-      limits: { maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144 },
+      limits: {
+        maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144,
+        unauthenticated: { perAddress: 32, total: 2000, idleMs: 10_000, lifetimeMs: 60_000 },
+        login: { perAccountAddress: 5, perAddress: 20, perAccount: 100, windowMs: 900_000, registrationsPerAddress: 20, inviteGuessesPerAddress: 5, waitingPerAccount: 16 },
+      },
       store: 'sqlite',
       metrics: { listen: { host: '127.0.0.1', port: 9464 } },
       federation: { allow: ['a.example', 'b.example'], servers: { 'b.example': { host: '198.51.100.7', port: 8788 } } },

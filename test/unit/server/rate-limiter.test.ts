@@ -13,6 +13,8 @@ import { AccountService } from '../../../server/account-service';
 import { hashPassword } from '../../../server/password';
 import { AccountLocks, DEFAULT_LOGIN_LIMITS, LoginRateLimiter } from '../../../server/rate-limiter';
 import { SqliteAccountStore } from '../../../server/store/sqlite-store';
+import { DEFAULT_ADMISSION_LIMITS } from '../../../server/admission';
+import { SERVER_DEFAULTS } from '../../../config/defaults';
 
 const ALICE = 'alice@a.test';
 const ATTACKER = '198.51.100.66';
@@ -152,5 +154,19 @@ describe('AccountService passwords', () => {
     expect((await store.getAccount('a.test', 'alice'))?.passwordHash).toMatch(/^scrypt\$131072\$8\$1\$/);
     await service.signWithPassword({ address: ALICE, password: 'correct horse battery staple', csrPem: await csr(), sourceAddress: OWNER });
     expect(await outcome(service.signWithPassword({ address: ALICE, password: 'wrong horse battery staple', csrPem: await csr(), sourceAddress: OWNER }))).toBe('BadPassword');
+  });
+});
+
+describe('defaults', () => {
+  it('the config defaults (config/defaults.ts) are the limiters\' own', () => {
+    const u = SERVER_DEFAULTS.limits.unauthenticated;
+    expect(u).toEqual({ ...DEFAULT_ADMISSION_LIMITS });
+    const l = SERVER_DEFAULTS.limits.login;
+    expect([l.perAccountAddress, l.perAddress, l.perAccount, l.inviteGuessesPerAddress, l.registrationsPerAddress]).toEqual([
+      DEFAULT_LOGIN_LIMITS.perAccountAddress.limit, DEFAULT_LOGIN_LIMITS.perAddress.limit, DEFAULT_LOGIN_LIMITS.perAccount.limit,
+      DEFAULT_LOGIN_LIMITS.invitePerAddress.limit, DEFAULT_LOGIN_LIMITS.registerPerAddress.limit,
+    ]);
+    expect(l.windowMs).toBe(DEFAULT_LOGIN_LIMITS.perAccountAddress.windowMs);
+    expect(DEFAULT_LOGIN_LIMITS.registerPerAddress.windowMs).toBe(3_600_000);
   });
 });
