@@ -16,6 +16,7 @@ import { benchConnections, benchServerMemory } from './connections';
 import { benchFileTransfer } from './file-transfer';
 import { cleanup, emit, forkBench, note, round, type Figure } from './harness';
 import { benchAgentMemory, benchSocksThroughput } from './socks';
+import { benchTrustLoad } from './trust-load';
 
 /** The whole run is bounded: past this, it stops, cleans up and fails. */
 const WATCHDOG_MS = 15 * 60_000;
@@ -113,6 +114,7 @@ async function main(): Promise<void> {
   await guarded('socks-throughput', benchSocksThroughput);
   await guarded('file-transfer', async () => emit((await benchFileTransfer()) as Figure));
   await guarded('ptcp', benchPtcpIfPresent);
+  await guarded('trust-load', benchTrustLoad);
   await Promise.all([guarded('server-memory', benchServerMemory), guarded('agent-memory', benchAgentMemory)]);
   note(`done in ${Math.round((performance.now() - t0) / 1000)} s`);
 }

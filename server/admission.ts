@@ -8,9 +8,10 @@
  *
  * - per source address: at most `perAddress` at once; more are closed at
  *   accept, before any TLS work;
- * - in total: at most `total`; a newcomer then closes the connection that has
- *   been quiet longest (never one with a request in flight), so a flood from
- *   many addresses cannot keep a legitimate newcomer out, and authenticated
+ * - in total: at most `total`; a newcomer then closes the connection quiet
+ *   longest of the address holding the most (never one with a request in
+ *   flight), so a flood from many addresses cannot keep a legitimate
+ *   newcomer out even while it churns, and authenticated
  *   sessions keep the rest of max_connections;
  * - in time: closed after `idleMs` without a request, and after `lifetimeMs`
  *   in all, since nothing an unauthenticated client may do takes longer.
@@ -117,6 +118,17 @@ export class Admission {
   }
 
   #evictOne(): boolean {
+    // From the address holding the most, so a flood from many addresses,
+    // churning, evicts its own connections and not a newcomer's single one.
+    let top = '';
+    let most = 0;
+    for (const [address, n] of this.#byAddress) if (n > most) { top = address; most = n; }
+    for (const entry of this.#entries) {
+      if (entry.address !== top || entry.busy()) continue;
+      this.#close(entry, 'closed to make room for a newer connection');
+      this.#evicted++;
+      return true;
+    }
     for (const entry of this.#entries) {
       if (entry.busy()) continue;
       this.#close(entry, 'closed to make room for a newer connection');

@@ -70,3 +70,13 @@ describe('Admission', () => {
     expect(admission.countFor('192.0.2.1')).toBe(0);
   });
 });
+
+describe('Admission eviction under a churning flood', () => {
+  it('evicts from the address holding the most, so a newcomer with one connection survives any number of later arrivals', () => {
+    const { closed, open } = harness({ perAddress: 32, total: 40 });
+    for (let i = 0; i < 39; i++) open(`198.51.100.${i % 3}`, `flood${i}`);
+    open('203.0.113.1', 'owner');
+    for (let i = 0; i < 500; i++) expect(open(`198.51.100.${i % 3}`, `more${i}`)).not.toBeNull();
+    expect(closed.filter((c) => c.startsWith('owner'))).toEqual([]);
+  });
+});
