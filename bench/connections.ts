@@ -21,7 +21,7 @@ import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
 import {
-  connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
+  BENCH_LIMITS, connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
   pushToSink, registerMany, round, rssKb, runStandalone, sleep, startLoopbackPeer, startServer, type Proc,
 } from './harness';
 
@@ -293,7 +293,7 @@ export async function benchServerMemory(): Promise<void> {
   await first.proc.stop();
   // The default max_connections (10,000) would refuse the last sessions of a 10,000-agent run.
   const server = await startServer(['m.test'], {
-    dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')], yaml: `limits: { max_connections: ${AGENTS + 1000} }`,
+    dataDir: first.dataDir, nodeArgs: [...INSPECT_ARGS, ...profileArgs('server')], yaml: `limits: { max_connections: ${AGENTS + 1000}, ${BENCH_LIMITS} }`,
   });
   endpoints.set('m.test', server.port);
   let sessions: Proc[] = [];

@@ -280,10 +280,19 @@ export interface ServerHandle {
   domains: string[];
 }
 
+export const BENCH_LIMITS = 'registrations_per_address: 1000000, unauthenticated_per_address: 1000000';
+
 /** yaml: extra server.yaml lines (a config file is written only when given). */
-export async function startServer(domains: string[], opts: { dataDir?: string; resolve?: Record<string, number>; nodeArgs?: string[]; yaml?: string } = {}): Promise<ServerHandle> {
+export async function startServer(
+  domains: string[],
+  opts: { dataDir?: string; resolve?: Record<string, number>; nodeArgs?: string[]; yaml?: string; defaultLimits?: boolean } = {},
+): Promise<ServerHandle> {
   const dataDir = opts.dataDir ?? tempDir('server');
   let configArgs: string[] = [];
+  // The benches register and connect hundreds of users from 127.0.0.1 at once: the per-address
+  // registration and unauthenticated-connection limits (docs/security.md) are raised unless a bench
+  // measures them (defaultLimits) or writes its own limits.
+  if (!opts.yaml && !opts.defaultLimits) opts = { ...opts, yaml: `limits: { ${BENCH_LIMITS} }` };
   if (opts.yaml) {
     const file = path.join(dataDir, 'bench-server.yaml');
     fs.mkdirSync(dataDir, { recursive: true });

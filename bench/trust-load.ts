@@ -79,7 +79,7 @@ async function measure(port: number, from: string, tag: string): Promise<{ regis
 }
 
 export async function benchTrustLoad(): Promise<void> {
-  const server = await startServer([DOMAIN]);
+  const server = await startServer([DOMAIN], { defaultLimits: true });
   const quiet = await measure(server.port, '127.0.0.2', 'quiet');
   note(`trust-load quiet: register ${Math.round(quiet.register)} ms, connect ${Math.round(quiet.connect)} ms`);
 
