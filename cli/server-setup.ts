@@ -34,6 +34,7 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     relay: { ...config.relay },
     store: config.store,
     ...(config.metrics ? { metrics: { ...config.metrics.listen } } : {}),
+    ...(config.node ? { node: { name: config.node.name, listen: { ...config.node.listen }, ...(config.node.advertise && { advertise: config.node.advertise }) } } : {}),
     ...(config.federation.allow ? { federation: { allow: [...config.federation.allow] } } : {}),
     limits: {
       maxConnections: config.limits.maxConnections,

@@ -245,6 +245,11 @@ const logSection = strict({ level: z.enum(LOG_LEVELS).optional() });
 export const METRICS_LISTEN: HostPortOptions = { minPort: 0, defaultHost: '127.0.0.1' };
 const metricsSection = strict({ listen: hostPortText(METRICS_LISTEN, '127.0.0.1:9464 or 9464') });
 
+/** A node name (server.yaml node.name): one DNS label. */
+function nodeNameProblem(text: string): string | undefined {
+  return /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(text) ? undefined : `expected a node name (one DNS label: letters, digits, '-'), got "${text}"`;
+}
+
 /** The account store: `sqlite` (data_dir/vertex.db) or a PostgreSQL URL. */
 function storeProblem(text: string): string | undefined {
   if (text === 'sqlite') return undefined;
@@ -433,6 +438,11 @@ export const serverFileSchema = strict({
   }).optional(),
   store: checked(storeProblem).optional(),
   metrics: metricsSection.optional(),
+  node: strict({
+    name: checked(nodeNameProblem),
+    listen: listenAddress('10.0.0.1:8789'),
+    advertise: connectAddress.optional(),
+  }).optional(),
   federation: strict({
     allow: uniqueList(checked(domainProblem), 'domain').optional(),
     servers: z
@@ -499,6 +509,11 @@ export interface ServerConfig {
   readonly store: string;
   /** Prometheus text on http://listen/metrics and health on /health; absent means off. */
   readonly metrics?: { readonly listen: HostPort };
+  /**
+   * One node of several serving these domains on one PostgreSQL store
+   * (server/node-mesh.ts, docs/deploy.md); absent means a single server.
+   */
+  readonly node?: { readonly name: string; readonly listen: HostPort; readonly advertise?: string };
   /** Users of other domains (server/federation.ts). */
   readonly federation: {
     /** Only these domains' users are checked and admitted; absent means any valid domain. */
@@ -599,6 +614,13 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
     },
     store: file.store ?? d.store,
     ...(file.metrics && { metrics: { listen: hostPort(file.metrics.listen, METRICS_LISTEN) } }),
+    ...(file.node && {
+      node: {
+        name: file.node.name.toLowerCase(),
+        listen: hostPort(file.node.listen),
+        ...(file.node.advertise !== undefined && { advertise: formatHostPort(hostPort(file.node.advertise)) }),
+      },
+    }),
     federation: {
       ...(file.federation?.allow && { allow: file.federation.allow.map(parseDomain) }),
       servers: Object.fromEntries(

@@ -15,6 +15,7 @@ import { asVertexError, vertexError } from '../q2q/errors';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
 import type { Logger } from '../q2q/util/log';
 import type { Relay } from './relay';
+import type { RemoteDevice } from './store/node-directory';
 
 const TOKEN_RE = /^[0-9a-f]{32}$/;
 export const MAX_SERVICES_PER_LISTENER = 256;
@@ -51,17 +52,39 @@ export function presenceArgs(view: PresenceView): AmpArgs {
   };
 }
 
+/**
+ * The other nodes of the domain (server/node-mesh.ts), when this server is
+ * one node of several: where their devices listen, and the way to forward an
+ * inbound to one of them.
+ */
+export interface NodePresence {
+  /** Resolves once other nodes can see (address, device) here. */
+  put(address: string, device: string, services: readonly string[]): Promise<void>;
+  remove(address: string, device: string): void;
+  devicesElsewhere(address: string): Promise<RemoteDevice[]>;
+  /** Forwards an inbound to `node`, which answers as a listener's server would (token, candidates, certificate, device). */
+  forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs>;
+}
+
+type Chosen = { local: Listener } | { remote: RemoteDevice };
+
 export class Broker {
   /** address -> device -> its listening session. */
   readonly #listeners = new Map<string, Map<string, Listener>>();
   readonly #servedDomains: ReadonlySet<string>;
   readonly #relay: Relay;
   readonly #log: Logger;
+  #nodes: NodePresence | null = null;
 
   constructor(opts: { domains: readonly string[]; relay: Relay; log: Logger }) {
     this.#servedDomains = new Set(opts.domains);
     this.#relay = opts.relay;
     this.#log = opts.log;
+  }
+
+  /** Makes this broker one node of several (server/node-mesh.ts). */
+  attachNodes(nodes: NodePresence): void {
+    this.#nodes = nodes;
   }
 
   /** Listening sessions (devices), over all addresses. */
@@ -81,7 +104,7 @@ export class Broker {
    * another session's entry for the same pair, and answers with what the
    * device should know (protocol.ts, `listen`).
    */
-  listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote = ''): AmpArgs {
+  listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote = ''): AmpArgs | Promise<AmpArgs> {
     let names: unknown;
     try {
       names = JSON.parse(args.services ?? '[]');
@@ -97,7 +120,12 @@ export class Broker {
     const devices = this.#listeners.get(address) ?? new Map<string, Listener>();
     const before = this.#views(devices);
     // A session is one device: listening under a new name gives up the old one.
-    for (const [name, l] of devices) if (l.peer === peer && name !== device) devices.delete(name);
+    for (const [name, l] of devices) {
+      if (l.peer === peer && name !== device) {
+        devices.delete(name);
+        this.#nodes?.remove(address, name);
+      }
+    }
     const previous = devices.get(device);
     if (previous && previous.peer !== peer && args.takeover === '0') {
       // A replaced node asking whether its device is free again: it is not.
@@ -117,7 +145,9 @@ export class Broker {
     this.#log.info({ address, device, services: [...services] }, 'listening');
     this.#pushChanged(address, devices, before, device);
     const view = this.#view(devices, device);
-    return { device, ...presenceArgs(view), ...(replaced !== undefined && { replaced }) };
+    const answer = { device, ...presenceArgs(view), ...(replaced !== undefined && { replaced }) };
+    // With several nodes, the answer waits until the others can find the device: "online" then means online on every node.
+    return this.#nodes ? this.#nodes.put(address, device, [...services]).then(() => answer) : answer;
   }
 
   /** Drops the listener if it is this session (a newer session may have replaced it). */
@@ -128,6 +158,7 @@ export class Broker {
     for (const [device, l] of devices) {
       if (l.peer !== peer) continue;
       devices.delete(device);
+      this.#nodes?.remove(address, device);
       this.#log.info({ address, device }, 'offline');
     }
     if (devices.size === 0) this.#listeners.delete(address);
@@ -172,19 +203,93 @@ export class Broker {
     if (!this.#servedDomains.has(address.domain)) {
       throw vertexError('UnknownDomain', `inbound: this server does not serve ${address.domain}`);
     }
-    const named = formatDeviceAddress(address, wanted);
-    const devices = this.#listeners.get(to);
-    let listener: Listener | undefined;
-    if (wanted !== undefined) {
-      listener = devices?.get(wanted);
-      if (!listener) throw vertexError('Offline', `${named} is not online`);
-      if (!listener.services.has(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
-    } else {
-      if (!devices || devices.size === 0) throw vertexError('Offline', `${to} is not online`);
-      const chosen = chooseDevice([...devices.values()].filter((l) => l.services.has(service)).map((l) => l.device));
-      if (chosen === undefined) throw vertexError('NotExposed', `${to} does not expose "${service}"`);
-      listener = devices.get(chosen) as Listener;
+    const chosen = await this.#choose(to, address, service, wanted);
+    if ('remote' in chosen) {
+      const node = chosen.remote.node;
+      const answer = await this.#nodes!.forwardInbound(node, address.domain, {
+        from: caller.address,
+        ...(fromDevice !== undefined && { from_device: fromDevice }),
+        to, service, device: chosen.remote.device,
+        certificate: caller.certPem,
+        candidates: args.candidates ?? '[]',
+        routes: args.routes ?? '[]',
+      });
+      const token = answer.token ?? '';
+      if (!TOKEN_RE.test(token)) throw vertexError('Internal', `node ${node} answered inbound without a valid token`);
+      // The token pairs here, on the caller's node: the listener's leg, wherever it lands, is brought here.
+      this.#relay.register(token, caller.address, to);
+      this.#log.info({ from: caller.address, fromDevice, to, device: answer.device, node, service }, 'inbound brokered through another node');
+      return {
+        token,
+        candidates: answer.candidates ?? '[]',
+        certificate: answer.certificate ?? '',
+        relay: this.#relay.enabled ? '1' : '0',
+        device: answer.device ?? chosen.remote.device,
+      };
     }
+    return this.#forwardToListener(caller, chosen.local, { address, to, service, fromDevice, named: wanted !== undefined, args });
+  }
+
+  /**
+   * An inbound another node forwarded for a device listening here
+   * (server/node-mesh.ts). The token pairs on the caller's node
+   * (`relayNode`): a relay leg that lands here is brought there.
+   */
+  async inboundFromNode(caller: Caller, args: AmpArgs, relayNode: string): Promise<AmpArgs> {
+    const address = parseAddress(args.to ?? '');
+    const to = formatAddress(address);
+    const service = parseService(args.service ?? '');
+    const device = parseDevice(args.device ?? '');
+    const fromDevice = args.from_device ? parseDevice(args.from_device) : undefined;
+    const named = formatDeviceAddress(address, device);
+    const listener = this.#listeners.get(to)?.get(device);
+    if (!listener) throw vertexError('Offline', `${named} is not online`);
+    if (!listener.services.has(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
+    return this.#forwardToListener(caller, listener, { address, to, service, fromDevice, named: true, args, relayNode });
+  }
+
+  /** The device an inbound reaches, here or (with several nodes) on another node. */
+  async #choose(to: string, address: ReturnType<typeof parseAddress>, service: string, wanted: string | undefined): Promise<Chosen> {
+    const named = formatDeviceAddress(address, wanted);
+    const here = this.#listeners.get(to);
+    const local = wanted !== undefined ? here?.get(wanted) : undefined;
+    // A device named and listening here needs no look elsewhere.
+    let elsewhere: RemoteDevice[] = [];
+    if (this.#nodes && !local) {
+      try {
+        elsewhere = await this.#nodes.devicesElsewhere(to);
+      } catch (err) {
+        this.#log.warn({ to, reason: (err as Error).message }, 'inbound: the node directory did not answer; only this node\'s devices are reached');
+      }
+      // A device listening here is the current one: a row elsewhere for it is stale.
+      if (here) elsewhere = elsewhere.filter((d) => !here.has(d.device));
+    }
+    if (wanted !== undefined) {
+      if (local) {
+        if (!local.services.has(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
+        return { local };
+      }
+      const remote = elsewhere.find((d) => d.device === wanted);
+      if (!remote) throw vertexError('Offline', `${named} is not online`);
+      if (!remote.services.includes(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
+      return { remote };
+    }
+    if ((!here || here.size === 0) && elsewhere.length === 0) throw vertexError('Offline', `${to} is not online`);
+    const exposing = [
+      ...[...(here?.values() ?? [])].filter((l) => l.services.has(service)).map((l) => l.device),
+      ...elsewhere.filter((d) => d.services.includes(service)).map((d) => d.device),
+    ];
+    const chosen = chooseDevice(exposing);
+    if (chosen === undefined) throw vertexError('NotExposed', `${to} does not expose "${service}"`);
+    const mine = here?.get(chosen);
+    return mine ? { local: mine } : { remote: elsewhere.find((d) => d.device === chosen) as RemoteDevice };
+  }
+
+  async #forwardToListener(
+    caller: Caller, listener: Listener,
+    req: { address: ReturnType<typeof parseAddress>; to: string; service: string; fromDevice: string | undefined; named: boolean; args: AmpArgs; relayNode?: string },
+  ): Promise<AmpArgs> {
+    const { address, to, service, fromDevice, args } = req;
     const reached = formatDeviceAddress(address, listener.device);
     let answer: AmpArgs;
     try {
@@ -207,8 +312,9 @@ export class Broker {
     }
     const token = answer.token ?? '';
     if (!TOKEN_RE.test(token)) throw vertexError('Internal', `${reached} answered inbound without a valid token`);
-    this.#relay.register(token, caller.address, to);
-    this.#log.info({ from: caller.address, fromDevice, to, device: listener.device, named: wanted !== undefined, service }, 'inbound brokered');
+    if (req.relayNode !== undefined) this.#relay.pairsOn(token, req.relayNode);
+    else this.#relay.register(token, caller.address, to);
+    this.#log.info({ from: caller.address, fromDevice, to, device: listener.device, named: req.named, service }, 'inbound brokered');
     return {
       token,
       candidates: answer.candidates ?? '[]',

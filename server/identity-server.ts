@@ -8,7 +8,7 @@ import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { asVertexError, type VertexError } from '../q2q/errors';
+import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
 import { ALPN_CONTROL, ALPN_RELAY, COMMANDS } from '../q2q/control/protocol';
 import { attachAmp } from '../q2q/transport/amp-connection';
 import { writePreamble } from '../q2q/transport/preamble';
@@ -29,6 +29,8 @@ import { instrumentStore, ServerMetrics } from './metrics';
 import { MetricsHttpServer } from '../q2q/util/metrics-http';
 import type { AccountStore } from './store/account-store';
 import { DATABASE_FILE, openAccountStore } from './store/open-store';
+import { isPostgresUrl } from './store/postgres-store';
+import { NodeMesh } from './node-mesh';
 
 export interface IdentityServerOptions {
   domains: string[];
@@ -50,6 +52,8 @@ export interface IdentityServerOptions {
   metrics?: { host: string; port: number };
   /** This node's name in metrics; default the host name. */
   nodeName?: string;
+  /** One node of several on a PostgreSQL store (server/node-mesh.ts): its name and node-to-node listener. */
+  node?: { name: string; listen: { host: string; port: number }; advertise?: string };
   /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
   resolve?: ServerResolver;
   /** server.yaml federation: which domains' users are admitted (absent: any valid domain). */
@@ -84,6 +88,7 @@ export class IdentityServer {
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Set<ControlSession>();
   #metrics: ServerMetrics | null = null;
+  #mesh: NodeMesh | null = null;
   #metricsHttp: MetricsHttpServer | null = null;
   #metricsAddress: { host: string; port: number } | null = null;
   readonly #admission: Admission;
@@ -217,8 +222,21 @@ export class IdentityServer {
       }
     }
     this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
+    if (this.#opts.node) await this.#startNode(this.#opts.node, cas);
     if (this.#metrics && this.#opts.metrics) await this.#startMetrics(this.#metrics, this.#opts.metrics);
     return { host, port: bound.port, createdCas };
+  }
+
+  async #startNode(node: NonNullable<IdentityServerOptions['node']>, cas: ReadonlyMap<string, DomainCa>): Promise<void> {
+    const store = this.#opts.store ?? 'sqlite';
+    if (!isPostgresUrl(store)) {
+      throw vertexError('Usage', `node ${node.name}: several nodes share a postgres:// store; this server's store is ${store}`);
+    }
+    this.#mesh = new NodeMesh({
+      name: node.name, listen: node.listen, ...(node.advertise && { advertise: node.advertise }), storeUrl: store, cas,
+      broker: this.#broker!, relay: this.#relay!, log: this.#log.child({ component: 'node' }),
+    });
+    await this.#mesh.start();
   }
 
   /**
@@ -360,6 +378,9 @@ export class IdentityServer {
     this.#tcp = null;
     if (this.#sweep) clearInterval(this.#sweep);
     this.#sweep = null;
+    // First: the other nodes stop sending this one inbounds and relay legs.
+    await this.#mesh?.stop();
+    this.#mesh = null;
     await this.#metricsHttp?.close();
     this.#metricsHttp = null;
     if (tcp) {

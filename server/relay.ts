@@ -26,6 +26,13 @@ export interface RelayOptions {
 
 type Role = 'caller' | 'listener';
 
+/**
+ * Takes a relay leg whose token this node does not hold to the node that
+ * does (server/node-mesh.ts); `node` is that node when this node knows it
+ * (it forwarded the inbound), else undefined (ask the others).
+ */
+export type LegForwarder = (leg: TLSSocket, user: string, token: string, node: string | undefined) => void;
+
 /** How long a leg may keep flushing after its partner closed cleanly. */
 export const RELAY_CLOSE_LINGER_MS = 10_000;
 
@@ -80,6 +87,9 @@ export class Relay {
   readonly #active = new Set<TLSSocket>();
   readonly #limits = new Map<string, RateLimit>();
   #activeStreams = 0;
+  /** Tokens brokered here for another node's caller: they pair on that node. */
+  readonly #elsewhere = new Map<string, string>();
+  #forward: LegForwarder | null = null;
 
   constructor(opts: RelayOptions) {
     this.#opts = opts;
@@ -99,6 +109,25 @@ export class Relay {
     const timer = setTimeout(() => this.#expire(token), TOKEN_LIFETIME_MS);
     timer.unref();
     this.#pending.set(token, { caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, timer });
+  }
+
+  /** With several nodes: legs for tokens this node does not hold go through `forward`. */
+  setForwarder(forward: LegForwarder): void {
+    this.#forward = forward;
+  }
+
+  /** An inbound this node forwarded to its listener for another node's caller: the token pairs on `node`. */
+  pairsOn(token: string, node: string): void {
+    if (!this.#opts.enabled) return;
+    this.#elsewhere.set(token, node);
+    setTimeout(() => {
+      if (this.#elsewhere.get(token) === node) this.#elsewhere.delete(token);
+    }, TOKEN_LIFETIME_MS).unref();
+  }
+
+  /** Whether a leg naming `token` would pair here (a node asking before it brings a leg). */
+  holds(token: string): boolean {
+    return this.#pending.has(token);
   }
 
   #expire(token: string): void {
@@ -127,7 +156,31 @@ export class Relay {
     if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
     const token = request.token ?? '';
     const pending = this.#pending.get(token);
+    if (!pending && this.#forward) return this.#forward(socket, user, token, this.#elsewhere.get(token));
     if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    this.#join(socket, user, token, pending, log, refuse);
+  }
+
+  /**
+   * A leg another node brought here (server/node-mesh.ts), for a user that
+   * node authenticated; its request was read there. Answers {held: 1} at
+   * once when the token pairs here, then the usual answer when both legs are in.
+   */
+  acceptForwardedLeg(socket: TLSSocket, user: string, token: string, from: string): void {
+    const log = this.#opts.log.child({ user, via: from });
+    const refuse = (err: VertexError) => {
+      log.info({ code: err.code, reason: err.message }, 'relay leg refused');
+      writePreamble(socket, { error_code: err.code, error_description: err.message });
+      socket.end();
+    };
+    if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
+    const pending = this.#pending.get(token);
+    if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    writePreamble(socket, { held: '1' });
+    this.#join(socket, user, token, pending, log, refuse);
+  }
+
+  #join(socket: TLSSocket, user: string, token: string, pending: PendingRelay, log: Logger, refuse: (err: VertexError) => void): void {
     const role: Role | null = user === pending.caller ? 'caller' : user === pending.listener ? 'listener' : null;
     if (!role) return refuse(vertexError('TokenInvalid', `relay: the token does not belong to ${user}`));
     if (pending.legs[role]) return refuse(vertexError('TokenInvalid', 'relay: this side of the token is already connected'));

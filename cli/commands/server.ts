@@ -34,6 +34,8 @@ interface ServerArgs extends GlobalArgs {
   registration?: 'open' | 'invite' | 'closed';
   store?: string;
   metrics?: string;
+  nodeName?: string;
+  nodeListen?: string;
 }
 
 function flagOverrides(args: ServerArgs): ServerOverrides {
@@ -45,6 +47,7 @@ function flagOverrides(args: ServerArgs): ServerOverrides {
     ...(args.registration ? { registration: args.registration } : {}),
     ...(args.store ? { store: args.store } : {}),
     ...(args.metrics ? { metrics: { listen: args.metrics } } : {}),
+    ...(args.nodeName || args.nodeListen ? { node: { name: args.nodeName ?? '', listen: args.nodeListen ?? '' } } : {}),
   };
 }
 
@@ -80,7 +83,9 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
     .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' })
     .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' })
-    .option('metrics', { type: 'string', describe: 'serve Prometheus /metrics and /health on HOST:PORT (a bare PORT binds 127.0.0.1) [off]' }) as unknown as Argv<ServerArgs>;
+    .option('metrics', { type: 'string', describe: 'serve Prometheus /metrics and /health on HOST:PORT (a bare PORT binds 127.0.0.1) [off]' })
+    .option('node-name', { type: 'string', describe: 'run as this node of several on one postgres:// store (with --node-listen; docs/deploy.md)' })
+    .option('node-listen', { type: 'string', describe: 'HOST:PORT for the other nodes (mutual TLS with node certificates)' }) as unknown as Argv<ServerArgs>;
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */

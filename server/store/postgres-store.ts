@@ -81,6 +81,27 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX rate_limits_by_end ON rate_limits (window_ends);
   `,
+  // The nodes of a multi-node domain and which node holds which listening
+  // device (server/store/node-directory.ts). Rows are soft state: a node
+  // rewrites its own on start, and rows of a node that stopped beating are ignored.
+  `
+  CREATE TABLE nodes (
+    name       text   PRIMARY KEY,
+    endpoint   text   NOT NULL,
+    started_at bigint NOT NULL,
+    seen_at    bigint NOT NULL
+  );
+  CREATE TABLE presence (
+    domain   text   NOT NULL,
+    username text   NOT NULL,
+    device   text   NOT NULL,
+    node     text   NOT NULL,
+    services text   NOT NULL,
+    since    bigint NOT NULL,
+    PRIMARY KEY (domain, username, device)
+  );
+  CREATE INDEX presence_by_node ON presence (node);
+  `,
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
 

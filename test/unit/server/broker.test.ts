@@ -49,7 +49,7 @@ function makeBroker(): Broker {
 }
 
 function listen(broker: Broker, s: Session, device: string | undefined, services: string[], remote = '192.0.2.1:1000'): AmpArgs {
-  return broker.listen(BOB, s.server, `cert-of-${device ?? 'unnamed'}`, { services: JSON.stringify(services), ...(device !== undefined && { device }) }, remote);
+  return broker.listen(BOB, s.server, `cert-of-${device ?? 'unnamed'}`, { services: JSON.stringify(services), ...(device !== undefined && { device }) }, remote) as AmpArgs; // synchronous without other nodes
 }
 
 async function code(p: Promise<unknown>): Promise<string> {

@@ -1,0 +1,376 @@
+/**
+ * One node of several serving the same domains over one PostgreSQL store.
+ *
+ * - Identity: each node issues itself a node certificate from each domain CA
+ *   (server/node-identity.ts) and listens for other nodes on its own port
+ *   (`node.listen`), TLS 1.3 with mutual authentication: both sides must
+ *   show a certificate of the domain CA marked as a node. Agents never use
+ *   this port; keep it reachable by the other nodes only (docs/deploy.md).
+ * - Presence: which node holds which listening (address, device) is in the
+ *   store (server/store/node-directory.ts). The broker asks it when a device
+ *   is not listening here.
+ * - Forwarding: an inbound for a device on another node goes there as
+ *   `node-inbound` (AMP, ALPN q2q-node/1). That node asks its agent and
+ *   answers with the token, candidates and the listener's certificate; the
+ *   token pairs on the caller's node.
+ * - Relay: a relay leg whose token pairs on another node is carried there
+ *   over a node-to-node connection (ALPN q2q-node-relay/1: a preamble naming
+ *   the token and the user this node authenticated, then raw bytes), and the
+ *   two are spliced here. When this node does not know where the token
+ *   pairs, it asks every live node; the one that holds it answers {held: 1}.
+ *   The relayed bytes are the peers' own TLS, as on one node.
+ */
+import { X509Certificate } from 'node:crypto';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { INBOUND_FORWARD_TIMEOUT_MS, RELAY_PAIRING_TIMEOUT_MS } from '../q2q/control/protocol';
+import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
+import { carryAbortsOverTcp } from '../q2q/negotiate/relay-leg';
+import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
+import { listenOn } from '../q2q/transport/listen';
+import { attachAmp } from '../q2q/transport/amp-connection';
+import { preambleError, readPreamble, writePreamble } from '../q2q/transport/preamble';
+import type { Logger } from '../q2q/util/log';
+import type { Broker, NodePresence } from './broker';
+import type { DomainCa } from './ca-store';
+import { issueNodeCertificate, NODE_CERT_LIFETIME_MS, nodeNameOf, type NodeCredentials } from './node-identity';
+import type { Relay } from './relay';
+import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-directory';
+
+export const ALPN_NODE = 'q2q-node/1';
+export const ALPN_NODE_RELAY = 'q2q-node-relay/1';
+export const NODE_COMMANDS = { inbound: 'node-inbound' } as const;
+/** A node-to-node TLS connection that takes longer than this failed. */
+const NODE_CONNECT_TIMEOUT_MS = 5_000;
+/** How long a spliced leg may keep flushing after its partner closed cleanly (as server/relay.ts). */
+const SPLICE_LINGER_MS = 10_000;
+const MAX_NODE_BOX_BYTES = 256 * 1024;
+
+export interface NodeMeshOptions {
+  name: string;
+  listen: { host: string; port: number };
+  /** host:port the other nodes dial; default the bound listen address. */
+  advertise?: string;
+  storeUrl: string;
+  cas: ReadonlyMap<string, DomainCa>;
+  broker: Broker;
+  relay: Relay;
+  log: Logger;
+}
+
+function formatEndpoint(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+function parseEndpoint(text: string): { host: string; port: number } {
+  const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(text);
+  if (!m) throw vertexError('Internal', `node endpoint "${text}" is not HOST:PORT`);
+  return { host: m[1] as string, port: Number(m[2]) };
+}
+
+/**
+ * Splices a relay leg from an agent with a node-to-node connection: bytes
+ * both ways with back-pressure, half-closes passed on, and an abort (a close
+ * before the end) passed on as an abort.
+ */
+function splice(a: tls.TLSSocket, b: tls.TLSSocket): void {
+  const onClose = (closed: tls.TLSSocket, other: tls.TLSSocket) => () => {
+    if (other.destroyed) return;
+    if (!closed.readableEnded) {
+      other.destroy();
+      return;
+    }
+    setTimeout(() => other.destroy(), SPLICE_LINGER_MS).unref();
+  };
+  a.once('close', onClose(a, b));
+  b.once('close', onClose(b, a));
+  a.on('error', () => undefined);
+  b.on('error', () => undefined);
+  a.pipe(b);
+  b.pipe(a);
+}
+
+export class NodeMesh implements NodePresence {
+  readonly #opts: NodeMeshOptions;
+  readonly #log: Logger;
+  readonly #creds = new Map<string, NodeCredentials>();
+  readonly #contexts = new Map<string, tls.SecureContext>();
+  readonly #peers = new Map<string, Promise<AmpPeer>>();
+  readonly #sockets = new Set<net.Socket>();
+  #directory: NodeDirectory | null = null;
+  #server: tls.Server | null = null;
+  #renew: NodeJS.Timeout | null = null;
+  #endpoint = '';
+
+  constructor(opts: NodeMeshOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+  }
+
+  get name(): string {
+    return this.#opts.name;
+  }
+
+  /** host:port other nodes reach this one at. */
+  get endpoint(): string {
+    return this.#endpoint;
+  }
+
+  async start(): Promise<void> {
+    await this.#issueCertificates();
+    // Renewed well before they end; connections made earlier keep theirs.
+    this.#renew = setInterval(() => {
+      this.#issueCertificates().catch((err: Error) => this.#log.error({ reason: err.message }, 'node certificates not renewed'));
+    }, NODE_CERT_LIFETIME_MS / 3);
+    this.#renew.unref();
+
+    const first = this.#creds.values().next().value as NodeCredentials;
+    const server = tls.createServer({
+      key: first.keyPem, cert: first.certPem, ca: [(this.#opts.cas.get(first.domain) as DomainCa).certPem],
+      minVersion: 'TLSv1.3',
+      requestCert: true,
+      rejectUnauthorized: true,
+      allowHalfOpen: true,
+      ALPNProtocols: [ALPN_NODE, ALPN_NODE_RELAY],
+      SNICallback: (servername, cb) => {
+        const context = this.#contexts.get(servername.toLowerCase());
+        cb(context ? null : new Error(`not a domain of this node: ${servername}`), context);
+      },
+    });
+    server.on('connection', (socket: net.Socket) => {
+      socket.setNoDelay(true);
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+    server.on('tlsClientError', (err, socket) => {
+      this.#log.warn({ remote: socket.remoteAddress, reason: err.message }, 'node connection refused: tls');
+      socket.destroy();
+    });
+    server.on('secureConnection', (socket) => this.#onNodeConnection(socket));
+    server.on('error', (err) => this.#log.error({ err }, 'node listener error'));
+    await listenOn(server, this.#opts.listen);
+    this.#server = server;
+    const bound = server.address() as net.AddressInfo;
+    this.#endpoint = this.#opts.advertise ?? formatEndpoint(this.#opts.listen.host, bound.port);
+
+    this.#directory = await NodeDirectory.open({
+      url: this.#opts.storeUrl, name: this.#opts.name, endpoint: this.#endpoint, log: this.#log.child({ component: 'node-directory' }),
+    });
+    this.#opts.broker.attachNodes(this);
+    this.#opts.relay.setForwarder((leg, user, token, node) => void this.#forwardLeg(leg, user, token, node));
+    this.#log.info({ node: this.#opts.name, listen: formatEndpoint(this.#opts.listen.host, bound.port), endpoint: this.#endpoint }, 'node-to-node listening (mutual tls)');
+  }
+
+  async #issueCertificates(): Promise<void> {
+    for (const [domain, ca] of this.#opts.cas) {
+      const creds = await issueNodeCertificate(ca, this.#opts.name);
+      this.#creds.set(domain, creds);
+      this.#contexts.set(domain, tls.createSecureContext({ key: creds.keyPem, cert: creds.certPem, ca: [ca.certPem], minVersion: 'TLSv1.3' }));
+    }
+  }
+
+  // ---- the server side: other nodes' requests ----
+
+  #onNodeConnection(socket: tls.TLSSocket): void {
+    const domain = (socket.servername || '').toLowerCase();
+    const log = this.#log.child({ remote: `${socket.remoteAddress}:${socket.remotePort}` });
+    socket.on('error', (err) => log.debug({ reason: err.message }, 'node socket error'));
+    let peerNode: string;
+    try {
+      const cert = socket.getPeerX509Certificate();
+      if (!cert || !this.#contexts.has(domain)) throw vertexError('CertificateInvalid', 'no node certificate for a domain of this node');
+      peerNode = nodeNameOf(cert, domain);
+    } catch (err) {
+      log.warn({ reason: (err as Error).message }, 'node connection refused');
+      socket.destroy();
+      return;
+    }
+    if (socket.alpnProtocol === ALPN_NODE_RELAY) {
+      void this.#acceptRelayLeg(socket, peerNode, log);
+      return;
+    }
+    const peer = attachAmp(socket, { log, limits: { maxBoxBytes: MAX_NODE_BOX_BYTES } });
+    peer.handle(NODE_COMMANDS.inbound, (args) => {
+      const to = args.to ?? '';
+      if (to.slice(to.lastIndexOf('@') + 1).toLowerCase() !== domain) {
+        throw vertexError('NotAllowed', `node-inbound: ${to} is not in ${domain}`);
+      }
+      // The caller was authenticated by the node that asks (a node of this domain).
+      return this.#opts.broker.inboundFromNode({ address: args.from ?? '', certPem: args.certificate ?? '' }, args, peerNode);
+    });
+    log.debug({ node: peerNode, domain }, 'node session open');
+  }
+
+  async #acceptRelayLeg(socket: tls.TLSSocket, peerNode: string, log: Logger): Promise<void> {
+    let request: Record<string, string>;
+    try {
+      request = await readPreamble(socket, 'node relay leg', RELAY_PAIRING_TIMEOUT_MS);
+    } catch (err) {
+      log.info({ reason: (err as Error).message }, 'node relay leg closed before its request');
+      socket.destroy();
+      return;
+    }
+    this.#opts.relay.acceptForwardedLeg(socket, request.user ?? '', request.token ?? '', peerNode);
+  }
+
+  // ---- the client side ----
+
+  #connect(node: NodeInfo, domain: string, alpn: string): Promise<tls.TLSSocket> {
+    const creds = this.#creds.get(domain);
+    const ca = this.#opts.cas.get(domain);
+    if (!creds || !ca) return Promise.reject(vertexError('UnknownDomain', `node: this node does not serve ${domain}`));
+    const { host, port } = parseEndpoint(node.endpoint);
+    return new Promise((resolve, reject) => {
+      const tcp = net.connect({ host, port, allowHalfOpen: true });
+      tcp.setNoDelay(true);
+      const socket = tls.connect({
+        socket: tcp, servername: domain, key: creds.keyPem, cert: creds.certPem, ca: [ca.certPem],
+        minVersion: 'TLSv1.3', ALPNProtocols: [alpn], allowHalfOpen: true,
+        // The chain is checked against the domain CA; the name is the node mark, not a host name.
+        checkServerIdentity: (_host, cert) => {
+          try {
+            const name = nodeNameOf(new X509Certificate(cert.raw), domain);
+            return name === node.name ? undefined : new Error(`expected node ${node.name}, found node ${name}`);
+          } catch (err) {
+            return err as Error;
+          }
+        },
+      } as tls.ConnectionOptions);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(vertexError('Timeout', `node ${node.name} at ${node.endpoint}: no tls within ${NODE_CONNECT_TIMEOUT_MS} ms`));
+      }, NODE_CONNECT_TIMEOUT_MS);
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        socket.off('error', onError);
+        carryAbortsOverTcp(socket, tcp);
+        resolve(socket);
+      });
+      const onError = (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(vertexError('ServerUnavailable', `node ${node.name} at ${node.endpoint}: ${err.code ?? err.message}`, err));
+      };
+      socket.once('error', onError);
+    });
+  }
+
+  #peer(node: NodeInfo, domain: string): Promise<AmpPeer> {
+    const key = `${node.name}/${node.endpoint}/${domain}`;
+    const existing = this.#peers.get(key);
+    if (existing) return existing;
+    const pending = this.#connect(node, domain, ALPN_NODE).then((socket) => {
+      const peer = attachAmp(socket, { log: this.#log.child({ node: node.name }), limits: { maxBoxBytes: MAX_NODE_BOX_BYTES } });
+      socket.once('close', () => {
+        if (this.#peers.get(key) === pending) this.#peers.delete(key);
+      });
+      return peer;
+    });
+    this.#peers.set(key, pending);
+    pending.catch(() => {
+      if (this.#peers.get(key) === pending) this.#peers.delete(key);
+    });
+    return pending;
+  }
+
+  // ---- NodePresence (the broker's view of the other nodes) ----
+
+  put(address: string, device: string, services: readonly string[]): Promise<void> {
+    return this.#directory ? this.#directory.put(address, device, services) : Promise.resolve();
+  }
+
+  remove(address: string, device: string): void {
+    void this.#directory?.remove(address, device);
+  }
+
+  devicesElsewhere(address: string): Promise<RemoteDevice[]> {
+    return this.#directory ? this.#directory.devicesElsewhere(address) : Promise.resolve([]);
+  }
+
+  async forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs> {
+    const to = args.to ?? '';
+    const info = await this.#directory?.node(node);
+    if (!info) throw vertexError('Offline', `${to} is not online (its node ${node} is gone)`);
+    let peer: AmpPeer;
+    try {
+      peer = await this.#peer(info, domain);
+    } catch (err) {
+      this.#log.warn({ node, reason: (err as Error).message }, 'inbound: the node holding the listener does not answer');
+      throw vertexError('Offline', `${to} is not reachable now: its server node ${node} does not answer`);
+    }
+    try {
+      return await peer.call(NODE_COMMANDS.inbound, args, { timeoutMs: INBOUND_FORWARD_TIMEOUT_MS + 2_000 });
+    } catch (err) {
+      const e = asVertexError(err, 'Internal');
+      if (e.code === 'ConnectionLost') throw vertexError('Offline', `${to} is not reachable now: its server node ${node} went away`);
+      throw e;
+    }
+  }
+
+  /** A relay leg whose token pairs on another node: carried there and spliced. */
+  async #forwardLeg(leg: tls.TLSSocket, user: string, token: string, known: string | undefined): Promise<void> {
+    const domain = ((leg as tls.TLSSocket & { servername?: string | false }).servername || this.#creds.keys().next().value || '') as string;
+    const refuse = (err: VertexError) => {
+      this.#log.info({ user, code: err.code, reason: err.message }, 'relay leg refused');
+      writePreamble(leg, { error_code: err.code, error_description: err.message });
+      leg.end();
+    };
+    let candidates: NodeInfo[];
+    try {
+      if (known) {
+        const info = await this.#directory!.node(known);
+        candidates = info ? [info] : [];
+      } else {
+        candidates = await this.#directory!.liveNodes();
+      }
+    } catch (err) {
+      return refuse(vertexError('StorageUnavailable', `relay: cannot find the node holding the token: ${(err as Error).message}`));
+    }
+    const attempts = candidates.map(async (node) => {
+      const socket = await this.#connect(node, domain, ALPN_NODE_RELAY);
+      writePreamble(socket, { token, user });
+      let answer: Record<string, string>;
+      try {
+        answer = await readPreamble(socket, `relay via node ${node.name}`, RELAY_PAIRING_TIMEOUT_MS);
+      } catch (err) {
+        socket.destroy();
+        throw err;
+      }
+      if (answer.held !== '1') {
+        socket.destroy();
+        const refused = preambleError(answer);
+        throw vertexError('TokenInvalid', refused?.description ?? 'relay: refused');
+      }
+      return { socket, node };
+    });
+    let won: { socket: tls.TLSSocket; node: NodeInfo };
+    try {
+      won = await Promise.any(attempts);
+    } catch {
+      return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    }
+    // Late winners (a token held twice cannot happen; a slow refusal can) are closed.
+    for (const a of attempts) void a.then((r) => { if (r.socket !== won.socket) r.socket.destroy(); }, () => undefined);
+    if (leg.destroyed) {
+      won.socket.destroy();
+      return;
+    }
+    this.#log.info({ user, node: won.node.name }, 'relay leg carried to the node holding its token');
+    splice(leg, won.socket);
+  }
+
+  async stop(): Promise<void> {
+    if (this.#renew) clearInterval(this.#renew);
+    this.#renew = null;
+    const server = this.#server;
+    this.#server = null;
+    if (server) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of this.#sockets) s.destroy();
+      await closed;
+    }
+    for (const p of this.#peers.values()) void p.then((peer) => peer.close(), () => undefined);
+    this.#peers.clear();
+    await this.#directory?.close();
+    this.#directory = null;
+  }
+}

@@ -1,0 +1,240 @@
+/**
+ * Issue 14, "must show": three real `vertex server` nodes of one domain on
+ * one real PostgreSQL (same domain CA, copied), agents homed on different
+ * nodes. alice's agent talks to node 1, bob's to node 3: alice's inbound
+ * arrives at node 1, which finds bob on node 3 in the store and forwards it
+ * there over node-to-node mutual TLS. Over the relay, alice's leg lands on
+ * node 1 and bob's on node 3, which carries it to node 1 where they pair.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { runVertex, startServer, startVertex, stopAll, tempDir, type ServerHandle, type VertexProcess } from '../../helpers/cli';
+import { connectTcp, until } from '../../helpers/net';
+import { describePostgres, postgresDatabase } from '../../helpers/postgres';
+import * as tls from 'node:tls';
+import { createDomainCa } from '../../../q2q/identity';
+import { attachAmp } from '../../../q2q/transport/amp-connection';
+import { issueNodeCertificate } from '../../../server/node-identity';
+import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
+import { exchange, startEcho, type Closable } from '../agent/helpers';
+
+const PASSWORD = 'correct horse battery staple';
+const DOMAIN = 'mn.test';
+const TEN_MB = 10 * 1024 * 1024;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+export interface Cluster {
+  nodes: ServerHandle[];
+  storeUrl: string;
+}
+
+/** Three nodes of DOMAIN on `storeUrl`: node 1 creates the CA, nodes 2 and 3 get a copy (docs/deploy.md). */
+export async function startCluster(storeUrl: string, count = 3, extraArgs: string[] = []): Promise<Cluster> {
+  const nodes: ServerHandle[] = [];
+  for (let i = 1; i <= count; i++) {
+    const dataDir = tempDir(`node${i}`);
+    if (i > 1) fs.cpSync(path.join((nodes[0] as ServerHandle).dataDir, 'ca'), path.join(dataDir, 'ca'), { recursive: true });
+    nodes.push(await startServer([DOMAIN], {
+      dataDir,
+      extraArgs: ['--store', storeUrl, '--node-name', `n${i}`, '--node-listen', '127.0.0.1:0', '--log-level', 'info', ...extraArgs],
+    }));
+  }
+  return { nodes, storeUrl };
+}
+
+export interface TestAgent {
+  proc: VertexProcess;
+  home: string;
+  vertex(args: string[]): ReturnType<typeof runVertex>;
+}
+
+/** Registers `address` through `node` and starts its agent homed on `node` (agent.yaml names only that node). */
+export async function agentOn(node: ServerHandle, address: string, extraYaml = ''): Promise<TestAgent> {
+  const home = tempDir('home');
+  const resolve = node.resolveArg(DOMAIN);
+  const reg = await runVertex([...resolve, '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
+  if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
+  fs.writeFileSync(path.join(home, 'agent.yaml'), [
+    'version: 1',
+    'socks: { listen: 127.0.0.1:0 }',
+    `domains: { ${DOMAIN}: { server: "127.0.0.1:${node.port}" } }`,
+    `control: { socket: ${JSON.stringify(path.join(home, 'agent.sock'))} }`,
+    'peer_listen: 127.0.0.1:0',
+    'advertise: [127.0.0.1]',
+    'relay_delay_ms: 300',
+    extraYaml,
+  ].join('\n'));
+  const proc = startVertex(['--home', home, 'agent', '--log-level', 'info']);
+  await proc.waitFor(/control socket /);
+  return { proc, home, vertex: (args) => runVertex([...resolve, '--home', home, ...args]) };
+}
+
+/** Waits until `agent`'s status says it is online at its home server. */
+export async function online(agent: TestAgent): Promise<void> {
+  await until('the agent online', async () => {
+    const r = await agent.vertex(['status', '--json']);
+    if (r.code !== 0) return undefined;
+    const status = JSON.parse(r.stdout) as { server?: { state?: string } };
+    return status.server?.state === 'online' ? true : undefined;
+  });
+}
+
+/** Forwards a local port to `to` on the caller's running agent and sends `payload` through it. */
+export async function throughForward(caller: TestAgent, to: string, payload: Buffer): Promise<Buffer> {
+  const added = await caller.vertex(['forward', '127.0.0.1:0', to, '--json']);
+  if (added.code !== 0) throw new Error(`forward: ${added.stderr}`);
+  const listen = (JSON.parse(added.stdout) as { listen: string }).listen;
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  try {
+    return await exchange(await connectTcp(port), payload);
+  } finally {
+    await caller.vertex(['forward', '--remove', String(port)]);
+  }
+}
+
+afterAll(stopAll);
+
+describePostgres('three nodes of one domain: presence, forwarding and relay across nodes', () => {
+  const database = postgresDatabase();
+  let cluster: Cluster;
+  let echo: Closable;
+
+  beforeAll(async () => {
+    echo = await startEcho();
+    cluster = await startCluster(await database().freshSchema());
+  }, 120_000);
+
+  afterAll(async () => {
+    await stopAll();
+    await echo?.close();
+  });
+
+  it('each node issues itself a node certificate and listens for the others', () => {
+    for (const [i, node] of cluster.nodes.entries()) {
+      expect(node.proc.output()).toMatch(new RegExp(`node-to-node listening \\(mutual tls\\)`));
+      expect(node.proc.output()).toContain(`"node":"n${i + 1}"`);
+    }
+  });
+
+  describe('alice homed on node 1 reaches bob homed on node 3', () => {
+    let alice: TestAgent;
+    let bob: TestAgent;
+
+    beforeAll(async () => {
+      const [n1, , n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      bob = await agentOn(n3, `bob@${DOMAIN}`, `expose:\n  - { service: echo, target: "127.0.0.1:${echo.port}", allow: ["alice@${DOMAIN}"] }`);
+      alice = await agentOn(n1, `alice@${DOMAIN}`);
+      await Promise.all([online(alice), online(bob)]);
+    }, 120_000);
+
+    afterAll(async () => {
+      await alice?.proc.stop();
+      await bob?.proc.stop();
+    });
+
+    it('over tcp: 10 MB byte-exact, the inbound forwarded from node 1 to node 3', async () => {
+      const [n1, n2, n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      const from = cluster.nodes.map((n) => n.proc.output().length);
+      const payload = randomBytes(TEN_MB);
+      const back = await throughForward(alice, `bob@${DOMAIN}:echo`, payload);
+      expect(back.length).toBe(payload.length);
+      expect(sha(back)).toBe(sha(payload));
+      // Node 1 took alice's inbound and found bob on node 3; node 3 asked bob's agent.
+      expect(n1.proc.output().slice(from[0])).toMatch(/"node":"n3".*inbound brokered through another node/);
+      expect(n3.proc.output().slice(from[2])).toMatch(/"to":"bob@mn\.test".*inbound brokered/);
+      // Node 2 holds neither and saw nothing of it.
+      expect(n2.proc.output().slice(from[1])).not.toMatch(/inbound brokered/);
+      const status = JSON.parse((await alice.vertex(['status', '--json'])).stdout) as { tunnels?: Array<{ route?: string }> };
+      expect(JSON.stringify(status)).not.toMatch(/"route":"relay"/);
+    }, 120_000);
+
+    it('a device on no node is Offline, with one line', async () => {
+      const r = await alice.vertex(['ping', `carol@${DOMAIN}`]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/not online|no such|Offline/i);
+    }, 60_000);
+  });
+
+  describe('the node port admits only node certificates of the domain CA', () => {
+    let port: number;
+    let ca: { domain: string; certPem: string; keyPem: string; fingerprint: string };
+
+    beforeAll(() => {
+      const n1 = cluster.nodes[0] as ServerHandle;
+      port = Number(/"endpoint":"127\.0\.0\.1:(\d+)"/.exec(n1.proc.output())?.[1]);
+      const dir = path.join(n1.dataDir, 'ca', DOMAIN);
+      ca = { domain: DOMAIN, certPem: fs.readFileSync(path.join(dir, 'cert.pem'), 'utf8'), keyPem: fs.readFileSync(path.join(dir, 'key.pem'), 'utf8'), fingerprint: '' };
+    });
+
+    /** Connects to node 1's node port with `creds` and asks node-inbound for a user nobody holds: the answer, or why not. */
+    async function probe(creds: { keyPem: string; certPem: string } | null): Promise<string> {
+      const socket = tls.connect({
+        host: '127.0.0.1', port, servername: DOMAIN, ALPNProtocols: [ALPN_NODE], ca: [ca.certPem], minVersion: 'TLSv1.3',
+        checkServerIdentity: () => undefined, ...(creds && { key: creds.keyPem, cert: creds.certPem }),
+      });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          socket.once('secureConnect', () => resolve());
+          socket.once('error', reject);
+        });
+        const peer = attachAmp(socket);
+        await peer.call(NODE_COMMANDS.inbound, {
+          from: `mallory@${DOMAIN}`, to: `nobody@${DOMAIN}`, service: 'echo', device: 'default', certificate: 'x', candidates: '[]', routes: '[]',
+        }, { timeoutMs: 20_000 });
+        return 'answered';
+      } catch (err) {
+        return (err as { code?: string }).code ?? (err as Error).message;
+      } finally {
+        socket.destroy();
+      }
+    }
+
+    it('a node certificate from the domain CA is answered (the control: the probe can succeed)', async () => {
+      expect(await probe(await issueNodeCertificate(ca, 'probe'))).toBe('Offline');
+    }, 60_000);
+
+    it('no certificate, a user certificate of the domain, or a node certificate of another CA: refused before any command', async () => {
+      expect(await probe(null)).not.toMatch(/^(Offline|answered)$/);
+      const home = tempDir('home');
+      const reg = await runVertex([...(cluster.nodes[0] as ServerHandle).resolveArg(DOMAIN), '--home', home, 'register', `mallory@${DOMAIN}`, '--password-stdin'], { input: PASSWORD });
+      expect(reg.code).toBe(0);
+      const id = path.join(home, 'identities', `mallory@${DOMAIN}`);
+      const user = { keyPem: fs.readFileSync(path.join(id, 'key.pem'), 'utf8'), certPem: fs.readFileSync(path.join(id, 'cert.pem'), 'utf8') };
+      expect(await probe(user)).not.toMatch(/^(Offline|answered)$/);
+      const other = await createDomainCa(DOMAIN);
+      expect(await probe(await issueNodeCertificate({ ...other, domain: DOMAIN, fingerprint: '' }, 'n9'))).not.toMatch(/^(Offline|answered)$/);
+    }, 60_000);
+  });
+
+  describe('over the relay (agents with routes: [relay])', () => {
+    let alice: TestAgent;
+    let bob: TestAgent;
+
+    beforeAll(async () => {
+      const [n1, , n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      bob = await agentOn(n3, `rita@${DOMAIN}`, [
+        `expose:\n  - { service: echo, target: "127.0.0.1:${echo.port}", allow: ["rick@${DOMAIN}"] }`,
+        'routes: [relay]',
+      ].join('\n'));
+      alice = await agentOn(n1, `rick@${DOMAIN}`, 'routes: [relay]');
+      await Promise.all([online(alice), online(bob)]);
+    }, 120_000);
+
+    afterAll(async () => {
+      await alice?.proc.stop();
+      await bob?.proc.stop();
+    });
+
+    it('10 MB byte-exact; bob\'s leg lands on node 3 and is carried to node 1, where the two legs pair', async () => {
+      const [n1, , n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      const from = cluster.nodes.map((n) => n.proc.output().length);
+      const payload = randomBytes(TEN_MB);
+      const back = await throughForward(alice, `rita@${DOMAIN}:echo`, payload);
+      expect(back.length).toBe(payload.length);
+      expect(sha(back)).toBe(sha(payload));
+      expect(n3.proc.output().slice(from[2])).toMatch(/"node":"n1".*relay leg carried to the node holding its token/);
+      expect(n1.proc.output().slice(from[0])).toMatch(/relay spliced/);
+    }, 120_000);
+  });
+});
