@@ -6,6 +6,11 @@
  *   shells report for an interrupted program) and 0 after SIGTERM (a service
  *   manager asked for a stop and got a clean one), 1 if stopping failed.
  * - A second signal exits at once with the same status.
+ * - Once the command has finished (`finish`), a stop signal exits at once
+ *   with the command's own status. The handlers stay until the process is
+ *   gone: removing them puts back the default action, and a SIGTERM in the
+ *   last milliseconds of a finished `vertex receive --once` then killed it,
+ *   so its parent saw "killed by SIGTERM" instead of its status.
  * - SIGHUP is not handled here: the agent uses it to reload and reconnect.
  */
 import { EXIT } from './exit-codes';
@@ -17,7 +22,13 @@ export interface StopSignals {
   readonly signal: NodeJS.Signals | null;
   /** The exit status for the signal seen (SIGNAL_EXIT), or `fallback` when none was. */
   exitCode(fallback: number): number;
-  /** Removes the handlers. */
+  /**
+   * The command is done and on its way out: returns the status to exit with
+   * (exitCode(status)), and from now on a stop signal exits at once with it
+   * instead of stopping anything.
+   */
+  finish(status: number): number;
+  /** Removes the handlers (for a process that goes on with other work). */
   dispose(): void;
 }
 
@@ -30,8 +41,10 @@ export interface StopSignalOptions {
 
 export function onStopSignals(stop: (signal: NodeJS.Signals) => Promise<void> | void, opts: StopSignalOptions = {}): StopSignals {
   let seen: NodeJS.Signals | null = null;
+  let finished: number | null = null;
   const codeFor = (signal: NodeJS.Signals): number => SIGNAL_EXIT[signal as 'SIGINT' | 'SIGTERM'] ?? EXIT.other;
   const handler = (signal: NodeJS.Signals): void => {
+    if (finished !== null) process.exit(finished);
     if (seen) process.exit(codeFor(seen));
     seen = signal;
     if (opts.announce ?? true) process.stderr.write(`vertex: ${signal}, stopping\n`);
@@ -54,6 +67,10 @@ export function onStopSignals(stop: (signal: NodeJS.Signals) => Promise<void> | 
       return seen;
     },
     exitCode: (fallback) => (seen ? codeFor(seen) : fallback),
+    finish: (status) => {
+      finished ??= seen ? codeFor(seen) : status;
+      return finished;
+    },
     dispose: () => {
       process.off('SIGINT', handler);
       process.off('SIGTERM', handler);

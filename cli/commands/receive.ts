@@ -156,11 +156,10 @@ async function run(args: ReceiveArgs): Promise<void> {
     const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
     void Promise.race([Promise.allSettled(active.values()), grace]).then(() => finished(EXIT.ok));
   }, { exit: false, announce: !json });
-  const status = await done;
-  signals.dispose();
+  const status = signals.finish(await done);
   ask?.close();
   await node.stop();
-  process.exit(signals.exitCode(status));
+  process.exit(status);
 }
 
 /** What a transfer's stream says about its other end (a Q2QStream, or the agent's announcement). */

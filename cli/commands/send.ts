@@ -113,6 +113,8 @@ async function run(args: SendArgs): Promise<void> {
         (resumed.length > 0 ? `; resumed ${resumed.length} file${resumed.length === 1 ? '' : 's'}, ${formatBytes(result.bytesSent)} sent` : '') + '\n',
       );
     }
+    // Sent: a stop signal while the process winds down exits 0 rather than killing it.
+    signals.finish(EXIT.ok);
   } catch (err) {
     // Ctrl-C: the transfer says it was cancelled, and the exit status says it was interrupted.
     if (signals.signal) {
@@ -123,7 +125,6 @@ async function run(args: SendArgs): Promise<void> {
     throw err;
   } finally {
     view?.stop();
-    signals.dispose();
     agent?.socket.destroy();
   }
 }
