@@ -82,6 +82,8 @@ export interface LadderOptions {
   natMapping(): NatMapping;
   /** This node's device name, told to the listener in the claim. */
   device?: string;
+  /** A race skipped its punch (both ends behind per-destination mappings): the agent's metrics count it. */
+  onPunchSkipped?: () => void;
   clock?: Clock;
   relayDelayMs?: number;
   ptcpStaggerMs?: number;
@@ -121,11 +123,17 @@ export class Ladder {
       ...(this.#opts.device ? { from_device: this.#opts.device } : {}),
     };
     const answer = await this.#opts.inbound(domain, args, opts.timeoutMs);
+    const device = answer.device ?? '';
+    if (opts.device !== undefined && device !== opts.device) {
+      const named = `${to.replace('@', `+${opts.device}@`)}:${service}`;
+      if (device === '') throw vertexError('ProtocolVersion', `connect ${named}: ${domain}'s server does not know devices (its answer named none); connect without one`);
+      throw vertexError('Internal', `connect ${named}: the server answered for device ${device} instead`);
+    }
     const certificate = answer.certificate ?? '';
     this.#opts.verifyListener(to, certificate);
     return {
       to, service,
-      device: answer.device ?? opts.device ?? '',
+      device,
       token: answer.token ?? '',
       certificate,
       candidates: parseCandidates(answer.candidates),
@@ -140,6 +148,7 @@ export class Ladder {
     // Both ends behind per-destination mappings: skip the punch, relay at once (nat-type.ts).
     const hopeless = punchHopeless(this.#opts.natMapping(), answer.peerNat);
     const candidates = answer.candidates.filter((c) => routes.includes(c.route) && !(hopeless && c.route === 'ptcp'));
+    if (hopeless && answer.candidates.some((c) => c.route === 'ptcp' && routes.includes('ptcp'))) this.#opts.onPunchSkipped?.();
     return new Race(this.#opts, this.#clock, this.#log, answer, {
       candidates,
       relay: routes.includes('relay') && answer.relay,

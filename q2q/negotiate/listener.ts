@@ -20,7 +20,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import { formatAddress, parseAddress, parseService } from '../address';
+import { formatAddress, parseAddress, parseDevice, parseService } from '../address';
 import { TOKEN_LIFETIME_MS } from '../control/protocol';
 import { vertexError, type VertexError } from '../errors';
 import { certificateFingerprint, describeCertificate } from '../identity';
@@ -53,6 +53,12 @@ export interface ListenerOptions {
   openRelayLeg(token: string): Promise<Duplex>;
   /** A claimed channel: the session manager takes it from here. */
   onChannel(channel: PeerChannel): void;
+  /**
+   * Transitional, while servers do not send relay-ready yet: the listener also
+   * opens its relay leg this long after answering (at once when no direct
+   * route can work). Unset: only relay-ready opens it.
+   */
+  relayFallbackMs?: number;
   /** Per-caller and per-listener inbound limits; default: InboundLimits' defaults on `clock`. */
   limits?: InboundLimits;
   /** This host's addresses, which are never probed; default: the interfaces, re-read every 5 s. */
@@ -77,6 +83,8 @@ interface PendingInbound {
   admission: InboundAdmission;
   relayOpening: boolean;
   relayLeg: Duplex | null;
+  /** The transitional relay timer (ListenerOptions.relayFallbackMs). */
+  relayTimer: Timer | null;
 }
 
 export class PeerListener {
@@ -104,6 +112,7 @@ export class PeerListener {
   async onInbound(args: AmpArgs): Promise<AmpArgs> {
     const me = this.#opts.identity().address;
     const from = formatAddress(parseAddress(args.from ?? ''));
+    const fromDevice = args.from_device ? parseDevice(args.from_device) : '';
     const service = parseService(args.service ?? '');
     try {
       // Before any other work: a caller past its rate gets nothing else done.
@@ -123,10 +132,10 @@ export class PeerListener {
     const token = (this.#opts.random ?? randomBytes)(16).toString('hex');
     const routes = this.#opts.routes;
     const pending: PendingInbound = {
-      from, fromDevice: args.from_device ?? '', service, fingerprint, admission,
+      from, fromDevice, service, fingerprint, admission,
       relay: routes.includes('relay') && callerRoutes.includes('relay'),
       expiry: this.#clock.setTimer(() => this.#forget(token), TOKEN_LIFETIME_MS),
-      relayOpening: false, relayLeg: null,
+      relayOpening: false, relayLeg: null, relayTimer: null,
     };
     this.#pending.set(token, pending);
 
@@ -143,6 +152,10 @@ export class PeerListener {
       // Open our NAT mapping toward the caller before the answer goes back: low-TTL
       // probes only, so nothing of ours reaches the caller's NAT first (punch.ts).
       await this.#opts.punch(token, callerPtcp);
+    }
+    const fallback = this.#opts.relayFallbackMs;
+    if (fallback !== undefined && pending.relay && this.#pending.get(token) === pending) {
+      pending.relayTimer = this.#clock.setTimer(() => void this.#openRelayLeg(token, pending), candidates.length > 0 && !hopeless ? fallback : 0);
     }
     const nat = this.#opts.natMapping();
     this.#log.info({ me, from, service, candidates: candidates.length, nat, callerNat: callerMapping, hopeless }, 'inbound accepted');
@@ -164,11 +177,14 @@ export class PeerListener {
     if (!pending) return;
     this.#pending.delete(token);
     pending.expiry.cancel();
+    pending.relayTimer?.cancel();
     pending.admission.release();
     pending.relayLeg?.destroy();
   }
 
   async #openRelayLeg(token: string, pending: PendingInbound): Promise<void> {
+    pending.relayTimer?.cancel();
+    pending.relayTimer = null;
     if (this.#pending.get(token) !== pending || pending.relayOpening || this.#stopped) return;
     pending.relayOpening = true;
     try {
@@ -226,13 +242,27 @@ export class PeerListener {
     writePreamble(socket, { ok: '1' });
     this.#log.info({ from: pending.from, route }, 'peer session accepted');
     this.#opts.onChannel({
-      socket, route, role: 'listener', peer: pending.from, device: claim.device ?? pending.fromDevice, certificate: presented.toString(),
+      socket, route, role: 'listener', peer: pending.from, device: pending.fromDevice || claimedDevice(claim.device), certificate: presented.toString(),
     });
   }
 
   stop(): void {
     this.#stopped = true;
     for (const token of [...this.#pending.keys()]) this.#forget(token);
+  }
+}
+
+/**
+ * The device a caller names in its claim, used only when its server forwarded
+ * none: a label among the caller's machines (peer TLS proves the address, not
+ * the device), so an invalid one is dropped rather than refused.
+ */
+function claimedDevice(device: string | undefined): string {
+  if (!device) return '';
+  try {
+    return parseDevice(device);
+  } catch {
+    return '';
   }
 }
 

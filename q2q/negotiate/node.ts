@@ -35,7 +35,6 @@ import { certificateFingerprint, describeCertificate, verifyUserCertificate } fr
 import type { AmpArgs } from '../proto/amp-peer';
 import { preambleError, readPreamble, writePreamble } from '../transport/preamble';
 import { silentLogger, type Logger } from '../util/log';
-import { defaultAllow, isAllowed } from './allow';
 import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
 import { carryAbortsOverTcp, openRelayLeg } from './relay-leg';
@@ -47,12 +46,29 @@ import { mappingMarker, MappingObserver, peerMapping, punchHopeless, type NatMap
 import { PtcpSocket } from '../transport/ptcp-socket';
 import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
+import { Ladder } from './ladder';
+import { PeerListener } from './listener';
+import { SessionManager } from './session-manager';
+import { ServiceTable } from './services';
+import { dialTcp } from '../transport/tcp-dialer';
+import type { PeerDialers } from '../transport/route';
 import {
   ALL_ROUTES, type ConnectOptions, type Identity, type NodeStatus, type Q2QOptions, type Q2QStream,
   type RouteName, type ServiceOptions,
 } from './types';
 
 export const DEFAULT_RELAY_DELAY_MS = 1_000;
+/**
+ * Peer sessions (issue 12: one mutual-TLS session per peer device, every
+ * connection a stream on it) are used unless Q2QOptions.peerSessions says
+ * otherwise; VERTEX_PEER_SESSIONS=1/0 sets the default for a process and its
+ * children (tests run the integration suites both ways with it). Both ends
+ * must agree: a session speaks mux frames after the claim, the per-connection
+ * path speaks the service's bytes.
+ */
+export function peerSessionsByDefault(): boolean {
+  return process.env.VERTEX_PEER_SESSIONS === '1';
+}
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 /**
  * PTCP starts this long after direct TCP when both are possible: on a LAN or a
@@ -176,7 +192,9 @@ export class Q2QNode extends EventEmitter {
   readonly #routes: readonly RouteName[];
   readonly #relayDelayMs: number;
   #pool: ServerPool;
-  readonly #services = new Map<string, ServiceOptions>();
+  readonly #services: ServiceTable;
+  /** The session core (issue 12), or null on the per-connection path. */
+  #core: { listener: PeerListener; sessions: SessionManager } | null = null;
   readonly #pending = new Map<string, PendingInbound>();
   readonly #domain: string;
   readonly #device: string;
@@ -211,6 +229,88 @@ export class Q2QNode extends EventEmitter {
       check: (certificates) => this.#certStatus(certificates),
       log: this.#log.child({ component: 'revocation' }),
     });
+    this.#services = new ServiceTable(() => this.#identity.address);
+    if (options.peerSessions ?? peerSessionsByDefault()) this.#core = this.#buildCore();
+  }
+
+  /**
+   * The negotiation core over this node's I/O: the listener's token table and
+   * claims (listener.ts), the caller's ladder (ladder.ts) and the peer sessions
+   * both feed (session-manager.ts).
+   */
+  #buildCore(): { listener: PeerListener; sessions: SessionManager } {
+    const log = this.#log;
+    const dialers: PeerDialers = {
+      tcp: dialTcp,
+      ptcp: async (target, token, opts) => {
+        // A race settled before the socket is needed binds nothing (a one-shot process exits).
+        if (opts.signal.aborted) throw vertexError('ConnectionLost', 'ptcp: not needed');
+        const socket = await this.#ptcpSocket();
+        // 'punch' events: the agent's metrics count attempts and outcomes (agent/metrics.ts).
+        return punchedConnect(socket, token, target, opts).then(
+          (stream) => { this.emit('punch', 'ok'); return stream; },
+          (err: unknown) => { this.emit('punch', opts.signal.aborted ? 'cancelled' : 'failed'); throw err; },
+        );
+      },
+      relay: (domain, token) => openRelayLeg({ domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust }),
+    };
+    const ladder = new Ladder({
+      identity: () => this.#identity,
+      routes: this.#routes,
+      dialers,
+      inbound: (domain, args, timeoutMs) => this.#callInbound(domain, args, timeoutMs),
+      ownCandidates: (domain) => this.#directCandidates(['ptcp'], domain),
+      verifyListener: (to, certificate) => {
+        const domain = parseAddress(to).domain;
+        const ca = this.#opts.trust.loadCaFor(domain);
+        if (!ca) throw vertexError('CertificateInvalid', `connect ${to}: no pinned CA for ${domain}`);
+        verifyUserCertificate(certificate, ca, { expectedAddress: to });
+      },
+      natMapping: () => this.natMapping,
+      device: this.#device,
+      relayDelayMs: this.#relayDelayMs,
+      onPunchSkipped: () => this.emit('punch', 'skipped'),
+      log: log.child({ component: 'ladder' }),
+    });
+    const sessions = new SessionManager({
+      identity: () => this.#identity,
+      ladder,
+      services: this.#services,
+      routes: this.#routes,
+      onSession: (session) => {
+        // The session's socket carries every stream: revoking the peer closes them all (with
+        // CertificateRevoked) and the session with them, so no new stream can reuse it.
+        if (this.#stopped) return;
+        this.#watch.start();
+        this.#watch.track(session.socket, session.certificate);
+      },
+      log: log.child({ component: 'sessions' }),
+    });
+    const listener = new PeerListener({
+      identity: () => this.#identity,
+      routes: this.#routes,
+      services: this.#services,
+      candidates: (routes) => this.#directCandidates(routes, this.#domain),
+      natMapping: () => this.natMapping,
+      detectMappingFor: (domain) => this.#detectMappingFor(domain),
+      punch: async (token, targets) => punch(await this.#ptcpSocket(), token, targets, { role: 'listener' }),
+      openRelayLeg: (token) => openRelayLeg({ domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust }),
+      onChannel: (channel) => {
+        if (this.#core?.sessions === sessions) sessions.adopt(channel);
+        else channel.socket.destroy();
+      },
+      relayFallbackMs: this.#relayDelayMs,
+      limits: this.#limits,
+      ownHost: () => this.#ownHost(),
+      ...(this.#opts.punchTargetPolicy ? { punchTargetPolicy: this.#opts.punchTargetPolicy } : {}),
+      log: log.child({ component: 'listener' }),
+    });
+    return { listener, sessions };
+  }
+
+  /** True when connections are streams on peer sessions (issue 12). */
+  get peerSessions(): boolean {
+    return this.#core !== null;
   }
 
   get identity(): Identity {
@@ -236,6 +336,8 @@ export class Q2QNode extends EventEmitter {
     this.#pool = new ServerPool(this.#identity, this.#opts.resolve, this.#opts.trust, this.#log.child({ component: 'pool' }));
     old.closeAll();
     this.#home?.setIdentity(this.#identity);
+    // Sessions run on the old certificate: their open streams finish, new ones get new sessions.
+    this.#core?.sessions.drainAll('ConnectionLost', 'the certificate was renewed: new streams use a new session');
   }
 
   // ---- listening ----
@@ -251,9 +353,9 @@ export class Q2QNode extends EventEmitter {
       trust: this.#opts.trust,
       log: this.#log.child({ component: 'home' }),
       device: this.#device,
-      services: () => [...this.#services.keys()],
-      onInbound: (args) => this.#onInbound(args),
-      onRelayReady: async (args) => this.#onRelayReady(args),
+      services: () => this.#services.names(),
+      onInbound: (args) => (this.#core ? this.#core.listener.onInbound(args) : this.#onInbound(args)),
+      onRelayReady: async (args) => (this.#core ? this.#core.listener.onRelayReady(args) : this.#onRelayReady(args)),
       onRevoked: async (args) => this.#onRevoked(args),
     });
     this.#watch.start();
@@ -323,6 +425,8 @@ export class Q2QNode extends EventEmitter {
     const name = parseService(service);
     const known = this.#services.has(name);
     this.#services.set(name, opts);
+    // A narrower allow list: sessions of peers that may use nothing now are drained.
+    this.#core?.sessions.review();
     // The server knows names only: a changed allow list needs no new listen.
     if (known) return;
     void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
@@ -330,6 +434,7 @@ export class Q2QNode extends EventEmitter {
 
   unexpose(service: string): void {
     this.#services.delete(parseService(service));
+    this.#core?.sessions.review();
     void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
   }
 
@@ -341,7 +446,8 @@ export class Q2QNode extends EventEmitter {
       // Small handshake records (the claim answer, then the first service bytes)
       // must not wait for Nagle against the peer's delayed ACK (~40 ms).
       raw.setNoDelay(true);
-      void this.#acceptPeer(raw, 'tcp');
+      if (this.#core) void this.#core.listener.accept(raw, 'tcp');
+      else void this.#acceptPeer(raw, 'tcp');
     });
     await listenOn(server, { port: listen.port, host: listen.host });
     server.on('error', (err) => this.#log.warn({ err: err.message }, 'peer listener error'));
@@ -386,7 +492,10 @@ export class Q2QNode extends EventEmitter {
     if (!this.#ptcp) {
       const host = this.#opts.peerListen?.host ?? '0.0.0.0';
       this.#ptcp = PtcpSocket.bind({ host, port: 0, log: this.#log.child({ component: 'ptcp' }), tunables: PTCP_PEER_TUNABLES }).then((socket) => {
-        socket.listen((stream) => void this.#acceptPeer(stream, 'ptcp'));
+        socket.listen((stream) => {
+          if (this.#core) void this.#core.listener.accept(stream, 'ptcp');
+          else void this.#acceptPeer(stream, 'ptcp');
+        });
         return socket;
       });
     }
@@ -449,12 +558,11 @@ export class Q2QNode extends EventEmitter {
     // Before any other work: a caller past its rate gets nothing else done.
     this.#limits.take(from);
     const service = parseService(args.service ?? '');
-    const options = this.#services.get(service);
-    if (!options) throw vertexError('NotExposed', `${this.identity.address} does not expose "${service}"`);
-    const allow = options.allow ?? defaultAllow(this.identity.address);
-    if (!isAllowed(allow, from)) {
-      this.#log.info({ from, service }, 'inbound denied by allow list');
-      throw vertexError('Denied', `${this.identity.address}:${service} does not allow ${from}`);
+    try {
+      this.#services.check(service, from);
+    } catch (err) {
+      if (isVertexError(err, 'Denied')) this.#log.info({ from, service }, 'inbound denied by allow list');
+      throw err;
     }
     const certificate = args.certificate ?? '';
     if (describeCertificate(certificate).q2qAddress !== from) {
@@ -591,8 +699,13 @@ export class Q2QNode extends EventEmitter {
     pending.relayLeg = null;
     this.#forget(token);
     if (route !== 'relay') leg?.destroy();
-    const service = this.#services.get(pending.service);
-    if (!service) return refuse(vertexError('NotExposed', `"${pending.service}" is no longer exposed`));
+    let service: ServiceOptions;
+    try {
+      // Exposed still, and to this caller (the allow list may have changed since the inbound).
+      service = this.#services.check(pending.service, pending.from);
+    } catch (err) {
+      return refuse(asVertexError(err));
+    }
     let prepared: unknown;
     if (service.prepare) {
       try {
@@ -627,6 +740,13 @@ export class Q2QNode extends EventEmitter {
     const { address, device: wanted, service } = parseServiceAddress(target);
     const to = formatAddress(address);
     const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    if (this.#core) {
+      // A live session to the device that serves it carries the stream at once; else the
+      // ladder sets one up (session-manager.ts).
+      const stream = await this.#core.sessions.connect({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs });
+      this.#log.info({ to, device: stream.device, service, route: stream.route, connectMs: stream.connectMs, session: stream.sessionId }, 'connected');
+      return stream;
+    }
     const deadline = Date.now() + timeoutMs;
     const answer = await this.#inbound(to, wanted, service, timeoutMs);
     const device = answer.device ? parseDevice(answer.device) : '';
@@ -665,6 +785,11 @@ export class Q2QNode extends EventEmitter {
     const args = {
       to, ...(device !== undefined && { device }), from_device: this.#device, service, candidates: JSON.stringify([...candidates, ...mappingMarker(this.natMapping)]), routes: JSON.stringify(this.#routes),
     };
+    return this.#callInbound(domain, args, timeoutMs);
+  }
+
+  /** One inbound call to `domain`'s server over a pooled connection. */
+  async #callInbound(domain: string, args: AmpArgs, timeoutMs: number): Promise<AmpArgs> {
     for (let attempt = 0; ; attempt++) {
       const connection = await this.#pool.get(domain);
       try {
@@ -834,7 +959,8 @@ export class Q2QNode extends EventEmitter {
         udp: ((r) => (r ? `${r.value}:${r.port}` : null))(this.#udpReflexive.get(this.#domain)),
         nat: this.natMapping,
       },
-      services: [...this.#services].map(([service, o]) => ({ service, allow: o.allow ?? defaultAllow(this.identity.address) })),
+      services: this.#services.entries(),
+      sessions: this.#core?.sessions.list() ?? [],
       peerListen: this.#peerPort === null ? null : `${this.#opts.peerListen?.host ?? '0.0.0.0'}:${this.#peerPort}`,
     };
   }
@@ -848,6 +974,14 @@ export class Q2QNode extends EventEmitter {
     this.#netTimer = null;
     this.#home?.stop();
     this.#pool.closeAll();
+    if (this.#core) {
+      const { listener, sessions } = this.#core;
+      listener.stop();
+      // A node may be started again (or connect after stop, as connectQ2Q's did): a fresh core.
+      this.#core = this.#buildCore();
+      // Sessions end cleanly (bounded) before the ptcp socket under them is closed.
+      await sessions.shutdown();
+    }
     for (const token of [...this.#pending.keys()]) this.#forget(token);
     const ptcp = this.#ptcp;
     this.#ptcp = null;

@@ -37,6 +37,8 @@ import type { Identity, Q2QStream, ServiceOptions } from './types';
 
 export const FALL_FORWARD_FIRST_MS = 5_000;
 export const FALL_FORWARD_MAX_MS = 60_000;
+/** How long stop() waits for sessions to end cleanly before their transports are closed. */
+export const SHUTDOWN_GRACE_MS = 1_000;
 
 export interface SessionManagerOptions {
   identity: () => Identity;
@@ -164,6 +166,32 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
   /** Every session takes no new streams (a renewed certificate: new sessions use it). */
   drainAll(code: string, description: string): void {
     for (const session of this.sessions()) session.drain(code, description);
+  }
+
+  /**
+   * The node stops: no new sessions or streams; a session without streams
+   * ends cleanly (what is queued on it, an END or the last bytes, still
+   * leaves), one with open streams closes at once and aborts them.
+   */
+  shutdown(graceMs = SHUTDOWN_GRACE_MS): Promise<void> {
+    this.#stopped = true;
+    for (const timer of this.#fallForward.values()) timer.cancel();
+    this.#fallForward.clear();
+    const sessions = this.sessions();
+    const closed = sessions.map((session) => new Promise<void>((resolve) => session.once('close', () => resolve())));
+    for (const session of sessions) {
+      if (session.streamCount === 0) session.mux.end();
+      else session.close();
+    }
+    // Resolves once every session has closed, or after graceMs: the caller may then close
+    // the transports under them (the ptcp socket) without cutting off a clean end.
+    return new Promise((resolve) => {
+      const timer = this.#clock.setTimer(resolve, graceMs);
+      void Promise.all(closed).then(() => {
+        timer.cancel();
+        resolve();
+      });
+    });
   }
 
   /** Closes every session at once, aborting its streams. */

@@ -91,6 +91,12 @@ export interface Q2QOptions {
   peerListen?: { host: string; port: number };
   /** Addresses to advertise as direct candidates instead of the local interfaces. */
   advertise?: readonly string[];
+  /**
+   * Connections as streams on one peer session per peer device (issue 12), or
+   * the per-connection path (one inbound, TLS handshake and claim each). Both
+   * ends must use the same. Default: VERTEX_PEER_SESSIONS (node.ts).
+   */
+  peerSessions?: boolean;
   /** Overall limit for one connect. Default 15000 ms. */
   connectTimeoutMs?: number;
   log?: Logger;
@@ -136,4 +142,6 @@ export interface NodeStatus {
   reflexive: { tcp: string | null; udp: string | null; nat?: 'easy' | 'hard' | 'unknown' };
   services: Array<{ service: string; allow: readonly string[] }>;
   peerListen: string | null;
+  /** Peer sessions, each with its route, open streams, bytes and age (none on the per-connection path). */
+  sessions?: SessionStatus[];
 }

@@ -151,7 +151,11 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       this.#pump();
     });
     channel.once('end', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel ended')));
-    channel.once('error', (err: Error) => this.#fail(vertexError('ConnectionLost', `mux session: ${err.message}`, err)));
+    // A channel destroyed with a typed reason (the revocation watch's CertificateRevoked)
+    // hands that reason to every stream; any other channel error is ConnectionLost.
+    // `on`, not `once`: a TLS channel can emit a second error after the first (a write the
+    // transport cancelled as it went), and one without a listener would end the process.
+    channel.on('error', (err: Error) => this.#fail(err instanceof VertexError ? err : vertexError('ConnectionLost', `mux session: ${err.message}`, err)));
     channel.once('close', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel closed')));
     this.#writeControl(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: MUX_VERSION, window: String(this.#window) })));
     this.#armTimer(this.#keepaliveMs);
