@@ -98,8 +98,8 @@ export function resolveOverrides(args: GlobalArgs): Map<string, ServerEndpoint> 
   return map;
 }
 
-export function serverResolver(args: GlobalArgs, extra?: Map<string, ServerEndpoint>): ServerResolver {
-  const overrides = new Map([...(extra ?? new Map<string, ServerEndpoint>()), ...resolveOverrides(args)]);
+export function serverResolver(args: GlobalArgs, extra?: Map<string, ServerEndpoint | readonly ServerEndpoint[]>): ServerResolver {
+  const overrides = new Map<string, ServerEndpoint | readonly ServerEndpoint[]>([...(extra ?? new Map()), ...resolveOverrides(args)]);
   return createServerResolver({ overrides });
 }
 
@@ -152,8 +152,8 @@ export function readAgentConfig(file: string | null, overrides?: AgentOverrides)
   return file ? loadAgentConfig(readConfigFile(file), file, { overrides }) : buildAgentConfig(overrides);
 }
 
-function domainServers(config: AgentConfig): Map<string, ServerEndpoint> {
-  return new Map(Object.entries(config.domains).map(([domain, d]) => [domain, { host: d.server.host, port: d.server.port }]));
+function domainServers(config: AgentConfig): Map<string, ServerEndpoint | readonly ServerEndpoint[]> {
+  return new Map(Object.entries(config.domains).map(([domain, d]) => [domain, (d.servers ?? [d.server]).map((s) => ({ host: s.host, port: s.port }))]));
 }
 
 export function agentSetup(args: AgentArgs, overrides?: AgentOverrides): AgentSetup {

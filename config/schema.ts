@@ -325,7 +325,8 @@ export const agentFileSchema = strict({
     (e) => String(e.service),
   ).optional(),
   domains: z
-    .record(checked(domainProblem), strict({ server: connectAddress }))
+    // One server, or a list: the nodes of a domain served by several (tried in order, also on reconnect).
+    .record(checked(domainProblem), strict({ server: z.union([connectAddress, z.array(connectAddress).min(1).max(16)]) }))
     .superRefine((record, ctx) => {
       const seen = new Set<string>();
       for (const domain of Object.keys(record)) {
@@ -380,7 +381,8 @@ export interface AgentConfig {
     readonly allow?: readonly string[];
   }[];
   /** Server overrides per domain, like curl's --resolve. Keys are case-folded. */
-  readonly domains: Readonly<Record<string, { readonly server: HostPort }>>;
+  /** `server` is the first server; `servers` all of them, in order, when a list was written. */
+  readonly domains: Readonly<Record<string, { readonly server: HostPort; readonly servers?: readonly HostPort[] }>>;
   readonly routes: readonly RouteName[];
   /** SOCKS/ProxyCommand port to service name; the defaults are merged under the file's entries. */
   readonly ports: Readonly<Record<number, string>>;
@@ -556,7 +558,11 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
       ...(e.allow && { allow: e.allow.map(parseAllowPattern) }),
     })),
     domains: Object.fromEntries(
-      Object.entries(domains).map(([domain, entry]) => [parseDomain(domain), { server: hostPort(entry.server) }]),
+      Object.entries(domains).map(([domain, entry]) => {
+        if (!Array.isArray(entry.server)) return [parseDomain(domain), { server: hostPort(entry.server) }];
+        const servers = entry.server.map((s) => hostPort(s));
+        return [parseDomain(domain), { server: servers[0] as HostPort, servers }];
+      }),
     ),
     routes: [...(file.routes ?? d.routes)],
     ports: Object.fromEntries(

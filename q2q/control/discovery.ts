@@ -19,7 +19,8 @@ export interface ServerEndpoint {
 export type ServerResolver = (domain: string) => Promise<ServerEndpoint[]>;
 
 export interface ResolverOptions {
-  overrides?: ReadonlyMap<string, ServerEndpoint> | Record<string, ServerEndpoint>;
+  /** A domain's server, or its servers in the order to try them (the nodes of one domain). */
+  overrides?: ReadonlyMap<string, ServerEndpoint | readonly ServerEndpoint[]> | Record<string, ServerEndpoint | readonly ServerEndpoint[]>;
   /** Injected for tests; defaults to node:dns. */
   resolveSrv?: (name: string) => Promise<Array<{ name: string; port: number; priority: number; weight: number }>>;
 }
@@ -32,7 +33,7 @@ export function createServerResolver(opts: ResolverOptions = {}): ServerResolver
   return async (domain) => {
     const key = domain.toLowerCase();
     const override = overrides.get(key);
-    if (override) return [{ ...override, via: 'override' }];
+    if (override) return (Array.isArray(override) ? override : [override]).map((o: ServerEndpoint) => ({ ...o, via: 'override' as const }));
     try {
       const records = await resolveSrv(`_q2q._tcp.${key}`);
       if (records.length > 0) {

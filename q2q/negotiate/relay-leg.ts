@@ -190,10 +190,21 @@ export async function openRelayLeg(opts: {
   trust: CaTrust;
   timeoutMs?: number;
 }): Promise<RelayLegStream> {
-  const [endpoint] = await opts.resolve(opts.domain);
-  if (!endpoint) throw vertexError('ServerUnavailable', `relay: no server address for ${opts.domain}`);
+  const endpoints = await opts.resolve(opts.domain);
+  if (endpoints.length === 0) throw vertexError('ServerUnavailable', `relay: no server address for ${opts.domain}`);
   const timeoutMs = opts.timeoutMs ?? RELAY_PAIRING_TIMEOUT_MS;
-  const leg = await connectLeg(endpoint, opts.domain, opts.identity, timeoutMs);
+  // A domain served by several nodes lists them all: any node pairs the legs (server/node-mesh.ts), so one that is down is skipped.
+  let leg: tls.TLSSocket | null = null;
+  let lastError: unknown;
+  for (const endpoint of endpoints) {
+    try {
+      leg = await connectLeg(endpoint, opts.domain, opts.identity, timeoutMs);
+      break;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  if (!leg) throw lastError;
   try {
     opts.trust.pinDomainCa(opts.domain, checkServerCa(opts.domain, leg.getPeerX509Certificate()));
     writePreamble(leg, { token: opts.token });

@@ -9,89 +9,18 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { runVertex, startServer, startVertex, stopAll, tempDir, type ServerHandle, type VertexProcess } from '../../helpers/cli';
-import { connectTcp, until } from '../../helpers/net';
+import { runVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
 import * as tls from 'node:tls';
 import { createDomainCa } from '../../../q2q/identity';
 import { attachAmp } from '../../../q2q/transport/amp-connection';
 import { issueNodeCertificate } from '../../../server/node-identity';
 import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
-import { exchange, startEcho, type Closable } from '../agent/helpers';
+import { startEcho, type Closable } from '../agent/helpers';
+import { agentOn, DOMAIN, online, PASSWORD, startCluster, throughForward, type Cluster, type TestAgent } from './helpers';
 
-const PASSWORD = 'correct horse battery staple';
-const DOMAIN = 'mn.test';
 const TEN_MB = 10 * 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-export interface Cluster {
-  nodes: ServerHandle[];
-  storeUrl: string;
-}
-
-/** Three nodes of DOMAIN on `storeUrl`: node 1 creates the CA, nodes 2 and 3 get a copy (docs/deploy.md). */
-export async function startCluster(storeUrl: string, count = 3, extraArgs: string[] = []): Promise<Cluster> {
-  const nodes: ServerHandle[] = [];
-  for (let i = 1; i <= count; i++) {
-    const dataDir = tempDir(`node${i}`);
-    if (i > 1) fs.cpSync(path.join((nodes[0] as ServerHandle).dataDir, 'ca'), path.join(dataDir, 'ca'), { recursive: true });
-    nodes.push(await startServer([DOMAIN], {
-      dataDir,
-      extraArgs: ['--store', storeUrl, '--node-name', `n${i}`, '--node-listen', '127.0.0.1:0', '--log-level', 'info', ...extraArgs],
-    }));
-  }
-  return { nodes, storeUrl };
-}
-
-export interface TestAgent {
-  proc: VertexProcess;
-  home: string;
-  vertex(args: string[]): ReturnType<typeof runVertex>;
-}
-
-/** Registers `address` through `node` and starts its agent homed on `node` (agent.yaml names only that node). */
-export async function agentOn(node: ServerHandle, address: string, extraYaml = ''): Promise<TestAgent> {
-  const home = tempDir('home');
-  const resolve = node.resolveArg(DOMAIN);
-  const reg = await runVertex([...resolve, '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
-  if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
-  fs.writeFileSync(path.join(home, 'agent.yaml'), [
-    'version: 1',
-    'socks: { listen: 127.0.0.1:0 }',
-    `domains: { ${DOMAIN}: { server: "127.0.0.1:${node.port}" } }`,
-    `control: { socket: ${JSON.stringify(path.join(home, 'agent.sock'))} }`,
-    'peer_listen: 127.0.0.1:0',
-    'advertise: [127.0.0.1]',
-    'relay_delay_ms: 300',
-    extraYaml,
-  ].join('\n'));
-  const proc = startVertex(['--home', home, 'agent', '--log-level', 'info']);
-  await proc.waitFor(/control socket /);
-  return { proc, home, vertex: (args) => runVertex([...resolve, '--home', home, ...args]) };
-}
-
-/** Waits until `agent`'s status says it is online at its home server. */
-export async function online(agent: TestAgent): Promise<void> {
-  await until('the agent online', async () => {
-    const r = await agent.vertex(['status', '--json']);
-    if (r.code !== 0) return undefined;
-    const status = JSON.parse(r.stdout) as { server?: { state?: string } };
-    return status.server?.state === 'online' ? true : undefined;
-  });
-}
-
-/** Forwards a local port to `to` on the caller's running agent and sends `payload` through it. */
-export async function throughForward(caller: TestAgent, to: string, payload: Buffer): Promise<Buffer> {
-  const added = await caller.vertex(['forward', '127.0.0.1:0', to, '--json']);
-  if (added.code !== 0) throw new Error(`forward: ${added.stderr}`);
-  const listen = (JSON.parse(added.stdout) as { listen: string }).listen;
-  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
-  try {
-    return await exchange(await connectTcp(port), payload);
-  } finally {
-    await caller.vertex(['forward', '--remove', String(port)]);
-  }
-}
 
 afterAll(stopAll);
 

@@ -353,6 +353,15 @@ describe('loadAgentConfig', () => {
     expect(config.advertise).toEqual(['198.51.100.7', '2001:db8::1']);
   });
 
+  it('domains: a server may be a list (the nodes of one domain), kept in order; a single server has no list', () => {
+    const config = loadAgentConfig(lf('version: 1', 'domains:', '  a.test: { server: [127.0.0.1:1001, "127.0.0.2:1002"] }', '  b.test: { server: 127.0.0.1:2001 }'), AGENT_FILE);
+    expect(config.domains).toEqual({
+      'a.test': { server: { host: '127.0.0.1', port: 1001 }, servers: [{ host: '127.0.0.1', port: 1001 }, { host: '127.0.0.2', port: 1002 }] },
+      'b.test': { server: { host: '127.0.0.1', port: 2001 } },
+    });
+    expect(() => loadAgentConfig(lf('version: 1', 'domains:', '  a.test: { server: [] }'), AGENT_FILE)).toThrow(/server/);
+  });
+
   it('device: case-folded, checked, and a forward may name a device', () => {
     const config = loadAgentConfig(lf('version: 1', 'device: HomeServer', 'forwards: [{ listen: 2222, to: Bob+Laptop@Example.com:SSH }]'), AGENT_FILE);
     expect(config.device).toBe('homeserver');

@@ -1,0 +1,94 @@
+/**
+ * Several `vertex server` nodes of one domain on one PostgreSQL, and agents
+ * homed on chosen nodes, for the multi-node tier (issue 14).
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { runVertex, startServer, startVertex, tempDir, type ServerHandle, type VertexProcess } from '../../helpers/cli';
+import { connectTcp, until } from '../../helpers/net';
+import { exchange } from '../agent/helpers';
+
+export const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+export const PASSWORD = 'correct horse battery staple';
+export const DOMAIN = 'mn.test';
+
+export interface Cluster {
+  nodes: ServerHandle[];
+  storeUrl: string;
+}
+
+/** Three nodes of DOMAIN on `storeUrl`: node 1 creates the CA, nodes 2 and 3 get a copy (docs/deploy.md). */
+export async function startCluster(storeUrl: string, count = 3, extraArgs: string[] = []): Promise<Cluster> {
+  const nodes: ServerHandle[] = [];
+  for (let i = 1; i <= count; i++) {
+    const dataDir = tempDir(`node${i}`);
+    if (i > 1) fs.cpSync(path.join((nodes[0] as ServerHandle).dataDir, 'ca'), path.join(dataDir, 'ca'), { recursive: true });
+    nodes.push(await startServer([DOMAIN], {
+      dataDir,
+      extraArgs: ['--store', storeUrl, '--node-name', `n${i}`, '--node-listen', '127.0.0.1:0', '--log-level', 'info', ...extraArgs],
+    }));
+  }
+  return { nodes, storeUrl };
+}
+
+export interface TestAgent {
+  proc: VertexProcess;
+  home: string;
+  vertex(args: string[]): ReturnType<typeof runVertex>;
+}
+
+/**
+ * Registers `address` through the first of `nodes` and starts its agent
+ * homed there; agent.yaml lists `nodes` in order (the later ones are where it
+ * goes when the first is down).
+ */
+export async function agentOn(nodes: ServerHandle | ServerHandle[], address: string, extraYaml = ''): Promise<TestAgent> {
+  const list = Array.isArray(nodes) ? nodes : [nodes];
+  const node = list[0] as ServerHandle;
+  const home = tempDir('home');
+  const resolve = node.resolveArg(DOMAIN);
+  const reg = await runVertex([...resolve, '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
+  if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
+  fs.writeFileSync(path.join(home, 'agent.yaml'), [
+    'version: 1',
+    'socks: { listen: 127.0.0.1:0 }',
+    `domains: { ${DOMAIN}: { server: [${list.map((n) => `"127.0.0.1:${n.port}"`).join(', ')}] } }`,
+    `control: { socket: ${JSON.stringify(path.join(home, 'agent.sock'))} }`,
+    'peer_listen: 127.0.0.1:0',
+    'advertise: [127.0.0.1]',
+    'relay_delay_ms: 300',
+    extraYaml,
+  ].join('\n'));
+  const proc = startVertex(['--home', home, 'agent', '--log-level', 'info']);
+  await proc.waitFor(/control socket /);
+  // The CLI's own commands find the server through agent.yaml too (no --resolve): they go to the running agent.
+  return { proc, home, vertex: (args) => runVertex(['--home', home, ...args]) };
+}
+
+/** Waits until `agent`'s status says it is online (at `server` HOST:PORT when given); returns the server it names. */
+export async function online(agent: TestAgent, server?: string, ms?: number): Promise<string> {
+  return until('the agent online', async () => {
+    const r = await agent.vertex(['status', '--json']);
+    if (r.code !== 0) return undefined;
+    const status = JSON.parse(r.stdout) as { server?: { state?: string; server?: string } };
+    if (status.server?.state !== 'online') return undefined;
+    if (server !== undefined && status.server.server !== server) return undefined;
+    return status.server.server ?? '';
+  }, ms);
+}
+
+/** Forwards a local port to `to` on the caller's running agent and sends `payload` through it. */
+export async function throughForward(caller: TestAgent, to: string, payload: Buffer): Promise<Buffer> {
+  const added = await caller.vertex(['forward', '127.0.0.1:0', to, '--json']);
+  if (added.code !== 0) throw new Error(`forward: ${added.stderr}`);
+  const listen = (JSON.parse(added.stdout) as { listen: string }).listen;
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  try {
+    return await exchange(await connectTcp(port), payload);
+  } finally {
+    await caller.vertex(['forward', '--remove', String(port)]);
+  }
+}
+
