@@ -66,7 +66,69 @@ export function parseControlArgs<Op extends ControlOp>(op: Op, args: unknown): C
  * Loose objects: a newer agent may add fields, and an older CLI passes them
  * on (--json) instead of dropping them; what the CLI reads is checked.
  */
+const nullableText = z.string().nullable();
+
+/**
+ * The reply to `status` (AgentDaemon.status(), agent/daemon.ts AgentStatus):
+ * what `vertex status` prints. Kinds, routes and sources are plain strings:
+ * the CLI prints them, and a newer agent's new route must not make an older
+ * CLI refuse the whole reply. The NAT kind is an enum: the text explains each.
+ */
+export const AGENT_STATUS = z.looseObject({
+  identity: z.string(),
+  device: z.string(),
+  devices: z.looseObject({
+    online: z.array(z.string()),
+    conflicts: z.array(z.looseObject({ service: z.string(), devices: z.array(z.string()), chosen: z.string() })),
+    moreConflicts: z.number(),
+    replacedBy: nullableText,
+  }),
+  certificate: z.looseObject({ notAfter: z.string() }),
+  server: z.looseObject({
+    state: z.string(),
+    server: nullableText,
+    since: z.string(),
+    lastError: nullableText,
+    nextTry: nullableText.optional(),
+    lastTry: z.looseObject({ at: z.string(), trigger: z.string() }).nullable().optional(),
+    tries: z.record(z.string(), z.number()).optional(),
+  }),
+  reflexive: z.looseObject({ tcp: nullableText, udp: nullableText, nat: z.enum(['easy', 'hard', 'unknown']).optional() }),
+  peerListen: nullableText,
+  socks: z.looseObject({ listen: z.string(), auth: z.string(), passthrough: z.boolean() }).nullable(),
+  control: z.looseObject({ socket: z.string() }).nullable(),
+  exposed: z.array(z.looseObject({ service: z.string(), address: z.string(), target: z.string(), allow: z.array(z.string()), source: z.string() })),
+  forwards: z.array(z.looseObject({ listen: z.string(), to: z.string(), source: z.string() })),
+  /** Absent from agents older than `receive:`; null when nothing receives. */
+  receive: z.looseObject({
+    by: z.string(),
+    dir: nullableText,
+    allow: z.array(z.string()),
+    overwrite: z.boolean(),
+    received: z.number(),
+    failed: z.number(),
+    active: z.number(),
+  }).nullable().optional(),
+  tunnels: z.array(z.looseObject({
+    id: z.number(),
+    kind: z.string(),
+    target: z.string(),
+    peer: z.string(),
+    device: z.string().optional(),
+    route: z.string(),
+    local: z.string(),
+    connectMs: z.number(),
+    startedAt: z.string(),
+    ageMs: z.number(),
+    bytesIn: z.number(),
+    bytesOut: z.number(),
+  })),
+});
+/** `vertex status` as the CLI reads it. */
+export type AgentStatusReply = z.infer<typeof AGENT_STATUS>;
+
 export const CONTROL_RESULTS = {
+  status: AGENT_STATUS,
   'expose-add': z.looseObject({
     address: z.string(),
     target: z.string(),

@@ -9,11 +9,12 @@
  * a TLS stream Node counts application bytes, not record overhead.
  */
 import type { Duplex } from 'node:stream';
+import type { RouteName } from '../q2q/negotiate/types';
 import { systemClock, type Clock } from '../q2q/util/clock';
 
 export type TunnelKind = 'socks' | 'forward' | 'connect' | 'inbound';
 /** The Q2Q route, or `direct` for a SOCKS passthrough to an ordinary host. */
-export type TunnelRoute = 'tcp' | 'ptcp' | 'relay' | 'direct';
+export type TunnelRoute = RouteName | 'direct';
 
 export interface TunnelInfo {
   kind: TunnelKind;

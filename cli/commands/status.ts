@@ -5,7 +5,7 @@
  * services, forwards, and every open tunnel with its route, age and bytes.
  */
 import type { Argv, CommandModule } from 'yargs';
-import type { AgentStatus } from '../../agent/daemon';
+import { parseControlResult, type AgentStatusReply as AgentStatus } from '../../agent/control-protocol';
 import { vertexError } from '../../q2q/errors';
 import { callRunningAgent, noAgentMessage, type AgentArgs, type GlobalArgs } from '../context';
 import { describeAllow, printResult } from '../output';
@@ -129,7 +129,8 @@ export const statusCommand: CommandModule<GlobalArgs, AgentArgs> = {
   handler: async (args) => {
     const reply = await callRunningAgent(args, 'status');
     if (!reply.agent) throw vertexError('Internal', noAgentMessage(reply.looked));
-    const status = reply.result as AgentStatus;
-    printResult(args.json, formatStatus(status), status);
+    // Checked, then printed as the agent sent it: --json keeps a newer agent's extra fields.
+    const status = parseControlResult('status', reply.result);
+    printResult(args.json, formatStatus(status), reply.result);
   },
 };

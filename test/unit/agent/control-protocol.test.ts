@@ -20,4 +20,26 @@ describe('control protocol schemas', () => {
     expect(() => parseControlResult('ping', { target: 'bob@b.test', peer: 'bob@b.test', device: 'x', route: 'tcp', connectMs: 'fast', kind: 'echo', rttMs: [] }))
       .toThrow(expect.objectContaining({ code: 'BadRequest', message: 'agent reply to ping: "connectMs": Invalid input: expected number, received string' }));
   });
+
+  it('checks the status reply: an older agent without receive passes, a reply of the wrong shape names the key', () => {
+    const status = {
+      identity: 'alice@a.test',
+      device: 'laptop',
+      devices: { online: ['laptop'], conflicts: [], moreConflicts: 0, replacedBy: null },
+      certificate: { notAfter: '2027-01-01T00:00:00.000Z' },
+      server: { state: 'online', server: '127.0.0.1:8788', since: '2026-12-02T10:00:00.000Z', lastError: null },
+      reflexive: { tcp: null, udp: null },
+      peerListen: null,
+      socks: null,
+      control: null,
+      exposed: [],
+      forwards: [],
+      tunnels: [],
+    };
+    expect(parseControlResult('status', status)).toEqual(status);
+    expect(() => parseControlResult('status', { ...status, tunnels: [{ id: 1, kind: 'socks' }] }))
+      .toThrow(expect.objectContaining({ code: 'BadRequest', message: expect.stringMatching(/^agent reply to status: "tunnels\.0\.target": /) }));
+    expect(() => parseControlResult('status', { ...status, server: undefined }))
+      .toThrow(expect.objectContaining({ message: expect.stringMatching(/^agent reply to status: "server": /) }));
+  });
 });

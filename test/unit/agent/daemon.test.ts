@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { SocksClient } from 'socks';
 import { AgentDaemon, MAX_CONCURRENT_DIALS, type AgentStatus } from '../../../agent/daemon';
 import { callAgent, openControl, sendRequest } from '../../../agent/control-client';
+import { parseControlResult } from '../../../agent/control-protocol';
 import { PING_SERVICE } from '../../../agent/ping';
 import { buildAgentConfig, type AgentOverrides } from '../../../config/load';
 import { isVertexError } from '../../../q2q/errors';
@@ -226,6 +227,13 @@ describe('agent daemon', () => {
     const info = await sendRequest(control, 'connect', { target: 'bob@b.test:echo' });
     expect(info).toMatchObject({ target: 'bob@b.test:echo', peer: 'bob@b.test', route: 'tcp' });
     await until('the connect tunnel', () => alice.status().tunnels.some((t) => t.kind === 'connect'));
+    // The status reply, with a tunnel, a forward and an expose in it, passes the schema the CLI checks it with.
+    await callAgent(sock, 'expose-add', { service: 'web', target: `127.0.0.1:${echo.port}` });
+    await callAgent(sock, 'forward-add', { listen: '0', to: 'bob@b.test:echo' });
+    const full = (await callAgent(sock, 'status')) as { agent: true; result: unknown };
+    const checked = parseControlResult('status', full.result);
+    expect(checked).toEqual(full.result);
+    expect([checked.exposed.length, checked.forwards.length, checked.tunnels[0]?.kind]).toEqual([1, 1, 'connect']);
     const payload = randomBytes(200_000);
     expect((await roundTrip(control, payload)).equals(payload)).toBe(true);
     const failed = (await openControl(sock))!;

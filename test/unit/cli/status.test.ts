@@ -1,4 +1,4 @@
-import type { AgentStatus } from '../../../agent/daemon';
+import type { AgentStatusReply as AgentStatus } from '../../../agent/control-protocol';
 import { formatStatus } from '../../../cli/commands/status';
 
 function status(nat?: 'easy' | 'hard' | 'unknown', devices: Partial<AgentStatus['devices']> = {}): AgentStatus {
