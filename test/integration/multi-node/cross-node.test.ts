@@ -17,6 +17,7 @@ import { attachAmp } from '../../../q2q/transport/amp-connection';
 import { issueNodeCertificate } from '../../../server/node-identity';
 import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
 import { startEcho, type Closable } from '../agent/helpers';
+import { csrFor, openSession, outcome, type RawSession } from '../trust/raw-session';
 import { agentOn, DOMAIN, online, PASSWORD, startCluster, throughForward, type Cluster, type TestAgent } from './helpers';
 
 const TEN_MB = 10 * 1024 * 1024;
@@ -134,6 +135,59 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
       const other = await createDomainCa(DOMAIN);
       expect(await probe(await issueNodeCertificate({ ...other, domain: DOMAIN, fingerprint: '' }, 'n9'))).not.toMatch(/^(Offline|answered)$/);
     }, 60_000);
+  });
+
+  describe('a password-guessing flood spread over all three nodes is limited as one', () => {
+    const GUESSES_PER_NODE = 10;
+    const sessions: RawSession[] = [];
+    afterAll(() => {
+      for (const s of sessions) s.close();
+    });
+
+    /** GUESSES_PER_NODE wrong passwords for `address` on each node at once, from `from`; the outcomes. */
+    async function flood(nodes: ServerHandle[], address: string, from: string): Promise<string[]> {
+      const perNode = await Promise.all(nodes.map(async (node) => {
+        const s = await openSession(node.port, DOMAIN, from);
+        sessions.push(s);
+        const csrs = await Promise.all(Array.from({ length: GUESSES_PER_NODE }, () => csrFor(address)));
+        return Promise.all(csrs.map((csr, i) => outcome(s.peer.call('sign', { address, password: `wrong guess ${i}`, csr }))));
+      }));
+      return perNode.flat();
+    }
+    const count = (results: string[], what: string) => results.filter((r) => r === what).length;
+
+    it('30 guesses over 3 nodes: at most 5 passwords checked in all, the rest RateLimited; the owner logs in from another address', async () => {
+      const address = `gina@${DOMAIN}`;
+      const reg = await runVertex([...(cluster.nodes[1] as ServerHandle).resolveArg(DOMAIN), '--home', tempDir('home'), 'register', address, '--password-stdin'], { input: PASSWORD });
+      expect(reg.code).toBe(0);
+      const results = await flood(cluster.nodes, address, '127.0.0.7');
+      expect(count(results, 'certificate')).toBe(0);
+      expect(count(results, 'BadPassword')).toBeLessThanOrEqual(5);
+      expect(count(results, 'BadPassword') + count(results, 'RateLimited')).toBe(results.length);
+      // The right password from the flooding address is refused on every node now…
+      for (const node of cluster.nodes) {
+        const s = await openSession(node.port, DOMAIN, '127.0.0.7');
+        sessions.push(s);
+        expect(await outcome(s.peer.call('sign', { address, password: PASSWORD, csr: await csrFor(address) }))).toBe('RateLimited');
+      }
+      // …and works from the owner's own address.
+      const owner = await openSession((cluster.nodes[2] as ServerHandle).port, DOMAIN, '127.0.0.8');
+      sessions.push(owner);
+      expect(await outcome(owner.peer.call('sign', { address, password: PASSWORD, csr: await csrFor(address) }))).toBe('certificate');
+    }, 120_000);
+
+    it('the control: three servers that do not share a store check 5 passwords each (the count above can fail)', async () => {
+      const singles: ServerHandle[] = [];
+      for (let i = 0; i < 3; i++) {
+        const [node] = (await startCluster(await database().freshSchema(), 1)).nodes as [ServerHandle];
+        const reg = await runVertex([...node.resolveArg(DOMAIN), '--home', tempDir('home'), 'register', `gina@${DOMAIN}`, '--password-stdin'], { input: PASSWORD });
+        expect(reg.code).toBe(0);
+        singles.push(node);
+      }
+      const results = await flood(singles, `gina@${DOMAIN}`, '127.0.0.9');
+      expect(count(results, 'BadPassword')).toBe(15);
+      await Promise.all(singles.map((n) => n.proc.stop()));
+    }, 120_000);
   });
 
   describe('over the relay (agents with routes: [relay])', () => {
