@@ -349,19 +349,35 @@ describeLab('NAT lab', () => {
       expect(started.route).toBe('relay');
       s.served += 1;
       const firstN = s.served;
+      // The first connection uploads all the while: bob's service has sent its
+      // 256 KB and ended its writes long before, so this is a half-closed
+      // tunnel still carrying bytes across the switch.
+      const uploaded: Buffer[] = [];
+      let trickling = true;
+      const trickle = (async () => {
+        for (let i = 0; trickling && i < 600; i++) {
+          const chunk = randomBytes(4 * KiB);
+          uploaded.push(chunk);
+          if (!first.stdin.write(chunk)) await new Promise((r) => first.stdin.once('drain', r));
+          await sleep(100);
+        }
+      })();
       // The network lets UDP through again (another Wi-Fi, a fixed firewall): the next connections punch.
       lab.setUdpBlocked('alice', false);
       const later = [await transfer(s), await transfer(s)];
       const tunnels = (await s.alice.status()).tunnels.map((t) => t.route);
-      const payload = randomBytes(256 * KiB);
-      await feed(first.stdin, payload, 64 * KiB, 0);
+      trickling = false;
+      await trickle;
+      const tail = randomBytes(256 * KiB);
+      uploaded.push(tail);
+      await feed(first.stdin, tail, 64 * KiB, 0);
       const r = await first.done;
       const report = await s.service.report(firstN);
-      figure('fall-forward', { first: started, later: later.map((l) => ({ route: l.route, connectMs: l.connectMs })), openTunnels: tunnels });
+      figure('fall-forward', { first: started, later: later.map((l) => ({ route: l.route, connectMs: l.connectMs })), openTunnels: tunnels, uploadedBytes: Buffer.concat(uploaded).length });
       expect(later.map((l) => l.route)).toEqual(['ptcp', 'ptcp']);
       expect(tunnels).toContain('relay');
       expect(r.code).toBe(0);
-      expect(report.receivedSha).toBe(sha256(payload));
+      expect(report.receivedSha).toBe(sha256(Buffer.concat(uploaded)));
       expect(sha256(r.received)).toBe(report.sentSha);
     }, 60_000);
   });
