@@ -34,6 +34,8 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     relay: { ...config.relay },
     store: config.store,
     ...(config.metrics ? { metrics: { ...config.metrics.listen } } : {}),
+    // A node's metrics carry its node name rather than the host name.
+    ...(config.node ? { nodeName: config.node.name } : {}),
     ...(config.node ? { node: { name: config.node.name, listen: { ...config.node.listen }, ...(config.node.advertise && { advertise: config.node.advertise }) } } : {}),
     ...(config.federation.allow ? { federation: { allow: [...config.federation.allow] } } : {}),
     limits: {

@@ -235,6 +235,7 @@ export class IdentityServer {
     this.#mesh = new NodeMesh({
       name: node.name, listen: node.listen, ...(node.advertise && { advertise: node.advertise }), storeUrl: store, cas,
       broker: this.#broker!, relay: this.#relay!, log: this.#log.child({ component: 'node' }),
+      ...(this.#metrics && { metrics: this.#metrics }),
     });
     await this.#mesh.start();
   }

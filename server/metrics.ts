@@ -34,6 +34,8 @@ export class ServerMetrics implements MetricsSource {
   readonly #relayPairs: Counter;
   readonly #relayBytes: Counter;
   readonly #storeSeconds: Histogram<'op' | 'outcome'>;
+  readonly #nodeForwards: Counter<'outcome'>;
+  readonly #nodeLegs: Counter<'outcome'>;
   #gauges: ServerGauges | null = null;
   #ready: () => Promise<void> = async () => { throw new Error('starting'); };
 
@@ -67,6 +69,14 @@ export class ServerMetrics implements MetricsSource {
     });
     this.#relayPairs = new Counter({ name: 'vertex_server_relay_pairs_total', help: 'Relay legs paired and spliced', registers });
     this.#relayBytes = new Counter({ name: 'vertex_server_relay_bytes_total', help: 'Bytes carried by the relay (both directions)', registers });
+    this.#nodeForwards = new Counter({
+      name: 'vertex_server_node_forwards_total', help: 'Inbound requests forwarded to the node holding the listener, by outcome (ok or the error code)',
+      labelNames: ['outcome'], registers,
+    });
+    this.#nodeLegs = new Counter({
+      name: 'vertex_server_node_relay_legs_total', help: 'Relay legs carried to the node where their token pairs, by outcome',
+      labelNames: ['outcome'], registers,
+    });
     this.#storeSeconds = new Histogram({
       name: 'vertex_server_store_seconds', help: 'Account store call latency, by operation and outcome',
       labelNames: ['op', 'outcome'], buckets: STORE_BUCKETS, registers,
@@ -92,6 +102,16 @@ export class ServerMetrics implements MetricsSource {
     const count = (chunk: Buffer): void => this.#relayBytes.inc(chunk.length);
     a.on('data', count);
     b.on('data', count);
+  }
+
+  /** An inbound this node forwarded to another node (server/node-mesh.ts), and how it ended. */
+  nodeForward(outcome: string): void {
+    this.#nodeForwards.inc({ outcome });
+  }
+
+  /** A relay leg this node carried to another node, or could not. */
+  nodeRelayLeg(outcome: string): void {
+    this.#nodeLegs.inc({ outcome });
   }
 
   storeCall(op: string, seconds: number, outcome: string): void {

@@ -35,6 +35,7 @@ import type { Broker, NodePresence } from './broker';
 import type { DomainCa } from './ca-store';
 import { issueNodeCertificate, NODE_CERT_LIFETIME_MS, nodeNameOf, type NodeCredentials } from './node-identity';
 import type { Relay } from './relay';
+import type { ServerMetrics } from './metrics';
 import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-directory';
 
 export const ALPN_NODE = 'q2q-node/1';
@@ -56,6 +57,7 @@ export interface NodeMeshOptions {
   broker: Broker;
   relay: Relay;
   log: Logger;
+  metrics?: ServerMetrics;
 }
 
 function formatEndpoint(host: string, port: number): string {
@@ -287,6 +289,17 @@ export class NodeMesh implements NodePresence {
   }
 
   async forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs> {
+    try {
+      const answer = await this.#forwardInbound(node, domain, args);
+      this.#opts.metrics?.nodeForward('ok');
+      return answer;
+    } catch (err) {
+      this.#opts.metrics?.nodeForward(asVertexError(err, 'Internal').code);
+      throw err;
+    }
+  }
+
+  async #forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs> {
     const to = args.to ?? '';
     const info = await this.#directory?.node(node);
     if (!info) throw vertexError('Offline', `${to} is not online (its node ${node} is gone)`);
@@ -310,6 +323,7 @@ export class NodeMesh implements NodePresence {
   async #forwardLeg(leg: tls.TLSSocket, user: string, token: string, known: string | undefined): Promise<void> {
     const domain = ((leg as tls.TLSSocket & { servername?: string | false }).servername || this.#creds.keys().next().value || '') as string;
     const refuse = (err: VertexError) => {
+      this.#opts.metrics?.nodeRelayLeg(err.code);
       this.#log.info({ user, code: err.code, reason: err.message }, 'relay leg refused');
       writePreamble(leg, { error_code: err.code, error_description: err.message });
       leg.end();
@@ -354,6 +368,7 @@ export class NodeMesh implements NodePresence {
       won.socket.destroy();
       return;
     }
+    this.#opts.metrics?.nodeRelayLeg('ok');
     this.#log.info({ user, node: won.node.name }, 'relay leg carried to the node holding its token');
     splice(leg, won.socket);
   }

@@ -18,7 +18,7 @@ import { issueNodeCertificate } from '../../../server/node-identity';
 import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
 import { startEcho, type Closable } from '../agent/helpers';
 import { csrFor, openSession, outcome, type RawSession } from '../trust/raw-session';
-import { agentOn, DOMAIN, online, PASSWORD, startCluster, throughForward, type Cluster, type TestAgent } from './helpers';
+import { agentOn, DOMAIN, metricsOf, online, PASSWORD, startCluster, throughForward, type Cluster, type TestAgent } from './helpers';
 
 const TEN_MB = 10 * 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -75,6 +75,7 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
       expect(n3.proc.output().slice(from[2])).toMatch(/"to":"bob@mn\.test".*inbound brokered/);
       // Node 2 holds neither and saw nothing of it.
       expect(n2.proc.output().slice(from[1])).not.toMatch(/inbound brokered/);
+      expect(await metricsOf(n1)).toMatch(/^vertex_server_node_forwards_total\{outcome="ok",node="n1"\} [1-9]/m);
       const status = JSON.parse((await alice.vertex(['status', '--json'])).stdout) as { tunnels?: Array<{ route?: string }> };
       expect(JSON.stringify(status)).not.toMatch(/"route":"relay"/);
     }, 120_000);
@@ -218,6 +219,7 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
       expect(sha(back)).toBe(sha(payload));
       expect(n3.proc.output().slice(from[2])).toMatch(/"node":"n1".*relay leg carried to the node holding its token/);
       expect(n1.proc.output().slice(from[0])).toMatch(/relay spliced/);
+      expect(await metricsOf(n3)).toMatch(/^vertex_server_node_relay_legs_total\{outcome="ok",node="n3"\} [1-9]/m);
     }, 120_000);
   });
 });

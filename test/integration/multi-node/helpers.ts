@@ -27,10 +27,18 @@ export async function startCluster(storeUrl: string, count = 3, extraArgs: strin
     if (i > 1) fs.cpSync(path.join((nodes[0] as ServerHandle).dataDir, 'ca'), path.join(dataDir, 'ca'), { recursive: true });
     nodes.push(await startServer([DOMAIN], {
       dataDir,
-      extraArgs: ['--store', storeUrl, '--node-name', `n${i}`, '--node-listen', '127.0.0.1:0', '--log-level', 'info', ...extraArgs],
+      extraArgs: ['--store', storeUrl, '--node-name', `n${i}`, '--node-listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--log-level', 'info', ...extraArgs],
     }));
   }
   return { nodes, storeUrl };
+}
+
+/** The Prometheus text a node serves on /metrics. */
+export async function metricsOf(node: ServerHandle): Promise<string> {
+  const port = /"port":(\d+)[^\n]*metrics on \/metrics/.exec(node.proc.output())?.[1];
+  if (!port) throw new Error('the node serves no metrics');
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  return res.text();
 }
 
 export interface TestAgent {
