@@ -105,6 +105,7 @@ export const AGENT_STATUS = z.looseObject({
     dir: nullableText,
     allow: z.array(z.string()),
     overwrite: z.boolean(),
+    limits: z.looseObject({ maxFiles: z.number(), maxNameBytes: z.number() }).nullable().optional(),
     received: z.number(),
     failed: z.number(),
     active: z.number(),

@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { asVertexError, vertexError } from '../q2q/errors';
 import type { Q2QStream, ServiceOptions } from '../q2q/negotiate/types';
 import { silentLogger, type Logger } from '../q2q/util/log';
-import { FILE_TRANSFER_SERVICE, receiveFiles } from './file-transfer';
+import { DEFAULT_RECEIVE_LIMITS, FILE_TRANSFER_SERVICE, receiveFiles, type ReceiveLimits } from './file-transfer';
 
 /** `receive:` of agent.yaml, as the daemon holds it. */
 export interface ReceiveSettings {
@@ -29,6 +29,8 @@ export interface ReceiveSettings {
   readonly allow?: readonly string[];
   /** Replace an existing file of the same name instead of refusing the offer. */
   readonly overwrite: boolean;
+  /** What one offer may ask (agent.yaml max_files, max_name_bytes); DEFAULT_RECEIVE_LIMITS when omitted. */
+  readonly limits?: Readonly<ReceiveLimits>;
 }
 
 /** A `vertex receive` attached through the control API. */
@@ -44,6 +46,8 @@ export interface ReceiveStatus {
   dir: string | null;
   allow: readonly string[];
   overwrite: boolean;
+  /** What one offer may ask of the agent's own receiving; null while a `vertex receive` stands in (it has its own). */
+  limits: Readonly<ReceiveLimits> | null;
   /** Transfers the agent itself received and failed since it started. */
   received: number;
   failed: number;
@@ -64,10 +68,13 @@ export interface AgentReceiverOptions {
   log?: Logger;
 }
 
+/** ReceiveSettings with every default filled in. */
+type Settled = ReceiveSettings & { readonly allow: readonly string[]; readonly limits: Readonly<ReceiveLimits> };
+
 export class AgentReceiver {
   readonly #opts: AgentReceiverOptions;
   readonly #log: Logger;
-  #settings: (ReceiveSettings & { allow: readonly string[] }) | undefined;
+  #settings: Settled | undefined;
   #client: ReceiveClient | undefined;
   #exposed = false;
   #received = 0;
@@ -88,11 +95,16 @@ export class AgentReceiver {
    */
   configure(next: ReceiveSettings | undefined): ReceiveChange {
     const prev = this.#settings;
-    const settings = next && { ...next, dir: prepareDir(next.dir), allow: next.allow && next.allow.length > 0 ? [...next.allow] : [...this.#opts.defaultAllow()] };
+    const settings = next && {
+      ...next,
+      dir: prepareDir(next.dir),
+      allow: next.allow && next.allow.length > 0 ? [...next.allow] : [...this.#opts.defaultAllow()],
+      limits: { ...DEFAULT_RECEIVE_LIMITS, ...next.limits },
+    };
     const change: ReceiveChange = !prev && !settings ? 'unchanged' : !prev ? 'on' : !settings ? 'off' : sameSettings(prev, settings) ? 'unchanged' : 'changed';
     this.#settings = settings;
     if (change !== 'unchanged') {
-      if (settings) this.#log.info({ dir: settings.dir, allow: settings.allow, overwrite: settings.overwrite }, 'receiving files');
+      if (settings) this.#log.info({ dir: settings.dir, allow: settings.allow, overwrite: settings.overwrite, limits: settings.limits }, 'receiving files');
       else this.#log.info('no longer receiving files (receive: removed)');
       this.#apply();
     }
@@ -134,6 +146,7 @@ export class AgentReceiver {
       dir: s?.dir ?? null,
       allow: this.allow(),
       overwrite: this.#client ? false : (s?.overwrite ?? false),
+      limits: this.#client ? null : (s?.limits ?? null),
       received: this.#received,
       failed: this.#failed,
       active: this.#active.size,
@@ -179,6 +192,7 @@ export class AgentReceiver {
       peer: stream.peer,
       allow: settings.allow,
       overwrite: settings.overwrite,
+      limits: settings.limits,
       busy: this.#busy,
       signal: controller.signal,
       log,
@@ -210,6 +224,7 @@ function prepareDir(dir: string): string {
   }
 }
 
-function sameSettings(a: ReceiveSettings & { allow: readonly string[] }, b: ReceiveSettings & { allow: readonly string[] }): boolean {
-  return a.dir === b.dir && a.overwrite === b.overwrite && JSON.stringify(a.allow) === JSON.stringify(b.allow);
+function sameSettings(a: Settled, b: Settled): boolean {
+  return a.dir === b.dir && a.overwrite === b.overwrite && JSON.stringify(a.allow) === JSON.stringify(b.allow) &&
+    a.limits.maxFiles === b.limits.maxFiles && a.limits.maxNameBytes === b.limits.maxNameBytes;
 }

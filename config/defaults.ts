@@ -33,6 +33,17 @@ export const DEFAULTS = deepFreeze({
     relay_delay_ms: 1000,
     peer_listen: '0.0.0.0:0',
   },
+  /**
+   * The rest of an agent.yaml `receive:` that is written (dir has no default, so the
+   * agent receives nothing unless it is). Not under agent: a file with every key of
+   * agent: must load as the defaults, and a receive: there would switch receiving on.
+   * The limits are per offer (issue 11), also what `vertex receive` uses.
+   */
+  agent_receive: {
+    overwrite: false,
+    max_files: 10_000,
+    max_name_bytes: 1_048_576,
+  },
   server: {
     listen: '0.0.0.0:8788',
     data_dir: '/var/lib/vertex',
@@ -67,7 +78,7 @@ export const DEFAULTS = deepFreeze({
 export type Defaults = typeof DEFAULTS;
 
 /** The agent configuration of a file that says only `version: 1`. */
-export const AGENT_DEFAULTS: AgentConfig = deepFreeze(toAgentConfig({ version: 1 }, DEFAULTS.agent));
+export const AGENT_DEFAULTS: AgentConfig = deepFreeze(toAgentConfig({ version: 1 }, DEFAULTS.agent, DEFAULTS.agent_receive));
 
 /**
  * The server configuration with every default and no domain. A file must

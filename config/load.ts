@@ -74,7 +74,7 @@ export function loadConfig(
 
 export function loadAgentConfig(text: string, filePath: string, options: LoadOptions<AgentOverrides> = {}): AgentConfig {
   const source = parseSource(text, filePath, options.overrides);
-  return deepFreeze(toAgentConfig(validate(agentFileSchema, source), DEFAULTS.agent));
+  return deepFreeze(toAgentConfig(validate(agentFileSchema, source), DEFAULTS.agent, DEFAULTS.agent_receive));
 }
 
 export function loadServerConfig(text: string, filePath: string, options: LoadOptions<ServerOverrides> = {}): ServerConfig {
@@ -84,7 +84,7 @@ export function loadServerConfig(text: string, filePath: string, options: LoadOp
 
 /** A configuration with no file: the defaults plus the CLI's flags. */
 export function buildAgentConfig(overrides: AgentOverrides = {}): AgentConfig {
-  return deepFreeze(toAgentConfig(validate(agentFileSchema, flagsOnlySource(overrides)), DEFAULTS.agent));
+  return deepFreeze(toAgentConfig(validate(agentFileSchema, flagsOnlySource(overrides)), DEFAULTS.agent, DEFAULTS.agent_receive));
 }
 
 /** As buildAgentConfig; `domains` has no default, so the overrides must name one. */

@@ -32,6 +32,7 @@ import { isVertexError, VertexError, type ErrorCode } from '../q2q/errors';
 import { LOG_LEVELS, type LogLevel } from '../q2q/util/log';
 import { ROUTE_NAMES, type RouteName } from '../q2q/negotiate/types';
 import type { SocksAuth } from '../q2q/proto/socks5-session';
+import { MAX_FILES, MAX_OFFER_BYTES } from '../q2q/wire/file-transfer';
 import type { Defaults } from './defaults';
 
 export { LOG_LEVELS, type LogLevel };
@@ -346,6 +347,9 @@ export const agentFileSchema = strict({
     }),
     allow: z.array(checked(allowPatternProblem)).min(1).optional(),
     overwrite: z.boolean().optional(),
+    // Above the wire's own maxima a limit would mean nothing: frames that large are refused anyway.
+    max_files: z.int().min(1).max(MAX_FILES).optional(),
+    max_name_bytes: z.int().min(1).max(MAX_OFFER_BYTES).optional(),
   }).optional(),
   relay_delay_ms: z.int().min(0).max(60_000).optional(),
   peer_listen: listenAddress('0.0.0.0:0').optional(),
@@ -398,7 +402,13 @@ export interface AgentConfig {
    * The agent receives files itself (`vertex send` to this identity) into
    * `dir`, from `allow` (omitted: the owner alone); absent means off.
    */
-  readonly receive?: { readonly dir: string; readonly allow?: readonly string[]; readonly overwrite: boolean };
+  readonly receive?: {
+    readonly dir: string;
+    readonly allow?: readonly string[];
+    readonly overwrite: boolean;
+    /** What one offer may ask: files, and the offered names' UTF-8 bytes together. */
+    readonly limits: { readonly maxFiles: number; readonly maxNameBytes: number };
+  };
   /** How long the dial waits for a direct route before opening relay legs too. */
   readonly relayDelayMs: number;
   /** The listening address for direct TCP peer channels (port 0: any free port). */
@@ -530,6 +540,7 @@ export interface ServerConfig {
 
 /** Exactly the values DEFAULTS (config/defaults.ts) holds for each file kind. */
 export type AgentDefaults = Defaults['agent'];
+export type AgentReceiveDefaults = Defaults['agent_receive'];
 export type ServerDefaults = Defaults['server'];
 
 function hostPort(text: string | number, options: HostPortOptions = {}) {
@@ -537,7 +548,7 @@ function hostPort(text: string | number, options: HostPortOptions = {}) {
 }
 
 /** Fills every omitted key from `d` and converts names and values; no validation. */
-export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDefaults): AgentConfig {
+export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDefaults, r: AgentReceiveDefaults): AgentConfig {
   const auth = file.socks?.auth ?? d.socks.auth;
   const forwards: NonNullable<typeof file.forwards> = file.forwards ?? [...d.forwards];
   const expose: NonNullable<typeof file.expose> = file.expose ?? [...d.expose];
@@ -575,7 +586,11 @@ export function toAgentConfig(file: z.output<typeof agentFileSchema>, d: AgentDe
       receive: {
         dir: file.receive.dir,
         ...(file.receive.allow && { allow: file.receive.allow.map(parseAllowPattern) }),
-        overwrite: file.receive.overwrite ?? false,
+        overwrite: file.receive.overwrite ?? r.overwrite,
+        limits: {
+          maxFiles: file.receive.max_files ?? r.max_files,
+          maxNameBytes: file.receive.max_name_bytes ?? r.max_name_bytes,
+        },
       },
     }),
     relayDelayMs: file.relay_delay_ms ?? d.relay_delay_ms,

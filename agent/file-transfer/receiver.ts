@@ -26,6 +26,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
+import { DEFAULTS } from '../../config/defaults';
 import { isVertexError, vertexError, VertexError } from '../../q2q/errors';
 import { isAllowed } from '../../q2q/negotiate/allow';
 import type { Clock } from '../../q2q/util/clock';
@@ -65,8 +66,11 @@ export interface ReceiveLimits {
   maxNameBytes: number;
 }
 
-/** docs/security.md lists these; `receive` options override them. */
-export const DEFAULT_RECEIVE_LIMITS: Readonly<ReceiveLimits> = Object.freeze({ maxFiles: 10_000, maxNameBytes: 1024 * 1024 });
+/** docs/security.md lists these; agent.yaml's receive: and `receive` options override them. Values from config/defaults.ts. */
+export const DEFAULT_RECEIVE_LIMITS: Readonly<ReceiveLimits> = Object.freeze({
+  maxFiles: DEFAULTS.agent_receive.max_files,
+  maxNameBytes: DEFAULTS.agent_receive.max_name_bytes,
+});
 
 export interface IncomingOffer {
   peer: string;

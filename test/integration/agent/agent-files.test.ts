@@ -139,4 +139,22 @@ describe('files through the agents', () => {
     expect(fs.existsSync(path.join(inbox, 'back-to-the-agent.bin'))).toBe(true);
     expect((await status(bob)).devices.online).toEqual(['homeserver']);
   }, 120_000);
+
+  it('receive.max_files in agent.yaml bounds one offer; the sender is told which limit, never where the files go', async () => {
+    await reloadBob(`receive: { dir: ${JSON.stringify(inbox)}, allow: ["alice@a.test"], max_files: 2 }`);
+    expect((await status(bob)).receive).toMatchObject({ by: 'agent.yaml', limits: { maxFiles: 2, maxNameBytes: 1_048_576 } });
+    const three = ['one.bin', 'two.bin', 'three.bin'].map((n) => makeFile(n, 1000));
+    const refused = await alice.vertex(['send', ...three, 'bob@b.test'], { timeoutMs: 60_000 });
+    expect(refused.code).toBe(5);
+    expect(refused.stderr).toMatch(/the offer has 3 files; this receiver takes at most 2 in one offer/);
+    for (const n of ['one.bin', 'two.bin', 'three.bin']) expect(fs.existsSync(path.join(inbox, n))).toBe(false);
+    expect((await alice.vertex(['send', ...three.slice(0, 2), 'bob@b.test'], { timeoutMs: 60_000 })).code).toBe(0);
+
+    // The same name again: refused, and the sender hears of "the receiving directory", not bob's path.
+    const again = await alice.vertex(['send', three[0] as string, 'bob@b.test'], { timeoutMs: 60_000 });
+    expect(again.code).toBe(5);
+    expect(again.stderr).toMatch(/"one\.bin" already exists in the receiving directory/);
+    expect(again.stderr).not.toContain(work);
+    expect(bob.proc.output()).toContain(fs.realpathSync(inbox));
+  }, 120_000);
 });

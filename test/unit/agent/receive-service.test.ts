@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
+import { DEFAULT_RECEIVE_LIMITS } from '../../../agent/file-transfer';
 import { AgentReceiver } from '../../../agent/receive-service';
 import type { Q2QStream, ServiceOptions } from '../../../q2q/negotiate/types';
 
@@ -79,6 +80,19 @@ describe('AgentReceiver', () => {
     attached.detach();
     expect(node.exposed.get('file-transfer')?.allow).toEqual(['bob@b.test']);
     expect(receiver.status()?.by).toBe('agent.yaml');
+  });
+
+  it('takes its per-offer limits from receive:, the defaults otherwise, and a changed limit is a change', () => {
+    receiver.configure({ dir, overwrite: false });
+    expect(receiver.status()?.limits).toEqual(DEFAULT_RECEIVE_LIMITS);
+    expect(receiver.configure({ dir, overwrite: false, limits: { maxFiles: 2, maxNameBytes: DEFAULT_RECEIVE_LIMITS.maxNameBytes } })).toBe('changed');
+    expect(receiver.status()?.limits).toEqual({ maxFiles: 2, maxNameBytes: DEFAULT_RECEIVE_LIMITS.maxNameBytes });
+    expect(receiver.configure({ dir, overwrite: false, limits: { maxFiles: 2, maxNameBytes: DEFAULT_RECEIVE_LIMITS.maxNameBytes } })).toBe('unchanged');
+    expect(receiver.configure({ dir, overwrite: false, limits: { maxFiles: 2, maxNameBytes: 100 } })).toBe('changed');
+    // A vertex receive standing in has limits of its own.
+    const attached = receiver.attach({ allow: ['*'], onStream: () => undefined });
+    expect(receiver.status()?.limits).toBeNull();
+    attached.detach();
   });
 
   it('without receive: a detached client takes the service offline again', () => {

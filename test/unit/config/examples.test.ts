@@ -112,6 +112,8 @@ describe('config/agent.example.yaml', () => {
     expect(text).toContain(`Default: ${DEFAULTS.agent.log.level}.`);
     expect(text).toContain(`Default: ${DEFAULTS.agent.relay_delay_ms}.`);
     expect(text).toContain(`Default: ${DEFAULTS.agent.peer_listen}.`);
+    expect(text).toContain(`Files in one offer. Default: ${DEFAULTS.agent_receive.max_files}.`);
+    expect(text).toContain(`in UTF-8 bytes. Default: ${DEFAULTS.agent_receive.max_name_bytes}.`);
     const ports = Object.entries(DEFAULTS.agent.ports).map(([p, s]) => `${p}: ${s}`);
     expect(text).toContain(`defaults ${ports.slice(0, -1).join(', ')} and ${ports.at(-1) ?? ''};`);
   });

@@ -453,18 +453,30 @@ describe('store and metrics keys', () => {
 });
 
 describe('the agent receive key', () => {
-  it('is off unless written; allow patterns are case-folded, overwrite defaults to false', () => {
+  const defaultLimits = { maxFiles: 10_000, maxNameBytes: 1_048_576 };
+
+  it('is off unless written; allow patterns are case-folded, overwrite defaults to false, limits to issue 11\'s', () => {
     expect(loadAgentConfig('version: 1\n', AGENT_FILE).receive).toBeUndefined();
     expect(loadAgentConfig(lf('version: 1', 'receive: { dir: /srv/in, allow: ["*@Example.COM"] }'), AGENT_FILE).receive)
-      .toEqual({ dir: '/srv/in', allow: ['*@example.com'], overwrite: false });
-    expect(loadAgentConfig(lf('version: 1', 'receive:', '  dir: /srv/in', '  overwrite: true'), AGENT_FILE).receive).toEqual({ dir: '/srv/in', overwrite: true });
+      .toEqual({ dir: '/srv/in', allow: ['*@example.com'], overwrite: false, limits: defaultLimits });
+    expect(loadAgentConfig(lf('version: 1', 'receive:', '  dir: /srv/in', '  overwrite: true'), AGENT_FILE).receive).toEqual({ dir: '/srv/in', overwrite: true, limits: defaultLimits });
+  });
+
+  it('takes max_files and max_name_bytes, each within the wire\'s own maxima', () => {
+    expect(loadAgentConfig(lf('version: 1', 'receive: { dir: /srv/in, max_files: 50, max_name_bytes: 4096 }'), AGENT_FILE).receive?.limits)
+      .toEqual({ maxFiles: 50, maxNameBytes: 4096 });
+    expect(loadAgentConfig(lf('version: 1', 'receive: { dir: /srv/in, max_files: 3 }'), AGENT_FILE).receive?.limits)
+      .toEqual({ maxFiles: 3, maxNameBytes: defaultLimits.maxNameBytes });
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive:', '  dir: /in', '  max_files: 0'), AGENT_FILE)).message).toMatch(/:4: receive\.max_files: expected at least 1, got 0/);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: /in, max_files: 65537 }'), AGENT_FILE)).message).toMatch(/:2: receive\.max_files: .*65536/);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: /in, max_name_bytes: 1.5 }'), AGENT_FILE)).message).toMatch(/:2: receive\.max_name_bytes: /);
   });
 
   it('names the line and the key of a relative dir, a bad pattern or an unknown key', () => {
     expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: inbox }'), AGENT_FILE)).message)
       .toBe(`${AGENT_FILE}:2: receive.dir: expected an absolute path such as /var/lib/vertex/inbox, got "inbox"`);
     expect(configError(() => loadAgentConfig(lf('version: 1', 'receive:', '  dir: /in', '  allow: [bob]'), AGENT_FILE)).message).toMatch(/:4: receive\.allow\[0\]: invalid allow pattern/);
-    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: /in, ask: true }'), AGENT_FILE)).message).toMatch(/:2: receive\.ask: unknown key; allowed keys here: dir, allow, overwrite/);
+    expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: { dir: /in, ask: true }'), AGENT_FILE)).message).toMatch(/:2: receive\.ask: unknown key; allowed keys here: dir, allow, overwrite, max_files, max_name_bytes/);
     expect(configError(() => loadAgentConfig(lf('version: 1', 'receive: {}'), AGENT_FILE)).message).toMatch(/receive\.dir: missing; expected an absolute path/);
   });
 });
