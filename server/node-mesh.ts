@@ -158,6 +158,12 @@ export class NodeMesh implements NodePresence {
     this.#directory = await NodeDirectory.open({
       url: this.#opts.storeUrl, name: this.#opts.name, endpoint: this.#endpoint, log: this.#log.child({ component: 'node-directory' }),
     });
+    try {
+      for (const [domain, ca] of this.#opts.cas) await this.#directory.checkDomainCa(domain, ca.fingerprint);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     this.#opts.broker.attachNodes(this);
     this.#opts.relay.setForwarder((leg, user, token, node) => void this.#forwardLeg(leg, user, token, node));
     this.#log.info({ node: this.#opts.name, listen: formatEndpoint(this.#opts.listen.host, bound.port), endpoint: this.#endpoint }, 'node-to-node listening (mutual tls)');

@@ -139,6 +139,22 @@ export class NodeDirectory {
     return rows.map((r) => ({ device: r.device, node: r.node, services: JSON.parse(r.services) as string[] }));
   }
 
+  /**
+   * Checks that this node holds the same CA for `domain` as the nodes before
+   * it (the first node records its fingerprint); a different CA, such as one
+   * a node created because its copy was missing, is refused.
+   */
+  async checkDomainCa(domain: string, fingerprint: string): Promise<void> {
+    await this.#pool.query(
+      `INSERT INTO domain_cas (domain, fingerprint, first_node, recorded_at) VALUES ($1, $2, $3, ${DB_NOW}) ON CONFLICT (domain) DO NOTHING`,
+      [domain, fingerprint, this.#name]);
+    const { rows } = await this.#pool.query<{ fingerprint: string; first_node: string }>('SELECT fingerprint, first_node FROM domain_cas WHERE domain = $1', [domain]);
+    const row = rows[0];
+    if (row && row.fingerprint !== fingerprint) {
+      throw vertexError('CaChanged', `node ${this.#name}: its CA for ${domain} (${fingerprint}) is not the one the other nodes use (${row.fingerprint}, first on node ${row.first_node}); copy data_dir/ca/${domain}/ from that node (docs/deploy.md)`);
+    }
+  }
+
   /** Other live nodes, by name. */
   async liveNodes(): Promise<NodeInfo[]> {
     const { rows } = await this.#pool.query<NodeInfo>(

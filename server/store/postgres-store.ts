@@ -102,6 +102,16 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX presence_by_node ON presence (node);
   `,
+  // The CA each domain's nodes must share: the first node to start records
+  // its fingerprint, and a node with another CA refuses to start.
+  `
+  CREATE TABLE domain_cas (
+    domain      text   PRIMARY KEY,
+    fingerprint text   NOT NULL,
+    first_node  text   NOT NULL,
+    recorded_at bigint NOT NULL
+  );
+  `,
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
 

@@ -47,6 +47,13 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
     }
   });
 
+  it('a node whose domain CA is not the others\' (its copy was missing, so it made one) refuses to start, and says what to copy', async () => {
+    const r = await runVertex(['server', '--listen', '127.0.0.1:0', '--data', tempDir('node4'), '--domain', DOMAIN, '--registration', 'open',
+      '--store', cluster.storeUrl, '--node-name', 'n4', '--node-listen', '127.0.0.1:0'], { timeoutMs: 60_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/vertex: node n4: its CA for mn\.test \(SHA256:\S+\) is not the one the other nodes use \(SHA256:\S+, first on node n1\); copy data_dir\/ca\/mn\.test\/ from that node/);
+  }, 60_000);
+
   describe('alice homed on node 1 reaches bob homed on node 3', () => {
     let alice: TestAgent;
     let bob: TestAgent;
