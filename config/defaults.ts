@@ -58,7 +58,7 @@ export const DEFAULTS = deepFreeze({
       max_connections: 10_000,
       handshake_timeout: '10s',
       max_box_bytes: 262_144,
-      unauthenticated_per_address: 32,
+      unauthenticated_per_address: 256,
       unauthenticated_max: 2000,
       unauthenticated_idle_timeout: '10s',
       unauthenticated_lifetime: '60s',

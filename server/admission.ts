@@ -28,7 +28,11 @@ export interface AdmissionLimits {
 }
 
 export const DEFAULT_ADMISSION_LIMITS: Readonly<AdmissionLimits> = Object.freeze({
-  perAddress: 32,
+  // Every connection counts here until its TLS handshake shows a client
+  // certificate, so this also bounds a burst of handshakes from one busy
+  // agent (100 relay legs at once in test/integration/connections) or from a
+  // NAT shared by many users: 32 refused those at accept (ECONNRESET).
+  perAddress: 256,
   total: 2000,
   idleMs: 10_000,
   lifetimeMs: 60_000,

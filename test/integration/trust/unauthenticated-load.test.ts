@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { startServer, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { csrFor, openSession, outcome, type RawSession } from './raw-session';
+import { DEFAULT_ADMISSION_LIMITS } from '../../../server/admission';
 
 jest.setTimeout(240_000);
 
@@ -95,7 +96,7 @@ describe('idle unauthenticated sessions (real vertex server, default limits)', (
     process.stdout.write(`held ${f.open()} of ${SESSIONS} idle sessions; register from 127.0.0.2 took ${ms} ms\n`);
     expect(result).toBe('certificate');
     expect(ms).toBeLessThan(REGISTER_BOUND_MS);
-    expect(f.open()).toBeLessThanOrEqual(32);
+    expect(f.open()).toBeLessThanOrEqual(DEFAULT_ADMISSION_LIMITS.perAddress);
     expect(await waitUntil(() => f.open() === 0, CLOSE_BOUND_MS)).toBe(true);
   });
 });
