@@ -37,7 +37,10 @@ export function identityServerOptions(config: ServerConfig): Omit<IdentityServer
     // A node's metrics carry its node name rather than the host name.
     ...(config.node ? { nodeName: config.node.name } : {}),
     ...(config.node ? { node: { name: config.node.name, listen: { ...config.node.listen }, ...(config.node.advertise && { advertise: config.node.advertise }) } } : {}),
-    ...(config.federation.allow ? { federation: { allow: [...config.federation.allow] } } : {}),
+    federation: {
+      ...(config.federation.allow && { allow: [...config.federation.allow] }),
+      ...(config.federation.certStatusCacheMs !== undefined && { certStatusCacheMs: config.federation.certStatusCacheMs }),
+    },
     limits: {
       maxConnections: config.limits.maxConnections,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,

@@ -457,6 +457,10 @@ export const serverFileSchema = strict({
   }).optional(),
   federation: strict({
     allow: uniqueList(checked(domainProblem), 'domain').optional(),
+    // At most 30 s: with an agent's 20 s re-check that keeps a foreign revocation within 60 s (docs/security.md).
+    cert_status_cache: duration(1000, '1s')
+      .refine((text) => { const ms = durationMs(text); return typeof ms !== 'number' || ms <= 30_000; }, { message: 'cert_status_cache is at most 30s (the 60 s revocation bound depends on it)' })
+      .optional(),
     servers: z
       .record(checked(domainProblem), connectAddress)
       .superRefine((record, ctx) => {
@@ -532,6 +536,8 @@ export interface ServerConfig {
     readonly allow?: readonly string[];
     /** Where other domains' servers are, case-folded keys; --resolve wins over these. */
     readonly servers: Readonly<Record<string, HostPort>>;
+    /** How long another domain's "good" cert-status answer is trusted; absent: 30 s. */
+    readonly certStatusCacheMs?: number;
   };
   readonly log: { readonly level: LogLevel };
 }
@@ -644,6 +650,7 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
     }),
     federation: {
       ...(file.federation?.allow && { allow: file.federation.allow.map(parseDomain) }),
+      ...(file.federation?.cert_status_cache !== undefined && { certStatusCacheMs: parseDuration(file.federation.cert_status_cache) }),
       servers: Object.fromEntries(
         Object.entries(file.federation?.servers ?? {}).map(([domain, server]) => [parseDomain(domain), hostPort(server)]),
       ),

@@ -156,14 +156,49 @@ export class AccountService {
     return issued;
   }
 
-  async renew(name: string, csrPem: string): Promise<IssuedIdentity> {
+  /**
+   * A new certificate for `name`, asked for with its current certificate
+   * (serial `currentSerial`). The caller checks that certificate when the
+   * request is made (ControlSession); a revocation or removal that lands
+   * while the new one is being issued is caught here, after it is recorded:
+   * then the new certificate is revoked too and nothing is returned, so a
+   * revoked certificate can never be traded for a good one (issue 11).
+   */
+  async renew(name: string, csrPem: string, currentSerial?: string): Promise<IssuedIdentity> {
     this.#checkPemSize(csrPem, 'renew');
     const address = parseAddress(name);
     if (!await this.#store.getAccount(address.domain, address.user)) throw vertexError('NoSuchUser', `renew ${name}: the account was removed`);
     const issued = await this.#issue(name, csrPem);
     await this.#record(name, issued);
+    if (currentSerial !== undefined) {
+      const current = await this.#store.getCertificate(currentSerial);
+      const account = await this.#store.getAccount(address.domain, address.user);
+      if (!current || current.revokedAt !== null || !account) {
+        await this.#store.revokeCertificate(issued.serial);
+        this.#log.warn({ address: name, serial: currentSerial, withdrawn: issued.serial }, 'renewal withdrawn: the certificate was revoked meanwhile');
+        throw vertexError('CertificateRevoked', `renew ${name}: certificate ${currentSerial} is revoked`);
+      }
+    }
     this.#log.info({ address: name, serial: issued.serial }, 'certificate renewed');
     return issued;
+  }
+
+  /**
+   * cert-status for this server's own domains: which of these serials are
+   * not good. A serial this server never issued for that domain counts as
+   * revoked (no certificate of ours can carry it), and so does one whose
+   * account is gone.
+   */
+  async revokedAmong(entries: ReadonlyArray<{ domain: string; serial: string }>): Promise<string[]> {
+    const revoked: string[] = [];
+    for (const { domain, serial } of entries) {
+      if (!this.#cas.has(domain)) continue;
+      const record = await this.#store.getCertificate(serial);
+      if (!record || record.domain !== domain || record.revokedAt !== null || !await this.#store.getAccount(record.domain, record.user)) {
+        revoked.push(serial);
+      }
+    }
+    return revoked;
   }
 
   /**

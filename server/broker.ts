@@ -94,6 +94,13 @@ export class Broker {
     return n;
   }
 
+  /** Every listening session (each agent's home session), once each: where `revoked` is pushed. */
+  listeningPeers(): AmpPeer[] {
+    const peers = new Set<AmpPeer>();
+    for (const devices of this.#listeners.values()) for (const l of devices.values()) peers.add(l.peer);
+    return [...peers];
+  }
+
   /** The devices of `address` online now, sorted. */
   devicesOf(address: string): string[] {
     return [...(this.#listeners.get(address)?.keys() ?? [])].sort();
@@ -312,8 +319,16 @@ export class Broker {
     }
     const token = answer.token ?? '';
     if (!TOKEN_RE.test(token)) throw vertexError('Internal', `${reached} answered inbound without a valid token`);
-    if (req.relayNode !== undefined) this.#relay.pairsOn(token, req.relayNode);
-    else this.#relay.register(token, caller.address, to);
+    if (req.relayNode !== undefined) {
+      this.#relay.pairsOn(token, req.relayNode);
+    } else {
+      // relay-ready: the listener's agent opens its relay leg once the caller's is in
+      // (an agent too old to know the push ignores it: it is sent without asking for an answer).
+      const listenerPeer = listener.peer;
+      this.#relay.register(token, caller.address, to, () => {
+        if (!listenerPeer.closed) listenerPeer.callNoAnswer(COMMANDS.relayReady, { token });
+      });
+    }
     this.#log.info({ from: caller.address, fromDevice, to, device: listener.device, named: req.named, service }, 'inbound brokered');
     return {
       token,

@@ -24,6 +24,8 @@ export interface SessionContext {
   certPem: string | null;
   /** True when authenticatedAs belongs to a domain this server serves. */
   local: boolean;
+  /** The presented certificate's serial (normalised hex), when there is one. */
+  serial: string | null;
 }
 
 export interface ControlSessionOptions {
@@ -35,6 +37,15 @@ export interface ControlSessionOptions {
   maxBoxBytes: number;
   helloTimeoutMs: number;
   metrics?: ServerMetrics;
+  /**
+   * Checks the session's certificate again, against the store (our domains)
+   * or its issuer's cert-status (others), when a request that acts as that
+   * identity is made: a session opened before a revocation gets nothing.
+   * Throws the refusal (CertificateRevoked, NoSuchUser, ServerUnavailable).
+   */
+  authorize?: (context: SessionContext, command: string) => Promise<void>;
+  /** Answers cert-status (IdentityServer: own domains from the store, others for our own agents). */
+  certStatus?: (args: AmpArgs, context: SessionContext) => Promise<AmpArgs>;
 }
 
 function requireArg(args: AmpArgs, name: string, command: string): string {
@@ -50,6 +61,8 @@ export class ControlSession {
   /** Requests being answered: such a session is not idle (server/admission.ts). */
   #inFlight = 0;
   readonly #helloTimer: NodeJS.Timeout;
+  readonly #socket: TLSSocket;
+  readonly #log: Logger;
 
   /** True while a request is being answered. */
   get busy(): boolean {
@@ -59,6 +72,11 @@ export class ControlSession {
   constructor(opts: ControlSessionOptions) {
     const { socket, context, accounts, broker, log } = opts;
     this.context = context;
+    this.#socket = socket;
+    this.#log = log;
+    const authorize = async (command: string): Promise<void> => {
+      if (opts.authorize) await opts.authorize(context, command);
+    };
     this.peer = attachAmp(socket, { log, limits: { maxBoxBytes: opts.maxBoxBytes } });
     if (opts.metrics) instrumentCommands(this.peer, opts.metrics);
     this.#helloTimer = setTimeout(() => {
@@ -125,10 +143,12 @@ export class ControlSession {
       return { certificate: result.certPem, ca: result.caPem };
     }));
 
-    this.peer.handle(COMMANDS.listen, afterHello(COMMANDS.listen, (args) => {
+    this.peer.handle(COMMANDS.listen, afterHello(COMMANDS.listen, async (args) => {
       if (!context.authenticatedAs || !context.local || !context.certPem) {
         throw vertexError('NotAllowed', 'listen: connect with a certificate of a domain this server serves');
       }
+      await authorize(COMMANDS.listen);
+      if (socket.destroyed) throw vertexError('ConnectionLost', 'listen: the session closed');
       const remote = isIPv6(context.remoteAddress) ? `[${context.remoteAddress}]:${context.remotePort}` : `${context.remoteAddress}:${context.remotePort}`;
       return broker.listen(context.authenticatedAs, this.peer, context.certPem, args, remote);
     }));
@@ -136,17 +156,39 @@ export class ControlSession {
       if (context.authenticatedAs) broker.drop(context.authenticatedAs, this.peer);
     });
 
-    this.peer.handle(COMMANDS.inbound, afterHello(COMMANDS.inbound, (args) => {
+    this.peer.handle(COMMANDS.inbound, afterHello(COMMANDS.inbound, async (args) => {
       if (!context.authenticatedAs || !context.certPem) throw vertexError('NotAllowed', 'inbound: connect with your certificate first');
       requireArg(args, 'to', COMMANDS.inbound);
       requireArg(args, 'service', COMMANDS.inbound);
+      await authorize(COMMANDS.inbound);
       return broker.inbound({ address: context.authenticatedAs, certPem: context.certPem }, args);
     }));
 
     this.peer.handle(COMMANDS.renew, afterHello(COMMANDS.renew, async (args) => {
       if (!context.authenticatedAs || !context.local) throw vertexError('NotAllowed', 'renew: connect with your current certificate to renew it');
-      const result = await accounts.renew(context.authenticatedAs, requireArg(args, 'csr', COMMANDS.renew));
+      const csr = requireArg(args, 'csr', COMMANDS.renew);
+      await authorize(COMMANDS.renew);
+      // With the check switched off (a test fault), the old behaviour: renew whatever the session holds.
+      const result = await accounts.renew(context.authenticatedAs, csr, opts.authorize ? context.serial ?? '' : undefined);
       return { certificate: result.certPem, ca: result.caPem };
     }));
+
+    this.peer.handle(COMMANDS.certStatus, afterHello(COMMANDS.certStatus, async (args) => {
+      if (!opts.certStatus) throw vertexError('UnknownCommand', 'cert-status: not served here');
+      return opts.certStatus(args, context);
+    }));
+  }
+
+  /** Ends the session at once (its certificate was revoked or its account removed). */
+  close(why: string, notice?: AmpArgs): void {
+    const socket = this.#socket;
+    if (socket.destroyed) return;
+    this.#log.info({ identity: this.context.authenticatedAs, serial: this.context.serial }, `control session closed: ${why}`);
+    // The holder's agent learns why (its own certificate is void: it drops its
+    // peer streams too), then the session ends; no request is served after this.
+    if (notice && this.#helloDone) this.peer.callNoAnswer(COMMANDS.revoked, notice);
+    this.peer.close();
+    socket.end();
+    setTimeout(() => socket.destroy(), 1_000).unref();
   }
 }

@@ -18,6 +18,7 @@ import { asVertexError, VertexError, vertexError } from '../q2q/errors';
 import { certificateFingerprint, checkPinnedCa, formatKnownDomainLine, parseKnownDomains, verifyUserCertificate } from '../q2q/identity';
 import type { ServerEndpoint, ServerResolver } from '../q2q/control/discovery';
 import { openServerConnection, type CaTrust } from '../q2q/control/server-connection';
+import { COMMANDS } from '../q2q/control/protocol';
 import type { Logger } from '../q2q/util/log';
 
 export const KNOWN_DOMAINS_FILE = 'known_domains';
@@ -51,6 +52,11 @@ class ServerTrustFile implements CaTrust {
     fs.writeFileSync(file, caCertPem);
     if (result === 'new') fs.appendFileSync(this.#file, `${formatKnownDomainLine(domain, certificateFingerprint(caCertPem))}`);
     return result;
+  }
+
+  /** Whether `domain`'s CA is pinned here (a domain this server already federates with). */
+  pinned(domain: string): boolean {
+    return fs.existsSync(this.#caFile(domain));
   }
 
   cached(domain: string): string | null {
@@ -163,6 +169,46 @@ export class Federation {
       }
     }
     throw failure ?? vertexError('ServerUnavailable', `${context}: no server address found for ${domain}; ${hint(domain, undefined)}`);
+  }
+
+  /**
+   * Whether `name` is a domain whose certificates this server may ask about:
+   * a valid name, allowed by federation.allow, with its CA already pinned.
+   * Only such domains' servers are ever dialled for cert-status, so an agent's
+   * question cannot make this server dial a name of its choosing.
+   */
+  federates(name: string): boolean {
+    try {
+      const domain = parseDomain(name);
+      if (this.#allow && !this.#allow.has(domain)) return false;
+      return this.#trust.pinned(domain);
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * One cert-status question to `domain`'s own server, about serials it
+   * issued; the answer lists those it says are revoked. `domain` must pass
+   * federates(). Failures carry the operator-facing detail (logged, never
+   * passed to clients).
+   */
+  async askCertStatus(domain: string, serials: string[]): Promise<string[]> {
+    const connection = await openServerConnection({ domain, resolve: this.#resolve, trust: this.#trust, log: this.#log, connectTimeoutMs: 5_000 });
+    try {
+      const answer = await connection.call(COMMANDS.certStatus, {
+        certificates: JSON.stringify(serials.map((serial) => ({ domain, serial }))),
+      }, { timeoutMs: 5_000 });
+      const list = JSON.parse(answer.revoked ?? '[]') as unknown;
+      if (!Array.isArray(list)) throw vertexError('ProtocolVersion', `${domain}'s server answered cert-status without a list`);
+      return list.filter((s): s is string => typeof s === 'string');
+    } catch (err) {
+      const e = asVertexError(err, 'ServerUnavailable');
+      this.#log.warn({ domain, code: e.code, reason: e.message }, 'cert-status question to the issuing server failed');
+      throw e;
+    } finally {
+      connection.close();
+    }
   }
 
   /**

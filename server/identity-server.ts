@@ -21,7 +21,7 @@ import { AccountService, type RegistrationMode } from './account-service';
 import { Admission, type Admitted, type AdmissionLimits } from './admission';
 import type { LoginLimits } from './rate-limiter';
 import { loadOrCreateCa, type DomainCa } from './ca-store';
-import { ControlSession } from './control-session';
+import { ControlSession, type SessionContext } from './control-session';
 import { Broker } from './broker';
 import { Federation, type FederationOptions } from './federation';
 import { Relay } from './relay';
@@ -31,6 +31,11 @@ import type { AccountStore } from './store/account-store';
 import { DATABASE_FILE, openAccountStore } from './store/open-store';
 import { isPostgresUrl } from './store/postgres-store';
 import { NodeMesh } from './node-mesh';
+import { ChangeFeedFollower } from './store/change-feed';
+import type { AccountEvent } from './store/account-store';
+import type { AmpArgs } from '../q2q/proto/amp-peer';
+import { CERT_STATUS_RATE, CertStatusCache, DEFAULT_CERT_STATUS_TTL_MS, parseCertStatusRequest, PerSourceLimit } from './cert-status';
+import { testFaults, type TestFault } from './test-faults';
 
 export interface IdentityServerOptions {
   domains: string[];
@@ -57,7 +62,16 @@ export interface IdentityServerOptions {
   /** Finds other domains' servers, to fetch their CAs (federation). Default: DNS. */
   resolve?: ServerResolver;
   /** server.yaml federation: which domains' users are admitted (absent: any valid domain). */
-  federation?: { allow?: readonly string[]; unsafeForTests?: FederationOptions['unsafeForTests'] };
+  federation?: {
+    allow?: readonly string[];
+    /** How long a foreign server's "good" cert-status answer is trusted (server.yaml federation.cert_status_cache; default 30 s). */
+    certStatusCacheMs?: number;
+    unsafeForTests?: FederationOptions['unsafeForTests'];
+  };
+  /** How often the change feed is read besides its wake-ups (default 1 s): the bound on closing live sessions. */
+  changeFeedPollMs?: number;
+  /** Test faults (server/test-faults.ts); default from VERTEX_TEST_FAULT when NODE_ENV=test. */
+  faults?: ReadonlySet<TestFault>;
   log?: Logger;
 }
 
@@ -95,11 +109,19 @@ export class IdentityServer {
   /** Unauthenticated connections by remote address:port, from TCP accept until they authenticate or close. */
   readonly #admitted = new Map<string, { entry: Admitted; busy: () => boolean }>();
   #sweep: NodeJS.Timeout | null = null;
+  #follower: ChangeFeedFollower | null = null;
+  #certStatus: CertStatusCache | null = null;
+  readonly #certStatusLimit = new PerSourceLimit(CERT_STATUS_RATE);
+  #foreignSweep: NodeJS.Timeout | null = null;
+  #sweeping = false;
+  readonly #faults: ReadonlySet<TestFault>;
 
   constructor(opts: IdentityServerOptions) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLogger;
     this.#admission = new Admission(opts.limits.unauthenticated ?? {});
+    this.#faults = opts.faults ?? testFaults();
+    if (this.#faults.size > 0) this.#log.warn({ faults: [...this.#faults] }, 'TEST FAULTS ACTIVE: security checks are switched off');
   }
 
   /** Connections without a valid client certificate, and how many were refused, evicted or timed out. */
@@ -149,6 +171,24 @@ export class IdentityServer {
       ...(federation?.allow && { allow: federation.allow }),
       ...(federation?.unsafeForTests && { unsafeForTests: federation.unsafeForTests }),
     });
+    const fed = this.#federation;
+    this.#certStatus = new CertStatusCache({
+      ask: (domain, serials) => fed.askCertStatus(domain, serials),
+      ttlMs: federation?.certStatusCacheMs ?? DEFAULT_CERT_STATUS_TTL_MS,
+    });
+    if (!this.#faults.has('no-change-feed')) {
+      // Revocations and removals, also those made by `vertex server revoke|remove-user`
+      // in another process or on another node, reach the sessions open here.
+      this.#follower = new ChangeFeedFollower({
+        store: this.#store, onEvent: (event) => this.#onAccountEvent(event), log: this.#log.child({ component: 'feed' }),
+        ...(this.#opts.changeFeedPollMs !== undefined && { pollMs: this.#opts.changeFeedPollMs }),
+      });
+      await this.#follower.start();
+    }
+    // Foreign sessions are re-checked with their issuers, so a revocation there closes them here too.
+    const sweepMs = Math.max(1_000, Math.min(15_000, Math.floor(this.#certStatus.ttlMs / 2)));
+    this.#foreignSweep = setInterval(() => void this.#sweepForeign(), sweepMs);
+    this.#foreignSweep.unref();
 
     const contexts = new Map<string, tls.SecureContext>();
     for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3' }));
@@ -290,13 +330,157 @@ export class IdentityServer {
   }
 
   /** Checks a presented client certificate: our own users locally, other domains' through federation. */
-  async #authenticate(certPem: string): Promise<{ address: string; local: boolean }> {
+  async #authenticate(certPem: string): Promise<{ address: string; local: boolean; serial: string }> {
     const info = describeCertificate(certPem);
     const issuer = info.issuerCn.toLowerCase();
-    if (this.accounts.domains.includes(issuer)) return { address: await this.accounts.authenticateCertificate(certPem), local: true };
+    if (this.accounts.domains.includes(issuer)) return { address: await this.accounts.authenticateCertificate(certPem), local: true, serial: info.serial };
     // The issuer and address are unverified input here: Federation checks them before any use.
     const address = (info.q2qAddress ?? '').toLowerCase();
-    return { address: await this.#federation!.authenticate(certPem, info.issuerCn, address), local: false };
+    const verified = await this.#federation!.authenticate(certPem, info.issuerCn, address);
+    // Signed by the pinned CA; now whether its issuer still stands by it (cert-status).
+    await this.#checkForeign(verified, info.serial);
+    return { address: verified, local: false, serial: info.serial };
+  }
+
+  /** A foreign certificate's status from its issuer (cached): revoked, or unknown past the cache, is refused. */
+  async #checkForeign(address: string, serial: string): Promise<void> {
+    if (this.#faults.has('no-cert-status')) return;
+    const domain = address.slice(address.lastIndexOf('@') + 1);
+    let revoked: Set<string>;
+    try {
+      revoked = await this.#certStatus!.revoked(domain, [serial]);
+    } catch (err) {
+      this.#log.warn({ domain, address, reason: (err as Error).message, cause: ((err as Error).cause as Error | undefined)?.message }, 'foreign certificate status unknown; refused');
+      // One generic line: what went wrong with the other server is for our log only.
+      throw vertexError('ServerUnavailable', `cannot check certificate status with ${domain}'s server; try again later`);
+    }
+    if (revoked.has(serial)) throw vertexError('CertificateRevoked', `certificate ${serial} for ${address} is revoked by ${domain}`);
+  }
+
+  /** A request acting as the session's identity: its certificate must still be good now. */
+  async #reauthorize(context: SessionContext): Promise<void> {
+    if (!context.certPem || !context.authenticatedAs) return;
+    if (context.local) await this.accounts.authenticateCertificate(context.certPem);
+    else await this.#checkForeign(context.authenticatedAs, context.serial ?? '');
+  }
+
+  /**
+   * A revocation committed while this connection was being authenticated
+   * (after the check read the store, before the connection was listed where
+   * the change feed looks) would miss it: one more check once it is listed
+   * closes that gap. Either that check sees the revocation, or the feed
+   * event comes later and finds the connection listed.
+   */
+  #recheckOnceOpen(context: SessionContext, close: () => void): void {
+    if (this.#faults.has('no-change-feed')) return;
+    this.#reauthorize(context).catch((err: unknown) => {
+      this.#log.info({ identity: context.authenticatedAs, serial: context.serial, reason: (err as Error).message }, 'connection closed: its certificate was voided while it opened');
+      close();
+    });
+  }
+
+  /** One change-feed event: close what it voids, and tell every listening agent. */
+  #onAccountEvent(event: AccountEvent): void {
+    const address = `${event.user}@${event.domain}`;
+    const notice = event.kind === 'certificate-revoked'
+      ? { serials: [event.serial], addresses: [] as string[] }
+      : { serials: [] as string[], addresses: [address] };
+    this.#log.info({ kind: event.kind, address, ...(event.kind === 'certificate-revoked' && { serial: event.serial }) }, 'change feed: closing what it voids');
+    this.#revokeLive(notice.serials, notice.addresses);
+  }
+
+  /**
+   * Closes the control sessions and relay legs of these certificates or
+   * addresses, and pushes `revoked` to every listening agent, so that peer
+   * streams with them (direct, punched or relayed) close at both ends.
+   */
+  #revokeLive(serials: readonly string[], addresses: readonly string[]): void {
+    const serialSet = new Set(serials);
+    const addressSet = new Set(addresses);
+    const args: AmpArgs = { serials: JSON.stringify(serials), addresses: JSON.stringify(addresses) };
+    let closed = 0;
+    for (const session of this.#sessions) {
+      const c = session.context;
+      if ((c.serial && serialSet.has(c.serial)) || (c.authenticatedAs && addressSet.has(c.authenticatedAs))) {
+        session.close(c.serial && serialSet.has(c.serial) ? `certificate ${c.serial} revoked` : `account ${c.authenticatedAs} removed`, args);
+        closed += 1;
+      }
+    }
+    const legs = this.#relay?.closeLegs(serialSet, addressSet) ?? 0;
+    let told = 0;
+    for (const peer of this.#broker?.listeningPeers() ?? []) {
+      if (peer.closed) continue;
+      peer.callNoAnswer(COMMANDS.revoked, args);
+      told += 1;
+    }
+    this.#log.info({ serials, addresses, sessions: closed, relayLegs: legs, agentsTold: told }, 'revocation applied to live sessions');
+  }
+
+  /** Re-checks foreign sessions with their issuers; closes those now revoked (an unreachable issuer closes nothing). */
+  async #sweepForeign(): Promise<void> {
+    if (this.#faults.has('no-cert-status') || !this.#certStatus || this.#sweeping) return;
+    // One sweep at a time: an issuer that does not answer holds one for up to 10 s.
+    this.#sweeping = true;
+    try {
+      await this.#sweepForeignOnce(this.#certStatus);
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+
+  async #sweepForeignOnce(cache: CertStatusCache): Promise<void> {
+    const byDomain = new Map<string, Set<string>>();
+    const add = (address: string, serial: string) => {
+      const domain = address.slice(address.lastIndexOf('@') + 1);
+      if (!serial || this.accounts.domains.includes(domain)) return;
+      byDomain.set(domain, (byDomain.get(domain) ?? new Set()).add(serial));
+    };
+    for (const session of this.#sessions) {
+      const c = session.context;
+      if (!c.local && c.authenticatedAs && c.serial) add(c.authenticatedAs, c.serial);
+    }
+    for (const leg of this.#relay?.legOwners() ?? []) add(leg.user, leg.serial);
+    for (const [domain, serials] of byDomain) {
+      let revoked: Set<string>;
+      try {
+        revoked = await cache.revoked(domain, [...serials]);
+      } catch (err) {
+        this.#log.debug({ domain, reason: (err as Error).message }, 'foreign sessions not re-checked: issuer unavailable');
+        continue;
+      }
+      if (revoked.size > 0) this.#revokeLive([...revoked], []);
+    }
+  }
+
+  /**
+   * cert-status: this server's own domains from the store, for anyone
+   * (rate-limited per source address; a store read per serial). Other
+   * domains only for our own agents, and only domains we already federate
+   * with, from their issuers through the cache; an issuer that cannot be
+   * asked leaves its serials out (no news: see docs/security.md).
+   */
+  async #answerCertStatus(args: AmpArgs, context: SessionContext): Promise<AmpArgs> {
+    if (!this.#certStatusLimit.take(context.remoteAddress)) {
+      throw vertexError('RateLimited', 'cert-status: too many questions from this address; ask again in a second');
+    }
+    const entries = parseCertStatusRequest(args.certificates);
+    const own = entries.filter((e) => this.accounts.domains.includes(e.domain));
+    const revoked = new Set(await this.accounts.revokedAmong(own));
+    if (context.local && context.authenticatedAs && !this.#faults.has('no-cert-status')) {
+      const foreign = new Map<string, string[]>();
+      for (const e of entries) {
+        if (this.accounts.domains.includes(e.domain) || !this.#federation!.federates(e.domain)) continue;
+        foreign.set(e.domain, [...(foreign.get(e.domain) ?? []), e.serial]);
+      }
+      for (const [domain, serials] of foreign) {
+        try {
+          for (const s of await this.#certStatus!.revoked(domain, serials)) revoked.add(s);
+        } catch (err) {
+          this.#log.debug({ domain, reason: (err as Error).message }, 'cert-status for an agent: issuer unavailable');
+        }
+      }
+    }
+    return { revoked: JSON.stringify([...revoked]) };
   }
 
   async #onSecureConnection(socket: tls.TLSSocket): Promise<void> {
@@ -307,11 +491,12 @@ export class IdentityServer {
     socket.pause();
     let authenticatedAs: string | null = null;
     let local = false;
+    let serial: string | null = null;
     const presented = socket.getPeerX509Certificate();
     const certPem = presented ? presented.toString() : null;
     if (certPem) {
       try {
-        ({ address: authenticatedAs, local } = await this.#authenticate(certPem));
+        ({ address: authenticatedAs, local, serial } = await this.#authenticate(certPem));
       } catch (err) {
         const e = asVertexError(err, 'CertificateInvalid');
         log.warn({ code: e.code, reason: e.message }, 'client certificate refused; connection closed');
@@ -332,13 +517,16 @@ export class IdentityServer {
         socket.destroy();
         return;
       }
-      void this.#relay!.acceptLeg(socket, authenticatedAs);
+      void this.#relay!.acceptLeg(socket, authenticatedAs, serial ?? '');
+      this.#recheckOnceOpen({ remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local, serial }, () => socket.destroy());
       return;
     }
     const session = new ControlSession({
       ...(this.#metrics ? { metrics: this.#metrics } : {}),
       socket,
-      context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local },
+      context: { remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local, serial },
+      ...(!this.#faults.has('no-request-check') && { authorize: (context: SessionContext) => this.#reauthorize(context) }),
+      certStatus: (args: AmpArgs, context: SessionContext) => this.#answerCertStatus(args, context),
       accounts: this.accounts,
       broker: this.#broker!,
       log,
@@ -352,6 +540,7 @@ export class IdentityServer {
     socket.resume();
     this.#sessions.add(session);
     socket.once('close', () => this.#sessions.delete(session));
+    if (authenticatedAs) this.#recheckOnceOpen(session.context, () => session.close('certificate revoked or account removed while it was opening', { serials: JSON.stringify(serial ? [serial] : []), addresses: '[]' }));
     log.debug({ identity: authenticatedAs }, 'control session open');
   }
 
@@ -382,6 +571,10 @@ export class IdentityServer {
     // First: the other nodes stop sending this one inbounds and relay legs.
     await this.#mesh?.stop();
     this.#mesh = null;
+    if (this.#foreignSweep) clearInterval(this.#foreignSweep);
+    this.#foreignSweep = null;
+    await this.#follower?.stop();
+    this.#follower = null;
     await this.#metricsHttp?.close();
     this.#metricsHttp = null;
     if (tcp) {

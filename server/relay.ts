@@ -52,6 +52,8 @@ interface PendingRelay {
   expiresAt: number;
   legs: Partial<Record<Role, { socket: TLSSocket; answer: (err: VertexError | null) => void }>>;
   timer: NodeJS.Timeout;
+  /** Tells the listener's agent that the caller's leg is in (relay-ready), once. */
+  callerIn?: () => void;
 }
 
 /** A token bucket per user; a Transform that waits when the bucket is empty. */
@@ -86,6 +88,8 @@ export class Relay {
   readonly #pending = new Map<string, PendingRelay>();
   readonly #active = new Set<TLSSocket>();
   readonly #limits = new Map<string, RateLimit>();
+  /** Every open leg (pending or spliced) and whose certificate opened it, so a revocation can close it. */
+  readonly #owners = new Map<TLSSocket, { user: string; serial: string }>();
   #activeStreams = 0;
   /** Tokens brokered here for another node's caller: they pair on that node. */
   readonly #elsewhere = new Map<string, string>();
@@ -103,12 +107,17 @@ export class Relay {
     return this.#activeStreams;
   }
 
-  /** Called by the broker when an inbound is answered: the token may now pair two legs. */
-  register(token: string, caller: string, listener: string): void {
+  /**
+   * Called by the broker when an inbound is answered: the token may now pair
+   * two legs. `callerIn` runs when the caller's leg arrives first, so the
+   * listener opens its leg only for a caller who is really there (DESIGN.md:
+   * relay-ready).
+   */
+  register(token: string, caller: string, listener: string, callerIn?: () => void): void {
     if (!this.#opts.enabled) return;
     const timer = setTimeout(() => this.#expire(token), TOKEN_LIFETIME_MS);
     timer.unref();
-    this.#pending.set(token, { caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, timer });
+    this.#pending.set(token, { caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, timer, ...(callerIn && { callerIn }) });
   }
 
   /** With several nodes: legs for tokens this node does not hold go through `forward`. */
@@ -138,8 +147,10 @@ export class Relay {
   }
 
   /** A new relay leg from an authenticated user. */
-  async acceptLeg(socket: TLSSocket, user: string): Promise<void> {
+  async acceptLeg(socket: TLSSocket, user: string, serial = ''): Promise<void> {
     const log = this.#opts.log.child({ user });
+    this.#owners.set(socket, { user, serial });
+    socket.once('close', () => this.#owners.delete(socket));
     let request: Record<string, string>;
     try {
       request = await readPreamble(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS);
@@ -202,6 +213,10 @@ export class Relay {
       listener.answer(null);
       this.#splice(caller.socket, listener.socket, pending);
       log.info({ caller: pending.caller, listener: pending.listener }, 'relay spliced');
+    } else if (role === 'caller' && pending.callerIn) {
+      const callerIn = pending.callerIn;
+      delete pending.callerIn;
+      callerIn();
     }
   }
 
@@ -262,6 +277,29 @@ export class Relay {
     }
     a.resume();
     b.resume();
+  }
+
+  /** Who opened each open leg (pending or spliced): foreign ones are re-checked with their issuers. */
+  legOwners(): Array<{ user: string; serial: string }> {
+    return [...this.#owners.values()];
+  }
+
+  /**
+   * Closes every leg opened with one of `serials` or by one of `addresses`
+   * (a revocation or a removed account). Destroying a spliced leg resets its
+   * partner too (see #splice), so the other peer sees the stream abort.
+   * Returns how many legs closed.
+   */
+  closeLegs(serials: ReadonlySet<string>, addresses: ReadonlySet<string>): number {
+    let closed = 0;
+    for (const [socket, owner] of [...this.#owners]) {
+      if (!serials.has(owner.serial) && !addresses.has(owner.user)) continue;
+      this.#owners.delete(socket);
+      socket.destroy();
+      closed += 1;
+    }
+    if (closed > 0) this.#opts.log.info({ closed }, 'relay legs closed: certificate revoked');
+    return closed;
   }
 
   stop(): void {

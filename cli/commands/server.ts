@@ -191,7 +191,8 @@ const revoke: CommandModule<GlobalArgs, AdminArgs> = {
   describe: 'revoke a certificate by serial number (hex)',
   builder: (y) => serverOptions(y).positional('serial', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
   handler: async (args) => {
-    const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '');
+    // As stored: lowercase hex without separators or leading zeros (normaliseSerial).
+    const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '').replace(/^0+(?=.)/, '');
     if (!/^[0-9a-f]{1,64}$/.test(serial)) throw vertexError('Usage', `revoke ${args.serial}: a serial is hexadecimal, as printed by register and login`);
     const { store } = await openStore(args);
     try {

@@ -1,0 +1,25 @@
+/**
+ * Faults the integration tests inject into a real `vertex server` process,
+ * to show that each security test can fail (PROTOCOL: every new security test
+ * also runs against the behaviour it forbids). VERTEX_TEST_FAULT is a comma
+ * list; it is honoured only when NODE_ENV is `test` (jest sets it, and the
+ * servers a test starts inherit it), so an operator's environment cannot
+ * switch a check off by accident. An active fault is logged as a warning.
+ *
+ * - `no-change-feed`: the server does not follow the store's change feed, so
+ *   a revocation or removal made by `vertex server revoke|remove-user` (another
+ *   process) never closes live sessions nor pushes `revoked`.
+ * - `no-request-check`: requests on a session (renew, inbound, listen) are not
+ *   re-authorized against the store when made; only the TLS-time check holds.
+ * - `no-cert-status`: foreign certificates are not checked with their issuing
+ *   server (cert-status), only against the pinned CA.
+ */
+export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status';
+
+const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status'];
+
+export function testFaults(env: NodeJS.ProcessEnv = process.env): ReadonlySet<TestFault> {
+  if (env.NODE_ENV !== 'test' || !env.VERTEX_TEST_FAULT) return new Set();
+  const wanted = env.VERTEX_TEST_FAULT.split(',').map((s) => s.trim());
+  return new Set(KNOWN.filter((f) => wanted.includes(f)));
+}
