@@ -140,7 +140,7 @@ describe('config/server.example.yaml', () => {
       store: 'sqlite',
       metrics: { listen: { host: '127.0.0.1', port: 9464 } },
       node: { name: 'node1', listen: { host: '10.0.0.1', port: 8789 }, advertise: '10.0.0.1:8789' },
-      federation: { allow: ['a.example', 'b.example'], servers: { 'b.example': { host: '198.51.100.7', port: 8788 } } },
+      federation: { allow: ['a.example', 'b.example'], servers: { 'b.example': { host: '198.51.100.7', port: 8788 } }, certStatusCacheMs: 30_000 },
       log: { level: 'info' },
     });
   });
