@@ -10,13 +10,16 @@
  *
  * Every tunnel, whichever front-end opened it, goes into one TunnelRegistry
  * for `vertex status`. reload() applies a new config's forwards and exposes
- * without touching tunnels that are already open.
+ * without touching tunnels that are already open. The parts with rules of
+ * their own are units of their own: the expose and forward tables
+ * (expose-table.ts, forward-table.ts), the reload diff (reload-plan.ts), the
+ * file receiver (receive-service.ts), the runtime file (runtime-state.ts).
  */
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import {
-  formatAddress, formatDeviceAddress, formatServiceAddress, parseAddress, parseDeviceAddress, parseHostTarget, parseService, parseServiceAddress,
+  formatDeviceAddress, formatServiceAddress, parseAddress, parseDeviceAddress, parseHostTarget, parseServiceAddress,
 } from '../q2q/address';
 import { asVertexError, vertexError } from '../q2q/errors';
 import { describeCertificate } from '../q2q/identity';
@@ -34,8 +37,9 @@ import { AgentReceiver, type ReceiveChange, type ReceiveStatus } from './receive
 import { parseAllowPattern } from '../config/schema';
 import type { RuntimeState, RuntimeStateStore } from './runtime-state';
 import { CertificateRenewer } from './renewal';
-import { connectLocal, exposeHandler, exposePrepare } from './frontends/expose';
-import { ForwardListener } from './frontends/forward';
+import { ExposeTable, type ExposeAdded, type ExposeSpec } from './expose-table';
+import { ForwardTable, type ForwardSpec } from './forward-table';
+import { connectLocal } from './frontends/expose';
 import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
 import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
 import { TunnelRegistry, type TunnelEntry, type TunnelKind } from './tunnels';
@@ -103,30 +107,7 @@ export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
 export type { EntrySource };
 
-export interface ExposeSpec {
-  service: string;
-  target: HostPort;
-  allow?: readonly string[];
-}
-
-export interface ForwardSpec {
-  listen: HostPort;
-  to: string;
-}
-
-interface ExposeEntry {
-  service: string;
-  target: HostPort;
-  allow: readonly string[];
-  source: EntrySource;
-}
-
-interface ForwardEntry {
-  key: string;
-  listener: ForwardListener;
-  to: string;
-  source: EntrySource;
-}
+export type { ExposeSpec, ForwardSpec };
 
 export interface AgentStatus {
   identity: string;
@@ -174,8 +155,8 @@ export class AgentDaemon {
   #receiver: AgentReceiver | undefined;
   #dialsRunning = 0;
   readonly #dialQueue: Array<() => void> = [];
-  readonly #exposes = new Map<string, ExposeEntry>();
-  readonly #forwards = new Map<string, ForwardEntry>();
+  readonly #exposes: ExposeTable;
+  readonly #forwards: ForwardTable;
   /** Senders announced to an attached `vertex receive`, waiting for its receive-accept. */
   readonly #incoming = new Map<string, { stream: Q2QStream; timer: { cancel(): void } }>();
 
@@ -186,6 +167,15 @@ export class AgentDaemon {
     this.#clock = opts.clock ?? systemClock;
     this.tunnels = new TunnelRegistry({ clock: this.#clock, ...(opts.metrics ? { observer: opts.metrics } : {}) });
     opts.metrics?.readTunnels(() => this.tunnels.list());
+    this.#exposes = new ExposeTable({
+      node: () => this.#requireNode(),
+      address: () => this.address,
+      defaultAllow: () => this.#defaultAllow(),
+      tunnels: this.tunnels,
+      onChange: () => this.#exposePing(),
+      log: this.#log,
+    });
+    this.#forwards = new ForwardTable({ dial: (target, local) => this.#dialQ2Q(target, 'forward', local), log: this.#log });
   }
 
   get address(): string {
@@ -197,7 +187,7 @@ export class AgentDaemon {
   }
 
   get forwardAddresses(): Array<{ listen: HostPort; to: string }> {
-    return [...this.#forwards.values()].flatMap((f) => (f.listener.address ? [{ listen: f.listener.address, to: f.to }] : []));
+    return this.#forwards.addresses();
   }
 
   async start(): Promise<void> {
@@ -240,10 +230,10 @@ export class AgentDaemon {
 
       const runtime = this.#opts.runtime?.load();
       const runtimeServices = new Set(runtime?.expose.map((e) => e.service) ?? []);
-      for (const e of config.expose) if (!runtimeServices.has(e.service)) this.#expose(e, 'config');
+      for (const e of config.expose) if (!runtimeServices.has(e.service)) this.#exposes.apply(e, 'config');
       for (const e of runtime?.expose ?? []) {
         try {
-          this.#expose({ service: e.service, target: parseHostPort(e.target, { minPort: 1 }), allow: e.allow }, 'cli');
+          this.#exposes.apply({ service: e.service, target: parseHostPort(e.target, { minPort: 1 }), allow: e.allow }, 'cli');
         } catch (err) {
           this.#log.warn({ service: e.service, file: this.#opts.runtime?.where, err: asVertexError(err).message }, 'runtime expose not applied');
         }
@@ -276,10 +266,10 @@ export class AgentDaemon {
       }
 
       const runtimeForwards = new Set(runtime?.forwards.map((f) => f.listen) ?? []);
-      for (const f of config.forwards) if (!runtimeForwards.has(formatHostPort(f.listen))) await this.#addForward(f, 'config');
+      for (const f of config.forwards) if (!runtimeForwards.has(formatHostPort(f.listen))) await this.#forwards.open(f, 'config');
       for (const f of runtime?.forwards ?? []) {
         try {
-          await this.#addForward({ listen: parseHostPort(f.listen, FORWARD_LISTEN), to: f.to }, 'cli');
+          await this.#forwards.open({ listen: parseHostPort(f.listen, FORWARD_LISTEN), to: f.to }, 'cli');
         } catch (err) {
           // A persisted forward whose port is taken now must not keep the agent down.
           this.#log.warn({ forward: f.listen, file: this.#opts.runtime?.where, err: asVertexError(err).message }, 'runtime forward not applied');
@@ -331,8 +321,7 @@ export class AgentDaemon {
     const control = this.#control;
     this.#control = undefined;
     if (control) await step('control api', () => control.stop());
-    for (const f of [...this.#forwards.values()]) await step(`forward ${f.key}`, () => f.listener.stop());
-    this.#forwards.clear();
+    await this.#forwards.closeAll(step);
     await step('tunnel drain', () => this.tunnels.drain(STOP_DRAIN_MS));
     const socks = this.#socks;
     this.#socks = undefined;
@@ -366,14 +355,14 @@ export class AgentDaemon {
         ? { listen: formatHostPort(socks), auth: this.#config.socks.auth === 'none' ? 'none' : 'userpass', passthrough: this.#config.socks.passthrough }
         : null,
       control: this.#control ? { socket: this.#control.socketPath } : null,
-      exposed: [...this.#exposes.values()].map((e) => ({
+      exposed: this.#exposes.entries().map((e) => ({
         service: e.service,
         address: `${identity.address}:${e.service}`,
         target: formatHostPort(e.target),
         allow: e.allow,
         source: e.source,
       })),
-      forwards: [...this.#forwards.values()].map((f) => ({
+      forwards: this.#forwards.entries().map((f) => ({
         listen: f.listener.address ? formatHostPort(f.listener.address) : f.key,
         to: f.to,
         source: f.source,
@@ -386,47 +375,22 @@ export class AgentDaemon {
   // ---- exposes ----
 
   /**
-   * Puts `target` online as me:service. A service already exposed is replaced
-   * only with `replace`, and then keeps its allow list unless `spec.allow`
-   * names a new one: an allow list never changes silently (issue 13, problem 4).
+   * Puts `target` online as me:service (agent/expose-table.ts has the rules:
+   * --replace, allow lists that never change silently, reserved names).
    * Runtime (`cli`) entries persist when the daemon has a runtime store.
    */
-  addExpose(
-    spec: ExposeSpec,
-    source: EntrySource = 'cli',
-    opts: { replace?: boolean } = {},
-  ): { address: string; target: string; allow: readonly string[]; replaced?: { target: string; allow: readonly string[]; source: EntrySource } } {
+  addExpose(spec: ExposeSpec, source: EntrySource = 'cli', opts: { replace?: boolean } = {}): ExposeAdded {
     this.#requireRunning();
-    const service = parseService(spec.service);
-    const current = this.#exposes.get(service);
-    if (current && !opts.replace) {
-      throw vertexError(
-        'Usage',
-        `expose ${service}: already exposed -> ${formatHostPort(current.target)} (allow ${current.allow.join(', ')}; from ${current.source === 'config' ? 'agent.yaml' : 'vertex expose'}); add --replace to replace it`,
-      );
-    }
-    const allow = spec.allow && spec.allow.length > 0 ? spec.allow : current?.allow;
-    const entry = this.#expose({ ...spec, ...(allow && { allow }) }, source);
+    const added = this.#exposes.add(spec, source, opts);
     if (source === 'cli') this.#persist();
-    return {
-      address: `${this.address}:${entry.service}`,
-      target: formatHostPort(entry.target),
-      allow: entry.allow,
-      ...(current && { replaced: { target: formatHostPort(current.target), allow: current.allow, source: current.source } }),
-    };
+    return added;
   }
 
   removeExpose(serviceText: string): { fromConfig: boolean } {
     this.#requireRunning();
-    const service = parseService(serviceText);
-    const entry = this.#exposes.get(service);
-    if (!entry) throw vertexError('NotExposed', `unexpose ${service}: this agent does not expose it`);
-    this.#exposes.delete(service);
-    this.#requireNode().unexpose(service);
-    this.#exposePing();
+    const entry = this.#exposes.remove(serviceText);
     this.#persist();
-    this.#log.info({ service }, 'service unexposed');
-    return { fromConfig: this.#config.expose.some((e) => e.service === service) };
+    return { fromConfig: this.#config.expose.some((e) => e.service === entry.service) };
   }
 
   /** Writes the runtime entries to the runtime store, if there is one. */
@@ -434,42 +398,14 @@ export class AgentDaemon {
     const store = this.#opts.runtime;
     if (!store) return;
     const state: RuntimeState = {
-      expose: [...this.#exposes.values()].filter((e) => e.source === 'cli').map((e) => ({ service: e.service, target: formatHostPort(e.target), allow: [...e.allow] })),
-      forwards: [...this.#forwards.values()].filter((f) => f.source === 'cli').map((f) => ({ listen: f.key, to: f.to })),
+      expose: this.#exposes.entries().filter((e) => e.source === 'cli').map((e) => ({ service: e.service, target: formatHostPort(e.target), allow: [...e.allow] })),
+      forwards: this.#forwards.entries().filter((f) => f.source === 'cli').map((f) => ({ listen: f.key, to: f.to })),
     };
     try {
       store.save(state);
     } catch (err) {
       this.#log.error({ file: store.where, err: asVertexError(err).message }, 'runtime entries not saved; they last until the agent stops');
     }
-  }
-
-  #expose(spec: ExposeSpec, source: EntrySource): ExposeEntry {
-    const service = parseService(spec.service);
-    if (service === PING_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for vertex ping`);
-    if (service === FILE_TRANSFER_SERVICE) throw vertexError('Usage', `expose ${service}: the name is reserved for receiving files (receive: in agent.yaml, or vertex receive)`);
-    const me = parseAddress(this.#requireIdentity().address);
-    const allow = spec.allow && spec.allow.length > 0 ? [...spec.allow] : this.#defaultAllow();
-    const node = this.#requireNode();
-    const log = this.#log.child({ service });
-    const entry: ExposeEntry = { service, target: spec.target, allow, source };
-    const local = formatHostPort(spec.target);
-    const handler = exposeHandler(spec.target, { log });
-    node.expose(service, {
-      allow,
-      prepare: exposePrepare(spec.target, `${formatAddress(me)}:${service}`, { log }),
-      onConnection: (stream, prepared) => {
-        log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
-        this.tunnels.add({
-          kind: 'inbound', target: `${formatAddress(me)}:${service}`, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs,
-        }, stream);
-        handler(stream, prepared as net.Socket | undefined);
-      },
-    });
-    this.#exposes.set(service, entry);
-    log.info({ target: local, allow }, 'service exposed');
-    this.#exposePing();
-    return entry;
   }
 
   /**
@@ -481,7 +417,7 @@ export class AgentDaemon {
     const node = this.#node;
     if (!node) return;
     const allow = new Set<string>(this.#defaultAllow());
-    for (const e of this.#exposes.values()) for (const pattern of e.allow) allow.add(pattern);
+    for (const pattern of this.#exposes.allowPatterns()) allow.add(pattern);
     for (const pattern of this.#receiver?.allow() ?? []) allow.add(pattern);
     node.expose(PING_SERVICE, { allow: [...allow], onConnection: pingEchoHandler });
   }
@@ -490,51 +426,15 @@ export class AgentDaemon {
 
   async addForward(spec: ForwardSpec, source: EntrySource = 'cli', opts: { replace?: boolean } = {}): Promise<{ listen: string; to: string; replaced?: { to: string } }> {
     this.#requireRunning();
-    const key = formatHostPort(spec.listen);
-    const current = this.#forwards.get(key);
-    if (current && opts.replace) {
-      this.#forwards.delete(key);
-      await current.listener.stop();
-    } else if (current) {
-      throw vertexError('Usage', `forward ${key}: already forwarding to ${current.to} (from ${current.source === 'config' ? 'agent.yaml' : 'vertex forward'}); add --replace to replace it`);
-    }
-    const listener = await this.#addForward(spec, source);
+    const added = await this.#forwards.add(spec, source, opts);
     if (source === 'cli') this.#persist();
-    return { listen: formatHostPort(listener.address ?? spec.listen), to: listener.to, ...(current && { replaced: { to: current.to } }) };
+    return added;
   }
 
   async removeForward(listenText: string): Promise<void> {
     this.#requireRunning();
-    const listen = parseHostPort(listenText, { ...FORWARD_LISTEN, code: 'Usage' });
-    const key = formatHostPort(listen);
-    const entry = this.#forwards.get(key) ?? [...this.#forwards.values()].find((f) => f.listener.address && formatHostPort(f.listener.address) === key);
-    if (!entry) throw vertexError('Usage', `forward ${key}: no such forward on this agent`);
-    this.#forwards.delete(entry.key);
-    await entry.listener.stop();
+    await this.#forwards.remove(listenText);
     this.#persist();
-  }
-
-  /**
-   * Port 0 listens on a port the system picks; the bound address is what
-   * status, the CLI's answer and the log report. A config entry keeps its
-   * written address as its key (so a reload matches it again); a CLI entry on
-   * port 0 is keyed by the bound address, so several can coexist.
-   */
-  async #addForward(spec: ForwardSpec, source: EntrySource): Promise<ForwardListener> {
-    const target = formatServiceAddress(parseServiceAddress(spec.to));
-    const ephemeral = spec.listen.port === 0 && source === 'cli';
-    let key = formatHostPort(spec.listen);
-    if (!ephemeral && this.#forwards.has(key)) throw vertexError('Usage', `forward ${key}: already forwarding to ${this.#forwards.get(key)?.to}`);
-    const listener = new ForwardListener({
-      listen: spec.listen,
-      to: target,
-      dial: ({ address }) => this.#dialQ2Q(target, 'forward', address),
-      log: this.#log,
-    });
-    const bound = await listener.start();
-    if (ephemeral) key = formatHostPort(bound);
-    this.#forwards.set(key, { key, listener, to: target, source });
-    return listener;
   }
 
   // ---- reload ----
@@ -550,8 +450,8 @@ export class AgentDaemon {
     this.#requireRunning();
     const prev = this.#config;
     const plan = planReload(prev, next, {
-      exposes: [...this.#exposes.values()],
-      forwards: [...this.#forwards.values()].map((f) => ({ key: f.key, to: f.to, source: f.source })),
+      exposes: this.#exposes.entries(),
+      forwards: this.#forwards.entries().map((f) => ({ key: f.key, to: f.to, source: f.source })),
       defaultAllow: this.#defaultAllow(),
     });
     const summary: ReloadSummary = { exposes: { added: [], removed: [] }, forwards: { added: [], removed: [] }, receive: 'unchanged', needRestart: plan.needRestart };
@@ -562,7 +462,7 @@ export class AgentDaemon {
     }
     for (const wanted of plan.exposes.apply) {
       try {
-        this.#expose(wanted, 'config');
+        this.#exposes.apply(wanted, 'config');
         summary.exposes.added.push(wanted.service);
       } catch (err) {
         this.#log.warn({ service: wanted.service, err: asVertexError(err).message }, 'reload: expose failed');
@@ -570,16 +470,13 @@ export class AgentDaemon {
     }
 
     for (const key of plan.forwards.remove) {
-      const entry = this.#forwards.get(key);
-      if (!entry) continue;
-      this.#forwards.delete(key);
-      await entry.listener.stop();
-      summary.forwards.removed.push(entry.listener.address ? formatHostPort(entry.listener.address) : key);
+      const entry = await this.#forwards.close(key);
+      if (entry) summary.forwards.removed.push(entry.listener.address ? formatHostPort(entry.listener.address) : key);
     }
     for (const wanted of plan.forwards.add) {
       const key = formatHostPort(wanted.listen);
       try {
-        const listener = await this.#addForward(wanted, 'config');
+        const { listener } = await this.#forwards.open(wanted, 'config');
         // The bound address: the port the system chose for a port-0 entry.
         summary.forwards.added.push(listener.address ? formatHostPort(listener.address) : key);
       } catch (err) {
