@@ -27,6 +27,8 @@ export const TOOLS = {
   systemdAnalyze: { cmd: 'systemd-analyze', args: ['--version'], pkg: 'systemd' },
   iptables: { cmd: 'iptables', args: ['-V'], pkg: 'iptables' },
   conntrack: { cmd: 'conntrack', args: ['-V'], pkg: 'conntrack' },
+  /** Runs a command on a pseudo-terminal (the CLI's terminal-only behaviour). Essential in Debian. */
+  script: { cmd: 'script', args: ['--version'], pkg: 'bsdutils' },
 } as const satisfies Record<string, SystemTool>;
 
 const present = new Map<string, boolean>();

@@ -3,13 +3,33 @@
  * as a user types it. `--resolve` is repeatable, one value per flag,
  * anywhere on the line (it was a greedy yargs array that swallowed the
  * command); `--version`, `completion`, `-v`, `--log-level` in `--help`,
- * errors as JSON under `--json`, no stack traces, Ctrl-C exits 130, and the
- * wording of the errors people meet first.
+ * log lines for people on a terminal (through `script`, a real pty) and JSON
+ * on a pipe, errors as JSON under `--json`, no stack traces, Ctrl-C exits
+ * 130, and the wording of the errors people meet first.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ROOT, runVertex, startServer, startVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
+import { ROOT, runVertex, startServer, startVertex, stopAll, tempDir, VERTEX_BIN, type ServerHandle } from '../../helpers/cli';
 import { PASSWORD } from '../../helpers/q2q-world';
+import { itWithTools, TOOLS } from '../../helpers/system-tools';
+import { shellWord } from '../agent/helpers';
+
+/** Runs `command` (a shell line) with stdin, stdout and stderr on a pseudo-terminal, as typed in one; returns what the terminal showed. */
+function onTerminal(command: string): Promise<{ code: number | null; shown: string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let shown = '';
+    proc.stdout.on('data', (d: Buffer) => { shown += d.toString(); });
+    proc.stderr.on('data', (d: Buffer) => { shown += d.toString(); });
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`no exit: ${shown}`)); }, 30_000);
+    proc.on('error', reject);
+    proc.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, shown: shown.replace(/\r\n/g, '\n') });
+    });
+  });
+}
 
 /** The keys of a JSON object's top level, as written (JSON.parse would hide a duplicate). */
 function topLevelKeys(json: string): string[] {
@@ -123,6 +143,19 @@ describe('the vertex command line', () => {
       const keys = topLevelKeys(line);
       expect({ line, duplicates: keys.filter((k, i) => keys.indexOf(k) !== i) }).toEqual({ line, duplicates: [] });
     }
+  });
+
+  itWithTools('log lines are for people when stderr is a terminal, JSON lines on a pipe', [TOOLS.script], async () => {
+    const line = (dir: string) => `echo pw | ${[process.execPath, VERTEX_BIN, '-vv', '--home', dir, 'register', 'hal@nosuch.invalid', '--password-stdin'].map(shellWord).join(' ')}`;
+    const tty = await onTerminal(line(home()));
+    expect(tty.code).toBe(4);
+    // time, level, message, key=value: no JSON object anywhere on the terminal.
+    expect(tty.shown).toMatch(/^\d\d:\d\d:\d\d\.\d{3} DEBUG server endpoint failed domain=nosuch\.invalid /m);
+    expect(tty.shown).not.toMatch(/^\{/m);
+    expect(tty.shown).toMatch(/^vertex: cannot find the identity server for nosuch\.invalid/m);
+    const piped = await runVertex(['-vv', '--home', home(), 'register', 'hal@nosuch.invalid', '--password-stdin'], { input: 'pw' });
+    const logged = piped.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string });
+    expect(logged).toContainEqual(expect.objectContaining({ level: 20, msg: 'server endpoint failed' }));
   });
 
   it('errors under --json are one JSON object with the stable code and the exit status', async () => {
