@@ -94,7 +94,9 @@ export class FrameChannel {
       return typeof value === 'string' ? Buffer.from(value) : value;
     } catch (err) {
       if (this.#abortReason) throw this.#abortReason;
-      if (err instanceof VertexError) throw err;
+      // A stream of a peer session reports a lost peer as ConnectionLost: for a transfer that
+      // is a broken connection like any other (TransferFailed), not a connect-time outcome.
+      if (err instanceof VertexError && err.code !== 'ConnectionLost') throw err;
       throw vertexError('TransferFailed', `connection to ${this.peer} broke: ${describe(err)}`, err);
     } finally {
       (timer as { cancel(): void } | null)?.cancel();

@@ -595,6 +595,8 @@ export class MuxStream extends Duplex {
   #remoteEnded = false;
   #remoteReset = false;
   #written = 0;
+  /** A credit check is due once the current read() is done (_read). */
+  #creditCheck = false;
 
   constructor(session: MuxSession, id: number, service: string, incoming = false) {
     super({ allowHalfOpen: true, readableHighWaterMark: session.window / 2, writableHighWaterMark: MUX_DATA_FRAME });
@@ -695,7 +697,16 @@ export class MuxStream extends Duplex {
   }
 
   override _read(): void {
-    this.#returnCredit();
+    // Node calls _read before it takes the chunk being read out of the buffer, so
+    // readableLength here still counts it: a reader that took the whole window would
+    // return no credit, and with the sender out of credit no DATA (no push) would
+    // ever call _read again. The count is made once the read is done.
+    if (this.#creditCheck) return;
+    this.#creditCheck = true;
+    process.nextTick(() => {
+      this.#creditCheck = false;
+      this.#returnCredit();
+    });
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
