@@ -122,9 +122,19 @@ function keep<T extends Duplex>(stream: T): T {
   return stream;
 }
 
-/** Resolves with the time it closed, in ms since `since`. */
-function closedAt(target: { once(event: 'close', f: () => void): unknown }, since: () => number): Promise<number> {
-  return new Promise((resolve) => target.once('close', () => resolve(Date.now() - since())));
+/** Resolves with the time (Date.now()) it closed. */
+function closedAt(target: { once(event: 'close', f: () => void): unknown }): Promise<number> {
+  return new Promise((resolve) => target.once('close', () => resolve(Date.now())));
+}
+
+/**
+ * How long after the revocation each close came. The revocation is committed
+ * somewhere between the admin command's start and its exit; the bound is
+ * checked from its exit (the CLI's own start-up, seconds on a busy machine, is
+ * not the server's delay), and the time from its start is reported too.
+ */
+function delays(closes: number[], admin: { start: number; done: number }): { fromDone: number[]; fromStart: number[] } {
+  return { fromDone: closes.map((t) => t - admin.done), fromStart: closes.map((t) => t - admin.start) };
 }
 
 function isOpen(stream: Duplex): boolean {
@@ -206,13 +216,10 @@ describe('revoke and remove-user reach live sessions', () => {
     const bobSide = keep(accepted[0] as Duplex);
     const raw = await s.control(mallory, 'a.test');
 
-    let t0 = 0;
-    const since = () => t0;
-    const rawClosed = closedAt(raw.socket, since);
-    const streamClosed = closedAt(stream, since);
-    const bobSideClosed = closedAt(bobSide, since);
-    t0 = Date.now();
+    const closes = Promise.all([closedAt(raw.socket), closedAt(stream), closedAt(bobSide)]);
+    const start = Date.now();
     await s.admin('a.test', command === 'revoke' ? ['revoke', mallory.serial] : ['remove-user', 'mallory@a.test']);
+    const done = Date.now();
 
     if (forbidden) {
       // Well past the bound: everything is still open and working.
@@ -222,11 +229,9 @@ describe('revoke and remove-user reach live sessions', () => {
       expect(await roundTrip(stream)).toBe(true);
       return;
     }
-    const [rawMs, mineMs, bobsMs] = await Promise.all([rawClosed, streamClosed, bobSideClosed]);
-    process.stderr.write(`${command}: control session closed after ${rawMs} ms, mallory's stream ${mineMs} ms, bob's side ${bobsMs} ms\n`);
-    expect(rawMs).toBeLessThan(LIVE_BOUND_MS);
-    expect(mineMs).toBeLessThan(LIVE_BOUND_MS);
-    expect(bobsMs).toBeLessThan(LIVE_BOUND_MS);
+    const { fromDone, fromStart } = delays(await closes, { start, done });
+    process.stderr.write(`${command} (control session, mallory's stream, bob's side): closed ${fromDone.join('/')} ms after the command exited, ${fromStart.join('/')} ms after it started\n`);
+    for (const ms of fromDone) expect(ms).toBeLessThan(LIVE_BOUND_MS);
     // And nothing new: a fresh connection with that certificate is refused at once.
     expect(await errorCode(s.control(mallory, 'a.test'))).toMatch(/CertificateRevoked|NoSuchUser/);
   });
@@ -265,22 +270,19 @@ describe('relay legs', () => {
     const malloryLeg = keep(await malloryLegP);
     expect(await roundTrip(malloryLeg)).toBe(true);
 
-    let t0 = 0;
-    const since = () => t0;
-    const mineClosed = closedAt(malloryLeg, since);
-    const bobsClosed = closedAt(bobLeg, since);
-    t0 = Date.now();
+    const closes = Promise.all([closedAt(malloryLeg), closedAt(bobLeg)]);
+    const start = Date.now();
     await s.admin('a.test', ['revoke', mallory.serial]);
+    const done = Date.now();
     if (forbidden) {
       await new Promise((r) => setTimeout(r, LIVE_BOUND_MS + 2_000));
       expect(isOpen(malloryLeg) && isOpen(bobLeg)).toBe(true);
       expect(await roundTrip(malloryLeg)).toBe(true);
       return;
     }
-    const [mineMs, bobsMs] = await Promise.all([mineClosed, bobsClosed]);
-    process.stderr.write(`relay: mallory's leg closed after ${mineMs} ms, bob's after ${bobsMs} ms\n`);
-    expect(mineMs).toBeLessThan(LIVE_BOUND_MS);
-    expect(bobsMs).toBeLessThan(LIVE_BOUND_MS);
+    const { fromDone, fromStart } = delays(await closes, { start, done });
+    process.stderr.write(`relay (mallory's leg, bob's leg): closed ${fromDone.join('/')} ms after revoke exited, ${fromStart.join('/')} ms after it started\n`);
+    for (const ms of fromDone) expect(ms).toBeLessThan(LIVE_BOUND_MS);
     expect(await errorCode(leg(mallory))).toBe('CertificateRevoked');
   });
 });
