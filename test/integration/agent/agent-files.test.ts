@@ -140,6 +140,17 @@ describe('files through the agents', () => {
     expect((await status(bob)).devices.online).toEqual(['homeserver']);
   }, 120_000);
 
+  it('Ctrl-C stops a vertex receive attached to the agent with exit 130, and the agent takes the offers again', async () => {
+    const mine = path.join(work, 'interrupted');
+    fs.mkdirSync(mine);
+    const receive = startVertex([...world.resolveArgs, '--home', bob.home, 'receive', mine, '--yes', '--from', 'alice@a.test']);
+    await receive.waitFor(/through the agent/);
+    expect((await status(bob)).receive?.by).toBe('vertex receive');
+    expect(await receive.stop('SIGINT')).toBe(130);
+    expect(receive.output()).toContain('vertex: SIGINT, stopping');
+    await until('the agent to take the offers again', async () => ((await status(bob)).receive?.by === 'agent.yaml' ? true : undefined));
+  }, 60_000);
+
   it('receive.max_files in agent.yaml bounds one offer; the sender is told which limit, never where the files go', async () => {
     await reloadBob(`receive: { dir: ${JSON.stringify(inbox)}, allow: ["alice@a.test"], max_files: 2 }`);
     expect((await status(bob)).receive).toMatchObject({ by: 'agent.yaml', limits: { maxFiles: 2, maxNameBytes: 1_048_576 } });
