@@ -35,12 +35,25 @@ const UNITS: ReadonlyArray<{ file: string; verifyAs: string; manager: 'system' |
   { file: 'user/vertex-agent.service', verifyAs: 'vertex-agent.service', manager: 'user' },
 ];
 
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): SpawnSyncReturns<string> {
-  return spawnSync(cmd, args, { encoding: 'utf8', timeout: 280_000, cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env } });
+/**
+ * Compiling better-sqlite3 takes 1.5-4 minutes on a busy 2-core machine, so
+ * the install gets 10 minutes. npm stops silently with exit 1 when it is
+ * killed (the CI run of 630157b failed that way at the old 280 s), so a run
+ * over time says so instead of showing an empty npm failure.
+ */
+const COMMAND_TIMEOUT_MS = 600_000;
+
+function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): SpawnSyncReturns<string> & { ms: number } {
+  const started = Date.now();
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: COMMAND_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024, cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env } });
+  return Object.assign(r, { ms: Date.now() - started });
 }
 
-function ok(r: SpawnSyncReturns<string>, what: string): string {
-  if (r.status !== 0) throw new Error(`${what}: exit ${r.status}\n${r.stdout}\n${r.stderr}`);
+function ok(r: SpawnSyncReturns<string> & { ms?: number }, what: string): string {
+  if (r.status !== 0) {
+    const over = r.ms !== undefined && r.ms >= COMMAND_TIMEOUT_MS - 1_000 ? ` after ${r.ms} ms, over this test's ${COMMAND_TIMEOUT_MS} ms: npm was stopped` : '';
+    throw new Error(`${what}: exit ${r.status}${r.signal ? ` (${r.signal})` : ''}${over}\n${r.stdout}\n${r.stderr}`);
+  }
   return r.stdout;
 }
 
@@ -75,11 +88,12 @@ describeWithTools('npm pack, a global install in a scratch prefix, and the units
     ]));
     expect(listing.find((l) => l.endsWith(' package/bin/vertex'))).toMatch(/^-rwxr-xr-x/);
     expect(names.filter((n) => /^package\/(test|dist\/test|dist\/bench|bench)\//.test(n))).toEqual([]);
-  }, 300_000);
+  }, 660_000);
 
   it('npm install -g into a scratch prefix gives a vertex on PATH whose --version works and whose SQLite loads', () => {
     const install = (mode: string): SpawnSyncReturns<string> =>
-      run('npm', ['install', '-g', mode, '--no-audit', '--no-fund', '--prefix', prefix, tarball], { cwd: work });
+      // JOBS=max: node-gyp compiles better-sqlite3 on every core.
+      run('npm', ['install', '-g', mode, '--no-audit', '--no-fund', '--prefix', prefix, tarball], { cwd: work, env: { JOBS: 'max' } });
     let r = install('--offline');
     if (r.status !== 0 && /ENOTCACHED/.test(r.stderr)) {
       process.stderr.write('install test: npm\'s cache lacks the full metadata a global install asks for; installing with --prefer-offline (npm registry only)\n');
@@ -96,7 +110,7 @@ describeWithTools('npm pack, a global install in a scratch prefix, and the units
     const sqlite = run(process.execPath, ['-e', `const D = require(${JSON.stringify(path.join(lib, 'node_modules', 'better-sqlite3'))}); process.stdout.write(String(new D(':memory:').prepare('select 41 + 1 as x').get().x))`]);
     expect(ok(sqlite, 'better-sqlite3')).toBe('42');
     expect(ok(run(path.join(bin, 'vertex'), ['server', '--help'], { cwd: work }), 'vertex server --help')).toMatch(/--config/);
-  }, 300_000);
+  }, 1_260_000);
 
   it.each(UNITS)('systemd-analyze verify passes on the installed $file with ExecStart= at the installed vertex', ({ file, verifyAs, manager }) => {
     const installed = path.join(prefix, 'lib', 'node_modules', PKG.name, 'systemd', file);
