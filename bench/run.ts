@@ -17,6 +17,7 @@ import { benchFileTransfer } from './file-transfer';
 import { cleanup, emit, forkBench, note, round, type Figure } from './harness';
 import { benchAgentMemory, benchSocksThroughput } from './socks';
 import { benchTrustLoad } from './trust-load';
+import { benchMultiNode } from './multi-node';
 
 /** The whole run is bounded: past this, it stops, cleans up and fails. */
 const WATCHDOG_MS = 15 * 60_000;
@@ -115,6 +116,7 @@ async function main(): Promise<void> {
   await guarded('file-transfer', async () => emit((await benchFileTransfer()) as Figure));
   await guarded('ptcp', benchPtcpIfPresent);
   await guarded('trust-load', benchTrustLoad);
+  await guarded('multi-node', benchMultiNode);
   await Promise.all([guarded('server-memory', benchServerMemory), guarded('agent-memory', benchAgentMemory)]);
   note(`done in ${Math.round((performance.now() - t0) / 1000)} s`);
 }

@@ -46,6 +46,8 @@ const NODE_CONNECT_TIMEOUT_MS = 5_000;
 /** How long a spliced leg may keep flushing after its partner closed cleanly (as server/relay.ts). */
 const SPLICE_LINGER_MS = 10_000;
 const MAX_NODE_BOX_BYTES = 256 * 1024;
+/** A node's endpoint is read from the store at most this often (a connection failure forgets it at once). */
+const NODE_INFO_TTL_MS = 10_000;
 
 export interface NodeMeshOptions {
   name: string;
@@ -99,6 +101,8 @@ export class NodeMesh implements NodePresence {
   readonly #contexts = new Map<string, tls.SecureContext>();
   readonly #peers = new Map<string, Promise<AmpPeer>>();
   readonly #sockets = new Set<net.Socket>();
+  /** Node endpoints by name, so that a forwarded inbound costs no store query. */
+  readonly #nodeInfo = new Map<string, { info: NodeInfo; at: number }>();
   #directory: NodeDirectory | null = null;
   #server: tls.Server | null = null;
   #renew: NodeJS.Timeout | null = null;
@@ -307,12 +311,13 @@ export class NodeMesh implements NodePresence {
 
   async #forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs> {
     const to = args.to ?? '';
-    const info = await this.#directory?.node(node);
+    const info = await this.#nodeNamed(node);
     if (!info) throw vertexError('Offline', `${to} is not online (its node ${node} is gone)`);
     let peer: AmpPeer;
     try {
       peer = await this.#peer(info, domain);
     } catch (err) {
+      this.#nodeInfo.delete(node);
       this.#log.warn({ node, reason: (err as Error).message }, 'inbound: the node holding the listener does not answer');
       throw vertexError('Offline', `${to} is not reachable now: its server node ${node} does not answer`);
     }
@@ -323,6 +328,15 @@ export class NodeMesh implements NodePresence {
       if (e.code === 'ConnectionLost') throw vertexError('Offline', `${to} is not reachable now: its server node ${node} went away`);
       throw e;
     }
+  }
+
+  async #nodeNamed(name: string): Promise<NodeInfo | null> {
+    const cached = this.#nodeInfo.get(name);
+    if (cached && Date.now() - cached.at < NODE_INFO_TTL_MS) return cached.info;
+    const info = (await this.#directory?.node(name)) ?? null;
+    if (info) this.#nodeInfo.set(name, { info, at: Date.now() });
+    else this.#nodeInfo.delete(name);
+    return info;
   }
 
   /** A relay leg whose token pairs on another node: carried there and spliced. */
@@ -337,7 +351,7 @@ export class NodeMesh implements NodePresence {
     let candidates: NodeInfo[];
     try {
       if (known) {
-        const info = await this.#directory!.node(known);
+        const info = await this.#nodeNamed(known);
         candidates = info ? [info] : [];
       } else {
         candidates = await this.#directory!.liveNodes();
