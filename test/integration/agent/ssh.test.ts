@@ -102,8 +102,11 @@ describeWithTools('OpenSSH through vertex connect', [TOOLS.ssh, TOOLS.sshd], () 
     const started = Date.now();
     await bob.proc.stop('SIGTERM');
     const code = await exited;
-    process.stdout.write(`ssh exited ${Date.now() - started} ms after the far agent was told to stop\n`);
+    const ms = Date.now() - started;
+    process.stdout.write(`ssh exited ${ms} ms after the far agent was told to stop\n`);
     expect(code).toBe(255);
+    // The issue's bound is 2 s (measured: about 0.5 s); 10 s is slack for a loaded machine. Before, ssh never exited.
+    expect(ms).toBeLessThan(10_000);
     // vertex connect's own line, passed through by ssh.
     expect(ssh.output()).toMatch(/vertex: tunnel to bob@b\.test:ssh broke off: /);
     bob = await startAgent(world, bobHome, bobYaml());
