@@ -30,12 +30,29 @@ export type AskIssuer = (domain: string, serials: string[]) => Promise<string[]>
 
 interface Entry { revoked: boolean; at: number }
 
+/** Serials of one domain collected for one question; `done` resolves with those said revoked. */
+interface Batch {
+  serials: Set<string>;
+  done: Promise<Set<string>>;
+}
+
+/**
+ * Questions asked within this window are one call to the issuer (up to 256
+ * serials): many users of one domain connecting at once (a restart, a burst)
+ * cost its server one question, not one each, and stay under its per-address
+ * rate limit.
+ */
+export const CERT_STATUS_BATCH_WINDOW_MS = 10;
+
 export class CertStatusCache {
   readonly #ask: AskIssuer;
   readonly #ttlMs: number;
   readonly #now: () => number;
   readonly #entries = new Map<string, Entry>();
-  readonly #inflight = new Map<string, Promise<string[]>>();
+  /** The batch of each domain still collecting serials. */
+  readonly #collecting = new Map<string, Batch>();
+  /** `domain|serial` -> the batch whose question covers it, until answered. */
+  readonly #inflight = new Map<string, Batch>();
 
   constructor(opts: { ask: AskIssuer; ttlMs?: number; now?: () => number }) {
     this.#ask = opts.ask;
@@ -55,37 +72,64 @@ export class CertStatusCache {
   async revoked(domain: string, serials: readonly string[]): Promise<Set<string>> {
     const now = this.#now();
     const result = new Set<string>();
-    const stale: string[] = [];
-    for (const raw of new Set(serials.map((s) => normaliseSerial(s)))) {
-      const entry = this.#entries.get(`${domain}|${raw}`);
-      if (entry?.revoked) result.add(raw);
-      else if (!entry || now - entry.at >= this.#ttlMs) stale.push(raw);
+    const waits = new Set<Batch>();
+    for (const serial of new Set(serials.map((s) => normaliseSerial(s)))) {
+      const key = `${domain}|${serial}`;
+      const entry = this.#entries.get(key);
+      if (entry?.revoked) result.add(serial);
+      else if (!entry || now - entry.at >= this.#ttlMs) waits.add(this.#inflight.get(key) ?? this.#enqueue(domain, serial));
     }
-    for (let i = 0; i < stale.length; i += CERT_STATUS_MAX_ENTRIES) {
-      const batch = stale.slice(i, i + CERT_STATUS_MAX_ENTRIES);
-      const key = `${domain}|${batch.join(',')}`;
-      let pending = this.#inflight.get(key);
-      if (!pending) {
-        pending = this.#ask(domain, batch).finally(() => this.#inflight.delete(key));
-        this.#inflight.set(key, pending);
-      }
-      let answer: string[];
-      try {
-        answer = await pending;
-      } catch (err) {
-        const e = asVertexError(err, 'ServerUnavailable');
-        throw vertexError('ServerUnavailable', `cannot check certificate status with ${domain}'s server`, e);
-      }
-      const said = new Set(answer.filter((s) => typeof s === 'string' && /^[0-9a-fA-F]{1,64}$/.test(s)).map((s) => normaliseSerial(s)));
-      const at = this.#now();
-      for (const serial of batch) {
-        // Only what was asked counts: an answer cannot mark serials it was not asked about.
-        const revoked = said.has(serial);
-        this.#set(`${domain}|${serial}`, { revoked, at });
-        if (revoked) result.add(serial);
-      }
+    // allSettled: every batch's failure is observed, none left as an unhandled rejection.
+    const answers = await Promise.allSettled([...waits].map((b) => b.done));
+    const failed = answers.find((a): a is PromiseRejectedResult => a.status === 'rejected');
+    if (failed) {
+      const e = asVertexError(failed.reason, 'ServerUnavailable');
+      throw vertexError('ServerUnavailable', `cannot check certificate status with ${domain}'s server`, e);
+    }
+    const wanted = new Set(serials.map((s) => normaliseSerial(s)));
+    for (const a of answers) {
+      if (a.status === 'fulfilled') for (const s of a.value) if (wanted.has(s)) result.add(s);
     }
     return result;
+  }
+
+  #enqueue(domain: string, serial: string): Batch {
+    let batch = this.#collecting.get(domain);
+    if (!batch || batch.serials.size >= CERT_STATUS_MAX_ENTRIES) {
+      const serials = new Set<string>();
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => { release = resolve; });
+      const created: Batch = { serials, done: gate.then(() => this.#question(domain, created)) };
+      batch = created;
+      this.#collecting.set(domain, created);
+      setTimeout(release, CERT_STATUS_BATCH_WINDOW_MS).unref();
+    }
+    batch.serials.add(serial);
+    this.#inflight.set(`${domain}|${serial}`, batch);
+    return batch;
+  }
+
+  async #question(domain: string, batch: Batch): Promise<Set<string>> {
+    if (this.#collecting.get(domain) === batch) this.#collecting.delete(domain);
+    const asked = [...batch.serials];
+    try {
+      const answer = await this.#ask(domain, asked);
+      const said = new Set(answer.filter((s) => typeof s === 'string' && /^[0-9a-fA-F]{1,64}$/.test(s)).map((s) => normaliseSerial(s)));
+      const at = this.#now();
+      const revoked = new Set<string>();
+      for (const serial of asked) {
+        // Only what was asked counts: an answer cannot mark serials it was not asked about.
+        const isRevoked = said.has(serial);
+        this.#set(`${domain}|${serial}`, { revoked: isRevoked, at });
+        if (isRevoked) revoked.add(serial);
+      }
+      return revoked;
+    } finally {
+      for (const serial of asked) {
+        const key = `${domain}|${serial}`;
+        if (this.#inflight.get(key) === batch) this.#inflight.delete(key);
+      }
+    }
   }
 
   #set(key: string, entry: Entry): void {

@@ -75,6 +75,24 @@ describe('CertStatusCache', () => {
     expect(DEFAULT_CERT_STATUS_TTL_MS).toBeLessThanOrEqual(30_000);
   });
 
+  it('gathers the questions of many callers at once into one call per 256 serials (a burst of one domain\'s users)', async () => {
+    const b = issuer();
+    b.revoked.add('7');
+    const cache = new CertStatusCache({ ask: b.ask });
+    const answers = await Promise.all(Array.from({ length: 300 }, (_, i) => cache.revoked('b.test', [(i + 1).toString(16)])));
+    expect(b.asked.map((a) => a.length)).toEqual([256, 44]);
+    expect(answers.map((a) => [...a]).filter((a) => a.length > 0)).toEqual([['7']]);
+  });
+
+  it('a failed question fails every caller waiting on it, and nothing is left unhandled', async () => {
+    const b = issuer();
+    b.down();
+    const cache = new CertStatusCache({ ask: b.ask });
+    const results = await Promise.allSettled([cache.revoked('b.test', ['1']), cache.revoked('b.test', ['2', '1'])]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(b.asked).toEqual([['1', '2']]);
+  });
+
   it('asks in batches of at most 256 serials', async () => {
     const b = issuer();
     const cache = new CertStatusCache({ ask: b.ask });
