@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { runVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
 import * as tls from 'node:tls';
-import { createDomainCa } from '../../../q2q/identity';
+import { createDomainCa, describeCertificate } from '../../../q2q/identity';
+import { connectTcp, until } from '../../helpers/net';
 import { attachAmp } from '../../../q2q/transport/amp-connection';
 import { issueNodeCertificate } from '../../../server/node-identity';
 import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
@@ -195,6 +196,54 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
       const results = await flood(singles, `gina@${DOMAIN}`, '127.0.0.9');
       expect(count(results, 'BadPassword')).toBe(15);
       await Promise.all(singles.map((n) => n.proc.stop()));
+    }, 120_000);
+  });
+
+  describe('a revoke made on node 2 reaches node 3 within 5 s', () => {
+    let una: TestAgent;
+    let vic: TestAgent;
+
+    beforeAll(async () => {
+      const [n1, , n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      vic = await agentOn(n3, `vic@${DOMAIN}`, `expose:\n  - { service: echo, target: "127.0.0.1:${echo.port}", allow: ["una@${DOMAIN}"] }`);
+      una = await agentOn(n1, `una@${DOMAIN}`, 'routes: [tcp]');
+      await Promise.all([online(una), online(vic)]);
+    }, 120_000);
+
+    afterAll(async () => {
+      await una?.proc.stop();
+      await vic?.proc.stop();
+    });
+
+    it('vic\'s session on node 3 is closed, and una\'s tunnel to vic (her agent on node 1) ends', async () => {
+      const [, n2, n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      // A direct tunnel una -> vic, held open.
+      const added = await una.vertex(['forward', '127.0.0.1:0', `vic@${DOMAIN}:echo`, '--json']);
+      expect(added.code).toBe(0);
+      const listen = (JSON.parse(added.stdout) as { listen: string }).listen;
+      const held = await connectTcp(Number(listen.slice(listen.lastIndexOf(':') + 1)));
+      expect((await new Promise<Buffer>((resolve) => { held.once('data', resolve); held.write('ping'); })).toString()).toBe('ping');
+      // The forward's client socket is half-open capable: the tunnel ending shows as its end.
+      const heldEnded = new Promise<void>((resolve) => { held.once('end', () => resolve()); held.once('close', () => resolve()); });
+      held.on('error', () => undefined);
+
+      // "On node 2": the admin command with node 2's data directory and the shared store.
+      const serial = describeCertificate(fs.readFileSync(path.join(vic.home, 'identities', `vic@${DOMAIN}`, 'cert.pem'), 'utf8')).serial;
+      const from = n3.proc.output().length;
+      const revoke = await runVertex(['server', 'revoke', serial, '--data', n2.dataDir, '--store', cluster.storeUrl]);
+      const exited = Date.now();
+      expect(revoke.code).toBe(0);
+      await n3.proc.waitFor(new RegExp(`"serials":\\["${serial}"\\].*"sessions":[1-9].*revocation applied to live sessions`), 30_000, from);
+      const ms = Date.now() - exited;
+      process.stdout.write(`multi-node: vic's session on node 3 closed ${ms} ms after the revoke on node 2 exited\n`);
+      expect(ms).toBeLessThan(5_000);
+      // una's tunnel to vic ends: her agent (on node 1) was told, or vic's agent closed its side.
+      const tunnels = async () => (JSON.parse((await una.vertex(['status', '--json'])).stdout) as { tunnels: unknown[] }).tunnels;
+      await until('una\'s tunnel to vic closed', async () => ((await tunnels()).length === 0 ? true : undefined));
+      await heldEnded;
+      held.destroy();
+      const status = JSON.parse((await vic.vertex(['status', '--json'])).stdout) as { server: { state: string } };
+      expect(status.server.state).not.toBe('online');
     }, 120_000);
   });
 
