@@ -61,13 +61,13 @@ export const DEFAULT_RELAY_DELAY_MS = 1_000;
 /**
  * Peer sessions (issue 12: one mutual-TLS session per peer device, every
  * connection a stream on it) are used unless Q2QOptions.peerSessions says
- * otherwise; VERTEX_PEER_SESSIONS=1/0 sets the default for a process and its
- * children (tests run the integration suites both ways with it). Both ends
+ * otherwise; VERTEX_PEER_SESSIONS=0 makes the per-connection path the default
+ * for a process and its children (kept for comparison and removable). Both ends
  * must agree: a session speaks mux frames after the claim, the per-connection
  * path speaks the service's bytes.
  */
 export function peerSessionsByDefault(): boolean {
-  return process.env.VERTEX_PEER_SESSIONS === '1';
+  return process.env.VERTEX_PEER_SESSIONS !== '0';
 }
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 /**
@@ -229,7 +229,8 @@ export class Q2QNode extends EventEmitter {
       check: (certificates) => this.#certStatus(certificates),
       log: this.#log.child({ component: 'revocation' }),
     });
-    this.#services = new ServiceTable(() => this.#identity.address);
+    // Refusals name the device: behind a reused session a caller reached this device by its session.
+    this.#services = new ServiceTable(() => this.#identity.address, () => formatDeviceAddress(parseAddress(this.#identity.address), this.#device));
     if (options.peerSessions ?? peerSessionsByDefault()) this.#core = this.#buildCore();
   }
 
@@ -369,7 +370,12 @@ export class Q2QNode extends EventEmitter {
       this.emit('home', state);
     });
     this.#home.on('presence', (presence) => this.emit('presence', presence));
-    this.#home.on('replaced', (by) => this.emit('replaced', by));
+    this.#home.on('replaced', (by) => {
+      // Another node answers for this device now: sessions peers set up with us take no
+      // new streams (theirs finish), so their next connect asks the server and finds it.
+      this.#core?.sessions.drainAll('Offline', `${formatDeviceAddress(parseAddress(this.#identity.address), this.#device)} was replaced by a newer session`, 'listener');
+      this.emit('replaced', by);
+    });
     await this.#home.start();
     this.#watchNetwork();
     if (this.#routes.includes('ptcp')) {

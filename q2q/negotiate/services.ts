@@ -12,10 +12,15 @@ import type { ServiceOptions } from './types';
 export class ServiceTable {
   readonly #services = new Map<string, ServiceOptions>();
   readonly #owner: () => string;
+  readonly #label: () => string;
 
-  /** `owner` is the node's own address (the default allow list names it). */
-  constructor(owner: () => string) {
+  /**
+   * `owner` is the node's own address (the default allow list names it);
+   * `label` how refusals name this node, e.g. with its device (bob+laptop@b.test).
+   */
+  constructor(owner: () => string, label?: () => string) {
     this.#owner = owner;
+    this.#label = label ?? owner;
   }
 
   set(service: string, opts: ServiceOptions): string {
@@ -47,8 +52,8 @@ export class ServiceTable {
   /** The service `peer` may use, or NotExposed / Denied. */
   check(service: string, peer: string): ServiceOptions {
     const opts = this.#services.get(service);
-    if (!opts) throw vertexError('NotExposed', `${this.#owner()} does not expose "${service}"`);
-    if (!isAllowed(this.allowOf(opts), peer)) throw vertexError('Denied', `${this.#owner()}:${service} does not allow ${peer}`);
+    if (!opts) throw vertexError('NotExposed', `${this.#label()} does not expose "${service}"`);
+    if (!isAllowed(this.allowOf(opts), peer)) throw vertexError('Denied', `${this.#label()}:${service} does not allow ${peer}`);
     return opts;
   }
 

@@ -163,9 +163,9 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     }
   }
 
-  /** Every session takes no new streams (a renewed certificate: new sessions use it). */
-  drainAll(code: string, description: string): void {
-    for (const session of this.sessions()) session.drain(code, description);
+  /** Every session (of `role`, if given) takes no new streams (a renewed certificate: new sessions use it). */
+  drainAll(code: string, description: string, role?: 'caller' | 'listener'): void {
+    for (const session of this.sessions()) if (role === undefined || session.role === role) session.drain(code, description);
   }
 
   /**

@@ -94,7 +94,7 @@ export interface Q2QOptions {
   /**
    * Connections as streams on one peer session per peer device (issue 12), or
    * the per-connection path (one inbound, TLS handshake and claim each). Both
-   * ends must use the same. Default: VERTEX_PEER_SESSIONS (node.ts).
+   * ends must use the same. Default: true, unless VERTEX_PEER_SESSIONS=0 (node.ts).
    */
   peerSessions?: boolean;
   /** Overall limit for one connect. Default 15000 ms. */
