@@ -14,6 +14,7 @@
  */
 import { z } from 'zod';
 import { vertexError } from '../q2q/errors';
+import type { NatMapping } from '../q2q/negotiate/nat-type';
 
 const text = z.string().min(1);
 const patterns = z.array(z.string().min(1));
@@ -67,6 +68,8 @@ export function parseControlArgs<Op extends ControlOp>(op: Op, args: unknown): C
  * on (--json) instead of dropping them; what the CLI reads is checked.
  */
 const nullableText = z.string().nullable();
+/** q2q/negotiate/nat-type.ts NatMapping as values for zod; the compiler checks each one is a NatMapping. */
+const NAT_MAPPINGS = ['easy', 'hard', 'unknown'] as const satisfies readonly NatMapping[];
 
 /**
  * The reply to `status` (AgentDaemon.status(), agent/daemon.ts AgentStatus):
@@ -93,7 +96,7 @@ export const AGENT_STATUS = z.looseObject({
     lastTry: z.looseObject({ at: z.string(), trigger: z.string() }).nullable().optional(),
     tries: z.record(z.string(), z.number()).optional(),
   }),
-  reflexive: z.looseObject({ tcp: nullableText, udp: nullableText, nat: z.enum(['easy', 'hard', 'unknown']).optional() }),
+  reflexive: z.looseObject({ tcp: nullableText, udp: nullableText, nat: z.enum(NAT_MAPPINGS).optional() }),
   peerListen: nullableText,
   socks: z.looseObject({ listen: z.string(), auth: z.string(), passthrough: z.boolean() }).nullable(),
   control: z.looseObject({ socket: z.string() }).nullable(),

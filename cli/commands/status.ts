@@ -7,6 +7,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { parseControlResult, type AgentStatusReply as AgentStatus } from '../../agent/control-protocol';
 import { vertexError } from '../../q2q/errors';
+import type { NatMapping } from '../../q2q/negotiate/nat-type';
 import { callRunningAgent, noAgentMessage, type AgentArgs, type GlobalArgs } from '../context';
 import { describeAllow, printResult } from '../output';
 
@@ -37,7 +38,7 @@ function table(rows: string[][]): string[] {
 }
 
 /** What the NAT mapping means for the user: whether hole punching can work from here. */
-function natText(nat: 'easy' | 'hard' | 'unknown'): string {
+function natText(nat: NatMapping): string {
   switch (nat) {
     case 'easy':
       return 'easy (one mapping for every destination: punching works)';
