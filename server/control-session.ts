@@ -186,7 +186,13 @@ export class ControlSession {
     this.#log.info({ identity: this.context.authenticatedAs, serial: this.context.serial }, `control session closed: ${why}`);
     // The holder's agent learns why (its own certificate is void: it drops its
     // peer streams too), then the session ends; no request is served after this.
-    if (notice && this.#helloDone) this.peer.callNoAnswer(COMMANDS.revoked, notice);
+    if (notice && this.#helloDone && !this.peer.closed) {
+      try {
+        this.peer.callNoAnswer(COMMANDS.revoked, notice);
+      } catch {
+        // The session is going anyway; the notice is a courtesy to the holder's agent.
+      }
+    }
     this.peer.close();
     socket.end();
     setTimeout(() => socket.destroy(), 1_000).unref();

@@ -410,8 +410,13 @@ export class IdentityServer {
     let told = 0;
     for (const peer of this.#broker?.listeningPeers() ?? []) {
       if (peer.closed) continue;
-      peer.callNoAnswer(COMMANDS.revoked, args);
-      told += 1;
+      try {
+        peer.callNoAnswer(COMMANDS.revoked, args);
+        told += 1;
+      } catch (err) {
+        // One agent's broken session must not keep the notice from the others.
+        this.#log.debug({ reason: (err as Error).message }, 'revoked notice not sent');
+      }
     }
     this.#log.info({ serials, addresses, sessions: closed, relayLegs: legs, agentsTold: told }, 'revocation applied to live sessions');
   }
@@ -460,7 +465,10 @@ export class IdentityServer {
    * asked leaves its serials out (no news: see docs/security.md).
    */
   async #answerCertStatus(args: AmpArgs, context: SessionContext): Promise<AmpArgs> {
-    if (!this.#certStatusLimit.take(context.remoteAddress)) {
+    // Per address for strangers and other servers; per user for our own agents, which may be
+    // many behind one NAT address, each asking every 20 s.
+    const bucket = context.local && context.authenticatedAs ? `user:${context.authenticatedAs}` : context.remoteAddress;
+    if (!this.#certStatusLimit.take(bucket)) {
       throw vertexError('RateLimited', 'cert-status: too many questions from this address; ask again in a second');
     }
     const entries = parseCertStatusRequest(args.certificates);
