@@ -127,6 +127,19 @@ export const AGENT_STATUS = z.looseObject({
     bytesIn: z.number(),
     bytesOut: z.number(),
   })),
+  /** Peer sessions (issue 12); absent from agents without them. */
+  sessions: z.array(z.looseObject({
+    id: z.string(),
+    peer: z.string(),
+    device: z.string(),
+    role: z.string(),
+    route: z.string(),
+    state: z.string(),
+    streams: z.number(),
+    bytesIn: z.number(),
+    bytesOut: z.number(),
+    ageMs: z.number(),
+  })).optional(),
 });
 /** `vertex status` as the CLI reads it. */
 export type AgentStatusReply = z.infer<typeof AGENT_STATUS>;

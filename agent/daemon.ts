@@ -24,7 +24,7 @@ import {
 import { asVertexError, vertexError } from '../q2q/errors';
 import { describeCertificate } from '../q2q/identity';
 import { defaultAllow } from '../q2q/negotiate/allow';
-import type { ConnectOptions, DomainTrust, Identity, NodeStatus, Q2QOptions, Q2QStream, ServiceOptions } from '../q2q/negotiate/types';
+import type { ConnectOptions, DomainTrust, Identity, NodeStatus, Q2QOptions, SessionStatus, Q2QStream, ServiceOptions } from '../q2q/negotiate/types';
 import type { ServerResolver } from '../q2q/control/discovery';
 import { systemClock, type Clock } from '../q2q/util/clock';
 import { silentLogger, type Logger } from '../q2q/util/log';
@@ -126,6 +126,8 @@ export interface AgentStatus {
   /** Who takes files sent to this device (agent.yaml `receive:` or an attached `vertex receive`); null: nobody. */
   receive: ReceiveStatus | null;
   tunnels: TunnelEntry[];
+  /** Peer sessions with their route, streams, bytes and age (NodeStatus.sessions). */
+  sessions: SessionStatus[];
 }
 
 export interface ReloadSummary {
@@ -369,6 +371,7 @@ export class AgentDaemon {
       })),
       receive: this.#receiver?.status() ?? null,
       tunnels: this.tunnels.list(),
+      sessions: ns.sessions ?? [],
     };
   }
 

@@ -120,6 +120,17 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
       ...s.tunnels.map((t) => ['  ', String(t.id), t.kind, t.target, t.peer, t.device || '-', t.route, formatAge(t.ageMs), formatBytes(t.bytesIn), formatBytes(t.bytesOut), t.local]),
     ]));
   }
+  const sessions = s.sessions ?? [];
+  if (sessions.length === 0) {
+    lines.push('sessions     (none)');
+  } else {
+    // One line per peer session: every tunnel to or from that peer device is a stream on it.
+    lines.push('sessions');
+    lines.push(...table([
+      ['  ', 'PEER', 'DEVICE', 'ROLE', 'ROUTE', 'STATE', 'STREAMS', 'AGE', 'IN', 'OUT', 'ID'],
+      ...sessions.map((x) => ['  ', x.peer, x.device || '-', x.role, x.route, x.state, String(x.streams), formatAge(x.ageMs), formatBytes(x.bytesIn), formatBytes(x.bytesOut), x.id.slice(0, 8)]),
+    ]));
+  }
   return lines.join('\n');
 }
 

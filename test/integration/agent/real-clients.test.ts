@@ -159,10 +159,16 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
     }
     const fwd = status.tunnels.find((t) => t.kind === 'forward');
     expect(fwd?.bytesOut).toBe(4);
+    // Peer sessions (issue 12): the four tunnels are streams on one session to bob.
+    const toBob = (status.sessions ?? []).filter((x) => x.peer === 'bob@b.test' && x.state === 'open');
+    expect(toBob).toHaveLength(1);
+    expect(toBob[0]).toMatchObject({ role: 'caller', route: 'tcp' });
+    expect(toBob[0]?.streams).toBeGreaterThanOrEqual(4);
 
     const human = await alice.vertex(['status']);
     expect(human.stdout).toMatch(/tunnels\n\s+ID\s+KIND\s+TARGET\s+PEER\s+DEVICE\s+ROUTE\s+AGE\s+IN\s+OUT/);
     expect(human.stdout).toMatch(/forward\s+bob@b\.test:echo\s+bob@b\.test\s+[a-z0-9-]+\s+tcp/);
+    expect(human.stdout).toMatch(/sessions\n\s+PEER\s+DEVICE\s+ROLE\s+ROUTE\s+STATE\s+STREAMS\s+AGE\s+IN\s+OUT\s+ID\n\s+bob@b\.test\s+\S+\s+caller\s+tcp\s+open\s+\d+/);
     const bobStatus = JSON.parse((await bob.vertex(['status', '--json'])).stdout) as AgentStatus;
     expect(bobStatus.tunnels.filter((t) => t.kind === 'inbound' && t.peer === 'alice@a.test').length).toBeGreaterThanOrEqual(3);
 

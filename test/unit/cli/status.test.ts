@@ -55,4 +55,15 @@ describe('vertex status text', () => {
     expect(formatStatus(status(undefined, { online: [], replacedBy: '192.0.2.7:5000' }), now))
       .toContain('device       laptop (replaced by a newer session from 192.0.2.7:5000: not online as this device)');
   });
+
+  it('lists peer sessions with route, streams, bytes and age', () => {
+    const now = Date.parse('2026-12-02T10:00:00.000Z');
+    expect(formatStatus(status(), now)).toContain('sessions     (none)');
+    const text = formatStatus({
+      ...status(),
+      sessions: [{ id: '0123456789abcdef', peer: 'bob@b.test', device: 'laptop', role: 'caller', route: 'ptcp', state: 'open', streams: 3, bytesIn: 2048, bytesOut: 10, ageMs: 90_000 }],
+    }, now);
+    const line = text.split('\n').find((l) => l.includes('bob@b.test'));
+    expect(line).toMatch(/bob@b\.test\s+laptop\s+caller\s+ptcp\s+open\s+3\s+1m\s?30s\s+2(\.0)? ?Ki?B\s+10 ?B\s+01234567/);
+  });
 });
