@@ -161,6 +161,12 @@ async function errorCode(p: Promise<unknown>): Promise<string> {
   }
 }
 
+/** A serial as `openssl x509 -serial` or a certificate viewer shows it: 00:3F:9A:... */
+function opensslStyle(serial: string): string {
+  const hex = `00${serial.length % 2 ? '0' : ''}${serial}`.toUpperCase();
+  return hex.match(/../g)!.join(':');
+}
+
 async function newCsr(address: string): Promise<string> {
   return createCsr(address, (await generateKeyPair()).privateKeyPem);
 }
@@ -177,7 +183,8 @@ describe('requests on a session opened before the revoke', () => {
     const bob = await s.user('bob@a.test');
     await node(bob, { svc: { allow: ['*'], onConnection: echo } });
     const session = await s.control(mallory, 'a.test');
-    await s.admin('a.test', ['revoke', mallory.serial]);
+    // Written as openssl prints it (upper case, colons, a leading 00): the CLI takes that too.
+    await s.admin('a.test', ['revoke', opensslStyle(mallory.serial)]);
 
     const renew = session.call(COMMANDS.renew, { csr: await newCsr('mallory@a.test') });
     const inbound = session.call(COMMANDS.inbound, { to: 'bob@a.test', service: 'svc', candidates: '[]', routes: '["tcp"]' });
