@@ -29,6 +29,8 @@ interface Listener {
   services: Set<string>;
   /** The session's remote HOST:PORT, told to a session this one replaces. */
   remote: string;
+  /** The presence view this device was last told (listen answer or push): a push goes out only when it changes. */
+  lastView?: string;
 }
 
 export interface Caller {
@@ -64,6 +66,10 @@ export interface NodePresence {
   devicesElsewhere(address: string): Promise<RemoteDevice[]>;
   /** Forwards an inbound to `node`, which answers as a listener's server would (token, candidates, certificate, device). */
   forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs>;
+  /** Tells `node` that (address, device) now listens here: its session there is replaced by `by`. */
+  replaced(node: string, address: string, device: string, by: string): void;
+  /** Tells these nodes that the devices of `address` changed, so they update their devices' views. */
+  changed(address: string, nodes: readonly string[]): void;
 }
 
 type Chosen = { local: Listener } | { remote: RemoteDevice };
@@ -112,6 +118,24 @@ export class Broker {
    * device should know (protocol.ts, `listen`).
    */
   listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote = ''): AmpArgs | Promise<AmpArgs> {
+    const nodes = this.#nodes;
+    if (!nodes) return this.#listen(address, peer, certPem, args, remote, []).answer;
+    return (async () => {
+      // Check the arguments before asking the store (a bad listen costs no query).
+      this.#servicesOf(args);
+      const device = args.device ? parseDevice(args.device) : UNNAMED_DEVICE;
+      const elsewhere = await this.#elsewhere(address);
+      const { answer, services } = this.#listen(address, peer, certPem, args, remote, elsewhere);
+      // The answer waits until the other nodes can find the device: "online" then means online on every node.
+      await nodes.put(address, device, [...services]);
+      const moved = elsewhere.find((d) => d.device === device);
+      if (moved) nodes.replaced(moved.node, address, device, remote);
+      nodes.changed(address, [...new Set(elsewhere.map((d) => d.node))]);
+      return answer;
+    })();
+  }
+
+  #servicesOf(args: AmpArgs): Set<string> {
     let names: unknown;
     try {
       names = JSON.parse(args.services ?? '[]');
@@ -122,10 +146,26 @@ export class Broker {
     if (!Array.isArray(names) || names.length > MAX_SERVICES_PER_LISTENER || !names.every((n) => typeof n === 'string')) {
       throw vertexError('BadRequest', `listen: "services" must be a JSON array of at most ${MAX_SERVICES_PER_LISTENER} names`);
     }
-    const services = new Set(names.map((n: string) => parseService(n)));
+    return new Set(names.map((n: string) => parseService(n)));
+  }
+
+  /** The devices of `address` on other nodes (none when the store does not answer: this node's own still work). */
+  async #elsewhere(address: string): Promise<RemoteDevice[]> {
+    if (!this.#nodes) return [];
+    try {
+      const here = this.#listeners.get(address);
+      // A device listening here is the current one: a row elsewhere for it is stale.
+      return (await this.#nodes.devicesElsewhere(address)).filter((d) => !here?.has(d.device));
+    } catch (err) {
+      this.#log.warn({ address, reason: (err as Error).message }, 'the node directory did not answer; devices on other nodes left out');
+      return [];
+    }
+  }
+
+  #listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote: string, elsewhere: readonly RemoteDevice[]): { answer: AmpArgs; services: Set<string> } {
+    const services = this.#servicesOf(args);
     const device = args.device ? parseDevice(args.device) : UNNAMED_DEVICE;
     const devices = this.#listeners.get(address) ?? new Map<string, Listener>();
-    const before = this.#views(devices);
     // A session is one device: listening under a new name gives up the old one.
     for (const [name, l] of devices) {
       if (l.peer === peer && name !== device) {
@@ -134,11 +174,14 @@ export class Broker {
       }
     }
     const previous = devices.get(device);
-    if (previous && previous.peer !== peer && args.takeover === '0') {
+    const movedFrom = previous ? undefined : elsewhere.find((d) => d.device === device);
+    if (args.takeover === '0' && ((previous && previous.peer !== peer) || movedFrom)) {
       // A replaced node asking whether its device is free again: it is not.
-      throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: a session from ${previous.remote} listens as this device`);
+      const where = previous ? `a session from ${previous.remote}` : `a session on server node ${movedFrom?.node}`;
+      throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: ${where} listens as this device`);
     }
-    if (!previous && devices.size >= MAX_DEVICES_PER_ADDRESS) {
+    const others = elsewhere.filter((d) => d.device !== device && !devices.has(d.device)).length;
+    if (!previous && !movedFrom && devices.size + others >= MAX_DEVICES_PER_ADDRESS) {
       throw vertexError('NotAllowed', `listen ${formatDeviceAddress(parseAddress(address), device)}: ${address} already has ${MAX_DEVICES_PER_ADDRESS} devices online; stop one or reuse its device name`);
     }
     let replaced: string | undefined;
@@ -146,56 +189,93 @@ export class Broker {
       replaced = previous.remote;
       this.#log.warn({ address, device, old: previous.remote, new: remote }, 'a newer session of this device takes over listening');
       previous.peer.call(COMMANDS.replaced, { device, by: remote }, { timeoutMs: PUSH_TIMEOUT_MS }).catch(() => undefined);
+    } else if (movedFrom) {
+      replaced = `server node ${movedFrom.node}`;
+      this.#log.warn({ address, device, node: movedFrom.node, new: remote }, 'a newer session of this device takes over listening from another node');
     }
-    devices.set(device, { device, peer, certPem, services, remote });
+    const rest = elsewhere.filter((d) => d.device !== device);
+    const view = this.#view(devices, device, rest, services);
+    devices.set(device, { device, peer, certPem, services, remote, lastView: JSON.stringify(view) });
     this.#listeners.set(address, devices);
     this.#log.info({ address, device, services: [...services] }, 'listening');
-    this.#pushChanged(address, devices, before, device);
-    const view = this.#view(devices, device);
-    const answer = { device, ...presenceArgs(view), ...(replaced !== undefined && { replaced }) };
-    // With several nodes, the answer waits until the others can find the device: "online" then means online on every node.
-    return this.#nodes ? this.#nodes.put(address, device, [...services]).then(() => answer) : answer;
+    this.#pushChanged(address, devices, rest, device);
+    return { answer: { device, ...presenceArgs(view), ...(replaced !== undefined && { replaced }) }, services };
+  }
+
+  /**
+   * Another node took (address, device) over: its session here is told it
+   * was replaced and stops listening (as when a newer session of the device
+   * comes to this node).
+   */
+  replacedElsewhere(address: string, device: string, by: string): void {
+    const devices = this.#listeners.get(address);
+    const previous = devices?.get(device);
+    if (!devices || !previous) return;
+    this.#log.warn({ address, device, old: previous.remote, by }, 'a newer session of this device on another node takes over listening');
+    previous.peer.call(COMMANDS.replaced, { device, by }, { timeoutMs: PUSH_TIMEOUT_MS }).catch(() => undefined);
+    devices.delete(device);
+    if (devices.size === 0) this.#listeners.delete(address);
+  }
+
+  /** The devices of `address` changed on another node: tell the devices here whose view changed. */
+  async refreshPresence(address: string): Promise<void> {
+    const devices = this.#listeners.get(address);
+    if (!devices || devices.size === 0) return;
+    this.#pushChanged(address, devices, await this.#elsewhere(address));
   }
 
   /** Drops the listener if it is this session (a newer session may have replaced it). */
   drop(address: string, peer: AmpPeer): void {
     const devices = this.#listeners.get(address);
     if (!devices) return;
-    const before = this.#views(devices);
+    let dropped = false;
     for (const [device, l] of devices) {
       if (l.peer !== peer) continue;
       devices.delete(device);
+      dropped = true;
       this.#nodes?.remove(address, device);
       this.#log.info({ address, device }, 'offline');
     }
     if (devices.size === 0) this.#listeners.delete(address);
-    this.#pushChanged(address, devices, before);
+    if (!dropped) return;
+    const nodes = this.#nodes;
+    if (!nodes) {
+      this.#pushChanged(address, devices, []);
+      return;
+    }
+    void this.#elsewhere(address).then((elsewhere) => {
+      this.#pushChanged(address, devices, elsewhere);
+      nodes.changed(address, [...new Set(elsewhere.map((d) => d.node))]);
+    });
   }
 
-  #view(devices: ReadonlyMap<string, Listener>, device: string): PresenceView {
-    const own = devices.get(device);
+  /** What `device` is told: every device of the address (here and on other nodes), and the services several expose. */
+  #view(devices: ReadonlyMap<string, Listener>, device: string, elsewhere: readonly RemoteDevice[] = [], ownServices?: ReadonlySet<string>): PresenceView {
+    const own = ownServices ?? devices.get(device)?.services;
+    const all = new Map<string, ReadonlySet<string>>();
+    for (const d of elsewhere) all.set(d.device, new Set(d.services));
+    for (const [name, l] of devices) all.set(name, l.services);
+    all.set(device, own ?? new Set());
     const conflicts: Conflict[] = [];
-    for (const service of [...(own?.services ?? [])].sort()) {
-      const exposing = [...devices.values()].filter((l) => l.services.has(service)).map((l) => l.device).sort();
+    for (const service of [...(own ?? [])].sort()) {
+      const exposing = [...all].filter(([, services]) => services.has(service)).map(([name]) => name).sort();
       if (exposing.length > 1) conflicts.push({ service, devices: exposing, chosen: chooseDevice(exposing) as string });
     }
     return {
-      devices: [...devices.keys()].sort(),
+      devices: [...all.keys()].sort(),
       conflicts: conflicts.slice(0, MAX_CONFLICTS_REPORTED),
       moreConflicts: Math.max(0, conflicts.length - MAX_CONFLICTS_REPORTED),
     };
   }
 
-  #views(devices: ReadonlyMap<string, Listener>): Map<string, string> {
-    return new Map([...devices.keys()].map((d) => [d, JSON.stringify(this.#view(devices, d))]));
-  }
-
-  /** Tells every device (but `except`, which gets an answer instead) whose view changed. */
-  #pushChanged(address: string, devices: ReadonlyMap<string, Listener>, before: Map<string, string>, except?: string): void {
+  /** Tells every device (but `except`, which gets an answer instead) whose view changed since it was last told. */
+  #pushChanged(address: string, devices: ReadonlyMap<string, Listener>, elsewhere: readonly RemoteDevice[], except?: string): void {
     for (const [device, l] of devices) {
       if (device === except) continue;
-      const view = this.#view(devices, device);
-      if (before.get(device) === JSON.stringify(view)) continue;
+      const view = this.#view(devices, device, elsewhere);
+      const text = JSON.stringify(view);
+      if (l.lastView === text) continue;
+      l.lastView = text;
       this.#log.debug({ address, device }, 'presence changed');
       l.peer.call(COMMANDS.presence, presenceArgs(view), { timeoutMs: PUSH_TIMEOUT_MS }).catch(() => undefined);
     }

@@ -40,7 +40,9 @@ import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-di
 
 export const ALPN_NODE = 'q2q-node/1';
 export const ALPN_NODE_RELAY = 'q2q-node-relay/1';
-export const NODE_COMMANDS = { inbound: 'node-inbound' } as const;
+export const NODE_COMMANDS = { inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence' } as const;
+/** How long a node-replaced or node-presence notice may take; nobody waits on it. */
+const NOTICE_TIMEOUT_MS = 10_000;
 /** A node-to-node TLS connection that takes longer than this failed. */
 const NODE_CONNECT_TIMEOUT_MS = 5_000;
 /** How long a spliced leg may keep flushing after its partner closed cleanly (as server/relay.ts). */
@@ -202,11 +204,21 @@ export class NodeMesh implements NodePresence {
       return;
     }
     const peer = attachAmp(socket, { log, limits: { maxBoxBytes: MAX_NODE_BOX_BYTES } });
+    const inDomain = (command: string, address: string): string => {
+      if (address.slice(address.lastIndexOf('@') + 1).toLowerCase() !== domain) throw vertexError('NotAllowed', `${command}: ${address} is not in ${domain}`);
+      return address;
+    };
+    peer.handle(NODE_COMMANDS.replaced, (args) => {
+      this.#opts.broker.replacedElsewhere(inDomain(NODE_COMMANDS.replaced, args.address ?? ''), args.device ?? '', args.by ?? `server node ${peerNode}`);
+      void this.#opts.broker.refreshPresence(args.address ?? '');
+      return {};
+    });
+    peer.handle(NODE_COMMANDS.presence, (args) => {
+      void this.#opts.broker.refreshPresence(inDomain(NODE_COMMANDS.presence, args.address ?? ''));
+      return {};
+    });
     peer.handle(NODE_COMMANDS.inbound, (args) => {
-      const to = args.to ?? '';
-      if (to.slice(to.lastIndexOf('@') + 1).toLowerCase() !== domain) {
-        throw vertexError('NotAllowed', `node-inbound: ${to} is not in ${domain}`);
-      }
+      const to = inDomain(NODE_COMMANDS.inbound, args.to ?? '');
       // The caller was authenticated by the node that asks (a node of this domain).
       return this.#opts.broker.inboundFromNode({ address: args.from ?? '', certPem: args.certificate ?? '' }, args, peerNode);
     });
@@ -337,6 +349,26 @@ export class NodeMesh implements NodePresence {
     if (info) this.#nodeInfo.set(name, { info, at: Date.now() });
     else this.#nodeInfo.delete(name);
     return info;
+  }
+
+  replaced(node: string, address: string, device: string, by: string): void {
+    void this.#notice(node, address, NODE_COMMANDS.replaced, { address, device, by });
+  }
+
+  changed(address: string, nodes: readonly string[]): void {
+    for (const node of nodes) void this.#notice(node, address, NODE_COMMANDS.presence, { address });
+  }
+
+  /** A notice to another node about one address; a node that does not answer is only logged (its agents reconnect elsewhere). */
+  async #notice(node: string, address: string, command: string, args: AmpArgs): Promise<void> {
+    try {
+      const info = await this.#nodeNamed(node);
+      if (!info) return;
+      const peer = await this.#peer(info, address.slice(address.lastIndexOf('@') + 1));
+      await peer.call(command, args, { timeoutMs: NOTICE_TIMEOUT_MS });
+    } catch (err) {
+      this.#log.debug({ node, command, reason: (err as Error).message }, 'notice to another node not delivered');
+    }
   }
 
   /** A relay leg whose token pairs on another node: carried there and spliced. */

@@ -247,6 +247,42 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
     }, 120_000);
   });
 
+  describe('one user\'s devices on different nodes', () => {
+    interface Devices { online: string[]; conflicts: Array<{ service: string; devices: string[]; chosen: string }>; replacedBy: string | null }
+    const devicesOf = async (agent: TestAgent): Promise<Devices> => (JSON.parse((await agent.vertex(['status', '--json'])).stdout) as { devices: Devices }).devices;
+    const agents: TestAgent[] = [];
+    afterAll(async () => {
+      for (const a of agents) await a.proc.stop();
+    });
+
+    it('each device sees the others and their conflicts; the same device on another node takes over, and its old session is told', async () => {
+      const [n1, , n3] = cluster.nodes as [ServerHandle, ServerHandle, ServerHandle];
+      const expose = `expose:\n  - { service: echo, target: "127.0.0.1:${echo.port}" }`;
+      const laptop = await agentOn(n1, `dee@${DOMAIN}`, `device: laptop\n${expose}`);
+      agents.push(laptop);
+      await online(laptop);
+      const phone = await agentOn(n3, `dee@${DOMAIN}`, `device: phone\n${expose}`, { sameIdentityAs: laptop });
+      agents.push(phone);
+      await online(phone);
+      const both = { online: ['laptop', 'phone'], conflicts: [{ service: 'echo', devices: ['laptop', 'phone'], chosen: 'laptop' }] };
+      // phone learns of laptop (node 1) in its listen answer; laptop of phone (node 3) by a push relayed through node 1.
+      for (const agent of [phone, laptop]) {
+        await until('both devices in the view', async () => {
+          const d = await devicesOf(agent);
+          return JSON.stringify({ online: d.online, conflicts: d.conflicts }) === JSON.stringify(both) ? true : undefined;
+        });
+      }
+      // A second laptop (the same device name) comes online on node 3: the one on node 1 is replaced.
+      const laptop2 = await agentOn(n3, `dee@${DOMAIN}`, `device: laptop\n${expose}`, { sameIdentityAs: laptop });
+      agents.push(laptop2);
+      await online(laptop2);
+      await until('the laptop on node 1 told it was replaced', async () => ((await devicesOf(laptop)).replacedBy ? true : undefined));
+      await laptop.proc.stop();
+      const after = await devicesOf(phone);
+      expect(after.online).toEqual(['laptop', 'phone']);
+    }, 120_000);
+  });
+
   describe('over the relay (agents with routes: [relay])', () => {
     let alice: TestAgent;
     let bob: TestAgent;

@@ -52,13 +52,21 @@ export interface TestAgent {
  * homed there; agent.yaml lists `nodes` in order (the later ones are where it
  * goes when the first is down).
  */
-export async function agentOn(nodes: ServerHandle | ServerHandle[], address: string, extraYaml = ''): Promise<TestAgent> {
+export async function agentOn(nodes: ServerHandle | ServerHandle[], address: string, extraYaml = '', opts: { sameIdentityAs?: TestAgent } = {}): Promise<TestAgent> {
   const list = Array.isArray(nodes) ? nodes : [nodes];
   const node = list[0] as ServerHandle;
   const home = tempDir('home');
   const resolve = node.resolveArg(DOMAIN);
-  const reg = await runVertex([...resolve, '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
-  if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
+  if (opts.sameIdentityAs) {
+    // Another device of the same user: the identity copied, as onto a second machine.
+    for (const entry of ['identities', 'cas', 'known_domains']) {
+      if (!fs.existsSync(path.join(opts.sameIdentityAs.home, entry))) continue;
+      fs.cpSync(path.join(opts.sameIdentityAs.home, entry), path.join(home, entry), { recursive: true });
+    }
+  } else {
+    const reg = await runVertex([...resolve, '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
+    if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
+  }
   fs.writeFileSync(path.join(home, 'agent.yaml'), [
     'version: 1',
     'socks: { listen: 127.0.0.1:0 }',
