@@ -7,7 +7,7 @@
  *
  * Runs from dist/ (compiled); paths to bin/vertex are resolved at run time.
  */
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -220,6 +220,12 @@ export function startVertex(args: string[], opts: { nodeArgs?: string[]; cwd?: s
     cwd: opts.cwd ?? ROOT,
   });
   return track(child, `vertex ${args.slice(0, 2).join(' ')}`);
+}
+
+/** Another program (sshd, ssh), tracked like the vertex processes: killed by pid when the bench ends. */
+export function startProgram(command: string, args: string[], opts: { stdio?: StdioOptions } = {}): Proc {
+  const child = spawn(command, args, { stdio: opts.stdio ?? ['ignore', 'pipe', 'pipe'] });
+  return track(child, `${path.basename(command)} ${args.slice(0, 2).join(' ')}`);
 }
 
 /** A compiled bench module run as a child with an IPC channel (`process.send`). */

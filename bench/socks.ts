@@ -14,12 +14,17 @@
  * loopback peer's services with allow ["*"], and alice's agent maps SOCKS
  * port 9 to "sink" and 7 to "hello" (one byte at once, then echo).
  */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
 import type { Socket } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import {
   connectTcp, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
-  rssKb, sleep, startAgent, startLoopbackPeer, startServer, type AgentHandle, type LoopbackPeer, type ServerHandle,
+  rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -67,13 +72,142 @@ async function startSocksWorld(inspect = false): Promise<SocksWorld> {
 }
 
 async function socksConnect(world: SocksWorld, port: number): Promise<Socket> {
+  return socksVia(world.alice.socksPort, 'bob.b.test.q2q', port);
+}
+
+async function socksVia(proxyPort: number, host: string, port: number): Promise<Socket> {
   const { socket } = await SocksClient.createConnection({
-    proxy: { host: '127.0.0.1', port: world.alice.socksPort, type: 5 },
+    proxy: { host: '127.0.0.1', port: proxyPort, type: 5 },
     command: 'connect',
-    destination: { host: 'bob.b.test.q2q', port },
+    destination: { host, port },
     timeout: SOCKS_TIMEOUT_MS,
   });
   return socket;
+}
+
+// ---- new-connection cost against ssh -D ----
+
+/** Sequential SOCKS connects per case and round (a browser's small requests, one after another). */
+const NEW_CONNECTS = 50;
+const NEW_CONNECT_ROUNDS = 4;
+const SSH_READY_MS = 15_000;
+
+interface SshProxy {
+  socksPort: number;
+  stop(): Promise<void>;
+}
+
+function keygen(file: string): void {
+  const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file], { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`bench: ssh-keygen -f ${file} failed (${r.error?.message ?? `exit ${r.status}`})`);
+}
+
+/**
+ * OpenSSH's dynamic forward as the baseline: a throw-away sshd on loopback
+ * (its own host key, key-only auth, run per connection in inetd mode, so no
+ * port is picked up front) and `ssh -D 127.0.0.1:<port> -N` to it.
+ */
+async function startSshProxy(): Promise<SshProxy> {
+  const dir = tempDir('sshd');
+  fs.mkdirSync('/run/sshd', { recursive: true });
+  const hostKey = path.join(dir, 'host_key');
+  const userKey = path.join(dir, 'user_key');
+  keygen(hostKey);
+  keygen(userKey);
+  fs.copyFileSync(`${userKey}.pub`, path.join(dir, 'authorized_keys'));
+  const config = path.join(dir, 'sshd_config');
+  fs.writeFileSync(config, [
+    `HostKey ${hostKey}`, 'PidFile none', 'UsePAM no', 'StrictModes no', 'PermitRootLogin yes', 'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes', `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`, 'AllowTcpForwarding yes', '',
+  ].join('\n'));
+  const sshds: Proc[] = [];
+  const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+    // sshd turns Nagle off only for sessions with a tty; -D has none. Off here, on the
+    // descriptor sshd inherits, so ssh is not timed against the peer's delayed ACK.
+    socket.setNoDelay(true);
+    sshds.push(startProgram('/usr/sbin/sshd', ['-i', '-e', '-f', config], { stdio: [socket, socket, 'pipe'] }));
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const sshdPort = (server.address() as net.AddressInfo).port;
+  // A free port for -D: bound and released here; ssh binds it a moment later.
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const socksPort = (probe.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const ssh = startProgram('ssh', [
+    '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
+    '-o', 'StrictHostKeyChecking=accept-new', '-o', 'ExitOnForwardFailure=yes', '-N', '-D', `127.0.0.1:${socksPort}`, '-p', String(sshdPort), `${os.userInfo().username}@127.0.0.1`,
+  ]);
+  const deadline = Date.now() + SSH_READY_MS;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = net.connect(socksPort, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline || ssh.child.exitCode !== null) throw new Error(`bench: ssh -D not listening after ${SSH_READY_MS} ms:\n${ssh.output()}`);
+    await sleep(50);
+  }
+  return {
+    socksPort,
+    stop: async () => {
+      await ssh.stop();
+      server.close();
+      await Promise.all(sshds.map((p) => p.stop()));
+    },
+  };
+}
+
+/** Milliseconds from the SOCKS connect to the first byte of the hello service, `count` in a row. */
+async function newConnections(open: () => Promise<Socket>, count: number): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    const socket = await open();
+    socket.on('error', () => undefined);
+    await firstByte(socket);
+    times.push(performance.now() - t0);
+    socket.destroy();
+  }
+  return times;
+}
+
+/**
+ * {"bench":"socks-new-connection",…}: the cost of a new connection through
+ * the SOCKS proxy, as a browser's burst of small requests pays it, against
+ * ssh -D in the same run (both reach the same loopback hello service: one
+ * byte at once). `speedVsSsh` = ssh's p50 ÷ ours (issue 12: >= 1.0).
+ * `peerSessions` says which path the agents used (VERTEX_PEER_SESSIONS=0 in
+ * the environment: the per-connection path, for the before figure).
+ */
+export async function benchSocksNewConnection(): Promise<void> {
+  const world = await startSocksWorld();
+  let ssh: SshProxy | null = null;
+  try {
+    ssh = await startSshProxy();
+    const viaSsh = ssh.socksPort;
+    const ours: number[] = [];
+    const theirs: number[] = [];
+    // Warm-up: the agent's first connect sets the peer session up; ssh's connection is up already.
+    await newConnections(() => socksConnect(world, HELLO_PORT), 3);
+    await newConnections(() => socksVia(viaSsh, '127.0.0.1', world.peer.helloPort), 3);
+    note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case`);
+    for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
+      ours.push(...await newConnections(() => socksConnect(world, HELLO_PORT), NEW_CONNECTS));
+      theirs.push(...await newConnections(() => socksVia(viaSsh, '127.0.0.1', world.peer.helloPort), NEW_CONNECTS));
+    }
+    const p50 = percentile(ours, 50);
+    const sshP50 = percentile(theirs, 50);
+    emit({
+      bench: 'socks-new-connection', peerSessions: process.env.VERTEX_PEER_SESSIONS !== '0', connects: ours.length,
+      p50Ms: round(p50, 2), p99Ms: round(percentile(ours, 99), 1), sshP50Ms: round(sshP50, 2), sshP99Ms: round(percentile(theirs, 99), 1),
+      speedVsSsh: round(sshP50 / p50, 2), target: 1.0,
+    });
+  } finally {
+    await ssh?.stop();
+    await world.stop();
+  }
 }
 
 export async function benchSocksThroughput(): Promise<void> {
@@ -142,4 +276,4 @@ export async function benchAgentMemory(): Promise<void> {
   }
 }
 
-if (require.main === module) runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory }, process.argv[2]);
+if (require.main === module) runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory, 'new-connection': benchSocksNewConnection }, process.argv[2]);
