@@ -208,4 +208,39 @@ describe('peer sessions', () => {
     await world.drive(new Promise((resolve) => stream.once('end', resolve)));
     expect(Buffer.concat(chunks).toString()).toBe('hello bob');
   });
+
+  it('a node replaced for its device drains only the sessions peers set up with it (drainAll by role)', async () => {
+    await world.drive(alice.connect('bob@b.test:echo'));
+    const carol = await world.node('carol@b.test', '198.51.100.2');
+    carol.expose('echo', { allow: ['bob@b.test'], onConnection: echo });
+    await world.drive(bob.connect('carol@b.test:echo'));
+    expect(bob.sessions.list().map((x) => `${x.role} ${x.peer}`).sort()).toEqual(['caller carol@b.test', 'listener alice@a.test']);
+    bob.sessions.drainAll('Offline', 'bob@b.test was replaced', 'listener');
+    const states = Object.fromEntries(bob.sessions.list().map((x) => [x.role, x.state]));
+    expect(states).toEqual({ caller: 'open', listener: 'draining' });
+    // Alice's next connect cannot use the drained session: it asks again.
+    await world.drive(alice.connect('bob@b.test:echo'));
+    expect(world.broker.inbounds.filter((a) => a.to === 'bob@b.test')).toHaveLength(2);
+  });
+
+  it('shutdown ends a session without streams cleanly and aborts one with streams', async () => {
+    const carol = await world.node('carol@b.test', '198.51.100.2');
+    carol.expose('echo', { allow: ['alice@a.test'], onConnection: echo });
+    const open = await world.drive(alice.connect('bob@b.test:echo'));
+    const aborted = new Promise<Error | null>((resolve) => open.once('close', () => resolve(open.errored)));
+    const idle = await world.drive(alice.connect('carol@b.test:echo'));
+    await echoed(world, idle, Buffer.from('done'));
+    const carolSide = carol.sessions.sessions()[0] as PeerSession;
+    const bobSide = bob.sessions.sessions()[0] as PeerSession;
+    const [carolClosed, bobClosed] = [closed(carolSide), closed(bobSide)];
+    const done = alice.sessions.shutdown(60_000);
+    // The idle session ends cleanly at the far end too; the busy one is aborted there.
+    expect(await world.drive(carolClosed, 10_000)).toBeFalsy();
+    expect(await world.drive(bobClosed, 10_000)).toBeTruthy();
+    expect(await world.drive(aborted, 10_000)).toBeTruthy();
+    await world.drive(done, 10_000);
+    expect(alice.sessions.size).toBe(0);
+    await expect(world.drive(alice.connect('bob@b.test:echo'))).rejects.toMatchObject({ code: 'ConnectionLost' });
+  });
 });
+
