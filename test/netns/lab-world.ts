@@ -42,6 +42,8 @@ export interface AgentStatusJson {
   server: { state: string };
   reflexive: { tcp: string | null; udp: string | null; nat?: string };
   tunnels: Array<{ route: string; target: string; peer: string }>;
+  /** Peer sessions (issue 12): each with the route it runs on. */
+  sessions?: Array<{ peer: string; route: string; state: string; streams: number }>;
 }
 
 export interface ConnectResult {

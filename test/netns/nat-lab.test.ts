@@ -362,8 +362,18 @@ describeLab('NAT lab', () => {
           await sleep(100);
         }
       })();
-      // The network lets UDP through again (another Wi-Fi, a fixed firewall): the next connections punch.
+      // The network lets UDP through again (another Wi-Fi, a fixed firewall). Alice's agent
+      // keeps trying direct routes for its relay session in the background (fall forward,
+      // first after 5 s, session-manager.ts): once a ptcp session is up, new connections use it.
       lab.setUdpBlocked('alice', false);
+      const unblockedAt = Date.now();
+      for (;;) {
+        const sessions = (await s.alice.status()).sessions ?? [];
+        if (sessions.some((x) => x.route === 'ptcp' && x.state === 'open')) break;
+        if (Date.now() - unblockedAt > 40_000) throw new Error(`no ptcp session 40 s after UDP came back: ${JSON.stringify(sessions)}`);
+        await sleep(250);
+      }
+      const fellForwardMs = Date.now() - unblockedAt;
       const later = [await transfer(s), await transfer(s)];
       const tunnels = (await s.alice.status()).tunnels.map((t) => t.route);
       trickling = false;
@@ -373,12 +383,12 @@ describeLab('NAT lab', () => {
       await feed(first.stdin, tail, 64 * KiB, 0);
       const r = await first.done;
       const report = await s.service.report(firstN);
-      figure('fall-forward', { first: started, later: later.map((l) => ({ route: l.route, connectMs: l.connectMs })), openTunnels: tunnels, uploadedBytes: Buffer.concat(uploaded).length });
+      figure('fall-forward', { first: started, fellForwardMs, later: later.map((l) => ({ route: l.route, connectMs: l.connectMs })), openTunnels: tunnels, uploadedBytes: Buffer.concat(uploaded).length });
       expect(later.map((l) => l.route)).toEqual(['ptcp', 'ptcp']);
       expect(tunnels).toContain('relay');
       expect(r.code).toBe(0);
       expect(report.receivedSha).toBe(sha256(Buffer.concat(uploaded)));
       expect(sha256(r.received)).toBe(report.sentSha);
-    }, 60_000);
+    }, 120_000);
   });
 });
