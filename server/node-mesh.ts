@@ -125,6 +125,10 @@ export class NodeMesh implements NodePresence {
   }
 
   async start(): Promise<void> {
+    const { host } = this.#opts.listen;
+    if (!this.#opts.advertise && (host === '0.0.0.0' || host === '::')) {
+      throw vertexError('Usage', `node ${this.#opts.name}: node.listen ${host} is every address; say which one the other nodes dial with node.advertise: HOST:PORT`);
+    }
     await this.#issueCertificates();
     // Renewed well before they end; connections made earlier keep theirs.
     this.#renew = setInterval(() => {

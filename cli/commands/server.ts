@@ -36,6 +36,7 @@ interface ServerArgs extends GlobalArgs {
   metrics?: string;
   nodeName?: string;
   nodeListen?: string;
+  nodeAdvertise?: string;
 }
 
 function flagOverrides(args: ServerArgs): ServerOverrides {
@@ -47,7 +48,14 @@ function flagOverrides(args: ServerArgs): ServerOverrides {
     ...(args.registration ? { registration: args.registration } : {}),
     ...(args.store ? { store: args.store } : {}),
     ...(args.metrics ? { metrics: { listen: args.metrics } } : {}),
-    ...(args.nodeName || args.nodeListen ? { node: { name: args.nodeName ?? '', listen: args.nodeListen ?? '' } } : {}),
+    // Only the node keys given: the others come from server.yaml's node: section.
+    ...(args.nodeName || args.nodeListen || args.nodeAdvertise ? {
+      node: {
+        ...(args.nodeName && { name: args.nodeName }),
+        ...(args.nodeListen && { listen: args.nodeListen }),
+        ...(args.nodeAdvertise && { advertise: args.nodeAdvertise }),
+      } as NonNullable<ServerOverrides['node']>,
+    } : {}),
   };
 }
 
@@ -85,7 +93,8 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' })
     .option('metrics', { type: 'string', describe: 'serve Prometheus /metrics and /health on HOST:PORT (a bare PORT binds 127.0.0.1) [off]' })
     .option('node-name', { type: 'string', describe: 'run as this node of several on one postgres:// store (with --node-listen; docs/deploy.md)' })
-    .option('node-listen', { type: 'string', describe: 'HOST:PORT for the other nodes (mutual TLS with node certificates)' }) as unknown as Argv<ServerArgs>;
+    .option('node-listen', { type: 'string', describe: 'HOST:PORT for the other nodes (mutual TLS with node certificates)' })
+    .option('node-advertise', { type: 'string', describe: 'HOST:PORT the other nodes dial, when not --node-listen' }) as unknown as Argv<ServerArgs>;
 }
 
 /** Runs the server until SIGINT/SIGTERM. Exported for the demo command. */

@@ -13,6 +13,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import pg from 'pg';
 
@@ -103,6 +106,50 @@ export function describePostgres(name: string, fn: () => void): void {
   }
   process.stderr.write(`skipped: ${name}: ${why} (install the postgresql package and run the setup in .ci/run, or set VERTEX_TEST_POSTGRES)\n`);
   describe.skip(name, fn);
+}
+
+/** True when the test PostgreSQL answers (probed once per file). */
+export function postgresReachable(): boolean {
+  return postgresProblemSync() === null;
+}
+
+/**
+ * The database of `url` through a Unix socket of our own, for processes in
+ * other network namespaces (the NAT lab), which share the file system but not
+ * this loopback: a socket file `.s.PGSQL.<port>` in a fresh directory,
+ * forwarded to the database's TCP address. The returned URL names the
+ * directory as its host, as libpq and node-postgres read it.
+ */
+export async function postgresOverUnixSocket(url: string): Promise<{ url: string; close(): Promise<void> }> {
+  const u = new URL(url);
+  const target = { host: u.hostname, port: Number(u.port || 5432) };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-pgsock-'));
+  fs.chmodSync(dir, 0o755);
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => { client.destroy(); upstream.destroy(); });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path.join(dir, `.s.PGSQL.${target.port}`), () => resolve());
+  });
+  u.hostname = 'localhost';
+  u.searchParams.set('host', dir);
+  return {
+    url: u.toString(),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 let syncProblem: string | null | undefined;

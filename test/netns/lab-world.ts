@@ -86,8 +86,12 @@ export class LabWorld {
     this.#dirs = dirs;
   }
 
-  /** Servers for both domains in inet, and both users registered (pinning both CAs). */
-  static async start(lab: NetnsLab): Promise<LabWorld> {
+  /**
+   * Servers for both domains in inet, and both users registered (pinning
+   * both CAs). `store`: each domain's account store (a postgres:// URL the
+   * inet namespace can reach); default SQLite.
+   */
+  static async start(lab: NetnsLab, opts: { store?: Partial<Record<'a.test' | 'b.test', string>> } = {}): Promise<LabWorld> {
     const dirs: string[] = [];
     const tmp = (prefix: string) => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), `vertex-lab-${prefix}-`));
@@ -102,6 +106,7 @@ export class LabWorld {
         '--listen', serverOf(domain), '--data', tmp(`server-${domain}`), '--domain', domain,
         // The lab registers its users itself.
         '--registration', 'open',
+        ...(opts.store?.[domain] ? ['--store', opts.store[domain] as string] : []),
       ]);
       return proc.waitFor(new RegExp(`listening on ${SERVER_ADDRESS[domain].replace(/\./g, '\\.')}:${SERVER_PORT}`));
     });

@@ -12,10 +12,18 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { labSkipReason, NetnsLab, requireLabTools, type SideName, type SideSpec } from './lab';
 import { LabWorld, sha256, VERTEX_BIN, type LabAgent } from './lab-world';
+import { postgresDatabase, postgresOverUnixSocket, postgresReachable } from '../helpers/postgres';
 
 const SKIP = labSkipReason();
 if (SKIP) process.stderr.write(`NAT lab skipped: ${SKIP}\n`);
 const describeLab = SKIP ? describe.skip : describe;
+/**
+ * Issue 14: the lab's servers keep their accounts in PostgreSQL when it is
+ * reachable (in CI it is), reached from the lab's namespace through a Unix
+ * socket; VERTEX_LAB_STORE=sqlite keeps the embedded store.
+ */
+const LAB_STORE = SKIP ? 'sqlite' : process.env.VERTEX_LAB_STORE ?? (postgresReachable() ? 'postgres' : 'sqlite');
+if (!SKIP) process.stderr.write(`NAT lab: servers on ${LAB_STORE}\n`);
 
 const KiB = 1024;
 const TARGET = 'bob@b.test:xfer';
@@ -57,11 +65,20 @@ describeLab('NAT lab', () => {
   let lab: NetnsLab;
   let world: LabWorld;
   const dirs: string[] = [];
+  const database = LAB_STORE === 'postgres' ? postgresDatabase() : null;
+  let bridge: Awaited<ReturnType<typeof postgresOverUnixSocket>> | null = null;
 
   beforeAll(async () => {
     requireLabTools();
     lab = NetnsLab.create();
-    world = await LabWorld.start(lab);
+    let store: { 'a.test': string; 'b.test': string } | undefined;
+    if (database) {
+      const [a, b] = [await database().freshSchema(), await database().freshSchema()];
+      const bridged = await Promise.all([postgresOverUnixSocket(a), postgresOverUnixSocket(b)]);
+      bridge = { url: '', close: async () => { await Promise.all(bridged.map((x) => x.close())); } };
+      store = { 'a.test': (bridged[0] as { url: string }).url, 'b.test': (bridged[1] as { url: string }).url };
+    }
+    world = await LabWorld.start(lab, store ? { store } : {});
   }, 60_000);
 
   afterAll(async () => {
@@ -69,6 +86,7 @@ describeLab('NAT lab', () => {
     await lab?.teardown();
     world?.cleanup();
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+    await bridge?.close();
   });
 
   function droppedByStatistic(ns: string): number {
