@@ -70,6 +70,8 @@ export interface NodePresence {
   replaced(node: string, address: string, device: string, by: string): void;
   /** Tells these nodes that the devices of `address` changed, so they update their devices' views. */
   changed(address: string, nodes: readonly string[]): void;
+  /** Tells `node` that the caller's relay leg for a token it brokered is in (relay-ready for its listener). */
+  relayReady(node: string, domain: string, args: { token: string; to: string; device: string }): void;
 }
 
 type Chosen = { local: Listener } | { remote: RemoteDevice };
@@ -304,7 +306,10 @@ export class Broker {
       const token = answer.token ?? '';
       if (!TOKEN_RE.test(token)) throw vertexError('Internal', `node ${node} answered inbound without a valid token`);
       // The token pairs here, on the caller's node: the listener's leg, wherever it lands, is brought here.
-      this.#relay.register(token, caller.address, to);
+      // relay-ready goes to the listener through its node.
+      const device = answer.device ?? chosen.remote.device;
+      const nodes = this.#nodes!;
+      this.#relay.register(token, caller.address, to, () => nodes.relayReady(node, address.domain, { token, to, device }));
       this.#log.info({ from: caller.address, fromDevice, to, device: answer.device, node, service }, 'inbound brokered through another node');
       return {
         token,
@@ -333,6 +338,13 @@ export class Broker {
     if (!listener) throw vertexError('Offline', `${named} is not online`);
     if (!listener.services.has(service)) throw vertexError('NotExposed', `${named} does not expose "${service}"`);
     return this.#forwardToListener(caller, listener, { address, to, service, fromDevice, named: true, args, relayNode });
+  }
+
+  /** Another node holds the token and has the caller's relay leg: relay-ready for our listener. */
+  relayReadyFromNode(to: string, device: string, token: string): void {
+    const listener = this.#listeners.get(to)?.get(device);
+    if (!listener || listener.peer.closed || !TOKEN_RE.test(token)) return;
+    listener.peer.callNoAnswer(COMMANDS.relayReady, { token });
   }
 
   /** The device an inbound reaches, here or (with several nodes) on another node. */

@@ -40,7 +40,7 @@ import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-di
 
 export const ALPN_NODE = 'q2q-node/1';
 export const ALPN_NODE_RELAY = 'q2q-node-relay/1';
-export const NODE_COMMANDS = { inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence' } as const;
+export const NODE_COMMANDS = { inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence', relayReady: 'node-relay-ready' } as const;
 /** How long a node-replaced or node-presence notice may take; nobody waits on it. */
 const NOTICE_TIMEOUT_MS = 10_000;
 /** A node-to-node TLS connection that takes longer than this failed. */
@@ -226,6 +226,11 @@ export class NodeMesh implements NodePresence {
       // The caller was authenticated by the node that asks (a node of this domain).
       return this.#opts.broker.inboundFromNode({ address: args.from ?? '', certPem: args.certificate ?? '' }, args, peerNode);
     });
+    // The caller's relay leg is in at the node holding the token: tell the listener, which is here.
+    peer.handle(NODE_COMMANDS.relayReady, (args) => {
+      this.#opts.broker.relayReadyFromNode(inDomain(NODE_COMMANDS.relayReady, args.to ?? ''), args.device ?? '', args.token ?? '');
+      return {};
+    });
     log.debug({ node: peerNode, domain }, 'node session open');
   }
 
@@ -344,6 +349,11 @@ export class NodeMesh implements NodePresence {
       if (e.code === 'ConnectionLost') throw vertexError('Offline', `${to} is not reachable now: its server node ${node} went away`);
       throw e;
     }
+  }
+
+  /** Passes relay-ready on to `node`, whose listener session answered the inbound (the listener's agent still opens its leg after its relay delay if this is lost). */
+  relayReady(node: string, _domain: string, args: { token: string; to: string; device: string }): void {
+    void this.#notice(node, args.to, NODE_COMMANDS.relayReady, args);
   }
 
   async #nodeNamed(name: string): Promise<NodeInfo | null> {
