@@ -71,7 +71,7 @@ export interface NodePresence {
   /** Tells these nodes that the devices of `address` changed, so they update their devices' views. */
   changed(address: string, nodes: readonly string[]): void;
   /** Tells `node` that the caller's relay leg for a token it brokered is in (relay-ready for its listener). */
-  relayReady(node: string, domain: string, args: { token: string; to: string; device: string }): void;
+  relayReady(node: string, args: { token: string; to: string; device: string }): void;
 }
 
 type Chosen = { local: Listener } | { remote: RemoteDevice };
@@ -309,7 +309,7 @@ export class Broker {
       // relay-ready goes to the listener through its node.
       const device = answer.device ?? chosen.remote.device;
       const nodes = this.#nodes!;
-      this.#relay.register(token, caller.address, to, () => nodes.relayReady(node, address.domain, { token, to, device }));
+      this.#relay.register(token, caller.address, to, () => nodes.relayReady(node, { token, to, device }));
       this.#log.info({ from: caller.address, fromDevice, to, device: answer.device, node, service }, 'inbound brokered through another node');
       return {
         token,

@@ -352,7 +352,7 @@ export class NodeMesh implements NodePresence {
   }
 
   /** Passes relay-ready on to `node`, whose listener session answered the inbound (the listener's agent still opens its leg after its relay delay if this is lost). */
-  relayReady(node: string, _domain: string, args: { token: string; to: string; device: string }): void {
+  relayReady(node: string, args: { token: string; to: string; device: string }): void {
     void this.#notice(node, args.to, NODE_COMMANDS.relayReady, args);
   }
 
