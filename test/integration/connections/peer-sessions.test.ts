@@ -73,13 +73,38 @@ describe('peer sessions (issue 12)', () => {
   });
 });
 
-describe('per-stream allow check', () => {
+describe('streams on one session, and the per-stream allow check', () => {
   let b: World['b'];
   beforeAll(async () => {
     // The test above stopped b.test's server: a fresh world for the rest.
     world = await startWorld();
     [alice, bob] = await Promise.all([world.user('alice@a.test'), world.user('bob@b.test')]);
     b = world.b;
+  });
+
+  it('a stalled reader stalls only its own stream: a second one moves 10 MB meanwhile, and the stalled one then gets every byte', async () => {
+    const MB = 1024 * 1024;
+    const big = Buffer.alloc(10 * MB, 7);
+    const listener = track(await listenQ2Q(bob.identity, {
+      // Writes 10 MB and ends, whatever the reader does.
+      source: { allow: ['alice@a.test'], onConnection: (s) => { s.on('error', () => undefined); s.resume(); s.end(big); } },
+    }, bob.options({ routes: ['tcp'], peerSessions: true })));
+    const caller = track(new Q2QNode(alice.identity, alice.options({ routes: ['tcp'], peerSessions: true })));
+    const stalled = await caller.connect('bob@b.test:source');
+    stalled.on('error', () => undefined);
+    stalled.pause();
+    const fast = await caller.connect('bob@b.test:source');
+    expect(fast.sessionId).toBe(stalled.sessionId);
+    // The fast stream's 10 MB arrive while the stalled one holds its window and reads nothing.
+    const got = await exchange(fast, Buffer.alloc(0));
+    expect(got.length).toBe(big.length);
+    expect(stalled.readableLength).toBeLessThanOrEqual(2 * MB);
+    // Explicitly paused: a 'data' listener alone would not start it again.
+    const resting = exchange(stalled, Buffer.alloc(0));
+    stalled.resume();
+    const rest = await resting;
+    expect(rest.equals(big)).toBe(true);
+    await Promise.all([caller.stop(), listener.stop()]);
   });
 
   it('a stream to a service the peer may no longer use is refused on the live session, the session stays up', async () => {
