@@ -116,12 +116,19 @@ export class AccountService {
     }
     // Check the CSR before the account exists, so a bad request leaves nothing behind.
     const issued = await this.#issue(name, req.csrPem);
-    if (this.#registration === 'invite' && !await this.#store.consumeInvite(address.domain, req.invite ?? '', this.#now())) {
+    // A wrong code fails here, before the scrypt work (registerAccount still checks and uses it atomically).
+    if (this.#registration === 'invite' && !await this.#store.inviteUsable(address.domain, req.invite ?? '', this.#now())) {
       throw vertexError('BadInvite', `register ${name}: the invitation code is unknown, used or expired`);
     }
+    const passwordHash = await hashPassword(req.password);
+    // The invite, the account and its first certificate in one transaction: a server
+    // that dies part way (a node killed, issue 14) leaves all or nothing behind.
+    await this.#store.registerAccount({
+      domain: address.domain, user: address.user, passwordHash,
+      certificate: { serial: issued.serial, notBefore: issued.notBefore.getTime(), notAfter: issued.notAfter.getTime() },
+      ...(this.#registration === 'invite' && { invite: { code: req.invite ?? '', now: this.#now() } }),
+    });
     if (this.#registration === 'invite') await this.#limiter.inviteAccepted(req.sourceAddress);
-    await this.#store.createAccount(address.domain, address.user, await hashPassword(req.password));
-    await this.#record(name, issued);
     this.#log.info({ address: name, serial: issued.serial, source: req.sourceAddress }, 'account registered');
     return issued;
   }

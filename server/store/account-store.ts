@@ -45,6 +45,18 @@ export interface AccountStore {
   getAccount(domain: string, user: string): Promise<Account | null>;
   /** Throws VertexError('NameTaken') if the account exists. */
   createAccount(domain: string, user: string, passwordHash: string): Promise<Account>;
+  /**
+   * A registration, all or nothing in one transaction (issue 14: a node that
+   * dies part way leaves no half-made account): consumes the invitation
+   * code when one is given (BadInvite when it is unknown, used or expired),
+   * creates the account (NameTaken when it exists) and records its first
+   * certificate. On an error nothing is written.
+   */
+  registerAccount(req: {
+    domain: string; user: string; passwordHash: string;
+    certificate: { serial: string; notBefore: number; notAfter: number };
+    invite?: { code: string; now: number };
+  }): Promise<Account>;
   /** Replaces the stored hash (a rehash with stronger parameters); false if there is no such account. */
   setPasswordHash(domain: string, user: string, passwordHash: string): Promise<boolean>;
   /** Removes the account and revokes every certificate issued to it. Returns false if there was none. */
@@ -57,6 +69,8 @@ export interface AccountStore {
   getCertificate(serial: string): Promise<IssuedCertificate | null>;
 
   createInvite(domain: string, code: string, expiresAt: number): Promise<void>;
+  /** Whether the invite could be used now (a read: registerAccount still decides); lets a wrong code fail before any scrypt work. */
+  inviteUsable(domain: string, code: string, now: number): Promise<boolean>;
   /** Atomically marks the invite used; false if unknown, used or expired. */
   consumeInvite(domain: string, code: string, now: number): Promise<boolean>;
 

@@ -375,6 +375,27 @@ export class PostgresAccountStore implements AccountStore {
     return { domain, user, passwordHash, createdAt };
   }
 
+  async registerAccount(req: Parameters<AccountStore['registerAccount']>[0]): Promise<Account> {
+    const createdAt = this.#now();
+    const { domain, user } = req;
+    return this.#transaction('register account', async (client) => {
+      if (req.invite) {
+        const used = await client.query(
+          'UPDATE invites SET used_at = $1 WHERE domain = $2 AND code = $3 AND used_at IS NULL AND expires_at > $1', [req.invite.now, domain, req.invite.code]);
+        if (!used.rowCount) throw vertexError('BadInvite', `register ${user}@${domain}: the invitation code is unknown, used or expired`);
+      }
+      const created = await client.query(
+        'INSERT INTO accounts (domain, username, password_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING',
+        [domain, user, req.passwordHash, createdAt]);
+      // Thrown inside the transaction: the invite is given back by the rollback.
+      if (!created.rowCount) throw vertexError('NameTaken', `register ${user}@${domain}: the name is taken`);
+      await client.query(
+        'INSERT INTO certificates (serial, domain, username, not_before, not_after) VALUES ($1, $2, $3, $4, $5)',
+        [req.certificate.serial, domain, user, req.certificate.notBefore, req.certificate.notAfter]);
+      return { domain, user, passwordHash: req.passwordHash, createdAt };
+    });
+  }
+
   async setPasswordHash(domain: string, user: string, passwordHash: string): Promise<boolean> {
     const { rowCount } = await this.#query('set password hash', 'UPDATE accounts SET password_hash = $1 WHERE domain = $2 AND username = $3', [passwordHash, domain, user]);
     return (rowCount ?? 0) > 0;
@@ -426,6 +447,12 @@ export class PostgresAccountStore implements AccountStore {
 
   async createInvite(domain: string, code: string, expiresAt: number): Promise<void> {
     await this.#query('create invite', 'INSERT INTO invites (domain, code, expires_at) VALUES ($1, $2, $3)', [domain, code, expiresAt]);
+  }
+
+  async inviteUsable(domain: string, code: string, now: number): Promise<boolean> {
+    const { rowCount } = await this.#query('check invite',
+      'SELECT 1 FROM invites WHERE domain = $1 AND code = $2 AND used_at IS NULL AND expires_at > $3', [domain, code, now]);
+    return (rowCount ?? 0) > 0;
   }
 
   async consumeInvite(domain: string, code: string, now: number): Promise<boolean> {

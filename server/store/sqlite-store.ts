@@ -135,6 +135,28 @@ export class SqliteAccountStore implements AccountStore {
     return { domain, user, passwordHash, createdAt };
   }
 
+  async registerAccount(req: Parameters<AccountStore['registerAccount']>[0]): Promise<Account> {
+    const createdAt = this.#now();
+    const { domain, user } = req;
+    const register = this.#db.transaction(() => {
+      if (req.invite && this.#db.prepare(
+        'UPDATE invites SET used_at = ? WHERE domain = ? AND code = ? AND used_at IS NULL AND expires_at > ?',
+      ).run(req.invite.now, domain, req.invite.code, req.invite.now).changes === 0) {
+        throw vertexError('BadInvite', `register ${user}@${domain}: the invitation code is unknown, used or expired`);
+      }
+      try {
+        this.#db.prepare('INSERT INTO accounts (domain, user, password_hash, created_at) VALUES (?, ?, ?, ?)').run(domain, user, req.passwordHash, createdAt);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw vertexError('NameTaken', `register ${user}@${domain}: the name is taken`);
+        throw err;
+      }
+      this.#db.prepare('INSERT INTO certificates (serial, domain, user, not_before, not_after) VALUES (?, ?, ?, ?, ?)')
+        .run(req.certificate.serial, domain, user, req.certificate.notBefore, req.certificate.notAfter);
+    });
+    register.immediate();
+    return { domain, user, passwordHash: req.passwordHash, createdAt };
+  }
+
   async setPasswordHash(domain: string, user: string, passwordHash: string): Promise<boolean> {
     return this.#db.prepare('UPDATE accounts SET password_hash = ? WHERE domain = ? AND user = ?')
       .run(passwordHash, domain, user).changes > 0;
@@ -194,6 +216,10 @@ export class SqliteAccountStore implements AccountStore {
 
   async createInvite(domain: string, code: string, expiresAt: number): Promise<void> {
     this.#db.prepare('INSERT INTO invites (domain, code, expires_at) VALUES (?, ?, ?)').run(domain, code, expiresAt);
+  }
+
+  async inviteUsable(domain: string, code: string, now: number): Promise<boolean> {
+    return this.#db.prepare('SELECT 1 FROM invites WHERE domain = ? AND code = ? AND used_at IS NULL AND expires_at > ?').get(domain, code, now) !== undefined;
   }
 
   async consumeInvite(domain: string, code: string, now: number): Promise<boolean> {

@@ -87,6 +87,30 @@ export function accountStoreSuite(name: string, open: () => Promise<StoreFixture
       expect(await store.consumeInvite('a.test', 'code2', 100)).toBe(false);
     });
 
+    it('registerAccount: the invite, the account and its certificate all or nothing', async () => {
+      const cert = (serial: string) => ({ serial, notBefore: 1, notAfter: 2 });
+      const codeOf = async (p: Promise<unknown>) => { try { await p; return 'ok'; } catch (err) { return isVertexError(err) ? err.code : 'other'; } };
+      await store.createInvite('a.test', 'inv1', 10_000);
+      expect(await store.inviteUsable('a.test', 'inv1', 5)).toBe(true);
+      expect(await store.inviteUsable('a.test', 'nope', 5)).toBe(false);
+      expect(await codeOf(store.registerAccount({ domain: 'a.test', user: 'rae', passwordHash: 'h', certificate: cert('aa01'), invite: { code: 'inv1', now: 5 } }))).toBe('ok');
+      expect((await store.getAccount('a.test', 'rae'))?.passwordHash).toBe('h');
+      expect((await store.getCertificate('aa01'))?.user).toBe('rae');
+      expect(await store.inviteUsable('a.test', 'inv1', 5)).toBe(false);
+      // A used invite: nothing is written.
+      expect(await codeOf(store.registerAccount({ domain: 'a.test', user: 'sid', passwordHash: 'h', certificate: cert('aa02'), invite: { code: 'inv1', now: 6 } }))).toBe('BadInvite');
+      expect(await store.getAccount('a.test', 'sid')).toBeNull();
+      expect(await store.getCertificate('aa02')).toBeNull();
+      // A taken name: the invite is not used up, and no certificate is recorded.
+      await store.createInvite('a.test', 'inv2', 10_000);
+      expect(await codeOf(store.registerAccount({ domain: 'a.test', user: 'rae', passwordHash: 'h2', certificate: cert('aa03'), invite: { code: 'inv2', now: 7 } }))).toBe('NameTaken');
+      expect(await store.getCertificate('aa03')).toBeNull();
+      expect((await store.getAccount('a.test', 'rae'))?.passwordHash).toBe('h');
+      expect(await store.consumeInvite('a.test', 'inv2', 8)).toBe(true);
+      // Without an invite (open registration).
+      expect(await codeOf(store.registerAccount({ domain: 'a.test', user: 'tom', passwordHash: 'h', certificate: cert('aa04') }))).toBe('ok');
+    });
+
     it('an invite used by two handles at once is used once', async () => {
       await store.createInvite('a.test', 'once', 10_000);
       const other = await f.second();

@@ -10,7 +10,8 @@
  * - the registration either completed (and its password logs in on another
  *   node) or failed with ConnectionLost and then either left nothing (the
  *   name is free) or left a whole account (its password logs in); never a
- *   taken name whose password does not work.
+ *   taken name whose password does not work. (The store writes the invite,
+ *   the account and its certificate in one transaction: registerAccount.)
  */
 import { randomBytes } from 'node:crypto';
 import type * as net from 'node:net';
