@@ -8,7 +8,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { formatAddress, parseAddress, parseDomain } from '../../q2q/address';
 import { vertexError } from '../../q2q/errors';
 import { buildServerConfig, loadServerConfig, type ServerOverrides } from '../../config/load';
-import { formatHostPort, parseDuration, type ServerConfig } from '../../config/schema';
+import { formatHostPort, parseDuration, REGISTRATION_MODES, type RegistrationMode, type ServerConfig } from '../../config/schema';
 import { DEFAULTS } from '../../config/defaults';
 import { IdentityServer } from '../../server/identity-server';
 import { caDir } from '../../server/ca-store';
@@ -31,7 +31,7 @@ interface ServerArgs extends GlobalArgs {
   listen?: string;
   data?: string;
   publicAddress?: string;
-  registration?: 'open' | 'invite' | 'closed';
+  registration?: RegistrationMode;
   store?: string;
   metrics?: string;
   nodeName?: string;
@@ -89,7 +89,7 @@ function serverOptions(y: Argv): Argv<ServerArgs> {
     .option('listen', { type: 'string', describe: 'HOST:PORT for TCP and UDP [0.0.0.0:8788]' })
     .option('data', { type: 'string', describe: 'data directory [/var/lib/vertex]' })
     .option('public-address', { type: 'string', describe: 'the address clients reach this server at' })
-    .option('registration', { choices: ['open', 'invite', 'closed'] as const, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' })
+    .option('registration', { choices: REGISTRATION_MODES, describe: 'who may register: invite (a code from `vertex server invite`), open or closed [invite]' })
     .option('store', { type: 'string', describe: 'account store: sqlite, or postgres://user@host:port/database shared by several nodes (password from PGPASSWORD or ~/.pgpass) [sqlite]' })
     .option('metrics', { type: 'string', describe: 'serve Prometheus /metrics and /health on HOST:PORT (a bare PORT binds 127.0.0.1) [off]' })
     .option('node-name', { type: 'string', describe: 'run as this node of several on one postgres:// store (with --node-listen; docs/deploy.md)' })
