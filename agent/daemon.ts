@@ -48,7 +48,8 @@ import type { AgentMetrics } from './metrics';
 /** What the daemon needs from a Q2Q node; q2q/negotiate's Q2QNode is one. */
 export interface AgentNode {
   start(): Promise<void>;
-  expose(service: string, opts: ServiceOptions): void;
+  /** May resolve once the home server lists the service (Q2QNode does). */
+  expose(service: string, opts: ServiceOptions): void | Promise<void>;
   unexpose(service: string): void;
   connect(target: string, opts?: ConnectOptions): Promise<Q2QStream>;
   status(): NodeStatus;
@@ -595,7 +596,7 @@ export class AgentDaemon {
         return { stream, info, framed: request.args.framed === true };
       }
       case 'receive':
-        return this.#attachReceive(request.args.allow);
+        return await this.#attachReceive(request.args.allow);
       case 'receive-accept': {
         const waiting = this.#incoming.get(request.args.id);
         if (!waiting) throw vertexError('BadRequest', `receive-accept: no incoming transfer ${request.args.id} (taken, or given up after ${INCOMING_CLAIM_MS} ms)`);
@@ -618,7 +619,7 @@ export class AgentDaemon {
    * on that connection; the client claims it with `receive-accept` on a
    * new one, and a sender nobody claims in time is closed.
    */
-  #attachReceive(allowText: readonly string[] | undefined): OpenedStream {
+  async #attachReceive(allowText: readonly string[] | undefined): Promise<OpenedStream> {
     const receiver = this.#receiver;
     if (!receiver) throw vertexError('Internal', `agent is ${this.#state}: no receiver`);
     const allow = allowText && allowText.length > 0 ? allowText.map((p) => parseAllowPattern(p)) : this.#defaultAllow();
@@ -666,6 +667,8 @@ export class AgentDaemon {
       mine.clear();
     };
     const info: ReceiveInfo = { address: this.address, device: this.#requireNode().status().device, service: FILE_TRANSFER_SERVICE, allow, displaced: attached.displaced };
+    // The answer (and the client's "listening") waits until the home server lists the service.
+    await attached.ready;
     return { stream: events, info, framed: false };
   }
 

@@ -58,7 +58,7 @@ export type ReceiveChange = 'unchanged' | 'on' | 'off' | 'changed';
 
 export interface AgentReceiverOptions {
   /** Where the service is put online; the agent's Q2Q node. */
-  node: { expose(service: string, opts: ServiceOptions): void; unexpose(service: string): void };
+  node: { expose(service: string, opts: ServiceOptions): void | Promise<void>; unexpose(service: string): void };
   /** The allow list an entry without one gets: the owner alone. */
   defaultAllow: () => readonly string[];
   /** Called for every inbound stream, before it is handled (the agent records it as a tunnel). */
@@ -115,13 +115,16 @@ export class AgentReceiver {
    * A `vertex receive` takes the service until `detach()`. One at a time:
    * a second one is refused, so two terminals never race for one offer.
    */
-  attach(client: ReceiveClient): { detach: () => void; displaced: { dir: string } | null } {
+  attach(client: ReceiveClient): { detach: () => void; displaced: { dir: string } | null; ready: Promise<void> } {
     if (this.#client) throw vertexError('Usage', 'receive: another `vertex receive` is already attached to this agent; stop it first');
     this.#client = client;
     this.#log.info({ allow: client.allow }, 'vertex receive attached');
-    this.#apply();
+    const ready = this.#apply();
     let attached = true;
     return {
+      // Resolves once the home server lists the service, so the client's
+      // "listening" is true when it is printed.
+      ready,
       displaced: this.#settings ? { dir: this.#settings.dir } : null,
       detach: () => {
         if (!attached) return;
@@ -160,16 +163,18 @@ export class AgentReceiver {
     this.#settings = undefined;
   }
 
-  #apply(): void {
+  #apply(): Promise<void> {
     const allow = this.allow();
+    let listed: void | Promise<void> = undefined;
     if (!this.#client && !this.#settings) {
       if (this.#exposed) this.#opts.node.unexpose(FILE_TRANSFER_SERVICE);
       this.#exposed = false;
     } else {
-      this.#opts.node.expose(FILE_TRANSFER_SERVICE, { allow: [...allow], onConnection: (stream) => this.#inbound(stream) });
+      listed = this.#opts.node.expose(FILE_TRANSFER_SERVICE, { allow: [...allow], onConnection: (stream) => this.#inbound(stream) });
       this.#exposed = true;
     }
     this.#opts.onAllowChange?.();
+    return Promise.resolve(listed);
   }
 
   #inbound(stream: Q2QStream): void {

@@ -427,15 +427,22 @@ export class Q2QNode extends EventEmitter {
     return this.#home?.state ?? 'offline';
   }
 
-  expose(service: string, opts: ServiceOptions): void {
+  /**
+   * Serves `service` at once; the promise resolves once the home server has
+   * the new list of names (at once when the name was already listed or the
+   * node is offline), so a caller can say "listening" only when callers can
+   * reach it. It never rejects: a failed listen is logged and retried with
+   * the home session.
+   */
+  expose(service: string, opts: ServiceOptions): Promise<void> {
     const name = parseService(service);
     const known = this.#services.has(name);
     this.#services.set(name, opts);
     // A narrower allow list: sessions of peers that may use nothing now are drained.
     this.#core?.sessions.review();
     // The server knows names only: a changed allow list needs no new listen.
-    if (known) return;
-    void this.#home?.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
+    if (known || !this.#home) return Promise.resolve();
+    return this.#home.relisten().catch((err) => this.#log.warn({ err: (err as Error).message }, 'listen failed'));
   }
 
   unexpose(service: string): void {

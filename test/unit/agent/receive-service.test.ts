@@ -103,4 +103,23 @@ describe('AgentReceiver', () => {
     expect(node.exposed.has('file-transfer')).toBe(false);
     expect(receiver.status()).toBeNull();
   });
+
+  it('an attached client is ready only once the node says the home server lists the service', async () => {
+    let listed: () => void = () => undefined;
+    const slowNode = {
+      ...fakeNode(),
+      expose: (_service: string, _opts: ServiceOptions) => new Promise<void>((resolve) => { listed = resolve; }),
+    };
+    const slow = new AgentReceiver({ node: slowNode, defaultAllow: () => ['bob@b.test'] });
+    const attached = slow.attach({ allow: ['*'], onStream: () => undefined });
+    let ready = false;
+    void attached.ready.then(() => { ready = true; });
+    await new Promise((r) => setImmediate(r));
+    expect(ready).toBe(false);
+    listed();
+    await attached.ready;
+    expect(ready).toBe(true);
+    attached.detach();
+    slow.stop();
+  });
 });
