@@ -525,7 +525,13 @@ export class AgentDaemon {
       this.#releaseDialSlot();
     }
     this.tunnels.add({ kind, target, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs }, stream);
-    this.#log.info({ kind, target, device: stream.device, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
+    // SOCKS and forward tunnels come by the dozen (a browser's page load) and each is a stream
+    // on a peer session whose open and close are logged at info; a line for each would cost
+    // more than the stream itself (a write and a wake-up of the log's reader, bench/README.md
+    // "Peer sessions"), as ssh and sshd log channels only at debug. A tunnel a command asked
+    // for (`vertex connect`, `vertex send`) is rare and stays at info.
+    const level = kind === 'socks' || kind === 'forward' ? 'debug' : 'info';
+    this.#log[level]({ kind, target, device: stream.device, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
     return stream;
   }
 

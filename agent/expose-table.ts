@@ -132,7 +132,8 @@ export class ExposeTable {
       allow,
       prepare: exposePrepare(spec.target, name, { log }),
       onConnection: (stream, prepared) => {
-        log.info({ peer: stream.peer, route: stream.route }, 'inbound connection');
+        // At debug, like the caller's SOCKS tunnels (daemon.ts): the peer session is logged at info.
+        log.debug({ peer: stream.peer, route: stream.route }, 'inbound connection');
         this.#opts.tunnels.add({
           kind: 'inbound', target: name, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs,
         }, stream);

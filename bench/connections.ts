@@ -21,7 +21,7 @@ import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
 import {
-  BENCH_LIMITS, connectTcp, connectTls, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
+  BENCH_LIMITS, connectTcp, connectTls, cpuMs, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
   pushToSink, registerMany, round, rssKb, runStandalone, sleep, startLoopbackPeer, startServer, type Proc,
 } from './harness';
 
@@ -214,18 +214,6 @@ const AGENT_START_PARALLEL = 16;
  */
 const AGENTS_PER_PROCESS = 4000;
 const SETTLE_MS = 2000;
-/** /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 per second for user space. */
-const PROC_TICKS_PER_SECOND = 100;
-
-/** CPU milliseconds (user + system) a process has used so far, from /proc/<pid>/stat. */
-function cpuMs(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // The command name (field 2) may hold spaces; the fields after it start past its closing parenthesis.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / PROC_TICKS_PER_SECOND;
-}
-
 interface AgentsStart {
   endpoints: Record<string, number>;
   identities: Identity[];
@@ -341,10 +329,16 @@ export async function benchServerMemory(): Promise<void> {
   }
 }
 
-/** VERTEX_BENCH_PROFILE=DIR: the named processes write a --cpu-prof profile there when they stop. */
+/**
+ * VERTEX_BENCH_PROFILE=DIR: the named processes write a --cpu-prof profile there when they stop;
+ * VERTEX_BENCH_PROFILE_US sets the sampling interval (Node's default is 1000 µs, coarse for a
+ * connect that takes a few milliseconds).
+ */
 export function profileArgs(name: string): string[] {
   const dir = process.env.VERTEX_BENCH_PROFILE;
-  return dir ? ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${Date.now()}.cpuprofile`] : [];
+  if (!dir) return [];
+  const interval = process.env.VERTEX_BENCH_PROFILE_US;
+  return ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${Date.now()}.cpuprofile`, ...(interval ? ['--cpu-prof-interval', interval] : [])];
 }
 
 if (require.main === module) {

@@ -67,6 +67,46 @@ export function rssKb(pid: number): number {
   return Number(m[1]);
 }
 
+/** /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 per second for user space. */
+const PROC_TICKS_PER_SECOND = 100;
+
+function procStat(pid: number): string[] | null {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // The command name (field 2) may hold spaces; the fields after it start past its closing parenthesis.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** CPU milliseconds (user + system) a process has used so far, from /proc/<pid>/stat (10 ms resolution). */
+export function cpuMs(pid: number): number {
+  const fields = procStat(pid);
+  if (!fields) return 0;
+  // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / PROC_TICKS_PER_SECOND;
+}
+
+/** The same for a process and every live descendant (sshd -i forks a privilege-separated child). */
+export function treeCpuMs(root: number): number {
+  const parents = new Map<number, number>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = procStat(Number(entry));
+    // ppid is field 4 of the whole line, 2 after the name.
+    if (fields) parents.set(Number(entry), Number(fields[1]));
+  }
+  let total = 0;
+  const walk = (pid: number): void => {
+    total += cpuMs(pid);
+    for (const [child, parent] of parents) if (parent === pid) walk(child);
+  };
+  walk(root);
+  return total;
+}
+
 /**
  * Runs a full garbage collection in a process started with
  * `--inspect=127.0.0.1:0` (see INSPECT_ARGS), through its inspector

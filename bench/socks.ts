@@ -23,8 +23,8 @@ import * as path from 'node:path';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import {
-  connectTcp, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
-  rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
+  connectTcp, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
+  rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeCpuMs, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -37,7 +37,7 @@ const SETTLE_MS = 2000;
 const SINK_PORT = 9;
 const HELLO_PORT = 7;
 
-interface SocksWorld {
+export interface SocksWorld {
   peer: LoopbackPeer;
   servers: ServerHandle[];
   alice: AgentHandle;
@@ -46,7 +46,7 @@ interface SocksWorld {
 }
 
 /** inspect: start the agents with INSPECT_ARGS, for memoryAfterGc. */
-async function startSocksWorld(inspect = false): Promise<SocksWorld> {
+export async function startSocksWorld(inspect = false): Promise<SocksWorld> {
   const peer = await startLoopbackPeer();
   const a = await startServer(['a.test']);
   const b = await startServer(['b.test'], { resolve: { 'a.test': a.port } });
@@ -92,8 +92,10 @@ const NEW_CONNECTS = 50;
 const NEW_CONNECT_ROUNDS = 4;
 const SSH_READY_MS = 15_000;
 
-interface SshProxy {
+export interface SshProxy {
   socksPort: number;
+  /** ssh and the sshd processes serving it, for their CPU time. */
+  pids(): number[];
   stop(): Promise<void>;
 }
 
@@ -107,7 +109,7 @@ function keygen(file: string): void {
  * (its own host key, key-only auth, run per connection in inetd mode, so no
  * port is picked up front) and `ssh -D 127.0.0.1:<port> -N` to it.
  */
-async function startSshProxy(): Promise<SshProxy> {
+export async function startSshProxy(): Promise<SshProxy> {
   const dir = tempDir('sshd');
   fs.mkdirSync('/run/sshd', { recursive: true });
   const hostKey = path.join(dir, 'host_key');
@@ -151,6 +153,7 @@ async function startSshProxy(): Promise<SshProxy> {
   }
   return {
     socksPort,
+    pids: () => [ssh.pid, ...sshds.map((p) => p.pid)],
     stop: async () => {
       await ssh.stop();
       server.close();
@@ -187,22 +190,40 @@ export async function benchSocksNewConnection(): Promise<void> {
   try {
     ssh = await startSshProxy();
     const viaSsh = ssh.socksPort;
+    const sshPids = ssh.pids();
     const ours: number[] = [];
     const theirs: number[] = [];
+    // CPU milliseconds spent during each case's connects: the two agents against ssh and sshd,
+    // and this process (the SOCKS client, the same code for both) in each case.
+    const cpu = { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 };
+    const agentCpu = () => cpuMs(world.alice.proc.pid) + cpuMs(world.bob.proc.pid);
+    const sshCpu = () => sshPids.reduce((sum, pid) => sum + treeCpuMs(pid), 0);
+    const clientCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
     // Warm-up: the agent's first connect sets the peer session up; ssh's connection is up already.
     await newConnections(() => socksConnect(world, HELLO_PORT), 3);
     await newConnections(() => socksVia(viaSsh, '127.0.0.1', world.peer.helloPort), 3);
     note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case`);
     for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
+      let a = agentCpu();
+      let c = clientCpu();
       ours.push(...await newConnections(() => socksConnect(world, HELLO_PORT), NEW_CONNECTS));
+      cpu.agents += agentCpu() - a;
+      cpu.clientOurs += clientCpu() - c;
+      a = sshCpu();
+      c = clientCpu();
       theirs.push(...await newConnections(() => socksVia(viaSsh, '127.0.0.1', world.peer.helloPort), NEW_CONNECTS));
+      cpu.ssh += sshCpu() - a;
+      cpu.clientSsh += clientCpu() - c;
     }
     const p50 = percentile(ours, 50);
     const sshP50 = percentile(theirs, 50);
+    const perConnect = (ms: number) => round(ms / ours.length, 2);
     emit({
       bench: 'socks-new-connection', peerSessions: process.env.VERTEX_PEER_SESSIONS !== '0', connects: ours.length,
       p50Ms: round(p50, 2), p99Ms: round(percentile(ours, 99), 1), sshP50Ms: round(sshP50, 2), sshP99Ms: round(percentile(theirs, 99), 1),
       speedVsSsh: round(sshP50 / p50, 2), target: 1.0,
+      cpuMsPerConnect: { agents: perConnect(cpu.agents), sshAndSshd: perConnect(cpu.ssh), clientOurs: perConnect(cpu.clientOurs), clientSsh: perConnect(cpu.clientSsh) },
+      loadAverage: os.loadavg().map((l) => round(l, 2)),
     });
   } finally {
     await ssh?.stop();

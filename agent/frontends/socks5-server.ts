@@ -120,9 +120,28 @@ export class Socks5Server {
     this.#log.info('socks5 stopped');
   }
 
+  /**
+   * The connection's logger: a pino child with its number and client, made
+   * only when a line at or above the logger's level is written (a child costs
+   * an object and a serialisation of its bindings; most connections log
+   * nothing above debug).
+   */
+  #connectionLog(conn: number, client: string): Pick<Logger, 'debug' | 'info'> {
+    let child: Logger | undefined;
+    const get = (): Logger => (child ??= this.#log.child({ conn, client }));
+    return {
+      debug: ((...args: Parameters<Logger['debug']>) => {
+        if (this.#log.isLevelEnabled('debug')) get().debug(...args);
+      }) as Logger['debug'],
+      info: ((...args: Parameters<Logger['info']>) => {
+        if (this.#log.isLevelEnabled('info')) get().info(...args);
+      }) as Logger['info'],
+    };
+  }
+
   #accept(socket: net.Socket): void {
     const clientAddress = formatAddress(socket.remoteAddress, socket.remotePort);
-    const log = this.#log.child({ conn: this.#nextConn++, client: clientAddress });
+    const log = this.#connectionLog(this.#nextConn++, clientAddress);
     this.#sockets.add(socket);
     socket.setNoDelay(true);
     const session = new Socks5Session({ auth: this.#opts.auth });
@@ -214,7 +233,7 @@ export class Socks5Server {
   }
 
   /** Pipes client <-> tunnel with back-pressure; an end becomes an end, an error or abrupt close tears both down. */
-  #pump(socket: net.Socket, tunnel: Duplex, earlyData: Buffer, log: Logger): void {
+  #pump(socket: net.Socket, tunnel: Duplex, earlyData: Buffer, log: Pick<Logger, 'debug'>): void {
     this.#tunnels.add(tunnel);
     let torn = false;
     const teardown = (why: string, err?: Error): void => {

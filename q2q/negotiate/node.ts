@@ -757,7 +757,10 @@ export class Q2QNode extends EventEmitter {
       // A live session to the device that serves it carries the stream at once; else the
       // ladder sets one up (session-manager.ts).
       const stream = await this.#core.sessions.connect({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs });
-      this.#log.info({ to, device: stream.device, service, route: stream.route, connectMs: stream.connectMs, session: stream.sessionId }, 'connected');
+      // A stream on a session is cheap and frequent (a browser opens dozens); the session's
+      // open and close are logged at info, and the callers (the agent's 'tunnel open',
+      // `vertex connect`) log the stream they asked for.
+      this.#log.debug({ to, device: stream.device, service, route: stream.route, connectMs: stream.connectMs, session: stream.sessionId }, 'connected');
       return stream;
     }
     const deadline = Date.now() + timeoutMs;
