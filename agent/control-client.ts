@@ -4,7 +4,7 @@
  */
 import * as net from 'node:net';
 import { isErrorCode, vertexError, VertexError } from '../q2q/errors';
-import { MAX_REQUEST_BYTES, type ControlReply } from './control-api';
+import type { ControlReply } from './control-api';
 import type { CallOp, ControlArgs, ControlOp } from './control-protocol';
 
 export const CONTROL_CONNECT_TIMEOUT_MS = 2_000;
@@ -41,6 +41,13 @@ export function openControl(socketPath: string, timeoutMs = CONTROL_CONNECT_TIME
  * On success the socket is left paused, with any bytes after the reply line
  * put back, so `connect` can go on using it as the tunnel.
  */
+/**
+ * The longest reply line read from the agent. Status lists every tunnel (about
+ * 300 bytes each): 10,000 tunnels make a 3 MB line. The bound only stops a
+ * runaway peer on the socket from filling memory.
+ */
+export const MAX_REPLY_BYTES = 64 * 1024 * 1024;
+
 export function sendRequest<Op extends ControlOp>(socket: net.Socket, op: Op, args: ControlArgs<Op>, opts: { timeoutMs?: number; waitingFor?: string } = {}): Promise<unknown> {
   const timeoutMs = opts.timeoutMs ?? CONTROL_REPLY_TIMEOUT_MS;
   const waitingFor = opts.waitingFor ?? `the agent's answer to ${op}`;
@@ -60,13 +67,20 @@ export function sendRequest<Op extends ControlOp>(socket: net.Socket, op: Op, ar
         reject(vertexError('Timeout', `timed out after ${timeoutMs} ms waiting for ${waitingFor}`));
       });
     }, timeoutMs);
+    // The reply arrives in pieces: only a new piece is searched for the newline, and the
+    // pieces are joined once (a status with 10,000 tunnels is a few MB).
+    const pieces: Buffer[] = [];
+    let size = 0;
     const onData = (chunk: Buffer): void => {
-      buffered = Buffer.concat([buffered, chunk]);
-      const nl = buffered.indexOf(0x0a);
-      if (nl < 0) {
-        if (buffered.length > MAX_REQUEST_BYTES * 16) finish(() => reject(vertexError('BadRequest', `agent reply to ${op}: too long`)));
+      const at = chunk.indexOf(0x0a);
+      pieces.push(chunk);
+      size += chunk.length;
+      if (at < 0) {
+        if (size > MAX_REPLY_BYTES) finish(() => reject(vertexError('BadRequest', `agent reply to ${op}: longer than ${MAX_REPLY_BYTES} bytes`)));
         return;
       }
+      buffered = Buffer.concat(pieces, size);
+      const nl = size - chunk.length + at;
       finish(() => {
         socket.pause();
         const rest = buffered.subarray(nl + 1);

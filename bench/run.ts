@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { benchConnections, benchServerMemory } from './connections';
 import { benchFileTransfer } from './file-transfer';
 import { cleanup, emit, forkBench, note, round, type Figure } from './harness';
-import { benchAgentMemory, benchSocksNewConnection, benchSocksThroughput } from './socks';
+import { benchAgentMemory, benchSocksConcurrent, benchSocksNewConnection, benchSocksThroughput } from './socks';
 import { benchTrustLoad } from './trust-load';
 import { benchMultiNode } from './multi-node';
 
@@ -114,6 +114,7 @@ async function main(): Promise<void> {
   await guarded('connections', benchConnections);
   await guarded('socks-throughput', benchSocksThroughput);
   await guarded('socks-new-connection', benchSocksNewConnection);
+  await guarded('socks-concurrent', benchSocksConcurrent);
   await guarded('file-transfer', async () => emit((await benchFileTransfer()) as Figure));
   await guarded('ptcp', benchPtcpIfPresent);
   await guarded('trust-load', benchTrustLoad);

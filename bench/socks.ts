@@ -15,6 +15,7 @@
  * port 9 to "sink" and 7 to "hello" (one byte at once, then echo).
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Socket } from 'node:net';
@@ -24,7 +25,7 @@ import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import {
   connectTcp, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
-  rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeCpuMs, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
+  ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -297,4 +298,188 @@ export async function benchAgentMemory(): Promise<void> {
   }
 }
 
-if (require.main === module) runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory, 'new-connection': benchSocksNewConnection }, process.argv[2]);
+// ---- many concurrent connections through one agent ----
+
+/** Connections held open at once through alice's agent (issue 12: 10,000). */
+const CONCURRENT = Number(process.env.VERTEX_BENCH_CONCURRENT ?? 10_000);
+/** SOCKS handshakes in flight while they open (the agent queues its own dials beyond MAX_CONCURRENT_DIALS). */
+const CONCURRENT_OPEN_PARALLEL = 256;
+/** Bytes each connection sends and must get back; distinct per connection. */
+const CONCURRENT_PAYLOAD = 1024;
+/** Descriptors a process needs beyond one per connection (listeners, the session, stdio, libuv). */
+const FD_HEADROOM = 1024;
+
+/** A SOCKS5 CONNECT (no auth, hostname) on `socket`, written step by step as a browser does; resolves with the bytes after the reply. */
+function socks5Handshake(socket: Socket, host: string, port: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let buffered = Buffer.alloc(0);
+    let step: 'method' | 'reply' = 'method';
+    const fail = (err: Error) => { socket.off('data', onData); reject(err); };
+    const onData = (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      if (step === 'method') {
+        if (buffered.length < 2) return;
+        if (buffered[0] !== 5 || buffered[1] !== 0) return fail(new Error(`socks: method answer ${buffered.subarray(0, 2).toString('hex')}`));
+        buffered = buffered.subarray(2);
+        step = 'reply';
+        const name = Buffer.from(host);
+        socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([port >> 8, port & 0xff])]));
+      }
+      if (buffered.length < 5) return;
+      if (buffered[1] !== 0) return fail(new Error(`socks: reply code ${buffered[1]}`));
+      const atyp = buffered[3];
+      const length = atyp === 1 ? 10 : atyp === 4 ? 22 : 7 + (buffered[4] ?? 0);
+      if (buffered.length < length) return;
+      socket.off('data', onData);
+      socket.off('error', fail);
+      resolve(buffered.subarray(length));
+    };
+    socket.on('data', onData);
+    socket.once('error', fail);
+    socket.write(Buffer.from([5, 1, 0]));
+  });
+}
+
+/** Descriptors open in `pid` (its /proc entry). */
+function fdCount(pid: number): number {
+  try {
+    return fs.readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return -1;
+  }
+}
+
+/**
+ * Raises this process's open-file limit (soft and hard) to `wanted` when it
+ * is lower: children spawned after it (servers, agents, the loopback peer)
+ * inherit it. Raising the hard limit needs root (CAP_SYS_RESOURCE); without
+ * it, `ulimit -Hn` must be raised before the run. Returns the soft limit in force.
+ */
+function raiseOpenFileLimit(wanted: number): number {
+  const read = (): { soft: number; hard: number } => {
+    const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    const n = (v: string | undefined) => (v === 'unlimited' ? Infinity : Number(v));
+    return { soft: n(m?.[1]), hard: n(m?.[2]) };
+  };
+  let limit = read();
+  if (limit.soft < wanted) {
+    spawnSync('prlimit', ['--pid', String(process.pid), `--nofile=${wanted}:${Math.max(wanted, limit.hard)}`], { stdio: 'ignore' });
+    limit = read();
+  }
+  return limit.soft;
+}
+
+interface HeldConnection {
+  socket: Socket;
+  /** What came back after the SOCKS reply: the hello service's '!' first, then the echo. */
+  received: Buffer[];
+  ended: Promise<void>;
+}
+
+/** Opens one SOCKS connection to bob's hello service and waits for its first byte: the tunnel is up end to end. */
+async function holdConnection(proxyPort: number): Promise<HeldConnection> {
+  const socket = await connectTcp(proxyPort);
+  socket.on('error', () => undefined);
+  const rest = await socks5Handshake(socket, 'bob.b.test.q2q', HELLO_PORT);
+  const received: Buffer[] = rest.length > 0 ? [rest] : [];
+  let ended!: () => void;
+  let failed!: (err: Error) => void;
+  const endedPromise = new Promise<void>((resolve, reject) => { ended = resolve; failed = reject; });
+  endedPromise.catch(() => undefined);
+  socket.on('data', (d: Buffer) => received.push(d));
+  socket.once('end', () => ended());
+  socket.once('close', () => failed(new Error('closed without an end')));
+  if (rest.length === 0) await new Promise<void>((resolve, reject) => {
+    socket.once('data', () => resolve());
+    socket.once('close', () => reject(new Error('bench: a tunnel closed before its first byte')));
+  });
+  return { socket, received, ended: endedPromise };
+}
+
+/** The distinct bytes connection `i` sends (and must get back). */
+function payloadFor(i: number): Buffer {
+  const out = Buffer.alloc(CONCURRENT_PAYLOAD);
+  let block = createHash('sha256').update(`connection ${i}`).digest();
+  for (let at = 0; at < out.length; at += block.length) {
+    block.copy(out, at);
+    block = createHash('sha256').update(block).digest();
+  }
+  return out;
+}
+
+/**
+ * {"bench":"socks-concurrent",…}: CONCURRENT SOCKS connections through
+ * alice's agent to bob's hello service (bob's agent, then a TCP connection
+ * each to the loopback peer), all open at once; then every one sends its own
+ * CONCURRENT_PAYLOAD bytes, half-closes and must get exactly those bytes back.
+ * Reports the time to open them all and to move the bytes, the agents' RSS
+ * and descriptors while all are open, and alice's peer sessions to bob (1: the
+ * connections are streams on one session).
+ */
+export async function benchSocksConcurrent(): Promise<void> {
+  const wanted = CONCURRENT + FD_HEADROOM;
+  const soft = raiseOpenFileLimit(wanted);
+  const count = soft >= wanted ? CONCURRENT : Math.max(0, soft - FD_HEADROOM);
+  if (count < CONCURRENT) note(`socks concurrent: the open-file limit is ${soft}; only ${count} connections (ulimit -n ${wanted} or more, as root or before the run)`);
+  const world = await startSocksWorld();
+  const held: HeldConnection[] = [];
+  try {
+    const aliceBefore = { rssKB: rssKb(world.alice.proc.pid), fds: fdCount(world.alice.proc.pid) };
+    const bobBefore = { rssKB: rssKb(world.bob.proc.pid), fds: fdCount(world.bob.proc.pid) };
+    note(`socks concurrent: opening ${count} SOCKS connections through alice's agent (${CONCURRENT_OPEN_PARALLEL} handshakes in flight)`);
+    const t0 = performance.now();
+    let opened = 0;
+    await mapLimit(Array.from({ length: count }), CONCURRENT_OPEN_PARALLEL, async () => {
+      held.push(await holdConnection(world.alice.socksPort));
+      opened += 1;
+      if (opened % 2000 === 0) note(`socks concurrent: ${opened} open`);
+    });
+    const openMs = performance.now() - t0;
+    const alice = { rssKB: rssKb(world.alice.proc.pid), fds: fdCount(world.alice.proc.pid) };
+    const bob = { rssKB: rssKb(world.bob.proc.pid), fds: fdCount(world.bob.proc.pid) };
+    const peerFds = fdCount(world.peer.proc.pid);
+    const status = await agentStatus(world.alice.home);
+    const sessionsToBob = status.sessions.filter((s) => s.peer === 'bob@b.test' && s.state === 'open');
+
+    note(`socks concurrent: all ${held.length} open in ${Math.round(openMs)} ms; each sends ${CONCURRENT_PAYLOAD} distinct bytes`);
+    const t1 = performance.now();
+    const payloads = held.map((_, i) => payloadFor(i));
+    held.forEach((c, i) => c.socket.end(payloads[i] as Buffer));
+    const outcomes = await Promise.allSettled(held.map((c) => c.ended));
+    const exchangeMs = performance.now() - t1;
+    let exact = 0;
+    let wrong = 0;
+    held.forEach((c, i) => {
+      if (outcomes[i]?.status !== 'fulfilled') return;
+      const back = Buffer.concat(c.received);
+      if (back.length === CONCURRENT_PAYLOAD + 1 && back[0] === 0x21 && back.subarray(1).equals(payloads[i] as Buffer)) exact += 1;
+      else wrong += 1;
+    });
+    emit({
+      bench: 'socks-concurrent', connections: count, byteExact: exact, wrong, failed: count - exact - wrong, bytesEach: CONCURRENT_PAYLOAD,
+      openMs: Math.round(openMs), opensPerSecond: round(count / (openMs / 1000), 0), exchangeMs: Math.round(exchangeMs),
+      aliceRssBeforeKB: aliceBefore.rssKB, aliceRssKB: alice.rssKB, aliceKBPerConnection: round((alice.rssKB - aliceBefore.rssKB) / count, 1),
+      aliceFdsBefore: aliceBefore.fds, aliceFds: alice.fds, bobRssBeforeKB: bobBefore.rssKB, bobRssKB: bob.rssKB, bobFdsBefore: bobBefore.fds, bobFds: bob.fds,
+      serviceFds: peerFds, tunnelsInStatus: status.tunnels, sessionsToBob: sessionsToBob.length, streamsOnSession: sessionsToBob[0]?.streams ?? 0,
+      openFileLimit: soft, target: CONCURRENT, ...(count < CONCURRENT ? { limitedBy: `the open-file limit ${soft}` } : {}),
+    });
+  } finally {
+    for (const c of held) c.socket.destroy();
+    // Let the agents see the closes before SIGTERM, so shutdown does not wait on ten thousand drains.
+    await sleep(1000);
+    await world.stop();
+  }
+}
+
+/** `vertex status --json` of the agent in `home`: its tunnel count and its peer sessions. */
+async function agentStatus(home: string): Promise<{ tunnels: number; sessions: Array<{ peer: string; state: string; streams: number }> }> {
+  // Not startVertex: its captured output stops at 1 MB, and 10,000 tunnels make about 3 MB.
+  const r = spawnSync(process.execPath, [VERTEX, '--home', home, 'status', '--json'], { cwd: ROOT, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`bench: vertex status exited with ${r.status ?? r.signal}: ${(r.stderr || r.stdout || '').slice(-500)}`);
+  const status = JSON.parse(r.stdout) as { tunnels: unknown[]; sessions?: Array<{ peer: string; state: string; streams: number }> };
+  return { tunnels: status.tunnels.length, sessions: status.sessions ?? [] };
+}
+
+if (require.main === module) {
+  runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory, 'new-connection': benchSocksNewConnection, concurrent: benchSocksConcurrent }, process.argv[2]);
+}

@@ -143,6 +143,29 @@ describe('control API', () => {
     }
   });
 
+  it('the client reads a reply line of several MB (status with 10,000 tunnels) and keeps the bytes after it', async () => {
+    const big = path.join(dir, 'big.sock');
+    const tunnels = Array.from({ length: 10_000 }, (_, i) => ({ id: i, kind: 'socks', target: 'bob@b.test:http', note: 'x'.repeat(250) }));
+    const line = Buffer.from(`${JSON.stringify({ ok: true, result: { tunnels } })}\n`);
+    expect(line.length).toBeGreaterThan(2 * 1024 * 1024);
+    // Written in small pieces, the newline in the middle of the last one, tunnel bytes after it.
+    const server = net.createServer((s) => s.once('data', () => {
+      for (let at = 0; at < line.length - 10; at += 4096) s.write(line.subarray(at, Math.min(at + 4096, line.length - 10)));
+      s.write(Buffer.concat([line.subarray(line.length - 10), Buffer.from('after')]));
+    }));
+    await new Promise<void>((resolve) => server.listen(big, () => resolve()));
+    const s = (await openControl(big))!;
+    try {
+      const result = await sendRequest(s, 'status', {}) as { tunnels: unknown[] };
+      expect(result.tunnels).toHaveLength(10_000);
+      s.resume();
+      expect((await new Promise<Buffer>((resolve) => s.once('data', resolve))).toString()).toBe('after');
+    } finally {
+      s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
   it('parseRequest defaults args to an empty object', () => {
     expect(parseRequest('{"op":"status"}')).toEqual({ op: 'status', args: {} });
   });
