@@ -103,6 +103,8 @@ export const STOP_DRAIN_MS = 500;
 export const MAX_CONCURRENT_DIALS = 16;
 /** An incoming transfer announced to `vertex receive` is closed unless claimed within this long. */
 export const INCOMING_CLAIM_MS = 30_000;
+/** SOCKS names remembered by #socksTarget; past this the memory starts over. */
+const SOCKS_TARGET_CACHE = 1024;
 /** A passthrough dial to an ordinary host gives up after this long. */
 export const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -158,6 +160,8 @@ export class AgentDaemon {
   #receiver: AgentReceiver | undefined;
   #dialsRunning = 0;
   readonly #dialQueue: Array<() => void> = [];
+  /** SOCKS host and port → Q2Q target or null (#socksTarget); `ports` needs a restart to change (reload-plan.ts). */
+  readonly #socksTargets = new Map<string, string | null>();
   readonly #exposes: ExposeTable;
   readonly #forwards: ForwardTable;
   /** Senders announced to an attached `vertex receive`, waiting for its receive-accept. */
@@ -551,8 +555,8 @@ export class AgentDaemon {
   }
 
   async #dialSocks(req: SocksConnectRequest, clientAddress: string, signal: AbortSignal): Promise<Duplex> {
-    const target = parseHostTarget(req.host, req.port, this.#config.ports);
-    if (target) return this.#dialQ2Q(formatServiceAddress(target), 'socks', clientAddress, {}, signal);
+    const target = this.#socksTarget(req.host, req.port);
+    if (target) return this.#dialQ2Q(target, 'socks', clientAddress, {}, signal);
     const where = req.host.includes(':') ? `[${req.host}]:${req.port}` : `${req.host}:${req.port}`;
     if (!this.#config.socks.passthrough) {
       throw vertexError('NotAllowed', `socks ${where}: not a q2q name (use user.domain.q2q or user@domain); passthrough is off`);
@@ -560,6 +564,22 @@ export class AgentDaemon {
     const socket = await connectDirect(req.host, req.port);
     this.tunnels.add({ kind: 'socks', target: where, peer: where, route: 'direct', local: clientAddress, connectMs: 0 }, socket);
     return socket;
+  }
+
+  /**
+   * The Q2Q target a SOCKS host and port stand for (`bob@b.test:http`), or null for an
+   * ordinary host. A browser asks for the same few names over and over, so the answers are
+   * remembered (a malformed name throws every time and is never remembered).
+   */
+  #socksTarget(host: string, port: number): string | null {
+    const key = `${port} ${host}`;
+    const known = this.#socksTargets.get(key);
+    if (known !== undefined) return known;
+    const parsed = parseHostTarget(host, port, this.#config.ports);
+    const target = parsed ? formatServiceAddress(parsed) : null;
+    if (this.#socksTargets.size >= SOCKS_TARGET_CACHE) this.#socksTargets.clear();
+    this.#socksTargets.set(key, target);
+    return target;
   }
 
   // ---- control API ----

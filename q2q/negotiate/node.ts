@@ -70,6 +70,8 @@ export function peerSessionsByDefault(): boolean {
   return process.env.VERTEX_PEER_SESSIONS !== '0';
 }
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
+/** Connect targets remembered parsed; past this the memory starts over. */
+const TARGET_CACHE = 1024;
 /**
  * PTCP starts this long after direct TCP when both are possible: on a LAN or a
  * public address TCP wins in a few milliseconds and no UDP path is built at all.
@@ -196,6 +198,8 @@ export class Q2QNode extends EventEmitter {
   /** The session core (issue 12), or null on the per-connection path. */
   #core: { listener: PeerListener; sessions: SessionManager } | null = null;
   readonly #pending = new Map<string, PendingInbound>();
+  /** Parsed connect targets (#parseTarget). */
+  readonly #targets = new Map<string, { to: string; wanted: string | undefined; service: string }>();
   readonly #domain: string;
   readonly #device: string;
   #home: HomeSession | null = null;
@@ -750,10 +754,9 @@ export class Q2QNode extends EventEmitter {
    */
   async connect(target: string, opts: ConnectOptions = {}): Promise<Q2QStream> {
     const started = performance.now();
-    const { address, device: wanted, service } = parseServiceAddress(target);
-    const to = formatAddress(address);
     const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     if (this.#core) {
+      const { to, wanted, service } = this.#parseTarget(target);
       // A live session to the device that serves it carries the stream at once; else the
       // ladder sets one up (session-manager.ts).
       const stream = await this.#core.sessions.connect({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs });
@@ -763,6 +766,8 @@ export class Q2QNode extends EventEmitter {
       this.#log.debug({ to, device: stream.device, service, route: stream.route, connectMs: stream.connectMs, session: stream.sessionId }, 'connected');
       return stream;
     }
+    const { address, device: wanted, service } = parseServiceAddress(target);
+    const to = formatAddress(address);
     const deadline = Date.now() + timeoutMs;
     const answer = await this.#inbound(to, wanted, service, timeoutMs);
     const device = answer.device ? parseDevice(answer.device) : '';
@@ -792,6 +797,20 @@ export class Q2QNode extends EventEmitter {
       this.#watch.track(stream, stream.peerCertificate);
     }
     return Object.assign(stream, { connectMs }) as Q2QStream;
+  }
+
+  /**
+   * `user[+device]@domain:service` read once per distinct target: a stream on a session
+   * costs little more than this parse, and the same few targets come again and again.
+   */
+  #parseTarget(target: string): { to: string; wanted: string | undefined; service: string } {
+    const known = this.#targets.get(target);
+    if (known) return known;
+    const { address, device, service } = parseServiceAddress(target);
+    const parsed = { to: formatAddress(address), wanted: device, service };
+    if (this.#targets.size >= TARGET_CACHE) this.#targets.clear();
+    this.#targets.set(target, parsed);
+    return parsed;
   }
 
   async #inbound(to: string, device: string | undefined, service: string, timeoutMs: number): Promise<AmpArgs> {
