@@ -351,7 +351,7 @@ export class NodeMesh implements NodePresence {
     }
   }
 
-  /** Passes relay-ready on to `node`, whose listener session answered the inbound (the listener's agent still opens its leg after its relay delay if this is lost). */
+  /** Passes relay-ready on to `node`, whose listener session answered the inbound (if this is lost, the listener's agent opens its leg anyway after RELAY_READY_SAFETY_MS, negotiate/listener.ts). */
   relayReady(node: string, args: { token: string; to: string; device: string }): void {
     void this.#notice(node, args.to, NODE_COMMANDS.relayReady, args);
   }

@@ -38,6 +38,13 @@ import { localHost, punchTargets, type LocalHost, type ProbeTarget } from './pro
 import type { ServiceTable } from './services';
 import type { Identity } from './types';
 
+/**
+ * How long after answering an inbound the listener waits for relay-ready
+ * before opening its relay leg anyway. Well past a caller's relay delay (1 s by
+ * default) plus a round trip, well inside the caller's 15 s connect deadline.
+ */
+export const RELAY_READY_SAFETY_MS = 5_000;
+
 export interface ListenerOptions {
   identity: () => Identity;
   routes: readonly RouteName[];
@@ -54,11 +61,12 @@ export interface ListenerOptions {
   /** A claimed channel: the session manager takes it from here. */
   onChannel(channel: PeerChannel): void;
   /**
-   * Transitional, while servers do not send relay-ready yet: the listener also
-   * opens its relay leg this long after answering (at once when no direct
-   * route can work). Unset: only relay-ready opens it.
+   * A safety net for a lost relay-ready (it is pushed without an answer, and
+   * across nodes it travels as a notice between nodes): when none has come this
+   * long after answering and no channel has claimed the token, the listener
+   * opens its relay leg anyway. Unset: only relay-ready opens it.
    */
-  relayFallbackMs?: number;
+  relayReadySafetyMs?: number;
   /** Per-caller and per-listener inbound limits; default: InboundLimits' defaults on `clock`. */
   limits?: InboundLimits;
   /** This host's addresses, which are never probed; default: the interfaces, re-read every 5 s. */
@@ -83,7 +91,7 @@ interface PendingInbound {
   admission: InboundAdmission;
   relayOpening: boolean;
   relayLeg: Duplex | null;
-  /** The transitional relay timer (ListenerOptions.relayFallbackMs). */
+  /** The safety net for a lost relay-ready (ListenerOptions.relayReadySafetyMs). */
   relayTimer: Timer | null;
 }
 
@@ -153,9 +161,14 @@ export class PeerListener {
       // probes only, so nothing of ours reaches the caller's NAT first (punch.ts).
       await this.#opts.punch(token, callerPtcp);
     }
-    const fallback = this.#opts.relayFallbackMs;
-    if (fallback !== undefined && pending.relay && this.#pending.get(token) === pending) {
-      pending.relayTimer = this.#clock.setTimer(() => void this.#openRelayLeg(token, pending), candidates.length > 0 && !hopeless ? fallback : 0);
+    // Our relay leg waits for relay-ready, even when no direct route can work: a leg
+    // opened on a guess is wasted whenever a direct route wins or the caller never comes.
+    const safety = this.#opts.relayReadySafetyMs;
+    if (safety !== undefined && pending.relay && this.#pending.get(token) === pending) {
+      pending.relayTimer = this.#clock.setTimer(() => {
+        this.#log.info({ from }, 'no relay-ready in time: opening the relay leg anyway');
+        void this.#openRelayLeg(token, pending);
+      }, safety);
     }
     const nat = this.#opts.natMapping();
     this.#log.info({ me, from, service, candidates: candidates.length, nat, callerNat: callerMapping, hopeless }, 'inbound accepted');

@@ -47,7 +47,7 @@ import { PtcpSocket } from '../transport/ptcp-socket';
 import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
 import { Ladder } from './ladder';
-import { PeerListener } from './listener';
+import { PeerListener, RELAY_READY_SAFETY_MS } from './listener';
 import { SessionManager } from './session-manager';
 import { ServiceTable } from './services';
 import { dialTcp } from '../transport/tcp-dialer';
@@ -129,8 +129,8 @@ interface PendingInbound {
   /** Both ends allow the relay: a `relay-ready` for this token opens our leg. */
   relay: boolean;
   /**
-   * Transitional, until every server sends relay-ready: the leg is also opened after
-   * relayDelayMs. relay-ready, when it comes first, cancels it.
+   * The safety net for a lost relay-ready: the leg is opened anyway after
+   * RELAY_READY_SAFETY_MS (listener.ts). relay-ready, when it comes first, cancels it.
    */
   relayTimer: NodeJS.Timeout | null;
   relayOpening: boolean;
@@ -304,7 +304,7 @@ export class Q2QNode extends EventEmitter {
         if (this.#core?.sessions === sessions) sessions.adopt(channel);
         else channel.socket.destroy();
       },
-      relayFallbackMs: this.#relayDelayMs,
+      relayReadySafetyMs: RELAY_READY_SAFETY_MS,
       limits: this.#limits,
       ownHost: () => this.#ownHost(),
       ...(this.#opts.punchTargetPolicy ? { punchTargetPolicy: this.#opts.punchTargetPolicy } : {}),
@@ -613,9 +613,8 @@ export class Q2QNode extends EventEmitter {
       await this.#ptcpSocket().then((socket) => punch(socket, token, callerPtcp, { role: 'listener' }));
     }
     if (pending.relay && this.#pending.get(token) === pending) {
-      // Transitional (see PendingInbound.relayTimer): relay-ready normally opens the leg.
-      const delay = candidates.length > 0 && !hopeless ? this.#relayDelayMs : 0;
-      pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), delay);
+      // relay-ready opens the leg; this only covers a lost one (see PendingInbound.relayTimer).
+      pending.relayTimer = setTimeout(() => void this.#listenerRelayLeg(token, pending), RELAY_READY_SAFETY_MS);
       pending.relayTimer.unref();
     }
     this.#log.info({ from, fromDevice, service, candidates: candidates.length, nat: this.natMapping, callerNat: callerMapping, hopeless }, 'inbound accepted');

@@ -5,8 +5,9 @@
  * all over in-memory Duplex pairs with back-pressure, half-close and abort
  * (transport-suite.ts's memoryPair). Faults: a host can be blocked per route
  * (dials hang until their attempt is cancelled), refused (dials fail at
- * once), or cut off (its live links go silent, both ways, without closing),
- * and the relay can be switched off.
+ * once), slowed (dials connect after a delay on the clock), or cut off (its
+ * live links go silent, both ways, without closing); the relay can be switched
+ * off, and the broker can lose relay-ready pushes.
  *
  * MemoryNode composes the real PeerListener, Ladder and SessionManager over
  * it, with an injected ManualClock, so tests of the ladder and of session
@@ -19,7 +20,7 @@ import { vertexError } from '../../q2q/errors';
 import { createCsr, createDomainCa, generateKeyPair, issueUserCertificate, verifyUserCertificate } from '../../q2q/identity';
 import { formatCandidate } from '../../q2q/negotiate/candidates';
 import { Ladder, type LadderOptions } from '../../q2q/negotiate/ladder';
-import { PeerListener } from '../../q2q/negotiate/listener';
+import { PeerListener, RELAY_READY_SAFETY_MS, type ListenerOptions } from '../../q2q/negotiate/listener';
 import type { NatMapping } from '../../q2q/negotiate/nat-type';
 import { ServiceTable } from '../../q2q/negotiate/services';
 import { SessionManager, type SessionManagerOptions } from '../../q2q/negotiate/session-manager';
@@ -71,6 +72,7 @@ export class MemoryNetwork {
   readonly dials: Array<{ route: RouteName; from: string; to: string; at: number }> = [];
   readonly #listeners = new Map<string, (raw: Duplex) => void>();
   readonly #faults = new Map<string, HostFault>();
+  readonly #delays = new Map<string, number>();
   readonly #legs = new Map<string, PendingLeg>();
   relayEnabled = true;
 
@@ -85,6 +87,14 @@ export class MemoryNetwork {
     for (const r of route ? [route] : (['tcp', 'ptcp'] as const)) {
       if (fault) this.#faults.set(`${r}:${host}`, fault);
       else this.#faults.delete(`${r}:${host}`);
+    }
+  }
+
+  /** Dials to `host` over `route` (or every direct route) connect only after `ms` on the clock; 0 removes it. */
+  slow(host: string, ms: number, route?: DirectRoute): void {
+    for (const r of route ? [route] : (['tcp', 'ptcp'] as const)) {
+      if (ms > 0) this.#delays.set(`${r}:${host}`, ms);
+      else this.#delays.delete(`${r}:${host}`);
     }
   }
 
@@ -111,6 +121,10 @@ export class MemoryNetwork {
     await Promise.resolve();
     const fault = this.#faults.get(`${route}:${target.host}`);
     if (fault === 'block') return hang(opts.signal, where);
+    const delay = this.#delays.get(`${route}:${target.host}`);
+    if (delay !== undefined) {
+      await Promise.race([new Promise<void>((resolve) => this.clock.setTimer(resolve, delay)), hang(opts.signal, where)]);
+    }
     const accept = this.#listeners.get(`${route}:${target.host}:${target.port}`);
     if (!accept || fault === 'refuse') throw vertexError('Unreachable', `${where}: ECONNREFUSED`);
     if (opts.signal.aborted) throw vertexError('ConnectionLost', `${where}: cancelled`);
@@ -177,6 +191,8 @@ export async function memoryIdentity(domain: Domain, user: string, lifetimeMs = 
 export class MemoryBroker {
   readonly #nodes = new Map<string, MemoryNode>();
   readonly inbounds: AmpArgs[] = [];
+  /** relay-ready pushes are lost on their way to the listener (a notice between nodes that never arrives). */
+  loseRelayReady = false;
 
   constructor(readonly network: MemoryNetwork) {}
 
@@ -195,6 +211,7 @@ export class MemoryBroker {
     });
     const token = answer.token ?? '';
     this.network.registerToken(token, caller.host, listener.host, () => {
+      if (this.loseRelayReady) return;
       try {
         listener.listener.onRelayReady({ token });
       } catch {
@@ -212,6 +229,7 @@ export interface MemoryNodeOptions {
   device?: string;
   session?: Partial<SessionManagerOptions>;
   ladder?: Partial<LadderOptions>;
+  listener?: Partial<ListenerOptions>;
 }
 
 export class MemoryNode {
@@ -249,7 +267,10 @@ export class MemoryNode {
       punch: async () => undefined,
       openRelayLeg: (token) => network.listenerLeg(host, token),
       onChannel: (channel) => this.sessions.adopt(channel),
+      // As Q2QNode sets it up.
+      relayReadySafetyMs: RELAY_READY_SAFETY_MS,
       clock,
+      ...opts.listener,
     });
     this.ladder = new Ladder({
       identity: () => this.identity,

@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
+import { RELAY_READY_SAFETY_MS } from '../../../../q2q/negotiate/listener';
 import { MemoryWorld, type MemoryNode } from '../../../helpers/memory-network';
 
 /** bob's "echo" service: echoes, and ends when the caller ends. */
@@ -109,5 +110,70 @@ describe('ladder', () => {
     bob.expose('private', { allow: ['carol@a.test'], onConnection: echo });
     await expect(world.drive(alice.connect('bob@b.test:private'))).rejects.toMatchObject({ code: 'Denied' });
     expect(world.network.dials).toHaveLength(0);
+  });
+});
+
+describe("the listener's relay leg waits for relay-ready", () => {
+  let world: MemoryWorld;
+  afterEach(() => world.stop());
+
+  /** alice calls bob; `listener` options for bob's PeerListener; alice's relay delay is 3 s (her agent.yaml). */
+  async function pair(listener: { relayReadySafetyMs?: number } = {}): Promise<{ alice: MemoryNode; bob: MemoryNode }> {
+    world = new MemoryWorld();
+    const alice = await world.node('alice@a.test', '192.0.2.1', { relayDelayMs: 3_000 });
+    const bob = await world.node('bob@b.test', '198.51.100.1', { listener });
+    bob.expose('echo', { allow: ['alice@a.test'], onConnection: echo });
+    return { alice, bob };
+  }
+  const listenerLegs = (bob: MemoryNode) => world.network.dials.filter((d) => d.route === 'relay' && d.from === bob.host);
+
+  it('a direct route that wins after a second opens no relay leg at the listener', async () => {
+    const { alice, bob } = await pair();
+    // tcp answers after 2 s: past the listener's old fallback timer (its relay delay, 1 s), before alice's relay delay.
+    world.network.slow(bob.host, 2_000, 'tcp');
+    world.network.fault(bob.host, 'block', 'ptcp');
+    const started = world.clock.now();
+    const stream = await world.drive(alice.connect('bob@b.test:echo'));
+    expect(stream.route).toBe('tcp');
+    expect(world.clock.now() - started).toBeGreaterThanOrEqual(2_000);
+    await world.advance(RELAY_READY_SAFETY_MS + 1_000);
+    expect(listenerLegs(bob)).toHaveLength(0);
+    expect(world.network.dials.filter((d) => d.route === 'relay')).toHaveLength(0);
+    await roundTrip(world, stream);
+  });
+
+  it('(the check can fail) a listener that opens its leg on a 1 s timer, as before, wastes one there', async () => {
+    const { alice, bob } = await pair({ relayReadySafetyMs: 1_000 });
+    world.network.slow(bob.host, 2_000, 'tcp');
+    world.network.fault(bob.host, 'block', 'ptcp');
+    const stream = await world.drive(alice.connect('bob@b.test:echo'));
+    expect(stream.route).toBe('tcp');
+    expect(listenerLegs(bob)).toHaveLength(1);
+  });
+
+  it('with no direct route at all (both behind hard NATs), the listener still waits for the caller\'s leg', async () => {
+    const { alice, bob } = await pair();
+    alice.nat = 'hard';
+    bob.nat = 'hard';
+    world.network.fault(bob.host, 'block', 'tcp');
+    const stream = await world.drive(alice.connect('bob@b.test:echo'));
+    expect(stream.route).toBe('relay');
+    const callerLeg = world.network.dials.find((d) => d.route === 'relay' && d.from === alice.host);
+    const [listenerLeg] = listenerLegs(bob);
+    expect(listenerLegs(bob)).toHaveLength(1);
+    expect(listenerLeg!.at).toBeGreaterThanOrEqual(callerLeg!.at);
+    await roundTrip(world, stream);
+  });
+
+  it('a lost relay-ready: the safety net opens the leg after RELAY_READY_SAFETY_MS and the relay still connects', async () => {
+    const { alice, bob } = await pair();
+    world.broker.loseRelayReady = true;
+    world.network.fault(bob.host, 'block');
+    const started = world.clock.now();
+    const stream = await world.drive(alice.connect('bob@b.test:echo'));
+    expect(stream.route).toBe('relay');
+    const [listenerLeg] = listenerLegs(bob);
+    expect(listenerLeg!.at - started).toBeGreaterThanOrEqual(RELAY_READY_SAFETY_MS);
+    await roundTrip(world, stream);
   });
 });
