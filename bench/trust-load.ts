@@ -4,28 +4,43 @@
  * unauthenticated sessions and floods password guesses, as a ratio against
  * the same server quiet, in the same run. Target: within 2x.
  *
- * - register: TLS + hello + register (scrypt N=2^17 included) from 127.0.0.2 / .3;
+ * - register: TLS + hello + register (scrypt N=2^17 included), each from an
+ *   address the server has never seen (127.0.3.x quiet, 127.0.4.x loaded):
+ *   a new user's first contact;
  * - connect: a control connection with the user's certificate, TLS + hello,
- *   what an agent does when it (re)connects to its server.
- * The attacker's sessions come from 160 loopback addresses (127.0.1.x), about
- * 32 each, and are reopened as the server closes them; the guesses come from
- * 127.0.2.x at one account. The server runs with its default limits.
+ *   what an agent does when it (re)connects to its server, from 127.0.0.1,
+ *   where the user's agent has connected before;
+ * - connectNew (reported, not a target): the same from an address never seen
+ *   (127.0.5.x quiet, 127.0.6.x loaded), an agent that moved.
+ * The attacker runs in a child process (its TLS work is its own, as on its
+ * own machine, but it shares the same 2 cores here): its sessions come from
+ * 160 loopback addresses (127.0.1.x), about 32 each, each reopened 5 s after
+ * the server closes or refuses it; its guesses come from 127.0.2.x at one
+ * account. The server runs with its default limits.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as tls from 'node:tls';
 import { PROTOCOL_VERSION } from '../q2q/control/protocol';
 import { createCsr, generateKeyPair } from '../q2q/identity';
 import { attachAmp } from '../q2q/transport/amp-connection';
-import { emit, note, percentile, round, runStandalone, sleep, startServer } from './harness';
+import { emit, forkBench, note, percentile, round, runStandalone, sleep, startServer } from './harness';
 
 const DOMAIN = 'load.test';
 const PASSWORD = 'bench password 0123';
 const IDLE_SESSIONS = Number(process.env.VERTEX_BENCH_IDLE_SESSIONS ?? 5000);
-const SAMPLES = 6;
+/** Password guessers, each from its own address (127.0.2.x). */
+const GUESSERS = Number(process.env.VERTEX_BENCH_GUESSERS ?? 8);
+/** Rounds of: one register, CONNECTS_PER_ROUND connects, one connect from a new address. */
+const ROUNDS = 6;
+const CONNECTS_PER_ROUND = 3;
 /** An attacker's session closed or refused is opened again after this long. */
 const RECONNECT_MS = 5_000;
+/** The attack runs this long before the loaded measurement starts. */
+const ATTACK_WARMUP_MS = 8_000;
 
-function tlsTo(port: number, localAddress: string, creds?: { key: string; cert: string }): Promise<tls.TLSSocket> {
+function tlsTo(port: number, localAddress: string, creds?: { key: string; cert: string } | { secureContext: tls.SecureContext }): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const tcp = net.connect({ host: '127.0.0.1', port, localAddress });
     tcp.on('error', () => undefined);
@@ -50,74 +65,169 @@ async function timedRegister(port: number, from: string, user: string): Promise<
   const csr = await createCsr(address, key);
   const t0 = performance.now();
   const socket = await tlsTo(port, from);
-  const peer = await hello(socket);
-  const answer = await peer.call('register', { address, password: PASSWORD, csr });
-  const ms = performance.now() - t0;
-  socket.destroy();
-  return { ms, creds: { key, cert: answer.certificate ?? '' } };
+  try {
+    const peer = await hello(socket);
+    const answer = await peer.call('register', { address, password: PASSWORD, csr });
+    return { ms: performance.now() - t0, creds: { key, cert: answer.certificate ?? '' } };
+  } finally {
+    socket.destroy();
+  }
 }
 
-async function timedConnect(port: number, creds: Creds): Promise<number> {
+async function timedConnect(port: number, from: string, creds: Creds): Promise<number> {
   const t0 = performance.now();
-  const socket = await tlsTo(port, '127.0.0.1', creds);
-  const peer = await hello(socket);
-  const ms = performance.now() - t0;
-  peer.callNoAnswer('ping');
-  socket.destroy();
-  return ms;
+  const socket = await tlsTo(port, from, creds);
+  try {
+    const peer = await hello(socket);
+    const ms = performance.now() - t0;
+    peer.callNoAnswer('ping');
+    return ms;
+  } finally {
+    socket.destroy();
+  }
 }
 
-async function measure(port: number, from: string, tag: string): Promise<{ register: number; connect: number }> {
+interface Measured { register: number; connect: number; connectNew: number; failures: string[] }
+
+/** A failed attempt is recorded (it is part of the figure) and tried once more, from the next address. */
+async function measure(port: number, prefix: { register: string; connectNew: string }, tag: string): Promise<Measured> {
   const reg: number[] = [];
   const con: number[] = [];
-  for (let i = 0; i < SAMPLES; i++) {
-    const { ms, creds } = await timedRegister(port, from, `${tag}${i}`);
-    reg.push(ms);
-    con.push(await timedConnect(port, creds));
+  const conNew: number[] = [];
+  const failures: string[] = [];
+  let fresh = 1;
+  const attempt = async <T>(what: string, fn: () => Promise<T>): Promise<T | null> => {
+    for (let tries = 0; tries < 2; tries++) {
+      try {
+        return await fn();
+      } catch (err) {
+        failures.push(`${what}: ${(err as Error).message}`);
+      }
+    }
+    return null;
+  };
+  for (let i = 0; i < ROUNDS; i++) {
+    const registered = await attempt('register', () => timedRegister(port, `${prefix.register}.${fresh++}`, `${tag}${i}`));
+    if (!registered) continue;
+    reg.push(registered.ms);
+    for (let c = 0; c < CONNECTS_PER_ROUND; c++) {
+      const ms = await attempt('connect', () => timedConnect(port, '127.0.0.1', registered.creds));
+      if (ms !== null) con.push(ms);
+    }
+    const ms = await attempt('connectNew', () => timedConnect(port, `${prefix.connectNew}.${fresh++}`, registered.creds));
+    if (ms !== null) conNew.push(ms);
   }
-  return { register: percentile(reg, 50), connect: percentile(con, 50) };
+  note(`trust-load ${tag} samples (ms): register ${reg.map(Math.round).join(' ')}; connect ${con.map(Math.round).join(' ')}; connectNew ${conNew.map(Math.round).join(' ')}`);
+  return { register: percentile(reg, 50), connect: percentile(con, 50), connectNew: percentile(conNew, 50), failures };
 }
 
-export async function benchTrustLoad(): Promise<void> {
-  const server = await startServer([DOMAIN], { defaultLimits: true });
-  const quiet = await measure(server.port, '127.0.0.2', 'quiet');
-  note(`trust-load quiet: register ${Math.round(quiet.register)} ms, connect ${Math.round(quiet.connect)} ms`);
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    // After the command name: utime and stime are the 12th and 13th fields, in clock ticks (100 Hz on Linux).
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
 
+interface AttackStats { open: number; opened: number; failed: number; guesses: number }
+
+export async function benchTrustLoad(): Promise<void> {
+  const loadAtStart = os.loadavg()[0] ?? 0;
+  const server = await startServer([DOMAIN], { defaultLimits: true });
+  // The user's agent has connected from 127.0.0.1 before (the quiet phase does it too).
+  const quiet = await measure(server.port, { register: '127.0.3', connectNew: '127.0.5' }, 'quiet');
+  note(`trust-load quiet: register ${Math.round(quiet.register)} ms, connect ${Math.round(quiet.connect)} ms, connectNew ${Math.round(quiet.connectNew)} ms`);
+
+  await timedRegister(server.port, '127.0.0.4', 'victim');
+  const attacker = forkBench(__filename, ['attacker']);
+  let stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0 };
+  attacker.child.on('message', (m) => { stats = m as AttackStats; });
+  attacker.child.send({ port: server.port });
+  // Past the first burst (every holder has tried once), then a little longer:
+  // the figure is for a flood that is running, not for its first seconds.
+  const attackStarted = performance.now();
+  for (let tick = 1; stats.opened + stats.failed < IDLE_SESSIONS && performance.now() - attackStarted < 30_000; tick++) {
+    await sleep(250);
+    if (tick % 8 === 0) note(`trust-load: attack at ${tick / 4} s: ${JSON.stringify(stats)}`);
+  }
+  const firstBurstMs = performance.now() - attackStarted;
+  note(`trust-load: every holder tried once after ${Math.round(firstBurstMs)} ms`);
+  await sleep(ATTACK_WARMUP_MS);
+  const atStart = { ...stats };
+  note(`trust-load: attacker holds ${atStart.open} sessions (${atStart.opened} opened, ${atStart.failed} refused or failed), ${atStart.guesses} guesses so far`);
+  const cpu0 = { server: cpuSeconds(server.proc.pid), attacker: cpuSeconds(attacker.pid), t: performance.now() };
+  const loaded = await measure(server.port, { register: '127.0.4', connectNew: '127.0.6' }, 'loaded');
+  const seconds = (performance.now() - cpu0.t) / 1000;
+  const cpuShare = {
+    server: round((cpuSeconds(server.proc.pid) - cpu0.server) / seconds, 2),
+    attacker: round((cpuSeconds(attacker.pid) - cpu0.attacker) / seconds, 2),
+  };
+  const atEnd = { ...stats };
+  attacker.child.send({ stop: true });
+  await Promise.race([attacker.exited, sleep(5_000)]);
+  await attacker.stop();
+  emit({
+    bench: 'trust-load',
+    rounds: ROUNDS,
+    attackerSessions: IDLE_SESSIONS,
+    guessers: GUESSERS,
+    loadAverageAtStart: round(loadAtStart, 2),
+    attacker: { firstBurstMs: Math.round(firstBurstMs), heldAtStart: atStart.open, heldAtEnd: atEnd.open, opened: atEnd.opened, refusedOrFailed: atEnd.failed, guesses: atEnd.guesses },
+    cpuShareWhileLoaded: cpuShare,
+    quietMs: { register: round(quiet.register, 1), connect: round(quiet.connect, 1), connectNew: round(quiet.connectNew, 1) },
+    loadedMs: { register: round(loaded.register, 1), connect: round(loaded.connect, 1), connectNew: round(loaded.connectNew, 1) },
+    ratio: {
+      register: round(loaded.register / quiet.register, 2), connect: round(loaded.connect / quiet.connect, 2),
+      connectNew: round(loaded.connectNew / quiet.connectNew, 2),
+    },
+    failures: { quiet: quiet.failures, loaded: loaded.failures },
+    target: 'register and connect p50 within 2x',
+  });
+  await server.proc.stop();
+}
+
+/** The attacker, in a child process: idle hello sessions and a password-guessing flood until told to stop. */
+async function runAttacker(): Promise<void> {
+  const { port } = await new Promise<{ port: number }>((resolve) => process.once('message', (m) => resolve(m as { port: number })));
   let running = true;
-  let open = 0;
-  let opened = 0;
-  let guesses = 0;
+  const stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0 };
   const sockets = new Set<tls.TLSSocket>();
+  // One context for all: a new one per connection costs ~2 ms, and 5,000 of
+  // them made this attacker take 12 s to start.
+  const shared = { secureContext: tls.createSecureContext({ minVersion: 'TLSv1.3' }) };
   // One idle-session holder per slot: open, hello, wait for the server to close it, open again.
   const holder = async (slot: number): Promise<void> => {
     const from = `127.0.1.${1 + (slot % 160)}`;
     while (running) {
       try {
-        const socket = await tlsTo(server.port, from);
+        const socket = await tlsTo(port, from, shared);
         sockets.add(socket);
         await hello(socket).catch(() => undefined);
-        open++;
-        opened++;
+        stats.open++;
+        stats.opened++;
         await new Promise((resolve) => socket.once('close', resolve));
-        open--;
+        stats.open--;
         sockets.delete(socket);
-        await sleep(RECONNECT_MS);
       } catch {
-        // Refused (the per-address cap): try again in a while, as a patient attacker would.
-        await sleep(RECONNECT_MS);
+        // Refused (a limit): try again in a while, as a patient attacker would.
+        stats.failed++;
       }
+      await sleep(RECONNECT_MS);
     }
   };
   const guesser = async (n: number): Promise<void> => {
     const csr = await createCsr(`victim@${DOMAIN}`, (await generateKeyPair()).privateKeyPem);
     while (running) {
       try {
-        const socket = await tlsTo(server.port, `127.0.2.${1 + n}`);
+        const socket = await tlsTo(port, `127.0.2.${1 + n}`, shared);
         sockets.add(socket);
         const peer = await hello(socket);
         for (let i = 0; i < 20 && running; i++) {
-          await peer.call('sign', { address: `victim@${DOMAIN}`, password: `guess ${n} ${i} ${guesses}`, csr }).catch(() => undefined);
-          guesses++;
+          await peer.call('sign', { address: `victim@${DOMAIN}`, password: `guess ${n} ${i} ${stats.guesses}`, csr }).catch(() => undefined);
+          stats.guesses++;
         }
         socket.destroy();
         sockets.delete(socket);
@@ -126,28 +236,25 @@ export async function benchTrustLoad(): Promise<void> {
       }
     }
   };
-  await timedRegister(server.port, '127.0.0.4', 'victim');
-  const attack = [...Array.from({ length: IDLE_SESSIONS }, (_, i) => holder(i)), ...Array.from({ length: 8 }, (_, n) => guesser(n))];
-  await sleep(8_000);
-  const heldAtStart = open;
-  note(`trust-load: attacker holds ${open} sessions (${opened} opened), ${guesses} guesses so far`);
-  const loaded = await measure(server.port, '127.0.0.3', 'loaded');
-  const heldAtEnd = open;
-  running = false;
-  for (const s of sockets) s.destroy();
-  await Promise.race([Promise.all(attack), sleep(5_000)]);
-  emit({
-    bench: 'trust-load',
-    samples: SAMPLES,
-    attackerSessions: IDLE_SESSIONS,
-    heldByServer: { atStart: heldAtStart, atEnd: heldAtEnd, opened },
-    guesses,
-    quietMs: { register: round(quiet.register, 1), connect: round(quiet.connect, 1) },
-    loadedMs: { register: round(loaded.register, 1), connect: round(loaded.connect, 1) },
-    ratio: { register: round(loaded.register / quiet.register, 2), connect: round(loaded.connect / quiet.connect, 2) },
-    target: 'p50 within 2x',
+  const report = setInterval(() => process.send?.({ ...stats }), 250);
+  process.once('message', () => {
+    running = false;
+    clearInterval(report);
+    process.send?.({ ...stats }, () => {
+      for (const s of sockets) s.destroy();
+      process.exit(0);
+    });
   });
-  await server.proc.stop();
+  await Promise.all([...Array.from({ length: IDLE_SESSIONS }, (_, i) => holder(i)), ...Array.from({ length: GUESSERS }, (_, n) => guesser(n))]);
 }
 
-if (require.main === module) runStandalone({ 'trust-load': benchTrustLoad }, process.argv[2] ?? 'trust-load');
+if (require.main === module) {
+  if (process.argv[2] === 'attacker') {
+    runAttacker().catch((err: unknown) => {
+      process.stderr.write(`trust-load attacker: ${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exit(1);
+    });
+  } else {
+    runStandalone({ 'trust-load': benchTrustLoad }, process.argv[2] ?? 'trust-load');
+  }
+}

@@ -440,6 +440,10 @@ export const serverFileSchema = strict({
     unauthenticated_max: z.int().min(1).max(10_000_000).optional(),
     unauthenticated_idle_timeout: duration(100, '100ms').optional(),
     unauthenticated_lifetime: duration(1000, '1s').optional(),
+    unauthenticated_handshakes: z.int().min(1).max(10_000_000).optional(),
+    unauthenticated_newcomer_interval: duration(0, '0s').optional(),
+    known_addresses: z.int().min(0).max(10_000_000).optional(),
+    known_address_lifetime: duration(0, '0s').optional(),
     password_guesses_per_account_address: z.int().min(1).max(1_000_000).optional(),
     password_guesses_per_address: z.int().min(1).max(1_000_000).optional(),
     password_guesses_per_account: z.int().min(1).max(1_000_000).optional(),
@@ -506,6 +510,14 @@ export interface ServerConfig {
       readonly total: number;
       readonly idleMs: number;
       readonly lifetimeMs: number;
+      /** TLS handshakes in progress at once that bring pressure on. */
+      readonly handshakes: number;
+      /** Under pressure, one new connection per this long for an address not known good. */
+      readonly newcomerIntervalMs: number;
+      /** Known-good addresses remembered at most. */
+      readonly knownAddresses: number;
+      /** How long an address stays known good after it last authenticated. */
+      readonly knownForMs: number;
     };
     /** Password and registration budgets (server/rate-limiter.ts). */
     readonly login: {
@@ -628,6 +640,10 @@ export function toServerConfig(file: z.output<typeof serverFileSchema>, d: Serve
         total: file.limits?.unauthenticated_max ?? d.limits.unauthenticated_max,
         idleMs: parseDuration(file.limits?.unauthenticated_idle_timeout ?? d.limits.unauthenticated_idle_timeout),
         lifetimeMs: parseDuration(file.limits?.unauthenticated_lifetime ?? d.limits.unauthenticated_lifetime),
+        handshakes: file.limits?.unauthenticated_handshakes ?? d.limits.unauthenticated_handshakes,
+        newcomerIntervalMs: parseDuration(file.limits?.unauthenticated_newcomer_interval ?? d.limits.unauthenticated_newcomer_interval),
+        knownAddresses: file.limits?.known_addresses ?? d.limits.known_addresses,
+        knownForMs: parseDuration(file.limits?.known_address_lifetime ?? d.limits.known_address_lifetime),
       },
       login: {
         perAccountAddress: file.limits?.password_guesses_per_account_address ?? d.limits.password_guesses_per_account_address,

@@ -46,6 +46,8 @@ export interface ControlSessionOptions {
   authorize?: (context: SessionContext, command: string) => Promise<void>;
   /** Answers cert-status (IdentityServer: own domains from the store, others for our own agents). */
   certStatus?: (args: AmpArgs, context: SessionContext) => Promise<AmpArgs>;
+  /** A right password or a registration came from this session's address (server/admission.ts: known good). */
+  onProven?: () => void;
 }
 
 function requireArg(args: AmpArgs, name: string, command: string): string {
@@ -130,6 +132,7 @@ export class ControlSession {
         invite: args.invite,
         sourceAddress: context.remoteAddress,
       });
+      opts.onProven?.();
       return { certificate: result.certPem, ca: result.caPem };
     }));
 
@@ -140,6 +143,7 @@ export class ControlSession {
         csrPem: requireArg(args, 'csr', COMMANDS.sign),
         sourceAddress: context.remoteAddress,
       });
+      opts.onProven?.();
       return { certificate: result.certPem, ca: result.caPem };
     }));
 

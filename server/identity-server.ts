@@ -81,6 +81,14 @@ const REFUSAL_LINGER_MS = 2_000;
 const REFUSAL_MAX_BOX_BYTES = 16 * 1024;
 /** How often unauthenticated connections are checked for idling (their timeouts are whole seconds). */
 const SWEEP_INTERVAL_MS = 1_000;
+/**
+ * Connections the kernel queues for accept (capped by net.core.somaxconn).
+ * Node's default, 511, overflowed when thousands connected at once (a flood's
+ * first burst): the kernel then drops the handshake's last ACK, and everyone
+ * queued behind it, a legitimate agent too, waits for a retransmission (1 s,
+ * then 3 s...). Accepting is cheap; a refused connection is closed at once.
+ */
+const LISTEN_BACKLOG = 4096;
 /** With port 0, how many OS-chosen ports to try before giving up on a free TCP+UDP pair. */
 const PORT_PAIR_ATTEMPTS = 10;
 
@@ -97,7 +105,8 @@ export class IdentityServer {
   #broker: Broker | null = null;
   #relay: Relay | null = null;
   #federation: Federation | null = null;
-  #tcp: tls.Server | null = null;
+  /** The listening TCP server; admitted connections go on to a TLS server. */
+  #tcp: net.Server | null = null;
   #udp: dgram.Socket | null = null;
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Set<ControlSession>();
@@ -119,8 +128,8 @@ export class IdentityServer {
   constructor(opts: IdentityServerOptions) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLogger;
-    this.#admission = new Admission(opts.limits.unauthenticated ?? {});
     this.#faults = opts.faults ?? testFaults();
+    this.#admission = new Admission(opts.limits.unauthenticated ?? {}, Date.now, { priority: !this.#faults.has('no-admission-priority') });
     if (this.#faults.size > 0) this.#log.warn({ faults: [...this.#faults] }, 'TEST FAULTS ACTIVE: security checks are switched off');
   }
 
@@ -193,7 +202,7 @@ export class IdentityServer {
     const contexts = new Map<string, tls.SecureContext>();
     for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3' }));
     const first = cas.values().next().value as DomainCa;
-    const tcp = tls.createServer({
+    const tlsServer = tls.createServer({
       key: first.keyPem,
       cert: first.certPem,
       minVersion: 'TLSv1.3',
@@ -207,19 +216,29 @@ export class IdentityServer {
       ALPNProtocols: [ALPN_CONTROL, ALPN_RELAY],
       SNICallback: (servername, cb) => cb(null, contexts.get(servername.toLowerCase()) ?? contexts.get(first.domain)),
     });
-    tcp.maxConnections = this.#opts.limits.maxConnections;
-    tcp.on('connection', (socket: net.Socket) => {
+    // Connections are accepted by a plain TCP server and handed to the TLS
+    // server only once admitted: a refused one costs an accept and a close,
+    // no TLS socket, no handshake (server/admission.ts).
+    const front = net.createServer({ allowHalfOpen: true });
+    front.maxConnections = this.#opts.limits.maxConnections;
+    front.on('connection', (socket: net.Socket) => {
       // Control answers and relayed handshake records are small: no Nagle delay.
       socket.setNoDelay(true);
       // Every connection starts unauthenticated: bounded per address and in total before any TLS work.
       const remote = plainAddress(socket.remoteAddress);
       const key = `${remote}:${socket.remotePort}`;
+      const pressured = this.#admission.underPressure;
       const entry = this.#admission.admit(remote, (reason) => {
         this.#log.debug({ remote: key, reason }, 'unauthenticated connection closed');
         socket.destroy();
       }, () => this.#admitted.get(key)?.busy() ?? false);
+      if (!pressured && this.#admission.underPressure) {
+        this.#log.warn({ open: this.#admission.size, stats: this.#admission.stats },
+          'unauthenticated connections at their limit: until it eases, addresses not seen authenticating get one connection each per interval');
+      }
       if (!entry) {
-        this.#log.debug({ remote: key, open: this.#admission.countFor(remote) }, 'too many unauthenticated connections; connection refused');
+        this.#log.debug({ remote: key, open: this.#admission.countFor(remote) }, 'unauthenticated connection refused at accept');
+        socket.on('error', () => undefined);
         socket.destroy();
         return;
       }
@@ -230,35 +249,37 @@ export class IdentityServer {
         this.#admission.release(entry);
         this.#admitted.delete(key);
       });
+      tlsServer.emit('connection', socket);
     });
+    front.on('error', (err) => this.#log.error({ err }, 'tcp listener error'));
     this.#sweep = setInterval(() => this.#admission.sweep(), SWEEP_INTERVAL_MS);
     this.#sweep.unref();
-    tcp.on('tlsClientError', (err, socket) => {
-      // A connection closed at accept by the admission limits fails its handshake too: expected, not news.
+    tlsServer.on('tlsClientError', (err, socket) => {
+      // A connection closed by the admission limits (evicted, timed out) fails its handshake too: expected, not news.
       if (!this.#admitted.has(`${plainAddress(socket.remoteAddress)}:${socket.remotePort}`) && !socket.remoteAddress) return;
       this.#log.info({ remote: plainAddress(socket.remoteAddress), reason: err.message }, 'tls handshake failed; connection closed');
       socket.destroy();
     });
-    tcp.on('secureConnection', (socket) => void this.#onSecureConnection(socket));
-    tcp.on('error', (err) => this.#log.error({ err }, 'tcp listener error'));
-    this.#tcp = tcp;
+    tlsServer.on('secureConnection', (socket) => void this.#onSecureConnection(socket));
+    tlsServer.on('error', (err) => this.#log.error({ err }, 'tls server error'));
+    this.#tcp = front;
 
     const { host, port } = this.#opts.listen;
     // TCP and UDP share one port number. With port 0 the OS picks the TCP port,
     // and that number may already be taken for UDP: then try another pair.
     let bound: net.AddressInfo;
     for (let attempt = 1; ; attempt++) {
-      await listenOn(tcp, { port, host });
-      bound = tcp.address() as net.AddressInfo;
+      await listenOn(front, { port, host, backlog: LISTEN_BACKLOG });
+      bound = front.address() as net.AddressInfo;
       try {
         await this.#startUdp(host, bound.port);
         break;
       } catch (err) {
         if (port !== 0 || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PORT_PAIR_ATTEMPTS) {
-          await new Promise<void>((resolve) => tcp.close(() => resolve()));
+          await new Promise<void>((resolve) => front.close(() => resolve()));
           throw err;
         }
-        await new Promise<void>((resolve) => tcp.close(() => resolve()));
+        await new Promise<void>((resolve) => front.close(() => resolve()));
       }
     }
     this.#log.info({ host, port: bound.port, domains }, 'identity server listening (tcp and udp)');
@@ -497,6 +518,8 @@ export class IdentityServer {
     socket.on('error', (err) => log.debug({ reason: err.message }, 'control socket error'));
     // Hold incoming bytes while a foreign CA may be fetched.
     socket.pause();
+    const handshaken = this.#admitted.get(`${remoteAddress}:${socket.remotePort}`);
+    if (handshaken) this.#admission.secured(handshaken.entry);
     let authenticatedAs: string | null = null;
     let local = false;
     let serial: string | null = null;
@@ -514,6 +537,8 @@ export class IdentityServer {
     }
     if (socket.destroyed) return;
     const admitted = this.#admitted.get(`${remoteAddress}:${socket.remotePort}`);
+    // Only our own domains' certificates vouch for an address: anyone can run a foreign domain.
+    if (authenticatedAs && local) this.#admission.prove(remoteAddress);
     if (admitted && authenticatedAs) {
       // Authenticated: no longer bounded as unauthenticated (other limits apply).
       this.#admission.release(admitted.entry);
@@ -540,6 +565,7 @@ export class IdentityServer {
       log,
       maxBoxBytes: this.#opts.limits.maxBoxBytes,
       helloTimeoutMs: this.#opts.limits.handshakeTimeoutMs,
+      onProven: () => this.#admission.prove(remoteAddress),
     });
     if (admitted && !authenticatedAs) {
       admitted.busy = () => session.busy;

@@ -13,10 +13,13 @@
  *   re-authorized against the store when made; only the TLS-time check holds.
  * - `no-cert-status`: foreign certificates are not checked with their issuing
  *   server (cert-status), only against the pinned CA.
+ * - `no-admission-priority`: unauthenticated connections are admitted as
+ *   before the known-good set (server/admission.ts): no pressure mode, every
+ *   newcomer evicts for its place, whoever it is.
  */
-export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status';
+export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority';
 
-const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status'];
+const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority'];
 
 export function testFaults(env: NodeJS.ProcessEnv = process.env): ReadonlySet<TestFault> {
   if (env.NODE_ENV !== 'test' || !env.VERTEX_TEST_FAULT) return new Set();

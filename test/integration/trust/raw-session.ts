@@ -17,12 +17,15 @@ export interface RawSession {
   close(): void;
 }
 
+/** A client certificate and its key, for a session that authenticates. */
+export interface ClientCreds { key: string; cert: string }
+
 /** Connects from `localAddress` and completes TLS; throws what the connection died of. */
-export function connectRaw(port: number, domain: string, localAddress = '127.0.0.1'): Promise<tls.TLSSocket> {
+export function connectRaw(port: number, domain: string, localAddress = '127.0.0.1', creds?: ClientCreds): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const tcp = net.connect({ host: '127.0.0.1', port, localAddress });
     tcp.on('error', () => undefined);
-    const socket = tls.connect({ socket: tcp, servername: domain, rejectUnauthorized: false });
+    const socket = tls.connect({ socket: tcp, servername: domain, rejectUnauthorized: false, ...creds });
     socket.once('secureConnect', () => {
       socket.off('error', reject);
       socket.on('error', () => undefined);
@@ -34,8 +37,8 @@ export function connectRaw(port: number, domain: string, localAddress = '127.0.0
 }
 
 /** A session that has said hello. */
-export async function openSession(port: number, domain: string, localAddress = '127.0.0.1'): Promise<RawSession> {
-  const socket = await connectRaw(port, domain, localAddress);
+export async function openSession(port: number, domain: string, localAddress = '127.0.0.1', creds?: ClientCreds): Promise<RawSession> {
+  const socket = await connectRaw(port, domain, localAddress, creds);
   const peer = attachAmp(socket, { defaultTimeoutMs: 60_000 });
   await peer.call('hello', { version: PROTOCOL_VERSION });
   return { socket, peer, close: () => socket.destroy() };

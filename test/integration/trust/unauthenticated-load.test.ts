@@ -105,6 +105,7 @@ describe('can fail: the unauthenticated limits switched off', () => {
   it('register from another address fails and the sessions stay open', async () => {
     const server = await serverWith([
       'unauthenticated_per_address: 1000000', 'unauthenticated_max: 1000000', 'unauthenticated_idle_timeout: 1h', 'unauthenticated_lifetime: 1h',
+      'unauthenticated_newcomer_interval: 0s',
     ].map((line) => `  ${line}\n`).join(''));
     const f = await flood(server);
     floods.push(f);

@@ -134,7 +134,7 @@ describe('config/server.example.yaml', () => {
       relay: { enabled: true, maxStreams: 10_000, perUserRate: 0 },
       limits: {
         maxConnections: 10_000, handshakeTimeoutMs: 10_000, maxBoxBytes: 262_144,
-        unauthenticated: { perAddress: 256, total: 2000, idleMs: 10_000, lifetimeMs: 60_000 },
+        unauthenticated: { perAddress: 256, total: 2000, idleMs: 10_000, lifetimeMs: 60_000, handshakes: 128, newcomerIntervalMs: 10_000, knownAddresses: 10_000, knownForMs: 86_400_000 },
         login: { perAccountAddress: 5, perAddress: 20, perAccount: 100, windowMs: 900_000, registrationsPerAddress: 20, inviteGuessesPerAddress: 5, waitingPerAccount: 16 },
       },
       store: 'sqlite',
