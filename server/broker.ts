@@ -11,7 +11,7 @@ import { formatAddress, formatDeviceAddress, parseAddress, parseDevice, parseSer
 import {
   chooseDevice, COMMANDS, INBOUND_FORWARD_TIMEOUT_MS, MAX_CONFLICTS_REPORTED, MAX_DEVICES_PER_ADDRESS, UNNAMED_DEVICE, type Conflict,
 } from '../q2q/control/protocol';
-import { asVertexError, vertexError } from '../q2q/errors';
+import { asVertexError, isVertexError, vertexError } from '../q2q/errors';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
 import type { Logger } from '../q2q/util/log';
 import type { Relay } from './relay';
@@ -60,16 +60,18 @@ export function presenceArgs(view: PresenceView): AmpArgs {
  * inbound to one of them.
  */
 export interface NodePresence {
-  /** Resolves once other nodes can see (address, device) here. */
+  /** Resolves once (address, device) is written here and announced to the other nodes. */
   put(address: string, device: string, services: readonly string[]): Promise<void>;
   remove(address: string, device: string): void;
-  devicesElsewhere(address: string): Promise<RemoteDevice[]>;
+  /**
+   * The devices of `address` on other nodes, from this node's copy in memory
+   * (kept by the store's notifications); `fresh` reads the store instead.
+   */
+  devicesElsewhere(address: string, opts?: { fresh?: boolean }): Promise<RemoteDevice[]>;
   /** Forwards an inbound to `node`, which answers as a listener's server would (token, candidates, certificate, device). */
   forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs>;
   /** Tells `node` that (address, device) now listens here: its session there is replaced by `by`. */
   replaced(node: string, address: string, device: string, by: string): void;
-  /** Tells these nodes that the devices of `address` changed, so they update their devices' views. */
-  changed(address: string, nodes: readonly string[]): void;
   /** Tells `node` that the caller's relay leg for a token it brokered is in (relay-ready for its listener). */
   relayReady(node: string, args: { token: string; to: string; device: string }): void;
 }
@@ -130,9 +132,9 @@ export class Broker {
       const { answer, services } = this.#listen(address, peer, certPem, args, remote, elsewhere);
       // The answer waits until the other nodes can find the device: "online" then means online on every node.
       await nodes.put(address, device, [...services]);
+      // The other nodes' devices hear of this one through the store's notification (NodeDirectory's onPresenceChange).
       const moved = elsewhere.find((d) => d.device === device);
       if (moved) nodes.replaced(moved.node, address, device, remote);
-      nodes.changed(address, [...new Set(elsewhere.map((d) => d.node))]);
       return answer;
     })();
   }
@@ -240,15 +242,12 @@ export class Broker {
     }
     if (devices.size === 0) this.#listeners.delete(address);
     if (!dropped) return;
-    const nodes = this.#nodes;
-    if (!nodes) {
+    if (!this.#nodes) {
       this.#pushChanged(address, devices, []);
       return;
     }
-    void this.#elsewhere(address).then((elsewhere) => {
-      this.#pushChanged(address, devices, elsewhere);
-      nodes.changed(address, [...new Set(elsewhere.map((d) => d.node))]);
-    });
+    // The other nodes' devices hear of it through the store's notification of the removed row.
+    void this.#elsewhere(address).then((elsewhere) => this.#pushChanged(address, devices, elsewhere));
   }
 
   /** What `device` is told: every device of the address (here and on other nodes), and the services several expose. */
@@ -347,8 +346,24 @@ export class Broker {
     listener.peer.callNoAnswer(COMMANDS.relayReady, { token });
   }
 
-  /** The device an inbound reaches, here or (with several nodes) on another node. */
+  /**
+   * The device an inbound reaches, here or (with several nodes) on another
+   * node. Other nodes' devices come from this node's copy in memory; when it
+   * has none for the inbound, the store is asked once, so that a device that
+   * came online on another node a moment ago (its notification still on the
+   * way) is not called Offline. An inbound to an online device costs no
+   * store query; one to an offline address costs one, as every inbound did before.
+   */
   async #choose(to: string, address: ReturnType<typeof parseAddress>, service: string, wanted: string | undefined): Promise<Chosen> {
+    try {
+      return await this.#chooseFrom(to, address, service, wanted, false);
+    } catch (err) {
+      if (!this.#nodes || !isVertexError(err) || (err.code !== 'Offline' && err.code !== 'NotExposed')) throw err;
+      return this.#chooseFrom(to, address, service, wanted, true);
+    }
+  }
+
+  async #chooseFrom(to: string, address: ReturnType<typeof parseAddress>, service: string, wanted: string | undefined, fresh: boolean): Promise<Chosen> {
     const named = formatDeviceAddress(address, wanted);
     const here = this.#listeners.get(to);
     const local = wanted !== undefined ? here?.get(wanted) : undefined;
@@ -356,7 +371,7 @@ export class Broker {
     let elsewhere: RemoteDevice[] = [];
     if (this.#nodes && !local) {
       try {
-        elsewhere = await this.#nodes.devicesElsewhere(to);
+        elsewhere = await this.#nodes.devicesElsewhere(to, { fresh });
       } catch (err) {
         this.#log.warn({ to, reason: (err as Error).message }, 'inbound: the node directory did not answer; only this node\'s devices are reached');
       }

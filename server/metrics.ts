@@ -36,6 +36,7 @@ export class ServerMetrics implements MetricsSource {
   readonly #storeSeconds: Histogram<'op' | 'outcome'>;
   readonly #nodeForwards: Counter<'outcome'>;
   readonly #nodeLegs: Counter<'outcome'>;
+  readonly #presenceLookups: Counter<'source'>;
   #gauges: ServerGauges | null = null;
   #ready: () => Promise<void> = async () => { throw new Error('starting'); };
 
@@ -77,6 +78,10 @@ export class ServerMetrics implements MetricsSource {
       name: 'vertex_server_node_relay_legs_total', help: 'Relay legs carried to the node where their token pairs, by outcome',
       labelNames: ['outcome'], registers,
     });
+    this.#presenceLookups = new Counter({
+      name: 'vertex_server_presence_lookups_total', help: 'Reads of where the devices on other nodes are, by source (memory: the copy the store\'s notifications keep; store: a query)',
+      labelNames: ['source'], registers,
+    });
     this.#storeSeconds = new Histogram({
       name: 'vertex_server_store_seconds', help: 'Account store call latency, by operation and outcome',
       labelNames: ['op', 'outcome'], buckets: STORE_BUCKETS, registers,
@@ -112,6 +117,11 @@ export class ServerMetrics implements MetricsSource {
   /** A relay leg this node carried to another node, or could not. */
   nodeRelayLeg(outcome: string): void {
     this.#nodeLegs.inc({ outcome });
+  }
+
+  /** A read of the other nodes' devices (server/store/node-directory.ts), answered from memory or by a store query. */
+  presenceLookup(source: 'memory' | 'store'): void {
+    this.#presenceLookups.inc({ source });
   }
 
   storeCall(op: string, seconds: number, outcome: string): void {

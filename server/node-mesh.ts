@@ -7,8 +7,10 @@
  *   show a certificate of the domain CA marked as a node. Agents never use
  *   this port; keep it reachable by the other nodes only (docs/deploy.md).
  * - Presence: which node holds which listening (address, device) is in the
- *   store (server/store/node-directory.ts). The broker asks it when a device
- *   is not listening here.
+ *   store (server/store/node-directory.ts), and each node keeps a copy in
+ *   memory that the store's notifications keep current. The broker reads the
+ *   copy when a device is not listening here, and a change to it updates the
+ *   views of this node's devices of that address.
  * - Forwarding: an inbound for a device on another node goes there as
  *   `node-inbound` (AMP, ALPN q2q-node/1). That node asks its agent and
  *   answers with the token, candidates and the listener's certificate; the
@@ -165,8 +167,11 @@ export class NodeMesh implements NodePresence {
     const bound = server.address() as net.AddressInfo;
     this.#endpoint = this.#opts.advertise ?? formatEndpoint(this.#opts.listen.host, bound.port);
 
+    const broker = this.#opts.broker;
     this.#directory = await NodeDirectory.open({
       url: this.#opts.storeUrl, name: this.#opts.name, endpoint: this.#endpoint, log: this.#log.child({ component: 'node-directory' }),
+      onPresenceChange: (address) => void broker.refreshPresence(address),
+      ...(this.#opts.metrics && { onLookup: this.#opts.metrics.presenceLookup.bind(this.#opts.metrics) }),
     });
     try {
       for (const [domain, ca] of this.#opts.cas) await this.#directory.checkDomainCa(domain, ca.fingerprint);
@@ -217,6 +222,7 @@ export class NodeMesh implements NodePresence {
       void this.#opts.broker.refreshPresence(args.address ?? '');
       return {};
     });
+    // Sent by nodes of earlier versions; nodes now learn of presence changes from the store's notifications.
     peer.handle(NODE_COMMANDS.presence, (args) => {
       void this.#opts.broker.refreshPresence(inDomain(NODE_COMMANDS.presence, args.address ?? ''));
       return {};
@@ -315,8 +321,8 @@ export class NodeMesh implements NodePresence {
     void this.#directory?.remove(address, device);
   }
 
-  devicesElsewhere(address: string): Promise<RemoteDevice[]> {
-    return this.#directory ? this.#directory.devicesElsewhere(address) : Promise.resolve([]);
+  devicesElsewhere(address: string, opts?: { fresh?: boolean }): Promise<RemoteDevice[]> {
+    return this.#directory ? this.#directory.devicesElsewhere(address, opts) : Promise.resolve([]);
   }
 
   async forwardInbound(node: string, domain: string, args: AmpArgs): Promise<AmpArgs> {
@@ -367,10 +373,6 @@ export class NodeMesh implements NodePresence {
 
   replaced(node: string, address: string, device: string, by: string): void {
     void this.#notice(node, address, NODE_COMMANDS.replaced, { address, device, by });
-  }
-
-  changed(address: string, nodes: readonly string[]): void {
-    for (const node of nodes) void this.#notice(node, address, NODE_COMMANDS.presence, { address });
   }
 
   /** A notice to another node about one address; a node that does not answer is only logged (its agents reconnect elsewhere). */

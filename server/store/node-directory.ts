@@ -14,6 +14,20 @@
  *
  * Writes for one (address, device) are applied in order (a listen then a
  * drop must not land as drop then listen).
+ *
+ * Presence is read from memory (issue 14: an inbound costs no store query).
+ * Every presence write sends, in the same statement, a NOTIFY on
+ * PRESENCE_CHANNEL naming the change; each node LISTENs on a connection of
+ * its own and applies the changes to its copy in the order PostgreSQL
+ * delivers them (commit order). The copy is loaded at start after LISTEN is
+ * up, with the notifications that arrive meanwhile applied after the load:
+ * each change sets or clears one row, so replaying the changes since LISTEN
+ * over a later snapshot ends in the database's state. While the LISTEN
+ * connection is down the copy may miss changes, so reads go to the store
+ * until it is back and the copy is loaded again. Node liveness comes from
+ * the heartbeat query (every HEARTBEAT_MS, which reads every node's beat):
+ * a node found dead has its devices dropped from the copy, and one found
+ * alive again has them loaded back.
  */
 import pg from 'pg';
 import { vertexError } from '../../q2q/errors';
@@ -22,9 +36,16 @@ import { silentLogger } from '../../q2q/util/log';
 
 export const HEARTBEAT_MS = 2_000;
 export const NODE_DEAD_AFTER_MS = 8_000;
+export const PRESENCE_CHANNEL = 'vertex_presence';
 const POOL_SIZE = 4;
 const QUERY_TIMEOUT_MS = 10_000;
 const DB_NOW = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
+/** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; a change with more services says "read the row" instead. */
+const MAX_NOTIFY_PAYLOAD = 7_000;
+/** The LISTEN connection retries after a failure with this backoff, doubling up to the cap. */
+const LISTEN_RETRY_MIN_MS = 250;
+const LISTEN_RETRY_MAX_MS = 10_000;
+const CLOSE_WAIT_MS = 2_000;
 
 export interface NodeInfo {
   name: string;
@@ -38,6 +59,33 @@ export interface RemoteDevice {
   services: string[];
 }
 
+/** Where a presence read was answered from (counted in vertex_server_presence_lookups_total). */
+export type LookupSource = 'memory' | 'store';
+
+export interface NodeDirectoryOptions {
+  url: string;
+  name: string;
+  endpoint: string;
+  log?: Logger;
+  /** The devices of `address` on other nodes changed in the copy (a notification, a node dead or back). */
+  onPresenceChange?: (address: string) => void;
+  /** Each devicesElsewhere, by where it was answered from. */
+  onLookup?: (source: LookupSource) => void;
+}
+
+/**
+ * One change, as sent in a notification (JSON array after the schema and a space):
+ * put: ['p', domain, user, device, node, services]; remove: ['r', domain, user, device, node];
+ * a node withdrew all its rows: ['n', node]; read the row: ['f', domain, user, device].
+ */
+type Change =
+  | ['p', string, string, string, string, string[]]
+  | ['r', string, string, string, string]
+  | ['n', string]
+  | ['f', string, string, string];
+
+interface Entry { node: string; services: string[] }
+
 function split(address: string): { user: string; domain: string } {
   const at = address.lastIndexOf('@');
   return { user: address.slice(0, at), domain: address.slice(at + 1) };
@@ -45,18 +93,38 @@ function split(address: string): { user: string; domain: string } {
 
 export class NodeDirectory {
   readonly #pool: pg.Pool;
+  readonly #opts: NodeDirectoryOptions;
   readonly #name: string;
   readonly #log: Logger;
   readonly #chains = new Map<string, Promise<void>>();
   #beat: NodeJS.Timeout | null = null;
   #closed = false;
+  /** This node's row is written: close() withdraws it (not when open() refused a name in use). */
+  #registered = false;
+  /** The schema the tables are in: notifications are per database, so they name it and others' are ignored. */
+  #schema = '';
+  /** The copy: address -> device -> where it listens (other nodes only). */
+  readonly #presence = new Map<string, Map<string, Entry>>();
+  /** Liveness of the other nodes as of the last beat (or a change they sent since). */
+  readonly #alive = new Map<string, boolean>();
+  #listenClient: pg.Client | null = null;
+  #listenTimer: NodeJS.Timeout | null = null;
+  #listenRetryMs = LISTEN_RETRY_MIN_MS;
+  /** The copy is complete (LISTEN up and loaded): reads are answered from it. */
+  #synced = false;
+  /** Notifications not applied yet, in arrival order. */
+  readonly #queue: Change[] = [];
+  #applying: Promise<void> | null = null;
+  /** A load is running: notifications wait in the queue until it is in. */
+  #loading = false;
 
-  private constructor(url: string, name: string, log: Logger) {
-    this.#name = name;
-    this.#log = log;
+  private constructor(opts: NodeDirectoryOptions) {
+    this.#opts = opts;
+    this.#name = opts.name;
+    this.#log = opts.log ?? silentLogger;
     this.#pool = new pg.Pool({
-      connectionString: url, max: POOL_SIZE, query_timeout: QUERY_TIMEOUT_MS, connectionTimeoutMillis: QUERY_TIMEOUT_MS,
-      application_name: `vertex-node-${name}`,
+      connectionString: opts.url, max: POOL_SIZE, query_timeout: QUERY_TIMEOUT_MS, connectionTimeoutMillis: QUERY_TIMEOUT_MS,
+      application_name: `vertex-node-${opts.name}`,
       types: { getTypeParser: ((oid: number, format?: string) => (oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as 'text'))) as typeof pg.types.getTypeParser },
     });
     this.#pool.on('error', (err) => this.#log.warn({ reason: err.message }, 'node directory: idle connection lost'));
@@ -66,26 +134,38 @@ export class NodeDirectory {
     return this.#name;
   }
 
+  /** Whether reads are answered from memory now (false while the LISTEN connection is down). */
+  get synced(): boolean {
+    return this.#synced;
+  }
+
   /**
    * Registers this node (the tables exist: the account store migrated them
-   * first) and forgets its presence rows from an earlier run. A live node
-   * of the same name elsewhere is refused: two nodes must not share a name.
+   * first), forgets its presence rows from an earlier run, and loads the
+   * other nodes' presence into memory. A live node of the same name
+   * elsewhere is refused: two nodes must not share a name.
    */
-  static async open(opts: { url: string; name: string; endpoint: string; log?: Logger }): Promise<NodeDirectory> {
-    const dir = new NodeDirectory(opts.url, opts.name, opts.log ?? silentLogger);
+  static async open(opts: NodeDirectoryOptions): Promise<NodeDirectory> {
+    const dir = new NodeDirectory(opts);
     try {
+      const { rows: schema } = await dir.#pool.query<{ s: string }>('SELECT current_schema() AS s');
+      dir.#schema = schema[0]?.s ?? '';
       const { rows } = await dir.#pool.query<{ endpoint: string; alive: boolean }>(
         `SELECT endpoint, seen_at > ${DB_NOW} - $2 AS alive FROM nodes WHERE name = $1`, [opts.name, NODE_DEAD_AFTER_MS]);
       const other = rows[0];
       if (other?.alive && other.endpoint !== opts.endpoint) {
         throw vertexError('Usage', `node name "${opts.name}" is in use by a live node at ${other.endpoint}; give each node its own node.name`);
       }
-      await dir.#pool.query('DELETE FROM presence WHERE node = $1', [opts.name]);
+      dir.#registered = true;
+      await dir.#withdraw();
       await dir.#pool.query(
         `INSERT INTO nodes (name, endpoint, started_at, seen_at) VALUES ($1, $2, ${DB_NOW}, ${DB_NOW})
          ON CONFLICT (name) DO UPDATE SET endpoint = $2, started_at = ${DB_NOW}, seen_at = ${DB_NOW}`, [opts.name, opts.endpoint]);
+      await dir.#heartbeat();
+      await dir.#startListening();
+      await dir.#load();
     } catch (err) {
-      await dir.#pool.end().catch(() => undefined);
+      await dir.close();
       throw err;
     }
     dir.#beat = setInterval(() => void dir.#heartbeat(), HEARTBEAT_MS);
@@ -93,12 +173,38 @@ export class NodeDirectory {
     return dir;
   }
 
+  /** This node's rows go, and the other nodes are told (their copies drop them). */
+  async #withdraw(): Promise<void> {
+    await this.#pool.query(
+      `WITH gone AS (DELETE FROM presence WHERE node = $1) SELECT pg_notify('${PRESENCE_CHANNEL}', current_schema() || ' ' || $2)`,
+      [this.#name, JSON.stringify(['n', this.#name])]);
+  }
+
+  /** Beats, and reads every node's liveness in the same query. */
   async #heartbeat(): Promise<void> {
+    let rows: Array<{ name: string; alive: boolean }>;
     try {
-      await this.#pool.query(`UPDATE nodes SET seen_at = ${DB_NOW} WHERE name = $1`, [this.#name]);
+      ({ rows } = await this.#pool.query<{ name: string; alive: boolean }>(
+        `WITH beat AS (UPDATE nodes SET seen_at = ${DB_NOW} WHERE name = $1)
+         SELECT name, seen_at > ${DB_NOW} - $2 AS alive FROM nodes WHERE name <> $1`, [this.#name, NODE_DEAD_AFTER_MS]));
     } catch (err) {
+      // The copy keeps the last known liveness: a node that died meanwhile fails its forwards quickly.
       this.#log.warn({ reason: (err as Error).message }, 'node directory: heartbeat failed');
+      return;
     }
+    let revived = false;
+    for (const { name, alive } of rows) {
+      const was = this.#alive.get(name);
+      this.#alive.set(name, alive);
+      if (was === true && !alive) {
+        this.#log.warn({ node: name }, 'node directory: a node stopped beating; its devices are offline here');
+        this.#dropNode(name);
+      } else if (was === false && alive) {
+        revived = true;
+      }
+    }
+    // A node that beats again still has its rows in the store (it did not restart, which would have withdrawn them): load them back.
+    if (revived && this.#synced) void this.#reload();
   }
 
   #chain(key: string, what: string, fn: () => Promise<unknown>): Promise<void> {
@@ -113,24 +219,44 @@ export class NodeDirectory {
     return next;
   }
 
-  /** (address, device) listens here now. Resolves once written (or the failure logged). */
+  /** (address, device) listens here now. Resolves once written and announced (or the failure logged). */
   put(address: string, device: string, services: readonly string[]): Promise<void> {
     const { user, domain } = split(address);
+    let payload = JSON.stringify(['p', domain, user, device, this.#name, [...services]] satisfies Change);
+    if (Buffer.byteLength(payload) > MAX_NOTIFY_PAYLOAD) payload = JSON.stringify(['f', domain, user, device] satisfies Change);
     return this.#chain(`${address}/${device}`, 'presence write', () => this.#pool.query(
-      `INSERT INTO presence (domain, username, device, node, services, since) VALUES ($1, $2, $3, $4, $5, ${DB_NOW})
-       ON CONFLICT (domain, username, device) DO UPDATE SET node = $4, services = $5, since = ${DB_NOW}`,
-      [domain, user, device, this.#name, JSON.stringify([...services])]));
+      `WITH w AS (
+         INSERT INTO presence (domain, username, device, node, services, since) VALUES ($1, $2, $3, $4, $5, ${DB_NOW})
+         ON CONFLICT (domain, username, device) DO UPDATE SET node = $4, services = $5, since = ${DB_NOW} RETURNING 1)
+       SELECT pg_notify('${PRESENCE_CHANNEL}', current_schema() || ' ' || $6) FROM w`,
+      [domain, user, device, this.#name, JSON.stringify([...services]), payload]));
   }
 
-  /** (address, device) no longer listens here; a row that moved to another node stays. */
+  /** (address, device) no longer listens here; a row that moved to another node stays (and nobody is told). */
   remove(address: string, device: string): Promise<void> {
     const { user, domain } = split(address);
     return this.#chain(`${address}/${device}`, 'presence delete', () => this.#pool.query(
-      'DELETE FROM presence WHERE domain = $1 AND username = $2 AND device = $3 AND node = $4', [domain, user, device, this.#name]));
+      `WITH d AS (DELETE FROM presence WHERE domain = $1 AND username = $2 AND device = $3 AND node = $4 RETURNING 1)
+       SELECT pg_notify('${PRESENCE_CHANNEL}', current_schema() || ' ' || $5) FROM d`,
+      [domain, user, device, this.#name, JSON.stringify(['r', domain, user, device, this.#name] satisfies Change)]));
   }
 
-  /** The devices of `address` listening on other live nodes. */
-  async devicesElsewhere(address: string): Promise<RemoteDevice[]> {
+  /**
+   * The devices of `address` listening on other live nodes: from memory,
+   * or from the store when the copy is not complete or `fresh` is asked
+   * (a caller that found nothing in memory and wants to be sure a device
+   * that came online a moment ago is not missed).
+   */
+  async devicesElsewhere(address: string, opts: { fresh?: boolean } = {}): Promise<RemoteDevice[]> {
+    if (this.#synced && !opts.fresh) {
+      this.#opts.onLookup?.('memory');
+      const devices = this.#presence.get(address);
+      if (!devices) return [];
+      const found: RemoteDevice[] = [];
+      for (const [device, e] of devices) if (this.#alive.get(e.node) !== false) found.push({ device, node: e.node, services: e.services });
+      return found;
+    }
+    this.#opts.onLookup?.('store');
     const { user, domain } = split(address);
     const { rows } = await this.#pool.query<{ device: string; node: string; services: string }>(
       `SELECT p.device, p.node, p.services FROM presence p JOIN nodes n ON n.name = p.node
@@ -138,6 +264,190 @@ export class NodeDirectory {
       [domain, user, this.#name, NODE_DEAD_AFTER_MS]);
     return rows.map((r) => ({ device: r.device, node: r.node, services: JSON.parse(r.services) as string[] }));
   }
+
+  // ---- the copy ----
+
+  async #startListening(): Promise<void> {
+    const client = new pg.Client({ connectionString: this.#opts.url, connectionTimeoutMillis: QUERY_TIMEOUT_MS, application_name: `vertex-node-${this.#name}-listen` });
+    client.on('notification', (msg) => {
+      if (msg.channel === PRESENCE_CHANNEL && msg.payload) this.#onNotification(msg.payload);
+    });
+    client.on('error', (err) => {
+      this.#log.warn({ reason: err.message }, 'node directory: presence notifications lost; reading presence from the store until they are back');
+      this.#relisten(client);
+    });
+    client.on('end', () => this.#relisten(client));
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${PRESENCE_CHANNEL}`);
+    } catch (err) {
+      client.removeAllListeners('end');
+      await client.end().catch(() => undefined);
+      throw err;
+    }
+    this.#listenClient = client;
+    this.#listenRetryMs = LISTEN_RETRY_MIN_MS;
+  }
+
+  #relisten(dead: pg.Client): void {
+    if (this.#closed || this.#listenClient !== dead) return;
+    this.#listenClient = null;
+    this.#synced = false;
+    dead.removeAllListeners('end');
+    dead.end().catch(() => undefined);
+    const retry = (): void => {
+      this.#listenTimer = null;
+      if (this.#closed) return;
+      this.#startListening().then(() => this.#reload()).then(
+        () => this.#log.info('node directory: presence notifications back'),
+        () => {
+          this.#listenRetryMs = Math.min(this.#listenRetryMs * 2, LISTEN_RETRY_MAX_MS);
+          this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
+          this.#listenTimer.unref();
+        },
+      );
+    };
+    this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
+    this.#listenTimer.unref();
+  }
+
+  #onNotification(payload: string): void {
+    const space = payload.indexOf(' ');
+    if (space < 0 || payload.slice(0, space) !== this.#schema) return;
+    let change: Change;
+    try {
+      change = JSON.parse(payload.slice(space + 1)) as Change;
+    } catch {
+      this.#log.warn('node directory: unreadable presence notification ignored');
+      return;
+    }
+    if (!Array.isArray(change)) return;
+    this.#queue.push(change);
+    this.#drain();
+  }
+
+  /** Applies queued changes in order (a read-the-row change waits for its read), unless a load is running. */
+  #drain(): void {
+    if (this.#applying || this.#loading) return;
+    this.#applying = (async () => {
+      while (this.#queue.length > 0 && !this.#loading && !this.#closed) {
+        const change = this.#queue.shift() as Change;
+        try {
+          await this.#apply(change);
+        } catch (err) {
+          // The row could not be read: the copy may be wrong for this device until the next load; read the store meanwhile.
+          this.#log.warn({ reason: (err as Error).message }, 'node directory: presence change not applied; reloading');
+          this.#synced = false;
+          void this.#reload();
+        }
+      }
+    })().finally(() => {
+      this.#applying = null;
+      if (this.#queue.length > 0 && !this.#loading) this.#drain();
+    });
+  }
+
+  async #apply(change: Change): Promise<void> {
+    switch (change[0]) {
+      case 'p': {
+        const [, domain, user, device, node, services] = change;
+        // A node that writes is alive, whatever its last beat said. One that was
+        // found dead and did not restart (a long pause) still has rows the copy dropped: load them back.
+        if (node !== this.#name && this.#alive.get(node) !== true) {
+          if (this.#alive.get(node) === false) void this.#reload();
+          this.#alive.set(node, true);
+        }
+        this.#set(`${user}@${domain}`, device, node === this.#name ? null : { node, services });
+        return;
+      }
+      case 'r': {
+        const [, domain, user, device, node] = change;
+        const address = `${user}@${domain}`;
+        if (this.#presence.get(address)?.get(device)?.node === node) this.#set(address, device, null);
+        return;
+      }
+      case 'n':
+        this.#dropNode(change[1]);
+        return;
+      case 'f': {
+        const [, domain, user, device] = change;
+        const { rows } = await this.#pool.query<{ node: string; services: string }>(
+          'SELECT node, services FROM presence WHERE domain = $1 AND username = $2 AND device = $3', [domain, user, device]);
+        const row = rows[0];
+        this.#set(`${user}@${domain}`, device, row && row.node !== this.#name ? { node: row.node, services: JSON.parse(row.services) as string[] } : null);
+        return;
+      }
+      default:
+    }
+  }
+
+  #set(address: string, device: string, entry: Entry | null): void {
+    const devices = this.#presence.get(address);
+    if (entry) {
+      if (devices) devices.set(device, entry);
+      else this.#presence.set(address, new Map([[device, entry]]));
+    } else {
+      if (!devices?.delete(device)) return;
+      if (devices.size === 0) this.#presence.delete(address);
+    }
+    this.#changed(address);
+  }
+
+  #dropNode(node: string): void {
+    for (const [address, devices] of this.#presence) {
+      let dropped = false;
+      for (const [device, e] of devices) {
+        if (e.node === node) {
+          devices.delete(device);
+          dropped = true;
+        }
+      }
+      if (devices.size === 0) this.#presence.delete(address);
+      if (dropped) this.#changed(address);
+    }
+  }
+
+  #changed(address: string): void {
+    try {
+      this.#opts.onPresenceChange?.(address);
+    } catch (err) {
+      this.#log.error({ err }, 'node directory: presence change handler threw');
+    }
+  }
+
+  /** Loads the copy from the store; notifications arriving meanwhile are applied after it. */
+  async #load(): Promise<void> {
+    this.#loading = true;
+    try {
+      await this.#applying;
+      const { rows } = await this.#pool.query<{ domain: string; username: string; device: string; node: string; services: string }>(
+        'SELECT domain, username, device, node, services FROM presence WHERE node <> $1', [this.#name]);
+      const before = new Set(this.#presence.keys());
+      this.#presence.clear();
+      for (const r of rows) {
+        const address = `${r.username}@${r.domain}`;
+        const devices = this.#presence.get(address) ?? new Map<string, Entry>();
+        devices.set(r.device, { node: r.node, services: JSON.parse(r.services) as string[] });
+        this.#presence.set(address, devices);
+      }
+      this.#synced = this.#listenClient !== null;
+      for (const address of new Set([...before, ...this.#presence.keys()])) this.#changed(address);
+    } finally {
+      this.#loading = false;
+      this.#drain();
+    }
+  }
+
+  async #reload(): Promise<void> {
+    try {
+      await this.#load();
+    } catch (err) {
+      this.#log.warn({ reason: (err as Error).message }, 'node directory: presence not loaded; reading it from the store meanwhile');
+      this.#synced = false;
+    }
+  }
+
+  // ---- the rest ----
 
   /**
    * Checks that this node holds the same CA for `domain` as the nodes before
@@ -171,13 +481,24 @@ export class NodeDirectory {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#synced = false;
     if (this.#beat) clearInterval(this.#beat);
+    if (this.#listenTimer) clearTimeout(this.#listenTimer);
+    const listen = this.#listenClient;
+    this.#listenClient = null;
+    if (listen) {
+      listen.removeAllListeners('end');
+      // Bounded: end() on a connection that already broke may never settle.
+      await Promise.race([listen.end().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, CLOSE_WAIT_MS).unref())]);
+    }
     await Promise.all([...this.#chains.values()]);
-    try {
-      await this.#pool.query('DELETE FROM presence WHERE node = $1', [this.#name]);
-      await this.#pool.query('UPDATE nodes SET seen_at = 0 WHERE name = $1', [this.#name]);
-    } catch (err) {
-      this.#log.warn({ reason: (err as Error).message }, 'node directory: could not withdraw this node');
+    if (this.#registered) {
+      try {
+        await this.#withdraw();
+        await this.#pool.query('UPDATE nodes SET seen_at = 0 WHERE name = $1', [this.#name]);
+      } catch (err) {
+        this.#log.warn({ reason: (err as Error).message }, 'node directory: could not withdraw this node');
+      }
     }
     await this.#pool.end().catch(() => undefined);
   }
