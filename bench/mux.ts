@@ -20,6 +20,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import * as http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import * as os from 'node:os';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { createDomainCa } from '../q2q/identity';
@@ -231,7 +232,10 @@ async function main(): Promise<void> {
     const tls1 = percentile(one.tls as number[], 50);
     for (const name of ['mux', 'h2']) {
       const rate = percentile(one[name] as number[], 50);
-      emit({ bench: 'mux-one-stream', mux: name, MBps: round(rate, 1), tlsMBps: round(tls1, 1), vsTls: round(rate / tls1), runs: ROUNDS, seconds: SECONDS });
+      emit({
+        bench: 'mux-one-stream', mux: name, MBps: round(rate, 1), tlsMBps: round(tls1, 1), vsTls: round(rate / tls1), runs: ROUNDS, seconds: SECONDS,
+        ...(name === 'mux' && { target: 0.8 }), loadAverage: os.loadavg().map((l) => round(l, 2)),
+      });
     }
 
     note(`mux: ${PARALLEL} parallel streams, ${ROUNDS} rounds`);
@@ -249,6 +253,7 @@ async function main(): Promise<void> {
       emit({
         bench: 'mux-parallel', mux: name, streams: PARALLEL, totalMBps: round(total, 1), tlsTotalMBps: round(tlsN, 1), vsTls: round(total / tlsN),
         fairness: round(percentile(many[name]?.fairness as number[], 50)), fairnessMin: round(Math.min(...(many[name]?.fairness as number[]))),
+        ...(name === 'mux' && { targetFairness: 0.5 }), loadAverage: os.loadavg().map((l) => round(l, 2)),
       });
     }
 

@@ -23,6 +23,8 @@ import { benchMultiNode } from './multi-node';
 const WATCHDOG_MS = 15 * 60_000;
 /** bench/ptcp.js as a child process gets this long. */
 const PTCP_TIMEOUT_MS = 180_000;
+/** bench/mux.js (the multiplexer against plain TLS and HTTP/2) takes about 45 s. */
+const MUX_TIMEOUT_MS = 120_000;
 /** Each idle tunnel holds about three descriptors in the agents and one here. */
 const FDS_PER_TUNNEL = 4;
 
@@ -92,8 +94,17 @@ async function benchPtcpIfPresent(): Promise<void> {
     }
     return;
   }
+  await childBench(file, PTCP_TIMEOUT_MS);
+}
+
+/**
+ * A bench that is a script of its own (it exits when done, so it must not be
+ * loaded into this process): run as a child with --expose-gc, its JSON lines
+ * passed on.
+ */
+async function childBench(file: string, timeoutMs: number): Promise<void> {
   const child = forkBench(file, [], ['--expose-gc']);
-  const timer = setTimeout(() => child.child.kill('SIGKILL'), PTCP_TIMEOUT_MS);
+  const timer = setTimeout(() => child.child.kill('SIGKILL'), timeoutMs);
   const code = await child.exited;
   clearTimeout(timer);
   for (const line of child.output().split('\n')) {
@@ -105,7 +116,8 @@ async function benchPtcpIfPresent(): Promise<void> {
       // Not a figure: progress text that happens to start with a brace.
     }
   }
-  if (code !== 0) throw new Error(`bench/ptcp.js exited with ${code ?? 'a signal'}${code === null ? ` (killed after ${PTCP_TIMEOUT_MS / 1000} s?)` : ''}: ${child.output().split('\n').filter((l) => !l.startsWith('{')).join(' ').slice(-500)}`);
+  const name = path.basename(file);
+  if (code !== 0) throw new Error(`bench/${name} exited with ${code ?? 'a signal'}${code === null ? ` (killed after ${timeoutMs / 1000} s?)` : ''}: ${child.output().split('\n').filter((l) => !l.startsWith('{')).join(' ').slice(-500)}`);
 }
 
 async function main(): Promise<void> {
@@ -114,6 +126,8 @@ async function main(): Promise<void> {
   await guarded('connections', benchConnections);
   await guarded('socks-throughput', benchSocksThroughput);
   await guarded('socks-new-connection', benchSocksNewConnection);
+  // One stream's throughput against plain TLS and 20 parallel streams' fairness (issue 12).
+  await guarded('mux', () => childBench(path.join(__dirname, 'mux.js'), MUX_TIMEOUT_MS));
   await guarded('socks-concurrent', benchSocksConcurrent);
   await guarded('file-transfer', async () => emit((await benchFileTransfer()) as Figure));
   await guarded('ptcp', benchPtcpIfPresent);

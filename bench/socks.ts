@@ -232,21 +232,38 @@ export async function benchSocksNewConnection(): Promise<void> {
   }
 }
 
+/**
+ * {"bench":"socks-throughput",…}: one bulk stream, this process → alice's agent (SOCKS5) →
+ * direct-tcp peer session → bob's agent → the sink, against the same push straight to the
+ * sink (raw TCP) and through `ssh -D` to the same sink (issue 12: >= 1.0x ssh), all three
+ * interleaved in one run.
+ */
 export async function benchSocksThroughput(): Promise<void> {
   const world = await startSocksWorld();
+  let ssh: SshProxy | null = null;
   try {
-    note(`socks throughput: ${THROUGHPUT_RUNS} x ${THROUGHPUT_MS / 1000} s per case`);
+    ssh = await startSshProxy();
+    const viaSsh = ssh.socksPort;
+    note(`socks throughput: ${THROUGHPUT_RUNS} x ${THROUGHPUT_MS / 1000} s per case (raw, socks, ssh -D)`);
     const raw: number[] = [];
     const socks: number[] = [];
-    // Interleaved, so that drift on a shared machine touches both alike.
+    const sshRates: number[] = [];
+    // Interleaved, so that drift on a shared machine touches all alike.
     for (let i = 0; i < THROUGHPUT_RUNS; i++) {
       raw.push(await pushToSink(await connectTcp(world.peer.sinkPort), THROUGHPUT_MS));
       socks.push(await pushToSink(await socksConnect(world, SINK_PORT), THROUGHPUT_MS));
+      sshRates.push(await pushToSink(await socksVia(viaSsh, '127.0.0.1', world.peer.sinkPort), THROUGHPUT_MS));
     }
     const rawMBps = percentile(raw, 50);
     const MBps = percentile(socks, 50);
-    emit({ bench: 'socks-throughput', route: 'tcp', MBps: round(MBps, 1), rawMBps: round(rawMBps, 1), ratio: round(MBps / rawMBps), target: 0.25 });
+    const sshMBps = percentile(sshRates, 50);
+    emit({
+      bench: 'socks-throughput', route: 'tcp', MBps: round(MBps, 1), rawMBps: round(rawMBps, 1), ratio: round(MBps / rawMBps), target: 0.25,
+      sshMBps: round(sshMBps, 1), vsSsh: round(MBps / sshMBps, 2), targetVsSsh: 1.0, runs: THROUGHPUT_RUNS, seconds: THROUGHPUT_MS / 1000,
+      loadAverage: os.loadavg().map((l) => round(l, 2)),
+    });
   } finally {
+    await ssh?.stop();
     await world.stop();
   }
 }

@@ -264,7 +264,9 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
       return;
     }
     const open = (prepared?: unknown): void => {
-      const stream = session.adoptStream(request.accept(), request.service, 0);
+      // A prepared service (an exposed local target) sends its first bytes from another
+      // process, later: its ACCEPT leaves at once, ahead of the bookkeeping below.
+      const stream = session.adoptStream(request.accept({ flush: prepared !== undefined }), request.service, 0);
       this.#log.debug({ peer: session.peer, service: request.service, route: session.route }, 'stream accepted');
       service.onConnection(stream, prepared);
     };

@@ -64,8 +64,13 @@ export interface MuxSessionOptions {
 export interface OpenRequest {
   readonly service: string;
   readonly id: number;
-  /** Opens the stream; the peer's open() resolves. */
-  accept(): MuxStream;
+  /**
+   * Opens the stream; the peer's open() resolves. The ACCEPT leaves with what
+   * else is written in this turn (so an in-process service's first bytes share
+   * its record), or at once with `flush` (a service whose bytes come from
+   * elsewhere later: the caller need not wait for this side's bookkeeping).
+   */
+  accept(opts?: { flush?: boolean }): MuxStream;
   /** Refuses it; the peer's open() rejects with this error's code and message. */
   refuse(err: VertexError): void;
 }
@@ -294,9 +299,15 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   }
 
   readonly #flush = (): void => {
+    if (!this.#corked) return;
     this.#corked = false;
     this.#channel.uncork();
   };
+
+  /** What is batched leaves now; the tick's flush then finds nothing to do. */
+  #flushNow(): void {
+    this.#flush();
+  }
 
   /** @internal */
   writeWindow(id: number, increment: number): void {
@@ -460,7 +471,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     onOpen({
       service,
       id,
-      accept: () => {
+      accept: (acceptOpts) => {
         if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
         answered = true;
         if (this.#streams.get(id) !== stream) {
@@ -469,6 +480,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
           return stream;
         }
         this.writeStreamFrame(FRAME.ACCEPT, id);
+        if (acceptOpts?.flush) this.#flushNow();
         stream.opened();
         return stream;
       },

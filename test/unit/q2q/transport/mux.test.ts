@@ -219,6 +219,50 @@ describe('mux session', () => {
     }
   });
 
+  it('accept({ flush: true }) puts the ACCEPT on the channel at once; plain accept() leaves it for the end of the turn', async () => {
+    const [x, y] = memoryChannel();
+    // What reaches the channel's own write (past the session's cork), as it happens.
+    const written: Buffer[] = [];
+    const write = y._write.bind(y);
+    y._write = (chunk: Buffer, encoding: BufferEncoding, callback: (err?: Error | null) => void) => {
+      written.push(chunk);
+      write(chunk, encoding, callback);
+    };
+    if (y._writev) {
+      const writev = y._writev.bind(y);
+      y._writev = (chunks, callback) => {
+        for (const c of chunks) written.push(c.chunk as Buffer);
+        writev(chunks, callback);
+      };
+    }
+    const acceptOnWire = () => written.some((c) => c.length >= 9 && c[0] === FRAME.ACCEPT);
+    const seen: Record<string, boolean> = {};
+    const a = new MuxSession(x, { initiator: true });
+    const b = new MuxSession(y, {
+      initiator: false,
+      onOpen: (r) => {
+        written.length = 0;
+        const stream = r.accept(r.service === 'now' ? { flush: true } : undefined);
+        seen[r.service] = acceptOnWire();
+        stream.on('error', () => undefined).end('x');
+      },
+    });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      for (const service of ['now', 'later']) {
+        const s = await a.open(service);
+        s.on('error', () => undefined);
+        expect((await readAll(s)).toString()).toBe('x');
+        s.end();
+      }
+      expect(seen).toEqual({ now: true, later: false });
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
   it('the side that did not set the session up opens streams too (even ids)', async () => {
     const pair = new SessionPair(...memoryChannel());
     try {
