@@ -7,7 +7,7 @@
  * client is closed (the failure is logged with its reason; a plain TCP
  * client has no other channel to hear it on).
  */
-import { listenOn } from '../../q2q/transport/listen';
+import { FRONTEND_BACKLOG, listenOn } from '../../q2q/transport/listen';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asVertexError } from '../../q2q/errors';
@@ -52,7 +52,7 @@ export class ForwardListener {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.#accept(s));
     const { host, port } = this.#opts.listen;
     try {
-      await listenOn(server, { host, port });
+      await listenOn(server, { host, port, backlog: FRONTEND_BACKLOG });
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : undefined;

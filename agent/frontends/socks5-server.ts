@@ -17,7 +17,7 @@
  * that shut down their sending side first (ssh, `ncat --send-only`, HTTP/1.0
  * clients) still get the rest of the answer.
  */
-import { listenOn } from '../../q2q/transport/listen';
+import { FRONTEND_BACKLOG, listenOn } from '../../q2q/transport/listen';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asVertexError } from '../../q2q/errors';
@@ -93,7 +93,7 @@ export class Socks5Server {
     this.#server = server;
     const { host, port } = this.#opts.listen;
     try {
-      await listenOn(server, { host, port });
+      await listenOn(server, { host, port, backlog: FRONTEND_BACKLOG });
     } catch (err) {
       this.#server = undefined;
       throw asVertexError(err, 'Internal', `socks5 listen ${formatAddress(host, port)}`);
