@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { PtcpSocket, type PtcpStream } from '../q2q/transport/ptcp-socket';
-import { ImpairmentProxy } from '../test/helpers/impairment-proxy';
+import { ImpairmentProxy } from './impairment-proxy';
 
 const MB = 1_000_000;
 const CHUNK = randomBytes(64 * 1024);

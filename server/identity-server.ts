@@ -9,9 +9,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
-import { ALPN_CONTROL, ALPN_RELAY, COMMANDS } from '../q2q/control/protocol';
+import { ALPN_CONTROL, COMMANDS } from '../q2q/control/protocol';
 import { attachAmp } from '../q2q/transport/amp-connection';
-import { writePreamble } from '../q2q/transport/preamble';
+import { sortConnection } from '../q2q/transport/relay-leg';
 import { createServerResolver, type ServerResolver } from '../q2q/control/discovery';
 import { describeCertificate } from '../q2q/identity';
 import type { Logger } from '../q2q/util/log';
@@ -172,7 +172,15 @@ export class IdentityServer {
       ...(this.#opts.limits.login ? { loginLimits: this.#opts.limits.login } : {}),
     });
 
-    this.#relay = new Relay({ ...this.#opts.relay, log: this.#log.child({ component: 'relay' }), ...(this.#metrics ? { metrics: this.#metrics } : {}) });
+    this.#relay = new Relay({
+      ...this.#opts.relay, log: this.#log.child({ component: 'relay' }), ...(this.#metrics ? { metrics: this.#metrics } : {}),
+      // A relay leg's certificate is checked as a control session's is, when it opens and again once registered.
+      authenticate: async (certPem) => ({ ...(await this.#authenticate(certPem)), certPem }),
+      noLegProof: this.#faults.has('relay-no-leg-proof'),
+      recheck: (owner, close) => this.#recheckOnceOpen({
+        remoteAddress: '', remotePort: 0, authenticatedAs: owner.address, certPem: owner.certPem, local: owner.local, serial: owner.serial,
+      }, close),
+    });
     this.#broker = new Broker({ domains, relay: this.#relay, log: this.#log.child({ component: 'broker' }) });
     const federation = this.#opts.federation;
     this.#federation = new Federation({
@@ -206,19 +214,22 @@ export class IdentityServer {
       key: first.keyPem,
       cert: first.certPem,
       minVersion: 'TLSv1.3',
-      // Relay legs carry the peers' half-closes: one direction ending must not end the other.
+      // As before relay legs left TLS: a control session's end is its own to answer.
       allowHalfOpen: true,
       // Clients without a certificate may still register or log in; which
       // commands need one is decided per command.
       requestCert: true,
       rejectUnauthorized: false,
       handshakeTimeout: this.#opts.limits.handshakeTimeoutMs,
-      ALPNProtocols: [ALPN_CONTROL, ALPN_RELAY],
+      ALPNProtocols: [ALPN_CONTROL],
       SNICallback: (servername, cb) => cb(null, contexts.get(servername.toLowerCase()) ?? contexts.get(first.domain)),
     });
     // Connections are accepted by a plain TCP server and handed to the TLS
     // server only once admitted: a refused one costs an accept and a close,
-    // no TLS socket, no handshake (server/admission.ts).
+    // no TLS socket, no handshake (server/admission.ts). Relay legs are plain
+    // TCP (q2q/transport/relay-leg.ts) on the same port: the first byte tells
+    // them from TLS. They carry the peers' half-closes: one direction ending
+    // must not end the other.
     const front = net.createServer({ allowHalfOpen: true });
     front.maxConnections = this.#opts.limits.maxConnections;
     front.on('connection', (socket: net.Socket) => {
@@ -249,7 +260,20 @@ export class IdentityServer {
         this.#admission.release(entry);
         this.#admitted.delete(key);
       });
-      tlsServer.emit('connection', socket);
+      sortConnection(socket, this.#opts.limits.handshakeTimeoutMs, (tlsSocket) => tlsServer.emit('connection', tlsSocket), (leg) => {
+        // No TLS handshake here: the leg's request is checked by a signature and a MAC.
+        this.#admission.secured(entry);
+        void this.#relay!.acceptLeg(leg, {
+          onAuthenticated: (owner) => {
+            // Only our own domains' certificates vouch for an address: anyone can run a foreign domain.
+            if (owner.local) this.#admission.prove(remote);
+            // Authenticated: no longer bounded as unauthenticated (other limits apply).
+            if (!this.#admitted.has(key)) return;
+            this.#admission.release(entry);
+            this.#admitted.delete(key);
+          },
+        });
+      });
     });
     front.on('error', (err) => this.#log.error({ err }, 'tcp listener error'));
     this.#sweep = setInterval(() => this.#admission.sweep(), SWEEP_INTERVAL_MS);
@@ -544,16 +568,6 @@ export class IdentityServer {
       this.#admission.release(admitted.entry);
       this.#admitted.delete(`${remoteAddress}:${socket.remotePort}`);
     }
-    if (socket.alpnProtocol === ALPN_RELAY) {
-      if (!authenticatedAs) {
-        log.info('relay leg without a client certificate; connection closed');
-        socket.destroy();
-        return;
-      }
-      void this.#relay!.acceptLeg(socket, authenticatedAs, serial ?? '');
-      this.#recheckOnceOpen({ remoteAddress, remotePort: socket.remotePort ?? 0, authenticatedAs, certPem, local, serial }, () => socket.destroy());
-      return;
-    }
     const session = new ControlSession({
       ...(this.#metrics ? { metrics: this.#metrics } : {}),
       socket,
@@ -583,17 +597,12 @@ export class IdentityServer {
    * first command (hello), then closes; anything else it sends is ignored.
    */
   #refuse(socket: tls.TLSSocket, err: VertexError): void {
-    if (socket.alpnProtocol === ALPN_RELAY) {
-      writePreamble(socket, { error_code: err.code, error_description: err.message });
-      socket.end();
-    } else {
-      const peer = attachAmp(socket, { limits: { maxBoxBytes: REFUSAL_MAX_BOX_BYTES } });
-      peer.handle(COMMANDS.hello, () => {
-        setImmediate(() => socket.end());
-        throw err;
-      });
-      socket.resume();
-    }
+    const peer = attachAmp(socket, { limits: { maxBoxBytes: REFUSAL_MAX_BOX_BYTES } });
+    peer.handle(COMMANDS.hello, () => {
+      setImmediate(() => socket.end());
+      throw err;
+    });
+    socket.resume();
     setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();
   }
 

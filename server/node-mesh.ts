@@ -15,40 +15,40 @@
  *   `node-inbound` (AMP, ALPN q2q-node/1). That node asks its agent and
  *   answers with the token, candidates and the listener's certificate; the
  *   token pairs on the caller's node.
- * - Relay: a relay leg whose token pairs on another node is carried there
- *   over a node-to-node connection (ALPN q2q-node-relay/1: a preamble naming
- *   the token and the user this node authenticated, then raw bytes), and the
- *   two are spliced here. When this node does not know where the token
- *   pairs, it asks every live node; the one that holds it answers {held: 1}.
- *   The relayed bytes are the peers' own TLS, as on one node.
+ * - Relay: a relay leg whose token pairs on another node is carried there:
+ *   this node opens a plain TCP connection to that node's port with the
+ *   leg's own request, unchanged (q2q/transport/relay-leg.ts), and splices
+ *   the two. The node holding the token checks the request itself, as it
+ *   checks a leg from an agent (signature, certificate, token proof), and
+ *   answers {held: 1}; so nothing rests on which node carried it. When this
+ *   node does not know where the token pairs, it asks every live node. The
+ *   relayed bytes are the peers' own TLS, as on one node: no node adds a TLS
+ *   layer of its own to them.
  */
 import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { INBOUND_FORWARD_TIMEOUT_MS, RELAY_PAIRING_TIMEOUT_MS } from '../q2q/control/protocol';
 import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
-import { carryAbortsOverTcp } from '../q2q/negotiate/relay-leg';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
 import { listenOn } from '../q2q/transport/listen';
 import { attachAmp } from '../q2q/transport/amp-connection';
-import { preambleError, readPreamble, writePreamble } from '../q2q/transport/preamble';
+import { dialRelayLeg, refuseLeg, sortConnection, type LegRequest } from '../q2q/transport/relay-leg';
 import type { Logger } from '../q2q/util/log';
 import type { Broker, NodePresence } from './broker';
 import type { DomainCa } from './ca-store';
 import { issueNodeCertificate, NODE_CERT_LIFETIME_MS, nodeNameOf, type NodeCredentials } from './node-identity';
 import type { Relay } from './relay';
+import { splice } from './splice';
 import type { ServerMetrics } from './metrics';
 import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-directory';
 
 export const ALPN_NODE = 'q2q-node/1';
-export const ALPN_NODE_RELAY = 'q2q-node-relay/1';
 export const NODE_COMMANDS = { inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence', relayReady: 'node-relay-ready' } as const;
 /** How long a node-replaced or node-presence notice may take; nobody waits on it. */
 const NOTICE_TIMEOUT_MS = 10_000;
 /** A node-to-node TLS connection that takes longer than this failed. */
 const NODE_CONNECT_TIMEOUT_MS = 5_000;
-/** How long a spliced leg may keep flushing after its partner closed cleanly (as server/relay.ts). */
-const SPLICE_LINGER_MS = 10_000;
 const MAX_NODE_BOX_BYTES = 256 * 1024;
 /** A node's endpoint is read from the store at most this often (a connection failure forgets it at once). */
 const NODE_INFO_TTL_MS = 10_000;
@@ -76,28 +76,6 @@ function parseEndpoint(text: string): { host: string; port: number } {
   return { host: m[1] as string, port: Number(m[2]) };
 }
 
-/**
- * Splices a relay leg from an agent with a node-to-node connection: bytes
- * both ways with back-pressure, half-closes passed on, and an abort (a close
- * before the end) passed on as an abort.
- */
-function splice(a: tls.TLSSocket, b: tls.TLSSocket): void {
-  const onClose = (closed: tls.TLSSocket, other: tls.TLSSocket) => () => {
-    if (other.destroyed) return;
-    if (!closed.readableEnded) {
-      other.destroy();
-      return;
-    }
-    setTimeout(() => other.destroy(), SPLICE_LINGER_MS).unref();
-  };
-  a.once('close', onClose(a, b));
-  b.once('close', onClose(b, a));
-  a.on('error', () => undefined);
-  b.on('error', () => undefined);
-  a.pipe(b);
-  b.pipe(a);
-}
-
 export class NodeMesh implements NodePresence {
   readonly #opts: NodeMeshOptions;
   readonly #log: Logger;
@@ -108,7 +86,7 @@ export class NodeMesh implements NodePresence {
   /** Node endpoints by name, so that a forwarded inbound costs no store query. */
   readonly #nodeInfo = new Map<string, { info: NodeInfo; at: number }>();
   #directory: NodeDirectory | null = null;
-  #server: tls.Server | null = null;
+  #server: net.Server | null = null;
   #renew: NodeJS.Timeout | null = null;
   #endpoint = '';
 
@@ -139,28 +117,34 @@ export class NodeMesh implements NodePresence {
     this.#renew.unref();
 
     const first = this.#creds.values().next().value as NodeCredentials;
-    const server = tls.createServer({
+    const tlsServer = tls.createServer({
       key: first.keyPem, cert: first.certPem, ca: [(this.#opts.cas.get(first.domain) as DomainCa).certPem],
       minVersion: 'TLSv1.3',
       requestCert: true,
       rejectUnauthorized: true,
       allowHalfOpen: true,
-      ALPNProtocols: [ALPN_NODE, ALPN_NODE_RELAY],
+      ALPNProtocols: [ALPN_NODE],
       SNICallback: (servername, cb) => {
         const context = this.#contexts.get(servername.toLowerCase());
         cb(context ? null : new Error(`not a domain of this node: ${servername}`), context);
       },
     });
+    // Node sessions run TLS; relay legs carried here by other nodes are plain TCP, told apart by
+    // their first byte (as on the agents' port).
+    const server = net.createServer({ allowHalfOpen: true });
     server.on('connection', (socket: net.Socket) => {
       socket.setNoDelay(true);
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
+      sortConnection(socket, NODE_CONNECT_TIMEOUT_MS, (s) => tlsServer.emit('connection', s), (leg) => {
+        void this.#opts.relay.acceptLeg(leg, { forwardedBy: `${leg.remoteAddress}:${leg.remotePort}` });
+      });
     });
-    server.on('tlsClientError', (err, socket) => {
+    tlsServer.on('tlsClientError', (err, socket) => {
       this.#log.warn({ remote: socket.remoteAddress, reason: err.message }, 'node connection refused: tls');
       socket.destroy();
     });
-    server.on('secureConnection', (socket) => this.#onNodeConnection(socket));
+    tlsServer.on('secureConnection', (socket) => this.#onNodeConnection(socket));
     server.on('error', (err) => this.#log.error({ err }, 'node listener error'));
     await listenOn(server, this.#opts.listen);
     this.#server = server;
@@ -180,7 +164,7 @@ export class NodeMesh implements NodePresence {
       throw err;
     }
     this.#opts.broker.attachNodes(this);
-    this.#opts.relay.setForwarder((leg, user, token, node) => void this.#forwardLeg(leg, user, token, node));
+    this.#opts.relay.setForwarder((leg, request, user, node) => void this.#forwardLeg(leg, request, user, node));
     this.#log.info({ node: this.#opts.name, listen: formatEndpoint(this.#opts.listen.host, bound.port), endpoint: this.#endpoint }, 'node-to-node listening (mutual tls)');
   }
 
@@ -206,10 +190,6 @@ export class NodeMesh implements NodePresence {
     } catch (err) {
       log.warn({ reason: (err as Error).message }, 'node connection refused');
       socket.destroy();
-      return;
-    }
-    if (socket.alpnProtocol === ALPN_NODE_RELAY) {
-      void this.#acceptRelayLeg(socket, peerNode, log);
       return;
     }
     const peer = attachAmp(socket, { log, limits: { maxBoxBytes: MAX_NODE_BOX_BYTES } });
@@ -238,18 +218,6 @@ export class NodeMesh implements NodePresence {
       return {};
     });
     log.debug({ node: peerNode, domain }, 'node session open');
-  }
-
-  async #acceptRelayLeg(socket: tls.TLSSocket, peerNode: string, log: Logger): Promise<void> {
-    let request: Record<string, string>;
-    try {
-      request = await readPreamble(socket, 'node relay leg', RELAY_PAIRING_TIMEOUT_MS);
-    } catch (err) {
-      log.info({ reason: (err as Error).message }, 'node relay leg closed before its request');
-      socket.destroy();
-      return;
-    }
-    this.#opts.relay.acceptForwardedLeg(socket, request.user ?? '', request.token ?? '', peerNode);
   }
 
   // ---- the client side ----
@@ -282,7 +250,6 @@ export class NodeMesh implements NodePresence {
       socket.once('secureConnect', () => {
         clearTimeout(timer);
         socket.off('error', onError);
-        carryAbortsOverTcp(socket, tcp);
         resolve(socket);
       });
       const onError = (err: NodeJS.ErrnoException) => {
@@ -387,14 +354,12 @@ export class NodeMesh implements NodePresence {
     }
   }
 
-  /** A relay leg whose token pairs on another node: carried there and spliced. */
-  async #forwardLeg(leg: tls.TLSSocket, user: string, token: string, known: string | undefined): Promise<void> {
-    const domain = ((leg as tls.TLSSocket & { servername?: string | false }).servername || this.#creds.keys().next().value || '') as string;
+  /** A relay leg whose token pairs on another node: carried there, its request unchanged, and spliced. */
+  async #forwardLeg(leg: net.Socket, request: LegRequest, user: string, known: string | undefined): Promise<void> {
     const refuse = (err: VertexError) => {
       this.#opts.metrics?.nodeRelayLeg(err.code);
       this.#log.info({ user, code: err.code, reason: err.message }, 'relay leg refused');
-      writePreamble(leg, { error_code: err.code, error_description: err.message });
-      leg.end();
+      refuseLeg(leg, err);
     };
     let candidates: NodeInfo[];
     try {
@@ -407,24 +372,13 @@ export class NodeMesh implements NodePresence {
     } catch (err) {
       return refuse(vertexError('StorageUnavailable', `relay: cannot find the node holding the token: ${(err as Error).message}`));
     }
-    const attempts = candidates.map(async (node) => {
-      const socket = await this.#connect(node, domain, ALPN_NODE_RELAY);
-      writePreamble(socket, { token, user });
-      let answer: Record<string, string>;
-      try {
-        answer = await readPreamble(socket, `relay via node ${node.name}`, RELAY_PAIRING_TIMEOUT_MS);
-      } catch (err) {
-        socket.destroy();
-        throw err;
-      }
-      if (answer.held !== '1') {
-        socket.destroy();
-        const refused = preambleError(answer);
-        throw vertexError('TokenInvalid', refused?.description ?? 'relay: refused');
-      }
+    const attempts = candidates.filter((node) => node.name !== this.#opts.name).map(async (node) => {
+      const { socket } = await dialRelayLeg(parseEndpoint(node.endpoint), request.fields, {
+        what: `relay via node ${node.name}`, timeoutMs: RELAY_PAIRING_TIMEOUT_MS, acceptHeld: true,
+      });
       return { socket, node };
     });
-    let won: { socket: tls.TLSSocket; node: NodeInfo };
+    let won: { socket: net.Socket; node: NodeInfo };
     try {
       won = await Promise.any(attempts);
     } catch {

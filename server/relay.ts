@@ -1,19 +1,30 @@
 /**
  * The relay of last resort. Each brokered inbound registers its token here;
- * the caller and the listener each open a relay leg (a TLS connection with
- * ALPN q2q-relay/2, authenticated by their certificates) and name the token.
- * When both legs are in, the relay answers both and splices them. What it
- * carries is the peers' own TLS: the relay never holds their keys.
+ * the caller and the listener each open a relay leg (a plain TCP connection
+ * whose request is signed with their certificate's key and proves the token,
+ * q2q/transport/relay-leg.ts) and name the token by its hash. When both legs
+ * are in, the relay answers both and splices them (server/splice.ts). What
+ * it carries is the peers' own TLS: the relay never holds their keys and
+ * adds no encryption of its own.
  */
-import * as net from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import type * as net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { RELAY_PAIRING_TIMEOUT_MS, TOKEN_LIFETIME_MS } from '../q2q/control/protocol';
-import { vertexError, VertexError } from '../q2q/errors';
-import { carryAbortsOverTcp } from '../q2q/negotiate/relay-leg';
-import { readPreamble, writePreamble } from '../q2q/transport/preamble';
+import { asVertexError, isVertexError, vertexError, VertexError } from '../q2q/errors';
+import { readLegRequest, refuseLeg, relayTokenId, type LegRequest } from '../q2q/transport/relay-leg';
+import { writePreamble } from '../q2q/transport/preamble';
 import type { Logger } from '../q2q/util/log';
 import type { ServerMetrics } from './metrics';
+import { splice } from './splice';
+import { abortTcp } from '../q2q/transport/tcp-close';
+
+/** Who a leg's certificate names, once checked now (chain, account, revocation, foreign status). */
+export interface LegOwner {
+  address: string;
+  serial: string;
+  local: boolean;
+  certPem: string;
+}
 
 export interface RelayOptions {
   enabled: boolean;
@@ -22,6 +33,19 @@ export interface RelayOptions {
   perUserRate: number;
   log: Logger;
   metrics?: ServerMetrics;
+  /**
+   * Checks a leg's certificate as a control session's is checked; throws
+   * (CertificateRevoked, CertificateInvalid, ...) when it is not good now.
+   * Without it every leg is refused.
+   */
+  authenticate?: (certPem: string) => Promise<LegOwner>;
+  /**
+   * Test fault `relay-no-leg-proof` (server/test-faults.ts): legs are taken
+   * without their signature, token proof or fresh nonce checked.
+   */
+  noLegProof?: boolean;
+  /** Checks again once the leg is registered (a revocation racing its opening) and calls `close` if it fails. */
+  recheck?: (owner: LegOwner, close: () => void) => void;
 }
 
 type Role = 'caller' | 'listener';
@@ -31,26 +55,17 @@ type Role = 'caller' | 'listener';
  * does (server/node-mesh.ts); `node` is that node when this node knows it
  * (it forwarded the inbound), else undefined (ask the others).
  */
-export type LegForwarder = (leg: TLSSocket, user: string, token: string, node: string | undefined) => void;
-
-/** How long a leg may keep flushing after its partner closed cleanly. */
-export const RELAY_CLOSE_LINGER_MS = 10_000;
-
-/**
- * The net.Socket under a leg: node:tls made the leg over the socket the
- * server accepted and keeps it as `_parent` (undocumented, but how node:tls
- * itself proxies socket methods). Only a net.Socket can send a TCP reset.
- */
-function tcpUnder(leg: TLSSocket): net.Socket | null {
-  const parent = (leg as unknown as { _parent?: unknown })._parent;
-  return parent instanceof net.Socket ? parent : null;
-}
+export type LegForwarder = (leg: net.Socket, request: LegRequest, user: string, node: string | undefined) => void;
 
 interface PendingRelay {
+  /** The token itself: legs prove it (LegRequest.provesToken); it is never sent to them. */
+  token: string;
   caller: string;
   listener: string;
   expiresAt: number;
-  legs: Partial<Record<Role, { socket: TLSSocket; answer: (err: VertexError | null) => void }>>;
+  legs: Partial<Record<Role, { socket: net.Socket; answer: (err: VertexError | null) => void }>>;
+  /** Nonces of the legs that opened for this token: a request copied off the wire opens nothing. */
+  nonces: Set<string>;
   timer: NodeJS.Timeout;
   /** Tells the listener's agent that the caller's leg is in (relay-ready), once. */
   callerIn?: () => void;
@@ -85,13 +100,14 @@ function throttle(limit: RateLimit): Transform {
 
 export class Relay {
   readonly #opts: RelayOptions;
+  /** Pending pairs by token id (relayTokenId). */
   readonly #pending = new Map<string, PendingRelay>();
-  readonly #active = new Set<TLSSocket>();
+  readonly #active = new Set<net.Socket>();
   readonly #limits = new Map<string, RateLimit>();
   /** Every open leg (pending or spliced) and whose certificate opened it, so a revocation can close it. */
-  readonly #owners = new Map<TLSSocket, { user: string; serial: string }>();
+  readonly #owners = new Map<net.Socket, { user: string; serial: string }>();
   #activeStreams = 0;
-  /** Tokens brokered here for another node's caller: they pair on that node. */
+  /** Token ids brokered here for another node's caller: they pair on that node. */
   readonly #elsewhere = new Map<string, string>();
   #forward: LegForwarder | null = null;
 
@@ -115,9 +131,12 @@ export class Relay {
    */
   register(token: string, caller: string, listener: string, callerIn?: () => void): void {
     if (!this.#opts.enabled) return;
-    const timer = setTimeout(() => this.#expire(token), TOKEN_LIFETIME_MS);
+    const id = relayTokenId(token);
+    const timer = setTimeout(() => this.#expire(id), TOKEN_LIFETIME_MS);
     timer.unref();
-    this.#pending.set(token, { caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, timer, ...(callerIn && { callerIn }) });
+    this.#pending.set(id, {
+      token, caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, nonces: new Set(), timer, ...(callerIn && { callerIn }),
+    });
   }
 
   /** With several nodes: legs for tokens this node does not hold go through `forward`. */
@@ -128,86 +147,97 @@ export class Relay {
   /** An inbound this node forwarded to its listener for another node's caller: the token pairs on `node`. */
   pairsOn(token: string, node: string): void {
     if (!this.#opts.enabled) return;
-    this.#elsewhere.set(token, node);
+    const id = relayTokenId(token);
+    this.#elsewhere.set(id, node);
     setTimeout(() => {
-      if (this.#elsewhere.get(token) === node) this.#elsewhere.delete(token);
+      if (this.#elsewhere.get(id) === node) this.#elsewhere.delete(id);
     }, TOKEN_LIFETIME_MS).unref();
   }
 
-  /** Whether a leg naming `token` would pair here (a node asking before it brings a leg). */
-  holds(token: string): boolean {
-    return this.#pending.has(token);
-  }
-
-  #expire(token: string): void {
-    const pending = this.#pending.get(token);
+  #expire(id: string): void {
+    const pending = this.#pending.get(id);
     if (!pending) return;
-    this.#pending.delete(token);
+    this.#pending.delete(id);
     for (const leg of Object.values(pending.legs)) leg?.answer(vertexError('Timeout', 'relay: the other side never arrived'));
   }
 
-  /** A new relay leg from an authenticated user. */
-  async acceptLeg(socket: TLSSocket, user: string, serial = ''): Promise<void> {
-    const log = this.#opts.log.child({ user });
-    this.#owners.set(socket, { user, serial });
-    socket.once('close', () => this.#owners.delete(socket));
-    let request: Record<string, string>;
+  /**
+   * A new relay leg: its request is read and checked here (the signature,
+   * then the certificate's standing now, then the token). `forwardedBy` is
+   * the node that carried the leg here (server/node-mesh.ts): such a leg
+   * pairs here or is refused, and hears {held: 1} at once when it pairs here.
+   * `onAuthenticated` runs once the certificate is known good (the identity
+   * server stops counting the connection as unauthenticated).
+   */
+  async acceptLeg(socket: net.Socket, hooks: { forwardedBy?: string; onAuthenticated?: (owner: LegOwner) => void } = {}): Promise<void> {
+    const log = this.#opts.log.child(hooks.forwardedBy ? { via: hooks.forwardedBy } : {});
+    socket.on('error', (err) => log.debug({ reason: err.message }, 'relay leg socket error'));
+    let request: LegRequest;
     try {
-      request = await readPreamble(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS);
+      request = await readLegRequest(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS, this.#opts.noLegProof === true);
     } catch (err) {
-      log.info({ reason: (err as Error).message }, 'relay leg closed before its request');
-      socket.destroy();
+      log.info({ reason: (err as Error).message }, 'relay leg without a valid request');
+      // A leg that went silent or away is just closed; a malformed or unsigned request hears why.
+      if (!isVertexError(err) || isVertexError(err, 'Timeout') || isVertexError(err, 'ConnectionLost')) {
+        socket.destroy();
+        return;
+      }
+      refuseLeg(socket, err);
+      setTimeout(() => socket.destroy(), 1_000).unref();
       return;
     }
+    let owner: LegOwner;
+    try {
+      if (!this.#opts.authenticate) throw vertexError('NotAllowed', 'relay: this server checks no relay legs');
+      owner = await this.#opts.authenticate(request.certPem);
+    } catch (err) {
+      const e = asVertexError(err, 'CertificateInvalid');
+      log.info({ code: e.code, reason: e.message }, 'relay leg refused: certificate');
+      refuseLeg(socket, e);
+      setTimeout(() => socket.destroy(), 1_000).unref();
+      return;
+    }
+    if (socket.destroyed) return;
+    hooks.onAuthenticated?.(owner);
+    const user = owner.address;
+    this.#owners.set(socket, { user, serial: owner.serial });
+    socket.once('close', () => this.#owners.delete(socket));
+    this.#opts.recheck?.(owner, () => socket.destroy());
+    const legLog = log.child({ user });
     const refuse = (err: VertexError) => {
-      log.info({ code: err.code, reason: err.message }, 'relay leg refused');
-      writePreamble(socket, { error_code: err.code, error_description: err.message });
-      socket.end();
+      legLog.info({ code: err.code, reason: err.message }, 'relay leg refused');
+      refuseLeg(socket, err);
     };
     if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
-    const token = request.token ?? '';
-    const pending = this.#pending.get(token);
-    if (!pending && this.#forward) return this.#forward(socket, user, token, this.#elsewhere.get(token));
+    const pending = this.#pending.get(request.tokenId);
+    if (!pending && this.#forward && !hooks.forwardedBy) return this.#forward(socket, request, user, this.#elsewhere.get(request.tokenId));
     if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
-    this.#join(socket, user, token, pending, log, refuse);
+    this.#join(socket, user, request, pending, legLog, refuse, hooks.forwardedBy !== undefined);
   }
 
-  /**
-   * A leg another node brought here (server/node-mesh.ts), for a user that
-   * node authenticated; its request was read there. Answers {held: 1} at
-   * once when the token pairs here, then the usual answer when both legs are in.
-   */
-  acceptForwardedLeg(socket: TLSSocket, user: string, token: string, from: string): void {
-    const log = this.#opts.log.child({ user, via: from });
-    const refuse = (err: VertexError) => {
-      log.info({ code: err.code, reason: err.message }, 'relay leg refused');
-      writePreamble(socket, { error_code: err.code, error_description: err.message });
-      socket.end();
-    };
-    if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
-    const pending = this.#pending.get(token);
-    if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
-    writePreamble(socket, { held: '1' });
-    this.#join(socket, user, token, pending, log, refuse);
-  }
-
-  #join(socket: TLSSocket, user: string, token: string, pending: PendingRelay, log: Logger, refuse: (err: VertexError) => void): void {
+  #join(socket: net.Socket, user: string, request: LegRequest, pending: PendingRelay, log: Logger, refuse: (err: VertexError) => void, forwarded: boolean): void {
+    const unchecked = this.#opts.noLegProof === true;
+    if (!unchecked && !request.provesToken(pending.token)) return refuse(vertexError('TokenInvalid', 'relay: the request does not prove the token'));
+    if (!unchecked && pending.nonces.has(request.nonce)) return refuse(vertexError('TokenInvalid', 'relay: this request was used already'));
+    pending.nonces.add(request.nonce);
     const role: Role | null = user === pending.caller ? 'caller' : user === pending.listener ? 'listener' : null;
     if (!role) return refuse(vertexError('TokenInvalid', `relay: the token does not belong to ${user}`));
     if (pending.legs[role]) return refuse(vertexError('TokenInvalid', 'relay: this side of the token is already connected'));
     if (this.#activeStreams >= this.#opts.maxStreams) return refuse(vertexError('NotAllowed', `relay: the server carries its maximum of ${this.#opts.maxStreams} streams`));
 
+    // The node that carried this leg here splices it to its agent on this answer.
+    if (forwarded) writePreamble(socket, { held: '1' });
     pending.legs[role] = {
       socket,
       answer: (err) => (err ? refuse(err) : writePreamble(socket, { ok: '1' })),
     };
     socket.once('close', () => {
-      if (this.#pending.get(token)?.legs[role]?.socket === socket) delete pending.legs[role];
+      if (this.#pending.get(request.tokenId)?.legs[role]?.socket === socket) delete pending.legs[role];
     });
     const caller = pending.legs.caller;
     const listener = pending.legs.listener;
     if (caller && listener) {
-      this.#pending.delete(token);
+      this.#pending.delete(request.tokenId);
       clearTimeout(pending.timer);
       caller.answer(null);
       listener.answer(null);
@@ -229,54 +259,20 @@ export class Relay {
     return limit;
   }
 
-  #splice(a: TLSSocket, b: TLSSocket, pending: PendingRelay): void {
+  #splice(a: net.Socket, b: net.Socket, pending: PendingRelay): void {
     this.#activeStreams += 1;
     this.#opts.metrics?.relaySpliced(a, b);
     this.#active.add(a);
     this.#active.add(b);
-    let open = 2;
-    // A leg that closed after its end was read closed cleanly: the other still
-    // holds bytes piped from it, so end it (flushing them) rather than destroy
-    // it, and destroy it only if it does not close by itself within
-    // RELAY_CLOSE_LINGER_MS. A leg that closed before its end (its peer reset it
-    // on an abort, or it broke) aborts the stream: destroy the other at once,
-    // which resets it, so that its peer sees the abort rather than a clean end.
-    const onClose = (closed: TLSSocket, other: TLSSocket) => () => {
-      open -= 1;
-      this.#active.delete(closed);
-      if (open === 0) {
+    a.once('close', () => this.#active.delete(a));
+    b.once('close', () => this.#active.delete(b));
+    const limited = this.#opts.perUserRate > 0;
+    splice(a, b, {
+      ...(limited && { aToB: throttle(this.#rateLimitFor(pending.caller)), bToA: throttle(this.#rateLimitFor(pending.listener)) }),
+      onClosed: () => {
         this.#activeStreams -= 1;
-        return;
-      }
-      if (other.destroyed) return;
-      if (!closed.readableEnded) {
-        other.destroy();
-        return;
-      }
-      other.end();
-      setTimeout(() => other.destroy(), RELAY_CLOSE_LINGER_MS).unref();
-    };
-    // Any destroy of a leg before its writable side finished (the abort above, a
-    // flush that outlived the linger, stop()) resets it, so its peer sees an
-    // abort; and a reset that libuv reports as an end closes the leg without one.
-    for (const leg of [a, b]) {
-      const tcp = tcpUnder(leg);
-      if (tcp) carryAbortsOverTcp(leg, tcp);
-    }
-    a.once('close', onClose(a, b));
-    b.once('close', onClose(b, a));
-    a.on('error', () => undefined);
-    b.on('error', () => undefined);
-    // pipe() carries back-pressure both ways and ends the far side on end (half-close).
-    if (this.#opts.perUserRate > 0) {
-      a.pipe(throttle(this.#rateLimitFor(pending.caller))).pipe(b);
-      b.pipe(throttle(this.#rateLimitFor(pending.listener))).pipe(a);
-    } else {
-      a.pipe(b);
-      b.pipe(a);
-    }
-    a.resume();
-    b.resume();
+      },
+    });
   }
 
   /** Who opened each open leg (pending or spliced): foreign ones are re-checked with their issuers. */
@@ -286,8 +282,8 @@ export class Relay {
 
   /**
    * Closes every leg opened with one of `serials` or by one of `addresses`
-   * (a revocation or a removed account). Destroying a spliced leg resets its
-   * partner too (see #splice), so the other peer sees the stream abort.
+   * (a revocation or a removed account), with a reset: its partner is reset
+   * in turn (server/splice.ts), so the other peer sees the stream abort.
    * Returns how many legs closed.
    */
   closeLegs(serials: ReadonlySet<string>, addresses: ReadonlySet<string>): number {
@@ -295,7 +291,7 @@ export class Relay {
     for (const [socket, owner] of [...this.#owners]) {
       if (!serials.has(owner.serial) && !addresses.has(owner.user)) continue;
       this.#owners.delete(socket);
-      socket.destroy();
+      abortTcp(socket);
       closed += 1;
     }
     if (closed > 0) this.#opts.log.info({ closed }, 'relay legs closed: certificate revoked');
@@ -305,6 +301,6 @@ export class Relay {
   stop(): void {
     for (const pending of this.#pending.values()) clearTimeout(pending.timer);
     this.#pending.clear();
-    for (const socket of this.#active) socket.destroy();
+    for (const socket of this.#active) abortTcp(socket);
   }
 }

@@ -16,10 +16,13 @@
  * - `no-admission-priority`: unauthenticated connections are admitted as
  *   before the known-good set (server/admission.ts): no pressure mode, every
  *   newcomer evicts for its place, whoever it is.
+ * - `relay-no-leg-proof`: relay legs are taken without checking the request's
+ *   signature against its certificate, its token proof (HMAC) or that its
+ *   nonce is fresh: the name of a token and any certificate open a leg.
  */
-export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority';
+export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority' | 'relay-no-leg-proof';
 
-const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority'];
+const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority', 'relay-no-leg-proof'];
 
 export function testFaults(env: NodeJS.ProcessEnv = process.env): ReadonlySet<TestFault> {
   if (env.NODE_ENV !== 'test' || !env.VERTEX_TEST_FAULT) return new Set();

@@ -119,9 +119,12 @@ export function chooseDevice(devices: Iterable<string>): string | undefined {
   return first;
 }
 
-/** ALPN names on the server port: control sessions, and relay legs that become raw byte pipes. */
+/**
+ * The ALPN name of control sessions on the server port. Relay legs on the
+ * same port are plain TCP (q2q/transport/relay-leg.ts, version 3); version 2
+ * legs (TLS, ALPN q2q-relay/2) are gone.
+ */
 export const ALPN_CONTROL = 'q2q/2';
-export const ALPN_RELAY = 'q2q-relay/2';
 
 /** How long an inbound token stays claimable, on the listener and for relay legs. */
 export const TOKEN_LIFETIME_MS = 30_000;

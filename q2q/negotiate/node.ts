@@ -37,7 +37,8 @@ import { preambleError, readPreamble, writePreamble } from '../transport/preambl
 import { silentLogger, type Logger } from '../util/log';
 import { HomeSession } from './home-session';
 import { tlsClientOver, tlsServerOver } from './peer-tls';
-import { carryAbortsOverTcp, openRelayLeg } from './relay-leg';
+import { openRelayLeg } from './relay-leg';
+import { carryAbortsOverTcp } from '../transport/tcp-close';
 import { learnReflexiveAddress, punch, punchedConnect } from './punch';
 import { InboundLimits, type InboundAdmission } from './inbound-limits';
 import { localHost, punchTargets, type LocalHost } from './probe-targets';
@@ -257,7 +258,7 @@ export class Q2QNode extends EventEmitter {
           (err: unknown) => { this.emit('punch', opts.signal.aborted ? 'cancelled' : 'failed'); throw err; },
         );
       },
-      relay: (domain, token) => openRelayLeg({ domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust }),
+      relay: (domain, token) => openRelayLeg({ domain, token, identity: this.identity, resolve: this.#opts.resolve }),
     };
     const ladder = new Ladder({
       identity: () => this.#identity,
@@ -299,7 +300,7 @@ export class Q2QNode extends EventEmitter {
       natMapping: () => this.natMapping,
       detectMappingFor: (domain) => this.#detectMappingFor(domain),
       punch: async (token, targets) => punch(await this.#ptcpSocket(), token, targets, { role: 'listener' }),
-      openRelayLeg: (token) => openRelayLeg({ domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust }),
+      openRelayLeg: (token) => openRelayLeg({ domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve }),
       onChannel: (channel) => {
         if (this.#core?.sessions === sessions) sessions.adopt(channel);
         else channel.socket.destroy();
@@ -665,7 +666,7 @@ export class Q2QNode extends EventEmitter {
     pending.relayOpening = true;
     try {
       const leg = await openRelayLeg({
-        domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve, trust: this.#opts.trust,
+        domain: this.#domain, token, identity: this.identity, resolve: this.#opts.resolve,
       });
       if (this.#pending.get(token) !== pending) {
         leg.destroy();
@@ -954,7 +955,7 @@ export class Q2QNode extends EventEmitter {
           if (settled) return;
           attempt('relay', () => openRelayLeg({
             domain: parseAddress(p.to).domain, token: p.token, identity: this.identity,
-            resolve: this.#opts.resolve, trust: this.#opts.trust,
+            resolve: this.#opts.resolve,
           }));
         };
         relayTimer = setTimeout(startRelay, p.candidates.length > 0 && !p.relayAtOnce ? this.#relayDelayMs : 0);

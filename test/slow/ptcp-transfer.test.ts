@@ -10,7 +10,7 @@
  * test/integration/ptcp/transfer.test.ts runs the same impairments at a small size, with no
  * time bound, in the default tier.
  */
-import type { Impairment } from '../helpers/impairment-proxy';
+import type { Impairment } from '../../bench/impairment-proxy';
 import { exchange, pair, payload } from '../integration/ptcp/harness';
 
 const MB = 1_000_000;

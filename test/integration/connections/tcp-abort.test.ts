@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { createDomainCa } from '../../../q2q/identity/certificates';
-import { carryAbortsOverTcp } from '../../../q2q/negotiate/relay-leg';
+import { carryAbortsOverTcp } from '../../../q2q/transport/tcp-close';
 import { within } from './transport-suite';
 
 const MB = 1024 * 1024;

@@ -70,12 +70,12 @@ describePostgres('relay-ready across the nodes of one domain', () => {
     expect(answer.token).toBe(token);
     expect(ready).toEqual([]);
 
-    const carolLeg = openRelayLeg({ domain: DOMAIN, token, identity: carol.identity, resolve: at(node1), trust: carol.store });
+    const carolLeg = openRelayLeg({ domain: DOMAIN, token, identity: carol.identity, resolve: at(node1) });
     carolLeg.catch(() => undefined);
     await untilTrue('relay-ready reached bob on node 2', () => ready.length > 0);
     expect(ready).toEqual([token]);
     // And the legs pair across the nodes: bob's leg at node 2 is brought to node 1.
-    const bobLeg = await openRelayLeg({ domain: DOMAIN, token, identity: bob.identity, resolve: at(node2), trust: bob.store });
+    const bobLeg = await openRelayLeg({ domain: DOMAIN, token, identity: bob.identity, resolve: at(node2) });
     open.push(bobLeg, await carolLeg);
   });
 });

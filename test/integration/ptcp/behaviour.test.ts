@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import * as tls from 'node:tls';
 import { isVertexError } from '../../../q2q/errors';
 import { PtcpSocket, type PtcpStream } from '../../../q2q/transport/ptcp-socket';
-import { ImpairmentProxy } from '../../helpers/impairment-proxy';
+import { ImpairmentProxy } from '../../../bench/impairment-proxy';
 import { untilTrue } from '../../helpers/net';
 import { closed, drain, exchange, pair, payload, pump, sha256 } from './harness';
 

@@ -2,7 +2,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { PtcpSocket, type PtcpStream } from '../../../q2q/transport/ptcp-socket';
-import { ImpairmentProxy, type Impairment } from '../../helpers/impairment-proxy';
+import { ImpairmentProxy, type Impairment } from '../../../bench/impairment-proxy';
 
 export interface Pair {
   client: PtcpSocket;

@@ -5,7 +5,7 @@
  * (test/slow/ptcp-transfer.test.ts, `npm run test:slow`). A transfer that stalls still fails,
  * at the test's timeout.
  */
-import type { Impairment } from '../../helpers/impairment-proxy';
+import type { Impairment } from '../../../bench/impairment-proxy';
 import { exchange, pair, payload } from './harness';
 
 const MB = 1_000_000;

@@ -14,6 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { HomeStore } from '../../../agent/home-store';
@@ -23,6 +24,8 @@ import { createServerResolver, type ServerEndpoint } from '../../../q2q/control/
 import { openServerConnection, type ServerConnection } from '../../../q2q/control/server-connection';
 import { createCsr, describeCertificate, generateKeyPair } from '../../../q2q/identity';
 import { openRelayLeg } from '../../../q2q/negotiate/relay-leg';
+import { dialRelayLeg, legRequest } from '../../../q2q/transport/relay-leg';
+import { encodeBox } from '../../../q2q/wire/amp';
 import type { Identity, Q2QOptions } from '../../../q2q/negotiate/types';
 import { runVertex, startServer, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { echo, PASSWORD } from '../../helpers/q2q-world';
@@ -273,7 +276,7 @@ describe('relay legs', () => {
     expect(answer.token).toBe(token);
     expect(answer.relay).toBe('1');
 
-    const leg = (user: User) => openRelayLeg({ domain: 'a.test', token, identity: user.identity, resolve: user.options().resolve, trust: user.home });
+    const leg = (user: User) => openRelayLeg({ domain: 'a.test', token, identity: user.identity, resolve: user.options().resolve });
     const malloryLegP = leg(mallory);
     // The listener hears of the token only once the caller's leg is at the server.
     await untilTrue('relay-ready reached bob', () => ready.length > 0);
@@ -297,6 +300,81 @@ describe('relay legs', () => {
     process.stderr.write(`relay (mallory's leg, bob's leg): closed ${fromDone.join('/')} ms after revoke exited, ${fromStart.join('/')} ms after it started\n`);
     for (const ms of fromDone) expect(ms).toBeLessThan(LIVE_BOUND_MS);
     expect(await errorCode(leg(mallory))).toBe('CertificateRevoked');
+  });
+});
+
+describe('relay legs: who may open one', () => {
+  // Legs are plain TCP (q2q/transport/relay-leg.ts): the request must be signed with the key of
+  // the certificate it presents, prove the token (HMAC) and carry a fresh nonce. With the fault
+  // relay-no-leg-proof the server checks none of that, and each forged leg gets in.
+  it.each([
+    ['each forged leg is refused', '', false],
+    ['forbidden: the server takes legs unchecked', 'relay-no-leg-proof', true],
+  ])('%s', async (_name, fault, forbidden) => {
+    const s = await site(['a.test'], { 'a.test': fault });
+    const mallory = await s.user('mallory@a.test');
+    const bob = await s.user('bob@a.test');
+    const bobControl = await s.control(bob, 'a.test');
+    bobControl.peer.handle(COMMANDS.inbound, () => ({ token: randomBytes(16).toString('hex'), candidates: '[]' }));
+    let callerLegsIn = 0;
+    bobControl.peer.handle(COMMANDS.relayReady, () => {
+      callerLegsIn += 1;
+      return {};
+    });
+    await bobControl.call(COMMANDS.listen, { services: '["svc"]', device: 'raw' });
+    const malloryControl = await s.control(mallory, 'a.test');
+    const inbound = async (): Promise<string> => {
+      const answer = await malloryControl.call(COMMANDS.inbound, { to: 'bob@a.test', service: 'svc', candidates: '[]', routes: '["relay"]' });
+      return answer.token ?? '';
+    };
+    const endpoint = { host: '127.0.0.1', port: (s.servers['a.test'] as ServerHandle).port };
+    const dial = (request: Record<string, string>) => dialRelayLeg(endpoint, request, { what: 'test leg', timeoutMs: 10_000 }).then(({ socket }) => keep(socket));
+    const genuineLeg = (user: User, token: string) => openRelayLeg({ domain: 'a.test', token, identity: user.identity, resolve: user.options().resolve }).then(keep);
+    /**
+     * 'ok' when `leg` was taken (it pairs once `partner` opens the other side), else the
+     * code it was refused with. A refusal comes at once; a leg taken waits for its partner.
+     */
+    const outcomeOf = async (leg: Promise<Duplex>, partner: () => Promise<Duplex>): Promise<string> => {
+      const outcome = errorCode(leg.then((l) => l.destroy()));
+      const early = await Promise.race([outcome, new Promise<null>((r) => setTimeout(() => r(null), 1_000))]);
+      if (early !== null) return early;
+      (await partner()).destroy();
+      return outcome;
+    };
+
+    // 1. mallory's certificate and signature, but a token proof made without the token.
+    const t1 = await inbound();
+    const noProof = await outcomeOf(dial(legRequest(mallory.identity, 'a.test', t1, randomBytes(16).toString('hex'))), () => genuineLeg(bob, t1));
+
+    // 2. A genuine request copied off the wire, sent again once its own connection broke (a reset
+    // frees its side of the token at once).
+    const t2 = await inbound();
+    const genuine = legRequest(mallory.identity, 'a.test', t2);
+    const before = callerLegsIn;
+    const original = keep(net.connect({ host: endpoint.host, port: endpoint.port }));
+    original.write(encodeBox(genuine));
+    await untilTrue("mallory's genuine leg is in", () => callerLegsIn > before);
+    original.resetAndDestroy();
+    // Until the server has seen the reset, a copy is refused for another reason (that side is taken).
+    let replayed = '';
+    for (let i = 0; i < 50 && replayed === ''; i++) {
+      const copy = dial(genuine);
+      copy.catch(() => undefined);
+      const refusal = await Promise.race([copy.then(() => null, (err: Error) => err), new Promise<null>((r) => setTimeout(() => r(null), 1_000))]);
+      if (refusal && /already connected/.test(refusal.message)) continue;
+      replayed = refusal ? ((refusal as Error & { code?: string }).code ?? refusal.message) : await outcomeOf(copy, () => genuineLeg(bob, t2));
+    }
+
+    // 3. bob's certificate, signed with mallory's key: a leg posing as the listener's.
+    const t3 = await inbound();
+    const posing = legRequest({ keyPem: mallory.identity.keyPem, certPem: bob.identity.certPem }, 'a.test', t3);
+    const otherCert = await outcomeOf(dial(posing), () => genuineLeg(mallory, t3));
+
+    if (forbidden) {
+      expect([noProof, replayed, otherCert]).toEqual(['ok', 'ok', 'ok']);
+      return;
+    }
+    expect([noProof, replayed, otherCert]).toEqual(['TokenInvalid', 'TokenInvalid', 'CertificateInvalid']);
   });
 });
 

@@ -9,7 +9,7 @@ import { PtcpSocket, type PtcpStream } from '../../../../q2q/transport/ptcp-sock
 import { ManualClock } from '../../../../q2q/util/clock';
 import { decodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../../../../q2q/wire/who-am-i';
-import { ImpairmentProxy } from '../../../helpers/impairment-proxy';
+import { ImpairmentProxy } from '../../../../bench/impairment-proxy';
 import { flushedTo, silentPeer, type SilentPeer } from '../../../helpers/silent-peer';
 
 /** Records what punch() sends, in order, with the TTL of each datagram. */

@@ -6,6 +6,9 @@
  * duplicates and delays datagrams (fixed delay plus uniform jitter, which reorders them)
  * from a seeded PRNG, so a failing run can be replayed. Queues are bounded: a datagram
  * arriving to a full queue is dropped and counted.
+ *
+ * It lives in bench/ because bench/ptcp.ts measures through it too, and bench/
+ * never imports test/ (test/unit/layers.test.ts); the tests import it from here.
  */
 import * as dgram from 'node:dgram';
 
