@@ -233,8 +233,6 @@ export class IdentityServer {
     const front = net.createServer({ allowHalfOpen: true });
     front.maxConnections = this.#opts.limits.maxConnections;
     front.on('connection', (socket: net.Socket) => {
-      // Control answers and relayed handshake records are small: no Nagle delay.
-      socket.setNoDelay(true);
       // Every connection starts unauthenticated: bounded per address and in total before any TLS work.
       const remote = plainAddress(socket.remoteAddress);
       const key = `${remote}:${socket.remotePort}`;
@@ -253,6 +251,8 @@ export class IdentityServer {
         socket.destroy();
         return;
       }
+      // Control answers and relayed handshake records are small: no Nagle delay.
+      socket.setNoDelay(true);
       this.#admitted.set(key, { entry, busy: () => false });
       this.#sockets.add(socket);
       socket.once('close', () => {
