@@ -5,7 +5,7 @@
  *   {"bench":"raw-tcp-throughput","MBps":…}                       the baseline, one stream
  *   {"bench":"tls-throughput","MBps":…,"ratio":…}                  plain Node TLS 1.3: a reference ceiling
  *   {"bench":"tunnel-throughput","route":"tcp","MBps":…,"ratio":…} direct-tcp Q2Q stream / raw
- *   {"bench":"tunnel-throughput","route":"relay",…}                relay / raw
+ *   {"bench":"tunnel-throughput","route":"relay",…}                relay / raw, and vsTcpTunnel: relay / tcp tunnel
  *   {"bench":"ttfb","route":"raw"|"tcp"|"relay","p50Ms":…,"p99Ms":…,"p50VsRaw":…}
  *   {"bench":"server-rss-per-agent","agents":1000,"KBPerAgent":…}
  *
@@ -169,6 +169,8 @@ export async function benchConnections(): Promise<void> {
       emit({
         bench: 'tunnel-throughput', route, MBps: round(rate, 1), rawMBps: round(raw, 1), ratio: round(rate / raw),
         vsTls: round(rate / (rates.tls as number)), target: targetRatio, seconds,
+        // Issue 12: the relay at >= 0.5 of the direct tcp tunnel measured in the same rounds.
+        ...(route === 'relay' && { vsTcpTunnel: round(rate / (rates.tcp as number)), targetVsTcpTunnel: 0.5 }),
       });
     }
 

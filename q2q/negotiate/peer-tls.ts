@@ -57,6 +57,8 @@ export class HeldOpen extends Duplex {
     else this.#raw.end(callback);
   }
 
+  // _read/_write/_final/_destroy are the documented methods a Duplex implements
+  // (node's "API for stream implementers"), not node internals.
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     if (err) this.#raw.destroy(err);
     else this.#raw.destroy();
