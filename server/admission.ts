@@ -93,12 +93,15 @@ export interface AdmissionOptions {
    * `no-admission-priority`, so the tests can show they fail without it).
    */
   priority?: boolean;
+  /** Told of every connection refused at accept, and why (metrics). */
+  onRefuse?: (reason: Refusal) => void;
 }
 
 export class Admission {
   readonly limits: Readonly<AdmissionLimits>;
   readonly #now: () => number;
   readonly #priority: boolean;
+  readonly #onRefuse: (reason: Refusal) => void;
   /** Least recently active first (activity re-inserts). */
   readonly #entries = new Set<Admitted>();
   readonly #byAddress = new Map<string, number>();
@@ -118,6 +121,7 @@ export class Admission {
     this.limits = { ...DEFAULT_ADMISSION_LIMITS, ...limits };
     this.#now = now;
     this.#priority = opts.priority ?? true;
+    this.#onRefuse = opts.onRefuse ?? (() => undefined);
   }
 
   get size(): number {
@@ -187,11 +191,13 @@ export class Admission {
         this.#shed++;
         this.#pressureUntil = now + this.limits.idleMs;
       }
+      this.#onRefuse(refusal);
       return null;
     }
     if (this.#priority && now < this.#pressureUntil && !this.isKnown(address)) this.#noteNewcomer(address, now);
     if (full && !this.#evictOne()) {
       this.#refused++;
+      this.#onRefuse('full');
       return null;
     }
     const entry: Admitted = { address, handshaking: true, openedAt: now, lastActive: now, busy, close };

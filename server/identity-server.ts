@@ -129,7 +129,10 @@ export class IdentityServer {
     this.#opts = opts;
     this.#log = opts.log ?? silentLogger;
     this.#faults = opts.faults ?? testFaults();
-    this.#admission = new Admission(opts.limits.unauthenticated ?? {}, Date.now, { priority: !this.#faults.has('no-admission-priority') });
+    this.#admission = new Admission(opts.limits.unauthenticated ?? {}, Date.now, {
+      priority: !this.#faults.has('no-admission-priority'),
+      onRefuse: (reason) => this.#metrics?.unauthenticatedRefused(reason),
+    });
     if (this.#faults.size > 0) this.#log.warn({ faults: [...this.#faults] }, 'TEST FAULTS ACTIVE: security checks are switched off');
   }
 
@@ -344,7 +347,10 @@ export class IdentityServer {
   async #startMetrics(metrics: ServerMetrics, listen: { host: string; port: number }): Promise<void> {
     const store = this.#store!;
     metrics.attach(
-      { sessions: () => this.#sessions.size, onlineAgents: () => this.#broker?.onlineCount ?? 0, relayActive: () => this.#relay?.activeStreams ?? 0 },
+      {
+        sessions: () => this.#sessions.size, onlineAgents: () => this.#broker?.onlineCount ?? 0, relayActive: () => this.#relay?.activeStreams ?? 0,
+        unauthenticated: () => this.#admission.stats,
+      },
       () => (this.#tcp ? store.ping() : Promise.reject(new Error('stopping'))),
     );
     this.#metricsHttp = new MetricsHttpServer(metrics, { log: this.#log.child({ component: 'metrics' }) });

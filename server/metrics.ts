@@ -24,6 +24,8 @@ export interface ServerGauges {
   sessions(): number;
   onlineAgents(): number;
   relayActive(): number;
+  /** Connections without a valid client certificate (server/admission.ts). */
+  unauthenticated?(): { open: number; underPressure: boolean };
 }
 
 export class ServerMetrics implements MetricsSource {
@@ -37,6 +39,7 @@ export class ServerMetrics implements MetricsSource {
   readonly #nodeForwards: Counter<'outcome'>;
   readonly #nodeLegs: Counter<'outcome'>;
   readonly #presenceLookups: Counter<'source'>;
+  readonly #unauthenticatedRefused: Counter<'reason'>;
   #gauges: ServerGauges | null = null;
   #ready: () => Promise<void> = async () => { throw new Error('starting'); };
 
@@ -56,6 +59,19 @@ export class ServerMetrics implements MetricsSource {
     new Gauge({
       name: 'vertex_server_relay_active_pairs', help: 'Relayed connections spliced now', registers,
       collect() { this.set(self.#gauges?.relayActive() ?? 0); },
+    });
+    new Gauge({
+      name: 'vertex_server_unauthenticated_connections', help: 'Connections without a valid client certificate open now (in TLS, registering, logging in)', registers,
+      collect() { this.set(self.#gauges?.unauthenticated?.().open ?? 0); },
+    });
+    new Gauge({
+      name: 'vertex_server_unauthenticated_pressure', help: '1 while new connections from addresses not known good are rationed (docs/security.md)', registers,
+      collect() { this.set(self.#gauges?.unauthenticated?.().underPressure ? 1 : 0); },
+    });
+    this.#unauthenticatedRefused = new Counter({
+      name: 'vertex_server_unauthenticated_refused_total',
+      help: 'Connections closed at accept, before TLS, by reason (address: per-address cap; shed: under pressure, not known good; full: every other one busy)',
+      labelNames: ['reason'], registers,
     });
     this.#commands = new Counter({
       name: 'vertex_server_commands_total', help: 'Control commands answered, by command and outcome (ok or the error code)',
@@ -92,6 +108,10 @@ export class ServerMetrics implements MetricsSource {
   attach(gauges: ServerGauges, ready: () => Promise<void>): void {
     this.#gauges = gauges;
     this.#ready = ready;
+  }
+
+  unauthenticatedRefused(reason: string): void {
+    this.#unauthenticatedRefused.inc({ reason });
   }
 
   command(command: string, outcome: string): void {

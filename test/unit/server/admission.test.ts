@@ -129,6 +129,22 @@ describe('Admission under pressure', () => {
     expect(admission.stats.shed).toBe(3);
   });
 
+  it('tells why each refused connection was refused', () => {
+    const reasons: string[] = [];
+    let now = 0;
+    const admission = new Admission({ perAddress: 2, total: 3, newcomerIntervalMs: 5_000 }, () => now, { onRefuse: (r) => reasons.push(r) });
+    const open = (a: string, busy = () => false) => admission.admit(a, () => undefined, busy);
+    open('198.51.100.1', () => true);
+    open('198.51.100.1', () => true);
+    expect(open('198.51.100.1')).toBeNull();
+    open('198.51.100.2', () => true);
+    // Full of busy ones: the newcomer's share, but nothing to evict.
+    expect(open('198.51.100.3')).toBeNull();
+    expect(open('198.51.100.3')).toBeNull();
+    now += 1;
+    expect(reasons).toEqual(['address', 'full', 'shed']);
+  });
+
   it('an address that proves itself (registers, logs in) is admitted at once after', () => {
     const { admission, open } = full();
     expect(open('203.0.113.9', 'register')).not.toBeNull();

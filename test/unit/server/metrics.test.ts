@@ -28,11 +28,18 @@ describe('server metrics endpoint', () => {
     const store = instrumentStore(new SqliteAccountStore(path.join(dir, 'vertex.db')), metrics);
     try {
       expect(await get(port, '/health')).toEqual({ status: 503, body: 'not ready: starting\n' });
-      metrics.attach({ sessions: () => 3, onlineAgents: () => 2, relayActive: () => 1 }, () => store.ping());
+      metrics.attach({
+        sessions: () => 3, onlineAgents: () => 2, relayActive: () => 1, unauthenticated: () => ({ open: 7, underPressure: true }),
+      }, () => store.ping());
+      metrics.unauthenticatedRefused('shed');
+      metrics.unauthenticatedRefused('shed');
       expect(await get(port, '/health')).toEqual({ status: 200, body: 'ok\n' });
       await store.createAccount('a.test', 'alice', 'h');
       const text = (await get(port, '/metrics')).body;
       expect(text).toMatch(/^vertex_server_sessions\{node="n1"\} 3$/m);
+      expect(text).toMatch(/^vertex_server_unauthenticated_connections\{node="n1"\} 7$/m);
+      expect(text).toMatch(/^vertex_server_unauthenticated_pressure\{node="n1"\} 1$/m);
+      expect(text).toMatch(/^vertex_server_unauthenticated_refused_total\{reason="shed",node="n1"\} 2$/m);
       expect(text).toMatch(/^vertex_server_store_seconds_count\{node="n1",op="createAccount",outcome="ok"\} 1$/m);
       await store.close();
       const down = await get(port, '/health');
