@@ -13,6 +13,14 @@
  *       registrations per second against one node, and spread over three
  *       (scrypt is the work; the same number in flight in both)
  *
+ * `node dist/bench/multi-node.js idle-agents` (its own mode):
+ *
+ *   {"bench":"multi-node-rss-per-agent","agents":10000,"KBPerAgent":…,"perNode":[…]}
+ *       10,000 idle agent control sessions spread over the three nodes
+ *       (mutual TLS with a user certificate, hello, listen as a device of
+ *       their own: one presence row each), RSS of each node before and
+ *       after, each after a forced full GC, divided by the agents on it
+ *
  * Processes: three real `vertex server` nodes (node: in server.yaml, one
  * fresh PostgreSQL database, the CA copied from node 1), the listeners in a
  * child process (library Q2QNodes, each homed on its node), the callers in
@@ -25,14 +33,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import pg from 'pg';
-import { COMMANDS } from '../q2q/control/protocol';
+import { COMMANDS, MAX_DEVICES_PER_ADDRESS } from '../q2q/control/protocol';
+import { createCsr, generateKeyPair, issueUserCertificate } from '../q2q/identity';
 import { openServerConnection, type ServerConnection } from '../q2q/control/server-connection';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity } from '../q2q/negotiate/types';
 import {
-  BENCH_LIMITS, emit, Endpoints, firstByte, forkBench, mapLimit, MemoryTrust, nodeOptions, note, percentile, registerMany, round,
-  runStandalone, sleep, startServer, tempDir, type Proc, type ServerHandle,
+  BENCH_LIMITS, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, mapLimit, memoryAfterGc, MemoryTrust, nodeOptions, note, percentile, registerMany,
+  round, rssKb, runStandalone, cpuMs, sleep, startServer, tempDir, type Proc, type ServerHandle,
 } from './harness';
+import { profileArgs } from './connections';
 
 const DOMAIN = 'mn.test';
 const TTFB_CONNECTS = 100;
@@ -104,14 +114,15 @@ async function startListeners(specs: ListenerSpec[]): Promise<Proc> {
 
 // ---- the bench ----
 
-async function startNodes(storeUrl: string, count: number): Promise<ServerHandle[]> {
+async function startNodes(storeUrl: string, count: number, opts: { nodeArgs?: string[]; limits?: string } = {}): Promise<ServerHandle[]> {
   const nodes: ServerHandle[] = [];
   for (let i = 1; i <= count; i++) {
     const dataDir = tempDir(`node${i}`);
     if (i > 1) fs.cpSync(path.join((nodes[0] as ServerHandle).dataDir, 'ca'), path.join(dataDir, 'ca'), { recursive: true });
     nodes.push(await startServer([DOMAIN], {
       dataDir,
-      yaml: [`limits: { ${BENCH_LIMITS} }`, `store: ${JSON.stringify(storeUrl)}`, `node: { name: n${i}, listen: "127.0.0.1:0" }`].join('\n'),
+      ...(opts.nodeArgs && { nodeArgs: opts.nodeArgs }),
+      yaml: [`limits: { ${opts.limits ?? BENCH_LIMITS} }`, `store: ${JSON.stringify(storeUrl)}`, `node: { name: n${i}, listen: "127.0.0.1:0" }`].join('\n'),
     }));
   }
   return nodes;
@@ -212,13 +223,175 @@ export async function benchMultiNode(): Promise<void> {
   }
 }
 
+// ---- idle agents over three nodes: server RSS per agent ----
+
+const IDLE_AGENTS = Number(process.env.VERTEX_BENCH_AGENTS ?? 10_000);
+/** Each user's sessions are its devices (at most MAX_DEVICES_PER_ADDRESS listen at once). */
+const DEVICES_PER_USER = MAX_DEVICES_PER_ADDRESS;
+const SESSION_PARALLEL = 24;
+const SETTLE_MS = 2_000;
+/** Generous: on a loaded 2-core machine a session took up to 2 s to come up with 24 in flight. */
+const SESSIONS_TIMEOUT_MS = Math.max(120_000, IDLE_AGENTS * 100);
+
+interface SessionsStart { port: number; users: Identity[]; first: number; count: number }
+
+/**
+ * Child: `count` idle control sessions to one node, session k (from `first`)
+ * as device d<k> of user k / DEVICES_PER_USER: mutual TLS with the user's
+ * certificate, hello, listen with one service, then nothing (the server's
+ * idle timeout is the agent keepalive's business; these stay well within it).
+ */
+async function runSessionsChild(): Promise<void> {
+  const start = await new Promise<SessionsStart>((resolve) => process.once('message', (m) => resolve(m as SessionsStart)));
+  const endpoints = new Endpoints();
+  endpoints.set(DOMAIN, start.port);
+  const trust = new MemoryTrust();
+  const open: ServerConnection[] = [];
+  process.once('disconnect', () => {
+    for (const c of open) c.close();
+    setTimeout(() => process.exit(0), 500).unref();
+  });
+  const tlsMs: number[] = [];
+  const listenMs: number[] = [];
+  await mapLimit(Array.from({ length: start.count }, (_, i) => start.first + i), SESSION_PARALLEL, async (k) => {
+    const user = start.users[Math.floor(k / DEVICES_PER_USER)] as Identity;
+    const t0 = performance.now();
+    const conn = await openServerConnection({ domain: DOMAIN, resolve: endpoints.resolve, trust, credentials: { keyPem: user.keyPem, certPem: user.certPem }, connectTimeoutMs: 60_000 });
+    open.push(conn);
+    // As an agent: presence pushes (the user's other devices coming online) are answered.
+    conn.peer.handle(COMMANDS.presence, () => ({}));
+    const t1 = performance.now();
+    await conn.call(COMMANDS.listen, { services: '["echo"]', device: `d${k}` }, { timeoutMs: 60_000 });
+    tlsMs.push(t1 - t0);
+    listenMs.push(performance.now() - t1);
+  });
+  process.send?.({ online: open.length, tlsP50Ms: percentile(tlsMs, 50), listenP50Ms: percentile(listenMs, 50) });
+}
+
+/**
+ * Resolves when the child has exited. Not Proc.exited ('close'): a forked
+ * child whose IPC channel the parent disconnected exits without 'close' on Node 20.
+ */
+function exitOf(proc: Proc): Promise<void> {
+  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => proc.child.once('exit', () => resolve()));
+}
+
+async function startSessions(port: number, users: Identity[], first: number, count: number): Promise<Proc> {
+  const proc = forkBench(__filename, ['sessions'], profileArgs('idle-sessions'));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`bench: ${count} sessions not online after ${SESSIONS_TIMEOUT_MS} ms:\n${proc.output().slice(-2000)}`)), SESSIONS_TIMEOUT_MS);
+    proc.child.once('message', (m: { tlsP50Ms: number; listenP50Ms: number }) => {
+      clearTimeout(timer);
+      note(`sessions to port ${port}: connect (tls, hello) p50 ${round(m.tlsP50Ms, 1)} ms, listen p50 ${round(m.listenP50Ms, 1)} ms`);
+      resolve();
+    });
+    void proc.exited.then(() => { clearTimeout(timer); reject(new Error(`bench: sessions child exited:\n${proc.output().slice(-2000)}`)); });
+    proc.child.send({ port, users, first, count } satisfies SessionsStart);
+  });
+  return proc;
+}
+
+/**
+ * Users made straight in the store, with certificates from the domain CA
+ * (node 1's files): registering them through `register` would cost a scrypt
+ * hash each (about a second here), and what is measured is idle sessions.
+ * One key pair serves every user (each certificate names its own address).
+ */
+async function makeUsers(storeUrl: string, caDir: string, count: number): Promise<Identity[]> {
+  const caCertPem = fs.readFileSync(path.join(caDir, 'cert.pem'), 'utf8');
+  const caKeyPem = fs.readFileSync(path.join(caDir, 'key.pem'), 'utf8');
+  const { privateKeyPem } = await generateKeyPair();
+  const users: Identity[] = [];
+  const rows: Array<{ user: string; serial: string; notBefore: number; notAfter: number }> = [];
+  for (let i = 0; i < count; i++) {
+    const address = `idle${i}@${DOMAIN}`;
+    const cert = await issueUserCertificate({ caCertPem, caKeyPem, csrPem: await createCsr(address, privateKeyPem), expectedAddress: address, lifetimeMs: 86_400_000 });
+    users.push({ address, keyPem: privateKeyPem, certPem: cert.certPem });
+    rows.push({ user: `idle${i}`, serial: cert.serial, notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime() });
+  }
+  const client = new pg.Client({ connectionString: storeUrl });
+  await client.connect();
+  try {
+    await client.query(
+      "INSERT INTO accounts (domain, username, password_hash, created_at) SELECT $1, u, 'bench: no password', 0 FROM unnest($2::text[]) AS u",
+      [DOMAIN, rows.map((r) => r.user)]);
+    await client.query(
+      'INSERT INTO certificates (serial, domain, username, not_before, not_after) SELECT s, $1, u, b, a FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(s, u, b, a)',
+      [DOMAIN, rows.map((r) => r.serial), rows.map((r) => r.user), rows.map((r) => r.notBefore), rows.map((r) => r.notAfter)]);
+  } finally {
+    await client.end();
+  }
+  return users;
+}
+
+export async function benchIdleAgents(): Promise<void> {
+  const database = `vertex_bench_${process.pid}_${crypto.randomBytes(3).toString('hex')}`;
+  await admin(`CREATE DATABASE ${database}`);
+  const storeUrl = withDatabase(POSTGRES_URL, database);
+  const procs: Proc[] = [];
+  const sessions: Proc[] = [];
+  try {
+    const t0 = performance.now();
+    const nodes = await startNodes(storeUrl, 3, { nodeArgs: [...INSPECT_ARGS, ...profileArgs('idle-node')], limits: `max_connections: ${IDLE_AGENTS + 1000}, ${BENCH_LIMITS}` });
+    procs.push(...nodes.map((n) => n.proc));
+    const userCount = Math.ceil(IDLE_AGENTS / DEVICES_PER_USER);
+    const users = await makeUsers(storeUrl, path.join((nodes[0] as ServerHandle).dataDir, 'ca', DOMAIN), userCount);
+    note(`idle agents: ${userCount} users made in ${Math.round(performance.now() - t0)} ms (nodes started, certificates issued)`);
+    // Warm-up: a few sessions per node come and go, so code paths and TLS contexts are in both readings.
+    const warm = await Promise.all(nodes.map((n, i) => startSessions(n.port, users, i * 10, 10)));
+    for (const w of warm) w.child.disconnect();
+    await Promise.all(warm.map(exitOf));
+    await sleep(SETTLE_MS);
+    const before = await Promise.all(nodes.map((n) => memoryAfterGc(n.proc)));
+    const share = Math.ceil(IDLE_AGENTS / nodes.length);
+    note(`idle agents: ${IDLE_AGENTS} sessions, ${share} per node, ${SESSION_PARALLEL} connecting at once per node`);
+    const t1 = performance.now();
+    const cpuBefore = nodes.map((n) => cpuMs(n.proc.pid));
+    sessions.push(...await Promise.all(nodes.map((n, i) => startSessions(n.port, users, i * share, Math.min(share, IDLE_AGENTS - i * share)))));
+    const connectMs = performance.now() - t1;
+    // The nodes' own CPU per session (TLS with a client certificate, its check in the store, hello, listen, the presence write and the others' notifications).
+    const serverCpuMs = nodes.reduce((sum, n, i) => sum + cpuMs(n.proc.pid) - (cpuBefore[i] as number), 0);
+    const clientCpuMs = sessions.reduce((sum, p) => sum + cpuMs(p.pid), 0);
+    await sleep(SETTLE_MS);
+    const afterNoGc = nodes.map((n) => rssKb(n.proc.pid));
+    const after = await Promise.all(nodes.map((n) => memoryAfterGc(n.proc)));
+    const perNode = nodes.map((_, i) => {
+      const agents = Math.min(share, IDLE_AGENTS - i * share);
+      const b = before[i] as { rssKB: number; heapKB: number };
+      const a = after[i] as { rssKB: number; heapKB: number };
+      return {
+        node: `n${i + 1}`, agents, rssBeforeKB: b.rssKB, rssAfterKB: a.rssKB, rssAfterNoGcKB: afterNoGc[i],
+        KBPerAgent: round((a.rssKB - b.rssKB) / agents, 1), heapKBPerAgent: round((a.heapKB - b.heapKB) / agents, 1),
+      };
+    });
+    const rows = new pg.Client({ connectionString: storeUrl });
+    await rows.connect();
+    const presence = Number((await rows.query<{ n: string }>('SELECT count(*) AS n FROM presence')).rows[0]?.n);
+    await rows.end();
+    emit({
+      bench: 'multi-node-rss-per-agent', agents: IDLE_AGENTS, users: userCount, nodes: nodes.length, presenceRows: presence,
+      KBPerAgent: round(Math.max(...perNode.map((p) => p.KBPerAgent)), 1),
+      meanKBPerAgent: round(perNode.reduce((sum, p) => sum + p.KBPerAgent, 0) / perNode.length, 1),
+      sessionsPerSecond: round(IDLE_AGENTS / (connectMs / 1000), 0), serverCpuMsPerSession: round(serverCpuMs / IDLE_AGENTS, 2),
+      clientCpuMsPerSession: round(clientCpuMs / IDLE_AGENTS, 2), targetKB: 64, perNode,
+    });
+  } finally {
+    for (const p of sessions) if (p.child.connected) p.child.disconnect();
+    await Promise.race([Promise.all(sessions.map(exitOf)), sleep(10_000)]);
+    await Promise.all([...sessions, ...procs].map((p) => p.stop()));
+    await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => undefined);
+  }
+}
+
 if (require.main === module) {
-  if (process.argv[2] === 'listener') {
-    runListenerChild().catch((err: unknown) => {
-      process.stderr.write(`bench listener: ${err instanceof Error ? err.stack : String(err)}\n`);
+  const child = ({ listener: runListenerChild, sessions: runSessionsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
+  if (child) {
+    child().catch((err: unknown) => {
+      process.stderr.write(`bench ${process.argv[2]}: ${err instanceof Error ? err.stack : String(err)}\n`);
       process.exit(1);
     });
   } else {
-    runStandalone({ 'multi-node': benchMultiNode }, process.argv[2] ?? 'multi-node');
+    runStandalone({ 'multi-node': benchMultiNode, 'idle-agents': benchIdleAgents }, process.argv[2] ?? 'multi-node');
   }
 }

@@ -324,6 +324,7 @@ export class IdentityServer {
       name: node.name, listen: node.listen, ...(node.advertise && { advertise: node.advertise }), storeUrl: store, cas,
       broker: this.#broker!, relay: this.#relay!, log: this.#log.child({ component: 'node' }),
       ...(this.#metrics && { metrics: this.#metrics }),
+      ...(this.#faults.has('no-node-cert-check') && { skipCertificateCheck: true }),
     });
     await this.#mesh.start();
   }

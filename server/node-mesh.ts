@@ -2,10 +2,13 @@
  * One node of several serving the same domains over one PostgreSQL store.
  *
  * - Identity: each node issues itself a node certificate from each domain CA
- *   (server/node-identity.ts) and listens for other nodes on its own port
- *   (`node.listen`), TLS 1.3 with mutual authentication: both sides must
- *   show a certificate of the domain CA marked as a node. Agents never use
- *   this port; keep it reachable by the other nodes only (docs/deploy.md).
+ *   (server/node-identity.ts), records its serial in the store, and listens
+ *   for other nodes on its own port (`node.listen`), TLS 1.3 with mutual
+ *   authentication: both sides must show a certificate of the domain CA
+ *   marked as a node, whose serial is recorded and not revoked (`vertex
+ *   server revoke SERIAL`; a revocation closes the connections that use it
+ *   on every node). Agents never use this port; keep it reachable by the
+ *   other nodes only (docs/deploy.md).
  * - Presence: which node holds which listening (address, device) is in the
  *   store (server/store/node-directory.ts), and each node keeps a copy in
  *   memory that the store's notifications keep current. The broker reads the
@@ -37,6 +40,7 @@ import { dialRelayLeg, refuseLeg, sortConnection, type LegRequest } from '../q2q
 import type { Logger } from '../q2q/util/log';
 import type { Broker, NodePresence } from './broker';
 import type { DomainCa } from './ca-store';
+import { normaliseSerial } from '../q2q/identity';
 import { issueNodeCertificate, NODE_CERT_LIFETIME_MS, nodeNameOf, type NodeCredentials } from './node-identity';
 import type { Relay } from './relay';
 import { splice } from './splice';
@@ -64,6 +68,8 @@ export interface NodeMeshOptions {
   relay: Relay;
   log: Logger;
   metrics?: ServerMetrics;
+  /** Tests only (server/test-faults.ts): `no-node-cert-check` skips the store check of node certificates. */
+  skipCertificateCheck?: boolean;
 }
 
 function formatEndpoint(host: string, port: number): string {
@@ -83,6 +89,8 @@ export class NodeMesh implements NodePresence {
   readonly #contexts = new Map<string, tls.SecureContext>();
   readonly #peers = new Map<string, Promise<AmpPeer>>();
   readonly #sockets = new Set<net.Socket>();
+  /** Node-to-node connections (both ways) by the serial of the other node's certificate: a revocation ends them. */
+  readonly #bySerial = new Map<tls.TLSSocket, string>();
   /** Node endpoints by name, so that a forwarded inbound costs no store query. */
   readonly #nodeInfo = new Map<string, { info: NodeInfo; at: number }>();
   #directory: NodeDirectory | null = null;
@@ -110,7 +118,7 @@ export class NodeMesh implements NodePresence {
       throw vertexError('Usage', `node ${this.#opts.name}: node.listen ${host} is every address; say which one the other nodes dial with node.advertise: HOST:PORT`);
     }
     await this.#issueCertificates();
-    // Renewed well before they end; connections made earlier keep theirs.
+    // Renewed well before they end (and recorded); connections made earlier keep theirs.
     this.#renew = setInterval(() => {
       this.#issueCertificates().catch((err: Error) => this.#log.error({ reason: err.message }, 'node certificates not renewed'));
     }, NODE_CERT_LIFETIME_MS / 3);
@@ -155,10 +163,13 @@ export class NodeMesh implements NodePresence {
     this.#directory = await NodeDirectory.open({
       url: this.#opts.storeUrl, name: this.#opts.name, endpoint: this.#endpoint, log: this.#log.child({ component: 'node-directory' }),
       onPresenceChange: (address) => void broker.refreshPresence(address),
+      onNodeCertificateRevoked: (serial) => this.#endConnections((s) => s === serial, 'its certificate was revoked'),
+      onResync: () => void this.#recheckConnections(),
       ...(this.#opts.metrics && { onLookup: this.#opts.metrics.presenceLookup.bind(this.#opts.metrics) }),
     });
     try {
       for (const [domain, ca] of this.#opts.cas) await this.#directory.checkDomainCa(domain, ca.fingerprint);
+      for (const creds of this.#creds.values()) await this.#record(creds);
     } catch (err) {
       await this.stop();
       throw err;
@@ -171,9 +182,62 @@ export class NodeMesh implements NodePresence {
   async #issueCertificates(): Promise<void> {
     for (const [domain, ca] of this.#opts.cas) {
       const creds = await issueNodeCertificate(ca, this.#opts.name);
+      // Recorded before use (on a renewal; at start the store is opened after the first issue, and records them then).
+      if (this.#directory) await this.#record(creds);
       this.#creds.set(domain, creds);
       this.#contexts.set(domain, tls.createSecureContext({ key: creds.keyPem, cert: creds.certPem, ca: [ca.certPem], minVersion: 'TLSv1.3' }));
     }
+  }
+
+  async #record(creds: NodeCredentials): Promise<void> {
+    const cert = new X509Certificate(creds.certPem);
+    const serial = normaliseSerial(cert.serialNumber);
+    await this.#directory!.recordNodeCertificate({ serial, domain: creds.domain, notBefore: Date.parse(cert.validFrom), notAfter: creds.notAfter });
+    this.#log.info({ domain: creds.domain, serial }, 'node certificate issued and recorded');
+  }
+
+  /**
+   * Checks the other node's certificate against the store (recorded by that
+   * node, not revoked); resolves to its serial, or throws. The chain and the
+   * node mark were checked already.
+   */
+  async #checkPeerSerial(socket: tls.TLSSocket, domain: string, node: string): Promise<string> {
+    const cert = socket.getPeerX509Certificate();
+    if (!cert) throw vertexError('CertificateInvalid', `node ${node}: no certificate`);
+    const serial = normaliseSerial(cert.serialNumber);
+    if (!this.#directory) throw vertexError('StorageUnavailable', `node ${node}: this node is not ready`);
+    if (!this.#opts.skipCertificateCheck && !await this.#directory.nodeCertificateGood(serial, domain, node)) {
+      throw vertexError('CertificateRevoked', `node ${node}: its certificate ${serial} is revoked, or was not issued by a node of ${domain}`);
+    }
+    this.#bySerial.set(socket, serial);
+    socket.once('close', () => this.#bySerial.delete(socket));
+    return serial;
+  }
+
+  #endConnections(match: (serial: string) => boolean, why: string): void {
+    for (const [socket, serial] of this.#bySerial) {
+      if (!match(serial)) continue;
+      this.#log.warn({ serial, remote: `${socket.remoteAddress}:${socket.remotePort}` }, `node connection closed: ${why}`);
+      this.#bySerial.delete(socket);
+      socket.destroy();
+    }
+  }
+
+  /** After lost notifications: every node connection's certificate checked again. */
+  async #recheckConnections(): Promise<void> {
+    const bad = new Set<string>();
+    for (const serial of new Set(this.#bySerial.values())) {
+      try {
+        const socket = [...this.#bySerial].find(([, s]) => s === serial)?.[0];
+        const cert = socket?.getPeerX509Certificate();
+        if (!socket || !cert) continue;
+        const domain = (socket.servername || '').toLowerCase() || [...this.#creds.keys()][0] || '';
+        if (!await this.#directory?.nodeCertificateGood(serial, domain, nodeNameOf(cert, domain))) bad.add(serial);
+      } catch (err) {
+        this.#log.debug({ serial, reason: (err as Error).message }, 'node certificate not checked again');
+      }
+    }
+    if (bad.size > 0) this.#endConnections((s) => bad.has(s), 'its certificate was revoked');
   }
 
   // ---- the server side: other nodes' requests ----
@@ -192,6 +256,18 @@ export class NodeMesh implements NodePresence {
       socket.destroy();
       return;
     }
+    // Nothing is read until the certificate is found good: the socket stays paused.
+    this.#checkPeerSerial(socket, domain, peerNode).then(
+      () => this.#onCheckedNodeConnection(socket, domain, peerNode, log),
+      (err: Error) => {
+        log.warn({ node: peerNode, reason: err.message }, 'node connection refused');
+        socket.destroy();
+      },
+    );
+  }
+
+  #onCheckedNodeConnection(socket: tls.TLSSocket, domain: string, peerNode: string, log: Logger): void {
+    if (socket.destroyed) return;
     const peer = attachAmp(socket, { log, limits: { maxBoxBytes: MAX_NODE_BOX_BYTES } });
     const inDomain = (command: string, address: string): string => {
       if (address.slice(address.lastIndexOf('@') + 1).toLowerCase() !== domain) throw vertexError('NotAllowed', `${command}: ${address} is not in ${domain}`);
@@ -249,8 +325,15 @@ export class NodeMesh implements NodePresence {
       }, NODE_CONNECT_TIMEOUT_MS);
       socket.once('secureConnect', () => {
         clearTimeout(timer);
-        socket.off('error', onError);
-        resolve(socket);
+        // The other node's certificate must be recorded and unrevoked, as this node's is for it.
+        this.#checkPeerSerial(socket, domain, node.name).then(() => {
+          socket.off('error', onError);
+          resolve(socket);
+        }, (err: VertexError) => {
+          socket.off('error', onError);
+          socket.destroy();
+          reject(err);
+        });
       });
       const onError = (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);

@@ -19,10 +19,12 @@
  * - `relay-no-leg-proof`: relay legs are taken without checking the request's
  *   signature against its certificate, its token proof (HMAC) or that its
  *   nonce is fresh: the name of a token and any certificate open a leg.
+ * - `no-node-cert-check`: the node-to-node mesh admits any node certificate
+ *   of the domain CA, recorded or not, revoked or not (server/node-mesh.ts).
  */
-export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority' | 'relay-no-leg-proof';
+export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority' | 'relay-no-leg-proof' | 'no-node-cert-check';
 
-const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority', 'relay-no-leg-proof'];
+const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority', 'relay-no-leg-proof', 'no-node-cert-check'];
 
 export function testFaults(env: NodeJS.ProcessEnv = process.env): ReadonlySet<TestFault> {
   if (env.NODE_ENV !== 'test' || !env.VERTEX_TEST_FAULT) return new Set();

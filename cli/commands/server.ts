@@ -15,6 +15,7 @@ import { caDir } from '../../server/ca-store';
 import type { AccountStore } from '../../server/store/account-store';
 import { DATABASE_FILE, describeStore, openAccountStore } from '../../server/store/open-store';
 import { isPostgresUrl } from '../../server/store/postgres-store';
+import { revokeNodeCertificate } from '../../server/store/node-directory';
 import { hashPassword } from '../../server/password';
 import { INVITE_LIFETIME_MS, newInviteCode, validatePassword } from '../../server/account-service';
 import { createLogger } from '../logger';
@@ -197,19 +198,25 @@ const removeUser: CommandModule<GlobalArgs, AdminArgs> = {
 
 const revoke: CommandModule<GlobalArgs, AdminArgs> = {
   command: 'revoke <serial>',
-  describe: 'revoke a certificate by serial number (hex)',
+  describe: 'revoke a certificate by serial number (hex): a user\'s, or a server node\'s (several nodes on PostgreSQL)',
   builder: (y) => serverOptions(y).positional('serial', { type: 'string', demandOption: true }) as Argv<AdminArgs>,
   handler: async (args) => {
     // As stored: lowercase hex without separators or leading zeros (normaliseSerial).
     const serial = (args.serial ?? '').toLowerCase().replace(/:/g, '').replace(/^0+(?=.)/, '');
     if (!/^[0-9a-f]{1,64}$/.test(serial)) throw vertexError('Usage', `revoke ${args.serial}: a serial is hexadecimal, as printed by register and login`);
-    const { store } = await openStore(args);
+    const { store, config } = await openStore(args);
+    let node: { domain: string; node: string } | null = null;
     try {
-      if (!await store.revokeCertificate(serial)) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
+      if (!await store.revokeCertificate(serial)) {
+        // Not a user's: a node certificate (each node records its own; the log line "node certificate issued and recorded" has the serial).
+        if (isPostgresUrl(config.store)) node = await revokeNodeCertificate(config.store, serial);
+        if (!node) throw vertexError('CertificateInvalid', `revoke ${serial}: no certificate with that serial was issued here`);
+      }
     } finally {
       await store.close();
     }
-    printResult(args.json, `revoked ${serial}`, { serial });
+    if (node) printResult(args.json, `revoked ${serial} (node ${node.node} of ${node.domain})`, { serial, node: node.node, domain: node.domain });
+    else printResult(args.json, `revoked ${serial}`, { serial });
   },
 };
 

@@ -71,18 +71,24 @@ export interface NodeDirectoryOptions {
   onPresenceChange?: (address: string) => void;
   /** Each devicesElsewhere, by where it was answered from. */
   onLookup?: (source: LookupSource) => void;
+  /** A node certificate was revoked (by any node or admin command): connections that use it end. */
+  onNodeCertificateRevoked?: (serial: string) => void;
+  /** The copy was reloaded after the notifications were lost: revocations may have been missed meanwhile. */
+  onResync?: () => void;
 }
 
 /**
  * One change, as sent in a notification (JSON array after the schema and a space):
  * put: ['p', domain, user, device, node, services]; remove: ['r', domain, user, device, node];
- * a node withdrew all its rows: ['n', node]; read the row: ['f', domain, user, device].
+ * a node withdrew all its rows: ['n', node]; read the row: ['f', domain, user, device];
+ * a node certificate was revoked: ['x', serial].
  */
 type Change =
   | ['p', string, string, string, string, string[]]
   | ['r', string, string, string, string]
   | ['n', string]
-  | ['f', string, string, string];
+  | ['f', string, string, string]
+  | ['x', string];
 
 interface Entry { node: string; services: string[] }
 
@@ -107,6 +113,8 @@ export class NodeDirectory {
   readonly #presence = new Map<string, Map<string, Entry>>();
   /** Liveness of the other nodes as of the last beat (or a change they sent since). */
   readonly #alive = new Map<string, boolean>();
+  /** Node certificate serials found recorded and unrevoked (cleared by a revocation notice and a reload). */
+  readonly #goodSerials = new Set<string>();
   #listenClient: pg.Client | null = null;
   #listenTimer: NodeJS.Timeout | null = null;
   #listenRetryMs = LISTEN_RETRY_MIN_MS;
@@ -343,7 +351,8 @@ export class NodeDirectory {
       }
     })().finally(() => {
       this.#applying = null;
-      if (this.#queue.length > 0 && !this.#loading) this.#drain();
+      // Not when closed: the loop above would stop at once and come back here, for ever (microtasks only, so nothing else would run).
+      if (this.#queue.length > 0 && !this.#loading && !this.#closed) this.#drain();
     });
   }
 
@@ -368,6 +377,14 @@ export class NodeDirectory {
       }
       case 'n':
         this.#dropNode(change[1]);
+        return;
+      case 'x':
+        this.#goodSerials.delete(change[1]);
+        try {
+          this.#opts.onNodeCertificateRevoked?.(change[1]);
+        } catch (err) {
+          this.#log.error({ err }, 'node directory: node certificate revocation handler threw');
+        }
         return;
       case 'f': {
         const [, domain, user, device] = change;
@@ -441,10 +458,37 @@ export class NodeDirectory {
   async #reload(): Promise<void> {
     try {
       await this.#load();
+      // Revocations sent while the notifications were lost: the node checks its connections again.
+      this.#goodSerials.clear();
+      this.#opts.onResync?.();
     } catch (err) {
       this.#log.warn({ reason: (err as Error).message }, 'node directory: presence not loaded; reading it from the store meanwhile');
       this.#synced = false;
     }
+  }
+
+  // ---- node certificates ----
+
+  /** Records a node certificate this node issued itself, so that the other nodes admit it. */
+  async recordNodeCertificate(cert: { serial: string; domain: string; notBefore: number; notAfter: number }): Promise<void> {
+    await this.#pool.query(
+      'INSERT INTO node_certificates (serial, domain, node, not_before, not_after) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (serial) DO NOTHING',
+      [cert.serial, cert.domain, this.#name, cert.notBefore, cert.notAfter]);
+    this.#goodSerials.add(cert.serial);
+  }
+
+  /**
+   * Whether a node certificate of `domain` for `node` is recorded and not
+   * revoked. Answered from memory once found good (a revocation notice takes
+   * it out), so a pooled node connection or a relay leg costs no query.
+   */
+  async nodeCertificateGood(serial: string, domain: string, node: string): Promise<boolean> {
+    if (this.#goodSerials.has(serial)) return true;
+    const { rows } = await this.#pool.query<{ revoked: boolean }>(
+      'SELECT revoked_at IS NOT NULL AS revoked FROM node_certificates WHERE serial = $1 AND domain = $2 AND node = $3', [serial, domain, node]);
+    const good = rows[0] !== undefined && !rows[0].revoked;
+    if (good && this.#synced) this.#goodSerials.add(serial);
+    return good;
   }
 
   // ---- the rest ----
@@ -482,6 +526,7 @@ export class NodeDirectory {
     if (this.#closed) return;
     this.#closed = true;
     this.#synced = false;
+    this.#queue.length = 0;
     if (this.#beat) clearInterval(this.#beat);
     if (this.#listenTimer) clearTimeout(this.#listenTimer);
     const listen = this.#listenClient;
@@ -501,5 +546,25 @@ export class NodeDirectory {
       }
     }
     await this.#pool.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Revokes a node certificate (`vertex server revoke SERIAL` on a PostgreSQL
+ * store) and tells the running nodes in the same statement, so they close
+ * the node-to-node connections that use it. Null when no node certificate
+ * has that serial; revoking twice is not an error.
+ */
+export async function revokeNodeCertificate(url: string, serial: string, now = Date.now()): Promise<{ domain: string; node: string } | null> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: QUERY_TIMEOUT_MS, application_name: 'vertex-admin' });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ domain: string; node: string }>(
+      `WITH r AS (UPDATE node_certificates SET revoked_at = COALESCE(revoked_at, $2) WHERE serial = $1 RETURNING domain, node)
+       SELECT domain, node, pg_notify('${PRESENCE_CHANNEL}', current_schema() || ' ' || $3) FROM r`,
+      [serial, now, JSON.stringify(['x', serial] satisfies Change)]);
+    return rows[0] ? { domain: rows[0].domain, node: rows[0].node } : null;
+  } finally {
+    await client.end().catch(() => undefined);
   }
 }

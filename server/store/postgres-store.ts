@@ -112,6 +112,20 @@ const MIGRATIONS: readonly string[] = [
     recorded_at bigint NOT NULL
   );
   `,
+  // Node certificates (server/node-identity.ts): each node records the serial
+  // of every certificate it issues itself, and the node-to-node mesh admits
+  // only recorded, unrevoked ones (`vertex server revoke SERIAL`).
+  `
+  CREATE TABLE node_certificates (
+    serial     text   PRIMARY KEY,
+    domain     text   NOT NULL,
+    node       text   NOT NULL,
+    not_before bigint NOT NULL,
+    not_after  bigint NOT NULL,
+    revoked_at bigint
+  );
+  CREATE INDEX node_certificates_by_node ON node_certificates (domain, node);
+  `,
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
 

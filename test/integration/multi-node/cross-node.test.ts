@@ -6,13 +6,14 @@
  * there over node-to-node mutual TLS. Over the relay, alice's leg lands on
  * node 1 and bob's on node 3, which carries it to node 1 where they pair.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import pg from 'pg';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
 import * as tls from 'node:tls';
-import { createDomainCa, describeCertificate } from '../../../q2q/identity';
+import { createDomainCa, describeCertificate, normaliseSerial } from '../../../q2q/identity';
 import { connectTcp, until } from '../../helpers/net';
 import { attachAmp } from '../../../q2q/transport/amp-connection';
 import { issueNodeCertificate } from '../../../server/node-identity';
@@ -129,8 +130,17 @@ describePostgres('three nodes of one domain: presence, forwarding and relay acro
       }
     }
 
-    it('a node certificate from the domain CA is answered (the control: the probe can succeed)', async () => {
-      expect(await probe(await issueNodeCertificate(ca, 'probe'))).toBe('Offline');
+    it('a node certificate from the domain CA, recorded in the store as a node records its own, is answered (the control: the probe can succeed)', async () => {
+      const creds = await issueNodeCertificate(ca, 'probe');
+      const c = new pg.Client({ connectionString: cluster.storeUrl });
+      await c.connect();
+      try {
+        await c.query('INSERT INTO node_certificates (serial, domain, node, not_before, not_after) VALUES ($1, $2, $3, 0, 0)',
+          [normaliseSerial(new X509Certificate(creds.certPem).serialNumber), DOMAIN, 'probe']);
+      } finally {
+        await c.end();
+      }
+      expect(await probe(creds)).toBe('Offline');
     }, 60_000);
 
     it('no certificate, a user certificate of the domain, or a node certificate of another CA: refused before any command', async () => {
