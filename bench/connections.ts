@@ -13,10 +13,9 @@
  * alice's certificate against a.test's CA, as in issue 3). The sending side
  * (alice@a.test, a library Q2QNode) runs in this process; the receiving
  * side (bob@b.test listening on all routes, carol@b.test on `relay` only)
- * runs in a child process, and so does the raw TCP sink, so the receiving
+ * runs in a child process (bench/listener-child.ts), and so does the raw TCP sink, so the receiving
  * end never shares an event loop with the sender in either case.
  */
-import * as fs from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
@@ -24,6 +23,7 @@ import {
   BENCH_LIMITS, connectTcp, connectTls, cpuMs, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
   pushToSink, registerMany, round, rssKb, runStandalone, sleep, startLoopbackPeer, startServer, type Proc,
 } from './harness';
+import { startListeners } from './listener-child';
 
 /** How long each throughput run sends. */
 const THROUGHPUT_MS = Number(process.env.VERTEX_BENCH_SECONDS ?? 1.5) * 1000;
@@ -31,67 +31,6 @@ const THROUGHPUT_RUNS = 3;
 const TTFB_CONNECTS = 100;
 const TTFB_WARMUP = 3;
 const CONNECT_TIMEOUT_MS = 15_000;
-const READY_TIMEOUT_MS = 30_000;
-
-// ---- the listener child ----
-
-interface ListenerSpec {
-  identity: Identity;
-  routes: RouteName[];
-  /** false: the per-connection path (both ends must agree), for the before/after figures. */
-  peerSessions?: boolean;
-}
-
-interface ChildStart {
-  endpoints: Record<string, number>;
-  listeners: ListenerSpec[];
-}
-
-/** sink: count, answer the count at the half-close. hello: one byte at once, then echo. */
-function serveSink(stream: Duplex): void {
-  let n = 0;
-  stream.on('error', () => stream.destroy());
-  stream.on('data', (d: Buffer) => { n += d.length; });
-  stream.on('end', () => stream.end(`${n}\n`));
-}
-
-function serveHello(stream: Duplex): void {
-  stream.on('error', () => stream.destroy());
-  stream.write('!');
-  stream.pipe(stream);
-}
-
-async function runListenerChild(): Promise<void> {
-  const start = await new Promise<ChildStart>((resolve) => process.once('message', (m) => resolve(m as ChildStart)));
-  const endpoints = new Endpoints();
-  for (const [domain, port] of Object.entries(start.endpoints)) endpoints.set(domain, port);
-  const trust = new MemoryTrust();
-  const nodes: Q2QNode[] = [];
-  for (const spec of start.listeners) {
-    const node = new Q2QNode(spec.identity, nodeOptions(endpoints, trust, { routes: spec.routes, ...(spec.peerSessions !== undefined && { peerSessions: spec.peerSessions }) }));
-    node.expose('sink', { allow: ['*'], onConnection: serveSink });
-    node.expose('hello', { allow: ['*'], onConnection: serveHello });
-    await node.start();
-    if (node.homeState !== 'online') throw new Error(`bench listener ${spec.identity.address}: home session ${node.homeState}`);
-    nodes.push(node);
-  }
-  process.send?.({ ready: true });
-  process.once('disconnect', () => {
-    void Promise.all(nodes.map((n) => n.stop())).then(() => process.exit(0));
-  });
-}
-
-async function startListeners(endpoints: Endpoints, listeners: ListenerSpec[]): Promise<Proc> {
-  const proc = forkBench(__filename, ['listener'], profileArgs('listeners'));
-  const ready = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`bench: listeners not ready after ${READY_TIMEOUT_MS} ms:\n${proc.output()}`)), READY_TIMEOUT_MS);
-    proc.child.once('message', () => { clearTimeout(timer); resolve(); });
-    void proc.exited.then(() => { clearTimeout(timer); reject(new Error(`bench: listener child exited:\n${proc.output()}`)); });
-  });
-  proc.child.send({ endpoints: Object.fromEntries([...endpoints.map].map(([d, e]) => [d, e.port])), listeners } satisfies ChildStart);
-  await ready;
-  return proc;
-}
 
 // ---- throughput and time to first byte ----
 
@@ -134,12 +73,13 @@ export async function benchConnections(): Promise<void> {
   if (!alice || !bob || !carol || !dave) throw new Error('bench: registration returned nothing');
   // Any key and certificate will do for the plain-TLS reference sink; carol's are at hand.
   const peer = await startLoopbackPeer(carol);
-  const listeners = await startListeners(endpoints, [
-    { identity: bob, routes: ['tcp', 'relay'] },
-    { identity: carol, routes: ['relay'] },
+  const at = Object.fromEntries([...endpoints.map].map(([d, e]) => [d, e.port]));
+  const listeners = await startListeners([
+    { identity: bob, endpoints: at, routes: ['tcp', 'relay'] },
+    { identity: carol, endpoints: at, routes: ['relay'] },
     // The per-connection path (before issue 12), measured beside the peer sessions.
-    { identity: dave, routes: ['tcp'], peerSessions: false },
-  ]);
+    { identity: dave, endpoints: at, routes: ['tcp'], peerSessions: false },
+  ], profileArgs('listeners'));
   // PTCP has its own figures; keep it out of these so that tcp and relay are what is measured.
   const caller = new Q2QNode(alice, nodeOptions(endpoints, trust, { routes: ['tcp', 'relay'], connectTimeoutMs: CONNECT_TIMEOUT_MS, peerSessions: true }));
   const perConnection = new Q2QNode(alice, nodeOptions(endpoints, trust, { routes: ['tcp'], connectTimeoutMs: CONNECT_TIMEOUT_MS, peerSessions: false }));
@@ -344,7 +284,7 @@ export function profileArgs(name: string): string[] {
 }
 
 if (require.main === module) {
-  const child = ({ listener: runListenerChild, agents: runAgentsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
+  const child = ({ agents: runAgentsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
   if (child) {
     child().catch((err: unknown) => {
       process.stderr.write(`bench ${process.argv[2]}: ${err instanceof Error ? err.stack : String(err)}\n`);

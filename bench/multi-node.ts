@@ -23,7 +23,7 @@
  *
  * Processes: three real `vertex server` nodes (node: in server.yaml, one
  * fresh PostgreSQL database, the CA copied from node 1), the listeners in a
- * child process (library Q2QNodes, each homed on its node), the callers in
+ * child process (bench/listener-child.ts: library Q2QNodes, each homed on its node), the callers in
  * this process. Peer sessions are off, so every connect is a whole inbound.
  * PostgreSQL: VERTEX_BENCH_POSTGRES (default VERTEX_TEST_POSTGRES, else the
  * role .ci/run creates).
@@ -31,7 +31,6 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Duplex } from 'node:stream';
 import pg from 'pg';
 import { COMMANDS, MAX_DEVICES_PER_ADDRESS } from '../q2q/control/protocol';
 import { createCsr, generateKeyPair, issueUserCertificate } from '../q2q/identity';
@@ -43,6 +42,7 @@ import {
   round, rssKb, runStandalone, cpuMs, sleep, startServer, tempDir, type Proc, type ServerHandle,
 } from './harness';
 import { profileArgs } from './connections';
+import { startListeners } from './listener-child';
 
 const DOMAIN = 'mn.test';
 const TTFB_CONNECTS = 100;
@@ -52,7 +52,6 @@ const FORWARD_CALLERS = 4;
 const FORWARD_PER_CALLER = 120;
 const FORWARD_PARALLEL = 16;
 const REGISTRATIONS = 6;
-const READY_TIMEOUT_MS = 30_000;
 const POSTGRES_URL = process.env.VERTEX_BENCH_POSTGRES ?? process.env.VERTEX_TEST_POSTGRES ?? 'postgres://vertex_test:vertex_test@127.0.0.1:5432/postgres';
 
 function withDatabase(url: string, name: string): string {
@@ -69,47 +68,6 @@ async function admin(sql: string): Promise<void> {
   } finally {
     await client.end();
   }
-}
-
-// ---- the listener child: one Q2QNode per listener, each homed on its own node ----
-
-interface ListenerSpec { identity: Identity; port: number }
-
-async function runListenerChild(): Promise<void> {
-  const specs = await new Promise<ListenerSpec[]>((resolve) => process.once('message', (m) => resolve(m as ListenerSpec[])));
-  const nodes: Q2QNode[] = [];
-  for (const spec of specs) {
-    const endpoints = new Endpoints();
-    endpoints.set(DOMAIN, spec.port);
-    const node = new Q2QNode(spec.identity, nodeOptions(endpoints, new MemoryTrust(), { routes: ['tcp'], peerSessions: false }));
-    node.expose('hello', {
-      allow: ['*'],
-      onConnection: (stream: Duplex) => {
-        stream.on('error', () => stream.destroy());
-        stream.write('!');
-        stream.pipe(stream);
-      },
-    });
-    await node.start();
-    if (node.homeState !== 'online') throw new Error(`bench listener ${spec.identity.address}: home session ${node.homeState}`);
-    nodes.push(node);
-  }
-  process.send?.({ ready: true });
-  process.once('disconnect', () => {
-    void Promise.all(nodes.map((n) => n.stop())).then(() => process.exit(0));
-  });
-}
-
-async function startListeners(specs: ListenerSpec[]): Promise<Proc> {
-  const proc = forkBench(__filename, ['listener']);
-  const ready = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`bench: listeners not ready after ${READY_TIMEOUT_MS} ms:\n${proc.output()}`)), READY_TIMEOUT_MS);
-    proc.child.once('message', () => { clearTimeout(timer); resolve(); });
-    void proc.exited.then(() => { clearTimeout(timer); reject(new Error(`bench: listener child exited:\n${proc.output()}`)); });
-  });
-  proc.child.send(specs);
-  await ready;
-  return proc;
 }
 
 // ---- the bench ----
@@ -160,7 +118,10 @@ export async function benchMultiNode(): Promise<void> {
     const [alice, same, cross] = await registerMany([`alice@${DOMAIN}`, `sam@${DOMAIN}`, `cris@${DOMAIN}`], endpointsFor(n1), trust, 3);
     if (!alice || !same || !cross) throw new Error('bench: registration returned nothing');
     // sam is homed on node 1 (where alice's requests arrive), cris on node 2.
-    const listeners = await startListeners([{ identity: same, port: n1.port }, { identity: cross, port: n2.port }]);
+    const listeners = await startListeners([
+      { identity: same, endpoints: { [DOMAIN]: n1.port }, routes: ['tcp'], peerSessions: false },
+      { identity: cross, endpoints: { [DOMAIN]: n2.port }, routes: ['tcp'], peerSessions: false },
+    ]);
     procs.push(listeners);
     caller = new Q2QNode(alice, nodeOptions(endpointsFor(n1), trust, { routes: ['tcp'], peerSessions: false, connectTimeoutMs: 15_000 }));
     await caller.start();
@@ -385,7 +346,7 @@ export async function benchIdleAgents(): Promise<void> {
 }
 
 if (require.main === module) {
-  const child = ({ listener: runListenerChild, sessions: runSessionsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
+  const child = ({ sessions: runSessionsChild } as Record<string, () => Promise<void>>)[process.argv[2] ?? ''];
   if (child) {
     child().catch((err: unknown) => {
       process.stderr.write(`bench ${process.argv[2]}: ${err instanceof Error ? err.stack : String(err)}\n`);
