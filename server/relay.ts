@@ -10,9 +10,9 @@
 import type * as net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { RELAY_PAIRING_TIMEOUT_MS, TOKEN_LIFETIME_MS } from '../q2q/control/protocol';
-import { asVertexError, isVertexError, vertexError, VertexError } from '../q2q/errors';
-import { readLegRequest, refuseLeg, relayTokenId, type LegRequest } from '../q2q/transport/relay-leg';
-import { writePreamble } from '../q2q/transport/preamble';
+import { asVertexError, vertexError, VertexError } from '../q2q/errors';
+import { checkLegRequest, refuseLeg, relayTokenId, type LegRequest } from '../q2q/transport/relay-leg';
+import { readPreamble, writePreamble } from '../q2q/transport/preamble';
 import type { Logger } from '../q2q/util/log';
 import type { ServerMetrics } from './metrics';
 import { splice } from './splice';
@@ -172,17 +172,24 @@ export class Relay {
   async acceptLeg(socket: net.Socket, hooks: { forwardedBy?: string; onAuthenticated?: (owner: LegOwner) => void } = {}): Promise<void> {
     const log = this.#opts.log.child(hooks.forwardedBy ? { via: hooks.forwardedBy } : {});
     socket.on('error', (err) => log.debug({ reason: err.message }, 'relay leg socket error'));
+    let fields: Record<string, string>;
+    try {
+      fields = await readPreamble(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS);
+    } catch (err) {
+      // Silence, a close or bytes that are no request box: closed without a word, as TLS
+      // closes on garbage (and a client that sent garbage then sees the reset, not an answer).
+      log.info({ reason: (err as Error).message }, 'relay leg without a request');
+      socket.destroy();
+      return;
+    }
     let request: LegRequest;
     try {
-      request = await readLegRequest(socket, 'relay leg', RELAY_PAIRING_TIMEOUT_MS, this.#opts.noLegProof === true);
+      request = checkLegRequest(fields, this.#opts.noLegProof === true);
     } catch (err) {
-      log.info({ reason: (err as Error).message }, 'relay leg without a valid request');
-      // A leg that went silent or away is just closed; a malformed or unsigned request hears why.
-      if (!isVertexError(err) || isVertexError(err, 'Timeout') || isVertexError(err, 'ConnectionLost')) {
-        socket.destroy();
-        return;
-      }
-      refuseLeg(socket, err);
+      // A request box that fails its checks (version, fields, signature) hears why.
+      const e = asVertexError(err, 'BadRequest');
+      log.info({ code: e.code, reason: e.message }, 'relay leg refused: request');
+      refuseLeg(socket, e);
       setTimeout(() => socket.destroy(), 1_000).unref();
       return;
     }

@@ -114,11 +114,6 @@ export function checkLegRequest(fields: Record<string, string>, unchecked = fals
   };
 }
 
-/** Reads a leg's request box (the relay on one node and a node carrying a leg on to another share it). */
-export async function readLegRequest(socket: Duplex, what: string, timeoutMs: number, unchecked = false): Promise<LegRequest> {
-  return checkLegRequest(await readPreamble(socket, what, timeoutMs), unchecked);
-}
-
 /** Refuses a leg with a reason and closes it once the reason is sent. */
 export function refuseLeg(socket: Duplex, err: VertexError): void {
   writePreamble(socket, { error_code: err.code, error_description: err.message });
