@@ -8,7 +8,12 @@
  * Plain sockets (the relay's splice) use public calls only: abortTcp, and
  * endedByReset for the one case libuv hides (below). TLS sockets over TCP
  * (peer TLS at the agents) still need carryAbortsOverTcp, which reaches
- * into node:tls; it is the only place that does (see there why).
+ * into node:tls; it is the only place that does (see there why). Node has no
+ * public way to reset the TCP connection under a TLS socket:
+ * TLSSocket.resetAndDestroy() throws ERR_INVALID_HANDLE_TYPE (nodejs/node
+ * #49484, open), and destroying the TCP socket under a live TLS socket is
+ * the crash described there. test/integration/connections/tcp-abort.test.ts
+ * fails if a node upgrade changes what it relies on.
  *
  * Why endedByReset: libuv on Linux reports a reset that arrives together
  * with unread bytes as a plain end of stream, because it takes POLLHUP after
