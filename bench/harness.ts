@@ -216,11 +216,20 @@ function track(child: ChildProcess, name: string): Proc {
   };
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => {
-    children.delete(child);
-    for (const w of waiters) w();
-    resolve(code);
-  }));
+  const exited = new Promise<number | null>((resolve) => {
+    let done = false;
+    const finish = (code: number | null): void => {
+      if (done) return;
+      done = true;
+      children.delete(child);
+      for (const w of waiters) w();
+      resolve(code);
+    };
+    child.on('close', finish);
+    // A forked child whose IPC channel the parent disconnected can exit without 'close' ever
+    // coming (Node 20): its output is in well within a second of 'exit'.
+    child.on('exit', (code) => setTimeout(() => finish(code), 1000));
+  });
   if (child.pid === undefined) throw new Error(`bench: could not start ${name}`);
   return {
     child,

@@ -229,15 +229,6 @@ async function runSessionsChild(): Promise<void> {
   process.send?.({ online: open.length, tlsP50Ms: percentile(tlsMs, 50), listenP50Ms: percentile(listenMs, 50) });
 }
 
-/**
- * Resolves when the child has exited. Not Proc.exited ('close'): a forked
- * child whose IPC channel the parent disconnected exits without 'close' on Node 20.
- */
-function exitOf(proc: Proc): Promise<void> {
-  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => proc.child.once('exit', () => resolve()));
-}
-
 async function startSessions(port: number, users: Identity[], first: number, count: number): Promise<Proc> {
   const proc = forkBench(__filename, ['sessions'], profileArgs('idle-sessions'));
   await new Promise<void>((resolve, reject) => {
@@ -302,7 +293,7 @@ export async function benchIdleAgents(): Promise<void> {
     // Warm-up: a few sessions per node come and go, so code paths and TLS contexts are in both readings.
     const warm = await Promise.all(nodes.map((n, i) => startSessions(n.port, users, i * 10, 10)));
     for (const w of warm) w.child.disconnect();
-    await Promise.all(warm.map(exitOf));
+    await Promise.all(warm.map((w) => w.exited));
     await sleep(SETTLE_MS);
     const before = await Promise.all(nodes.map((n) => memoryAfterGc(n.proc)));
     const share = Math.ceil(IDLE_AGENTS / nodes.length);
@@ -339,7 +330,7 @@ export async function benchIdleAgents(): Promise<void> {
     });
   } finally {
     for (const p of sessions) if (p.child.connected) p.child.disconnect();
-    await Promise.race([Promise.all(sessions.map(exitOf)), sleep(10_000)]);
+    await Promise.race([Promise.all(sessions.map((p) => p.exited)), sleep(10_000)]);
     await Promise.all([...sessions, ...procs].map((p) => p.stop()));
     await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => undefined);
   }
