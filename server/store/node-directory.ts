@@ -125,6 +125,7 @@ export class NodeDirectory {
   #applying: Promise<void> | null = null;
   /** A load is running: notifications wait in the queue until it is in. */
   #loading = false;
+  #loadTail: Promise<void> = Promise.resolve();
 
   private constructor(opts: NodeDirectoryOptions) {
     this.#opts = opts;
@@ -432,8 +433,14 @@ export class NodeDirectory {
     }
   }
 
-  /** Loads the copy from the store; notifications arriving meanwhile are applied after it. */
-  async #load(): Promise<void> {
+  /** Loads the copy from the store; notifications arriving meanwhile are applied after it. Loads run one at a time. */
+  #load(): Promise<void> {
+    const next = this.#loadTail.catch(() => undefined).then(() => this.#loadOnce());
+    this.#loadTail = next;
+    return next;
+  }
+
+  async #loadOnce(): Promise<void> {
     this.#loading = true;
     try {
       await this.#applying;
@@ -464,6 +471,8 @@ export class NodeDirectory {
     } catch (err) {
       this.#log.warn({ reason: (err as Error).message }, 'node directory: presence not loaded; reading it from the store meanwhile');
       this.#synced = false;
+      // Tried again later while notifications flow (a lost LISTEN connection reloads when it is back).
+      if (!this.#closed && this.#listenClient) setTimeout(() => void this.#reload(), LISTEN_RETRY_MAX_MS).unref();
     }
   }
 
