@@ -264,17 +264,22 @@ export class IdentityServer {
         this.#admitted.delete(key);
       });
       sortConnection(socket, this.#opts.limits.handshakeTimeoutMs, (tlsSocket) => tlsServer.emit('connection', tlsSocket), (leg) => {
-        // No TLS handshake here: the leg's request is checked by a signature and a MAC.
+        // No TLS handshake here: the leg's request is opened with the token and checked by a signature and a MAC.
         this.#admission.secured(entry);
+        // Authenticated: no longer bounded as unauthenticated (other limits apply).
+        const authenticated = (): void => {
+          if (!this.#admitted.has(key)) return;
+          this.#admission.release(entry);
+          this.#admitted.delete(key);
+        };
         void this.#relay!.acceptLeg(leg, {
           onAuthenticated: (owner) => {
             // Only our own domains' certificates vouch for an address: anyone can run a foreign domain.
             if (owner.local) this.#admission.prove(remote);
-            // Authenticated: no longer bounded as unauthenticated (other limits apply).
-            if (!this.#admitted.has(key)) return;
-            this.#admission.release(entry);
-            this.#admitted.delete(key);
+            authenticated();
           },
+          // Carried to the node holding its token, which checked it: vouches for no address here.
+          onCarried: authenticated,
         });
       });
     });

@@ -21,12 +21,15 @@
  * - Relay: a relay leg whose token pairs on another node is carried there:
  *   this node opens a plain TCP connection to that node's port with the
  *   leg's own request, unchanged (q2q/transport/relay-leg.ts), and splices
- *   the two. The node holding the token checks the request itself, as it
- *   checks a leg from an agent (signature, certificate, token proof), and
- *   answers {held: 1}; so nothing rests on which node carried it. When this
- *   node does not know where the token pairs, it asks every live node. The
- *   relayed bytes are the peers' own TLS, as on one node: no node adds a TLS
- *   layer of its own to them.
+ *   the two. Only a node that knows the token can open the request (it is
+ *   sealed with it), so this node carries only legs whose token id it knows
+ *   to pair elsewhere (it forwarded that inbound to its listener, and so
+ *   knows the node) and refuses any other unknown token id. The node holding
+ *   the token opens and checks the request itself, as it checks a leg from
+ *   an agent (seal, signature, certificate, token proof), and answers
+ *   {held: 1}; so nothing rests on which node carried it. The relayed bytes
+ *   are the peers' own TLS, as on one node: no node adds a TLS layer of its
+ *   own to them.
  */
 import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
@@ -36,7 +39,7 @@ import { asVertexError, vertexError, type VertexError } from '../q2q/errors';
 import type { AmpArgs, AmpPeer } from '../q2q/proto/amp-peer';
 import { listenOn } from '../q2q/transport/listen';
 import { attachAmp } from '../q2q/transport/amp-connection';
-import { dialRelayLeg, refuseLeg, sortConnection, type LegRequest } from '../q2q/transport/relay-leg';
+import { dialRelayLeg, refuseLeg, sortConnection, type LegHeader } from '../q2q/transport/relay-leg';
 import type { Logger } from '../q2q/util/log';
 import type { Broker, NodePresence } from './broker';
 import type { DomainCa } from './ca-store';
@@ -175,7 +178,7 @@ export class NodeMesh implements NodePresence {
       throw err;
     }
     this.#opts.broker.attachNodes(this);
-    this.#opts.relay.setForwarder((leg, request, user, node) => void this.#forwardLeg(leg, request, user, node));
+    this.#opts.relay.setForwarder((leg, header, node, carried) => void this.#forwardLeg(leg, header, node, carried));
     this.#log.info({ node: this.#opts.name, listen: formatEndpoint(this.#opts.listen.host, bound.port), endpoint: this.#endpoint }, 'node-to-node listening (mutual tls)');
   }
 
@@ -437,45 +440,43 @@ export class NodeMesh implements NodePresence {
     }
   }
 
-  /** A relay leg whose token pairs on another node: carried there, its request unchanged, and spliced. */
-  async #forwardLeg(leg: net.Socket, request: LegRequest, user: string, known: string | undefined): Promise<void> {
+  /**
+   * A relay leg whose token pairs on `known`: carried there, its request
+   * unchanged (this node cannot open it: it does not know the token), and
+   * spliced once that node has taken it.
+   */
+  async #forwardLeg(leg: net.Socket, header: LegHeader, known: string, carried: () => void): Promise<void> {
+    // Who opened the leg is for the node holding the token to learn: here only the token id is known.
+    const tokenId = header.tokenId;
     const refuse = (err: VertexError) => {
       this.#opts.metrics?.nodeRelayLeg(err.code);
-      this.#log.info({ user, code: err.code, reason: err.message }, 'relay leg refused');
+      this.#log.info({ token_id: tokenId, code: err.code, reason: err.message }, 'relay leg refused');
       refuseLeg(leg, err);
     };
-    let candidates: NodeInfo[];
+    let node: NodeInfo | null;
     try {
-      if (known) {
-        const info = await this.#nodeNamed(known);
-        candidates = info ? [info] : [];
-      } else {
-        candidates = await this.#directory!.liveNodes();
-      }
+      node = await this.#nodeNamed(known);
     } catch (err) {
       return refuse(vertexError('StorageUnavailable', `relay: cannot find the node holding the token: ${(err as Error).message}`));
     }
-    const attempts = candidates.filter((node) => node.name !== this.#opts.name).map(async (node) => {
-      const { socket } = await dialRelayLeg(parseEndpoint(node.endpoint), request.fields, {
-        what: `relay via node ${node.name}`, timeoutMs: RELAY_PAIRING_TIMEOUT_MS, acceptHeld: true,
-      });
-      return { socket, node };
-    });
-    let won: { socket: net.Socket; node: NodeInfo };
+    if (!node || node.name === this.#opts.name) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    let socket: net.Socket;
     try {
-      won = await Promise.any(attempts);
-    } catch {
-      return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+      ({ socket } = await dialRelayLeg(parseEndpoint(node.endpoint), header.fields, {
+        what: `relay via node ${node.name}`, timeoutMs: RELAY_PAIRING_TIMEOUT_MS, acceptHeld: true,
+      }));
+    } catch (err) {
+      // The holding node's refusal (a bad seal, a revoked certificate, ...) is the leg's answer.
+      return refuse(asVertexError(err, 'TokenInvalid'));
     }
-    // Late winners (a token held twice cannot happen; a slow refusal can) are closed.
-    for (const a of attempts) void a.then((r) => { if (r.socket !== won.socket) r.socket.destroy(); }, () => undefined);
     if (leg.destroyed) {
-      won.socket.destroy();
+      socket.destroy();
       return;
     }
+    carried();
     this.#opts.metrics?.nodeRelayLeg('ok');
-    this.#log.info({ user, node: won.node.name }, 'relay leg carried to the node holding its token');
-    splice(leg, won.socket);
+    this.#log.info({ token_id: tokenId, node: node.name }, 'relay leg carried to the node holding its token');
+    splice(leg, socket);
   }
 
   async stop(): Promise<void> {

@@ -1,8 +1,9 @@
 /**
  * The relay of last resort. Each brokered inbound registers its token here;
  * the caller and the listener each open a relay leg (a plain TCP connection
- * whose request is signed with their certificate's key and proves the token,
- * q2q/transport/relay-leg.ts) and name the token by its hash. When both legs
+ * whose request is sealed with the token and signed with their certificate's
+ * key, q2q/transport/relay-leg.ts) and name the token by its hash: the pair
+ * is found by that id, then its token opens and proves the request. When both legs
  * are in, the relay answers both and splices them (server/splice.ts). What
  * it carries is the peers' own TLS: the relay never holds their keys and
  * adds no encryption of its own.
@@ -11,7 +12,7 @@ import type * as net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { RELAY_PAIRING_TIMEOUT_MS, TOKEN_LIFETIME_MS } from '../q2q/control/protocol';
 import { asVertexError, vertexError, VertexError } from '../q2q/errors';
-import { checkLegRequest, refuseLeg, relayTokenId, type LegRequest } from '../q2q/transport/relay-leg';
+import { openLegRequest, readLegHeader, refuseLeg, relayTokenId, type LegHeader, type LegRequest } from '../q2q/transport/relay-leg';
 import { readPreamble, writePreamble } from '../q2q/transport/preamble';
 import type { Logger } from '../q2q/util/log';
 import type { ServerMetrics } from './metrics';
@@ -51,14 +52,15 @@ export interface RelayOptions {
 type Role = 'caller' | 'listener';
 
 /**
- * Takes a relay leg whose token this node does not hold to the node that
- * does (server/node-mesh.ts); `node` is that node when this node knows it
- * (it forwarded the inbound), else undefined (ask the others).
+ * Takes a relay leg whose token pairs on another node, `node` (this node
+ * forwarded the inbound), to that node (server/node-mesh.ts), which opens
+ * and checks the request in full: this node cannot, as it does not know the
+ * token. `carried` runs once that node has taken the leg ({held: 1}).
  */
-export type LegForwarder = (leg: net.Socket, request: LegRequest, user: string, node: string | undefined) => void;
+export type LegForwarder = (leg: net.Socket, header: LegHeader, node: string, carried: () => void) => void;
 
 interface PendingRelay {
-  /** The token itself: legs prove it (LegRequest.provesToken); it is never sent to them. */
+  /** The token itself: it opens and proves legs' requests (openLegRequest); it is never sent to them. */
   token: string;
   caller: string;
   listener: string;
@@ -162,14 +164,17 @@ export class Relay {
   }
 
   /**
-   * A new relay leg: its request is read and checked here (the signature,
-   * then the certificate's standing now, then the token). `forwardedBy` is
-   * the node that carried the leg here (server/node-mesh.ts): such a leg
-   * pairs here or is refused, and hears {held: 1} at once when it pairs here.
-   * `onAuthenticated` runs once the certificate is known good (the identity
-   * server stops counting the connection as unauthenticated).
+   * A new relay leg: its request is read and checked here (its form, then
+   * the pending pair its token id names, then with that pair's token the
+   * seal, signature and token proof, then the certificate's standing now).
+   * `forwardedBy` is the node that carried the leg here
+   * (server/node-mesh.ts): such a leg pairs here or is refused, and hears
+   * {held: 1} at once when it pairs here. `onAuthenticated` runs once the
+   * certificate is known good, `onCarried` once a leg whose token pairs on
+   * another node was taken there (either way the identity server stops
+   * counting the connection as unauthenticated).
    */
-  async acceptLeg(socket: net.Socket, hooks: { forwardedBy?: string; onAuthenticated?: (owner: LegOwner) => void } = {}): Promise<void> {
+  async acceptLeg(socket: net.Socket, hooks: { forwardedBy?: string; onAuthenticated?: (owner: LegOwner) => void; onCarried?: () => void } = {}): Promise<void> {
     const log = this.#opts.log.child(hooks.forwardedBy ? { via: hooks.forwardedBy } : {});
     socket.on('error', (err) => log.debug({ reason: err.message }, 'relay leg socket error'));
     let fields: Record<string, string>;
@@ -182,27 +187,41 @@ export class Relay {
       socket.destroy();
       return;
     }
-    let request: LegRequest;
-    try {
-      request = checkLegRequest(fields, this.#opts.noLegProof === true);
-    } catch (err) {
-      // A request box that fails its checks (version, fields, signature) hears why.
-      const e = asVertexError(err, 'BadRequest');
-      log.info({ code: e.code, reason: e.message }, 'relay leg refused: request');
+    // Until the certificate checks out, refusals hear why and close a second later.
+    const refuseEarly = (err: unknown, what: string, fallback: 'BadRequest' | 'TokenInvalid' | 'CertificateInvalid') => {
+      const e = asVertexError(err, fallback);
+      log.info({ code: e.code, reason: e.message }, `relay leg refused: ${what}`);
       refuseLeg(socket, e);
       setTimeout(() => socket.destroy(), 1_000).unref();
-      return;
+    };
+    let header: LegHeader;
+    try {
+      header = readLegHeader(fields);
+    } catch (err) {
+      return refuseEarly(err, 'request', 'BadRequest');
+    }
+    if (!this.#opts.enabled) return refuseEarly(vertexError('NotAllowed', 'relay: this server does not relay'), 'request', 'BadRequest');
+    if (!this.#opts.authenticate) return refuseEarly(vertexError('NotAllowed', 'relay: this server checks no relay legs'), 'certificate', 'CertificateInvalid');
+    const pending = this.#pending.get(header.tokenId);
+    if (!pending) {
+      // Only the node holding the token can open the request: a leg for a token brokered here
+      // for another node's caller goes there whole. Any other token id is refused here (an
+      // unauthenticated request makes this node dial only where it sent the inbound itself).
+      const node = hooks.forwardedBy ? undefined : this.#elsewhere.get(header.tokenId);
+      if (node !== undefined && this.#forward) return this.#forward(socket, header, node, () => hooks.onCarried?.());
+      return refuseEarly(vertexError('TokenInvalid', 'relay: unknown, expired or used token'), 'token', 'TokenInvalid');
+    }
+    let request: LegRequest;
+    try {
+      request = openLegRequest(header, pending.token, this.#opts.noLegProof === true);
+    } catch (err) {
+      return refuseEarly(err, 'request', 'BadRequest');
     }
     let owner: LegOwner;
     try {
-      if (!this.#opts.authenticate) throw vertexError('NotAllowed', 'relay: this server checks no relay legs');
       owner = await this.#opts.authenticate(request.certPem);
     } catch (err) {
-      const e = asVertexError(err, 'CertificateInvalid');
-      log.info({ code: e.code, reason: e.message }, 'relay leg refused: certificate');
-      refuseLeg(socket, e);
-      setTimeout(() => socket.destroy(), 1_000).unref();
-      return;
+      return refuseEarly(err, 'certificate', 'CertificateInvalid');
     }
     if (socket.destroyed) return;
     hooks.onAuthenticated?.(owner);
@@ -215,16 +234,13 @@ export class Relay {
       legLog.info({ code: err.code, reason: err.message }, 'relay leg refused');
       refuseLeg(socket, err);
     };
-    if (!this.#opts.enabled) return refuse(vertexError('NotAllowed', 'relay: this server does not relay'));
-    const pending = this.#pending.get(request.tokenId);
-    if (!pending && this.#forward && !hooks.forwardedBy) return this.#forward(socket, request, user, this.#elsewhere.get(request.tokenId));
-    if (!pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
+    // The pair may have expired or paired while the certificate was checked.
+    if (this.#pending.get(header.tokenId) !== pending) return refuse(vertexError('TokenInvalid', 'relay: unknown, expired or used token'));
     this.#join(socket, user, request, pending, legLog, refuse, hooks.forwardedBy !== undefined);
   }
 
   #join(socket: net.Socket, user: string, request: LegRequest, pending: PendingRelay, log: Logger, refuse: (err: VertexError) => void, forwarded: boolean): void {
     const unchecked = this.#opts.noLegProof === true;
-    if (!unchecked && !request.provesToken(pending.token)) return refuse(vertexError('TokenInvalid', 'relay: the request does not prove the token'));
     if (!unchecked && pending.nonces.has(request.nonce)) return refuse(vertexError('TokenInvalid', 'relay: this request was used already'));
     pending.nonces.add(request.nonce);
     const role: Role | null = user === pending.caller ? 'caller' : user === pending.listener ? 'listener' : null;

@@ -1,5 +1,5 @@
 /**
- * Relay legs, version 3 (issue 12, "the relay without triple encryption"):
+ * Relay legs, version 4 (issue 12, "the relay without triple encryption"):
  * a plain TCP connection to the listener's server that opens with one
  * request box, then carries raw bytes. What the two legs carry is the peers'
  * own mutual TLS, end to end, so the server splices bytes it cannot read and
@@ -19,9 +19,22 @@
  *   sessions), so nobody else can open a leg for it.
  * The transcript binds the domain, the token id, a fresh nonce and the
  * certificate; the server refuses a nonce it saw already for the token, so
- * a request copied off the wire opens nothing. What the wire then carries is
- * TLS between the peers: someone on the path sees ciphertext, as the server
- * does, and can only break the connection, as with any TCP connection.
+ * a request copied off the wire opens nothing.
+ *
+ * Version 4 keeps who opened the leg from the path: TLS legs (version 2)
+ * hid the certificate, and version 3 sent it in the clear, so anyone on the
+ * agent-to-server path learnt which address opened a relay leg, and when.
+ * Now `certificate`, `signature` and `mac` travel sealed (`sealed`:
+ * AES-256-GCM, IV first and tag last) under a key derived from the token
+ * (HKDF-SHA256, salt the nonce, info a label, the domain and the token id),
+ * so only the caller, the listener and the server can read them. In the
+ * clear are the version, the domain (the server's own), the token id and the
+ * nonce, which name nobody. The server therefore finds the pending pair by
+ * the token id first, opens the sealed part with its token, and only then
+ * checks the signature and the certificate (readLegHeader, openLegRequest).
+ * What the wire then carries is TLS between the peers: someone on the path
+ * sees ciphertext, as the server does, and can only break the connection,
+ * as with any TCP connection.
  *
  * The server tells legs from TLS by the first byte: a request box starts
  * with 0x00 (the high byte of its first key's length), TLS with 0x16.
@@ -31,16 +44,19 @@
  * {error_code, error_description}; a server that carries the leg on to
  * another node first gets {held: 1} from there (server/node-mesh.ts).
  */
-import { createHash, createHmac, randomBytes, sign, timingSafeEqual, verify, X509Certificate } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, sign, timingSafeEqual, verify, X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { isErrorCode, vertexError, type VertexError } from '../errors';
 import { preambleError, readPreamble, writePreamble } from './preamble';
 
-export const RELAY_LEG_VERSION = '3';
+export const RELAY_LEG_VERSION = '4';
 /** The first byte of every TLS connection (a handshake record); a relay leg request starts with 0x00. */
 export const TLS_HANDSHAKE_BYTE = 0x16;
-const TRANSCRIPT_LABEL = 'q2q-relay-leg/3';
+const TRANSCRIPT_LABEL = 'q2q-relay-leg/4';
+const SEAL_LABEL = 'q2q-relay-leg/4 seal';
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
 
 /** Names a token's pending pair without revealing the token. */
 export function relayTokenId(token: string): string {
@@ -57,6 +73,16 @@ function macOver(token: string, data: Buffer): string {
 }
 
 /**
+ * The key that seals a request: only someone who knows the token derives
+ * it. The nonce (the salt) makes it new for every request; the domain and
+ * token id (in info) tie it to the header it travels under, so a sealed part
+ * moved under another header does not open.
+ */
+function sealKey(token: string, domain: string, tokenId: string, nonce: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', token, Buffer.from(nonce, 'hex'), `${SEAL_LABEL}\n${domain}\n${tokenId}`, 32));
+}
+
+/**
  * The request box a leg opens with (see the file comment). `macKey` is the
  * token except in tests that forge a proof.
  */
@@ -68,31 +94,64 @@ export function legRequest(identity: { keyPem: string; certPem: string }, domain
   const mac = macOver(macKey, data);
   // null: the digest the key type implies (SHA-256 for P-256, none for Ed25519).
   const signature = sign(null, Buffer.concat([data, Buffer.from(`\n${mac}`)]), identity.keyPem).toString('base64');
-  return { v: RELAY_LEG_VERSION, domain, token_id: tokenId, certificate: cert.raw.toString('base64'), nonce, mac, signature };
+  const inner = Buffer.from(JSON.stringify({ certificate: cert.raw.toString('base64'), signature, mac }));
+  // The key is new for every nonce; a random IV all the same, so a nonce used twice by mistake repeats no keystream.
+  const iv = randomBytes(IV_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', sealKey(token, domain, tokenId, nonce), iv);
+  const sealed = Buffer.concat([iv, cipher.update(inner), cipher.final(), cipher.getAuthTag()]);
+  return { v: RELAY_LEG_VERSION, domain, token_id: tokenId, nonce, sealed: sealed.toString('base64') };
 }
 
-/** A request whose signature matched its certificate; who the certificate names is for the server to check. */
-export interface LegRequest {
+/** A request's clear part: enough to find the pending pair (and its token), nothing about who sent it. */
+export interface LegHeader {
   domain: string;
   tokenId: string;
   nonce: string;
-  certPem: string;
   /** The fields as received, to carry the leg on to another node unchanged. */
   fields: Record<string, string>;
-  /** Whether `token` is the one the request was made with. */
-  provesToken(token: string): boolean;
+}
+
+/** A request opened with its token, whose signature matched its certificate; who the certificate names is for the server to check. */
+export interface LegRequest extends LegHeader {
+  certPem: string;
+}
+
+/** Checks a request's version and form; the sealed part waits for the token (openLegRequest). */
+export function readLegHeader(fields: Record<string, string>): LegHeader {
+  if (fields.v !== RELAY_LEG_VERSION) throw vertexError('ProtocolVersion', `relay leg: version ${fields.v ?? '(none)'} is not ${RELAY_LEG_VERSION}`);
+  const { domain = '', token_id: tokenId = '', nonce = '', sealed = '' } = fields;
+  if (!/^[0-9a-f]{32}$/.test(tokenId) || !/^[0-9a-f]{32}$/.test(nonce) || domain.length === 0 || domain.length > 253
+    || !/^[A-Za-z0-9+/]+={0,2}$/.test(sealed) || sealed.length > 16_384) {
+    throw vertexError('BadRequest', 'relay leg: malformed request');
+  }
+  return { domain, tokenId, nonce, fields };
 }
 
 /**
- * Checks a request's form and signature (not the certificate's standing, nor
- * the token). `unchecked` switches the signature check off: a test fault only.
+ * Opens a request's sealed part with `token` (the pending pair's, found by
+ * the token id) and checks its signature and token proof. A request not
+ * sealed with the token is TokenInvalid: whoever made it does not know the
+ * token. `unchecked` switches the signature and proof checks off (the seal
+ * cannot be): a test fault only.
  */
-export function checkLegRequest(fields: Record<string, string>, unchecked = false): LegRequest {
-  if (fields.v !== RELAY_LEG_VERSION) throw vertexError('ProtocolVersion', `relay leg: version ${fields.v ?? '(none)'} is not ${RELAY_LEG_VERSION}`);
-  const { domain = '', token_id: tokenId = '', nonce = '', mac = '', certificate = '', signature = '' } = fields;
-  if (!/^[0-9a-f]{32}$/.test(tokenId) || !/^[0-9a-f]{32}$/.test(nonce) || !/^[0-9a-f]{64}$/.test(mac) || domain.length === 0 || domain.length > 253) {
-    throw vertexError('BadRequest', 'relay leg: malformed request');
+export function openLegRequest(header: LegHeader, token: string, unchecked = false): LegRequest {
+  const { domain, tokenId, nonce } = header;
+  const sealed = Buffer.from(header.fields.sealed ?? '', 'base64');
+  let inner: Record<string, unknown>;
+  try {
+    if (sealed.length < IV_BYTES + TAG_BYTES) throw new Error('too short');
+    const decipher = createDecipheriv('aes-256-gcm', sealKey(token, domain, tokenId, nonce), sealed.subarray(0, IV_BYTES));
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+    const plain = Buffer.concat([decipher.update(sealed.subarray(IV_BYTES, sealed.length - TAG_BYTES)), decipher.final()]);
+    inner = JSON.parse(plain.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw vertexError('TokenInvalid', 'relay leg: the request is not sealed with the token');
   }
+  const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+  const certificate = str(inner.certificate);
+  const signature = str(inner.signature);
+  const mac = str(inner.mac);
+  if (!/^[0-9a-f]{64}$/.test(mac)) throw vertexError('BadRequest', 'relay leg: malformed request');
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(Buffer.from(certificate, 'base64'));
@@ -107,11 +166,9 @@ export function checkLegRequest(fields: Record<string, string>, unchecked = fals
     good = false;
   }
   if (!good && !unchecked) throw vertexError('CertificateInvalid', 'relay leg: the signature does not match the certificate');
-  const macBytes = Buffer.from(mac, 'hex');
-  return {
-    domain, tokenId, nonce, certPem: cert.toString(), fields,
-    provesToken: (token) => timingSafeEqual(Buffer.from(macOver(token, data), 'hex'), macBytes),
-  };
+  const proves = timingSafeEqual(Buffer.from(macOver(token, data), 'hex'), Buffer.from(mac, 'hex'));
+  if (!proves && !unchecked) throw vertexError('TokenInvalid', 'relay: the request does not prove the token');
+  return { ...header, certPem: cert.toString() };
 }
 
 /** Refuses a leg with a reason and closes it once the reason is sent. */

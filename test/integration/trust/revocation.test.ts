@@ -264,8 +264,12 @@ describe('relay legs', () => {
     const bob = await s.user('bob@a.test');
     const bobControl = await s.control(bob, 'a.test');
     const token = randomBytes(16).toString('hex');
+    // A second inbound's token, still pending when the revoke runs: a leg is opened with its token
+    // before its certificate can be checked (q2q/transport/relay-leg.ts), so a used token says nothing.
+    const later = randomBytes(16).toString('hex');
+    const tokens = [token, later];
     const ready: string[] = [];
-    bobControl.peer.handle(COMMANDS.inbound, () => ({ token, candidates: '[]' }));
+    bobControl.peer.handle(COMMANDS.inbound, () => ({ token: tokens.shift() ?? '', candidates: '[]' }));
     bobControl.peer.handle(COMMANDS.relayReady, (args) => {
       ready.push(args.token ?? '');
       return {};
@@ -276,7 +280,7 @@ describe('relay legs', () => {
     expect(answer.token).toBe(token);
     expect(answer.relay).toBe('1');
 
-    const leg = (user: User) => openRelayLeg({ domain: 'a.test', token, identity: user.identity, resolve: user.options().resolve });
+    const leg = (user: User, withToken = token) => openRelayLeg({ domain: 'a.test', token: withToken, identity: user.identity, resolve: user.options().resolve });
     const malloryLegP = leg(mallory);
     // The listener hears of the token only once the caller's leg is at the server.
     await untilTrue('relay-ready reached bob', () => ready.length > 0);
@@ -285,6 +289,8 @@ describe('relay legs', () => {
     bobLeg.pipe(bobLeg);
     const malloryLeg = keep(await malloryLegP);
     expect(await roundTrip(malloryLeg)).toBe(true);
+
+    expect((await malloryControl.call(COMMANDS.inbound, { to: 'bob@a.test', service: 'svc', candidates: '[]', routes: '["relay"]' })).token).toBe(later);
 
     const closes = Promise.all([closedAt(malloryLeg), closedAt(bobLeg)]);
     const start = Date.now();
@@ -299,7 +305,7 @@ describe('relay legs', () => {
     const { fromDone, fromStart } = delays(await closes, { start, done });
     process.stderr.write(`relay (mallory's leg, bob's leg): closed ${fromDone.join('/')} ms after revoke exited, ${fromStart.join('/')} ms after it started\n`);
     for (const ms of fromDone) expect(ms).toBeLessThan(LIVE_BOUND_MS);
-    expect(await errorCode(leg(mallory))).toBe('CertificateRevoked');
+    expect(await errorCode(leg(mallory, later))).toBe('CertificateRevoked');
   });
 });
 
