@@ -5,6 +5,9 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { HomeStore, type StoredIdentity } from '../../../agent/home-store';
+import { createServerResolver } from '../../../q2q/control/discovery';
+import { openServerConnection, type ServerConnection } from '../../../q2q/control/server-connection';
 import { runVertex, startServer, startVertex, tempDir, type ServerHandle, type VertexProcess } from '../../helpers/cli';
 import { connectTcp, until } from '../../helpers/net';
 import { exchange } from '../agent/helpers';
@@ -34,6 +37,27 @@ export async function startCluster(storeUrl: string, count = 3, extraArgs: strin
 }
 
 /** The Prometheus text a node serves on /metrics. */
+/** A user registered with the real CLI through `node`: their home store and identity. */
+export interface RegisteredUser { store: HomeStore; identity: StoredIdentity }
+
+export async function registerUser(node: ServerHandle, address: string): Promise<RegisteredUser> {
+  const home = tempDir('home');
+  const reg = await runVertex([...node.resolveArg(DOMAIN), '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
+  if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
+  const store = new HomeStore(home);
+  return { store, identity: store.loadIdentity(address) };
+}
+
+/** A control session of `user` at `node` (not at whichever node SRV would pick), added to `open` for the test to close. */
+export async function controlSessionAt(user: RegisteredUser, node: ServerHandle, open: Array<ServerConnection | unknown>): Promise<ServerConnection> {
+  const c = await openServerConnection({
+    domain: DOMAIN, resolve: createServerResolver({ overrides: new Map([[DOMAIN, { host: '127.0.0.1', port: node.port }]]) }),
+    trust: user.store, credentials: { keyPem: user.identity.keyPem, certPem: user.identity.certPem },
+  });
+  open.push(c);
+  return c;
+}
+
 export async function metricsOf(node: ServerHandle): Promise<string> {
   const port = /"port":(\d+)[^\n]*metrics on \/metrics/.exec(node.proc.output())?.[1];
   if (!port) throw new Error('the node serves no metrics');

@@ -15,10 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
 import pg from 'pg';
-import { HomeStore } from '../../../agent/home-store';
 import { COMMANDS } from '../../../q2q/control/protocol';
-import { createServerResolver } from '../../../q2q/control/discovery';
-import { openServerConnection, type ServerConnection } from '../../../q2q/control/server-connection';
 import { normaliseSerial } from '../../../q2q/identity';
 import { attachAmp } from '../../../q2q/transport/amp-connection';
 import { issueNodeCertificate, type NodeCredentials } from '../../../server/node-identity';
@@ -26,7 +23,7 @@ import { ALPN_NODE, NODE_COMMANDS } from '../../../server/node-mesh';
 import { runVertex, startServer, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { untilTrue } from '../../helpers/net';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
-import { DOMAIN, PASSWORD, startCluster } from './helpers';
+import { controlSessionAt, DOMAIN, registerUser, type RegisteredUser, startCluster } from './helpers';
 
 jest.setTimeout(120_000);
 afterAll(stopAll);
@@ -100,21 +97,8 @@ describePostgres('node certificates: recorded, revocable', () => {
     const heldClosed = new Promise<void>((resolve) => held.socket.once('close', () => resolve()));
 
     // bob's device on node 2, carol on node 1: the inbound goes node 1 -> node 2 over the mesh.
-    const user = async (address: string) => {
-      const home = tempDir('home');
-      const reg = await runVertex([...node1.resolveArg(DOMAIN), '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
-      if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
-      const store = new HomeStore(home);
-      return { store, identity: store.loadIdentity(address) };
-    };
-    const session = async (u: Awaited<ReturnType<typeof user>>, node: ServerHandle): Promise<ServerConnection> => {
-      const c = await openServerConnection({
-        domain: DOMAIN, resolve: createServerResolver({ overrides: new Map([[DOMAIN, { host: '127.0.0.1', port: node.port }]]) }),
-        trust: u.store, credentials: { keyPem: u.identity.keyPem, certPem: u.identity.certPem },
-      });
-      open.push(c);
-      return c;
-    };
+    const user = (address: string) => registerUser(node1, address);
+    const session = (u: RegisteredUser, node: ServerHandle) => controlSessionAt(u, node, open);
     const bob = await session(await user(`bob@${DOMAIN}`), node2);
     bob.peer.handle(COMMANDS.inbound, () => ({ token: randomBytes(16).toString('hex'), candidates: '[]' }));
     await bob.call(COMMANDS.listen, { services: '["svc"]', device: 'desk' });

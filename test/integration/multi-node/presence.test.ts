@@ -12,14 +12,12 @@
  *   stale, and tells bob's device on node 1.
  */
 import { randomBytes } from 'node:crypto';
-import { HomeStore } from '../../../agent/home-store';
 import { COMMANDS } from '../../../q2q/control/protocol';
-import { createServerResolver } from '../../../q2q/control/discovery';
-import { openServerConnection, type ServerConnection } from '../../../q2q/control/server-connection';
-import { runVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
+import type { ServerConnection } from '../../../q2q/control/server-connection';
+import { stopAll, type ServerHandle } from '../../helpers/cli';
 import { untilTrue } from '../../helpers/net';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
-import { DOMAIN, metricsOf, PASSWORD, startCluster } from './helpers';
+import { controlSessionAt, DOMAIN, registerUser, type RegisteredUser, metricsOf, startCluster } from './helpers';
 
 jest.setTimeout(120_000);
 afterAll(stopAll);
@@ -39,19 +37,8 @@ describePostgres('presence across nodes, from memory', () => {
   it('a device online on node 2 is seen by node 1 through the store\'s notification; inbounds to it cost node 1 no store query; node 2 killed, node 1 drops it', async () => {
     const { nodes } = await startCluster(await database().freshSchema(), 2);
     const [node1, node2] = nodes as [ServerHandle, ServerHandle];
-    const user = async (address: string) => {
-      const home = tempDir('home');
-      const reg = await runVertex([...node1.resolveArg(DOMAIN), '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
-      if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
-      const store = new HomeStore(home);
-      return { store, identity: store.loadIdentity(address) };
-    };
-    const at = (node: ServerHandle) => createServerResolver({ overrides: new Map([[DOMAIN, { host: '127.0.0.1', port: node.port }]]) });
-    const session = async (u: Awaited<ReturnType<typeof user>>, node: ServerHandle) => {
-      const c = await openServerConnection({ domain: DOMAIN, resolve: at(node), trust: u.store, credentials: { keyPem: u.identity.keyPem, certPem: u.identity.certPem } });
-      open.push(c);
-      return c;
-    };
+    const user = (address: string) => registerUser(node1, address);
+    const session = (u: RegisteredUser, node: ServerHandle) => controlSessionAt(u, node, open);
     const bob = await user(`bob@${DOMAIN}`);
     const carol = await user(`carol@${DOMAIN}`);
 

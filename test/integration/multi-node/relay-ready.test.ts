@@ -7,15 +7,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import { HomeStore } from '../../../agent/home-store';
 import { COMMANDS } from '../../../q2q/control/protocol';
 import { createServerResolver } from '../../../q2q/control/discovery';
-import { openServerConnection, type ServerConnection } from '../../../q2q/control/server-connection';
+import type { ServerConnection } from '../../../q2q/control/server-connection';
 import { openRelayLeg } from '../../../q2q/negotiate/relay-leg';
-import { runVertex, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
+import { stopAll, type ServerHandle } from '../../helpers/cli';
 import { untilTrue } from '../../helpers/net';
 import { describePostgres, postgresDatabase } from '../../helpers/postgres';
-import { DOMAIN, PASSWORD, startCluster } from './helpers';
+import { controlSessionAt, DOMAIN, registerUser, type RegisteredUser, startCluster } from './helpers';
 
 jest.setTimeout(120_000);
 afterAll(stopAll);
@@ -30,19 +29,9 @@ describePostgres('relay-ready across the nodes of one domain', () => {
   it('the caller\'s leg at node 1 makes node 2 tell its listener', async () => {
     const { nodes } = await startCluster(await database().freshSchema(), 2);
     const [node1, node2] = nodes as [ServerHandle, ServerHandle];
-    const user = async (address: string) => {
-      const home = tempDir('home');
-      const reg = await runVertex([...node1.resolveArg(DOMAIN), '--home', home, 'register', address, '--password-stdin'], { input: PASSWORD });
-      if (reg.code !== 0) throw new Error(`register ${address}: ${reg.stderr}`);
-      const store = new HomeStore(home);
-      return { store, identity: store.loadIdentity(address) };
-    };
+    const user = (address: string) => registerUser(node1, address);
     const at = (node: ServerHandle) => createServerResolver({ overrides: new Map([[DOMAIN, { host: '127.0.0.1', port: node.port }]]) });
-    const session = async (u: Awaited<ReturnType<typeof user>>, node: ServerHandle) => {
-      const c = await openServerConnection({ domain: DOMAIN, resolve: at(node), trust: u.store, credentials: { keyPem: u.identity.keyPem, certPem: u.identity.certPem } });
-      open.push(c);
-      return c;
-    };
+    const session = (u: RegisteredUser, node: ServerHandle) => controlSessionAt(u, node, open);
     const bob = await user(`bob@${DOMAIN}`);
     const carol = await user(`carol@${DOMAIN}`);
 
