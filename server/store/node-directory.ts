@@ -33,6 +33,7 @@ import pg from 'pg';
 import { vertexError } from '../../q2q/errors';
 import type { Logger } from '../../q2q/util/log';
 import { silentLogger } from '../../q2q/util/log';
+import { PgListener } from './pg-listener';
 
 export const HEARTBEAT_MS = 2_000;
 export const NODE_DEAD_AFTER_MS = 8_000;
@@ -42,10 +43,8 @@ const QUERY_TIMEOUT_MS = 10_000;
 const DB_NOW = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
 /** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; a change with more services says "read the row" instead. */
 const MAX_NOTIFY_PAYLOAD = 7_000;
-/** The LISTEN connection retries after a failure with this backoff, doubling up to the cap. */
-const LISTEN_RETRY_MIN_MS = 250;
-const LISTEN_RETRY_MAX_MS = 10_000;
-const CLOSE_WAIT_MS = 2_000;
+/** A reload that failed while notifications flow is tried again after this long. */
+const RELOAD_RETRY_MS = 10_000;
 
 export interface NodeInfo {
   name: string;
@@ -115,9 +114,7 @@ export class NodeDirectory {
   readonly #alive = new Map<string, boolean>();
   /** Node certificate serials found recorded and unrevoked (cleared by a revocation notice and a reload). */
   readonly #goodSerials = new Set<string>();
-  #listenClient: pg.Client | null = null;
-  #listenTimer: NodeJS.Timeout | null = null;
-  #listenRetryMs = LISTEN_RETRY_MIN_MS;
+  readonly #listener: PgListener;
   /** The copy is complete (LISTEN up and loaded): reads are answered from it. */
   #synced = false;
   /** Notifications not applied yet, in arrival order. */
@@ -137,6 +134,15 @@ export class NodeDirectory {
       types: { getTypeParser: ((oid: number, format?: string) => (oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as 'text'))) as typeof pg.types.getTypeParser },
     });
     this.#pool.on('error', (err) => this.#log.warn({ reason: err.message }, 'node directory: idle connection lost'));
+    this.#listener = new PgListener({
+      url: opts.url, channel: PRESENCE_CHANNEL, applicationName: `vertex-node-${opts.name}-listen`, connectTimeoutMs: QUERY_TIMEOUT_MS,
+      onNotification: (payload) => this.#onNotification(payload),
+      onLost: (reason) => {
+        this.#synced = false;
+        if (reason) this.#log.warn({ reason }, 'node directory: presence notifications lost; reading presence from the store until they are back');
+      },
+      onRestored: () => void this.#reload().then(() => this.#log.info('node directory: presence notifications back')),
+    });
   }
 
   get name(): string {
@@ -171,7 +177,7 @@ export class NodeDirectory {
         `INSERT INTO nodes (name, endpoint, started_at, seen_at) VALUES ($1, $2, ${DB_NOW}, ${DB_NOW})
          ON CONFLICT (name) DO UPDATE SET endpoint = $2, started_at = ${DB_NOW}, seen_at = ${DB_NOW}`, [opts.name, opts.endpoint]);
       await dir.#heartbeat();
-      await dir.#startListening();
+      await dir.#listener.start();
       await dir.#load();
     } catch (err) {
       await dir.close();
@@ -275,50 +281,6 @@ export class NodeDirectory {
   }
 
   // ---- the copy ----
-
-  async #startListening(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.#opts.url, connectionTimeoutMillis: QUERY_TIMEOUT_MS, application_name: `vertex-node-${this.#name}-listen` });
-    client.on('notification', (msg) => {
-      if (msg.channel === PRESENCE_CHANNEL && msg.payload) this.#onNotification(msg.payload);
-    });
-    client.on('error', (err) => {
-      this.#log.warn({ reason: err.message }, 'node directory: presence notifications lost; reading presence from the store until they are back');
-      this.#relisten(client);
-    });
-    client.on('end', () => this.#relisten(client));
-    try {
-      await client.connect();
-      await client.query(`LISTEN ${PRESENCE_CHANNEL}`);
-    } catch (err) {
-      client.removeAllListeners('end');
-      await client.end().catch(() => undefined);
-      throw err;
-    }
-    this.#listenClient = client;
-    this.#listenRetryMs = LISTEN_RETRY_MIN_MS;
-  }
-
-  #relisten(dead: pg.Client): void {
-    if (this.#closed || this.#listenClient !== dead) return;
-    this.#listenClient = null;
-    this.#synced = false;
-    dead.removeAllListeners('end');
-    dead.end().catch(() => undefined);
-    const retry = (): void => {
-      this.#listenTimer = null;
-      if (this.#closed) return;
-      this.#startListening().then(() => this.#reload()).then(
-        () => this.#log.info('node directory: presence notifications back'),
-        () => {
-          this.#listenRetryMs = Math.min(this.#listenRetryMs * 2, LISTEN_RETRY_MAX_MS);
-          this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
-          this.#listenTimer.unref();
-        },
-      );
-    };
-    this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
-    this.#listenTimer.unref();
-  }
 
   #onNotification(payload: string): void {
     const space = payload.indexOf(' ');
@@ -454,7 +416,7 @@ export class NodeDirectory {
         devices.set(r.device, { node: r.node, services: JSON.parse(r.services) as string[] });
         this.#presence.set(address, devices);
       }
-      this.#synced = this.#listenClient !== null;
+      this.#synced = this.#listener.listening;
       for (const address of new Set([...before, ...this.#presence.keys()])) this.#changed(address);
     } finally {
       this.#loading = false;
@@ -472,7 +434,7 @@ export class NodeDirectory {
       this.#log.warn({ reason: (err as Error).message }, 'node directory: presence not loaded; reading it from the store meanwhile');
       this.#synced = false;
       // Tried again later while notifications flow (a lost LISTEN connection reloads when it is back).
-      if (!this.#closed && this.#listenClient) setTimeout(() => void this.#reload(), LISTEN_RETRY_MAX_MS).unref();
+      if (!this.#closed && this.#listener.listening) setTimeout(() => void this.#reload(), RELOAD_RETRY_MS).unref();
     }
   }
 
@@ -537,14 +499,7 @@ export class NodeDirectory {
     this.#synced = false;
     this.#queue.length = 0;
     if (this.#beat) clearInterval(this.#beat);
-    if (this.#listenTimer) clearTimeout(this.#listenTimer);
-    const listen = this.#listenClient;
-    this.#listenClient = null;
-    if (listen) {
-      listen.removeAllListeners('end');
-      // Bounded: end() on a connection that already broke may never settle.
-      await Promise.race([listen.end().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, CLOSE_WAIT_MS).unref())]);
-    }
+    await this.#listener.close();
     await Promise.all([...this.#chains.values()]);
     if (this.#registered) {
       try {

@@ -20,6 +20,7 @@ import pg from 'pg';
 import { isVertexError, vertexError } from '../../q2q/errors';
 import type { Logger } from '../../q2q/util/log';
 import { silentLogger } from '../../q2q/util/log';
+import { PgListener } from './pg-listener';
 import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
 
 import { MAX_RATE_LIMIT_KEYS, type RateLimitCounter, type RateLimitResult } from './account-store';
@@ -31,9 +32,6 @@ export const EVENTS_LOCK = 0x7665_7274_0002n;
 export const NOTIFY_CHANNEL = 'vertex_events';
 /** Connections per handle (a node's requests share them). */
 export const DEFAULT_POOL_SIZE = 10;
-/** The LISTEN connection retries after a failure with this backoff, doubling up to the cap. */
-const LISTEN_RETRY_MIN_MS = 250;
-const LISTEN_RETRY_MAX_MS = 10_000;
 /** A query or connect that takes longer fails with StorageUnavailable rather than hanging a request. */
 const CONNECT_TIMEOUT_MS = 10_000;
 const QUERY_TIMEOUT_MS = 30_000;
@@ -201,9 +199,7 @@ export class PostgresAccountStore implements AccountStore {
   readonly #now: () => number;
   readonly #log: Logger;
   readonly #listeners = new Set<() => void>();
-  #listenClient: pg.Client | null = null;
-  #listenRetryMs = LISTEN_RETRY_MIN_MS;
-  #listenTimer: NodeJS.Timeout | null = null;
+  #listener: PgListener | null = null;
   #closed = false;
   readonly #orderEvents: boolean;
 
@@ -317,44 +313,19 @@ export class PostgresAccountStore implements AccountStore {
   }
 
   async #startListening(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.#url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, application_name: 'vertex-listen' });
-    client.on('notification', (msg) => {
-      if (msg.channel === NOTIFY_CHANNEL) this.#wake();
+    this.#listener = new PgListener({
+      url: this.#url, channel: NOTIFY_CHANNEL, applicationName: 'vertex-listen', connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      onNotification: () => this.#wake(),
+      onLost: (reason) => {
+        if (reason) this.#log.warn({ reason }, 'account store: change notifications lost; polling until they are back');
+      },
+      onRestored: () => {
+        this.#log.info('account store: change notifications back');
+        // Changes made while we were not listening are found by this read.
+        this.#wake();
+      },
     });
-    client.on('error', (err) => {
-      this.#log.warn({ reason: err.message }, 'account store: change notifications lost; polling until they are back');
-      this.#relisten(client);
-    });
-    client.on('end', () => this.#relisten(client));
-    await client.connect();
-    await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
-    this.#listenClient = client;
-    this.#listenRetryMs = LISTEN_RETRY_MIN_MS;
-  }
-
-  #relisten(dead: pg.Client): void {
-    if (this.#closed || this.#listenClient !== dead) return;
-    this.#listenClient = null;
-    dead.removeAllListeners('end');
-    dead.end().catch(() => undefined);
-    const retry = (): void => {
-      this.#listenTimer = null;
-      if (this.#closed) return;
-      this.#startListening().then(
-        () => {
-          this.#log.info('account store: change notifications back');
-          // Changes made while we were not listening are found by this read.
-          this.#wake();
-        },
-        () => {
-          this.#listenRetryMs = Math.min(this.#listenRetryMs * 2, LISTEN_RETRY_MAX_MS);
-          this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
-          this.#listenTimer.unref();
-        },
-      );
-    };
-    this.#listenTimer = setTimeout(retry, this.#listenRetryMs);
-    this.#listenTimer.unref();
+    await this.#listener.start();
   }
 
   #wake(): void {
@@ -547,13 +518,7 @@ export class PostgresAccountStore implements AccountStore {
     if (this.#closed) return;
     this.#closed = true;
     this.#listeners.clear();
-    if (this.#listenTimer) clearTimeout(this.#listenTimer);
-    const listen = this.#listenClient;
-    this.#listenClient = null;
-    if (listen) {
-      listen.removeAllListeners('end');
-      await listen.end().catch(() => undefined);
-    }
+    await this.#listener?.close();
     await this.#pool.end().catch(() => undefined);
   }
 }

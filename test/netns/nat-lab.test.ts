@@ -370,7 +370,9 @@ describeLab('NAT lab', () => {
       ], { timeoutMs: 30_000 });
       const m = /"route":"(\w+)","connectMs":(\d+)/.exec(r.stderr);
       figure('ssh', { route: m?.[1], connectMs: Number(m?.[2]), ms: r.ms });
-      expect(r.code).toBe(0);
+      // On failure, say what ssh and its ProxyCommand printed and what both agents logged.
+      expect({ code: r.code, log: r.code === 0 ? '' : `${r.stderr}\n--- alice agent ---\n${s.alice.proc.output().slice(-4000)}\n--- bob agent ---\n${s.bob.proc.output().slice(-4000)}\n--- sshd ---\n${ssh.log().slice(-2000)}` })
+        .toEqual({ code: 0, log: '' });
       expect(r.stdout).toMatch(/^ran-on-.*-42$/m);
       expect(m?.[1]).toBe('ptcp');
       expect(ssh.log()).toMatch(/Accepted publickey for root/);
