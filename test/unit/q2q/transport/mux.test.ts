@@ -175,7 +175,14 @@ describe('mux session', () => {
       const stuck = (async () => {
         while (offered < 4 * MB && !slow.a.destroyed) {
           offered += offer.length;
-          if (!slow.a.write(offer)) await new Promise((resolve) => { slow.a.once('drain', resolve); slow.a.once('close', resolve); });
+          if (!slow.a.write(offer)) {
+            // Whichever comes first; the other listener goes too, so waits do not pile up on the stream.
+            await new Promise<void>((resolve) => {
+              const done = (): void => { slow.a.off('drain', done); slow.a.off('close', done); resolve(); };
+              slow.a.once('drain', done);
+              slow.a.once('close', done);
+            });
+          }
         }
       })();
       stuck.catch(() => undefined);
