@@ -40,7 +40,7 @@ import { CertificateRenewer } from './renewal';
 import { ExposeTable, type ExposeAdded, type ExposeSpec } from './expose-table';
 import { ForwardTable, type ForwardSpec } from './forward-table';
 import { connectLocal } from './frontends/expose';
-import { Socks5Server, type SocksConnectRequest } from './frontends/socks5-server';
+import { Socks5Server, type SocksConnectRequest, type SocksDialInfo } from './frontends/socks5-server';
 import { DEFAULT_PING_COUNT, MAX_PING_COUNT, PING_SERVICE, pingEchoHandler, runProbes, type PingResult } from './ping';
 import { TunnelRegistry, type TunnelEntry, type TunnelKind } from './tunnels';
 import type { AgentMetrics } from './metrics';
@@ -264,7 +264,7 @@ export class AgentDaemon {
         const socks = new Socks5Server({
           listen: config.socks.listen,
           auth: config.socks.auth,
-          dial: (req, info) => this.#dialSocks(req, info.clientAddress, info.signal),
+          dial: (req, info) => this.#dialSocks(req, info),
           log: this.#log,
           clock: this.#clock,
         });
@@ -514,12 +514,14 @@ export class AgentDaemon {
   // ---- dialling ----
 
   /** Connects to `user@domain:service` and records the tunnel. */
-  async #dialQ2Q(target: string, kind: TunnelKind, local: string, opts: ConnectOptions = {}, signal?: AbortSignal): Promise<Q2QStream> {
+  async #dialQ2Q(target: string, kind: TunnelKind, local: string, opts: ConnectOptions = {}, client?: { readonly aborted: boolean }): Promise<Q2QStream> {
     const node = this.#requireNode();
-    await this.#dialSlot();
+    // A free slot is taken without a wait (an await costs a turn of the microtask queue).
+    if (this.#dialsRunning < MAX_CONCURRENT_DIALS) this.#dialsRunning += 1;
+    else await this.#dialSlot();
     let stream: Q2QStream;
     try {
-      if (signal?.aborted) throw vertexError('ConnectionLost', `connect ${target}: the client left before its turn to dial`);
+      if (client?.aborted) throw vertexError('ConnectionLost', `connect ${target}: the client left before its turn to dial`);
       stream = await node.connect(target, opts);
       this.#opts.metrics?.connected(stream.route, stream.connectMs);
     } catch (err) {
@@ -539,11 +541,8 @@ export class AgentDaemon {
     return stream;
   }
 
+  /** Waits for a slot when all are taken (#dialQ2Q takes a free one itself). */
   async #dialSlot(): Promise<void> {
-    if (this.#dialsRunning < MAX_CONCURRENT_DIALS) {
-      this.#dialsRunning += 1;
-      return;
-    }
     // The slot is handed over by #releaseDialSlot, so the count stays the same.
     await new Promise<void>((resolve) => this.#dialQueue.push(resolve));
   }
@@ -554,9 +553,18 @@ export class AgentDaemon {
     else this.#dialsRunning -= 1;
   }
 
-  async #dialSocks(req: SocksConnectRequest, clientAddress: string, signal: AbortSignal): Promise<Duplex> {
-    const target = this.#socksTarget(req.host, req.port);
-    if (target) return this.#dialQ2Q(target, 'socks', clientAddress, {}, signal);
+  #dialSocks(req: SocksConnectRequest, client: SocksDialInfo): Promise<Duplex> {
+    let target: string | null;
+    try {
+      target = this.#socksTarget(req.host, req.port);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (target) return this.#dialQ2Q(target, 'socks', client.clientAddress, {}, client);
+    return this.#dialDirect(req, client.clientAddress);
+  }
+
+  async #dialDirect(req: SocksConnectRequest, clientAddress: string): Promise<Duplex> {
     const where = req.host.includes(':') ? `[${req.host}]:${req.port}` : `${req.host}:${req.port}`;
     if (!this.#config.socks.passthrough) {
       throw vertexError('NotAllowed', `socks ${where}: not a q2q name (use user.domain.q2q or user@domain); passthrough is off`);

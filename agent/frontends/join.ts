@@ -8,6 +8,13 @@
  *
  * Sockets handed in must be created with `allowHalfOpen: true`; otherwise
  * Node ends their writing side by itself when their reading side ends.
+ *
+ * The bytes are handed across directly ('data' -> write, pause() when the
+ * other side's buffer is full, resume() on its 'drain'), not through
+ * Readable.pipe(): a tunnel is made for every SOCKS connection and every
+ * inbound stream, and pipe() costs two sets of about ten listeners, a
+ * nextTick to start flowing and an unpipe dance at the end, per direction
+ * (bench/README.md, "new-connection cost"). The behaviour is pipe()'s.
  */
 import type { Duplex } from 'node:stream';
 import { asVertexError, vertexError } from '../../q2q/errors';
@@ -25,48 +32,111 @@ export interface JoinOptions {
   propagate?: boolean;
 }
 
-/** Resolves once both streams have closed, for whatever reason. */
-export function joinStreams(a: Duplex, b: Duplex, opts: JoinOptions = {}): Promise<void> {
-  const log = opts.log ?? silentLogger;
-  let torn = false;
-  const teardown = (why: string, err?: Error, from?: Duplex): void => {
-    if (torn) return;
-    torn = true;
-    log.debug({ err: err?.message }, `tunnel ${why}`);
-    const reason = opts.propagate ? asVertexError(err ?? vertexError('ConnectionLost', why), 'ConnectionLost') : undefined;
-    for (const s of [a, b]) s.destroy(s === from ? undefined : reason);
+/** One direction: from `src` into `dst`. */
+class Flow {
+  readonly #src: Duplex;
+  readonly #dst: Duplex;
+  readonly #join: Join;
+
+  constructor(join: Join, src: Duplex, dst: Duplex) {
+    this.#join = join;
+    this.#src = src;
+    this.#dst = dst;
+    src.on('data', this.#onData);
+    src.once('end', this.#onEnd);
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    if (!this.#dst.write(chunk)) {
+      this.#src.pause();
+      this.#dst.once('drain', this.#onDrain);
+    }
   };
+
+  readonly #onDrain = (): void => {
+    this.#src.resume();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#dst.end();
+    this.#join.ended();
+  };
+}
+
+/** The tunnel between `a` and `b`: error and close handling for both flows. */
+class Join {
+  readonly #a: Duplex;
+  readonly #b: Duplex;
+  readonly #log: Logger;
+  readonly #propagate: boolean;
+  #torn = false;
+  #ends = 0;
+
+  constructor(a: Duplex, b: Duplex, opts: JoinOptions) {
+    this.#a = a;
+    this.#b = b;
+    this.#log = opts.log ?? silentLogger;
+    this.#propagate = opts.propagate === true;
+    a.on('error', this.#onErrorA);
+    b.on('error', this.#onErrorB);
+    a.once('close', this.#onCloseA);
+    b.once('close', this.#onCloseB);
+    if (opts.head && opts.head.length > 0) b.write(opts.head);
+    new Flow(this, a, b);
+    new Flow(this, b, a);
+    // A stream that was paused before the join (an inbound stream holding the peer's first
+    // bytes) flows now; 'data' listeners start a stream only if nobody paused it.
+    a.resume();
+    b.resume();
+  }
+
+  /**
+   * When both directions have ended, release the sockets even if the other
+   * side never closes on its own (a TLS stream waits for a close from below).
+   */
+  ended(): void {
+    this.#ends += 1;
+    if (this.#ends !== 2) return;
+    for (const s of [this.#a, this.#b]) {
+      if (s.writableFinished) s.destroy();
+      else s.once('finish', () => s.destroy());
+    }
+  }
+
+  #teardown(why: string, err: Error | undefined, from: Duplex): void {
+    if (this.#torn) return;
+    this.#torn = true;
+    this.#log.debug({ err: err?.message }, `tunnel ${why}`);
+    const reason = this.#propagate ? asVertexError(err ?? vertexError('ConnectionLost', why), 'ConnectionLost') : undefined;
+    for (const s of [this.#a, this.#b]) s.destroy(s === from ? undefined : reason);
+  }
+
+  readonly #onErrorA = (err: Error): void => this.#teardown('error on the near side', err, this.#a);
+  readonly #onErrorB = (err: Error): void => this.#teardown('error on the far side', err, this.#b);
+  // A side that closes before its end was read, or before what we wrote to it was
+  // flushed, was cut off, not finished.
+  readonly #onCloseA = (): void => {
+    if (!this.#a.readableEnded || !this.#a.writableFinished) this.#teardown('near side closed before it finished', undefined, this.#a);
+  };
+
+  readonly #onCloseB = (): void => {
+    if (!this.#b.readableEnded || !this.#b.writableFinished) this.#teardown('far side closed before it finished', undefined, this.#b);
+  };
+}
+
+/** Joins `a` and `b` (see the top of the file); nothing to wait for. */
+export function join(a: Duplex, b: Duplex, opts: JoinOptions = {}): void {
+  new Join(a, b, opts);
+}
+
+/** Joins `a` and `b`; resolves once both streams have closed, for whatever reason. */
+export function joinStreams(a: Duplex, b: Duplex, opts: JoinOptions = {}): Promise<void> {
   const closed = (s: Duplex): Promise<void> =>
     new Promise((resolve) => {
       if (s.destroyed && s.closed) return resolve();
       s.once('close', () => resolve());
     });
   const done = Promise.all([closed(a), closed(b)]).then(() => undefined);
-  a.on('error', (err) => teardown('error on the near side', err, a));
-  b.on('error', (err) => teardown('error on the far side', err, b));
-  // A side that closes before its end was read was cut off, not finished.
-  a.on('close', () => {
-    if (!a.readableEnded) teardown('near side closed before it finished', undefined, a);
-  });
-  b.on('close', () => {
-    if (!b.readableEnded) teardown('far side closed before it finished', undefined, b);
-  });
-  // When both directions have ended, release the sockets even if the other
-  // side never closes on its own (a TLS stream waits for a close from below).
-  let ends = 0;
-  const ended = (): void => {
-    ends += 1;
-    if (ends === 2) {
-      for (const s of [a, b]) {
-        if (s.writableFinished) s.destroy();
-        else s.once('finish', () => s.destroy());
-      }
-    }
-  };
-  a.once('end', ended);
-  b.once('end', ended);
-  if (opts.head && opts.head.length > 0) b.write(opts.head);
-  a.pipe(b);
-  b.pipe(a);
+  join(a, b, opts);
   return done;
 }

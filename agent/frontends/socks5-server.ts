@@ -12,10 +12,19 @@
  * - garbage, a wrong password or a client reset close that one connection
  *   and nothing else.
  *
- * After the reply both directions are piped with back-pressure. Half-close
- * is kept: an end from one side becomes an end on the other, so protocols
- * that shut down their sending side first (ssh, `ncat --send-only`, HTTP/1.0
- * clients) still get the rest of the answer.
+ * After the reply both directions are joined with back-pressure (join.ts).
+ * Half-close is kept: an end from one side becomes an end on the other, so
+ * protocols that shut down their sending side first (ssh, `ncat --send-only`,
+ * HTTP/1.0 clients) still get the rest of the answer.
+ *
+ * A browser opens connections by the dozen, so the per-connection path is
+ * kept lean (bench/README.md, "new-connection cost"): one object per
+ * connection with its handlers as methods, no timer of its own (the
+ * handshake timeouts and close lingers of all connections share one
+ * Deadlines each), no AbortController unless the dial asks for a signal,
+ * and no logger child unless a line is written. The greeting is answered in
+ * the turn that read it, and the success reply leaves in one write with the
+ * service's first bytes when they came with the far side's accept.
  */
 import { FRONTEND_BACKLOG, listenOn } from '../../q2q/transport/listen';
 import * as net from 'node:net';
@@ -27,17 +36,27 @@ import {
   type SocksAuth,
   type SocksConnectRequest,
 } from '../../q2q/proto/socks5-session';
-import { systemClock, type Clock, type Timer } from '../../q2q/util/clock';
+import { systemClock, type Clock } from '../../q2q/util/clock';
+import { Deadlines } from '../../q2q/util/deadlines';
 import { silentLogger, type Logger } from '../../q2q/util/log';
+import { join } from './join';
 
 export type { SocksConnectRequest, SocksAuth };
 
 /**
- * Opens the tunnel for one CONNECT. `signal` aborts when the client goes away
- * before the dial finished (browsers cancel requests all the time); a dial
- * may ignore it, and a tunnel resolved after that is destroyed.
+ * What a dial knows about its client. `aborted` turns true, and `signal`
+ * aborts, when the client goes away before the dial finished (browsers
+ * cancel requests all the time); a dial may ignore both, and a tunnel
+ * resolved after that is destroyed. The AbortController behind `signal` is
+ * made only when a dial asks for it.
  */
-export type SocksDial = (req: SocksConnectRequest, info: { clientAddress: string; signal: AbortSignal }) => Promise<Duplex>;
+export interface SocksDialInfo {
+  readonly clientAddress: string;
+  readonly aborted: boolean;
+  readonly signal: AbortSignal;
+}
+
+export type SocksDial = (req: SocksConnectRequest, info: SocksDialInfo) => Promise<Duplex>;
 
 export interface Socks5ServerOptions {
   listen: { host: string; port: number };
@@ -69,6 +88,10 @@ export class Socks5Server {
   readonly #handshakeTimeoutMs: number;
   readonly #sockets = new Set<net.Socket>();
   readonly #tunnels = new Set<Duplex>();
+  /** Connections still in their handshake, each with its deadline. */
+  readonly #handshakes: Deadlines<SocksConnection>;
+  /** Refused clients we ended and wait for; destroyed at their deadline. */
+  readonly #lingering: Deadlines<net.Socket>;
   #server: net.Server | undefined;
   #nextConn = 1;
 
@@ -80,6 +103,8 @@ export class Socks5Server {
     this.#log = (opts.log ?? silentLogger).child({ component: 'socks5' });
     this.#clock = opts.clock ?? systemClock;
     this.#handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    this.#handshakes = new Deadlines(this.#clock, (conn) => conn.handshakeTimedOut());
+    this.#lingering = new Deadlines(this.#clock, (socket) => socket.destroy());
   }
 
   /** Client connections open right now, in any phase. */
@@ -116,145 +141,185 @@ export class Socks5Server {
       s.destroy();
     }
     for (const t of this.#tunnels) t.destroy();
+    this.#handshakes.clear();
+    this.#lingering.clear();
     await Promise.all([closed, ...waits]);
     this.#log.info('socks5 stopped');
   }
 
-  /**
-   * The connection's logger: a pino child with its number and client, made
-   * only when a line at or above the logger's level is written (a child costs
-   * an object and a serialisation of its bindings; most connections log
-   * nothing above debug).
-   */
-  #connectionLog(conn: number, client: string): Pick<Logger, 'debug' | 'info'> {
-    let child: Logger | undefined;
-    const get = (): Logger => (child ??= this.#log.child({ conn, client }));
-    return {
-      debug: ((...args: Parameters<Logger['debug']>) => {
-        if (this.#log.isLevelEnabled('debug')) get().debug(...args);
-      }) as Logger['debug'],
-      info: ((...args: Parameters<Logger['info']>) => {
-        if (this.#log.isLevelEnabled('info')) get().info(...args);
-      }) as Logger['info'],
-    };
-  }
-
   #accept(socket: net.Socket): void {
-    const clientAddress = formatAddress(socket.remoteAddress, socket.remotePort);
-    const log = this.#connectionLog(this.#nextConn++, clientAddress);
     this.#sockets.add(socket);
     socket.setNoDelay(true);
-    const session = new Socks5Session({ auth: this.#opts.auth });
-    let handshakeTimer: Timer | undefined = this.#clock.setTimer(() => {
-      handshakeTimer = undefined;
-      run(session.handshakeTimedOut());
-    }, this.#handshakeTimeoutMs);
-    let lingerTimer: Timer | undefined;
-    let tunnel: Duplex | undefined;
+    const conn = new SocksConnection(this.#internals, socket, this.#nextConn++);
+    this.#handshakes.add(conn, this.#handshakeTimeoutMs);
+  }
 
-    const onData = (chunk: Buffer): void => run(session.receive(chunk));
-    const onHandshakeError = (err: Error): void => log.debug({ err: err.message }, 'socks5 client error');
-    socket.on('data', onData);
-    socket.on('error', onHandshakeError);
-    socket.on('close', () => {
-      run(session.clientEnded());
-      handshakeTimer?.cancel();
-      lingerTimer?.cancel();
+  /** What a connection needs of its server. */
+  readonly #internals: ServerInternals = {
+    opts: () => this.#opts,
+    log: () => this.#log,
+    handshakeDone: (conn) => this.#handshakes.delete(conn),
+    linger: (socket) => this.#lingering.add(socket, CLOSE_LINGER_MS),
+    closed: (socket) => {
+      this.#lingering.delete(socket);
       this.#sockets.delete(socket);
-      log.debug('socks5 client closed');
-    });
-    socket.on('end', () => run(session.clientEnded()));
+    },
+    tunnelOpen: (tunnel) => {
+      this.#tunnels.add(tunnel);
+      tunnel.once('close', () => this.#tunnels.delete(tunnel));
+    },
+  };
+}
 
-    const abort = new AbortController();
-    const dial = (request: SocksConnectRequest): void => {
-      handshakeTimer?.cancel();
-      handshakeTimer = undefined;
-      // Reading goes on while the dial runs: the session holds early bytes
-      // (bounded), and a client that leaves is noticed at once and aborts the dial.
-      log.debug({ target: formatAddress(request.host, request.port), type: request.addressType, user: session.username }, 'socks5 connect');
-      let pending: Promise<Duplex>;
-      try {
-        pending = this.#opts.dial(request, { clientAddress, signal: abort.signal });
-      } catch (err) {
-        pending = Promise.reject(err);
-      }
-      pending.then(
-        (t) => {
-          if (session.state !== 'connecting') {
-            t.destroy();
-            return;
-          }
-          tunnel = t;
-          run(session.connectSucceeded());
-        },
-        (err: unknown) => {
-          run(session.connectFailed(err));
-        },
-      );
-    };
+interface ServerInternals {
+  opts(): Socks5ServerOptions;
+  log(): Logger;
+  handshakeDone(conn: SocksConnection): void;
+  linger(socket: net.Socket): void;
+  closed(socket: net.Socket): void;
+  tunnelOpen(tunnel: Duplex): void;
+}
 
-    const run = (actions: Socks5Action[]): void => {
-      for (const action of actions) {
-        switch (action.type) {
-          case 'send':
-            if (!socket.destroyed) socket.write(action.data);
-            break;
-          case 'connect':
-            dial(action.request);
-            break;
-          case 'established':
-            if (!tunnel) throw new Error('socks5 server: established without a tunnel');
-            socket.off('data', onData);
-            socket.off('error', onHandshakeError);
-            log.debug({ target: session.request ? formatAddress(session.request.host, session.request.port) : undefined }, 'socks5 tunnel established');
-            this.#pump(socket, tunnel, action.earlyData, log);
-            break;
-          case 'close': {
-            handshakeTimer?.cancel();
-            handshakeTimer = undefined;
-            abort.abort();
-            const level = action.reason === 'dial-failed' || action.reason === 'auth-failed' ? 'info' : 'debug';
-            log[level]({ reason: action.reason, detail: action.detail }, 'socks5 closing client');
-            if (socket.destroyed) break;
-            socket.off('data', onData);
-            // Keep reading (and discarding) so that the client's FIN is seen and the socket closes on its own.
-            socket.resume();
-            socket.end();
-            lingerTimer ??= this.#clock.setTimer(() => socket.destroy(), CLOSE_LINGER_MS);
-            break;
-          }
-          default: {
-            const never: never = action;
-            throw new Error(`socks5 server: unknown action ${JSON.stringify(never)}`);
-          }
+/** One client connection, from accept to the tunnel (then join.ts carries the bytes). */
+class SocksConnection implements SocksDialInfo {
+  readonly #server: ServerInternals;
+  readonly #socket: net.Socket;
+  readonly #session: Socks5Session;
+  readonly #id: number;
+  #clientAddress: string | undefined;
+  #log: Logger | undefined;
+  #abort: AbortController | undefined;
+  #aborted = false;
+  #tunnel: Duplex | undefined;
+
+  constructor(server: ServerInternals, socket: net.Socket, id: number) {
+    this.#server = server;
+    this.#socket = socket;
+    this.#id = id;
+    this.#session = new Socks5Session({ auth: server.opts().auth });
+    socket.on('data', this.#onData);
+    socket.on('error', this.#onHandshakeError);
+    socket.on('end', this.#onEnd);
+    socket.once('close', this.#onClose);
+  }
+
+  get clientAddress(): string {
+    return (this.#clientAddress ??= formatAddress(this.#socket.remoteAddress, this.#socket.remotePort));
+  }
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get signal(): AbortSignal {
+    if (!this.#abort) {
+      this.#abort = new AbortController();
+      if (this.#aborted) this.#abort.abort();
+    }
+    return this.#abort.signal;
+  }
+
+  handshakeTimedOut(): void {
+    this.#run(this.#session.handshakeTimedOut());
+  }
+
+  /**
+   * The connection's log lines, through a pino child with its number and
+   * client, made only when a line at or above the logger's level is written
+   * (a child costs an object and a serialisation of its bindings; most
+   * connections log nothing above debug).
+   */
+  #logAt(level: 'debug' | 'info', obj: Record<string, unknown>, msg: string): void {
+    const root = this.#server.log();
+    if (!root.isLevelEnabled(level)) return;
+    this.#log ??= root.child({ conn: this.#id, client: this.clientAddress });
+    this.#log[level](obj, msg);
+  }
+
+  readonly #onData = (chunk: Buffer): void => this.#run(this.#session.receive(chunk));
+  readonly #onHandshakeError = (err: Error): void => this.#logAt('debug', { err: err.message }, 'socks5 client error');
+  readonly #onEnd = (): void => this.#run(this.#session.clientEnded());
+  readonly #onClose = (): void => {
+    this.#run(this.#session.clientEnded());
+    this.#server.handshakeDone(this);
+    this.#server.closed(this.#socket);
+    this.#logAt('debug', {}, 'socks5 client closed');
+  };
+
+  #dial(request: SocksConnectRequest): void {
+    this.#server.handshakeDone(this);
+    // Reading goes on while the dial runs: the session holds early bytes
+    // (bounded), and a client that leaves is noticed at once and aborts the dial.
+    this.#logAt('debug', { target: formatAddress(request.host, request.port), type: request.addressType, user: this.#session.username }, 'socks5 connect');
+    let pending: Promise<Duplex>;
+    try {
+      pending = this.#server.opts().dial(request, this);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    pending.then(this.#onDialed, this.#onDialFailed);
+  }
+
+  readonly #onDialed = (tunnel: Duplex): void => {
+    if (this.#session.state !== 'connecting') {
+      tunnel.destroy();
+      return;
+    }
+    this.#tunnel = tunnel;
+    // The reply and whatever the far side sent with its accept leave in one write: the
+    // join starts the tunnel flowing on the next tick, and the uncork is queued after it.
+    this.#socket.cork();
+    this.#run(this.#session.connectSucceeded());
+    process.nextTick(uncork, this.#socket);
+  };
+
+  readonly #onDialFailed = (err: unknown): void => {
+    this.#run(this.#session.connectFailed(err));
+  };
+
+  #run(actions: Socks5Action[]): void {
+    const socket = this.#socket;
+    for (const action of actions) {
+      switch (action.type) {
+        case 'send':
+          if (!socket.destroyed) socket.write(action.data);
+          break;
+        case 'connect':
+          this.#dial(action.request);
+          break;
+        case 'established': {
+          const tunnel = this.#tunnel;
+          if (!tunnel) throw new Error('socks5 server: established without a tunnel');
+          socket.off('data', this.#onData);
+          socket.off('error', this.#onHandshakeError);
+          this.#logAt('debug', { target: this.#session.request ? formatAddress(this.#session.request.host, this.#session.request.port) : undefined }, 'socks5 tunnel established');
+          this.#server.tunnelOpen(tunnel);
+          join(socket, tunnel, { head: action.earlyData, ...(this.#log || this.#server.log().isLevelEnabled('debug') ? { log: this.#server.log() } : {}) });
+          break;
+        }
+        case 'close': {
+          this.#server.handshakeDone(this);
+          this.#aborted = true;
+          this.#abort?.abort();
+          const level = action.reason === 'dial-failed' || action.reason === 'auth-failed' ? 'info' : 'debug';
+          this.#logAt(level, { reason: action.reason, detail: action.detail }, 'socks5 closing client');
+          if (socket.destroyed) break;
+          socket.off('data', this.#onData);
+          // Keep reading (and discarding) so that the client's FIN is seen and the socket closes on its own.
+          socket.resume();
+          socket.end();
+          this.#server.linger(socket);
+          break;
+        }
+        default: {
+          const never: never = action;
+          throw new Error(`socks5 server: unknown action ${JSON.stringify(never)}`);
         }
       }
-    };
+    }
   }
+}
 
-  /** Pipes client <-> tunnel with back-pressure; an end becomes an end, an error or abrupt close tears both down. */
-  #pump(socket: net.Socket, tunnel: Duplex, earlyData: Buffer, log: Pick<Logger, 'debug'>): void {
-    this.#tunnels.add(tunnel);
-    let torn = false;
-    const teardown = (why: string, err?: Error): void => {
-      if (torn) return;
-      torn = true;
-      if (err) log.debug({ err: err.message }, `socks5 tunnel ${why}`);
-      socket.destroy();
-      tunnel.destroy();
-    };
-    socket.on('error', (err) => teardown('client error', err));
-    tunnel.on('error', (err) => teardown('tunnel error', err));
-    // A side that closes before sending its end was cut off: the other must not wait forever.
-    socket.on('close', () => {
-      if (!socket.readableEnded || !socket.writableFinished) teardown('client closed');
-    });
-    tunnel.on('close', () => {
-      this.#tunnels.delete(tunnel);
-      if (!tunnel.readableEnded) teardown('tunnel closed');
-    });
-    if (earlyData.length > 0) tunnel.write(earlyData);
-    socket.pipe(tunnel);
-    tunnel.pipe(socket);
-  }
+function uncork(socket: net.Socket): void {
+  socket.uncork();
 }

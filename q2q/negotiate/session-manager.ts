@@ -265,8 +265,11 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     }
     const open = (prepared?: unknown): void => {
       // A prepared service (an exposed local target) sends its first bytes from another
-      // process, later: its ACCEPT leaves at once, ahead of the bookkeeping below.
-      const stream = session.adoptStream(request.accept({ flush: prepared !== undefined }), request.service, 0);
+      // process, later: its ACCEPT leaves at once, ahead of the bookkeeping below. Unless
+      // those bytes are here already (a prepared stream with bytes in its buffer): the
+      // handler writes them in this turn, and they leave with the ACCEPT in one record.
+      const early = (prepared as { readableLength?: number } | undefined)?.readableLength ?? 0;
+      const stream = session.adoptStream(request.accept({ flush: prepared !== undefined && early === 0 }), request.service, 0);
       this.#log.debug({ peer: session.peer, service: request.service, route: session.route }, 'stream accepted');
       service.onConnection(stream, prepared);
     };
