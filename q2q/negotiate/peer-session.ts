@@ -73,6 +73,8 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
   readonly #startedMono: number;
   #streams = 0;
   #idleTimer: Timer | null = null;
+  /** Clock ms when the last stream closed (or the session opened). */
+  #idleSince = 0;
   #expiryTimer: Timer | null = null;
   #closed = false;
 
@@ -128,12 +130,7 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
   /** Counts `stream` and gives it what a Q2QStream knows about itself. */
   adoptStream(stream: MuxStream, service: string, connectMs: number): Q2QStream {
     this.#streams += 1;
-    this.#idleTimer?.cancel();
-    this.#idleTimer = null;
-    stream.once('close', () => {
-      this.#streams -= 1;
-      if (this.#streams === 0) this.#armIdle();
-    });
+    stream.once('close', this.#streamClosed);
     return Object.assign(stream, {
       route: this.route, peer: this.peer, service, peerCertificate: this.certificate, connectMs, sessionId: this.id, device: this.device,
     }) as unknown as Q2QStream;
@@ -157,14 +154,35 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
     };
   }
 
+  readonly #streamClosed = (): void => {
+    this.#streams -= 1;
+    if (this.#streams === 0) this.#armIdle();
+  };
+
+  /**
+   * The idle close: due idleMs after the last stream closed. Streams come and
+   * go by the dozen, so the timer is not moved for each: it is armed when the
+   * session falls idle and none is armed, and when it fires it re-arms for
+   * the rest of the time if a stream came and went meanwhile (or does nothing
+   * while streams are open: the last one to close arms it again).
+   */
   #armIdle(): void {
-    if (this.#closed) return;
-    this.#idleTimer?.cancel();
-    this.#idleTimer = this.#clock.setTimer(() => {
-      this.#idleTimer = null;
-      if (this.#streams === 0) this.mux.end();
-    }, this.#idleMs);
+    this.#idleSince = this.#clock.now();
+    if (this.#idleTimer === null) this.#armIdleIn(this.#idleMs);
   }
+
+  #armIdleIn(ms: number): void {
+    if (this.#closed) return;
+    this.#idleTimer = this.#clock.setTimer(this.#idleCheck, ms);
+  }
+
+  readonly #idleCheck = (): void => {
+    this.#idleTimer = null;
+    if (this.#streams > 0) return;
+    const left = this.#idleSince + this.#idleMs - this.#clock.now();
+    if (left > 0) this.#armIdleIn(left);
+    else this.mux.end();
+  };
 
   #armExpiry(at: number): void {
     const left = at - this.#wallNow();

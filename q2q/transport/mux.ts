@@ -26,6 +26,7 @@ import { randomBytes } from 'node:crypto';
 import { Duplex } from 'node:stream';
 import { isErrorCode, vertexError, VertexError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
+import { Deadlines } from '../util/deadlines';
 import {
   decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, frameName,
   MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
@@ -81,7 +82,7 @@ interface PendingOpen {
   stream: MuxStream;
   resolve: (stream: MuxStream) => void;
   reject: (err: Error) => void;
-  timer: Timer;
+  timeoutMs: number;
 }
 
 export interface MuxSessionEvents {
@@ -102,6 +103,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   readonly #decoder: FrameDecoder;
   readonly #streams = new Map<number, MuxStream>();
   readonly #pendingOpens = new Map<number, PendingOpen>();
+  /** Every pending OPEN's timeout on one timer: most are answered in a millisecond. */
+  readonly #openDeadlines: Deadlines<PendingOpen>;
   readonly #pings = new Map<string, (rttMs: number) => void>();
   #state: SessionState = 'open';
   #nextId: number;
@@ -136,6 +139,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#maxIncoming = opts.maxIncomingStreams ?? MUX_DEFAULT_MAX_INCOMING;
     this.#onOpen = opts.onOpen;
     this.#nextId = opts.initiator ? 1 : 2;
+    this.#openDeadlines = new Deadlines(this.#clock, (pending) => this.#openTimedOut(pending));
     this.openedAt = this.#clock.now();
     this.#lastHeard = this.openedAt;
     this.#decoder = new FrameDecoder({
@@ -201,14 +205,19 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#streams.set(id, stream);
     return new Promise((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS;
-      const timer = this.#clock.setTimer(() => {
-        this.#pendingOpens.delete(id);
-        stream.destroy();
-        reject(vertexError('Timeout', `mux open ${service}: no answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.#pendingOpens.set(id, { stream, resolve, reject, timer });
+      const pending: PendingOpen = { stream, resolve, reject, timeoutMs };
+      this.#pendingOpens.set(id, pending);
+      this.#openDeadlines.add(pending, timeoutMs);
       this.#writeControl(encodeFrame(FRAME.OPEN, id, encodeFields({ service })));
     });
+  }
+
+  #openTimedOut(pending: PendingOpen): void {
+    const { stream } = pending;
+    if (this.#pendingOpens.get(stream.id) !== pending) return;
+    this.#pendingOpens.delete(stream.id);
+    stream.destroy();
+    pending.reject(vertexError('Timeout', `mux open ${stream.service}: no answer within ${pending.timeoutMs} ms`));
   }
 
   /** Round-trip time of one PING, in milliseconds. */
@@ -339,7 +348,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     const pending = this.#pendingOpens.get(stream.id);
     if (pending?.stream === stream) {
       this.#pendingOpens.delete(stream.id);
-      pending.timer.cancel();
+      this.#openDeadlines.delete(pending);
       pending.reject(vertexError('ConnectionLost', `mux open ${stream.service}: the stream was destroyed before it opened`));
     }
     this.#maybeIdle();
@@ -390,7 +399,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         const pending = this.#pendingOpens.get(id);
         if (!pending) return this.#unknown(type, id);
         this.#pendingOpens.delete(id);
-        pending.timer.cancel();
+        this.#openDeadlines.delete(pending);
         pending.stream.opened();
         pending.resolve(pending.stream);
         return;
@@ -399,7 +408,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         const pending = this.#pendingOpens.get(id);
         if (!pending) return this.#unknown(type, id);
         this.#pendingOpens.delete(id);
-        pending.timer.cancel();
+        this.#openDeadlines.delete(pending);
         this.#streams.delete(id);
         const f = decodeFields(payload);
         pending.reject(vertexError(f.code && isErrorCode(f.code) ? f.code : 'Internal', f.description ?? `mux open ${pending.stream.service}: refused`));
@@ -567,10 +576,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     }
     this.#state = 'closed';
     this.#stopTimer();
-    for (const pending of this.#pendingOpens.values()) {
-      pending.timer.cancel();
-      pending.reject(err);
-    }
+    this.#openDeadlines.clear();
+    for (const pending of this.#pendingOpens.values()) pending.reject(err);
     this.#pendingOpens.clear();
     const streams = [...this.#streams.values()];
     this.#streams.clear();
