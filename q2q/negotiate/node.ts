@@ -49,10 +49,11 @@ import type { Duplex } from 'node:stream';
 import { ServerPool } from './server-pool';
 import { Ladder } from './ladder';
 import { PeerListener, RELAY_READY_SAFETY_MS } from './listener';
+import { formatCandidate, MAX_CANDIDATES, parseCandidates, type Candidate } from './candidates';
 import { SessionManager } from './session-manager';
 import { ServiceTable } from './services';
 import { dialTcp } from '../transport/tcp-dialer';
-import type { PeerDialers } from '../transport/route';
+import type { DirectRoute, PeerDialers } from '../transport/route';
 import {
   ALL_ROUTES, type ConnectOptions, type Identity, type NodeStatus, type Q2QOptions, type Q2QStream,
   type RouteName, type ServiceOptions,
@@ -89,7 +90,6 @@ const PEER_HANDSHAKE_TIMEOUT_MS = 10_000;
  * instead of hanging (NAT lab scenario 8b).
  */
 const PTCP_PEER_TUNABLES = {} as const;
-const MAX_CANDIDATES = 16;
 /** How often the interface addresses are compared to notice a network change. */
 const NETWORK_CHECK_MS = 2_000;
 
@@ -116,8 +116,6 @@ const MAX_REVOKED_ENTRIES = 4096;
 
 interface Reflexive { value: string; port: number; at: number }
 
-type DirectRoute = 'tcp' | 'ptcp';
-interface Candidate { route: DirectRoute; host: string; port: number }
 
 interface PendingInbound {
   from: string;
@@ -140,29 +138,6 @@ interface PendingInbound {
 
 function decorate(socket: TLSSocket, info: { route: RouteName; peer: string; device: string; service: string; peerCertificate: string; connectMs: number }): Q2QStream {
   return Object.assign(socket, info) as Q2QStream;
-}
-
-/** Candidates travel as "tcp:HOST:PORT" / "ptcp:HOST:PORT" strings in a JSON list. */
-function formatCandidate(route: DirectRoute, host: string, port: number): string {
-  return net.isIPv6(host) ? `${route}:[${host}]:${port}` : `${route}:${host}:${port}`;
-}
-
-function parseCandidates(json: string | undefined): Candidate[] {
-  let list: unknown;
-  try {
-    list = JSON.parse(json ?? '[]');
-  } catch {
-    return [];
-  }
-  if (!Array.isArray(list)) return [];
-  const out: Candidate[] = [];
-  for (const item of list.slice(0, MAX_CANDIDATES)) {
-    // Strings only: String() of a deeply nested array (a caller's JSON) overflows the stack.
-    const m = typeof item === 'string' ? /^(tcp|ptcp):\[?([^\]]+?)\]?:(\d{1,5})$/.exec(item) : null;
-    const port = Number(m?.[3]);
-    if (m?.[1] && m[2] && net.isIP(m[2]) && port > 0 && port < 65536) out.push({ route: m[1] as DirectRoute, host: m[2], port });
-  }
-  return out;
 }
 
 /** A JSON list of strings from a server push, bounded; anything else is BadRequest. */
