@@ -19,7 +19,7 @@ import { silentLogger } from '../q2q/util/log';
 import { encodeWhoAmIAnswer, isWhoAmIRequest, requestNonce } from '../q2q/wire/who-am-i';
 import { AccountService, type RegistrationMode } from './account-service';
 import { Admission, type Admitted, type AdmissionLimits } from './admission';
-import type { LoginLimits } from './rate-limiter';
+import { windowedBudgets, type LoginLimits } from './rate-limiter';
 import { loadOrCreateCa, type DomainCa } from './ca-store';
 import { ControlSession, type SessionContext } from './control-session';
 import { Broker } from './broker';
@@ -172,7 +172,8 @@ export class IdentityServer {
     this.#accounts = new AccountService({
       store: this.#store, cas, registration: this.#opts.registration,
       certificateLifetimeMs: this.#opts.certificateLifetimeMs, log: this.#log.child({ component: 'accounts' }),
-      ...(this.#opts.limits.login ? { loginLimits: this.#opts.limits.login } : {}),
+      ...(this.#faults.has('windowed-password-budgets') ? { loginLimits: windowedBudgets(this.#opts.limits.login) }
+        : this.#opts.limits.login ? { loginLimits: this.#opts.limits.login } : {}),
     });
 
     this.#relay = new Relay({

@@ -15,19 +15,32 @@
  * - per address: 20 per 15 min over all accounts, so one address cannot try
  *   5 guesses at each of many accounts.
  * - per account: 100 per 15 min from all addresses together (a distributed
- *   guesser). When it is used up the account is not locked: it goes to a slow
- *   lane of one attempt per 10 s, and an address that logged in to that
- *   account successfully in the last 30 days skips the per-account budget
- *   altogether, so a distributed flood slows new addresses down but never
- *   locks the owner out of the machines they use.
- * - registration per address: 20 per hour, and in invite mode 5 wrong
- *   invitation codes per address per 15 min (a guessed invitation is a
- *   guessed password).
+ *   guesser). A token bucket: at most 5 at once, then one per 9.4 s. When it is
+ *   empty the account is not locked: it has a slow lane of one attempt per
+ *   10 s besides, and an address that logged in to that account successfully
+ *   in the last 30 days skips the per-account budget altogether, so a
+ *   distributed flood slows new addresses down but never locks the owner out
+ *   of the machines they use.
+ *
+ * Why a bucket for the per-account budget (a fixed window before): every
+ * hit it allows is a scrypt check (N=2^17, most of a second of a core). With
+ * a window, eight addresses guessing at one account bought 40 checks back to
+ * back, a core busy for half a minute for everyone else on the server (bench
+ * trust-load). The bucket keeps the budget (at most 100 in any 15 min) but
+ * gives only 5 checks at once, then a steady trickle of one per 9.4 s (plus
+ * the slow lane), whatever the number of addresses. Its burst is the
+ * per-(account, address) budget, so one attacking address cannot empty it
+ * before the owner's first attempt from another address, and a user on a new
+ * address still makes 5 attempts in a row (typos) when nobody is flooding.
+ * The per-address budget stays a window: spreading it would not bound the
+ * server's work (a flood just uses more addresses), and it would cut what
+ * the users behind one NAT address may get wrong in a row from 20 to a few.
  */
 import { vertexError } from '../q2q/errors';
 import type { AccountStore, RateLimitCounter } from './store/account-store';
 
-export interface Budget { limit: number; windowMs: number }
+/** `limit` per `windowMs`; with `burst`, a token bucket (RateLimitCounter): at most `burst` at once, refilled steadily, `limit` in any `windowMs`. */
+export interface Budget { limit: number; windowMs: number; burst?: number }
 
 export interface LoginLimits {
   perAccountAddress: Budget;
@@ -47,7 +60,7 @@ const MINUTE = 60_000;
 export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
   perAccountAddress: { limit: 5, windowMs: 15 * MINUTE },
   perAddress: { limit: 20, windowMs: 15 * MINUTE },
-  perAccount: { limit: 100, windowMs: 15 * MINUTE },
+  perAccount: { limit: 100, windowMs: 15 * MINUTE, burst: 5 },
   accountSlowLane: { limit: 1, windowMs: 10_000 },
   knownGoodMs: 30 * 24 * 60 * MINUTE,
   registerPerAddress: { limit: 20, windowMs: 60 * MINUTE },
@@ -55,13 +68,23 @@ export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
   maxWaitingPerAccount: 16,
 });
 
+/**
+ * The budgets as they were before the per-account token bucket: every budget
+ * a fixed window (test fault `windowed-password-budgets`, server/test-faults.ts).
+ */
+export function windowedBudgets(limits: Partial<LoginLimits> = {}): Partial<LoginLimits> {
+  const all: LoginLimits = { ...DEFAULT_LOGIN_LIMITS, ...limits };
+  const windowed = (b: Budget): Budget => ({ limit: b.limit, windowMs: b.windowMs });
+  return { ...limits, perAccount: windowed(all.perAccount) };
+}
+
 type LimitStore = Pick<AccountStore, 'takeRateLimit' | 'releaseRateLimit' | 'peekRateLimit'>;
 
 /** Hits taken for one attempt: give them back with `release` when it succeeded. */
 export interface Ticket { keys: string[] }
 
 function counter(key: string, budget: Budget): RateLimitCounter {
-  return { key, limit: budget.limit, windowMs: budget.windowMs };
+  return { key, limit: budget.limit, windowMs: budget.windowMs, ...(budget.burst !== undefined && { burst: budget.burst }) };
 }
 
 function retryMessage(context: string, retryAt: number, now: number): string {

@@ -35,11 +35,74 @@ export type AccountEvent =
 
 export const MAX_EVENTS_PER_READ = 1000;
 
-/** One counter of a takeRateLimit: at most `limit` hits per fixed window of `windowMs` that starts at its first hit. */
-export interface RateLimitCounter { key: string; limit: number; windowMs: number }
+/**
+ * One counter of a takeRateLimit. Without `burst`: at most `limit` hits per
+ * fixed window of `windowMs` that starts at its first hit. With `burst`: a
+ * token bucket that holds at most `burst` hits and refills steadily, so that
+ * `limit` per `windowMs` still holds for any span of that length (one hit
+ * every windowMs / (limit - burst + 1): rateLimitInterval). A flood then
+ * gets `burst` at once and one per interval after, never `limit` in a row.
+ * A key is always taken with the same kind of counter (a row of the other
+ * kind is read as the hits it holds).
+ */
+export interface RateLimitCounter { key: string; limit: number; windowMs: number; burst?: number }
 export type RateLimitResult = { ok: true } | { ok: false; key: string; retryAt: number };
 /** Counters per takeRateLimit call (a request's keys: address, account, both). */
 export const MAX_RATE_LIMIT_KEYS = 8;
+
+/**
+ * A counter's stored row. A window: `hits` taken in the window that ends at
+ * `windowEnds`, `intervalMs` 0. A token bucket: `windowEnds` is when it is
+ * full again (its theoretical arrival time), `intervalMs` the time one hit
+ * takes to refill, `hits` the hits in use when it was written (for reading
+ * only). Either way a row whose windowEnds has passed is the same as no row,
+ * so pruning by windowEnds serves both.
+ */
+export interface RateLimitRow { hits: number; windowEnds: number; intervalMs: number }
+
+/** A token bucket's burst: at least 1, at most its limit. */
+export function rateLimitBurst(c: Pick<RateLimitCounter, 'limit' | 'burst'>): number {
+  return Math.min(Math.max(1, Math.floor(c.burst ?? 1)), Math.max(1, c.limit));
+}
+
+/**
+ * The refill time of one hit of a token-bucket counter (whole ms, at least
+ * 1): `burst` at the start of a span of windowMs and one per interval after
+ * make at most `limit` in it.
+ */
+export function rateLimitInterval(c: Pick<RateLimitCounter, 'limit' | 'windowMs' | 'burst'>): number {
+  return Math.max(1, Math.ceil(c.windowMs / (Math.max(1, c.limit) - rateLimitBurst(c) + 1)));
+}
+
+/** Hits in use in a row at `now` (0 for no row or an ended one). */
+export function rateLimitHitsInUse(row: RateLimitRow | undefined, now: number): number {
+  if (!row || row.windowEnds <= now) return 0;
+  return row.intervalMs > 0 ? Math.ceil((row.windowEnds - now) / row.intervalMs) : row.hits;
+}
+
+/**
+ * The one decision both stores make inside their transaction: one hit from
+ * counter `c` whose row is `row` (undefined when there is none), at `now`.
+ * Returns the row to write, or when the hit would be allowed again.
+ */
+export function takeRateLimitHit(row: RateLimitRow | undefined, c: RateLimitCounter, now: number):
+  { ok: true; row: RateLimitRow } | { ok: false; retryAt: number } {
+  const live = row && row.windowEnds > now ? row : undefined;
+  if (c.burst === undefined) {
+    const hits = rateLimitHitsInUse(live, now);
+    const windowEnds = live ? live.windowEnds : now + c.windowMs;
+    if (hits >= c.limit) return { ok: false, retryAt: windowEnds };
+    return { ok: true, row: { hits: hits + 1, windowEnds, intervalMs: 0 } };
+  }
+  const interval = rateLimitInterval(c);
+  // When the bucket is full again; a window row counts as that many hits in use.
+  const full = !live ? now : live.intervalMs > 0 ? live.windowEnds : now + live.hits * interval;
+  // A hit is allowed while at most burst - 1 are in use: the bucket may be at most that far from full.
+  const slack = (rateLimitBurst(c) - 1) * interval;
+  if (full - now > slack) return { ok: false, retryAt: full - slack };
+  const windowEnds = full + interval;
+  return { ok: true, row: { hits: Math.ceil((windowEnds - now) / interval), windowEnds, intervalMs: interval } };
+}
 
 export interface AccountStore {
   getAccount(domain: string, user: string): Promise<Account | null>;
@@ -83,9 +146,9 @@ export interface AccountStore {
    * check before any of them is counted.
    */
   takeRateLimit(counters: readonly RateLimitCounter[], now: number): Promise<RateLimitResult>;
-  /** Gives back one hit to each key whose window is still open (a success that should not count). */
+  /** Gives back one hit to each key whose window is still open (a success that should not count); a token bucket gets one interval back. */
   releaseRateLimit(keys: readonly string[], now: number): Promise<void>;
-  /** Hits counted for `key` in its open window (0 when none). */
+  /** Hits counted for `key` in its open window, or a token bucket's hits in use (0 when none). */
   peekRateLimit(key: string, now: number): Promise<number>;
   /** Deletes counters whose window ended; returns how many. */
   pruneRateLimits(now: number): Promise<number>;

@@ -23,7 +23,9 @@ import { silentLogger } from '../../q2q/util/log';
 import { PgListener } from './pg-listener';
 import { MAX_EVENTS_PER_READ, type Account, type AccountEvent, type AccountStore, type IssuedCertificate } from './account-store';
 
-import { MAX_RATE_LIMIT_KEYS, type RateLimitCounter, type RateLimitResult } from './account-store';
+import {
+  MAX_RATE_LIMIT_KEYS, rateLimitHitsInUse, takeRateLimitHit, type RateLimitCounter, type RateLimitResult, type RateLimitRow,
+} from './account-store';
 export { MAX_RATE_LIMIT_KEYS, type RateLimitCounter, type RateLimitResult };
 
 /** Advisory lock keys (one 64-bit key space per database; these are ours). */
@@ -123,6 +125,11 @@ const MIGRATIONS: readonly string[] = [
     revoked_at bigint
   );
   CREATE INDEX node_certificates_by_node ON node_certificates (domain, node);
+  `,
+  // Token-bucket counters (RateLimitCounter.burst): the refill time of one
+  // hit; 0 for a fixed-window counter, what every row was before.
+  `
+  ALTER TABLE rate_limits ADD COLUMN interval_ms bigint NOT NULL DEFAULT 0;
   `,
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
@@ -461,32 +468,38 @@ export class PostgresAccountStore implements AccountStore {
       await client.query(
         'INSERT INTO rate_limits (key, hits, window_ends) SELECT k, 0, 0 FROM unnest($1::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING',
         [keys]);
-      const { rows } = await client.query<{ key: string; hits: number; window_ends: number }>(
-        'SELECT key, hits, window_ends FROM rate_limits WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE', [keys]);
-      const state = new Map(rows.map((r) => [r.key, { hits: r.window_ends > now ? r.hits : 0, windowEnds: r.window_ends > now ? r.window_ends : 0 }]));
+      const { rows } = await client.query<{ key: string; hits: number; window_ends: number; interval_ms: number }>(
+        'SELECT key, hits, window_ends, interval_ms FROM rate_limits WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE', [keys]);
+      const state = new Map<string, RateLimitRow | undefined>(
+        rows.map((r) => [r.key, { hits: r.hits, windowEnds: r.window_ends, intervalMs: r.interval_ms }]));
       for (const c of counters) {
-        const st = state.get(c.key) ?? { hits: 0, windowEnds: 0 };
-        if (st.windowEnds === 0) st.windowEnds = now + c.windowMs;
-        if (st.hits >= c.limit) return { ok: false, key: c.key, retryAt: st.windowEnds };
-        st.hits += 1;
-        state.set(c.key, st);
+        const hit = takeRateLimitHit(state.get(c.key), c, now);
+        if (!hit.ok) return { ok: false, key: c.key, retryAt: hit.retryAt };
+        state.set(c.key, hit.row);
       }
+      const written = [...state].map(([key, row]) => ({ key, ...row! }));
       await client.query(
-        'UPDATE rate_limits AS r SET hits = n.hits, window_ends = n.window_ends FROM unnest($1::text[], $2::int[], $3::bigint[]) AS n(key, hits, window_ends) WHERE r.key = n.key',
-        [[...state.keys()], [...state.values()].map((v) => v.hits), [...state.values()].map((v) => v.windowEnds)]);
+        'UPDATE rate_limits AS r SET hits = n.hits, window_ends = n.window_ends, interval_ms = n.interval_ms '
+        + 'FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS n(key, hits, window_ends, interval_ms) WHERE r.key = n.key',
+        [written.map((w) => w.key), written.map((w) => w.hits), written.map((w) => w.windowEnds), written.map((w) => w.intervalMs)]);
       return { ok: true };
     });
   }
 
   async releaseRateLimit(keys: readonly string[], now: number): Promise<void> {
     if (keys.length === 0) return;
+    // A window gives back one hit; a token bucket one interval (not past now: a full bucket stays full).
     await this.#query('release rate limit',
-      'UPDATE rate_limits SET hits = GREATEST(hits - 1, 0) WHERE key = ANY($1::text[]) AND window_ends > $2', [[...new Set(keys)], now]);
+      'UPDATE rate_limits SET hits = GREATEST(hits - 1, 0), '
+      + 'window_ends = CASE WHEN interval_ms > 0 THEN GREATEST(window_ends - interval_ms, $2) ELSE window_ends END '
+      + 'WHERE key = ANY($1::text[]) AND window_ends > $2', [[...new Set(keys)], now]);
   }
 
   async peekRateLimit(key: string, now: number): Promise<number> {
-    const { rows } = await this.#query<{ hits: number }>('peek rate limit', 'SELECT hits FROM rate_limits WHERE key = $1 AND window_ends > $2', [key, now]);
-    return rows[0]?.hits ?? 0;
+    const { rows } = await this.#query<{ hits: number; window_ends: number; interval_ms: number }>(
+      'peek rate limit', 'SELECT hits, window_ends, interval_ms FROM rate_limits WHERE key = $1', [key]);
+    const row = rows[0];
+    return rateLimitHitsInUse(row && { hits: row.hits, windowEnds: row.window_ends, intervalMs: row.interval_ms }, now);
   }
 
   async pruneRateLimits(now: number): Promise<number> {

@@ -11,8 +11,8 @@
 import Database from 'better-sqlite3';
 import { vertexError } from '../../q2q/errors';
 import {
-  MAX_EVENTS_PER_READ, MAX_RATE_LIMIT_KEYS, type Account, type AccountEvent, type AccountStore, type IssuedCertificate,
-  type RateLimitCounter, type RateLimitResult,
+  MAX_EVENTS_PER_READ, MAX_RATE_LIMIT_KEYS, rateLimitHitsInUse, takeRateLimitHit, type Account, type AccountEvent, type AccountStore,
+  type IssuedCertificate, type RateLimitCounter, type RateLimitResult, type RateLimitRow,
 } from './account-store';
 
 /** MIGRATIONS[i] takes the schema from version i to i + 1. */
@@ -59,6 +59,11 @@ const MIGRATIONS: readonly string[] = [
     window_ends INTEGER NOT NULL
   );
   CREATE INDEX rate_limits_by_end ON rate_limits (window_ends);
+  `,
+  // Token-bucket counters (RateLimitCounter.burst): the refill time of one
+  // hit; 0 for a fixed-window counter, what every row was before.
+  `
+  ALTER TABLE rate_limits ADD COLUMN interval_ms INTEGER NOT NULL DEFAULT 0;
   `,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -236,35 +241,39 @@ export class SqliteAccountStore implements AccountStore {
   async takeRateLimit(counters: readonly RateLimitCounter[], now: number): Promise<RateLimitResult> {
     if (counters.length > MAX_RATE_LIMIT_KEYS) throw new Error(`takeRateLimit: at most ${MAX_RATE_LIMIT_KEYS} counters`);
     if (counters.length === 0) return { ok: true };
-    const select = this.#db.prepare('SELECT hits, window_ends FROM rate_limits WHERE key = ?');
+    const select = this.#db.prepare('SELECT hits, window_ends, interval_ms FROM rate_limits WHERE key = ?');
     const upsert = this.#db.prepare(
-      'INSERT INTO rate_limits (key, hits, window_ends) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET hits = excluded.hits, window_ends = excluded.window_ends');
+      'INSERT INTO rate_limits (key, hits, window_ends, interval_ms) VALUES (?, ?, ?, ?) '
+      + 'ON CONFLICT (key) DO UPDATE SET hits = excluded.hits, window_ends = excluded.window_ends, interval_ms = excluded.interval_ms');
     const take = this.#db.transaction((): RateLimitResult => {
-      const state = new Map<string, { hits: number; windowEnds: number }>();
+      const state = new Map<string, RateLimitRow | undefined>();
       for (const c of counters) {
-        let st = state.get(c.key);
-        if (!st) {
-          const row = select.get(c.key) as { hits: number; window_ends: number } | undefined;
-          st = row && row.window_ends > now ? { hits: row.hits, windowEnds: row.window_ends } : { hits: 0, windowEnds: now + c.windowMs };
+        if (!state.has(c.key)) {
+          const row = select.get(c.key) as { hits: number; window_ends: number; interval_ms: number } | undefined;
+          state.set(c.key, row && { hits: row.hits, windowEnds: row.window_ends, intervalMs: row.interval_ms });
         }
-        if (st.hits >= c.limit) return { ok: false, key: c.key, retryAt: st.windowEnds };
-        st.hits += 1;
-        state.set(c.key, st);
+        const hit = takeRateLimitHit(state.get(c.key), c, now);
+        if (!hit.ok) return { ok: false, key: c.key, retryAt: hit.retryAt };
+        state.set(c.key, hit.row);
       }
-      for (const [key, st] of state) upsert.run(key, st.hits, st.windowEnds);
+      for (const [key, row] of state) upsert.run(key, row!.hits, row!.windowEnds, row!.intervalMs);
       return { ok: true };
     });
     return take.immediate();
   }
 
   async releaseRateLimit(keys: readonly string[], now: number): Promise<void> {
-    const release = this.#db.prepare('UPDATE rate_limits SET hits = MAX(hits - 1, 0) WHERE key = ? AND window_ends > ?');
-    this.#db.transaction(() => { for (const key of new Set(keys)) release.run(key, now); }).immediate();
+    // A window gives back one hit; a token bucket one interval (not past now: a full bucket stays full).
+    const release = this.#db.prepare(
+      'UPDATE rate_limits SET hits = MAX(hits - 1, 0), window_ends = CASE WHEN interval_ms > 0 THEN MAX(window_ends - interval_ms, ?) ELSE window_ends END '
+      + 'WHERE key = ? AND window_ends > ?');
+    this.#db.transaction(() => { for (const key of new Set(keys)) release.run(now, key, now); }).immediate();
   }
 
   async peekRateLimit(key: string, now: number): Promise<number> {
-    const row = this.#db.prepare('SELECT hits FROM rate_limits WHERE key = ? AND window_ends > ?').get(key, now) as { hits: number } | undefined;
-    return row?.hits ?? 0;
+    const row = this.#db.prepare('SELECT hits, window_ends, interval_ms FROM rate_limits WHERE key = ?').get(key) as
+      { hits: number; window_ends: number; interval_ms: number } | undefined;
+    return rateLimitHitsInUse(row && { hits: row.hits, windowEnds: row.window_ends, intervalMs: row.interval_ms }, now);
   }
 
   async pruneRateLimits(now: number): Promise<number> {

@@ -198,6 +198,56 @@ export function accountStoreSuite(name: string, open: () => Promise<StoreFixture
       expect(await store.pruneRateLimits(10_000)).toBe(0);
     });
 
+    it('a token-bucket counter gives `burst` hits at once, then one per windowMs / (limit - burst + 1), and names when the next one is free', async () => {
+      // 12 per 1000 ms, at most 3 at once: one hit refills in 1000 / (12 - 3 + 1) = 100 ms.
+      const c = { key: 'login:acct:bucket@a.test', limit: 12, windowMs: 1000, burst: 3 };
+      for (let i = 0; i < 3; i++) expect(await store.takeRateLimit([c], 1000)).toEqual({ ok: true });
+      expect(await store.peekRateLimit(c.key, 1000)).toBe(3);
+      // Not the window's 10: the bucket is empty until its first hit refills.
+      expect(await store.takeRateLimit([c], 1000)).toEqual({ ok: false, key: c.key, retryAt: 1100 });
+      expect(await store.takeRateLimit([c], 1099)).toEqual({ ok: false, key: c.key, retryAt: 1100 });
+      expect(await store.takeRateLimit([c], 1100)).toEqual({ ok: true });
+      expect(await store.takeRateLimit([c], 1150)).toEqual({ ok: false, key: c.key, retryAt: 1200 });
+      // A steady flood gets one hit per interval, whatever it asks for, and the
+      // window's limit holds over any span of windowMs: 3 + 1 + 8 in [1000, 2000).
+      let got = 0;
+      for (let t = 1200; t < 2200; t += 10) if ((await store.takeRateLimit([c], t)).ok) got++;
+      expect(got).toBe(10);
+      // Left alone it refills to `burst`, never more.
+      expect(await store.peekRateLimit(c.key, 5000)).toBe(0);
+      for (let i = 0; i < 3; i++) expect(await store.takeRateLimit([c], 5000)).toEqual({ ok: true });
+      expect((await store.takeRateLimit([c], 5000)).ok).toBe(false);
+    });
+
+    it('a release gives a token bucket one hit back (a full bucket stays full); all or none holds across both kinds; prune forgets full buckets', async () => {
+      const bucket = { key: 'bucket', limit: 11, windowMs: 1000, burst: 2 }; // one per 100 ms
+      const window = { key: 'window', limit: 1, windowMs: 10_000 };
+      expect(await store.takeRateLimit([bucket], 0)).toEqual({ ok: true });
+      expect(await store.takeRateLimit([bucket, window], 0)).toEqual({ ok: true });
+      expect(await store.peekRateLimit('bucket', 0)).toBe(2);
+      // The window is full: the bucket's hit is not taken either.
+      expect(await store.takeRateLimit([bucket, window], 100)).toEqual({ ok: false, key: 'window', retryAt: 10_000 });
+      expect(await store.peekRateLimit('bucket', 100)).toBe(1);
+      await store.releaseRateLimit(['bucket'], 100);
+      expect(await store.peekRateLimit('bucket', 100)).toBe(0);
+      await store.releaseRateLimit(['bucket'], 100);
+      expect(await store.peekRateLimit('bucket', 100)).toBe(0);
+      for (let i = 0; i < 2; i++) expect(await store.takeRateLimit([bucket], 100)).toEqual({ ok: true });
+      expect((await store.takeRateLimit([bucket], 100)).ok).toBe(false);
+      // Full again at 300: pruned then, like an ended window.
+      expect(await store.pruneRateLimits(299)).toBe(0);
+      expect(await store.pruneRateLimits(300)).toBe(1);
+      expect(await store.peekRateLimit('window', 300)).toBe(1);
+    });
+
+    it('a token bucket is shared by a second handle: concurrent takes from both get exactly `burst`', async () => {
+      const other = await f.second();
+      const c = { key: 'login:acct:shared@a.test', limit: 100, windowMs: 900_000, burst: 4 };
+      const results = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? other : store).takeRateLimit([c], 1000)));
+      expect(results.filter((r) => r.ok)).toHaveLength(4);
+      expect(await other.peekRateLimit(c.key, 1000)).toBe(4);
+    });
+
     it('rate-limit counters are shared by a second handle on the same data (an admin command, another node)', async () => {
       const other = await f.second();
       const c = { key: 'login:acct:alice@a.test', limit: 3, windowMs: 60_000 };

@@ -11,7 +11,8 @@ import { createCsr, createDomainCa, generateKeyPair } from '../../../q2q/identit
 import { silentLogger } from '../../../q2q/util/log';
 import { AccountService } from '../../../server/account-service';
 import { hashPassword } from '../../../server/password';
-import { AccountLocks, DEFAULT_LOGIN_LIMITS, LoginRateLimiter } from '../../../server/rate-limiter';
+import { AccountLocks, DEFAULT_LOGIN_LIMITS, LoginRateLimiter, windowedBudgets } from '../../../server/rate-limiter';
+import { rateLimitInterval } from '../../../server/store/account-store';
 import { SqliteAccountStore } from '../../../server/store/sqlite-store';
 import { DEFAULT_ADMISSION_LIMITS } from '../../../server/admission';
 import { SERVER_DEFAULTS } from '../../../config/defaults';
@@ -66,6 +67,27 @@ describe('LoginRateLimiter', () => {
     expect(await outcome(limiter.takeLogin('other@a.test', OWNER))).toBe('ok');
     now += DEFAULT_LOGIN_LIMITS.perAddress.windowMs;
     expect(await outcome(limiter.takeLogin('other@a.test', ATTACKER))).toBe('ok');
+  });
+
+  it('a flood from many addresses at one account buys 5 password checks at once, then about one per 9 s (and the slow lane), not 5 per address', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    const attempts = Array.from({ length: 8 }, (_, a) => Array.from({ length: 5 }, () => outcome(limiter.takeLogin(ALICE, `198.51.100.${a + 1}`)))).flat();
+    const results = await Promise.all(attempts);
+    // The account's bucket (5) and one slow-lane attempt; 40 with fixed windows.
+    expect(results.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.perAccount.burst! + DEFAULT_LOGIN_LIMITS.accountSlowLane.limit);
+    // The next minute: one per bucket interval (9.4 s) and one per slow-lane window (10 s), whatever the flood sends.
+    let got = 0;
+    for (const end = now + 60_000; now < end; now += 250) {
+      for (let a = 1; a <= 8; a++) if (await outcome(limiter.takeLogin(ALICE, `198.51.100.${a + 10}`)) === 'ok') got++;
+    }
+    expect(rateLimitInterval(DEFAULT_LOGIN_LIMITS.perAccount)).toBe(9375);
+    expect(got).toBe(Math.floor(60_000 / 9375) + Math.floor(60_000 / DEFAULT_LOGIN_LIMITS.accountSlowLane.windowMs) - 1);
+  });
+
+  it('can fail: with fixed windows (test fault windowed-password-budgets) the same flood buys 5 checks per address', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now, limits: windowedBudgets() });
+    const attempts = Array.from({ length: 8 }, (_, a) => Array.from({ length: 5 }, () => outcome(limiter.takeLogin(ALICE, `198.51.100.${a + 1}`)))).flat();
+    expect((await Promise.all(attempts)).filter((r) => r === 'ok')).toHaveLength(40);
   });
 
   it('a success gives its hits back: a user who gets it right is never counted', async () => {
