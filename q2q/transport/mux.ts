@@ -23,13 +23,14 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { isErrorCode, vertexError, VertexError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { Deadlines } from '../util/deadlines';
 import {
-  decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, frameName,
-  MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
+  decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeWindow, FRAME, FrameDecoder, frameName,
+  MUX_HEADER_BYTES, MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
 } from '../wire/mux-frame';
 
 // Implementation tunables.
@@ -47,6 +48,16 @@ export const MUX_DEFAULT_MAX_INCOMING = 100_000;
 export const MUX_CLOSE_LINGER_MS = 10_000;
 /** How long an OPEN waits for ACCEPT or REFUSE. */
 export const MUX_OPEN_TIMEOUT_MS = 15_000;
+/**
+ * Frames written while the channel has a write outstanding are gathered into
+ * one buffer of this size, which goes out as one write when that write is done
+ * (see MuxSession "sending").
+ */
+export const MUX_SEND_BATCH = 4 * (MUX_DATA_FRAME + MUX_HEADER_BYTES);
+/** Send buffers kept for reuse per session: one being written, one filling. Dropped when the session goes quiet. */
+const SEND_POOL = 2;
+/** A send buffer for small frames only (control frames, small DATA): under 4 KiB, so Node cuts it from its shared pool; never kept. */
+const SMALL_SEND_BATCH = 4000;
 /** A service name in OPEN (the longest Q2Q service name, with room to spare). */
 const MAX_SERVICE_BYTES = 255;
 
@@ -118,10 +129,20 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   readonly #ready = new Set<MuxStream>();
   #congested = false;
   #pumping = false;
-  #corked = false;
+  /** Frames gathered for the next write (see "sending"), and how much of it is used. */
+  #out: Buffer | null = null;
+  #outLength = 0;
+  #flushQueued = false;
+  /** Writes to the channel that have not called back yet. */
+  #pendingWrites = 0;
+  /** Send buffers to reuse: only when the channel copies what it is given before its callback (a socket). */
+  readonly #reuse: boolean;
+  readonly #spare: Buffer[] = [];
   #lastHeard: number;
   #pingOut = false;
   #timer: Timer | null = null;
+  /** bytesOut when the timer last ran: unchanged means quiet, and the spare send buffers go. */
+  #sentAtTimer = 0;
   #bytesIn = 0;
   #bytesOut = 0;
   readonly openedAt: number;
@@ -129,6 +150,10 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   constructor(channel: Duplex, opts: MuxSessionOptions) {
     super();
     this.#channel = channel;
+    // A net.Socket (TLSSocket included) has copied a chunk, into the kernel or
+    // into TLS records, by the time its write calls back; any other Duplex (an
+    // in-memory pair in tests) may still hold it, so its buffers are never reused.
+    this.#reuse = channel instanceof Socket;
     this.#clock = opts.clock ?? systemClock;
     this.#window = opts.window ?? MUX_DEFAULT_WINDOW;
     if (!Number.isInteger(this.#window) || this.#window < MUX_DATA_FRAME || this.#window > MUX_MAX_WINDOW) {
@@ -154,10 +179,6 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       } catch (err) {
         this.#fail(err as Error);
       }
-    });
-    channel.on('drain', () => {
-      this.#congested = false;
-      this.#pump();
     });
     channel.once('end', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel ended')));
     // A channel destroyed with a typed reason (the revocation watch's CertificateRevoked)
@@ -271,6 +292,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#stopTimer();
+    // What is gathered still goes out, ahead of the end.
+    this.#write();
     this.#channel.end();
     const linger = this.#clock.setTimer(() => this.#channel.destroy(), MUX_CLOSE_LINGER_MS);
     this.#channel.once('close', () => linger.cancel());
@@ -285,37 +308,23 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     if (!this.#congested) this.#pump();
   }
 
-  /** @internal writes one DATA frame. */
+  /** @internal writes one DATA frame: its header and a copy of `payload` join the send buffer. */
   writeData(id: number, payload: Buffer): void {
     this.#bytesOut += payload.length;
-    this.#batch();
-    const channel = this.#channel;
-    channel.write(encodeHeader(FRAME.DATA, id, payload.length));
-    if (!channel.write(payload)) this.#congested = true;
+    const out = this.#room(MUX_HEADER_BYTES + payload.length);
+    let at = this.#outLength;
+    out[at] = FRAME.DATA;
+    out.writeUInt32BE(id >>> 0, at + 1);
+    out.writeUInt32BE(payload.length, at + 5);
+    at += MUX_HEADER_BYTES;
+    payload.copy(out, at);
+    this.#outLength = at + payload.length;
+    this.#queueFlush();
   }
 
-  /**
-   * Frames written in one turn of the event loop leave together: the
-   * channel is corked at the first and uncorked on the next tick, so an
-   * ACCEPT and the service's first bytes, or a burst of small frames, make
-   * one TLS record and one segment instead of one each.
-   */
-  #batch(): void {
-    if (this.#corked) return;
-    this.#corked = true;
-    this.#channel.cork();
-    process.nextTick(this.#flush);
-  }
-
-  readonly #flush = (): void => {
-    if (!this.#corked) return;
-    this.#corked = false;
-    this.#channel.uncork();
-  };
-
-  /** What is batched leaves now; the tick's flush then finds nothing to do. */
+  /** What is gathered leaves now, queued behind an outstanding write if there is one; the tick's flush then finds nothing to do. */
   #flushNow(): void {
-    this.#flush();
+    this.#write();
   }
 
   /** @internal */
@@ -360,10 +369,83 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
   // ---- sending ----
 
+  // Frames are not written to the channel one by one. They are copied into a
+  // send buffer, and the buffer is written as one chunk: at the end of the
+  // turn (so an ACCEPT and the service's first bytes, or a burst of small
+  // frames, make one TLS record), or, while a write is outstanding, when that
+  // write calls back. One chunk per write matters for TLS: Node's TLS socket
+  // copies a write of several buffers (a corked header and payload) into a new
+  // buffer of V8-counted memory before encrypting it, and that churn, 64 KiB per
+  // DATA frame, kept V8 starting major collections during bulk transfers
+  // (bench/README.md, "Bulk through the agents"). Over a socket the two send
+  // buffers are reused, so a busy session allocates nothing per frame; the one
+  // copy made here replaces the one Node made. At most one write is
+  // outstanding and one buffer filling: the pump stops when that buffer is full
+  // (back-pressure from the channel), so a session holds at most
+  // 2 × MUX_SEND_BATCH of frames.
+
+  /** The send buffer, with room for `bytes` more (a full one is handed to the channel first). */
+  #room(bytes: number): Buffer {
+    let out = this.#out;
+    if (out && this.#outLength + bytes > out.length) {
+      // Queued behind an outstanding write if there is one: control frames are
+      // never held back, and DATA stops at #full() before it gets here.
+      this.#write();
+      out = null;
+    }
+    if (!out) {
+      out = this.#spare.pop() ?? (bytes <= SMALL_SEND_BATCH / 2 ? Buffer.allocUnsafe(SMALL_SEND_BATCH) : Buffer.allocUnsafeSlow(MUX_SEND_BATCH));
+      this.#out = out;
+      this.#outLength = 0;
+    }
+    return out;
+  }
+
+  /** A write is outstanding and the send buffer has no room for another full DATA frame: the pump waits. */
+  #full(): boolean {
+    return this.#pendingWrites > 0 && this.#out !== null && this.#out.length - this.#outLength < MUX_HEADER_BYTES + MUX_DATA_FRAME;
+  }
+
+  #queueFlush(): void {
+    if (this.#full()) this.#congested = true;
+    if (this.#flushQueued) return;
+    this.#flushQueued = true;
+    process.nextTick(this.#flushTick);
+  }
+
+  readonly #flushTick = (): void => {
+    this.#flushQueued = false;
+    if (this.#pendingWrites === 0) this.#write();
+  };
+
+  /** Hands the send buffer to the channel as one chunk. */
+  #write(): void {
+    const out = this.#out;
+    const length = this.#outLength;
+    this.#out = null;
+    this.#outLength = 0;
+    if (!out || length === 0) return;
+    if (this.#channel.destroyed || this.#channel.writableEnded) return;
+    this.#pendingWrites += 1;
+    this.#channel.write(out.subarray(0, length), (err) => {
+      this.#pendingWrites -= 1;
+      if (err) return;
+      // Only our own big buffers: a small one is a slice of Node's shared pool.
+      if (this.#reuse && out.length === MUX_SEND_BATCH && out.byteOffset === 0 && this.#spare.length < SEND_POOL) this.#spare.push(out);
+      if (this.#pendingWrites === 0) this.#write();
+      if (this.#congested && !this.#full()) {
+        this.#congested = false;
+        this.#pump();
+      }
+    });
+  }
+
   #writeControl(frame: Buffer): void {
     if (this.#state === 'closed' || this.#channel.destroyed) return;
-    this.#batch();
-    if (!this.#channel.write(frame)) this.#congested = true;
+    const out = this.#room(frame.length);
+    frame.copy(out, this.#outLength);
+    this.#outLength += frame.length;
+    this.#queueFlush();
   }
 
   #pump(): void {
@@ -554,6 +636,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   #onTimer(): void {
     this.#timer = null;
     if (this.#state !== 'open') return;
+    if (this.#bytesOut === this.#sentAtTimer) this.#spare.length = 0;
+    this.#sentAtTimer = this.#bytesOut;
     const silent = this.#clock.now() - this.#lastHeard;
     if (silent >= this.#deadAfterMs) {
       this.#fail(vertexError('ConnectionLost', `mux session: no word from the peer for ${Math.round(silent)} ms`));
@@ -583,6 +667,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#streams.clear();
     this.#ready.clear();
     for (const stream of streams) stream.sessionClosed(err);
+    this.#out = null;
+    this.#outLength = 0;
     this.#channel.destroy();
     this.emit('close', err);
   }
