@@ -43,6 +43,7 @@ import {
 } from './harness';
 import { profileArgs } from './connections';
 import { startListeners } from './listener-child';
+import { heapGrowth, summarizeHeapSnapshot, takeHeapSnapshot } from './heap-snapshot';
 
 const DOMAIN = 'mn.test';
 const TTFB_CONNECTS = 100;
@@ -296,6 +297,11 @@ export async function benchIdleAgents(): Promise<void> {
     await Promise.all(warm.map((w) => w.exited));
     await sleep(SETTLE_MS);
     const before = await Promise.all(nodes.map((n) => memoryAfterGc(n.proc)));
+    // Diagnosis (VERTEX_BENCH_HEAP_SNAPSHOTS=1, or a directory to keep them in): node 1's heap by
+    // constructor, before and after; node 1's RSS figure is then not clean.
+    const keep = process.env.VERTEX_BENCH_HEAP_SNAPSHOTS;
+    const snapshots = keep ? (keep === '1' ? tempDir('heap') : keep) : null;
+    if (snapshots) await takeHeapSnapshot((nodes[0] as ServerHandle).proc, path.join(snapshots, 'before.heapsnapshot'));
     const share = Math.ceil(IDLE_AGENTS / nodes.length);
     note(`idle agents: ${IDLE_AGENTS} sessions, ${share} per node, ${SESSION_PARALLEL} connecting at once per node`);
     const t1 = performance.now();
@@ -317,6 +323,11 @@ export async function benchIdleAgents(): Promise<void> {
         KBPerAgent: round((a.rssKB - b.rssKB) / agents, 1), heapKBPerAgent: round((a.heapKB - b.heapKB) / agents, 1),
       };
     });
+    if (snapshots) {
+      await takeHeapSnapshot((nodes[0] as ServerHandle).proc, path.join(snapshots, 'after.heapsnapshot'));
+      const growth = heapGrowth(summarizeHeapSnapshot(path.join(snapshots, 'before.heapsnapshot')), summarizeHeapSnapshot(path.join(snapshots, 'after.heapsnapshot')), perNode[0]?.agents ?? 1);
+      note(`node 1 heap growth per agent (bytes, objects), largest first:\n${growth.map((g) => `  ${String(g.bytesPerUnit).padStart(6)} ${String(g.countPerUnit).padStart(6)}  ${g.name}`).join('\n')}`);
+    }
     const rows = new pg.Client({ connectionString: storeUrl });
     await rows.connect();
     const presence = Number((await rows.query<{ n: string }>('SELECT count(*) AS n FROM presence')).rows[0]?.n);

@@ -4,6 +4,7 @@
  * sessions on top, and who-am-i on UDP at the same port number.
  */
 import { listenOn } from '../q2q/transport/listen';
+import { constants as cryptoConstants } from 'node:crypto';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -89,6 +90,16 @@ const SWEEP_INTERVAL_MS = 1_000;
  * then 3 s...). Accepting is cheap; a refused connection is closed at once.
  */
 const LISTEN_BACKLOG = 4096;
+/**
+ * No TLS 1.3 session tickets. Nothing resumes a control session (agents and
+ * the CLI make a full handshake, client certificate and all, every time), yet
+ * OpenSSL builds and sends two tickets per connection, each a copy of the
+ * session with the client's certificate, encoded and encrypted, and the
+ * process kept about 13 KB more per open connection for it (bench/README.md,
+ * multi-node idle agents). Without tickets no connection can skip the full
+ * handshake either.
+ */
+const NO_SESSION_TICKETS = cryptoConstants.SSL_OP_NO_TICKET;
 /** With port 0, how many OS-chosen ports to try before giving up on a free TCP+UDP pair. */
 const PORT_PAIR_ATTEMPTS = 10;
 
@@ -212,12 +223,13 @@ export class IdentityServer {
     this.#foreignSweep.unref();
 
     const contexts = new Map<string, tls.SecureContext>();
-    for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3' }));
+    for (const [domain, ca] of cas) contexts.set(domain, tls.createSecureContext({ key: ca.keyPem, cert: ca.certPem, minVersion: 'TLSv1.3', secureOptions: NO_SESSION_TICKETS }));
     const first = cas.values().next().value as DomainCa;
     const tlsServer = tls.createServer({
       key: first.keyPem,
       cert: first.certPem,
       minVersion: 'TLSv1.3',
+      secureOptions: NO_SESSION_TICKETS,
       // As before relay legs left TLS: a control session's end is its own to answer.
       allowHalfOpen: true,
       // Clients without a certificate may still register or log in; which
@@ -225,7 +237,11 @@ export class IdentityServer {
       requestCert: true,
       rejectUnauthorized: false,
       handshakeTimeout: this.#opts.limits.handshakeTimeoutMs,
-      ALPNProtocols: [ALPN_CONTROL],
+      // A callback, not ALPNProtocols, and the same answer (the control protocol, or a fatal
+      // no_application_protocol alert): with ALPNProtocols every TLSSocket copies the list into
+      // a small Buffer of its own, cut from Buffer's shared 8 KB pool, and a long-lived control
+      // session's few bytes kept a whole pool slab alive, ~6 KB per idle session (bench/README.md).
+      ALPNCallback: ({ protocols }) => (protocols.includes(ALPN_CONTROL) ? ALPN_CONTROL : undefined),
       SNICallback: (servername, cb) => cb(null, contexts.get(servername.toLowerCase()) ?? contexts.get(first.domain)),
     });
     // Connections are accepted by a plain TCP server and handed to the TLS
