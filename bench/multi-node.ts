@@ -11,7 +11,14 @@
  *       on node 1 and for one on node 2 (which node 1 forwards)
  *   {"bench":"multi-node-registrations","oneNodePerSecond":…,"threeNodesPerSecond":…,"ratio":…}
  *       registrations per second against one node, and spread over three
- *       (scrypt is the work; the same number in flight in both)
+ *       (scrypt is the work; the same number in flight in both). On one
+ *       machine the nodes share its cores, so this cannot show what separate
+ *       machines would (bench/README.md); hence the next figure
+ *   {"bench":"multi-node-registrations-cpu-budget","cpuPerNode":0.5,…,"ratio":…}
+ *       the same registrations with each node held to VERTEX_BENCH_NODE_CPU
+ *       cores (default 0.5) by a cgroup v1 CPU quota of its own, as if each
+ *       node were its own machine (bench/cpu-budget.ts); skipped, with one
+ *       line saying why, where cgroups cannot be used
  *
  * `node dist/bench/multi-node.js idle-agents` (its own mode):
  *
@@ -38,12 +45,14 @@ import { openServerConnection, type ServerConnection } from '../q2q/control/serv
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity } from '../q2q/negotiate/types';
 import {
-  BENCH_LIMITS, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, mapLimit, memoryAfterGc, MemoryTrust, nodeOptions, note, percentile, registerMany,
+  BENCH_LIMITS, emit, Endpoints, PASSWORD, firstByte, forkBench, INSPECT_ARGS, mapLimit, memoryAfterGc, MemoryTrust, nodeOptions, note, percentile, registerMany,
   round, rssKb, runStandalone, cpuMs, sleep, startServer, tempDir, type Proc, type ServerHandle,
 } from './harness';
 import { profileArgs } from './connections';
 import { startListeners } from './listener-child';
 import { heapGrowth, summarizeHeapSnapshot, takeHeapSnapshot } from './heap-snapshot';
+import { placeInCpuBudgets } from './cpu-budget';
+import { registerAccount } from '../q2q/control/accounts';
 
 const DOMAIN = 'mn.test';
 const TTFB_CONNECTS = 100;
@@ -93,6 +102,74 @@ function endpointsFor(node: ServerHandle): Endpoints {
   return e;
 }
 
+/** Node CPU per core-second of wall time while `run` registers REGISTRATIONS users, and the rate. */
+async function timedRegistrations(nodes: ServerHandle[], run: () => Promise<void>): Promise<{ perSecond: number; coresBusy: number; cpuMsPerRegistration: number }> {
+  const cpu0 = nodes.reduce((sum, n) => sum + cpuMs(n.proc.pid), 0);
+  const t0 = performance.now();
+  await run();
+  const wallMs = performance.now() - t0;
+  const nodeCpuMs = nodes.reduce((sum, n) => sum + cpuMs(n.proc.pid), 0) - cpu0;
+  return { perSecond: round(REGISTRATIONS / (wallMs / 1000), 2), coresBusy: round(nodeCpuMs / wallMs, 2), cpuMsPerRegistration: round(nodeCpuMs / REGISTRATIONS, 0) };
+}
+
+/** Cores each node may use in the CPU-budget figure (VERTEX_BENCH_NODE_CPU). */
+const NODE_CPU = Number(process.env.VERTEX_BENCH_NODE_CPU ?? 0.5);
+/**
+ * Six hashes queued on one node take longer than a client's usual 10 s wait on a busy machine,
+ * and far longer on a node held to half a core.
+ */
+const REGISTER_TIMEOUT_MS = 120_000;
+
+/** registerMany with a longer wait per request: the same `register`, scrypt and all, on `parallel` connections. */
+async function registerPatiently(addresses: readonly string[], node: ServerHandle, trust: MemoryTrust, parallel: number): Promise<void> {
+  const connections: ServerConnection[] = [];
+  try {
+    for (let i = 0; i < parallel; i++) {
+      connections.push(await openServerConnection({ domain: DOMAIN, resolve: endpointsFor(node).resolve, trust, connectTimeoutMs: REGISTER_TIMEOUT_MS }));
+    }
+    await mapLimit(addresses, connections.length, (address, i) => registerAccount(connections[i % connections.length] as ServerConnection, address, PASSWORD));
+  } finally {
+    for (const c of connections) c.close();
+  }
+}
+
+/**
+ * The registrations figure again, with every node held to NODE_CPU cores by
+ * a cgroup CPU quota of its own (bench/cpu-budget.ts): each node as its own
+ * machine with a fixed CPU budget, the one-node run with the same per-node
+ * budget, the load generator (this process) and PostgreSQL outside any
+ * budget. Same registrations, same in flight, same scrypt parameters as the
+ * unconstrained figure. Where cgroups cannot be used it says so and skips.
+ */
+async function registrationsWithCpuBudget(nodes: ServerHandle[], trust: MemoryTrust): Promise<void> {
+  const budgets = placeInCpuBudgets(nodes.map((n, i) => ({ name: `n${i + 1}`, pid: n.proc.pid })), NODE_CPU);
+  if ('skipped' in budgets) {
+    note(`registrations with ${NODE_CPU} core per node (multi-node-registrations-cpu-budget): skipped: ${budgets.skipped}`);
+    return;
+  }
+  try {
+    note(`registrations, each node held to ${NODE_CPU} core (cgroup cpu quota): ${REGISTRATIONS} on node 1, then ${REGISTRATIONS} spread over 3 nodes, 6 in flight`);
+    const throttledMs = (): number => budgets.throttled().reduce((sum, t) => sum + t.throttledMs, 0);
+    let th0 = throttledMs();
+    const one = await timedRegistrations(nodes, () => registerPatiently(Array.from({ length: REGISTRATIONS }, (_, i) => `cpuone${i}@${DOMAIN}`), nodes[0] as ServerHandle, trust, 6));
+    const oneThrottledMs = throttledMs() - th0;
+    th0 = throttledMs();
+    const three = await timedRegistrations(nodes, async () => {
+      await Promise.all(nodes.map((node, k) => registerPatiently(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `cputhree${k}x${i}@${DOMAIN}`), node, trust, 2)));
+    });
+    const threeThrottledMs = throttledMs() - th0;
+    emit({
+      bench: 'multi-node-registrations-cpu-budget', cpuPerNode: NODE_CPU, registrations: REGISTRATIONS,
+      oneNodePerSecond: one.perSecond, threeNodesPerSecond: three.perSecond, ratio: round(three.perSecond / one.perSecond, 2), target: 2,
+      nodeCoresBusy: { oneNode: one.coresBusy, threeNodes: three.coresBusy },
+      nodeCpuMsPerRegistration: { oneNode: one.cpuMsPerRegistration, threeNodes: three.cpuMsPerRegistration },
+      throttledMs: { oneNode: oneThrottledMs, threeNodes: threeThrottledMs },
+    });
+  } finally {
+    for (const problem of budgets.release()) note(`cpu budget cleanup: ${problem}`);
+  }
+}
+
 export async function benchMultiNode(): Promise<void> {
   const database = `vertex_bench_${process.pid}_${crypto.randomBytes(3).toString('hex')}`;
   await admin(`CREATE DATABASE ${database}`);
@@ -107,14 +184,16 @@ export async function benchMultiNode(): Promise<void> {
 
     // Registrations: the same number in flight against one node and spread over three.
     note(`registrations: ${REGISTRATIONS} on node 1, then ${REGISTRATIONS} spread over 3 nodes, 6 in flight`);
-    let t0 = performance.now();
-    await registerMany(Array.from({ length: REGISTRATIONS }, (_, i) => `one${i}@${DOMAIN}`), endpointsFor(n1), trust, 6);
-    const oneNode = REGISTRATIONS / ((performance.now() - t0) / 1000);
-    t0 = performance.now();
-    await Promise.all(nodes.map((node, k) => registerMany(
-      Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `three${k}x${i}@${DOMAIN}`), endpointsFor(node), trust, 2)));
-    const threeNodes = REGISTRATIONS / ((performance.now() - t0) / 1000);
-    emit({ bench: 'multi-node-registrations', registrations: REGISTRATIONS, oneNodePerSecond: round(oneNode, 2), threeNodesPerSecond: round(threeNodes, 2), ratio: round(threeNodes / oneNode, 2), target: 2 });
+    const one = await timedRegistrations(nodes, () => registerPatiently(Array.from({ length: REGISTRATIONS }, (_, i) => `one${i}@${DOMAIN}`), n1, trust, 6));
+    const three = await timedRegistrations(nodes, async () => {
+      await Promise.all(nodes.map((node, k) => registerPatiently(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `three${k}x${i}@${DOMAIN}`), node, trust, 2)));
+    });
+    emit({
+      bench: 'multi-node-registrations', registrations: REGISTRATIONS, oneNodePerSecond: one.perSecond, threeNodesPerSecond: three.perSecond,
+      ratio: round(three.perSecond / one.perSecond, 2), target: 2, nodeCoresBusy: { oneNode: one.coresBusy, threeNodes: three.coresBusy },
+      nodeCpuMsPerRegistration: { oneNode: one.cpuMsPerRegistration, threeNodes: three.cpuMsPerRegistration },
+    });
+    await registrationsWithCpuBudget(nodes, trust);
 
     const [alice, same, cross] = await registerMany([`alice@${DOMAIN}`, `sam@${DOMAIN}`, `cris@${DOMAIN}`], endpointsFor(n1), trust, 3);
     if (!alice || !same || !cross) throw new Error('bench: registration returned nothing');
