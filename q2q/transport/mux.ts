@@ -29,7 +29,7 @@ import { isErrorCode, vertexError, VertexError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { Deadlines } from '../util/deadlines';
 import {
-  decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeWindow, FRAME, FrameDecoder, frameName,
+  decodeFields, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder, frameName,
   MUX_HEADER_BYTES, MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
 } from '../wire/mux-frame';
 
@@ -229,7 +229,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       const pending: PendingOpen = { stream, resolve, reject, timeoutMs };
       this.#pendingOpens.set(id, pending);
       this.#openDeadlines.add(pending, timeoutMs);
-      this.#writeControl(encodeFrame(FRAME.OPEN, id, encodeFields({ service })));
+      this.#writeControl(encodeOpenFrame(id, service));
     });
   }
 
@@ -476,7 +476,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         return;
       }
       case FRAME.OPEN:
-        return this.#onOpenFrame(id, decodeFields(payload));
+        return this.#onOpenFrame(id, decodeOpen(payload));
       case FRAME.ACCEPT: {
         const pending = this.#pendingOpens.get(id);
         if (!pending) return this.#unknown(type, id);
@@ -545,11 +545,10 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     }
   }
 
-  #onOpenFrame(id: number, fields: Record<string, string>): void {
+  #onOpenFrame(id: number, service: string): void {
     const peerParity = this.#nextId % 2 === 1 ? 0 : 1;
     if (id % 2 !== peerParity || id <= this.#lastPeerId) throw protocolError(`OPEN with stream id ${id}`);
     this.#lastPeerId = id;
-    const service = fields.service ?? '';
     const refuse = (err: VertexError) => this.writeStreamFrame(FRAME.REFUSE, id, { code: err.code, description: err.message.slice(0, 512) });
     if (this.#goawaySent || this.#state !== 'open') return refuse(vertexError('ConnectionLost', `open ${service}: the session takes no new streams`));
     if (this.#incoming >= this.#maxIncoming) return refuse(vertexError('NotAllowed', `open ${service}: the peer has ${this.#maxIncoming} streams open here already`));

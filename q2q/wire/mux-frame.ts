@@ -116,6 +116,47 @@ export function decodeFields(payload: Buffer): Record<string, string> {
   return boxToStrings(boxes[0] as Map<string, Buffer>);
 }
 
+/**
+ * OPEN's payload, `{service}`, the one control payload sent for every stream: written and
+ * read here without the general AMP encoder and decoder (an AmpDecoder, a Map and an
+ * object per frame; bench/README.md "new-connection cost"). The bytes are those of
+ * encodeFields({ service }), and decodeOpen reads any box decodeFields reads.
+ */
+const SERVICE_KEY = Buffer.from('service');
+const OPEN_FIXED = 2 + SERVICE_KEY.length + 2 + 2;
+
+export function encodeOpenFrame(streamId: number, service: string): Buffer {
+  const n = Buffer.byteLength(service);
+  if (n === 0 || n > MUX_MAX_CONTROL_PAYLOAD - OPEN_FIXED) return encodeFrame(FRAME.OPEN, streamId, encodeFields({ service }));
+  const payload = OPEN_FIXED + n;
+  const frame = Buffer.allocUnsafe(MUX_HEADER_BYTES + payload);
+  frame.writeUInt8(FRAME.OPEN, 0);
+  frame.writeUInt32BE(streamId >>> 0, 1);
+  frame.writeUInt32BE(payload, 5);
+  let at = MUX_HEADER_BYTES;
+  at = frame.writeUInt16BE(SERVICE_KEY.length, at);
+  at += SERVICE_KEY.copy(frame, at);
+  at = frame.writeUInt16BE(n, at);
+  at += frame.write(service, at, 'utf8');
+  frame.writeUInt16BE(0, at);
+  return frame;
+}
+
+/** The service an OPEN names ('' when it names none). */
+export function decodeOpen(payload: Buffer): string {
+  const n = payload.length - OPEN_FIXED;
+  if (
+    n > 0 &&
+    payload.readUInt16BE(0) === SERVICE_KEY.length &&
+    payload.compare(SERVICE_KEY, 0, SERVICE_KEY.length, 2, 2 + SERVICE_KEY.length) === 0 &&
+    payload.readUInt16BE(2 + SERVICE_KEY.length) === n &&
+    payload.readUInt16BE(payload.length - 2) === 0
+  ) {
+    return payload.toString('utf8', 4 + SERVICE_KEY.length, 4 + SERVICE_KEY.length + n);
+  }
+  return decodeFields(payload).service ?? '';
+}
+
 export function decodeWindowIncrement(payload: Buffer): number {
   if (payload.length !== WINDOW_PAYLOAD_BYTES) throw vertexError('MuxDecode', `decode mux window: ${payload.length}-byte payload, expected ${WINDOW_PAYLOAD_BYTES}`);
   const increment = payload.readUInt32BE(0);

@@ -351,8 +351,16 @@ export function decodeReply(buf: Uint8Array): Decoded<SocksReply> | null {
 /** The unspecified IPv4 address and port 0: what we bind-report for tunnels that have no local socket. */
 export const UNSPECIFIED_BIND: { address: SocksAddress; port: number } = { address: { type: 'ipv4', host: '0.0.0.0' }, port: 0 };
 
+const UNSPECIFIED_REPLY = Buffer.from([SOCKS_VERSION, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+
 export function encodeReply(reply: number, bind: { address: SocksAddress; port: number } = UNSPECIFIED_BIND): Buffer {
   checkByte('reply', 'reply code', reply);
+  if (bind === UNSPECIFIED_BIND) {
+    // Every reply the agent sends (it names no bound address): a copy of one template.
+    const out = Buffer.from(UNSPECIFIED_REPLY);
+    out[1] = reply;
+    return out;
+  }
   return Buffer.concat([Buffer.from([SOCKS_VERSION, reply, 0x00]), encodeAddressPort('reply', bind.address, bind.port)]);
 }
 

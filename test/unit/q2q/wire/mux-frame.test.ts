@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { isVertexError } from '../../../../q2q/errors';
 import {
-  decodeFields, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder,
+  decodeFields, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder,
   MUX_HEADER_BYTES, MUX_MAX_CONTROL_PAYLOAD, MUX_MAX_FRAME_PAYLOAD, type FrameType,
 } from '../../../../q2q/wire/mux-frame';
 
@@ -143,3 +143,20 @@ function encodeHeaderUnchecked(type: number, id: number, length: number): Buffer
   b.writeUInt32BE(length, 5);
   return b;
 }
+
+describe('OPEN payload fast path', () => {
+  it('writes the bytes encodeFields writes, and reads back what it wrote and what encodeFields wrote', () => {
+    for (const service of ['hello', 'http', 'a', 'x'.repeat(255), 'dienst-ü']) {
+      const fast = encodeOpenFrame(7, service);
+      expect(fast.equals(encodeFrame(FRAME.OPEN, 7, encodeFields({ service })))).toBe(true);
+      expect(decodeOpen(fast.subarray(9))).toBe(service);
+    }
+  });
+
+  it('falls back to the AMP decoder for any other box', () => {
+    expect(decodeOpen(encodeFields({ service: 'ssh', extra: 'x' }))).toBe('ssh');
+    expect(decodeOpen(encodeFields({ other: 'ssh' }))).toBe('');
+    expect(decodeOpen(encodeFields({ service: '' }))).toBe('');
+    expect(() => decodeOpen(Buffer.from([0, 7, 1, 2]))).toThrow(/decode mux fields/);
+  });
+});
