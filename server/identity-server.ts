@@ -93,11 +93,11 @@ const LISTEN_BACKLOG = 4096;
 /**
  * No TLS 1.3 session tickets. Nothing resumes a control session (agents and
  * the CLI make a full handshake, client certificate and all, every time), yet
- * OpenSSL builds and sends two tickets per connection, each a copy of the
- * session with the client's certificate, encoded and encrypted, and the
- * process kept about 13 KB more per open connection for it (bench/README.md,
- * multi-node idle agents). Without tickets no connection can skip the full
- * handshake either.
+ * by default OpenSSL seals a copy of the session, the client's certificate
+ * included, into each of two tickets per connection, and the process kept
+ * about 13 KB more per open connection for it (bench/README.md, multi-node
+ * idle agents). With this option the tickets still sent only name a session
+ * that nothing keeps, so no connection can skip the full handshake either.
  */
 const NO_SESSION_TICKETS = cryptoConstants.SSL_OP_NO_TICKET;
 /** With port 0, how many OS-chosen ports to try before giving up on a free TCP+UDP pair. */

@@ -195,6 +195,37 @@ describe('vertex server + register/login', () => {
     await closedBy(future.socket, 5000);
   });
 
+  it('control connections speak ALPN q2q/2 (another protocol is refused) and never resume a TLS session', async () => {
+    const open = (opts: tls.ConnectionOptions) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: server.port, servername: 'example.test', rejectUnauthorized: false, ...opts });
+      const sessions: Buffer[] = [];
+      socket.on('session', (s: Buffer) => sessions.push(s));
+      const ready = new Promise<void>((resolve, reject) => {
+        socket.once('secureConnect', () => resolve());
+        socket.once('error', reject);
+      });
+      return { socket, sessions, ready };
+    };
+    const first = open({ ALPNProtocols: ['q2q/2'] });
+    await first.ready;
+    expect(first.socket.alpnProtocol).toBe('q2q/2');
+    // TLS 1.3 tickets come after the handshake: an answer to hello is read after them.
+    const peer = attachAmp(first.socket);
+    expect((await peer.call('hello', { version: '2' })).version).toBe('2');
+    first.socket.destroy();
+    // With tickets off OpenSSL still sends tickets that only name a session (kept nowhere):
+    // whatever the client was sent, offering it back gets a full handshake.
+    expect(first.sessions.length).toBeGreaterThan(0);
+    for (const session of first.sessions) {
+      const again = open({ ALPNProtocols: ['q2q/2'], session });
+      await again.ready;
+      expect(again.socket.isSessionReused()).toBe(false);
+      again.socket.destroy();
+    }
+    const other = open({ ALPNProtocols: ['http/1.1'] });
+    await expect(other.ready).rejects.toMatchObject({ code: 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL' });
+  });
+
   it('admin subcommands: add-user then login, revoke, remove-user', async () => {
     const data = ['--data', server.dataDir];
     const add = await runVertex(['server', 'add-user', 'grace@example.test', ...data, '--password-stdin'], { input: PASSWORD });
