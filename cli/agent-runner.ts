@@ -18,6 +18,7 @@ import { asVertexError } from '../q2q/errors';
 import type { Logger } from '../q2q/util/log';
 import { formatHostPort, type AgentConfig } from '../config/schema';
 import { logLevelOf, readAgentConfig, type AgentSetup, type GlobalArgs } from './context';
+import { tuneGcForBulk } from './gc-tuning';
 import { createLogger } from './logger';
 import { describeAllow } from './output';
 import { onStopSignals } from './signals';
@@ -69,6 +70,7 @@ export interface RunAgentOptions {
 
 /** Starts a daemon for `setup` and stops it on SIGINT/SIGTERM. */
 export async function runAgent(args: GlobalArgs, setup: AgentSetup, opts: RunAgentOptions = {}): Promise<AgentDaemon> {
+  tuneGcForBulk();
   const log = agentLogger(args, setup.config);
   // One agent per home, checked before anything reaches the server (issue 13).
   const identity = setup.home.loadIdentity(setup.config.identity).address;
