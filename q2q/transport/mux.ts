@@ -806,6 +806,9 @@ export class MuxStream extends Duplex {
     // return no credit, and with the sender out of credit no DATA (no push) would
     // ever call _read again. The count is made once the read is done.
     if (this.#creditCheck) return;
+    // Nothing to return even if the reader took everything received: no check (in a
+    // flowing stream _read follows every push, and most pushes are in this case).
+    if (this.#received + this.#session.window - this.#allowed < this.#session.window / 2) return;
     this.#creditCheck = true;
     process.nextTick(() => {
       this.#creditCheck = false;
