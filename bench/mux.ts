@@ -23,6 +23,7 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
+import { tuneGcForBulk } from '../cli/gc-tuning';
 import { createDomainCa } from '../q2q/identity';
 import { MuxSession } from '../q2q/transport/mux';
 import { cpuMs, emit, note, percentile, pushToSink, round } from './harness';
@@ -316,6 +317,9 @@ async function main(): Promise<void> {
 }
 
 if (require.main === module) {
+  // Both ends run with the agent's GC setting (cli/gc-tuning.ts), as `vertex agent`
+  // does; VERTEX_GC_TUNING=0 (inherited by the child) measures with V8's defaults.
+  tuneGcForBulk();
   if (process.argv[2] === 'child') {
     runChild().catch((err: unknown) => {
       process.stderr.write(`bench mux child: ${String(err)}\n`);
