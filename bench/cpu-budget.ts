@@ -100,8 +100,12 @@ export function placeInCpuBudgets(procs: ReadonlyArray<{ name: string; pid: numb
       }
     }
     groups.length = 0;
+    process.off('exit', releaseAtExit);
     return errors;
   };
+  // Interrupted (Ctrl-C ends the bench through process.exit): the groups go too, not only next time.
+  const releaseAtExit = (): void => void release();
+  process.once('exit', releaseAtExit);
   try {
     for (const p of procs) {
       const dir = path.join(CPU_ROOT, `${PREFIX}${process.pid}-${p.name}`);
