@@ -48,27 +48,20 @@ const connectDeadlines = new Deadlines<Connecting>(systemClock, (c) => {
  * How long, after the local connection is made, the ACCEPT may wait for the
  * target's first bytes (a greeting, a banner, the hello service's byte):
  * two turns of the event loop, so that bytes the target wrote at once are
- * read in the second, and leave with the ACCEPT in one record. This costs
+ * read in the second turn's poll, and leave with the ACCEPT in one record. This costs
  * the other side a read, and its SOCKS client a write and a wake-up. A
  * target that speaks only when spoken to (HTTP) waits those two turns, a
  * few microseconds, which is the price.
  */
 function settle(socket: net.Socket, done: (socket: net.Socket) => void): void {
-  let immediate: NodeJS.Immediate | undefined;
-  let settled = false;
-  const finish = (): void => {
-    if (settled) return;
-    settled = true;
-    socket.off('readable', finish);
-    if (immediate) clearImmediate(immediate);
-    done(socket);
-  };
-  // 'readable', not 'data': the bytes (and an end right behind them) stay in the socket's
-  // buffer, unread, for the join.
-  socket.on('readable', finish);
-  immediate = setImmediate(() => {
-    immediate = setImmediate(finish);
-  });
+  // No listener: the socket reads into its buffer on its own, and nothing is consumed, so
+  // the bytes, and an end right behind them, wait there for the join ('readable' or 'data'
+  // listeners here would let an end be emitted before anyone listens for it).
+  setImmediate(settleTurn, socket, done);
+}
+
+function settleTurn(socket: net.Socket, done: (socket: net.Socket) => void): void {
+  setImmediate(done, socket);
 }
 
 /** Until the join takes the socket over, an error is noticed there (the socket is destroyed). */
@@ -76,8 +69,8 @@ function swallowEarlyError(): void {}
 
 /**
  * Connects to `target`; rejects with the socket error or a timeout naming the target.
- * With `settle`, it resolves once the target's first bytes are in or two turns have
- * passed (see settle()); bytes read meanwhile stay in the socket's buffer.
+ * With `settle`, it resolves two loop turns after the connect (see settle()); bytes and an
+ * end read meanwhile stay in the socket's buffer.
  */
 export function connectLocal(target: ExposeTarget, timeoutMs: number, opts: { settle?: boolean } = {}): Promise<net.Socket> {
   return new Promise((resolve, reject) => {

@@ -43,7 +43,10 @@ class Flow {
     this.#src = src;
     this.#dst = dst;
     src.on('data', this.#onData);
-    src.once('end', this.#onEnd);
+    // A socket that read its end before the join (a local target that closed while the
+    // ACCEPT waited for its first bytes, expose.ts) emitted 'end' to nobody: it ended.
+    if (src.readableEnded) process.nextTick(this.#onEnd);
+    else src.once('end', this.#onEnd);
   }
 
   readonly #onData = (chunk: Buffer): void => {
