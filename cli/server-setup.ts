@@ -11,12 +11,12 @@ import type { LoginLimits } from '../server/rate-limiter';
 const HOUR_MS = 3_600_000;
 
 function loginLimits(l: ServerConfig['limits']['login']): Partial<LoginLimits> {
-  // The per-account budget is a token bucket whose burst is the
+  // The per-account budget is a token bucket whose burst is one more than the
   // per-(account, address) budget (server/rate-limiter.ts says why).
   return {
     perAccountAddress: { limit: l.perAccountAddress, windowMs: l.windowMs },
     perAddress: { limit: l.perAddress, windowMs: l.windowMs },
-    perAccount: { limit: l.perAccount, windowMs: l.windowMs, burst: Math.min(l.perAccountAddress, l.perAccount) },
+    perAccount: { limit: l.perAccount, windowMs: l.windowMs, burst: Math.min(l.perAccountAddress + 1, l.perAccount) },
     registerPerAddress: { limit: l.registrationsPerAddress, windowMs: HOUR_MS },
     invitePerAddress: { limit: l.inviteGuessesPerAddress, windowMs: l.windowMs },
     maxWaitingPerAccount: l.waitingPerAccount,

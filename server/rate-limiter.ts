@@ -15,23 +15,25 @@
  * - per address: 20 per 15 min over all accounts, so one address cannot try
  *   5 guesses at each of many accounts.
  * - per account: 100 per 15 min from all addresses together (a distributed
- *   guesser). A token bucket: at most 5 at once, then one per 9.4 s. When it is
- *   empty the account is not locked: it has a slow lane of one attempt per
- *   10 s besides, and an address that logged in to that account successfully
+ *   guesser), from addresses not known good for it. A token bucket: at most 6
+ *   at once, then one per 9.5 s. An empty bucket does not lock the account:
+ *   it refills, and an address that logged in to that account successfully
  *   in the last 30 days skips the per-account budget altogether, so a
  *   distributed flood slows new addresses down but never locks the owner out
  *   of the machines they use.
  *
- * Why a bucket for the per-account budget (a fixed window before): every
- * hit it allows is a scrypt check (N=2^17, most of a second of a core). With
- * a window, eight addresses guessing at one account bought 40 checks back to
- * back, a core busy for half a minute for everyone else on the server (bench
- * trust-load). The bucket keeps the budget (at most 100 in any 15 min) but
- * gives only 5 checks at once, then a steady trickle of one per 9.4 s (plus
- * the slow lane), whatever the number of addresses. Its burst is the
- * per-(account, address) budget, so one attacking address cannot empty it
- * before the owner's first attempt from another address, and a user on a new
- * address still makes 5 attempts in a row (typos) when nobody is flooding.
+ * Why a bucket for the per-account budget (a fixed window before, with a slow
+ * lane of one attempt per 10 s once it was used up): every hit it allows is
+ * a scrypt check (N=2^17, most of a second of a core). With a window, eight
+ * addresses guessing at one account bought 40 checks back to back, a core
+ * busy for half a minute for everyone else on the server (bench trust-load).
+ * The bucket keeps the budget (at most 100 in any 15 min, which the slow lane
+ * did not: it let up to 90 more through) but gives only 6 checks at once,
+ * then a steady trickle of one per 9.5 s, whatever the number of addresses.
+ * Its burst is one more than the per-(account, address) budget, so one
+ * attacking address can never empty it: the owner's first attempt from
+ * another address always finds a place (the slow lane's job before), and a
+ * user on a new address still makes 5 attempts in a row (typos).
  * The per-address budget stays a window: spreading it would not bound the
  * server's work (a flood just uses more addresses), and it would cut what
  * the users behind one NAT address may get wrong in a row from 20 to a few.
@@ -46,7 +48,10 @@ export interface LoginLimits {
   perAccountAddress: Budget;
   perAddress: Budget;
   perAccount: Budget;
-  /** Once perAccount is used up, attempts from addresses not known good. */
+  /**
+   * Once a fixed-window perAccount (no burst) is used up, attempts from
+   * addresses not known good. A token bucket refills by itself and has none.
+   */
   accountSlowLane: Budget;
   /** How long a successful login makes its address known good for that account. */
   knownGoodMs: number;
@@ -60,7 +65,7 @@ const MINUTE = 60_000;
 export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
   perAccountAddress: { limit: 5, windowMs: 15 * MINUTE },
   perAddress: { limit: 20, windowMs: 15 * MINUTE },
-  perAccount: { limit: 100, windowMs: 15 * MINUTE, burst: 5 },
+  perAccount: { limit: 100, windowMs: 15 * MINUTE, burst: 6 },
   accountSlowLane: { limit: 1, windowMs: 10_000 },
   knownGoodMs: 30 * 24 * 60 * MINUTE,
   registerPerAddress: { limit: 20, windowMs: 60 * MINUTE },
@@ -70,7 +75,8 @@ export const DEFAULT_LOGIN_LIMITS: Readonly<LoginLimits> = Object.freeze({
 
 /**
  * The budgets as they were before the per-account token bucket: every budget
- * a fixed window (test fault `windowed-password-budgets`, server/test-faults.ts).
+ * a fixed window, and the slow lane behind the per-account one (test fault
+ * `windowed-password-budgets`, server/test-faults.ts).
  */
 export function windowedBudgets(limits: Partial<LoginLimits> = {}): Partial<LoginLimits> {
   const all: LoginLimits = { ...DEFAULT_LOGIN_LIMITS, ...limits };
@@ -112,16 +118,16 @@ export class LoginRateLimiter {
     const now = this.#now();
     const base = [counter(`login:acct-addr:${account}|${address}`, l.perAccountAddress), counter(`login:addr:${address}`, l.perAddress)];
     const knownGood = await this.#store.peekRateLimit(this.#goodKey(account, address), now) > 0;
-    const attempts = knownGood ? [base] : [
-      [...base, counter(`login:acct:${account}`, l.perAccount)],
-      [...base, counter(`login:acct-slow:${account}`, l.accountSlowLane)],
+    const perAccount = [...base, counter(`login:acct:${account}`, l.perAccount)];
+    const attempts = knownGood ? [base] : l.perAccount.burst !== undefined ? [perAccount] : [
+      perAccount, [...base, counter(`login:acct-slow:${account}`, l.accountSlowLane)],
     ];
     let refused: { key: string; retryAt: number } | null = null;
     for (const counters of attempts) {
       const result = await this.#store.takeRateLimit(counters, now);
       if (result.ok) return { keys: counters.map((c) => c.key) };
       refused = result;
-      // Only a full per-account budget moves on to the slow lane.
+      // Only a full per-account window moves on to the slow lane.
       if (!result.key.startsWith('login:acct:')) break;
     }
     throw vertexError('RateLimited', retryMessage(`${account}: too many wrong passwords`, refused!.retryAt, now));

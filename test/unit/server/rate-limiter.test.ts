@@ -69,19 +69,29 @@ describe('LoginRateLimiter', () => {
     expect(await outcome(limiter.takeLogin('other@a.test', ATTACKER))).toBe('ok');
   });
 
-  it('a flood from many addresses at one account buys 5 password checks at once, then about one per 9 s (and the slow lane), not 5 per address', async () => {
+  it('a flood from many addresses at one account buys 6 password checks at once, then one per 9.5 s, not 5 per address', async () => {
     const limiter = new LoginRateLimiter(store, { now: () => now });
     const attempts = Array.from({ length: 8 }, (_, a) => Array.from({ length: 5 }, () => outcome(limiter.takeLogin(ALICE, `198.51.100.${a + 1}`)))).flat();
     const results = await Promise.all(attempts);
-    // The account's bucket (5) and one slow-lane attempt; 40 with fixed windows.
-    expect(results.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.perAccount.burst! + DEFAULT_LOGIN_LIMITS.accountSlowLane.limit);
-    // The next minute: one per bucket interval (9.4 s) and one per slow-lane window (10 s), whatever the flood sends.
+    // The account's bucket; 40 with fixed windows.
+    expect(results.filter((r) => r === 'ok')).toHaveLength(DEFAULT_LOGIN_LIMITS.perAccount.burst!);
+    // The next minute: one per bucket interval, whatever the flood sends.
     let got = 0;
     for (const end = now + 60_000; now < end; now += 250) {
       for (let a = 1; a <= 8; a++) if (await outcome(limiter.takeLogin(ALICE, `198.51.100.${a + 10}`)) === 'ok') got++;
     }
-    expect(rateLimitInterval(DEFAULT_LOGIN_LIMITS.perAccount)).toBe(9375);
-    expect(got).toBe(Math.floor(60_000 / 9375) + Math.floor(60_000 / DEFAULT_LOGIN_LIMITS.accountSlowLane.windowMs) - 1);
+    expect(rateLimitInterval(DEFAULT_LOGIN_LIMITS.perAccount)).toBe(9474);
+    expect(got).toBe(Math.floor(60_000 / 9474));
+  });
+
+  it('one address cannot empty the account bucket: after its 5, the owner\'s first attempt from a new address finds a place', async () => {
+    const limiter = new LoginRateLimiter(store, { now: () => now });
+    await Promise.all(Array.from({ length: 20 }, () => outcome(limiter.takeLogin(ALICE, ATTACKER))));
+    expect(await outcome(limiter.takeLogin(ALICE, OWNER))).toBe('ok');
+    // Can fail: a bucket no bigger than one address's budget would be empty now.
+    const small = new LoginRateLimiter(store, { now: () => now, limits: { perAccount: { ...DEFAULT_LOGIN_LIMITS.perAccount, burst: 5 } } });
+    await Promise.all(Array.from({ length: 20 }, () => outcome(small.takeLogin('bob@a.test', ATTACKER))));
+    expect(await outcome(small.takeLogin('bob@a.test', OWNER))).toBe('RateLimited');
   });
 
   it('can fail: with fixed windows (test fault windowed-password-budgets) the same flood buys 5 checks per address', async () => {
@@ -99,7 +109,7 @@ describe('LoginRateLimiter', () => {
     expect(await store.peekRateLimit(`login:acct-addr:${ALICE}|${OWNER}`, now)).toBe(0);
   });
 
-  it('a distributed flood that uses up the per-account budget slows new addresses to the slow lane; a known-good address is not limited by it', async () => {
+  it('a fixed-window per-account budget (no burst, as before the bucket): a distributed flood that uses it up slows new addresses to the slow lane; a known-good address is not limited by it', async () => {
     const limits = { perAccount: { limit: 10, windowMs: 60_000 } };
     const limiter = new LoginRateLimiter(store, { now: () => now, limits });
     await limiter.loginSucceeded(await limiter.takeLogin(ALICE, OWNER), ALICE, OWNER);
