@@ -34,8 +34,16 @@ import {
 } from '../wire/mux-frame';
 
 // Implementation tunables.
-/** Receive window granted to each stream (bytes a peer may send ahead of our reader). */
-export const MUX_DEFAULT_WINDOW = 1024 * 1024;
+/**
+ * Receive window granted to each stream (bytes a peer may send ahead of our reader).
+ * 4 MiB, not 1: with 1 MiB a sender on a busy machine waited for WINDOW whenever the
+ * receiving process was off the CPU (most of its frames left when a WINDOW arrived),
+ * at 1.2–2.0 ms of CPU per MB against 1.0–1.3 with 4 MiB, in the same runs
+ * (bench/README.md "Bulk through the agents"). Plain TLS has the kernel's socket
+ * buffers (several MB on loopback) for the same purpose. A stalled reader holds at
+ * most this much of its stream.
+ */
+export const MUX_DEFAULT_WINDOW = 4 * 1024 * 1024;
 /** DATA frames are cut at this size, so that streams sharing a channel take turns often. */
 export const MUX_DATA_FRAME = 64 * 1024;
 /** A PING goes out after this long without a byte from the peer. */
