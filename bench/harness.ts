@@ -385,25 +385,30 @@ export class Endpoints {
 }
 
 /**
+ * A server hashes two passwords at once: with more registrations in flight on a busy machine the
+ * last answer comes far later than the client's usual 10 s wait.
+ */
+const REGISTER_WAIT_MS = 120_000;
+
+/**
  * Registers `addresses` (all of one domain) over the real protocol, with up
- * to `parallel` requests in flight on as many control connections. The
+ * to `parallel` requests in flight, each on a control connection of its own
+ * as `vertex register` makes: a connection without a certificate lives at
+ * most 60 s (server/admission.ts), so one reused for registration after
+ * registration was closed under the later ones on a busy machine. The
  * server hashes each password with scrypt, so this is slow on purpose.
  */
 export async function registerMany(addresses: readonly string[], endpoints: Endpoints, trust: MemoryTrust | HomeStore, parallel = 4): Promise<Identity[]> {
   const domain = parseAddress(addresses[0] ?? '').domain;
-  const connections: ServerConnection[] = [];
-  try {
-    for (let i = 0; i < Math.min(parallel, addresses.length); i++) {
-      connections.push(await openServerConnection({ domain, resolve: endpoints.resolve, trust }));
-    }
-    return await mapLimit(addresses, connections.length, async (address, i) => {
-      const connection = connections[i % connections.length] as ServerConnection;
+  return mapLimit(addresses, parallel, async (address) => {
+    const connection = await openServerConnection({ domain, resolve: endpoints.resolve, trust, connectTimeoutMs: REGISTER_WAIT_MS });
+    try {
       const made = await registerAccount(connection, address, PASSWORD);
       return { address: made.address, keyPem: made.keyPem, certPem: made.certPem };
-    });
-  } finally {
-    for (const c of connections) c.close();
-  }
+    } finally {
+      connection.close();
+    }
+  });
 }
 
 /** A home directory holding one registered identity, as `vertex register` leaves it. */

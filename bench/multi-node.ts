@@ -45,14 +45,13 @@ import { openServerConnection, type ServerConnection } from '../q2q/control/serv
 import { Q2QNode } from '../q2q/negotiate/node';
 import type { Identity } from '../q2q/negotiate/types';
 import {
-  BENCH_LIMITS, emit, Endpoints, PASSWORD, firstByte, forkBench, INSPECT_ARGS, mapLimit, memoryAfterGc, MemoryTrust, nodeOptions, note, percentile, registerMany,
+  BENCH_LIMITS, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, mapLimit, memoryAfterGc, MemoryTrust, nodeOptions, note, percentile, registerMany,
   round, rssKb, runStandalone, cpuMs, sleep, startServer, tempDir, type Proc, type ServerHandle,
 } from './harness';
 import { profileArgs } from './connections';
 import { startListeners } from './listener-child';
 import { heapGrowth, summarizeHeapSnapshot, takeHeapSnapshot } from './heap-snapshot';
 import { placeInCpuBudgets } from './cpu-budget';
-import { registerAccount } from '../q2q/control/accounts';
 
 const DOMAIN = 'mn.test';
 const TTFB_CONNECTS = 100;
@@ -115,25 +114,6 @@ async function timedRegistrations(nodes: ServerHandle[], run: () => Promise<void
 /** Cores each node may use in the CPU-budget figure (VERTEX_BENCH_NODE_CPU). */
 const NODE_CPU = Number(process.env.VERTEX_BENCH_NODE_CPU ?? 0.5);
 /**
- * Six hashes queued on one node take longer than a client's usual 10 s wait on a busy machine,
- * and far longer on a node held to half a core.
- */
-const REGISTER_TIMEOUT_MS = 120_000;
-
-/** registerMany with a longer wait per request: the same `register`, scrypt and all, on `parallel` connections. */
-async function registerPatiently(addresses: readonly string[], node: ServerHandle, trust: MemoryTrust, parallel: number): Promise<void> {
-  const connections: ServerConnection[] = [];
-  try {
-    for (let i = 0; i < parallel; i++) {
-      connections.push(await openServerConnection({ domain: DOMAIN, resolve: endpointsFor(node).resolve, trust, connectTimeoutMs: REGISTER_TIMEOUT_MS }));
-    }
-    await mapLimit(addresses, connections.length, (address, i) => registerAccount(connections[i % connections.length] as ServerConnection, address, PASSWORD));
-  } finally {
-    for (const c of connections) c.close();
-  }
-}
-
-/**
  * The registrations figure again, with every node held to NODE_CPU cores by
  * a cgroup CPU quota of its own (bench/cpu-budget.ts): each node as its own
  * machine with a fixed CPU budget, the one-node run with the same per-node
@@ -151,11 +131,13 @@ async function registrationsWithCpuBudget(nodes: ServerHandle[], trust: MemoryTr
     note(`registrations, each node held to ${NODE_CPU} core (cgroup cpu quota): ${REGISTRATIONS} on node 1, then ${REGISTRATIONS} spread over 3 nodes, 6 in flight`);
     const throttledMs = (): number => budgets.throttled().reduce((sum, t) => sum + t.throttledMs, 0);
     let th0 = throttledMs();
-    const one = await timedRegistrations(nodes, () => registerPatiently(Array.from({ length: REGISTRATIONS }, (_, i) => `cpuone${i}@${DOMAIN}`), nodes[0] as ServerHandle, trust, 6));
+    const one = await timedRegistrations(nodes, async () => {
+      await registerMany(Array.from({ length: REGISTRATIONS }, (_, i) => `cpuone${i}@${DOMAIN}`), endpointsFor(nodes[0] as ServerHandle), trust, 6);
+    });
     const oneThrottledMs = throttledMs() - th0;
     th0 = throttledMs();
     const three = await timedRegistrations(nodes, async () => {
-      await Promise.all(nodes.map((node, k) => registerPatiently(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `cputhree${k}x${i}@${DOMAIN}`), node, trust, 2)));
+      await Promise.all(nodes.map((node, k) => registerMany(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `cputhree${k}x${i}@${DOMAIN}`), endpointsFor(node), trust, 2)));
     });
     const threeThrottledMs = throttledMs() - th0;
     emit({
@@ -184,9 +166,11 @@ export async function benchMultiNode(): Promise<void> {
 
     // Registrations: the same number in flight against one node and spread over three.
     note(`registrations: ${REGISTRATIONS} on node 1, then ${REGISTRATIONS} spread over 3 nodes, 6 in flight`);
-    const one = await timedRegistrations(nodes, () => registerPatiently(Array.from({ length: REGISTRATIONS }, (_, i) => `one${i}@${DOMAIN}`), n1, trust, 6));
+    const one = await timedRegistrations(nodes, async () => {
+      await registerMany(Array.from({ length: REGISTRATIONS }, (_, i) => `one${i}@${DOMAIN}`), endpointsFor(n1), trust, 6);
+    });
     const three = await timedRegistrations(nodes, async () => {
-      await Promise.all(nodes.map((node, k) => registerPatiently(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `three${k}x${i}@${DOMAIN}`), node, trust, 2)));
+      await Promise.all(nodes.map((node, k) => registerMany(Array.from({ length: REGISTRATIONS / 3 }, (_, i) => `three${k}x${i}@${DOMAIN}`), endpointsFor(node), trust, 2)));
     });
     emit({
       bench: 'multi-node-registrations', registrations: REGISTRATIONS, oneNodePerSecond: one.perSecond, threeNodesPerSecond: three.perSecond,
