@@ -7,6 +7,7 @@
  * available with peerSessions: false.
  */
 import { listenQ2Q, Q2QNode, type Q2QStream } from '../../../q2q';
+import { MUX_DEFAULT_WINDOW } from '../../../q2q/transport/mux';
 import { stopAll } from '../../helpers/cli';
 import { untilTrue } from '../../helpers/net';
 import { echo, exchange, startWorld, type World } from '../../helpers/q2q-world';
@@ -98,7 +99,9 @@ describe('streams on one session, and the per-stream allow check', () => {
     // The fast stream's 10 MB arrive while the stalled one holds its window and reads nothing.
     const got = await exchange(fast, Buffer.alloc(0));
     expect(got.length).toBe(big.length);
-    expect(stalled.readableLength).toBeLessThanOrEqual(2 * MB);
+    // It holds at most its window, well short of the 10 MB sent.
+    expect(stalled.readableLength).toBeLessThanOrEqual(MUX_DEFAULT_WINDOW);
+    expect(MUX_DEFAULT_WINDOW).toBeLessThan(big.length / 2);
     // Explicitly paused: a 'data' listener alone would not start it again.
     const resting = exchange(stalled, Buffer.alloc(0));
     stalled.resume();
