@@ -278,8 +278,15 @@ export function startProgram(command: string, args: string[], opts: { stdio?: St
 }
 
 /** A compiled bench module run as a child with an IPC channel (`process.send`). */
-export function forkBench(file: string, args: string[], nodeArgs: string[] = []): Proc {
-  const child = fork(file, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], execArgv: nodeArgs });
+/**
+ * `ownSession`: the child calls setsid (`detached`). With the kernel's
+ * autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled, on here),
+ * a session is one scheduling group and groups share the cores fairly, so
+ * the child's CPU then comes out of its own share, not out of this
+ * process's group (which holds the servers it started).
+ */
+export function forkBench(file: string, args: string[], nodeArgs: string[] = [], opts: { ownSession?: boolean } = {}): Proc {
+  const child = fork(file, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], execArgv: nodeArgs, ...(opts.ownSession && { detached: true }) });
   return track(child, `${path.basename(file)} ${args.join(' ')}`);
 }
 

@@ -13,13 +13,17 @@
  * - connectNew (reported, not a target): the same from an address never seen
  *   (127.0.5.x quiet, 127.0.6.x loaded), an agent that moved.
  * The attacker runs in a child process (its TLS work is its own, as on its
- * own machine, but it shares the same 2 cores here): its sessions come from
- * 160 loopback addresses (127.0.1.x), about 32 each, each reopened 5 s after
- * the server closes or refuses it; its guesses come from 127.0.2.x at one
- * account. The server runs with its default limits.
+ * own machine, but it shares the same 2 cores here), by default in its own
+ * session, so that the kernel's autogroup scheduling takes its CPU from its
+ * own share and not from the server's (ATTACKER_SESSION;
+ * VERTEX_BENCH_ATTACKER_SESSION=shared for the figure without that): its
+ * sessions come from 160 loopback addresses (127.0.1.x), about 32 each, each
+ * reopened 5 s after the server closes or refuses it; its guesses come from
+ * 127.0.2.x at one account. The server runs with its default limits.
  * The quiet figure pools samples taken before the attack and after it (once
  * the server's pressure has ended), ROUNDS/2 rounds each; the loaded figure
- * takes ROUNDS rounds once the attacker's first burst is over.
+ * takes ROUNDS rounds once the attacker's first burst is over (every holder
+ * has tried once, 8 s more, and the guessers' first checks are done).
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -40,6 +44,17 @@ const IDLE_SESSIONS = Number(process.env.VERTEX_BENCH_IDLE_SESSIONS ?? 5000);
  * a slowdown is that competition rather than the server's queue.
  */
 const ATTACKER_NICE = Number(process.env.VERTEX_BENCH_ATTACKER_NICE ?? 0);
+/**
+ * `own` (default): the attacker runs in its own session (setsid), so under
+ * the kernel's autogroup scheduling (on here) its CPU comes out of its own
+ * fair share of the cores, as from its own machine, instead of out of the
+ * share of this process's session, which holds the server and the measuring
+ * client. It does the same work either way (bench/README.md compares the
+ * attack's size). `shared`: the same session as the server, as before: the
+ * attacker's CPU is then taken from the server's share, which a remote
+ * attacker cannot do. bench/README.md reports both.
+ */
+const ATTACKER_SESSION = process.env.VERTEX_BENCH_ATTACKER_SESSION === 'shared' ? 'shared' : 'own';
 /** Password guessers, each from its own address (127.0.2.x). */
 const GUESSERS = Number(process.env.VERTEX_BENCH_GUESSERS ?? 8);
 /** Rounds of: one register, CONNECTS_PER_ROUND connects, one connect from a new address. */
@@ -57,6 +72,16 @@ const FIRST_BURST_MAX_MS = 20_000;
 const QUIET_AGAIN_MS = 11_000;
 /** After the first burst, the attack runs this long before the loaded measurement starts. */
 const ATTACK_WARMUP_MS = 8_000;
+/**
+ * And the guessers' first burst is over: this many of their guesses have been
+ * checked (the server's default per-account budget lets 5 through at once,
+ * and the slow lane one more), or GUESS_BURST_MAX_MS has passed. Their
+ * connections are admitted slowly under pressure (one per 10 s for an
+ * address not known good), so without this wait that first burst fell into
+ * the samples in some runs and not in others.
+ */
+const GUESS_BURST_CHECKS = 6;
+const GUESS_BURST_MAX_MS = 20_000;
 
 function tlsTo(port: number, localAddress: string, creds?: { key: string; cert: string } | { secureContext: tls.SecureContext }): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
@@ -77,7 +102,8 @@ async function hello(socket: tls.TLSSocket) {
 
 interface Creds { key: string; cert: string }
 
-async function timedRegister(port: number, from: string, user: string): Promise<{ ms: number; creds: Creds }> {
+/** `ms`: the whole registration; `callMs`: its register call alone (the server's scrypt and certificate, without TLS and hello). */
+async function timedRegister(port: number, from: string, user: string): Promise<{ ms: number; callMs: number; creds: Creds }> {
   const address = `${user}@${DOMAIN}`;
   const key = (await generateKeyPair()).privateKeyPem;
   const csr = await createCsr(address, key);
@@ -85,8 +111,10 @@ async function timedRegister(port: number, from: string, user: string): Promise<
   const socket = await tlsTo(port, from);
   try {
     const peer = await hello(socket);
+    const t1 = performance.now();
     const answer = await peer.call('register', { address, password: PASSWORD, csr });
-    return { ms: performance.now() - t0, creds: { key, cert: answer.certificate ?? '' } };
+    const t2 = performance.now();
+    return { ms: t2 - t0, callMs: t2 - t1, creds: { key, cert: answer.certificate ?? '' } };
   } finally {
     socket.destroy();
   }
@@ -105,7 +133,7 @@ async function timedConnect(port: number, from: string, creds: Creds): Promise<n
   }
 }
 
-interface Measured { register: number[]; connect: number[]; connectNew: number[]; failures: string[] }
+interface Measured { register: number[]; registerCall: number[]; connect: number[]; connectNew: number[]; failures: string[] }
 
 function p50s(m: Measured): { register: number; connect: number; connectNew: number } {
   return { register: percentile(m.register, 50), connect: percentile(m.connect, 50), connectNew: percentile(m.connectNew, 50) };
@@ -113,7 +141,7 @@ function p50s(m: Measured): { register: number; connect: number; connectNew: num
 
 function pooled(a: Measured, b: Measured): Measured {
   return {
-    register: [...a.register, ...b.register], connect: [...a.connect, ...b.connect],
+    register: [...a.register, ...b.register], registerCall: [...a.registerCall, ...b.registerCall], connect: [...a.connect, ...b.connect],
     connectNew: [...a.connectNew, ...b.connectNew], failures: [...a.failures, ...b.failures],
   };
 }
@@ -121,6 +149,7 @@ function pooled(a: Measured, b: Measured): Measured {
 /** A failed attempt is recorded (it is part of the figure) and tried once more, from the next address. */
 async function measure(port: number, prefix: { register: string; connectNew: string }, tag: string, rounds: number): Promise<Measured> {
   const reg: number[] = [];
+  const regCall: number[] = [];
   const con: number[] = [];
   const conNew: number[] = [];
   const failures: string[] = [];
@@ -139,6 +168,7 @@ async function measure(port: number, prefix: { register: string; connectNew: str
     const registered = await attempt('register', () => timedRegister(port, `${prefix.register}.${fresh++}`, `${tag}${i}`));
     if (!registered) continue;
     reg.push(registered.ms);
+    regCall.push(registered.callMs);
     for (let c = 0; c < CONNECTS_PER_ROUND; c++) {
       const ms = await attempt('connect', () => timedConnect(port, '127.0.0.1', registered.creds));
       if (ms !== null) con.push(ms);
@@ -147,7 +177,7 @@ async function measure(port: number, prefix: { register: string; connectNew: str
     if (ms !== null) conNew.push(ms);
   }
   note(`trust-load ${tag} samples (ms): register ${reg.map(Math.round).join(' ')}; connect ${con.map(Math.round).join(' ')}; connectNew ${conNew.map(Math.round).join(' ')}`);
-  return { register: reg, connect: con, connectNew: conNew, failures };
+  return { register: reg, registerCall: regCall, connect: con, connectNew: conNew, failures };
 }
 
 /** CPU seconds (user + system) a process has used, from /proc. */
@@ -161,7 +191,17 @@ function cpuSeconds(pid: number): number {
   }
 }
 
-interface AttackStats { open: number; opened: number; failed: number; guesses: number }
+/** `checked`: guesses answered BadPassword, i.e. a scrypt check on the server (the rest were refused by a budget). */
+/** The process's autogroup (its scheduling group under autogroup), or '?' where there is none. */
+function autogroup(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8').split(' ')[0]!.trim();
+  } catch {
+    return '?';
+  }
+}
+
+interface AttackStats { open: number; opened: number; failed: number; guesses: number; checked: number; answers: Record<string, number> }
 
 export async function benchTrustLoad(): Promise<void> {
   const loadAtStart = os.loadavg()[0] ?? 0;
@@ -176,9 +216,10 @@ export async function benchTrustLoad(): Promise<void> {
   const quietBefore = await measure(server.port, { register: '127.0.3', connectNew: '127.0.5' }, 'quiet-before', ROUNDS / 2);
 
   await timedRegister(server.port, '127.0.0.4', 'victim');
-  const attacker = forkBench(__filename, ['attacker']);
+  const attacker = forkBench(__filename, ['attacker'], [], { ownSession: ATTACKER_SESSION === 'own' });
+  note(`trust-load: attacker pid ${attacker.pid}, session ${ATTACKER_SESSION}, scheduling group ${autogroup(attacker.pid)} (this process: ${autogroup(process.pid)})`);
   if (ATTACKER_NICE !== 0) os.setPriority(attacker.pid, ATTACKER_NICE);
-  let stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0 };
+  let stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0, checked: 0, answers: {} };
   attacker.child.on('message', (m) => { stats = m as AttackStats; });
   attacker.child.send({ port: server.port });
   // Past the first burst (every holder has tried once), then a little longer:
@@ -191,8 +232,11 @@ export async function benchTrustLoad(): Promise<void> {
   const firstBurstMs = performance.now() - attackStarted;
   note(`trust-load: every holder tried once after ${Math.round(firstBurstMs)} ms`);
   await sleep(ATTACK_WARMUP_MS);
+  const guessWaitStarted = performance.now();
+  while (GUESSERS > 0 && stats.checked < GUESS_BURST_CHECKS && performance.now() - guessWaitStarted < GUESS_BURST_MAX_MS) await sleep(250);
+  const guessBurstWaitMs = performance.now() - guessWaitStarted;
   const atStart = { ...stats };
-  note(`trust-load: attacker holds ${atStart.open} sessions (${atStart.opened} opened, ${atStart.failed} refused or failed), ${atStart.guesses} guesses so far`);
+  note(`trust-load: attacker holds ${atStart.open} sessions (${atStart.opened} opened, ${atStart.failed} refused or failed), ${atStart.guesses} guesses so far (${atStart.checked} checked)`);
   const cpu0 = { server: cpuSeconds(server.proc.pid), attacker: cpuSeconds(attacker.pid), t: performance.now() };
   const loadedSamples = await measure(server.port, { register: '127.0.4', connectNew: '127.0.6' }, 'loaded', ROUNDS);
   const seconds = (performance.now() - cpu0.t) / 1000;
@@ -217,8 +261,17 @@ export async function benchTrustLoad(): Promise<void> {
     attackerSessions: IDLE_SESSIONS,
     guessers: GUESSERS,
     ...(ATTACKER_NICE !== 0 && { attackerNice: ATTACKER_NICE }),
+    attackerSession: ATTACKER_SESSION,
     loadAverage: { atStart: round(loadAtStart, 2), atEnd: round(loadAtEnd, 2) },
-    attacker: { firstBurstMs: Math.round(firstBurstMs), heldAtStart: atStart.open, heldAtEnd: atEnd.open, opened: atEnd.opened, refusedOrFailed: atEnd.failed, guesses: atEnd.guesses },
+    attacker: {
+      firstBurstMs: Math.round(firstBurstMs), guessBurstWaitMs: Math.round(guessBurstWaitMs), heldAtStart: atStart.open, heldAtEnd: atEnd.open, opened: atEnd.opened, refusedOrFailed: atEnd.failed,
+      guesses: atEnd.guesses, passwordChecks: atEnd.checked, passwordChecksWhileLoaded: atEnd.checked - atStart.checked, guessAnswers: atEnd.answers,
+      // The attack's size while the loaded samples were taken: connection attempts and guesses per second.
+      whileLoadedPerSecond: {
+        connections: round((atEnd.opened + atEnd.failed - atStart.opened - atStart.failed) / seconds, 0),
+        guesses: round((atEnd.guesses - atStart.guesses) / seconds, 1),
+      },
+    },
     cpuShareWhileLoaded: cpuShare,
     quietMs: { register: round(quiet.register, 1), connect: round(quiet.connect, 1), connectNew: round(quiet.connectNew, 1) },
     quietBeforeAfterMs: {
@@ -226,6 +279,7 @@ export async function benchTrustLoad(): Promise<void> {
       connect: [round(p50s(quietBefore).connect, 1), round(p50s(quietAfter).connect, 1)],
     },
     loadedMs: { register: round(loaded.register, 1), connect: round(loaded.connect, 1), connectNew: round(loaded.connectNew, 1) },
+    registerCallMs: { quiet: round(percentile(quietAll.registerCall, 50), 1), loaded: round(percentile(loadedSamples.registerCall, 50), 1) },
     ratio: {
       register: round(loaded.register / quiet.register, 2), connect: round(loaded.connect / quiet.connect, 2),
       connectNew: round(loaded.connectNew / quiet.connectNew, 2),
@@ -240,7 +294,7 @@ export async function benchTrustLoad(): Promise<void> {
 async function runAttacker(): Promise<void> {
   const { port } = await new Promise<{ port: number }>((resolve) => process.once('message', (m) => resolve(m as { port: number })));
   let running = true;
-  const stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0 };
+  const stats: AttackStats = { open: 0, opened: 0, failed: 0, guesses: 0, checked: 0, answers: {} };
   const sockets = new Set<tls.TLSSocket>();
   // One context for all: a new one per connection costs ~2 ms, and 5,000 of
   // them made this attacker take 12 s to start.
@@ -280,7 +334,11 @@ async function runAttacker(): Promise<void> {
         sockets.add(socket);
         const peer = await hello(socket);
         for (let i = 0; i < 20 && running; i++) {
-          await peer.call('sign', { address: `victim@${DOMAIN}`, password: `guess ${n} ${i} ${stats.guesses}`, csr }).catch(() => undefined);
+          await peer.call('sign', { address: `victim@${DOMAIN}`, password: `guess ${n} ${i} ${stats.guesses}`, csr }).catch((err: unknown) => {
+            const code = (err as { code?: string }).code ?? (err as Error).message;
+            if (code === 'BadPassword') stats.checked++;
+            stats.answers[code] = (stats.answers[code] ?? 0) + 1;
+          });
           stats.guesses++;
         }
         socket.destroy();
