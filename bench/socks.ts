@@ -20,9 +20,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Socket } from 'node:net';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
+import { SSHD, writeSshdFiles } from './throwaway-sshd';
 import {
   connectTcp, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
   ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
@@ -106,35 +106,19 @@ export interface SshProxy {
   stop(): Promise<void>;
 }
 
-function keygen(file: string): void {
-  const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file], { stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`bench: ssh-keygen -f ${file} failed (${r.error?.message ?? `exit ${r.status}`})`);
-}
-
 /**
  * OpenSSH's dynamic forward as the baseline: a throw-away sshd on loopback
  * (its own host key, key-only auth, run per connection in inetd mode, so no
  * port is picked up front) and `ssh -D 127.0.0.1:<port> -N` to it.
  */
 export async function startSshProxy(): Promise<SshProxy> {
-  const dir = tempDir('sshd');
-  fs.mkdirSync('/run/sshd', { recursive: true });
-  const hostKey = path.join(dir, 'host_key');
-  const userKey = path.join(dir, 'user_key');
-  keygen(hostKey);
-  keygen(userKey);
-  fs.copyFileSync(`${userKey}.pub`, path.join(dir, 'authorized_keys'));
-  const config = path.join(dir, 'sshd_config');
-  fs.writeFileSync(config, [
-    `HostKey ${hostKey}`, 'PidFile none', 'UsePAM no', 'StrictModes no', 'PermitRootLogin yes', 'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes', `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`, 'AllowTcpForwarding yes', '',
-  ].join('\n'));
+  const files = writeSshdFiles(tempDir('sshd'), ['AllowTcpForwarding yes']);
   const sshds: Proc[] = [];
   const server = net.createServer({ pauseOnConnect: true }, (socket) => {
     // sshd turns Nagle off only for sessions with a tty; -D has none. Off here, on the
     // descriptor sshd inherits, so ssh is not timed against the peer's delayed ACK.
     socket.setNoDelay(true);
-    sshds.push(startProgram('/usr/sbin/sshd', ['-i', '-e', '-f', config], { stdio: [socket, socket, 'pipe'] }));
+    sshds.push(startProgram(SSHD, ['-i', '-e', '-f', files.config], { stdio: [socket, socket, 'pipe'] }));
     socket.destroy();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -145,8 +129,7 @@ export async function startSshProxy(): Promise<SshProxy> {
   const socksPort = (probe.address() as net.AddressInfo).port;
   await new Promise<void>((resolve) => probe.close(() => resolve()));
   const ssh = startProgram('ssh', [
-    '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
-    '-o', 'StrictHostKeyChecking=accept-new', '-o', 'ExitOnForwardFailure=yes', '-N', '-D', `127.0.0.1:${socksPort}`, '-p', String(sshdPort), `${os.userInfo().username}@127.0.0.1`,
+    ...files.clientOptions, '-o', 'ExitOnForwardFailure=yes', '-N', '-D', `127.0.0.1:${socksPort}`, '-p', String(sshdPort), `${os.userInfo().username}@127.0.0.1`,
   ]);
   const deadline = Date.now() + SSH_READY_MS;
   for (;;) {

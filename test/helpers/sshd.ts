@@ -7,13 +7,12 @@
  * socket as its stdin and stdout. So there is no port to pick, and no
  * "Server listening" line to wait for: the port is bound before this resolves.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
-import * as path from 'node:path';
+import { SSHD, writeSshdFiles } from '../../bench/throwaway-sshd';
 import { listenOnPort0 } from './net';
 
-export const SSHD = '/usr/sbin/sshd';
+export { SSHD };
 
 export interface Sshd {
   port: number;
@@ -27,34 +26,9 @@ export interface Sshd {
   close(): Promise<void>;
 }
 
-function keygen(file: string): void {
-  const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file], { stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`ssh-keygen -f ${file} failed (${r.error?.message ?? `exit ${r.status}`})`);
-}
-
 /** Starts the sshd in `dir` (which it fills with keys and a config) on 127.0.0.1, port 0. */
 export async function startSshd(dir: string): Promise<Sshd> {
-  fs.mkdirSync('/run/sshd', { recursive: true });
-  const hostKey = path.join(dir, 'host_key');
-  const userKey = path.join(dir, 'user_key');
-  keygen(hostKey);
-  keygen(userKey);
-  fs.copyFileSync(`${userKey}.pub`, path.join(dir, 'authorized_keys'));
-  const config = path.join(dir, 'sshd_config');
-  fs.writeFileSync(config, [
-    `HostKey ${hostKey}`,
-    'PidFile none',
-    'UsePAM no',
-    'StrictModes no',
-    'PermitRootLogin yes',
-    'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no',
-    'PubkeyAuthentication yes',
-    `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
-    'Subsystem sftp internal-sftp',
-    'LogLevel VERBOSE',
-    '',
-  ].join('\n'));
+  const { config, userKey, clientOptions } = writeSshdFiles(dir, ['Subsystem sftp internal-sftp', 'LogLevel VERBOSE']);
 
   let log = '';
   const children = new Set<ChildProcess>();
@@ -73,14 +47,7 @@ export async function startSshd(dir: string): Promise<Sshd> {
     port,
     log: () => log,
     userKey,
-    clientOptions: () => [
-      '-F', '/dev/null',
-      '-i', userKey,
-      '-o', 'IdentitiesOnly=yes',
-      '-o', 'BatchMode=yes',
-      '-o', `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
-      '-o', 'StrictHostKeyChecking=accept-new',
-    ],
+    clientOptions: () => [...clientOptions],
     close: async () => {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await Promise.all([...children].map((c) => new Promise<void>((resolve) => {

@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { labSkipReason, NetnsLab, requireLabTools, type SideName, type SideSpec } from './lab';
 import { LabWorld, sha256, VERTEX_BIN, type LabAgent } from './lab-world';
+import { SSHD, writeSshdFiles } from '../../bench/throwaway-sshd';
 import { postgresDatabase, postgresOverUnixSocket, postgresReachable } from '../helpers/postgres';
 
 const SKIP = labSkipReason();
@@ -98,21 +99,13 @@ describeLab('NAT lab', () => {
   async function startSshd(ns: string): Promise<{ log: () => string; clientOptions: (home: string) => string[] }> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vertex-lab-ssh-'));
     dirs.push(dir);
-    fs.mkdirSync('/run/sshd', { recursive: true });
-    for (const key of ['host_key', 'user_key']) lab.must('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(dir, key)]);
-    fs.copyFileSync(path.join(dir, 'user_key.pub'), path.join(dir, 'authorized_keys'));
-    fs.writeFileSync(path.join(dir, 'sshd_config'), [
-      'Port 22', 'ListenAddress 127.0.0.1', `HostKey ${path.join(dir, 'host_key')}`, 'PidFile none', 'UsePAM no', 'StrictModes no',
-      'PermitRootLogin yes', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes',
-      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`, 'Subsystem sftp internal-sftp', 'LogLevel VERBOSE', '',
-    ].join('\n'));
-    const sshd = lab.spawn(ns, '/usr/sbin/sshd', ['-D', '-e', '-f', path.join(dir, 'sshd_config')]);
+    const files = writeSshdFiles(dir, ['Port 22', 'ListenAddress 127.0.0.1', 'Subsystem sftp internal-sftp', 'LogLevel VERBOSE']);
+    const sshd = lab.spawn(ns, SSHD, ['-D', '-e', '-f', files.config]);
     await sshd.waitFor(/Server listening on 127\.0\.0\.1/);
     return {
       log: sshd.output,
       clientOptions: (home) => [
-        '-F', '/dev/null', '-i', path.join(dir, 'user_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
-        '-o', `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=accept-new',
+        ...files.clientOptions,
         '-o', `ProxyCommand=${process.execPath} ${VERTEX_BIN} --home ${home} --log-level info connect %h %p`,
       ],
     };
