@@ -26,6 +26,10 @@ function splitPassword(url: string): { url: string; password: string } {
 
 afterAll(stopAll);
 
+// A hang guard, not a timing: the admin test alone runs ten `vertex server` processes and three
+// scrypt logins; at a load average of 15 on two cores it passed 60 s in a CI run.
+jest.setTimeout(180_000);
+
 describePostgres('vertex server on PostgreSQL', () => {
   const database = postgresDatabase();
   let storeUrl: string;
