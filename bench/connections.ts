@@ -18,6 +18,7 @@
  */
 import type { Duplex } from 'node:stream';
 import { Q2QNode } from '../q2q/negotiate/node';
+import { MAX_DEVICES_PER_ADDRESS } from '../q2q/control/protocol';
 import type { Identity, Q2QStream, RouteName } from '../q2q/negotiate/types';
 import {
   BENCH_LIMITS, connectTcp, connectTls, cpuMs, emit, Endpoints, firstByte, forkBench, INSPECT_ARGS, memoryAfterGc, mapLimit, MemoryTrust, nodeOptions, note, percentile,
@@ -147,7 +148,8 @@ export async function benchConnections(): Promise<void> {
 // ---- server memory per idle agent ----
 
 const AGENTS = Number(process.env.VERTEX_BENCH_AGENTS ?? 1000);
-const AGENT_IDENTITIES = Math.min(AGENTS, Number(process.env.VERTEX_BENCH_AGENT_IDENTITIES ?? 100));
+// Sessions of one identity are its devices, and a server lets at most MAX_DEVICES_PER_ADDRESS listen at once.
+const AGENT_IDENTITIES = Math.min(AGENTS, Math.max(Number(process.env.VERTEX_BENCH_AGENT_IDENTITIES ?? 100), Math.ceil(AGENTS / MAX_DEVICES_PER_ADDRESS)));
 const AGENT_START_PARALLEL = 16;
 /**
  * Agent sessions per child process. Each session holds a TCP socket and the
@@ -159,6 +161,8 @@ const SETTLE_MS = 2000;
 interface AgentsStart {
   endpoints: Record<string, number>;
   identities: Identity[];
+  /** This child's sessions are numbers first .. first + count - 1 of the run. */
+  first: number;
   count: number;
 }
 
@@ -174,7 +178,11 @@ async function runAgentsChild(): Promise<void> {
     void mapLimit([...nodes], 64, (n) => n.stop()).then(() => process.exit(0));
   });
   await mapLimit(Array.from({ length: start.count }, (_, i) => i), AGENT_START_PARALLEL, async (i) => {
-    const node = new Q2QNode(start.identities[i % start.identities.length] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'] }));
+    // Session n is identity n mod k's device n div k: each a device of its own, as on a server with
+    // many users' laptops. The same device twice would replace the first session (issue 13).
+    const n = start.first + i;
+    const k = start.identities.length;
+    const node = new Q2QNode(start.identities[n % k] as Identity, nodeOptions(endpoints, trust, { routes: ['relay'], device: `d${Math.floor(n / k)}` }));
     nodes.add(node);
     node.expose('echo', { onConnection: (s) => s.destroy() });
     await node.start();
@@ -197,6 +205,7 @@ async function startAgentSessions(endpoints: Endpoints, identities: Identity[], 
     proc.child.send({
       endpoints: Object.fromEntries([...endpoints.map].map(([d, e]) => [d, e.port])),
       identities,
+      first: done,
       count: Math.min(AGENTS_PER_PROCESS, count - done),
     } satisfies AgentsStart);
   }
