@@ -85,6 +85,8 @@ export class Broker {
   readonly #relay: Relay;
   readonly #log: Logger;
   #nodes: NodePresence | null = null;
+  /** Each session's last listen (with other nodes, where a listen waits on the node directory). */
+  readonly #listening = new WeakMap<AmpPeer, Promise<AmpArgs>>();
 
   constructor(opts: { domains: readonly string[]; relay: Relay; log: Logger }) {
     this.#servedDomains = new Set(opts.domains);
@@ -124,7 +126,11 @@ export class Broker {
   listen(address: string, peer: AmpPeer, certPem: string, args: AmpArgs, remote = ''): AmpArgs | Promise<AmpArgs> {
     const nodes = this.#nodes;
     if (!nodes) return this.#listen(address, peer, certPem, args, remote, []).answer;
-    return (async () => {
+    // One session's listens apply in the order it sent them. Each waits on the node directory
+    // first, and an agent that exposes two services at start sends two listens back to back:
+    // applied out of order, the older list would win and a service it exposes would be missing.
+    const previous = this.#listening.get(peer) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(async () => {
       // Check the arguments before asking the store (a bad listen costs no query).
       this.#servicesOf(args);
       const device = args.device ? parseDevice(args.device) : UNNAMED_DEVICE;
@@ -136,7 +142,9 @@ export class Broker {
       const moved = elsewhere.find((d) => d.device === device);
       if (moved) nodes.replaced(moved.node, address, device, remote);
       return answer;
-    })();
+    });
+    this.#listening.set(peer, next);
+    return next;
   }
 
   #servicesOf(args: AmpArgs): Set<string> {

@@ -207,3 +207,41 @@ describe('broker: several devices per address', () => {
     expect(listen(broker, session(), 'd0', ['ssh']).device).toBe('d0');
   });
 });
+
+describe('broker: one of several nodes', () => {
+  it('applies one session\'s listens in the order sent, even when the node directory answers the first one last', async () => {
+    // The NAT lab on PostgreSQL caught this: an agent exposing xfer and then ssh at start sent
+    // listen [xfer] and listen [xfer, ssh] back to back; the first one's directory lookup came
+    // back last, so the server kept [xfer] and answered "bob@b.test does not expose ssh".
+    const broker = makeBroker();
+    const lookups: Array<() => void> = [];
+    const puts: string[][] = [];
+    let hold = true;
+    broker.attachNodes({
+      put: async (_address, _device, services) => void puts.push([...services]),
+      remove: () => undefined,
+      devicesElsewhere: () => (hold ? new Promise((resolve) => lookups.push(() => resolve([]))) : Promise.resolve([])),
+      forwardInbound: () => Promise.reject(new Error('no other node here')),
+      replaced: () => undefined,
+      relayReady: () => undefined,
+    });
+    const s = session();
+    const args = (services: string[]) => ({ services: JSON.stringify(services), device: 'vm' });
+    const both = Promise.all([
+      broker.listen(BOB, s.server, 'cert', args(['xfer']), '192.0.2.1:1000'),
+      broker.listen(BOB, s.server, 'cert', args(['xfer', 'ssh']), '192.0.2.1:1000'),
+    ]);
+    let done = false;
+    void both.then(() => (done = true));
+    await settle();
+    // Answer the waiting lookups newest first, as a busy store may, until both listens are in.
+    for (let i = 0; i < 100 && !done; i++) {
+      lookups.pop()?.();
+      await settle();
+    }
+    hold = false;
+    await both;
+    expect(puts).toEqual([['xfer'], ['xfer', 'ssh']]);
+    expect((await broker.inbound(CALLER, { to: BOB, service: 'ssh' })).device).toBe('vm');
+  });
+});
