@@ -19,7 +19,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { vertexError } from '../q2q/errors';
-import { processAlive } from '../q2q/util/process-alive';
 
 export const AGENT_LOCK_FILE = 'agent.lock';
 
@@ -39,8 +38,12 @@ export function lockPath(home: string): string {
 export function isLiveAgent(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   if (pid === process.pid) return true;
-  // Alive but another user's (EPERM) is still a holder: nothing more to check then.
-  if (!processAlive(pid)) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    // EPERM: alive but another user's; still a holder.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
   try {
     const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     return /vertex/.test(cmdline);

@@ -12,7 +12,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { processAlive } from '../q2q/util/process-alive';
 
 const CPU_ROOT = '/sys/fs/cgroup/cpu';
 const PERIOD_US = 100_000;
@@ -25,6 +24,15 @@ export interface CpuBudgets {
   throttled(): Array<{ name: string; periods: number; throttledPeriods: number; throttledMs: number }>;
   /** Moves the processes back where they were and removes the groups (errors are returned, not thrown). */
   release(): string[];
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** The process's group in the v1 cpu hierarchy ("/" for the root), from /proc/<pid>/cgroup. */
@@ -56,7 +64,7 @@ export function cpuBudgetUnavailable(): string | null {
 function removeStaleGroups(): void {
   for (const entry of fs.readdirSync(CPU_ROOT)) {
     const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(entry);
-    if (!m || processAlive(Number(m[1]))) continue;
+    if (!m || alive(Number(m[1]))) continue;
     try {
       fs.rmdirSync(path.join(CPU_ROOT, entry));
     } catch {
@@ -81,7 +89,7 @@ export function placeInCpuBudgets(procs: ReadonlyArray<{ name: string; pid: numb
     const errors: string[] = [];
     for (const g of groups) {
       try {
-        if (processAlive(g.pid)) fs.writeFileSync(path.join(CPU_ROOT, g.from, 'cgroup.procs'), String(g.pid));
+        if (alive(g.pid)) fs.writeFileSync(path.join(CPU_ROOT, g.from, 'cgroup.procs'), String(g.pid));
       } catch (err) {
         errors.push(`${g.name}: moving pid ${g.pid} back to ${g.from}: ${(err as Error).message}`);
       }

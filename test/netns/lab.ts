@@ -32,7 +32,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { inCi, missingToolsLine, TOOLS } from '../helpers/system-tools';
-import { processAlive } from '../../q2q/util/process-alive';
 
 const LAB_TOOLS = [TOOLS.iptables, TOOLS.conntrack, TOOLS.sshd, TOOLS.ssh];
 
@@ -105,13 +104,22 @@ function runSync(cmd: string, args: string[]): CommandResult {
   return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? (r.error?.message ?? '') };
 }
 
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Deletes lab namespaces whose creating process is gone (a crashed run). */
 function sweepStale(): void {
   const list = runSync('ip', ['netns', 'list']).stdout;
   for (const line of list.split('\n')) {
     const name = line.split(' ')[0] ?? '';
     const m = new RegExp(`^${NS_PREFIX}-(\\d+)-`).exec(name);
-    if (m && !processAlive(Number(m[1]))) runSync('ip', ['netns', 'delete', name]);
+    if (m && !pidAlive(Number(m[1]))) runSync('ip', ['netns', 'delete', name]);
   }
 }
 
