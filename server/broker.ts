@@ -18,6 +18,21 @@ import type { Relay } from './relay';
 import type { RemoteDevice } from './store/node-directory';
 
 const TOKEN_RE = /^[0-9a-f]{32}$/;
+
+/**
+ * Whether the caller may open a relay leg, by the routes its inbound names:
+ * only then are the other nodes told where its token pairs (server/relay.ts).
+ * No list, or one that does not parse (an older agent), counts as yes.
+ */
+function mayRelay(routes: string | undefined): boolean {
+  if (routes === undefined) return true;
+  try {
+    const list = JSON.parse(routes) as unknown;
+    return !Array.isArray(list) || list.includes('relay');
+  } catch {
+    return true;
+  }
+}
 export const MAX_SERVICES_PER_LISTENER = 256;
 /** How long a presence or replaced push may take; nobody waits on it. */
 const PUSH_TIMEOUT_MS = 10_000;
@@ -316,7 +331,7 @@ export class Broker {
       // relay-ready goes to the listener through its node.
       const device = answer.device ?? chosen.remote.device;
       const nodes = this.#nodes!;
-      this.#relay.register(token, caller.address, to, () => nodes.relayReady(node, { token, to, device }));
+      this.#relay.register(token, caller.address, to, () => nodes.relayReady(node, { token, to, device }), { announce: mayRelay(args.routes) });
       this.#log.info({ from: caller.address, fromDevice, to, device: answer.device, node, service }, 'inbound brokered through another node');
       return {
         token,
@@ -442,7 +457,7 @@ export class Broker {
       const listenerPeer = listener.peer;
       this.#relay.register(token, caller.address, to, () => {
         if (!listenerPeer.closed) listenerPeer.callNoAnswer(COMMANDS.relayReady, { token });
-      });
+      }, { announce: mayRelay(args.routes) });
     }
     this.#log.info({ from: caller.address, fromDevice, to, device: listener.device, named: req.named, service }, 'inbound brokered');
     return {

@@ -192,6 +192,7 @@ export class IdentityServer {
       // A relay leg's certificate is checked as a control session's is, when it opens and again once registered.
       authenticate: async (certPem) => ({ ...(await this.#authenticate(certPem)), certPem }),
       noLegProof: this.#faults.has('relay-no-leg-proof'),
+      carryUnknown: this.#faults.has('relay-carry-unknown'),
       recheck: (owner, close) => this.#recheckOnceOpen({
         remoteAddress: '', remotePort: 0, authenticatedAs: owner.address, certPem: owner.certPem, local: owner.local, serial: owner.serial,
       }, close),

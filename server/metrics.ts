@@ -38,6 +38,7 @@ export class ServerMetrics implements MetricsSource {
   readonly #storeSeconds: Histogram<'op' | 'outcome'>;
   readonly #nodeForwards: Counter<'outcome'>;
   readonly #nodeLegs: Counter<'outcome'>;
+  readonly #nodeTokens: Counter<'outcome'>;
   readonly #presenceLookups: Counter<'source'>;
   readonly #unauthenticatedRefused: Counter<'reason'>;
   #gauges: ServerGauges | null = null;
@@ -94,6 +95,10 @@ export class ServerMetrics implements MetricsSource {
       name: 'vertex_server_node_relay_legs_total', help: 'Relay legs carried to the node where their token pairs, by outcome',
       labelNames: ['outcome'], registers,
     });
+    this.#nodeTokens = new Counter({
+      name: 'vertex_server_node_relay_tokens_total', help: 'Relay token ids this node told another node of (counted per node told): sent, or failed (the node was not reached)',
+      labelNames: ['outcome'], registers,
+    });
     this.#presenceLookups = new Counter({
       name: 'vertex_server_presence_lookups_total', help: 'Reads of where the devices on other nodes are, by source (memory: the copy the store\'s notifications keep; store: a query)',
       labelNames: ['source'], registers,
@@ -137,6 +142,11 @@ export class ServerMetrics implements MetricsSource {
   /** A relay leg this node carried to another node, or could not. */
   nodeRelayLeg(outcome: string): void {
     this.#nodeLegs.inc({ outcome });
+  }
+
+  /** Relay token ids registered here and told to another node (server/node-mesh.ts), or that could not be. */
+  nodeRelayTokens(outcome: 'sent' | 'failed', count: number): void {
+    this.#nodeTokens.inc({ outcome }, count);
   }
 
   /** A read of the other nodes' devices (server/store/node-directory.ts), answered from memory or by a store query. */

@@ -18,18 +18,24 @@
  *   `node-inbound` (AMP, ALPN q2q-node/1). That node asks its agent and
  *   answers with the token, candidates and the listener's certificate; the
  *   token pairs on the caller's node.
- * - Relay: a relay leg whose token pairs on another node is carried there:
- *   this node opens a plain TCP connection to that node's port with the
- *   leg's own request, unchanged (q2q/transport/relay-leg.ts), and splices
- *   the two. Only a node that knows the token can open the request (it is
- *   sealed with it), so this node carries only legs whose token id it knows
- *   to pair elsewhere (it forwarded that inbound to its listener, and so
- *   knows the node) and refuses any other unknown token id. The node holding
- *   the token opens and checks the request itself, as it checks a leg from
- *   an agent (seal, signature, certificate, token proof), and answers
- *   {held: 1}; so nothing rests on which node carried it. The relayed bytes
- *   are the peers' own TLS, as on one node: no node adds a TLS layer of its
- *   own to them.
+ * - Relay: a token pairs on the node that registered it (the caller's), and
+ *   that node tells every other live node its token id (`node-relay-tokens`,
+ *   batched, over the authenticated node session, so a node can only name
+ *   itself as the holder). A relay leg may land on any node (a balancer or
+ *   DNS round robin picks it); one whose token pairs on another node is
+ *   carried there: this node opens a plain TCP connection to that node's
+ *   port with the leg's own request, unchanged (q2q/transport/relay-leg.ts),
+ *   and splices the two. Only a node that knows the token can open the
+ *   request (it is sealed with it), so this node carries only legs whose
+ *   token id a node told it of (or that it forwarded the inbound for), and
+ *   refuses any other token id itself, after waiting a moment for an
+ *   announcement still on its way (server/relay.ts, ROUTE_WAIT_MS): no store
+ *   query, no other node asked. The node holding the token opens and checks
+ *   the request itself, as it checks a leg from an agent (seal, signature,
+ *   certificate, token proof), and answers {held: 1}; so nothing rests on
+ *   which node carried it, and nothing is spliced before that answer. A
+ *   carried leg is never carried on. The relayed bytes are the peers' own
+ *   TLS, as on one node: no node adds a TLS layer of its own to them.
  */
 import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
@@ -51,7 +57,14 @@ import type { ServerMetrics } from './metrics';
 import { NodeDirectory, type NodeInfo, type RemoteDevice } from './store/node-directory';
 
 export const ALPN_NODE = 'q2q-node/1';
-export const NODE_COMMANDS = { inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence', relayReady: 'node-relay-ready' } as const;
+export const NODE_COMMANDS = {
+  inbound: 'node-inbound', replaced: 'node-replaced', presence: 'node-presence', relayReady: 'node-relay-ready', relayTokens: 'node-relay-tokens',
+} as const;
+/** Token ids per node-relay-tokens box (33 bytes each in the box: well under an AMP value's 65,535). */
+const MAX_TOKEN_IDS_PER_BOX = 1_000;
+const TOKEN_ID_RE = /^[0-9a-f]{32}$/;
+/** A node not reached with token ids is skipped this long before the next try. */
+const TOKENS_RETRY_MS = 1_000;
 /** How long a node-replaced or node-presence notice may take; nobody waits on it. */
 const NOTICE_TIMEOUT_MS = 10_000;
 /** A node-to-node TLS connection that takes longer than this failed. */
@@ -97,6 +110,10 @@ export class NodeMesh implements NodePresence {
   /** Node endpoints by name, so that a forwarded inbound costs no store query. */
   readonly #nodeInfo = new Map<string, { info: NodeInfo; at: number }>();
   #directory: NodeDirectory | null = null;
+  /** Token ids registered here not yet sent to the other nodes, by domain (sent together, once per turn of the event loop). */
+  readonly #announcing = new Map<string, string[]>();
+  /** Nodes that could not be reached with token ids, until when they are skipped (not one connect attempt per batch to a node that is down). */
+  readonly #tokensDownUntil = new Map<string, number>();
   #server: net.Server | null = null;
   #renew: NodeJS.Timeout | null = null;
   #endpoint = '';
@@ -178,7 +195,10 @@ export class NodeMesh implements NodePresence {
       throw err;
     }
     this.#opts.broker.attachNodes(this);
-    this.#opts.relay.setForwarder((leg, header, node, carried) => void this.#forwardLeg(leg, header, node, carried));
+    this.#opts.relay.attachMesh({
+      forward: (leg, header, node, carried) => void this.#forwardLeg(leg, header, node, carried),
+      announce: (tokenId, domain) => this.#announce(tokenId, domain),
+    });
     this.#log.info({ node: this.#opts.name, listen: formatEndpoint(this.#opts.listen.host, bound.port), endpoint: this.#endpoint }, 'node-to-node listening (mutual tls)');
   }
 
@@ -290,6 +310,14 @@ export class NodeMesh implements NodePresence {
       const to = inDomain(NODE_COMMANDS.inbound, args.to ?? '');
       // The caller was authenticated by the node that asks (a node of this domain).
       return this.#opts.broker.inboundFromNode({ address: args.from ?? '', certPem: args.certificate ?? '' }, args, peerNode);
+    });
+    // The other node registered these tokens: a leg for one that lands here is carried there. It
+    // can name only itself (peerNode, from its certificate) as where they pair.
+    peer.handle(NODE_COMMANDS.relayTokens, (args) => {
+      const ids = (args.token_ids ?? '').split(',');
+      if (ids.length > MAX_TOKEN_IDS_PER_BOX || !ids.every((id) => TOKEN_ID_RE.test(id))) throw vertexError('BadRequest', `${NODE_COMMANDS.relayTokens}: malformed token ids`);
+      for (const id of ids) this.#opts.relay.pairsOnId(id, peerNode);
+      return {};
     });
     // The caller's relay leg is in at the node holding the token: tell the listener, which is here.
     peer.handle(NODE_COMMANDS.relayReady, (args) => {
@@ -440,6 +468,45 @@ export class NodeMesh implements NodePresence {
     }
   }
 
+  /** Queues a token id registered here for the other nodes; the queue goes out once per turn of the event loop. */
+  #announce(tokenId: string, domain: string): void {
+    let queue = this.#announcing.get(domain);
+    if (!queue) {
+      queue = [];
+      this.#announcing.set(domain, queue);
+      setImmediate(() => {
+        this.#announcing.delete(domain);
+        void this.#sendTokenIds(domain, queue as string[]);
+      });
+    }
+    queue.push(tokenId);
+  }
+
+  /**
+   * Tells every other live node (as of the last heartbeat) that these token
+   * ids pair here. Nobody waits for it: a node that does not hear of a token
+   * refuses its legs (TokenInvalid), as before there were announcements.
+   */
+  async #sendTokenIds(domain: string, ids: string[]): Promise<void> {
+    const now = Date.now();
+    const nodes = (this.#directory?.aliveNodes() ?? []).filter((name) => (this.#tokensDownUntil.get(name) ?? 0) <= now);
+    await Promise.all(nodes.map(async (name) => {
+      try {
+        const info = await this.#nodeNamed(name);
+        if (!info) return;
+        const peer = await this.#peer(info, domain);
+        for (let i = 0; i < ids.length; i += MAX_TOKEN_IDS_PER_BOX) {
+          peer.callNoAnswer(NODE_COMMANDS.relayTokens, { token_ids: ids.slice(i, i + MAX_TOKEN_IDS_PER_BOX).join(',') });
+        }
+        this.#opts.metrics?.nodeRelayTokens('sent', ids.length);
+      } catch (err) {
+        this.#tokensDownUntil.set(name, Date.now() + TOKENS_RETRY_MS);
+        this.#opts.metrics?.nodeRelayTokens('failed', ids.length);
+        this.#log.debug({ node: name, count: ids.length, reason: (err as Error).message }, 'relay token ids not sent to a node');
+      }
+    }));
+  }
+
   /**
    * A relay leg whose token pairs on `known`: carried there, its request
    * unchanged (this node cannot open it: it does not know the token), and
@@ -455,7 +522,8 @@ export class NodeMesh implements NodePresence {
     };
     let node: NodeInfo | null;
     try {
-      node = await this.#nodeNamed(known);
+      // '' only under the test fault relay-carry-unknown: any other live node.
+      node = await this.#nodeNamed(known !== '' ? known : (this.#directory?.aliveNodes()[0] ?? ''));
     } catch (err) {
       return refuse(vertexError('StorageUnavailable', `relay: cannot find the node holding the token: ${(err as Error).message}`));
     }

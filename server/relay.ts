@@ -47,17 +47,48 @@ export interface RelayOptions {
   noLegProof?: boolean;
   /** Checks again once the leg is registered (a revocation racing its opening) and calls `close` if it fails. */
   recheck?: (owner: LegOwner, close: () => void) => void;
+  /**
+   * Test fault `relay-carry-unknown` (server/test-faults.ts): a leg whose
+   * token id no node announced is carried to another node (as a design that
+   * asks around would) instead of being refused where it lands.
+   */
+  carryUnknown?: boolean;
+  /** How long a leg for a token id not known here waits for an announcement; default ROUTE_WAIT_MS (unit tests shorten it). */
+  routeWaitMs?: number;
 }
 
 type Role = 'caller' | 'listener';
 
 /**
  * Takes a relay leg whose token pairs on another node, `node` (this node
- * forwarded the inbound), to that node (server/node-mesh.ts), which opens
- * and checks the request in full: this node cannot, as it does not know the
- * token. `carried` runs once that node has taken the leg ({held: 1}).
+ * forwarded the inbound, or the node holding the token announced it), to
+ * that node (server/node-mesh.ts), which opens and checks the request in
+ * full: this node cannot, as it does not know the token. `carried` runs once
+ * that node has taken the leg ({held: 1}). `node` is '' only under the test
+ * fault `relay-carry-unknown` (any other node).
  */
 export type LegForwarder = (leg: net.Socket, header: LegHeader, node: string, carried: () => void) => void;
+
+/** With several nodes (server/node-mesh.ts): carries legs to other nodes, and tells them which token ids pair here. */
+export interface RelayMesh {
+  forward: LegForwarder;
+  /** A token registered here for a listener of `domain`: the other nodes learn that its id pairs on this node. */
+  announce: (tokenId: string, domain: string) => void;
+}
+
+/**
+ * How long a leg whose token id this node does not know waits for the node
+ * holding the token to announce it (the announcement and the answer that
+ * gave the caller the token leave the holding node at the same moment, and
+ * may arrive in either order). A leg for a token id nobody announces is
+ * refused after this: it costs a timer, no store query and no other node's
+ * work. Below the agents' pairing timeout (RELAY_PAIRING_TIMEOUT_MS).
+ */
+export const ROUTE_WAIT_MS = 5_000;
+/** Legs waiting for an announcement at once; more are refused without waiting. */
+export const MAX_ROUTE_WAITERS = 4_096;
+/** How often the token ids known to pair on other nodes are swept of expired ones. */
+const ELSEWHERE_SWEEP_MS = 1_000;
 
 interface PendingRelay {
   /** The token itself: it opens and proves legs' requests (openLegRequest); it is never sent to them. */
@@ -109,9 +140,18 @@ export class Relay {
   /** Every open leg (pending or spliced) and whose certificate opened it, so a revocation can close it. */
   readonly #owners = new Map<net.Socket, { user: string; serial: string }>();
   #activeStreams = 0;
-  /** Token ids brokered here for another node's caller: they pair on that node. */
-  readonly #elsewhere = new Map<string, string>();
-  #forward: LegForwarder | null = null;
+  /**
+   * Token ids that pair on another node, with that node and until when:
+   * brokered here for another node's caller (pairsOn), or announced by the
+   * node holding the token (pairsOnId). In insertion order, and every entry
+   * lives TOKEN_LIFETIME_MS, so the oldest are first: a sweep drops them.
+   */
+  readonly #elsewhere = new Map<string, { node: string; until: number }>();
+  #sweep: NodeJS.Timeout | null = null;
+  /** Legs waiting for their token id to be announced (or registered here), by token id. */
+  readonly #waiting = new Map<string, Set<() => void>>();
+  #waiters = 0;
+  #mesh: RelayMesh | null = null;
 
   constructor(opts: RelayOptions) {
     this.#opts = opts;
@@ -131,7 +171,7 @@ export class Relay {
    * listener opens its leg only for a caller who is really there (DESIGN.md:
    * relay-ready).
    */
-  register(token: string, caller: string, listener: string, callerIn?: () => void): void {
+  register(token: string, caller: string, listener: string, callerIn?: () => void, opts: { announce?: boolean } = {}): void {
     if (!this.#opts.enabled) return;
     const id = relayTokenId(token);
     const timer = setTimeout(() => this.#expire(id), TOKEN_LIFETIME_MS);
@@ -139,21 +179,90 @@ export class Relay {
     this.#pending.set(id, {
       token, caller, listener, expiresAt: Date.now() + TOKEN_LIFETIME_MS, legs: {}, nonces: new Set(), timer, ...(callerIn && { callerIn }),
     });
+    this.#wake(id);
+    // Either leg may land on any node of the domain (a balancer or DNS round robin picks it):
+    // every other node learns that this token id pairs here.
+    if (opts.announce !== false) this.#mesh?.announce(id, listener.slice(listener.lastIndexOf('@') + 1).toLowerCase());
   }
 
-  /** With several nodes: legs for tokens this node does not hold go through `forward`. */
-  setForwarder(forward: LegForwarder): void {
-    this.#forward = forward;
+  /** With several nodes: legs for tokens this node does not hold go through the mesh, which also hears of every token registered here. */
+  attachMesh(mesh: RelayMesh): void {
+    this.#mesh = mesh;
   }
 
   /** An inbound this node forwarded to its listener for another node's caller: the token pairs on `node`. */
   pairsOn(token: string, node: string): void {
+    this.pairsOnId(relayTokenId(token), node);
+  }
+
+  /**
+   * `node` announced that it holds a token with this id (server/node-mesh.ts,
+   * over the authenticated node session: a node can only name itself). A
+   * leg for it that lands here is carried there.
+   */
+  pairsOnId(tokenId: string, node: string): void {
     if (!this.#opts.enabled) return;
-    const id = relayTokenId(token);
-    this.#elsewhere.set(id, node);
-    setTimeout(() => {
-      if (this.#elsewhere.get(id) === node) this.#elsewhere.delete(id);
-    }, TOKEN_LIFETIME_MS).unref();
+    // Re-inserted, so that the map stays in expiry order.
+    this.#elsewhere.delete(tokenId);
+    this.#elsewhere.set(tokenId, { node, until: Date.now() + TOKEN_LIFETIME_MS });
+    this.#sweep ??= setInterval(() => this.#sweepElsewhere(), ELSEWHERE_SWEEP_MS).unref();
+    this.#wake(tokenId);
+  }
+
+  #sweepElsewhere(): void {
+    const now = Date.now();
+    for (const [id, entry] of this.#elsewhere) {
+      if (entry.until > now) break;
+      this.#elsewhere.delete(id);
+    }
+    if (this.#elsewhere.size === 0 && this.#sweep) {
+      clearInterval(this.#sweep);
+      this.#sweep = null;
+    }
+  }
+
+  /** Where a token id pairs, if on another node and not expired. */
+  #elsewhereNode(tokenId: string): string | undefined {
+    const entry = this.#elsewhere.get(tokenId);
+    return entry && entry.until > Date.now() ? entry.node : undefined;
+  }
+
+  #wake(tokenId: string): void {
+    const waiting = this.#waiting.get(tokenId);
+    if (!waiting) return;
+    this.#waiting.delete(tokenId);
+    for (const wake of waiting) wake();
+  }
+
+  /**
+   * Waits up to ROUTE_WAIT_MS for a token id to be announced by another node
+   * or registered here; false when it was not (or too many legs wait already).
+   */
+  #awaitRoute(tokenId: string, socket: net.Socket): Promise<boolean> {
+    if (this.#waiters >= MAX_ROUTE_WAITERS || socket.destroyed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      let set = this.#waiting.get(tokenId);
+      if (!set) {
+        set = new Set();
+        this.#waiting.set(tokenId, set);
+      }
+      const waiting = set;
+      this.#waiters += 1;
+      const done = (found: boolean) => {
+        clearTimeout(timer);
+        socket.off('close', onClose);
+        waiting.delete(wake);
+        if (waiting.size === 0 && this.#waiting.get(tokenId) === waiting) this.#waiting.delete(tokenId);
+        this.#waiters -= 1;
+        resolve(found);
+      };
+      const wake = () => done(true);
+      const onClose = () => done(false);
+      const timer = setTimeout(() => done(false), this.#opts.routeWaitMs ?? ROUTE_WAIT_MS);
+      timer.unref();
+      waiting.add(wake);
+      socket.once('close', onClose);
+    });
   }
 
   #expire(id: string): void {
@@ -202,15 +311,24 @@ export class Relay {
     }
     if (!this.#opts.enabled) return refuseEarly(vertexError('NotAllowed', 'relay: this server does not relay'), 'request', 'BadRequest');
     if (!this.#opts.authenticate) return refuseEarly(vertexError('NotAllowed', 'relay: this server checks no relay legs'), 'certificate', 'CertificateInvalid');
-    const pending = this.#pending.get(header.tokenId);
-    if (!pending) {
-      // Only the node holding the token can open the request: a leg for a token brokered here
-      // for another node's caller goes there whole. Any other token id is refused here (an
-      // unauthenticated request makes this node dial only where it sent the inbound itself).
-      const node = hooks.forwardedBy ? undefined : this.#elsewhere.get(header.tokenId);
-      if (node !== undefined && this.#forward) return this.#forward(socket, header, node, () => hooks.onCarried?.());
-      return refuseEarly(vertexError('TokenInvalid', 'relay: unknown, expired or used token'), 'token', 'TokenInvalid');
+    let pending = this.#pending.get(header.tokenId);
+    if (!pending && !hooks.forwardedBy && this.#mesh) {
+      // Only the node holding the token can open the request: a leg for a token that pairs on
+      // another node goes there whole, when this node knows that node (it forwarded the inbound
+      // there, or that node announced the token id over the node mesh). A token id not known yet
+      // may be announced in a moment; one nobody announces is refused here, so an
+      // unauthenticated request makes this node dial only a node that told it of that token id.
+      // A leg carried here by another node pairs here or is refused: it is never carried on.
+      if (this.#elsewhereNode(header.tokenId) === undefined && !await this.#awaitRoute(header.tokenId, socket)) {
+        if (socket.destroyed) return;
+        if (this.#opts.carryUnknown) return this.#mesh.forward(socket, header, '', () => hooks.onCarried?.());
+      }
+      if (socket.destroyed) return;
+      pending = this.#pending.get(header.tokenId);
+      const node = pending ? undefined : this.#elsewhereNode(header.tokenId);
+      if (node !== undefined) return this.#mesh.forward(socket, header, node, () => hooks.onCarried?.());
     }
+    if (!pending) return refuseEarly(vertexError('TokenInvalid', 'relay: unknown, expired or used token'), 'token', 'TokenInvalid');
     let request: LegRequest;
     try {
       request = openLegRequest(header, pending.token, this.#opts.noLegProof === true);
@@ -324,6 +442,9 @@ export class Relay {
   stop(): void {
     for (const pending of this.#pending.values()) clearTimeout(pending.timer);
     this.#pending.clear();
+    if (this.#sweep) clearInterval(this.#sweep);
+    this.#sweep = null;
+    this.#elsewhere.clear();
     for (const socket of this.#active) abortTcp(socket);
   }
 }

@@ -21,15 +21,18 @@
  *   nonce is fresh: the name of a token and any certificate open a leg.
  * - `no-node-cert-check`: the node-to-node mesh admits any node certificate
  *   of the domain CA, recorded or not, revoked or not (server/node-mesh.ts).
+ * - `relay-carry-unknown`: a node carries a relay leg whose token id no node
+ *   announced to it to another live node (as a design that asks around
+ *   would), instead of refusing it where it lands (server/relay.ts).
  * - `windowed-password-budgets`: the per-account password budget is a fixed
  *   window again, not a token bucket (server/rate-limiter.ts): a flood from
  *   several addresses buys all their checks at once.
  */
 export type TestFault = 'no-change-feed' | 'no-request-check' | 'no-cert-status' | 'no-admission-priority' | 'relay-no-leg-proof' | 'no-node-cert-check'
-  | 'windowed-password-budgets';
+  | 'windowed-password-budgets' | 'relay-carry-unknown';
 
 const KNOWN: readonly TestFault[] = ['no-change-feed', 'no-request-check', 'no-cert-status', 'no-admission-priority', 'relay-no-leg-proof', 'no-node-cert-check',
-  'windowed-password-budgets'];
+  'windowed-password-budgets', 'relay-carry-unknown'];
 
 export function testFaults(env: NodeJS.ProcessEnv = process.env): ReadonlySet<TestFault> {
   if (env.NODE_ENV !== 'test' || !env.VERTEX_TEST_FAULT) return new Set();

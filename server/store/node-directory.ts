@@ -480,6 +480,11 @@ export class NodeDirectory {
     }
   }
 
+  /** The other nodes alive as of the last heartbeat (memory only: no query). */
+  aliveNodes(): string[] {
+    return [...this.#alive].filter(([, alive]) => alive).map(([name]) => name).sort();
+  }
+
   /** Other live nodes, by name. */
   async liveNodes(): Promise<NodeInfo[]> {
     const { rows } = await this.#pool.query<NodeInfo>(

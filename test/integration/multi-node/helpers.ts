@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { HomeStore, type StoredIdentity } from '../../../agent/home-store';
 import { createServerResolver } from '../../../q2q/control/discovery';
@@ -132,3 +133,57 @@ export async function throughForward(caller: TestAgent, to: string, payload: Buf
   }
 }
 
+
+/**
+ * A TCP load balancer in front of the nodes, as an operator may put one
+ * (docs/deploy.md), whose pick the test decides: each new TLS connection
+ * (a control session) goes to `control`, each other connection (a relay
+ * leg, which opens in the clear) to `legs`. So an agent's control session
+ * and its relay legs land on different nodes, as they may behind any
+ * balancer or DNS round robin. Bytes, half-closes and resets are passed on
+ * as they are (the relay legs carry the peers' own TLS).
+ */
+export interface Balancer {
+  port: number;
+  control: ServerHandle;
+  legs: ServerHandle;
+  /** As a ServerHandle for agentOn: registration goes to `control` directly, agent.yaml names the balancer. */
+  handle(): ServerHandle;
+  close(): Promise<void>;
+}
+
+export async function startBalancer(control: ServerHandle, legs: ServerHandle): Promise<Balancer> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (client) => {
+    sockets.add(client);
+    client.once('close', () => sockets.delete(client));
+    client.on('error', () => undefined);
+    client.once('data', (first: Buffer) => {
+      client.pause();
+      const to = first[0] === 0x16 ? balancer.control : balancer.legs;
+      const upstream = net.connect({ host: '127.0.0.1', port: to.port, allowHalfOpen: true });
+      sockets.add(upstream);
+      upstream.once('close', () => sockets.delete(upstream));
+      upstream.on('error', () => undefined);
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+      // A reset on one side is a reset on the other (a close without an end).
+      client.once('close', () => { if (!client.readableEnded) upstream.resetAndDestroy(); });
+      upstream.once('close', () => { if (!upstream.readableEnded) client.resetAndDestroy(); });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const balancer: Balancer = {
+    port: (server.address() as net.AddressInfo).port,
+    control,
+    legs,
+    handle: () => ({ ...balancer.control, port: balancer.port }),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  return balancer;
+}
