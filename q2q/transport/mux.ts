@@ -6,6 +6,10 @@
  * - per-stream flow control: a receiver grants each stream a window and
  *   returns credit as its reader consumes, so a slow reader stalls only its
  *   own stream, and never buffers more than one window;
+ * - a session budget (RFC 9113 §6.9's connection window): DATA of all
+ *   streams also spends the session's credit, returned as readers consume,
+ *   so a peer can make this side hold at most one session window, however
+ *   many streams it opens and however few of them are read;
  * - fair sending: streams with data and credit take turns, one frame each
  *   (at most MUX_DATA_FRAME bytes), whenever the channel has room;
  * - half-close: end() sends END and the other end reads 'end', while the
@@ -29,8 +33,8 @@ import { isErrorCode, vertexError, VertexError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { Deadlines } from '../util/deadlines';
 import {
-  decodeFields, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder, frameName,
-  MUX_HEADER_BYTES, MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
+  decodeFields, decodeHello, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeHello, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder, frameName,
+  MUX_HEADER_BYTES, MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, MUX_MIN_WINDOW, MUX_VERSION, PING_PAYLOAD_BYTES, type FrameType,
 } from '../wire/mux-frame';
 
 // Implementation tunables.
@@ -44,14 +48,29 @@ import {
  * most this much of its stream.
  */
 export const MUX_DEFAULT_WINDOW = 4 * 1024 * 1024;
+/**
+ * Receive window of the whole session: DATA bytes of all streams together that a
+ * peer may send ahead of our readers, so the most one peer session can make this
+ * side buffer. 32 MiB = 8 stream windows: one bulk stream never waits for session
+ * credit (it holds at most its 4 MiB, and credit comes back in quarters, so at
+ * least 20 MiB stay free), and up to 6 streams whose readers stalled with full
+ * windows still leave a fast stream a full window. docs/multiplexing.md "Session
+ * budget" has the worst case per session and per agent.
+ */
+export const MUX_DEFAULT_SESSION_WINDOW = 32 * 1024 * 1024;
 /** DATA frames are cut at this size, so that streams sharing a channel take turns often. */
 export const MUX_DATA_FRAME = 64 * 1024;
 /** A PING goes out after this long without a byte from the peer. */
 export const MUX_KEEPALIVE_MS = 2_500;
 /** The session is declared dead after this long without a byte from the peer (ARCHITECTURE: a dead peer within 10 s). */
 export const MUX_DEAD_AFTER_MS = 7_500;
-/** Streams the peer may have open at once; further OPENs are refused. */
-export const MUX_DEFAULT_MAX_INCOMING = 100_000;
+/**
+ * Streams the peer may have open at once; further OPENs are refused (NotAllowed).
+ * 4,096, not the 100,000 of before: each incoming stream is a MuxStream (about 2 KB)
+ * and, once accepted, usually a socket to a local service, whose buffers the session
+ * budget does not count; a browser through SOCKS opens a few hundred.
+ */
+export const MUX_DEFAULT_MAX_INCOMING = 4_096;
 /** After a clean end, how long the far side may take to end too before the channel is destroyed. */
 export const MUX_CLOSE_LINGER_MS = 10_000;
 /** How long an OPEN waits for ACCEPT or REFUSE. */
@@ -72,7 +91,10 @@ const MAX_SERVICE_BYTES = 255;
 export interface MuxSessionOptions {
   /** True on the side that set the channel up: it opens odd stream ids, the other side even ones. */
   initiator: boolean;
+  /** Receive window of each stream (MUX_DEFAULT_WINDOW). */
   window?: number;
+  /** Receive window of the whole session (MUX_DEFAULT_SESSION_WINDOW), at least `window`'s minimum. */
+  sessionWindow?: number;
   keepaliveMs?: number;
   deadAfterMs?: number;
   maxIncomingStreams?: number;
@@ -115,6 +137,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   readonly #channel: Duplex;
   readonly #clock: Clock;
   readonly #window: number;
+  readonly #sessionWindow: number;
   readonly #keepaliveMs: number;
   readonly #deadAfterMs: number;
   readonly #maxIncoming: number;
@@ -130,6 +153,16 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   #lastPeerId = 0;
   #incoming = 0;
   #peerWindow: number | null = null;
+  // The session budget, receiving (see "session budget" below): DATA payload bytes
+  // received on all streams, taken by readers (or dropped), and the most the peer
+  // may send before it gets more session credit.
+  #sessionReceived = 0;
+  #sessionConsumed = 0;
+  #sessionAllowed: number;
+  /** The peer's HELLO had a sessionWindow: it honours session credit, and understands WINDOW on stream 0. */
+  #peerHasSessionWindow = false;
+  /** Session credit for sending: bytes the peer still lets all our streams send (Infinity to a peer without a session window). */
+  #sendSessionCredit = 0;
   #goawaySent = false;
   #goawayReceived = false;
   #ending = false;
@@ -164,9 +197,13 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#reuse = channel instanceof Socket;
     this.#clock = opts.clock ?? systemClock;
     this.#window = opts.window ?? MUX_DEFAULT_WINDOW;
-    if (!Number.isInteger(this.#window) || this.#window < MUX_DATA_FRAME || this.#window > MUX_MAX_WINDOW) {
-      throw vertexError('Internal', `mux session: window ${this.#window} must be an integer in ${MUX_DATA_FRAME}..${MUX_MAX_WINDOW}`);
+    this.#sessionWindow = opts.sessionWindow ?? MUX_DEFAULT_SESSION_WINDOW;
+    for (const [name, value] of [['window', this.#window], ['sessionWindow', this.#sessionWindow]] as const) {
+      if (!Number.isInteger(value) || value < MUX_MIN_WINDOW || value > MUX_MAX_WINDOW) {
+        throw vertexError('Internal', `mux session: ${name} ${value} must be an integer in ${MUX_MIN_WINDOW}..${MUX_MAX_WINDOW}`);
+      }
     }
+    this.#sessionAllowed = this.#sessionWindow;
     this.#keepaliveMs = opts.keepaliveMs ?? MUX_KEEPALIVE_MS;
     this.#deadAfterMs = opts.deadAfterMs ?? MUX_DEAD_AFTER_MS;
     this.#maxIncoming = opts.maxIncomingStreams ?? MUX_DEFAULT_MAX_INCOMING;
@@ -195,7 +232,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     // transport cancelled as it went), and one without a listener would end the process.
     channel.on('error', (err: Error) => this.#fail(err instanceof VertexError ? err : vertexError('ConnectionLost', `mux session: ${err.message}`, err)));
     channel.once('close', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel closed')));
-    this.#writeControl(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: MUX_VERSION, window: String(this.#window) })));
+    this.#writeControl(encodeFrame(FRAME.HELLO, 0, encodeHello({ version: MUX_VERSION, window: this.#window, sessionWindow: this.#sessionWindow })));
     this.#armTimer(this.#keepaliveMs);
   }
 
@@ -219,6 +256,15 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
   get bytesOut(): number {
     return this.#bytesOut;
+  }
+
+  /**
+   * DATA payload bytes received and not yet taken by a reader, on all streams
+   * (accepted or not): what the peer makes this side hold. At most the session
+   * window (MUX_DEFAULT_SESSION_WINDOW).
+   */
+  get bytesBuffered(): number {
+    return this.#sessionReceived - this.#sessionConsumed;
   }
 
   /** Opens a stream to `service`; resolves once the peer accepted it. */
@@ -319,6 +365,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   /** @internal writes one DATA frame: its header and a copy of `payload` join the send buffer. */
   writeData(id: number, payload: Buffer): void {
     this.#bytesOut += payload.length;
+    this.#sendSessionCredit -= payload.length;
     const out = this.#room(MUX_HEADER_BYTES + payload.length);
     let at = this.#outLength;
     out[at] = FRAME.DATA;
@@ -353,6 +400,39 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   /** @internal the window this side grants. */
   get window(): number {
     return this.#window;
+  }
+
+  /** @internal session credit for sending (the pump never calls sendFrame without some). */
+  get sendSessionCredit(): number {
+    return this.#sendSessionCredit;
+  }
+
+  // ---- session budget ----
+
+  // Receiving: every DATA byte counts against the session window when it
+  // arrives, whichever stream it is for (accepted, waiting for this side's
+  // ACCEPT, or already gone), and comes back when a reader takes it from its
+  // stream, or when it is dropped (a stream destroyed with bytes unread, DATA
+  // for a stream that is gone). Credit goes back to the peer in WINDOW frames
+  // on stream 0, a quarter of the window at a time, or every byte while the
+  // peer has less than half of the window left (so a few streams that hold
+  // most of it cannot keep the others waiting for a quarter). A peer whose
+  // HELLO had a sessionWindow and sends past its session credit breaks the
+  // protocol: MuxDecode, the session closes. A peer whose HELLO had none does
+  // not know session credit; against it the budget is kept by resetting the
+  // stream whose DATA would take what we hold over the window (see #onData).
+
+  /** @internal a stream's reader took `n` bytes, or they were dropped: session credit may go back. */
+  consumed(n: number): void {
+    this.#sessionConsumed += n;
+    if (!this.#peerHasSessionWindow || this.#state !== 'open') return;
+    const increment = this.#sessionConsumed + this.#sessionWindow - this.#sessionAllowed;
+    if (increment <= 0) return;
+    const peerLeft = this.#sessionAllowed - this.#sessionReceived;
+    if (increment >= this.#sessionWindow / 4 || peerLeft < this.#sessionWindow / 2) {
+      this.#sessionAllowed += increment;
+      this.#writeControl(encodeWindow(0, increment));
+    }
   }
 
   /** @internal a stream closed: it leaves the tables. */
@@ -460,7 +540,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     if (this.#pumping) return;
     this.#pumping = true;
     try {
-      while (!this.#congested && this.#ready.size > 0 && this.#state === 'open') {
+      // Out of session credit, the streams keep their places in #ready, and a WINDOW on
+      // stream 0 starts the pump again: fair turns, as with channel back-pressure.
+      while (!this.#congested && this.#ready.size > 0 && this.#state === 'open' && this.#sendSessionCredit > 0) {
         const stream = this.#ready.values().next().value as MuxStream;
         this.#ready.delete(stream);
         if (stream.sendFrame()) this.#ready.add(stream);
@@ -476,11 +558,14 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     switch (type) {
       case FRAME.HELLO: {
         if (this.#peerWindow !== null) throw protocolError('a second HELLO');
-        const hello = decodeFields(payload);
-        if (hello.version !== MUX_VERSION) throw vertexError('ProtocolVersion', `mux session: the peer speaks version ${hello.version ?? '(none)'}, not ${MUX_VERSION}`);
-        const window = Number(hello.window);
-        if (!Number.isInteger(window) || window < MUX_DATA_FRAME || window > MUX_MAX_WINDOW) throw protocolError(`HELLO window ${hello.window}`);
-        this.#peerWindow = window;
+        const fields = decodeFields(payload);
+        if (fields.version !== MUX_VERSION) throw vertexError('ProtocolVersion', `mux session: the peer speaks version ${fields.version ?? '(none)'}, not ${MUX_VERSION}`);
+        const hello = decodeHello(payload);
+        this.#peerWindow = hello.window;
+        this.#peerHasSessionWindow = hello.sessionWindow !== null;
+        // A peer without a session window limits only its streams, as before.
+        this.#sendSessionCredit = hello.sessionWindow ?? Number.POSITIVE_INFINITY;
+        if (this.#ready.size > 0 && !this.#congested) this.#pump();
         return;
       }
       case FRAME.OPEN:
@@ -507,6 +592,15 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         return;
       }
       case FRAME.WINDOW: {
+        if (id === 0) {
+          const increment = decodeWindowIncrement(payload);
+          // From a peer without a session window (which never sends one) it means nothing: our credit is unlimited.
+          if (!Number.isFinite(this.#sendSessionCredit)) return;
+          this.#sendSessionCredit += increment;
+          if (this.#sendSessionCredit > MUX_MAX_WINDOW) throw protocolError(`session credit above ${MUX_MAX_WINDOW}`);
+          if (!this.#congested) this.#pump();
+          return;
+        }
         const stream = this.#streams.get(id);
         if (!stream) return this.#unknown(type, id);
         stream.credit(decodeWindowIncrement(payload));
@@ -600,15 +694,34 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     const stream = this.#streams.get(id);
     if (!stream) {
       // DATA already in flight when we reset or refused the stream is dropped.
-      if (!this.#seen(id)) this.#fail(protocolError(`DATA on stream ${id}, which was never opened`));
+      if (!this.#seen(id)) return this.#fail(protocolError(`DATA on stream ${id}, which was never opened`));
+      // The peer spent session credit on it all the same: it counts, and comes back at once.
+      this.#sessionReceived += bytes.length;
+      if (this.#peerHasSessionWindow && this.#sessionReceived > this.#sessionAllowed) return this.#fail(this.#overBudget());
+      this.consumed(bytes.length);
       return;
     }
     this.#bytesIn += bytes.length;
+    this.#sessionReceived += bytes.length;
+    if (this.#peerHasSessionWindow) {
+      if (this.#sessionReceived > this.#sessionAllowed) return this.#fail(this.#overBudget());
+    } else if (this.bytesBuffered > this.#sessionWindow) {
+      // A peer without a session window cannot know it: the stream these bytes are for is
+      // reset, and they are dropped, so what we hold stays within the window all the same.
+      const err = vertexError('ConnectionLost', `stream ${stream.service}: reset, the peer had ${this.bytesBuffered} bytes unread on the session here, over its budget of ${this.#sessionWindow}`);
+      this.#sessionConsumed += bytes.length;
+      stream.destroy(err);
+      return;
+    }
     try {
       stream.receive(bytes, last);
     } catch (err) {
       this.#fail(err as Error);
     }
+  }
+
+  #overBudget(): VertexError {
+    return protocolError(`the peer sent ${this.#sessionReceived - this.#sessionAllowed} bytes past its session window (${this.#sessionWindow})`);
   }
 
   /** True for an id that was opened at some point (by either side). */
@@ -704,6 +817,8 @@ export class MuxStream extends Duplex {
   /** Bytes received, and the most the peer may send before it gets more credit. */
   #received = 0;
   #allowed = 0;
+  /** Bytes received that the session has been told were taken by the reader (or dropped): its budget. */
+  #reported = 0;
   #remoteEnded = false;
   #remoteReset = false;
   #written = 0;
@@ -751,7 +866,7 @@ export class MuxStream extends Duplex {
   sendFrame(): boolean {
     const chunk = this.#pending;
     if (!chunk || this.destroyed) return false;
-    const n = Math.min(chunk.length - this.#pendingAt, this.#credit, MUX_DATA_FRAME);
+    const n = Math.min(chunk.length - this.#pendingAt, this.#credit, MUX_DATA_FRAME, this.#session.sendSessionCredit);
     if (n <= 0) return false;
     const piece = this.#pendingAt === 0 && n === chunk.length ? chunk : chunk.subarray(this.#pendingAt, this.#pendingAt + n);
     this.#pendingAt += n;
@@ -772,9 +887,39 @@ export class MuxStream extends Duplex {
     if (this.#remoteEnded) throw protocolError(`DATA on stream ${this.id} after its END`);
     this.#received += bytes.length;
     if (this.#received > this.#allowed) throw protocolError(`stream ${this.id} sent past its window`);
-    if (this.destroyed || bytes.length === 0) return;
+    if (bytes.length === 0) return;
+    if (this.destroyed) {
+      // Nobody will read them: dropped, and the session's budget gets them back.
+      this.#reported += bytes.length;
+      this.#session.consumed(bytes.length);
+      return;
+    }
     this.push(bytes);
+    this.#settle();
     this.#returnCredit();
+  }
+
+  /**
+   * Tells the session what the reader has taken since the last call. Made after
+   * every push (a flowing reader gets a chunk inside push, without read()) and
+   * after every read(): Node calls _read only on some reads (never while one
+   * _read has had no push), and a stream whose reader took its bytes must give
+   * the session its budget back even if its sender has nothing more to send.
+   */
+  #settle(): void {
+    const consumed = this.#received - this.readableLength;
+    // unshift() can put bytes back; they were counted once already.
+    if (consumed <= this.#reported) return;
+    const n = consumed - this.#reported;
+    this.#reported = consumed;
+    this.#session.consumed(n);
+  }
+
+  // Readable.read is typed any.
+  override read(size?: number): any {
+    const chunk: unknown = super.read(size);
+    if (chunk !== null && !this.destroyed) this.#settle();
+    return chunk;
   }
 
   /** @internal END arrived. */
@@ -850,6 +995,12 @@ export class MuxStream extends Duplex {
     const pendingCallback = this.#pendingCallback;
     this.#pending = null;
     this.#pendingCallback = null;
+    // What the reader never took is dropped with the stream: the session's budget gets it back.
+    if (this.#received > this.#reported) {
+      const n = this.#received - this.#reported;
+      this.#reported = this.#received;
+      this.#session.consumed(n);
+    }
     this.#session.forget(this);
     // The chunk in hand is dropped with the stream; its writer learns of the destroy from 'close'.
     pendingCallback?.(err);

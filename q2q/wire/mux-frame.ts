@@ -15,12 +15,19 @@
  * ids, the other side even ids, each strictly increasing, so both may open
  * streams without agreeing first (as in RFC 9113 §5.1.1). Payloads by type:
  *
- *   HELLO    (session)  AMP box {version, window}: each side's first frame
+ *   HELLO    (session)  AMP box {version, window[, sessionWindow]}: each side's
+ *                       first frame. window: every stream's initial credit towards
+ *                       the sender of the HELLO; sessionWindow (optional, since
+ *                       2026-12-07): the initial credit of the whole session, shared
+ *                       by the DATA of all streams. A HELLO without it comes from a
+ *                       peer that neither honours nor returns session credit.
  *   OPEN     (stream)   AMP box {service}: asks for a stream to that service
  *   ACCEPT   (stream)   empty: the stream is open both ways
  *   REFUSE   (stream)   AMP box {code, description}: it never opened
  *   DATA     (stream)   bytes; counts against the receiver's window
- *   WINDOW   (stream)   uint32 BE increment of the sender's credit
+ *   WINDOW   (stream)   uint32 BE increment of the sender's credit; on stream 0
+ *                       (only to a peer whose HELLO had sessionWindow), of its
+ *                       session credit
  *   END      (stream)   empty: no more DATA this way (half-close, TCP FIN)
  *   RESET    (stream)   AMP box {code, description}: abort both ways (TCP RST)
  *   PING     (session)  8 opaque bytes, answered by PONG with the same bytes
@@ -61,6 +68,8 @@ export const MUX_MAX_FRAME_PAYLOAD = 256 * 1024;
 export const MUX_MAX_CONTROL_PAYLOAD = 4096;
 /** A window may never exceed this (RFC 9113 §6.9.1 uses the same bound). */
 export const MUX_MAX_WINDOW = 2 ** 31 - 1;
+/** Nor be smaller than one full DATA frame as a sender cuts them (64 KiB, MUX_DATA_FRAME in transport/mux.ts). */
+export const MUX_MIN_WINDOW = 64 * 1024;
 
 const NAMES: Record<number, string> = Object.fromEntries(Object.entries(FRAME).map(([k, v]) => [v, k]));
 
@@ -71,6 +80,45 @@ export function frameName(type: number): string {
 /** True for frames that belong to the session rather than one stream (their id must be 0). */
 export function isSessionFrame(type: FrameType): boolean {
   return type === FRAME.HELLO || type === FRAME.PING || type === FRAME.PONG || type === FRAME.GOAWAY;
+}
+
+/** True for a frame allowed on a stream and on the session (id 0): WINDOW, which is either's credit. */
+function isEitherFrame(type: FrameType): boolean {
+  return type === FRAME.WINDOW;
+}
+
+export interface Hello {
+  version: string;
+  /** Every stream's initial credit towards the side that sent the HELLO. */
+  window: number;
+  /** The session's initial credit towards that side; null from a peer that has no session window. */
+  sessionWindow: number | null;
+}
+
+/** HELLO's payload; `sessionWindow` is left out when null (what a peer without session windows sends). */
+export function encodeHello(hello: Hello): Buffer {
+  const fields: Record<string, string> = { version: hello.version, window: String(hello.window) };
+  if (hello.sessionWindow !== null) fields.sessionWindow = String(hello.sessionWindow);
+  return encodeFields(fields);
+}
+
+/**
+ * Reads a HELLO. The version is returned as sent (the session decides what it
+ * speaks); a window outside MUX_MIN_WINDOW..MUX_MAX_WINDOW, or a sessionWindow
+ * that is present but not such a number, is MuxDecode.
+ */
+export function decodeHello(payload: Buffer): Hello {
+  const f = decodeFields(payload);
+  const number = (name: string, value: string | undefined): number => {
+    const n = value !== undefined && /^[0-9]{1,10}$/.test(value) ? Number(value) : NaN;
+    if (!(n >= MUX_MIN_WINDOW && n <= MUX_MAX_WINDOW)) throw vertexError('MuxDecode', `decode mux hello: ${name} ${value ?? '(none)'} out of range`);
+    return n;
+  };
+  return {
+    version: f.version ?? '',
+    window: number('window', f.window),
+    sessionWindow: f.sessionWindow === undefined ? null : number('sessionWindow', f.sessionWindow),
+  };
 }
 
 export function encodeHeader(type: FrameType, streamId: number, length: number): Buffer {
@@ -247,7 +295,7 @@ export class FrameDecoder {
     if (type > LAST_FRAME_TYPE) return this.#fail(`unknown frame type ${type}`);
     const t = type as FrameType;
     if (length > MUX_MAX_FRAME_PAYLOAD) return this.#fail(`${frameName(t)} frame of ${length} bytes exceeds ${MUX_MAX_FRAME_PAYLOAD}`);
-    if (isSessionFrame(t) !== (streamId === 0)) return this.#fail(`${frameName(t)} frame on stream ${streamId}`);
+    if (isSessionFrame(t) !== (streamId === 0) && !isEitherFrame(t)) return this.#fail(`${frameName(t)} frame on stream ${streamId}`);
     this.#type = t;
     this.#streamId = streamId;
     this.#remaining = length;

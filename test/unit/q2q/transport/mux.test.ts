@@ -4,7 +4,9 @@
  * loopback TCP, and the session keeps its promises: per-stream flow control
  * (a stalled reader stalls only its stream), refusals with codes, GOAWAY,
  * streams opened by either side, keepalive and a dead peer noticed by its
- * silence, and a peer that breaks the rules closes the session.
+ * silence, a session budget that bounds what a peer can make this side
+ * hold however many streams it opens, and a peer that breaks the rules
+ * closes the session.
  */
 import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -15,7 +17,7 @@ import { isVertexError, vertexError } from '../../../../q2q/errors';
 import { createDomainCa } from '../../../../q2q/identity';
 import { MuxSession, MuxStream, MUX_DATA_FRAME } from '../../../../q2q/transport/mux';
 import { ManualClock } from '../../../../q2q/util/clock';
-import { encodeFields, encodeFrame, encodeHeader, FRAME } from '../../../../q2q/wire/mux-frame';
+import { decodeFields, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, MUX_MAX_WINDOW } from '../../../../q2q/wire/mux-frame';
 import { memoryPair, transportSuite, type StreamPair } from '../../../integration/connections/transport-suite';
 
 const KB = 1024;
@@ -28,7 +30,7 @@ class SessionPair {
   readonly #accepted = new Map<number, MuxStream>();
   readonly #waiting = new Map<number, (s: MuxStream) => void>();
 
-  constructor(x: Duplex, y: Duplex, opts: { window?: number; clock?: ManualClock } = {}) {
+  constructor(x: Duplex, y: Duplex, opts: { window?: number; sessionWindow?: number; clock?: ManualClock } = {}) {
     const onOpen = (request: { id: number; accept(): MuxStream }) => {
       const stream = request.accept();
       // Closing a session aborts its streams with an error; the tests look at it where it matters.
@@ -64,9 +66,39 @@ class SessionPair {
   }
 }
 
-function memoryChannel(): [Duplex, Duplex] {
-  const { a, b } = memoryPair();
+function memoryChannel(faults: Parameters<typeof memoryPair>[0] = {}): [Duplex, Duplex] {
+  const { a, b } = memoryPair(faults);
   return [a, b];
+}
+
+/**
+ * A channel fault: the HELLO each side sends loses its sessionWindow, which makes
+ * both sides what a peer from before session windows is to us (its HELLO has no
+ * sessionWindow, and it ignores ours).
+ */
+function withoutSessionWindow(chunk: Buffer, offset: number): Buffer {
+  if (offset !== 0 || chunk[0] !== FRAME.HELLO) return chunk;
+  const length = chunk.readUInt32BE(5);
+  const fields = decodeFields(chunk.subarray(9, 9 + length));
+  delete fields.sessionWindow;
+  return Buffer.concat([encodeFrame(FRAME.HELLO, 0, encodeFields(fields)), chunk.subarray(9 + length)]);
+}
+
+/** Records the frames `end` writes (type and stream id), as they reach its channel. */
+function tapFrames(end: Duplex): Array<[number, number]> {
+  const frames: Array<[number, number]> = [];
+  const decoder = new FrameDecoder({ frame: (type, id) => frames.push([type, id]), data: () => undefined });
+  const write = end._write.bind(end);
+  end._write = (chunk: Buffer, encoding: BufferEncoding, callback: (err?: Error | null) => void) => {
+    decoder.push(chunk);
+    write(chunk, encoding, callback);
+  };
+  return frames;
+}
+
+/** Lets queued I/O of the in-memory channel run (a few turns). */
+async function settle(turns = 5): Promise<void> {
+  for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
 }
 
 async function tlsChannel(): Promise<{ channel: [Duplex, Duplex]; close: () => void }> {
@@ -103,6 +135,15 @@ describe('mux streams over TLS on loopback TCP', () => {
     close();
   });
   transportSuite('mux over tls', () => pair.pair());
+});
+
+describe('mux streams with a peer from before session windows (no sessionWindow in HELLO)', () => {
+  let pair: SessionPair;
+  beforeAll(() => {
+    pair = new SessionPair(...memoryChannel({ tamper: withoutSessionWindow }));
+  });
+  afterAll(() => pair.close());
+  transportSuite('mux without session windows', () => pair.pair());
 });
 
 /** Resolves with everything read up to 'end'. */
@@ -388,16 +429,52 @@ describe('mux liveness', () => {
 });
 
 describe('mux peers that break the rules', () => {
-  /** A session B, with a raw channel end to write crafted frames into. */
-  function rawPeer(): { session: MuxSession; send: (b: Buffer) => void; closed: Promise<Error | null> } {
+  /** A session B, with a raw channel end to write crafted frames into; `hello` adds to the raw peer's HELLO. */
+  function rawPeer(opts: { sessionWindow?: number; hello?: Record<string, string> } = {}): { session: MuxSession; send: (b: Buffer) => void; closed: Promise<Error | null> } {
     const [x, y] = memoryChannel();
-    const session = new MuxSession(y, { initiator: false, window: MUX_DATA_FRAME, onOpen: (r) => r.accept().on('error', () => undefined) });
+    const session = new MuxSession(y, { initiator: false, window: MUX_DATA_FRAME, sessionWindow: opts.sessionWindow, onOpen: (r) => r.accept().on('error', () => undefined) });
     const closed = new Promise<Error | null>((resolve) => session.once('close', resolve));
     x.on('data', () => undefined);
     x.on('error', () => undefined);
-    x.write(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: '1', window: String(MUX_DATA_FRAME) })));
+    x.write(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: '1', window: String(MUX_DATA_FRAME), ...opts.hello })));
     return { session, send: (b) => x.write(b), closed };
   }
+
+  /** OPEN on `id` and one stream window of DATA on it. */
+  const fill = (id: number): Buffer => Buffer.concat([
+    encodeFrame(FRAME.OPEN, id, encodeFields({ service: 'x' })),
+    encodeHeader(FRAME.DATA, id, MUX_DATA_FRAME),
+    Buffer.alloc(MUX_DATA_FRAME),
+  ]);
+
+  it('sending past the session window closes the session with MuxDecode', async () => {
+    const peer = rawPeer({ sessionWindow: 2 * MUX_DATA_FRAME, hello: { sessionWindow: String(MUX_DATA_FRAME) } });
+    peer.send(fill(1));
+    peer.send(fill(3));
+    peer.send(Buffer.concat([encodeFrame(FRAME.OPEN, 5, encodeFields({ service: 'x' })), encodeHeader(FRAME.DATA, 5, 1), Buffer.alloc(1)]));
+    const err = await peer.closed;
+    expect(isVertexError(err, 'MuxDecode')).toBe(true);
+    expect(err?.message).toMatch(/1 bytes past its session window/);
+  });
+
+  it.each([
+    ['session credit past the maximum', encodeWindow(0, MUX_MAX_WINDOW)],
+    ['a HELLO with a sessionWindow below one DATA frame', null],
+  ])('%s closes the session with MuxDecode', async (_what, frame) => {
+    const peer = rawPeer({ hello: { sessionWindow: frame ? String(MUX_DATA_FRAME) : String(MUX_DATA_FRAME - 1) } });
+    if (frame) peer.send(frame);
+    expect(isVertexError(await peer.closed, 'MuxDecode')).toBe(true);
+  });
+
+  it('within the session window, the same bytes are fine (the case above can pass)', async () => {
+    const peer = rawPeer({ sessionWindow: 2 * MUX_DATA_FRAME, hello: { sessionWindow: String(MUX_DATA_FRAME) } });
+    peer.send(fill(1));
+    peer.send(fill(3));
+    await settle();
+    expect(peer.session.closed).toBe(false);
+    expect(peer.session.bytesBuffered).toBe(2 * MUX_DATA_FRAME);
+    peer.session.close();
+  });
 
   it('sending past the window closes the session with MuxDecode', async () => {
     const peer = rawPeer();
@@ -428,5 +505,178 @@ describe('mux peers that break the rules', () => {
     const peer = rawPeer();
     peer.send(frame());
     expect(isVertexError(await peer.closed, 'MuxDecode')).toBe(true);
+  });
+});
+
+describe('mux session budget', () => {
+  const window = MUX_DATA_FRAME;
+  const budget = 4 * MUX_DATA_FRAME;
+
+  /**
+   * A hostile peer on a raw channel: it opens `streams` streams to a service that never
+   * reads, and fills each to its stream window, as fast as it can. Returns the most the
+   * receiving session held at any point, and what became of it.
+   */
+  async function flood(opts: { peerHello: Record<string, string>; sessionWindow: number; streams: number }) {
+    const [x, y] = memoryChannel();
+    const accepted: MuxStream[] = [];
+    const session = new MuxSession(y, {
+      initiator: false,
+      window,
+      sessionWindow: opts.sessionWindow,
+      onOpen: (r) => accepted.push(r.accept().on('error', () => undefined)),
+    });
+    let closedWith: Error | null | undefined;
+    session.on('close', (err) => { closedWith = err; });
+    const back: Array<[number, number]> = [];
+    const decoder = new FrameDecoder({ frame: (type, id) => back.push([type, id]), data: () => undefined });
+    x.on('data', (c: Buffer) => decoder.push(c));
+    x.on('error', () => undefined);
+    x.write(encodeFrame(FRAME.HELLO, 0, encodeFields(opts.peerHello)));
+    let most = 0;
+    for (let i = 0; i < opts.streams && !session.closed; i++) {
+      const id = 2 * i + 1;
+      x.write(encodeFrame(FRAME.OPEN, id, encodeFields({ service: 'sink' })));
+      for (let at = 0; at < window; at += 16 * KB) x.write(Buffer.concat([encodeHeader(FRAME.DATA, id, 16 * KB), Buffer.alloc(16 * KB, i)]));
+      await settle(2);
+      most = Math.max(most, session.bytesBuffered);
+    }
+    await settle();
+    most = Math.max(most, session.bytesBuffered);
+    const resets = back.filter(([type]) => type === FRAME.RESET).map(([, id]) => id);
+    return { session, most, closedWith, resets, accepted, x };
+  }
+
+  it('a peer that opens many streams and fills them, nothing read, makes us hold at most the budget (and is cut off when it claims a session window)', async () => {
+    const { session, most, closedWith } = await flood({ peerHello: { version: '1', window: String(window), sessionWindow: String(64 * MB) }, sessionWindow: budget, streams: 64 });
+    expect(most).toBeGreaterThan(budget / 2);
+    expect(most).toBeLessThanOrEqual(budget);
+    expect(session.closed).toBe(true);
+    expect(isVertexError(closedWith, 'MuxDecode')).toBe(true);
+    expect(closedWith?.message).toMatch(/past its session window/);
+  });
+
+  it.each([
+    ['with a budget: streams past it are reset, the session lives on', budget, true],
+    // The can-fail case: no budget to speak of (the largest window) is what every session had
+    // before session windows, and the same flood then makes the receiver hold 64 stream windows.
+    ['without a budget (as before session windows) the same flood is held whole', MUX_MAX_WINDOW, false],
+  ])('a peer without session windows: %s', async (_what, sessionWindow, bounded) => {
+    const streams = 64;
+    const { session, most, resets, accepted } = await flood({ peerHello: { version: '1', window: String(window) }, sessionWindow, streams });
+    if (bounded) {
+      expect(most).toBeLessThanOrEqual(budget);
+      expect(session.closed).toBe(false);
+      // The first streams filled the budget; each later one was reset with its first bytes.
+      expect(resets.length).toBe(streams - budget / window);
+      expect(Math.min(...resets)).toBe(2 * (budget / window) + 1);
+      // Once the service reads, the budget is free again for the streams that are left.
+      for (const s of accepted) s.resume();
+      await settle();
+      expect(session.bytesBuffered).toBe(0);
+    } else {
+      expect(most).toBe(streams * window);
+      expect(resets).toEqual([]);
+    }
+    session.close();
+  });
+
+  it('a sender that honours the budget never trips it; every stream completes byte-exact once readers resume', async () => {
+    const pair = new SessionPair(...memoryChannel(), { window, sessionWindow: budget });
+    try {
+      const streams = await Promise.all(Array.from({ length: 16 }, () => pair.pair('bulk')));
+      for (const { b } of streams) b.pause();
+      const data = streams.map(() => randomBytes(8 * window));
+      const writing = Promise.all(streams.map(({ a }, i) => writeAll(a, data[i] as Buffer)));
+      writing.catch(() => undefined);
+      // The sender stops at the budget: 16 streams could take 16 windows, the session allows 4.
+      let most = 0;
+      for (let i = 0; i < 50 && pair.b.bytesBuffered < budget; i++) {
+        await settle(1);
+        most = Math.max(most, pair.b.bytesBuffered);
+      }
+      await settle(20);
+      most = Math.max(most, pair.b.bytesBuffered);
+      expect(most).toBe(budget);
+      expect(pair.a.closed || pair.b.closed).toBe(false);
+      const got = streams.map(({ b }) => readAll(b));
+      for (const { b } of streams) b.resume();
+      await writing;
+      const bodies = await Promise.all(got);
+      bodies.forEach((body, i) => expect(body.equals(data[i] as Buffer)).toBe(true));
+      expect(pair.a.closed || pair.b.closed).toBe(false);
+      expect(pair.b.bytesBuffered).toBe(0);
+    } finally {
+      pair.close();
+    }
+  });
+
+  it('stalled streams hold their windows of the budget, and a fast stream still runs beside them', async () => {
+    const streamWindow = 256 * KB;
+    const sessionWindow = 4 * streamWindow;
+    const pair = new SessionPair(...memoryChannel(), { window: streamWindow, sessionWindow });
+    try {
+      // Three streams whose readers never read: together three quarters of the budget.
+      const slow = await Promise.all([1, 2, 3].map(() => pair.pair('slow')));
+      const offers = slow.map(({ a, b }) => {
+        b.pause();
+        const offering = writeAll(a, randomBytes(2 * MB));
+        offering.catch(() => undefined);
+        return offering;
+      });
+      for (let i = 0; i < 200 && pair.b.bytesBuffered < 3 * streamWindow; i++) await settle(1);
+      expect(pair.b.bytesBuffered).toBe(3 * streamWindow);
+      const fast = await pair.pair('fast');
+      const data = randomBytes(8 * MB);
+      const [got] = await Promise.all([readAll(fast.b), writeAll(fast.a, data)]);
+      expect(got.equals(data)).toBe(true);
+      for (const { b } of slow) expect(b.readableLength).toBeLessThanOrEqual(streamWindow);
+      expect(pair.b.bytesBuffered).toBeLessThanOrEqual(sessionWindow);
+      // And the stalled ones finish once read.
+      const rest = slow.map(({ b }) => readAll(b));
+      for (const { b } of slow) b.resume();
+      await Promise.all(offers);
+      expect((await Promise.all(rest)).map((r) => r.length)).toEqual([2 * MB, 2 * MB, 2 * MB]);
+    } finally {
+      pair.close();
+    }
+  });
+
+  it('with a peer from before session windows: no WINDOW on stream 0 either way, and bulk in both directions completes', async () => {
+    const [x, y] = memoryChannel({ tamper: withoutSessionWindow });
+    const fromA = tapFrames(x);
+    const fromB = tapFrames(y);
+    const pair = new SessionPair(x, y, { window, sessionWindow: budget });
+    try {
+      // Four streams each way, each read as it arrives: well within the budget.
+      const streams = await Promise.all([...Array.from({ length: 4 }, () => pair.pair('up')), ...Array.from({ length: 4 }, async () => {
+        const s = await pair.b.open('down');
+        s.on('error', () => undefined);
+        return { a: s, b: await pair.take(s.id) };
+      })]);
+      const data = streams.map(() => randomBytes(16 * window));
+      const got = streams.map(({ b }) => readAll(b));
+      await Promise.all(streams.map(({ a }, i) => writeAll(a, data[i] as Buffer)));
+      (await Promise.all(got)).forEach((body, i) => expect(body.equals(data[i] as Buffer)).toBe(true));
+      expect([...fromA, ...fromB].filter(([type, id]) => type === FRAME.WINDOW && id === 0)).toEqual([]);
+      expect(pair.a.closed || pair.b.closed).toBe(false);
+    } finally {
+      pair.close();
+    }
+  });
+
+  it('a peer with the HELLO field gets its session credit back in WINDOW frames on stream 0', async () => {
+    const [x, y] = memoryChannel();
+    const fromB = tapFrames(y);
+    const pair = new SessionPair(x, y, { window, sessionWindow: budget });
+    try {
+      const { a, b } = await pair.pair('bulk');
+      const data = randomBytes(4 * budget);
+      const [got] = await Promise.all([readAll(b), writeAll(a, data)]);
+      expect(got.equals(data)).toBe(true);
+      expect(fromB.filter(([type, id]) => type === FRAME.WINDOW && id === 0).length).toBeGreaterThan(0);
+    } finally {
+      pair.close();
+    }
   });
 });

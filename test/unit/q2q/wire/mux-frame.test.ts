@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { isVertexError } from '../../../../q2q/errors';
 import {
-  decodeFields, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder,
-  MUX_HEADER_BYTES, MUX_MAX_CONTROL_PAYLOAD, MUX_MAX_FRAME_PAYLOAD, type FrameType,
+  decodeFields, decodeHello, decodeOpen, decodeWindowIncrement, encodeFields, encodeFrame, encodeHeader, encodeHello, encodeOpenFrame, encodeWindow, FRAME, FrameDecoder,
+  MUX_HEADER_BYTES, MUX_MAX_CONTROL_PAYLOAD, MUX_MAX_FRAME_PAYLOAD, MUX_MAX_WINDOW, type FrameType,
 } from '../../../../q2q/wire/mux-frame';
 
 type Event = ['frame', FrameType, number, string] | ['data', number, string, boolean];
@@ -90,6 +90,40 @@ describe('mux frame codec', () => {
     expect(() => decoder.push(Buffer.from(END_HEX, 'hex'))).toThrow(expect.objectContaining({ code: 'MuxDecode' }));
   });
 
+  it('HELLO: golden vectors with and without sessionWindow (a peer from before session windows sends none)', () => {
+    // AMP box: (key length, key, value length, value)... then 0000.
+    const box = (pairs: Array<[string, string]>): string => pairs.map(([k, v]) => (
+      Buffer.from([0, k.length]).toString('hex') + Buffer.from(k).toString('hex') + Buffer.from([0, v.length]).toString('hex') + Buffer.from(v).toString('hex')
+    )).join('') + '0000';
+    const withSession = box([['version', '1'], ['window', '4194304'], ['sessionWindow', '33554432']]);
+    const without = box([['version', '1'], ['window', '4194304']]);
+    expect(encodeHello({ version: '1', window: 4194304, sessionWindow: 33554432 }).toString('hex')).toBe(withSession);
+    expect(encodeHello({ version: '1', window: 4194304, sessionWindow: null }).toString('hex')).toBe(without);
+    expect(decodeHello(Buffer.from(withSession, 'hex'))).toEqual({ version: '1', window: 4194304, sessionWindow: 33554432 });
+    expect(decodeHello(Buffer.from(without, 'hex'))).toEqual({ version: '1', window: 4194304, sessionWindow: null });
+    // A HELLO with the new field is still one an older decoder reads: the same box, one field more.
+    expect(decodeFields(Buffer.from(withSession, 'hex'))).toMatchObject({ version: '1', window: '4194304' });
+  });
+
+  it.each([
+    ['window', { version: '1', window: '65535' }, /window 65535 out of range/],
+    ['sessionWindow below one DATA frame', { version: '1', window: '65536', sessionWindow: '65535' }, /sessionWindow 65535 out of range/],
+    ['sessionWindow above the maximum', { version: '1', window: '65536', sessionWindow: String(MUX_MAX_WINDOW + 1) }, /sessionWindow 2147483648 out of range/],
+    ['sessionWindow not a number', { version: '1', window: '65536', sessionWindow: '1e9' }, /sessionWindow 1e9 out of range/],
+    ['no window', { version: '1' }, /window \(none\)/],
+  ])('HELLO with a bad %s is MuxDecode', (_what, fields, message) => {
+    expect(() => decodeHello(encodeFields(fields))).toThrow(expect.objectContaining({ code: 'MuxDecode', message: expect.stringMatching(message) }));
+  });
+
+  it('WINDOW on stream 0 (session credit) decodes; other stream frames on stream 0 do not', () => {
+    const sessionWindow = '05' + '00000000' + '00000004' + '00400000';
+    expect(encodeWindow(0, 4 * 1024 * 1024).toString('hex')).toBe(sessionWindow);
+    expect(decodeAll([Buffer.from(sessionWindow, 'hex')])).toEqual([['frame', FRAME.WINDOW, 0, '00400000']]);
+    for (const type of [FRAME.OPEN, FRAME.ACCEPT, FRAME.END, FRAME.RESET, FRAME.REFUSE]) {
+      expect(() => decodeAll([encodeHeaderUnchecked(type, 0, 0)])).toThrow(/on stream 0/);
+    }
+  });
+
   it('checks window increments and control fields', () => {
     expect(() => decodeWindowIncrement(Buffer.alloc(3))).toThrow(expect.objectContaining({ code: 'MuxDecode' }));
     expect(() => decodeWindowIncrement(Buffer.alloc(4))).toThrow(/out of range/);
@@ -103,7 +137,7 @@ describe('mux frame codec', () => {
     const frameArb = fc.oneof(
       fc.record({ kind: fc.constant('data' as const), id: fc.integer({ min: 1, max: 0xffffffff }), bytes: fc.uint8Array({ maxLength: 3000 }) }),
       fc.record({ kind: fc.constant('control' as const), type: fc.constantFrom<FrameType>(FRAME.OPEN, FRAME.ACCEPT, FRAME.REFUSE, FRAME.WINDOW, FRAME.END, FRAME.RESET), id: fc.integer({ min: 1, max: 0xffffffff }), bytes: fc.uint8Array({ maxLength: 200 }) }),
-      fc.record({ kind: fc.constant('control' as const), type: fc.constantFrom<FrameType>(FRAME.HELLO, FRAME.PING, FRAME.PONG, FRAME.GOAWAY), id: fc.constant(0), bytes: fc.uint8Array({ maxLength: 200 }) }),
+      fc.record({ kind: fc.constant('control' as const), type: fc.constantFrom<FrameType>(FRAME.HELLO, FRAME.PING, FRAME.PONG, FRAME.GOAWAY, FRAME.WINDOW), id: fc.constant(0), bytes: fc.uint8Array({ maxLength: 200 }) }),
     );
     fc.assert(fc.property(fc.array(frameArb, { maxLength: 20 }), fc.array(fc.integer({ min: 1, max: 500 }), { minLength: 1, maxLength: 20 }), (frames, cuts) => {
       const wire = Buffer.concat(frames.map((f) => (f.kind === 'data'
