@@ -414,9 +414,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   // ACCEPT, or already gone), and comes back when a reader takes it from its
   // stream, or when it is dropped (a stream destroyed with bytes unread, DATA
   // for a stream that is gone). Credit goes back to the peer in WINDOW frames
-  // on stream 0, a quarter of the window at a time, or every byte while the
-  // peer has less than half of the window left (so a few streams that hold
-  // most of it cannot keep the others waiting for a quarter). A peer whose
+  // on stream 0, a quarter of the window at a time, or in steps of at most one
+  // DATA frame while the peer has less than half of the window left (so a few
+  // streams that hold most of it cannot keep the others waiting for a quarter). A peer whose
   // HELLO had a sessionWindow and sends past its session credit breaks the
   // protocol: MuxDecode, the session closes. A peer whose HELLO had none does
   // not know session credit; against it the budget is kept by resetting the
@@ -429,7 +429,12 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     const increment = this.#sessionConsumed + this.#sessionWindow - this.#sessionAllowed;
     if (increment <= 0) return;
     const peerLeft = this.#sessionAllowed - this.#sessionReceived;
-    if (increment >= this.#sessionWindow / 4 || peerLeft < this.#sessionWindow / 2) {
+    // Normally a quarter at a time. With less than half left to the peer (stalled streams hold
+    // much of the window, or many streams share it), every DATA frame's worth, or half of what
+    // the peer could have at most if that is less: a fast stream next to stalled ones must
+    // never wait for more than can ever come free.
+    const step = peerLeft < this.#sessionWindow / 2 ? Math.min(MUX_DATA_FRAME, Math.ceil((increment + peerLeft) / 2)) : this.#sessionWindow / 4;
+    if (increment >= step) {
       this.#sessionAllowed += increment;
       this.#writeControl(encodeWindow(0, increment));
     }

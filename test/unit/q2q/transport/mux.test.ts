@@ -611,9 +611,11 @@ describe('mux session budget', () => {
     }
   });
 
-  it('stalled streams hold their windows of the budget, and a fast stream still runs beside them', async () => {
+  it.each([
+    ['a full window', 4 * 256 * KB],
+    ['100 KiB, less than a stream window', 3 * 256 * KB + 100 * KB],
+  ])('stalled streams hold their windows of the budget, and a fast stream still runs beside them, with %s left', async (_left, sessionWindow) => {
     const streamWindow = 256 * KB;
-    const sessionWindow = 4 * streamWindow;
     const pair = new SessionPair(...memoryChannel(), { window: streamWindow, sessionWindow });
     try {
       // Three streams whose readers never read: together three quarters of the budget.
