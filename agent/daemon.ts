@@ -52,6 +52,8 @@ export interface AgentNode {
   expose(service: string, opts: ServiceOptions): void | Promise<void>;
   unexpose(service: string): void;
   connect(target: string, opts?: ConnectOptions): Promise<Q2QStream>;
+  /** A stream at once on a live peer session (Q2QNode.connectEarly), or null; optional for nodes without sessions. */
+  connectEarly?(target: string, opts?: ConnectOptions): Q2QStream | null;
   status(): NodeStatus;
   stop(): Promise<void>;
   /**
@@ -182,7 +184,8 @@ export class AgentDaemon {
       onChange: () => this.#exposePing(),
       log: this.#log,
     });
-    this.#forwards = new ForwardTable({ dial: (target, local) => this.#dialQ2Q(target, 'forward', local), log: this.#log });
+    // A forward reports a failed connect by closing its client either way: it takes streams early.
+    this.#forwards = new ForwardTable({ dial: (target, local) => this.#dialQ2Q(target, 'forward', local, { early: true }), log: this.#log });
   }
 
   get address(): string {
@@ -541,6 +544,19 @@ export class AgentDaemon {
     return stream;
   }
 
+  /**
+   * A stream opened before the peer's answer (Q2QNode.connectEarly), counted and listed as
+   * #dialQ2Q would, or null. No dial slot: nothing is negotiated.
+   */
+  #earlyStream(target: string, kind: TunnelKind, local: string): Q2QStream | null {
+    const stream = this.#requireNode().connectEarly?.(target) ?? null;
+    if (!stream) return null;
+    this.#opts.metrics?.connected(stream.route, stream.connectMs);
+    this.tunnels.add({ kind, target, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs }, stream);
+    this.#log.debug({ kind, target, device: stream.device, route: stream.route, early: true }, 'tunnel open');
+    return stream;
+  }
+
   /** Waits for a slot when all are taken (#dialQ2Q takes a free one itself). */
   async #dialSlot(): Promise<void> {
     // The slot is handed over by #releaseDialSlot, so the count stays the same.
@@ -553,14 +569,17 @@ export class AgentDaemon {
     else this.#dialsRunning -= 1;
   }
 
-  #dialSocks(req: SocksConnectRequest, client: SocksDialInfo): Promise<Duplex> {
+  #dialSocks(req: SocksConnectRequest, client: SocksDialInfo): Promise<Duplex> | Duplex {
     let target: string | null;
     try {
       target = this.#socksTarget(req.host, req.port);
     } catch (err) {
       return Promise.reject(err);
     }
-    if (target) return this.#dialQ2Q(target, 'socks', client.clientAddress, {}, client);
+    // Early (ConnectOptions.early): on a session whose peer accepted this service before, the
+    // reply goes out without waiting for this stream's answer, and the client's request follows
+    // the OPEN at once; a refusal then resets the client (socks5-server.ts) instead of a SOCKS error.
+    if (target) return this.#earlyStream(target, 'socks', client.clientAddress) ?? this.#dialQ2Q(target, 'socks', client.clientAddress, { early: true }, client);
     return this.#dialDirect(req, client.clientAddress);
   }
 

@@ -445,15 +445,16 @@ export interface AgentHandle {
 }
 
 /** Writes agent.yaml into `home` and starts `vertex agent` there (loopback only). */
-export async function startAgent(home: string, endpoints: Endpoints, extraYaml = '', nodeArgs: string[] = []): Promise<AgentHandle> {
+/** `peer`: where the agent's peer listener binds and the address it advertises for it (loopback by default). */
+export async function startAgent(home: string, endpoints: Endpoints, extraYaml = '', nodeArgs: string[] = [], peer = { listen: '127.0.0.1:0', advertise: '127.0.0.1' }): Promise<AgentHandle> {
   const domains = [...endpoints.map].map(([d, e]) => `${d}: { server: "${e.host}:${e.port}" }`).join(', ');
   const yaml = [
     'version: 1',
     'socks: { listen: 127.0.0.1:0 }',
     `domains: { ${domains} }`,
     `control: { socket: ${JSON.stringify(path.join(home, 'agent.sock'))} }`,
-    'peer_listen: 127.0.0.1:0',
-    'advertise: [127.0.0.1]',
+    `peer_listen: ${peer.listen}`,
+    `advertise: [${peer.advertise}]`,
     'relay_delay_ms: 300',
     'log: { level: warn }',
     extraYaml,
@@ -474,11 +475,16 @@ export async function startAgent(home: string, endpoints: Endpoints, extraYaml =
  *   sink:  counts bytes; when the client half-closes, answers "<count>\n" and ends;
  *   hello: writes one byte at once, then echoes whatever arrives (half-close honoured);
  *   tls:   the sink behind plain Node TLS 1.3 (only when a key and certificate are
- *          given): the ceiling any TLS tunnel in Node can reach on this machine.
- * It prints "ports <sink> <hello> <tls|0>" when ready.
+ *          given): the ceiling any TLS tunnel in Node can reach on this machine;
+ *   http:  node:http answering every request with HTTP_BODY_BYTES (a small
+ *          subresource of a page), closing the connection when asked to.
+ * It prints "ports <sink> <hello> <tls|0> <http>" when ready.
  */
+/** The body of every answer of the loopback peer's HTTP server: a small subresource (an icon, a script). */
+export const HTTP_BODY_BYTES = 2048;
+
 const PEER_SCRIPT = `
-const net = require('node:net'), tls = require('node:tls');
+const net = require('node:net'), tls = require('node:tls'), http = require('node:http');
 const sinkHandler = (s) => {
   let n = 0;
   s.on('data', (d) => { n += d.length; });
@@ -494,7 +500,13 @@ const hello = net.createServer({ allowHalfOpen: true }, (s) => {
 const key = process.env.VERTEX_BENCH_TLS_KEY, cert = process.env.VERTEX_BENCH_TLS_CERT;
 const secure = key && cert ? tls.createServer({ key, cert, minVersion: 'TLSv1.3', allowHalfOpen: true }, sinkHandler) : null;
 const listen = (server) => new Promise((resolve) => server ? server.listen(0, '127.0.0.1', () => resolve(server.address().port)) : resolve(0));
-Promise.all([listen(sink), listen(hello), listen(secure)]).then((ports) => process.stdout.write('ports ' + ports.join(' ') + '\\n'));
+const body = Buffer.alloc(${HTTP_BODY_BYTES}, 0x61);
+const web = http.createServer((req, res) => {
+  req.resume();
+  res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length });
+  res.end(body);
+});
+Promise.all([listen(sink), listen(hello), listen(secure), listen(web)]).then((ports) => process.stdout.write('ports ' + ports.join(' ') + '\\n'));
 `;
 
 export interface LoopbackPeer {
@@ -503,13 +515,15 @@ export interface LoopbackPeer {
   helloPort: number;
   /** 0 unless started with a key and certificate. */
   tlsSinkPort: number;
+  /** node:http, HTTP_BODY_BYTES per answer. */
+  httpPort: number;
 }
 
 export async function startLoopbackPeer(tlsIdentity?: { keyPem: string; certPem: string }): Promise<LoopbackPeer> {
   const env = { ...process.env, ...(tlsIdentity && { VERTEX_BENCH_TLS_KEY: tlsIdentity.keyPem, VERTEX_BENCH_TLS_CERT: tlsIdentity.certPem }) };
   const proc = track(spawn(process.execPath, ['-e', PEER_SCRIPT], { stdio: ['ignore', 'pipe', 'pipe'], env }), 'loopback peer');
-  const m = await proc.waitFor(/ports (\d+) (\d+) (\d+)/);
-  return { proc, sinkPort: Number(m[1]), helloPort: Number(m[2]), tlsSinkPort: Number(m[3]) };
+  const m = await proc.waitFor(/ports (\d+) (\d+) (\d+) (\d+)/);
+  return { proc, sinkPort: Number(m[1]), helloPort: Number(m[2]), tlsSinkPort: Number(m[3]), httpPort: Number(m[4]) };
 }
 
 export const CHUNK = Buffer.alloc(64 * 1024, 0x5a);

@@ -22,6 +22,7 @@ import type { Socket } from 'node:net';
 import * as os from 'node:os';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
+import { startDelayLink, type DelayLink } from './delay-link';
 import { SSHD, writeSshdFiles } from './throwaway-sshd';
 import {
   connectTcp, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
@@ -43,18 +44,29 @@ const SOCKS_TIMEOUT_MS = 30_000;
 const SETTLE_MS = 2000;
 const SINK_PORT = 9;
 const HELLO_PORT = 7;
+const HTTP_PORT = 80;
+/** Where a delay link listens (bench/delay-link.ts): another loopback address, same port. */
+const LINK_HOST = '127.0.0.2';
 
 export interface SocksWorld {
   peer: LoopbackPeer;
+  /** The delay link in front of bob's peer listener, when started with one. */
+  link?: DelayLink;
   servers: ServerHandle[];
   alice: AgentHandle;
   bob: AgentHandle;
   stop(): Promise<void>;
 }
 
-/** inspect: start the agents with INSPECT_ARGS, for memoryAfterGc. */
-export async function startSocksWorld(inspect = false): Promise<SocksWorld> {
+/**
+ * inspect: start the agents with INSPECT_ARGS, for memoryAfterGc. oneWayMs: alice reaches
+ * bob's peer listener (127.0.0.1) only through a delay link on 127.0.0.2 (bench/delay-link.ts),
+ * which bob advertises as his address, over direct tcp only.
+ */
+export async function startSocksWorld(inspect = false, opts: { oneWayMs?: number } = {}): Promise<SocksWorld> {
   const peer = await startLoopbackPeer();
+  const link = opts.oneWayMs === undefined ? undefined : await startDelayLink(LINK_HOST, '127.0.0.1', 0, opts.oneWayMs);
+
   const a = await startServer(['a.test']);
   const b = await startServer(['b.test'], { resolve: { 'a.test': a.port } });
   const endpoints = new Endpoints();
@@ -66,14 +78,15 @@ export async function startSocksWorld(inspect = false): Promise<SocksWorld> {
     'expose:',
     `  - { service: sink, target: "127.0.0.1:${peer.sinkPort}", allow: ["*"] }`,
     `  - { service: hello, target: "127.0.0.1:${peer.helloPort}", allow: ["*"] }`,
-  ].join('\n'), [...(inspect ? INSPECT_ARGS : []), ...profileArgs('agent-bob')]);
+    `  - { service: http, target: "127.0.0.1:${peer.httpPort}", allow: ["*"] }`,
+  ].join('\n'), [...(inspect ? INSPECT_ARGS : []), ...profileArgs('agent-bob')], link ? { listen: `127.0.0.1:${link.port}`, advertise: LINK_HOST } : undefined);
   // PTCP has its own figures; the SOCKS tunnel is measured over direct tcp.
-  const alice = await startAgent(aliceHome.home, endpoints, `ports: { ${SINK_PORT}: sink, ${HELLO_PORT}: hello }\nroutes: [tcp, relay]`, [...(inspect ? INSPECT_ARGS : []), ...profileArgs('agent-alice')]);
+  const alice = await startAgent(aliceHome.home, endpoints, `ports: { ${SINK_PORT}: sink, ${HELLO_PORT}: hello, ${HTTP_PORT}: http }\nroutes: ${link ? '[tcp]' : '[tcp, relay]'}`, [...(inspect ? INSPECT_ARGS : []), ...profileArgs('agent-alice')]);
   return {
-    peer, servers: [a, b], alice, bob,
+    peer, servers: [a, b], alice, bob, ...(link && { link }),
     stop: async () => {
       await Promise.all([alice.proc.stop(), bob.proc.stop()]);
-      await Promise.all([a.proc.stop(), b.proc.stop(), peer.proc.stop()]);
+      await Promise.all([a.proc.stop(), b.proc.stop(), peer.proc.stop(), link?.stop()]);
     },
   };
 }
@@ -111,7 +124,7 @@ export interface SshProxy {
  * (its own host key, key-only auth, run per connection in inetd mode, so no
  * port is picked up front) and `ssh -D 127.0.0.1:<port> -N` to it.
  */
-export async function startSshProxy(): Promise<SshProxy> {
+export async function startSshProxy(opts: { oneWayMs?: number } = {}): Promise<SshProxy> {
   const files = writeSshdFiles(tempDir('sshd'), ['AllowTcpForwarding yes']);
   const sshds: Proc[] = [];
   const server = net.createServer({ pauseOnConnect: true }, (socket) => {
@@ -123,13 +136,15 @@ export async function startSshProxy(): Promise<SshProxy> {
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const sshdPort = (server.address() as net.AddressInfo).port;
+  // With a delay: ssh reaches sshd only through a delay link, as alice reaches bob (startSocksWorld).
+  const link = opts.oneWayMs === undefined ? undefined : await startDelayLink(LINK_HOST, '127.0.0.1', sshdPort, opts.oneWayMs);
   // A free port for -D: bound and released here; ssh binds it a moment later.
   const probe = net.createServer();
   await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
   const socksPort = (probe.address() as net.AddressInfo).port;
   await new Promise<void>((resolve) => probe.close(() => resolve()));
   const ssh = startProgram('ssh', [
-    ...files.clientOptions, '-o', 'ExitOnForwardFailure=yes', '-N', '-D', `127.0.0.1:${socksPort}`, '-p', String(sshdPort), `${os.userInfo().username}@127.0.0.1`,
+    ...files.clientOptions, '-o', 'ExitOnForwardFailure=yes', '-N', '-D', `127.0.0.1:${socksPort}`, '-p', String(sshdPort), `${os.userInfo().username}@${link ? LINK_HOST : '127.0.0.1'}`,
   ]);
   const deadline = Date.now() + SSH_READY_MS;
   for (;;) {
@@ -146,20 +161,64 @@ export async function startSshProxy(): Promise<SshProxy> {
     pids: () => [ssh.pid, ...sshds.map((p) => p.pid)],
     stop: async () => {
       await ssh.stop();
+      await link?.stop();
       server.close();
       await Promise.all(sshds.map((p) => p.stop()));
     },
   };
 }
 
-/** Milliseconds from the SOCKS connect to the first byte of the hello service, `count` in a row. */
-async function newConnections(open: () => Promise<Socket>, count: number): Promise<number[]> {
+/**
+ * What each new connection does once the SOCKS reply is in:
+ * - hello: waits for the first byte of a service that speaks first (a greeting, a banner);
+ * - http: sends a GET and reads the whole answer (HTTP_BODY_BYTES), as a browser fetches a
+ *   page's small subresources, each on a new connection (the issue's workload).
+ */
+type Workload = 'hello' | 'http';
+const WORKLOADS: readonly Workload[] = ['hello', 'http'];
+
+const HTTP_REQUEST = Buffer.from('GET /asset.js HTTP/1.1\r\nHost: bob.b.test.q2q\r\nAccept: */*\r\nConnection: close\r\n\r\n');
+
+/** Sends HTTP_REQUEST and resolves once the answer's headers and its whole body are in. */
+function httpExchange(socket: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let head = '';
+    let bodyLeft = -1;
+    const done = (err?: Error) => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      if (bodyLeft < 0) {
+        head += chunk.toString('latin1');
+        const at = head.indexOf('\r\n\r\n');
+        if (at < 0) return;
+        const length = /content-length: *(\d+)/i.exec(head.slice(0, at));
+        if (!head.startsWith('HTTP/1.1 200') || !length) return done(new Error(`bench: unexpected answer ${JSON.stringify(head.slice(0, 80))}`));
+        bodyLeft = Number(length[1]) - (head.length - at - 4);
+      } else {
+        bodyLeft -= chunk.length;
+      }
+      if (bodyLeft <= 0) done();
+    };
+    const onEnd = () => done(new Error('bench: the answer ended early'));
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.write(HTTP_REQUEST);
+  });
+}
+
+/** Milliseconds from the SOCKS connect to the workload's end (the first byte, or the whole HTTP answer), `count` in a row. */
+async function newConnections(open: () => Promise<Socket>, count: number, workload: Workload = 'hello'): Promise<number[]> {
   const times: number[] = [];
   for (let i = 0; i < count; i++) {
     const t0 = performance.now();
     const socket = await open();
     socket.on('error', () => undefined);
-    await firstByte(socket);
+    if (workload === 'http') await httpExchange(socket);
+    else await firstByte(socket);
     times.push(performance.now() - t0);
     socket.destroy();
   }
@@ -203,7 +262,8 @@ interface NewConnectionRounds {
  * through ssh -D: CPU milliseconds spent during each case's connects, of the two agents against
  * ssh and sshd, and of this process (the SOCKS client, the same code for both) in each case.
  */
-async function newConnectionRounds(world: SocksWorld, ssh: SshProxy): Promise<NewConnectionRounds> {
+async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS): Promise<NewConnectionRounds> {
+  const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
   const sshPids = ssh.pids();
   const out: NewConnectionRounds = { ours: [], theirs: [], cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 } };
   const { cpu } = out;
@@ -213,12 +273,12 @@ async function newConnectionRounds(world: SocksWorld, ssh: SshProxy): Promise<Ne
   for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
     let a = agentCpu();
     let c = clientCpu();
-    out.ours.push(...await newConnections(() => socksConnect(world, HELLO_PORT), NEW_CONNECTS));
+    out.ours.push(...await newConnections(() => socksConnect(world, ourPort), perRound, workload));
     cpu.agents += agentCpu() - a;
     cpu.clientOurs += clientCpu() - c;
     a = sshCpu();
     c = clientCpu();
-    out.theirs.push(...await newConnections(() => socksVia(ssh.socksPort, '127.0.0.1', world.peer.helloPort), NEW_CONNECTS));
+    out.theirs.push(...await newConnections(() => socksVia(ssh.socksPort, '127.0.0.1', theirPort), perRound, workload));
     cpu.ssh += sshCpu() - a;
     cpu.clientSsh += clientCpu() - c;
   }
@@ -238,12 +298,14 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
 
 /**
  * {"bench":"socks-new-connection",…}: the cost of a new connection through
- * the SOCKS proxy, as a browser's burst of small requests pays it, against
- * ssh -D in the same run (both reach the same loopback hello service: one
- * byte at once). `speedVsSsh` = ssh's p50 ÷ ours (issue 12: >= 1.0).
- * The headline figures are the warm agents' (after WARM_CONNECTS connects);
- * `cold` has the same figures for the first connects after the agents
- * started. `peerSessions` says which path the agents used
+ * the SOCKS proxy against ssh -D in the same run, both reaching the same
+ * loopback services, in two workloads (Workload): `http` (top level since
+ * 2026-12-07: a GET of a small subresource per new connection, as a browser
+ * makes them, the issue's workload) and `hello` (a service that speaks first:
+ * time to its first byte; the headline before). `speedVsSsh` = ssh's p50 ÷
+ * ours (issue 12: >= 1.0). The headline figures are the warm agents' (after
+ * WARM_CONNECTS connects); `cold` has the same figures for the first connects
+ * after the agents started. `peerSessions` says which path the agents used
  * (VERTEX_PEER_SESSIONS=0 in the environment: the per-connection path, for
  * the before figure).
  */
@@ -255,18 +317,68 @@ export async function benchSocksNewConnection(): Promise<void> {
     const viaSsh = ssh.socksPort;
     const loadAtStart = os.loadavg()[0] ?? 0;
     // Warm-up: the agent's first connect sets the peer session up; ssh's connection is up already.
-    await newConnections(() => socksConnect(world, HELLO_PORT), 3);
-    await newConnections(() => socksVia(viaSsh, '127.0.0.1', world.peer.helloPort), 3);
-    note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case, cold agents`);
-    const cold = await newConnectionRounds(world, ssh);
+    for (const workload of WORKLOADS) {
+      const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
+      await newConnections(() => socksConnect(world, ourPort), 3, workload);
+      await newConnections(() => socksVia(viaSsh, '127.0.0.1', theirPort), 3, workload);
+    }
+    const rounds = async (): Promise<Record<Workload, NewConnectionRounds>> => ({
+      http: await newConnectionRounds(world, ssh as SshProxy, 'http'),
+      hello: await newConnectionRounds(world, ssh as SshProxy, 'hello'),
+    });
+    note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload (${WORKLOADS.join(', ')}), cold agents`);
+    const cold = await rounds();
     note(`socks new-connection cost: ${WARM_CONNECTS} connects to warm the agents up`);
     for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(world.alice.socksPort, 'bob.b.test.q2q', HELLO_PORT);
-    note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case, warm agents`);
-    const warm = await newConnectionRounds(world, ssh);
+    await newConnections(() => socksConnect(world, HTTP_PORT), Math.ceil(WARM_CONNECTS / 4), 'http');
+    note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload, warm agents`);
+    const warm = await rounds();
     emit({
-      bench: 'socks-new-connection', peerSessions: process.env.VERTEX_PEER_SESSIONS !== '0', connects: warm.ours.length, warmConnects: WARM_CONNECTS,
-      ...roundsFigures(warm), target: 1.0,
-      cold: roundsFigures(cold),
+      bench: 'socks-new-connection', peerSessions: process.env.VERTEX_PEER_SESSIONS !== '0', workload: 'http', connects: warm.http.ours.length, warmConnects: WARM_CONNECTS,
+      ...roundsFigures(warm.http), target: 1.0,
+      cold: roundsFigures(cold.http),
+      hello: { ...roundsFigures(warm.hello), cold: roundsFigures(cold.hello) },
+      loadAtStart: round(loadAtStart, 2), loadAverage: os.loadavg().map((l) => round(l, 2)),
+    });
+  } finally {
+    await ssh?.stop();
+    await world.stop();
+  }
+}
+
+/** One-way delay of the link in socks-new-connection-rtt (a 10 ms round trip: a city-wide path). */
+const RTT_ONE_WAY_MS = Number(process.env.VERTEX_BENCH_ONE_WAY_MS ?? 5);
+const RTT_CONNECTS = 25;
+
+/**
+ * {"bench":"socks-new-connection-rtt",…}: socks-new-connection's two workloads
+ * with the agents, and ssh and sshd, joined by a link with a round-trip time
+ * (bench/delay-link.ts, RTT_ONE_WAY_MS each way; the SOCKS client and the
+ * services stay next to their proxies, as a browser and a web server are). On
+ * loopback every round trip is free and the figure is CPU; across a real path
+ * it is round trips: ssh -D answers the SOCKS request only after its channel
+ * is confirmed, so a browser's GET costs two round trips; an early stream
+ * (ConnectOptions.early) sends the GET behind the OPEN, one round trip.
+ */
+export async function benchSocksNewConnectionRtt(): Promise<void> {
+  const world = await startSocksWorld(false, { oneWayMs: RTT_ONE_WAY_MS });
+  let ssh: SshProxy | null = null;
+  try {
+    ssh = await startSshProxy({ oneWayMs: RTT_ONE_WAY_MS });
+    const viaSsh = ssh.socksPort;
+    const loadAtStart = os.loadavg()[0] ?? 0;
+    for (const workload of WORKLOADS) {
+      const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
+      await newConnections(() => socksConnect(world, ourPort), 3, workload);
+      await newConnections(() => socksVia(viaSsh, '127.0.0.1', theirPort), 3, workload);
+    }
+    note(`socks new-connection over a ${2 * RTT_ONE_WAY_MS} ms round trip: ${NEW_CONNECT_ROUNDS} rounds of ${RTT_CONNECTS} sequential connects per case and workload`);
+    const http = await newConnectionRounds(world, ssh, 'http', RTT_CONNECTS);
+    const hello = await newConnectionRounds(world, ssh, 'hello', RTT_CONNECTS);
+    emit({
+      bench: 'socks-new-connection-rtt', rttMs: 2 * RTT_ONE_WAY_MS, workload: 'http', connects: http.ours.length,
+      ...roundsFigures(http), target: 1.0,
+      hello: roundsFigures(hello),
       loadAtStart: round(loadAtStart, 2), loadAverage: os.loadavg().map((l) => round(l, 2)),
     });
   } finally {
@@ -590,5 +702,5 @@ async function agentStatus(home: string): Promise<{ tunnels: number; sessions: A
 }
 
 if (require.main === module) {
-  runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory, 'new-connection': benchSocksNewConnection, concurrent: benchSocksConcurrent }, process.argv[2]);
+  runStandalone({ throughput: benchSocksThroughput, 'agent-memory': benchAgentMemory, 'new-connection': benchSocksNewConnection, 'new-connection-rtt': benchSocksNewConnectionRtt, concurrent: benchSocksConcurrent }, process.argv[2]);
 }

@@ -15,6 +15,7 @@ import { isVertexError, vertexError } from '../../q2q/errors';
 import { systemClock } from '../../q2q/util/clock';
 import { Deadlines } from '../../q2q/util/deadlines';
 import { silentLogger, type Logger } from '../../q2q/util/log';
+import type { PrepareInfo } from '../../q2q/negotiate/types';
 import { join } from './join';
 
 /** How long a local target may take to accept before the inbound stream is dropped. */
@@ -53,16 +54,20 @@ const connectDeadlines = new Deadlines<Connecting>(systemClock, (c) => {
  * target that speaks only when spoken to (HTTP) waits those two turns, a
  * few microseconds, which is the price.
  */
-function settle(socket: net.Socket, done: (socket: net.Socket) => void): void {
+function settle(socket: net.Socket, done: (socket: net.Socket) => void, peerSpoke: () => boolean): void {
   // No listener: the socket reads into its buffer on its own, and nothing is consumed, so
   // the bytes, and an end right behind them, wait there for the join ('readable' or 'data'
   // listeners here would let an end be emitted before anyone listens for it).
-  setImmediate(settleTurn, socket, done);
+  setImmediate(settleTurn, socket, done, peerSpoke);
 }
 
-function settleTurn(socket: net.Socket, done: (socket: net.Socket) => void): void {
-  setImmediate(done, socket);
+function settleTurn(socket: net.Socket, done: (socket: net.Socket) => void, peerSpoke: () => boolean): void {
+  // The caller's bytes came meanwhile: they are what the target waits for.
+  if (peerSpoke()) done(socket);
+  else setImmediate(done, socket);
 }
+
+const nobodySpoke = (): boolean => false;
 
 /** Until the join takes the socket over, an error is noticed there (the socket is destroyed). */
 function swallowEarlyError(): void {}
@@ -72,7 +77,7 @@ function swallowEarlyError(): void {}
  * With `settle`, it resolves two loop turns after the connect (see settle()); bytes and an
  * end read meanwhile stay in the socket's buffer.
  */
-export function connectLocal(target: ExposeTarget, timeoutMs: number, opts: { settle?: boolean } = {}): Promise<net.Socket> {
+export function connectLocal(target: ExposeTarget, timeoutMs: number, opts: { settle?: boolean; peerSpoke?: () => boolean } = {}): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
     const pending: Connecting = { socket, target, timeoutMs };
@@ -88,7 +93,9 @@ export function connectLocal(target: ExposeTarget, timeoutMs: number, opts: { se
       socket.off('error', onError);
       socket.on('error', swallowEarlyError);
       socket.setNoDelay(true);
-      if (opts.settle) settle(socket, resolve);
+      // A caller that spoke first (an early open with its request) waits for no greeting.
+      const peerSpoke = opts.peerSpoke ?? nobodySpoke;
+      if (opts.settle && !peerSpoke()) settle(socket, resolve, peerSpoke);
       else resolve(socket);
     });
   });
@@ -100,7 +107,7 @@ export function connectLocal(target: ExposeTarget, timeoutMs: number, opts: { se
  * (`vertex ping bob@b.test:dead`, `vertex connect`, the SOCKS reply) rather than as a
  * stream that ends at once. The message names the service, never the local address.
  */
-export function exposePrepare(target: ExposeTarget, serviceName: string, opts: ExposeHandlerOptions = {}): () => Promise<net.Socket> {
+export function exposePrepare(target: ExposeTarget, serviceName: string, opts: ExposeHandlerOptions = {}): (opening?: PrepareInfo) => Promise<net.Socket> {
   const log = opts.log ?? silentLogger;
   const timeoutMs = opts.connectTimeoutMs ?? LOCAL_CONNECT_TIMEOUT_MS;
   const refused = (err: Error): never => {
@@ -109,7 +116,7 @@ export function exposePrepare(target: ExposeTarget, serviceName: string, opts: E
     const what = reason === 'ECONNREFUSED' ? 'refused the connection' : `did not accept the connection (${reason})`;
     throw vertexError('Refused', `${serviceName}: the service is exposed, but the program behind it ${what}`);
   };
-  return () => connectLocal(target, timeoutMs, { settle: true }).catch(refused);
+  return (opening) => connectLocal(target, timeoutMs, { settle: true, ...(opening && { peerSpoke: () => opening.peerSpoke() }) }).catch(refused);
 }
 
 /**

@@ -56,7 +56,12 @@ export interface SocksDialInfo {
   readonly signal: AbortSignal;
 }
 
-export type SocksDial = (req: SocksConnectRequest, info: SocksDialInfo) => Promise<Duplex>;
+/**
+ * Makes the tunnel for a CONNECT. A tunnel that exists at once (a stream opened
+ * early on a live peer session, ConnectOptions.early) may be returned as it is,
+ * not in a promise: the reply then leaves in this turn, before the stream's OPEN.
+ */
+export type SocksDial = (req: SocksConnectRequest, info: SocksDialInfo) => Promise<Duplex> | Duplex;
 
 export interface Socks5ServerOptions {
   listen: { host: string; port: number };
@@ -251,13 +256,14 @@ class SocksConnection implements SocksDialInfo {
     // Reading goes on while the dial runs: the session holds early bytes
     // (bounded), and a client that leaves is noticed at once and aborts the dial.
     this.#logAt('debug', { target: formatAddress(request.host, request.port), type: request.addressType, user: this.#session.username }, 'socks5 connect');
-    let pending: Promise<Duplex>;
+    let pending: Promise<Duplex> | Duplex;
     try {
       pending = this.#server.opts().dial(request, this);
     } catch (err) {
       pending = Promise.reject(err);
     }
-    pending.then(this.#onDialed, this.#onDialFailed);
+    if (isPromise(pending)) pending.then(this.#onDialed, this.#onDialFailed);
+    else this.#onDialed(pending);
   }
 
   readonly #onDialed = (tunnel: Duplex): void => {
@@ -266,11 +272,26 @@ class SocksConnection implements SocksDialInfo {
       return;
     }
     this.#tunnel = tunnel;
+    // A stream returned before the peer's answer (ConnectOptions.early) that is refused after
+    // all, or any later abort of it: the client gets a reset, never an end it could take for
+    // a complete (empty) answer. Registered before the join's own error handling.
+    if ((tunnel as { early?: boolean }).early) {
+      tunnel.once('error', this.#onEarlyTunnelError);
+      // Nothing from the far side to wait for: the reply leaves now, in the turn that read
+      // the request, so the client's own first bytes follow while the OPEN travels.
+      this.#run(this.#session.connectSucceeded());
+      return;
+    }
     // The reply and whatever the far side sent with its accept leave in one write: the
     // join starts the tunnel flowing on the next tick, and the uncork is queued after it.
     this.#socket.cork();
     this.#run(this.#session.connectSucceeded());
     process.nextTick(uncork, this.#socket);
+  };
+
+  readonly #onEarlyTunnelError = (err: Error): void => {
+    this.#logAt('info', { err: err.message }, 'socks5 tunnel aborted: resetting the client');
+    if (!this.#socket.destroyed) this.#socket.resetAndDestroy();
   };
 
   readonly #onDialFailed = (err: unknown): void => {
@@ -318,6 +339,10 @@ class SocksConnection implements SocksDialInfo {
       }
     }
   }
+}
+
+function isPromise<T>(value: Promise<T> | T): value is Promise<T> {
+  return typeof (value as { then?: unknown }).then === 'function';
 }
 
 function uncork(socket: net.Socket): void {

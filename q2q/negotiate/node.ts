@@ -71,6 +71,11 @@ export const DEFAULT_RELAY_DELAY_MS = 1_000;
 export function peerSessionsByDefault(): boolean {
   return process.env.VERTEX_PEER_SESSIONS !== '0';
 }
+
+/** Early streams (ConnectOptions.early) unless VERTEX_EARLY_STREAMS=0 (for A/B measurement: bench/README.md). */
+export function earlyStreamsByDefault(): boolean {
+  return process.env.VERTEX_EARLY_STREAMS !== '0';
+}
 export const DEFAULT_CONNECT_TIMEOUT_MS = 15_000;
 /** Connect targets remembered parsed; past this the memory starts over. */
 const TARGET_CACHE = 1024;
@@ -193,6 +198,7 @@ export class Q2QNode extends EventEmitter {
   readonly #limits = new InboundLimits();
   #localHost: { value: LocalHost; at: number } | null = null;
   readonly #watch: RevocationWatch;
+  readonly #earlyStreams = earlyStreamsByDefault();
 
   constructor(identity: Identity, options: Q2QOptions) {
     super();
@@ -701,7 +707,7 @@ export class Q2QNode extends EventEmitter {
     let prepared: unknown;
     if (service.prepare) {
       try {
-        prepared = await service.prepare();
+        prepared = await service.prepare({ peerSpoke: () => false });
       } catch (err) {
         return refuse(asVertexError(err, 'Refused'));
       }
@@ -723,6 +729,18 @@ export class Q2QNode extends EventEmitter {
   // ---- connecting ----
 
   /**
+   * A stream to `target` at once, before the peer's answer (ConnectOptions.early),
+   * when a live peer session to the device that serves it has had this service
+   * accepted before; null when connect() is needed. Throws for a malformed target.
+   */
+  connectEarly(target: string, opts: ConnectOptions = {}): Q2QStream | null {
+    if (!this.#core || !this.#earlyStreams) return null;
+    const { to, wanted, service } = this.#parseTarget(target);
+    const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    return this.#core.sessions.openEarly({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs, early: true });
+  }
+
+  /**
    * Connects to `user@domain:service`, or to one device's service with
    * `user+device@domain:service`. The stream's `.device` is the device that
    * answered, as the listener's server names it.
@@ -734,7 +752,7 @@ export class Q2QNode extends EventEmitter {
       const { to, wanted, service } = this.#parseTarget(target);
       // A live session to the device that serves it carries the stream at once; else the
       // ladder sets one up (session-manager.ts).
-      const stream = await this.#core.sessions.connect({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs });
+      const stream = await this.#core.sessions.connect({ to, service, ...(wanted !== undefined && { device: wanted }), timeoutMs, early: opts.early === true && this.#earlyStreams });
       // A stream on a session is cheap and frequent (a browser opens dozens); the session's
       // open and close are logged at info, and the callers (the agent's 'tunnel open',
       // `vertex connect`) log the stream they asked for.

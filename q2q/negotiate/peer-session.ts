@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { TLSSocket } from 'node:tls';
-import { vertexError } from '../errors';
+import { isVertexError, vertexError } from '../errors';
 import { describeCertificate } from '../identity';
 import { MuxSession, type MuxStream, type OpenRequest } from '../transport/mux';
 import type { RouteName } from '../transport/route';
@@ -66,6 +66,12 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
   readonly mux: MuxSession;
   /** Services this side opened streams to (fall forward asks for one of them). */
   readonly servicesUsed = new Set<string>();
+  /**
+   * Services the peer accepted the last time this side opened one on this session:
+   * openEarly may send before the answer. A refusal (or a timeout) takes the service
+   * out, so the next open waits for the answer and its caller gets the exact error.
+   */
+  readonly #accepted = new Set<string>();
   readonly #clock: Clock;
   readonly #wallNow: () => number;
   readonly #idleMs: number;
@@ -121,16 +127,52 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
 
   /** Opens a stream to `service` on the peer; `connectMs` counts from `startedAt` (clock ms). */
   async open(service: string, opts: { timeoutMs?: number; startedAt?: number } = {}): Promise<Q2QStream> {
-    const stream = await this.mux.open(service, { timeoutMs: opts.timeoutMs });
+    let stream: MuxStream;
+    try {
+      stream = await this.mux.open(service, { timeoutMs: opts.timeoutMs });
+    } catch (err) {
+      this.#accepted.delete(service);
+      throw err;
+    }
     this.servicesUsed.add(service);
+    this.#accepted.add(service);
     const connectMs = opts.startedAt === undefined ? 0 : Math.round(this.#clock.now() - opts.startedAt);
     return this.adoptStream(stream, service, connectMs);
   }
 
+  /** The peer accepted `service` at the last open on this session (see #accepted). */
+  acceptedBefore(service: string): boolean {
+    return this.#accepted.has(service);
+  }
+
+  /**
+   * A stream to `service` returned before the peer answers (mux openEarly): for a
+   * service acceptedBefore, where waiting for the ACCEPT would only add a round trip.
+   * If the peer refuses after all, the stream is destroyed with the reason and
+   * `onRefused` hears it; the service then waits for answers again.
+   */
+  openEarly(service: string, opts: { timeoutMs?: number; onRefused?: (err: Error) => void } = {}): Q2QStream {
+    const onRefused = opts.onRefused;
+    const stream = this.mux.openEarly(service, {
+      timeoutMs: opts.timeoutMs,
+      onAnswer: (err) => {
+        // ConnectionLost: the stream or the session went on our side; the peer did not refuse.
+        if (err === null || isVertexError(err, 'ConnectionLost')) return;
+        this.#accepted.delete(service);
+        onRefused?.(err);
+      },
+    });
+    this.servicesUsed.add(service);
+    return Object.assign(this.adoptStream(stream, service, 0), { early: true });
+  }
+
   /** Counts `stream` and gives it what a Q2QStream knows about itself. */
   adoptStream(stream: MuxStream, service: string, connectMs: number): Q2QStream {
-    this.#streams += 1;
-    stream.once('close', this.#streamClosed);
+    // A stream the peer aborted before it was accepted has closed already: nothing to count.
+    if (!stream.closed) {
+      this.#streams += 1;
+      stream.once('close', this.#streamClosed);
+    }
     return Object.assign(stream, {
       route: this.route, peer: this.peer, service, peerCertificate: this.certificate, connectMs, sessionId: this.id, device: this.device,
     }) as unknown as Q2QStream;

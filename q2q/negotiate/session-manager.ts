@@ -63,6 +63,13 @@ export interface ConnectRequest {
   /** A device the caller named (`bob+laptop@b.test:ssh`). */
   device?: string;
   timeoutMs: number;
+  /**
+   * The caller cannot report the exact reason of a failure anyway, or would rather
+   * not wait for it (SOCKS after its reply, a port forward): on a live session
+   * whose peer accepted this service before, the stream comes back before the
+   * peer's answer (PeerSession.openEarly). Otherwise as without it.
+   */
+  early?: boolean;
 }
 
 export interface SessionManagerEvents {
@@ -111,6 +118,10 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     if (this.#stopped) throw vertexError('ConnectionLost', `connect ${req.to}:${req.service}: the node has stopped`);
     const startedAt = this.#clock.now();
     const deadline = startedAt + req.timeoutMs;
+    if (req.early) {
+      const early = this.openEarly(req);
+      if (early) return early;
+    }
     for (let attempt = 0; ; attempt++) {
       const session = this.#reusable(req) ?? await this.#sessionFor(req, deadline);
       try {
@@ -121,6 +132,22 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
         throw err;
       }
     }
+  }
+
+  /**
+   * A stream returned before the peer's answer (ConnectRequest.early), if a live
+   * session to the device that serves (to, service) has had this service accepted
+   * before; null otherwise (then connect() does the rest). Synchronous: nothing
+   * is asked or built.
+   */
+  openEarly(req: ConnectRequest): Q2QStream | null {
+    if (this.#stopped) return null;
+    const live = this.#reusable(req);
+    if (!live || !live.acceptedBefore(req.service)) return null;
+    return live.openEarly(req.service, {
+      timeoutMs: req.timeoutMs,
+      onRefused: (err) => this.#log.info({ peer: live.peer, service: req.service, code: (err as { code?: string }).code, reason: err.message }, 'stream refused after its early data: the next connect waits for the answer'),
+    });
   }
 
   /** A claimed channel (either role) becomes a session. */
@@ -275,7 +302,7 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     };
     if (!service.prepare) return open();
     // As the node does for a claim (node.ts #acceptPeer): the target first, then the accept.
-    service.prepare().then(open, (err: unknown) => {
+    service.prepare({ peerSpoke: () => request.bytesWaiting > 0 }).then(open, (err: unknown) => {
       const e = asVertexError(err, 'Refused');
       this.#log.info({ peer: session.peer, service: request.service, code: e.code }, 'stream refused');
       request.refuse(e);

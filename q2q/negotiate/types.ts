@@ -20,6 +20,12 @@ export interface Identity {
   certPem: string;
 }
 
+/** What ServiceOptions.prepare knows of the stream being opened. */
+export interface PrepareInfo {
+  /** True once the caller has sent bytes on the stream (it spoke first). */
+  peerSpoke(): boolean;
+}
+
 /** What a connected stream knows about itself. */
 export interface Q2QStreamInfo {
   readonly route: RouteName;
@@ -43,6 +49,11 @@ export interface Q2QStreamInfo {
   readonly connectMs: number;
   /** The peer session that carries the stream (both ends see the same id). */
   readonly sessionId?: string;
+  /**
+   * Returned before the peer accepted it (ConnectOptions.early): a refusal arrives
+   * as the stream's error (NotExposed, Denied, Refused, ...) instead of connect's.
+   */
+  readonly early?: boolean;
 }
 
 /**
@@ -70,8 +81,11 @@ export interface ServiceOptions {
    * refuses the connection with the error's code (Refused unless it carries another), so
    * the caller learns at connect time that nothing answers behind the service, instead
    * of getting a stream that closes at once. What it resolves to goes to onConnection.
+   * `peerSpoke()` tells whether the caller's first bytes are already here (they may
+   * come before the accept, ConnectOptions.early): a target that is spoken to first
+   * will not speak first, so there is nothing of its own to wait for.
    */
-  prepare?: () => Promise<unknown>;
+  prepare?: (opening: PrepareInfo) => Promise<unknown>;
   onConnection: (stream: Q2QStream, prepared?: unknown) => void;
 }
 
@@ -114,6 +128,16 @@ export interface Q2QOptions {
 
 export interface ConnectOptions {
   timeoutMs?: number;
+  /**
+   * Over a live peer session whose peer accepted this service before, return the
+   * stream at once, before the peer's answer: the first bytes written go out right
+   * behind the OPEN instead of a round trip later. A refusal (the service was
+   * withdrawn meanwhile, the program behind it is down) then destroys the stream
+   * with the reason, and the next connect waits for the answer again. For callers
+   * that cannot report the reason exactly anyway (a port forward) or that report
+   * success before the answer (the SOCKS proxy). Ignored on the per-connection path.
+   */
+  early?: boolean;
 }
 
 export type HomeConnectionState = 'connecting' | 'online' | 'offline';

@@ -106,6 +106,8 @@ export interface MuxSessionOptions {
 export interface OpenRequest {
   readonly service: string;
   readonly id: number;
+  /** Payload bytes the peer sent on the stream before it was answered (an early open). */
+  readonly bytesWaiting: number;
   /**
    * Opens the stream; the peer's open() resolves. The ACCEPT leaves with what
    * else is written in this turn (so an in-process service's first bytes share
@@ -124,6 +126,14 @@ interface PendingOpen {
   resolve: (stream: MuxStream) => void;
   reject: (err: Error) => void;
   timeoutMs: number;
+  /** openEarly: the stream is in its caller's hands already, and a failed open destroys it with the reason. */
+  early: boolean;
+}
+
+export interface EarlyOpenOptions {
+  timeoutMs?: number;
+  /** The peer's answer: null for ACCEPT, else why the open failed (REFUSE's code, a timeout, the session closing). */
+  onAnswer?: (err: Error | null) => void;
 }
 
 export interface MuxSessionEvents {
@@ -273,26 +283,65 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       return Promise.reject(vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`));
     }
     if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) return Promise.reject(vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`));
+    const stream = this.#newOutgoing(service);
+    return new Promise((resolve, reject) => {
+      this.#sendOpen({ stream, resolve, reject, timeoutMs: opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS, early: false });
+    });
+  }
+
+  /**
+   * Opens a stream to `service` and returns it at once, before the peer has
+   * answered: what is written to it leaves right behind the OPEN, up to the
+   * credit the peer's HELLO grants every stream (the peer holds those bytes
+   * for the stream until it accepts, and drops them if it refuses). Used when
+   * the answer is all but known (the peer accepted this service on this
+   * session before), so a client's first bytes need not wait a round trip.
+   * If the peer refuses, or the session closes first, the stream is destroyed
+   * with that error (REFUSE's code: NotExposed, Denied, Refused, ...), and
+   * `onAnswer` hears it; on ACCEPT, `onAnswer(null)`. Throws what open() rejects with.
+   */
+  openEarly(service: string, opts: EarlyOpenOptions = {}): MuxStream {
+    if (!this.usable) throw vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`);
+    if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) throw vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`);
+    const stream = this.#newOutgoing(service);
+    const onAnswer = opts.onAnswer;
+    this.#sendOpen({
+      stream,
+      resolve: onAnswer ? () => onAnswer(null) : noAnswer,
+      reject: onAnswer ?? noAnswer,
+      timeoutMs: opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS,
+      early: true,
+    });
+    stream.sendEarly();
+    return stream;
+  }
+
+  #newOutgoing(service: string): MuxStream {
     const id = this.#nextId;
     this.#nextId += 2;
     if (this.#nextId > 0xffffffff) this.goAway('ConnectionLost', 'stream ids exhausted');
     const stream = new MuxStream(this, id, service);
     this.#streams.set(id, stream);
-    return new Promise((resolve, reject) => {
-      const timeoutMs = opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS;
-      const pending: PendingOpen = { stream, resolve, reject, timeoutMs };
-      this.#pendingOpens.set(id, pending);
-      this.#openDeadlines.add(pending, timeoutMs);
-      this.#writeControl(encodeOpenFrame(id, service));
-    });
+    return stream;
+  }
+
+  #sendOpen(pending: PendingOpen): void {
+    this.#pendingOpens.set(pending.stream.id, pending);
+    this.#openDeadlines.add(pending, pending.timeoutMs);
+    this.#writeControl(encodeOpenFrame(pending.stream.id, pending.stream.service));
+    // An early open leaves at once, ahead of whatever its caller writes in this turn (the
+    // SOCKS reply): the peer starts its side of the open while the client answers.
+    if (pending.early) this.#flushNow();
   }
 
   #openTimedOut(pending: PendingOpen): void {
     const { stream } = pending;
     if (this.#pendingOpens.get(stream.id) !== pending) return;
     this.#pendingOpens.delete(stream.id);
-    stream.destroy();
-    pending.reject(vertexError('Timeout', `mux open ${stream.service}: no answer within ${pending.timeoutMs} ms`));
+    const err = vertexError('Timeout', `mux open ${stream.service}: no answer within ${pending.timeoutMs} ms`);
+    // An early stream's writer learns why; one nobody holds yet is just dropped (RESET either way).
+    stream.destroy(pending.early ? err : undefined);
+    pending.reject(err);
   }
 
   /** Round-trip time of one PING, in milliseconds. */
@@ -591,8 +640,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         this.#openDeadlines.delete(pending);
         this.#streams.delete(id);
         const f = decodeFields(payload);
-        pending.reject(vertexError(f.code && isErrorCode(f.code) ? f.code : 'Internal', f.description ?? `mux open ${pending.stream.service}: refused`));
-        pending.stream.refused();
+        const err = vertexError(f.code && isErrorCode(f.code) ? f.code : 'Internal', f.description ?? `mux open ${pending.stream.service}: refused`);
+        pending.reject(err);
+        pending.stream.refused(pending.early ? err : undefined);
         this.#maybeIdle();
         return;
       }
@@ -668,6 +718,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     onOpen({
       service,
       id,
+      get bytesWaiting() {
+        return stream.bytesRead;
+      },
       accept: (acceptOpts) => {
         if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
         answered = true;
@@ -799,6 +852,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   }
 }
 
+function noAnswer(): void {}
+
 function protocolError(what: string): VertexError {
   return vertexError('MuxDecode', `mux session: protocol error: ${what}`);
 }
@@ -816,6 +871,8 @@ export class MuxStream extends Duplex {
   #open = false;
   /** Send credit: bytes the peer still lets us send. */
   #credit = 0;
+  /** The peer's initial credit was taken (at ACCEPT, or before it by sendEarly). */
+  #credited = false;
   #pending: Buffer | null = null;
   #pendingAt = 0;
   #pendingCallback: ((err?: Error | null) => void) | null = null;
@@ -850,14 +907,31 @@ export class MuxStream extends Duplex {
   /** @internal ACCEPT went out or came in: data may flow. */
   opened(): void {
     this.#open = true;
-    this.#credit = this.#session.peerWindow;
+    this.#takeInitialCredit();
     if (this.#pending) this.#session.schedule(this);
   }
 
-  /** @internal REFUSE: the stream never opened. */
-  refused(): void {
+  /**
+   * @internal openEarly: data may flow before the ACCEPT, within the peer's initial
+   * credit (none if its HELLO has not come yet: then it flows from the ACCEPT on).
+   */
+  sendEarly(): void {
+    this.#open = true;
+    this.#takeInitialCredit();
+  }
+
+  #takeInitialCredit(): void {
+    if (this.#credited) return;
+    const window = this.#session.peerWindow;
+    if (window === 0) return;
+    this.#credited = true;
+    this.#credit += window;
+  }
+
+  /** @internal REFUSE: the stream never opened (an early stream's writer gets the reason). */
+  refused(err?: Error): void {
     this.#remoteReset = true;
-    this.destroy();
+    this.destroy(err);
   }
 
   /** @internal */
@@ -937,13 +1011,23 @@ export class MuxStream extends Duplex {
   /** @internal RESET arrived. */
   remoteReset(reason: string): void {
     this.#remoteReset = true;
-    this.destroy(vertexError('ConnectionLost', `stream ${this.service}: the peer aborted it: ${reason}`));
+    this.destroy(this.#unheld ? undefined : vertexError('ConnectionLost', `stream ${this.service}: the peer aborted it: ${reason}`));
   }
 
   /** @internal the session is gone; so is the stream, as an abort. */
   sessionClosed(err: Error): void {
     this.#remoteReset = true;
-    if (!this.destroyed) this.destroy(err instanceof VertexError ? err : vertexError('ConnectionLost', err.message, err));
+    if (!this.destroyed) this.destroy(this.#unheld ? undefined : err instanceof VertexError ? err : vertexError('ConnectionLost', err.message, err));
+  }
+
+  /**
+   * An incoming stream not yet accepted: nobody holds it or listens for its
+   * errors (its service is still deciding, or connecting to its local target),
+   * so an abort then destroys it quietly; an error event here would have no
+   * listener and end the process. accept() later finds it gone.
+   */
+  get #unheld(): boolean {
+    return this.incoming && !this.#open;
   }
 
   /** Returns credit for what the reader has taken, in steps of half a window. */

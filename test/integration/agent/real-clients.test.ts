@@ -83,6 +83,33 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
     expect(refused.stderr).toMatch(/refused/i);
   });
 
+  it('3: a second connect to a service sends its request before the answer; a service withdrawn meanwhile resets that client, the next gets the SOCKS refusal', async () => {
+    // Port 8081 means the service "8081" (alice's ports: map has only 7).
+    const url = 'http://bob.b.test.q2q:8081/';
+    const added = await bob.vertex(['expose', '8081', `127.0.0.1:${web.port}`, '--allow', '*@a.test']);
+    expect(added.code).toBe(0);
+    // The first connect waits for bob's answer; the second is early (its GET follows the OPEN).
+    for (let i = 0; i < 2; i++) {
+      const r = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
+      expect(r.stderr).toBe('');
+      expect(r.stdout.toString()).toBe(PAGE);
+    }
+    const removed = await bob.vertex(['expose', '--remove', '8081']);
+    expect(removed.code).toBe(0);
+    // echo and http stay exposed to alice, so the session stays and the next connect is early:
+    // curl got its SOCKS success and sent its GET; bob refuses the stream; curl gets a reset,
+    // never an end it could take for an empty answer (that would be exit 52).
+    const logFrom = alice.proc.output().length;
+    const cut = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
+    expect(cut.code).toBe(56);
+    expect(cut.stderr).toMatch(/reset by peer/i);
+    await until('alice logs the refusal', () => /stream refused after its early data/.test(alice.proc.output().slice(logFrom)) || undefined);
+    // The next one waits for the answer again: the SOCKS refusal, as without early streams.
+    const refused = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
+    expect(refused.code).toBe(97);
+    expect(refused.stderr).toMatch(/SOCKS/);
+  });
+
   async function userHome(address: string): Promise<string> {
     const u = await world.user(address);
     dirs.push(u.home.dir);

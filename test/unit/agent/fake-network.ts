@@ -134,7 +134,7 @@ export class FakeNode implements AgentNode {
       throw vertexError('Denied', `connect ${target}: denied`);
     }
     // As Q2QNode does: the service's prepare (an expose's local connect) before the connect completes.
-    const prepared = exposed.opts.prepare ? await exposed.opts.prepare() : undefined;
+    const prepared = exposed.opts.prepare ? await exposed.opts.prepare({ peerSpoke: () => false }) : undefined;
     const [mine, theirs] = await this.#net.pair();
     const route = this.#net.route;
     exposed.opts.onConnection(decorate(theirs, { route, peer: this.identity.address, device: this.device, service, connectMs: 0 }), prepared);

@@ -83,6 +83,37 @@ describe('peer sessions', () => {
     expect((await echoed(world, stream, Buffer.from('still here'))).toString()).toBe('still here');
   });
 
+  it('early connects: the first waits for the answer, later ones carry their bytes before it, a refusal sends the next back to waiting', async () => {
+    const connectEarly = async (service: string) => {
+      const stream = await world.drive(alice.sessions.connect({ to: 'bob@b.test', service, timeoutMs: 15_000, early: true }));
+      stream.on('error', () => undefined);
+      return stream;
+    };
+    bob.expose('other', { allow: ['alice@a.test'], onConnection: echo });
+    const first = await connectEarly('echo');
+    expect(first.early).toBeUndefined();
+    const second = await connectEarly('echo');
+    expect(second.early).toBe(true);
+    expect(second.sessionId).toBe(first.sessionId);
+    const data = randomBytes(300_000);
+    expect((await echoed(world, second, data)).equals(data)).toBe(true);
+    // Another service on the same session has not been answered yet: it waits.
+    expect((await connectEarly('other')).early).toBeUndefined();
+    // bob narrows echo's allow list: the next early stream is refused after the fact, with the code...
+    bob.expose('echo', { allow: ['carol@a.test'], onConnection: echo });
+    // (openEarly is what connect does first; called directly, the error listener is there before any I/O.)
+    const third = alice.sessions.openEarly({ to: 'bob@b.test', service: 'echo', timeoutMs: 15_000, early: true });
+    expect(third?.early).toBe(true);
+    const refused = new Promise<Error>((resolve) => third?.once('error', resolve));
+    third?.write('request bytes');
+    await expect(world.drive(refused)).resolves.toMatchObject({ code: 'Denied' });
+    // ...and the one after it waits for the answer again, so its caller gets the refusal itself.
+    await expect(world.drive(alice.sessions.connect({ to: 'bob@b.test', service: 'echo', timeoutMs: 15_000, early: true }))).rejects.toMatchObject({ code: 'Denied' });
+    // One ask per service (the device that serves it), all on the one session.
+    expect(world.broker.inbounds.map((i) => i.service)).toEqual(['echo', 'other']);
+    expect(alice.sessions.size).toBe(1);
+  });
+
   it('the same check with the allow list ignored would let alice in (the test above can fail)', async () => {
     bob.expose('secret', { allow: ['*'], onConnection: echo });
     await world.drive(alice.connect('bob@b.test:echo'));

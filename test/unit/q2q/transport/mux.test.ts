@@ -15,7 +15,7 @@ import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { isVertexError, vertexError } from '../../../../q2q/errors';
 import { createDomainCa } from '../../../../q2q/identity';
-import { MuxSession, MuxStream, MUX_DATA_FRAME } from '../../../../q2q/transport/mux';
+import { MuxSession, MuxStream, MUX_DATA_FRAME, type OpenRequest } from '../../../../q2q/transport/mux';
 import { ManualClock } from '../../../../q2q/util/clock';
 import { decodeFields, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, MUX_MAX_WINDOW } from '../../../../q2q/wire/mux-frame';
 import { memoryPair, transportSuite, type StreamPair } from '../../../integration/connections/transport-suite';
@@ -309,6 +309,9 @@ describe('mux session', () => {
         s.on('error', () => undefined);
         expect((await readAll(s)).toString()).toBe('x');
         s.end();
+        // Without flush, the ACCEPT and the service's first bytes (and here its END) written in
+        // the same turn leave in one write: one TLS record on a real channel.
+        if (service === 'later') expect(written.map(framesIn)).toContainEqual([FRAME.ACCEPT, FRAME.DATA, FRAME.END]);
       }
       expect(seen).toEqual({ now: true, later: false });
     } finally {
@@ -374,6 +377,119 @@ describe('mux session', () => {
     await expect(closedB).resolves.toMatchObject({ code: 'ConnectionLost' });
     expect(ended).not.toHaveBeenCalled();
     pair.close();
+  });
+});
+
+describe('mux early opens (openEarly)', () => {
+  /** Turns of the event loop until `ready()` holds (bounded: the in-memory channel delivers in a few). */
+  async function until(ready: () => boolean): Promise<void> {
+    for (let i = 0; i < 1000 && !ready(); i++) await new Promise((resolve) => setImmediate(resolve));
+    if (!ready()) throw new Error('condition not reached in 1000 turns');
+  }
+
+  it('bytes written before the ACCEPT reach the peer before it answers, are held for the stream, and arrive byte-exact', async () => {
+    const [x, y] = memoryChannel();
+    let opening: OpenRequest | undefined;
+    const a = new MuxSession(x, { initiator: true });
+    const b = new MuxSession(y, { initiator: false, onOpen: (r) => { opening = r; } });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      await a.ping(); // both HELLOs are in: the peer's window is known
+      const answers: Array<Error | null> = [];
+      const stream = a.openEarly('echo', { onAnswer: (err) => answers.push(err) });
+      stream.on('error', () => undefined);
+      const request = randomBytes(200 * KB);
+      stream.write(request);
+      // No ACCEPT yet, and the whole request is already at the peer.
+      await until(() => opening !== undefined && opening.bytesWaiting === request.length);
+      expect(answers).toEqual([]);
+      const accepted = (opening as OpenRequest).accept();
+      const got = readAll(accepted);
+      accepted.end('answer');
+      stream.end();
+      expect((await got).equals(request)).toBe(true);
+      expect((await readAll(stream)).toString()).toBe('answer');
+      expect(answers).toEqual([null]);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('with open() instead, nothing leaves before the ACCEPT (the case above can fail)', async () => {
+    const [x, y] = memoryChannel();
+    let opening: OpenRequest | undefined;
+    const a = new MuxSession(x, { initiator: true });
+    const b = new MuxSession(y, { initiator: false, onOpen: (r) => { opening = r; } });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      await a.ping();
+      const pending = a.open('echo');
+      await until(() => opening !== undefined);
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+      expect((opening as OpenRequest).bytesWaiting).toBe(0);
+      (opening as OpenRequest).accept().on('error', () => undefined);
+      (await pending).on('error', () => undefined);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('a refusal destroys the early stream with the refusal code; its bytes reach no one; the session goes on', async () => {
+    const [x, y] = memoryChannel();
+    const a = new MuxSession(x, { initiator: true });
+    const b = new MuxSession(y, {
+      initiator: false,
+      onOpen: (r) => (r.service === 'secret' ? r.refuse(vertexError('Denied', 'bob@b.test:secret does not allow alice@a.test')) : r.accept().on('error', () => undefined).end('hi')),
+    });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      await a.ping();
+      const answers: Array<Error | null> = [];
+      const stream = a.openEarly('secret', { onAnswer: (err) => answers.push(err) });
+      const failed = new Promise<Error>((resolve) => stream.once('error', resolve));
+      const ended = jest.fn();
+      stream.on('end', ended);
+      stream.write('GET /private HTTP/1.1\r\n\r\n');
+      await expect(failed).resolves.toMatchObject({ code: 'Denied', message: expect.stringContaining('does not allow') });
+      expect(answers).toEqual([expect.objectContaining({ code: 'Denied' })]);
+      expect(ended).not.toHaveBeenCalled();
+      expect(b.streamCount).toBe(0);
+      const next = await a.open('open');
+      next.on('error', () => undefined);
+      expect((await readAll(next)).toString()).toBe('hi');
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('an early open the peer never answers is destroyed with Timeout; the peer, still deciding, drops its side quietly', async () => {
+    const clock = new ManualClock();
+    const [x, y] = memoryChannel();
+    let opening: OpenRequest | undefined;
+    const a = new MuxSession(x, { initiator: true, clock });
+    const b = new MuxSession(y, { initiator: false, clock, onOpen: (r) => { opening = r; } });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      const stream = a.openEarly('slow', { timeoutMs: 1000 });
+      const failed = new Promise<Error>((resolve) => stream.once('error', resolve));
+      await until(() => opening !== undefined);
+      clock.advance(1001);
+      await expect(failed).resolves.toMatchObject({ code: 'Timeout' });
+      // The RESET reached a stream nobody holds yet: no error event without a listener
+      // (that would end the process); the late accept gets a stream that is gone.
+      await until(() => b.streamCount === 0);
+      expect((opening as OpenRequest).accept().destroyed).toBe(true);
+    } finally {
+      a.close();
+      b.close();
+    }
   });
 });
 
