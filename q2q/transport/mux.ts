@@ -854,6 +854,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
 function noAnswer(): void {}
 
+/** The error listener of a stream that has no owner yet (see MuxStream's constructor). */
+function unowned(): void {}
+
 function protocolError(what: string): VertexError {
   return vertexError('MuxDecode', `mux session: protocol error: ${what}`);
 }
@@ -894,6 +897,12 @@ export class MuxStream extends Duplex {
     this.service = service;
     this.incoming = incoming;
     this.#allowed = session.window;
+    // Until it opens, the stream has no owner to hear its errors: an incoming one waits for
+    // this side's answer (while a service's target is connected, up to seconds), an outgoing
+    // one for the peer's; the session may close meanwhile, or reset it for the session
+    // budget, and an 'error' nobody listens to would end the process (a peer could stop the
+    // agent so). Whoever gets the stream once it opens listens for them.
+    this.on('error', unowned);
   }
 
   get bytesRead(): number {
@@ -906,6 +915,7 @@ export class MuxStream extends Duplex {
 
   /** @internal ACCEPT went out or came in: data may flow. */
   opened(): void {
+    this.off('error', unowned);
     this.#open = true;
     this.#takeInitialCredit();
     if (this.#pending) this.#session.schedule(this);
@@ -916,6 +926,8 @@ export class MuxStream extends Duplex {
    * credit (none if its HELLO has not come yet: then it flows from the ACCEPT on).
    */
   sendEarly(): void {
+    // openEarly hands the stream out at once: its caller listens for errors from now on.
+    this.off('error', unowned);
     this.#open = true;
     this.#takeInitialCredit();
   }

@@ -633,14 +633,15 @@ describe('mux session budget', () => {
    * reads, and fills each to its stream window, as fast as it can. Returns the most the
    * receiving session held at any point, and what became of it.
    */
-  async function flood(opts: { peerHello: Record<string, string>; sessionWindow: number; streams: number }) {
+  async function flood(opts: { peerHello: Record<string, string>; sessionWindow: number; streams: number; answer?: 'never' }) {
     const [x, y] = memoryChannel();
     const accepted: MuxStream[] = [];
+    const unanswered: OpenRequest[] = [];
     const session = new MuxSession(y, {
       initiator: false,
       window,
       sessionWindow: opts.sessionWindow,
-      onOpen: (r) => accepted.push(r.accept().on('error', () => undefined)),
+      onOpen: (r) => (opts.answer === 'never' ? unanswered.push(r) : accepted.push(r.accept().on('error', () => undefined))),
     });
     let closedWith: Error | null | undefined;
     session.on('close', (err) => { closedWith = err; });
@@ -660,8 +661,76 @@ describe('mux session budget', () => {
     await settle();
     most = Math.max(most, session.bytesBuffered);
     const resets = back.filter(([type]) => type === FRAME.RESET).map(([, id]) => id);
-    return { session, most, closedWith, resets, accepted, x };
+    return { session, most, closedWith, resets, accepted, unanswered, x };
   }
+
+  it.each<[string, Record<string, string>]>([
+    ['claims a session window: cut off with MuxDecode', { sessionWindow: String(64 * MB) }],
+    ['has none: streams past the budget reset', {}],
+  ])('DATA on streams this side has not accepted yet counts too; a peer that %s', async (_what, hello) => {
+    const { session, most, closedWith, resets, unanswered } = await flood({ peerHello: { version: '1', window: String(window), ...hello }, sessionWindow: budget, streams: 32, answer: 'never' });
+    expect(most).toBeGreaterThan(budget / 2);
+    expect(most).toBeLessThanOrEqual(budget);
+    if (hello.sessionWindow) {
+      expect(isVertexError(closedWith, 'MuxDecode')).toBe(true);
+      return;
+    }
+    expect(session.closed).toBe(false);
+    expect(resets.length).toBe(32 - budget / window);
+    // Refusing what waits gives the budget back; so does accepting and reading.
+    const [first, ...rest] = unanswered;
+    for (const r of rest) r.refuse(vertexError('Denied', 'no'));
+    const stream = (first as OpenRequest).accept().on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    await settle();
+    expect(Buffer.concat(chunks).equals(Buffer.alloc(window, 0))).toBe(true);
+    expect(session.bytesBuffered).toBe(0);
+    session.close();
+  });
+
+  it.each([
+    ['the session closes', (session: MuxSession) => session.close()],
+    ['the peer goes away', (_session: MuxSession, peer: MuxSession) => peer.close()],
+  ])('an OPEN still waiting for its answer when %s is dropped quietly (no unhandled error), and a late accept gets a destroyed stream', async (_what, end) => {
+    const [x, y] = memoryChannel();
+    const a = new MuxSession(x, { initiator: true });
+    const waiting: OpenRequest[] = [];
+    const b = new MuxSession(y, { initiator: false, onOpen: (r) => waiting.push(r) });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    const opening = a.open('slow-target');
+    opening.catch(() => undefined);
+    await settle();
+    expect(waiting.length).toBe(1);
+    end(b, a);
+    await settle();
+    expect(b.closed).toBe(true);
+    const late = (waiting[0] as OpenRequest).accept();
+    expect(late.destroyed).toBe(true);
+  });
+
+  it('a peer may keep at most maxIncomingStreams open; the next OPEN is refused with NotAllowed until one closes', async () => {
+    const [x, y] = memoryChannel();
+    const a = new MuxSession(x, { initiator: true });
+    const b = new MuxSession(y, { initiator: false, maxIncomingStreams: 2, onOpen: (r) => r.accept().on('error', () => undefined) });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      const first = await a.open('x');
+      first.on('error', () => undefined);
+      (await a.open('x')).on('error', () => undefined);
+      await expect(a.open('x')).rejects.toMatchObject({ code: 'NotAllowed', message: expect.stringMatching(/2 streams open here already/) });
+      first.destroy();
+      await settle();
+      const again = await a.open('x');
+      again.on('error', () => undefined);
+      expect(again).toBeInstanceOf(MuxStream);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
 
   it('a peer that opens many streams and fills them, nothing read, makes us hold at most the budget (and is cut off when it claims a session window)', async () => {
     const { session, most, closedWith } = await flood({ peerHello: { version: '1', window: String(window), sessionWindow: String(64 * MB) }, sessionWindow: budget, streams: 64 });
