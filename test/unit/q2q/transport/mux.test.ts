@@ -710,6 +710,36 @@ describe('mux session budget', () => {
     expect(late.destroyed).toBe(true);
   });
 
+  it('early opens (openEarly) stop at the budget while this side has not answered; accepted later, every stream completes byte-exact', async () => {
+    const [x, y] = memoryChannel();
+    const a = new MuxSession(x, { initiator: true, window, sessionWindow: budget });
+    const waiting: OpenRequest[] = [];
+    const b = new MuxSession(y, { initiator: false, window, sessionWindow: budget, onOpen: (r) => waiting.push(r) });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    try {
+      await settle(); // the HELLOs: an early stream's credit before ACCEPT comes from the peer's
+      // Sixteen early streams, each with a stream window of credit before any ACCEPT: 4 budgets' worth.
+      const streams = Array.from({ length: 16 }, () => a.openEarly('sink').on('error', () => undefined));
+      const data = streams.map(() => randomBytes(2 * window));
+      const writing = Promise.all(streams.map((s, i) => writeAll(s, data[i] as Buffer)));
+      writing.catch(() => undefined);
+      for (let i = 0; i < 100 && b.bytesBuffered < budget; i++) await settle(1);
+      await settle(20);
+      expect(waiting.length).toBe(16);
+      expect(b.bytesBuffered).toBe(budget);
+      expect(waiting.reduce((n, r) => n + r.bytesWaiting, 0)).toBe(budget);
+      expect(a.closed || b.closed).toBe(false);
+      const got = waiting.map((r) => readAll(r.accept().on('error', () => undefined)));
+      await writing;
+      (await Promise.all(got)).forEach((body, i) => expect(body.equals(data[i] as Buffer)).toBe(true));
+      expect(b.bytesBuffered).toBe(0);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
   it('a peer may keep at most maxIncomingStreams open; the next OPEN is refused with NotAllowed until one closes', async () => {
     const [x, y] = memoryChannel();
     const a = new MuxSession(x, { initiator: true });
