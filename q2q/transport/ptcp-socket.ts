@@ -22,7 +22,7 @@ import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { Duplex } from 'node:stream';
 import { isVertexError, vertexError, type VertexError } from '../errors';
-import { PtcpConnection, type PtcpAction, type PtcpStats, type RandomSource } from '../proto/ptcp/connection';
+import { echoedAt, PtcpConnection, type PtcpAction, type PtcpStats, type RandomSource } from '../proto/ptcp/connection';
 import { MAX_HALF_OPEN, type PtcpTunables } from '../proto/ptcp/constants';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { silentLogger, type Logger } from '../util/log';
@@ -41,6 +41,13 @@ const STREAM_HIGH_WATER_MARK = 256 * 1024;
 const SEND_SLAB_BYTES = 128 * 1024;
 /** In-order payloads delivered in one turn are joined into stream chunks of at most this. */
 const MAX_DELIVERY_CHUNK = 64 * 1024;
+/**
+ * libuv reads at most this many datagrams from a UDP socket per event-loop turn
+ * (uv__udp_recvmsg); a turn that read fewer read the socket's queue until it was empty. Were
+ * the batch ever larger, a drained queue would only be noticed later (the echo rule in
+ * #onMessage still applies); were it smaller, verdicts would be as early as before.
+ */
+const UV_UDP_READS_PER_TURN = 32;
 
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
 
@@ -188,6 +195,21 @@ export class PtcpSocket extends EventEmitter {
   #closed = false;
   #ttlBusy = false;
   #ttlQueue: Array<() => void> = [];
+  /**
+   * Every datagram that reached the socket before this time has been read. Verdicts of
+   * silence are taken against it (PtcpConnection.handleTimer): on a starved process the
+   * socket's queue holds seconds of segments that timers, which Node runs before it reads
+   * sockets, would otherwise never see (a live peer was declared dead with 6 MB of its
+   * segments still queued here, and its next segment drew a reset).
+   */
+  #readUpTo: number;
+  /** Datagrams read since the last flush: the reads of this turn's poll phase. */
+  #readsThisTurn = 0;
+  #lastReadAt = 0;
+  /** A time before this turn's poll phase: the last flush, or a timer that ran since. */
+  #beforePollAt: number;
+  /** Connections whose verdict of silence waits until the socket has been read up to it. */
+  #awaitingInput = new Set<Entry>();
 
   private constructor(udp: dgram.Socket, opts: PtcpSocketOptions) {
     super();
@@ -196,6 +218,8 @@ export class PtcpSocket extends EventEmitter {
     this.#log = opts.log ?? silentLogger;
     this.#random = opts.random ?? randomBytes;
     this.#tunables = opts.tunables ?? {};
+    this.#readUpTo = this.#clock.now();
+    this.#beforePollAt = this.#readUpTo;
     udp.on('message', (buf, rinfo) => this.#onMessage(buf, rinfo));
     udp.on('error', (err) => this.#log.warn({ err }, 'ptcp udp socket error'));
   }
@@ -401,6 +425,10 @@ export class PtcpSocket extends EventEmitter {
   }
 
   #onMessage(buf: Buffer, rinfo: dgram.RemoteInfo): void {
+    const now = this.#clock.now();
+    this.#readsThisTurn++;
+    this.#lastReadAt = now;
+    this.#scheduleFlush();
     if (!isPtcpDatagram(buf)) {
       this.emit('datagram', buf, rinfo);
       return;
@@ -412,7 +440,6 @@ export class PtcpSocket extends EventEmitter {
       this.#log.debug({ err, from: `${rinfo.address}:${rinfo.port}` }, 'ptcp: dropped malformed segment');
       return;
     }
-    const now = this.#clock.now();
     if (seg.dstId === 0) {
       this.#onSyn(seg, rinfo, now);
       return;
@@ -421,6 +448,12 @@ export class PtcpSocket extends EventEmitter {
     if (!entry) {
       if (!(seg.flags & FLAG_RST)) this.#sendReset(seg, rinfo);
       return;
+    }
+    if (entry.conn.peerId === seg.srcId) {
+      // The peer sent this after it got our segment stamped `sentAt`, so it reached the socket
+      // after that, and so did nothing still queued behind it: the socket is read up to there.
+      const sentAt = echoedAt(seg.tsEcr, now);
+      if (sentAt !== null && sentAt > this.#readUpTo) this.#readUpTo = sentAt;
     }
     if (entry.conn.peerId === seg.srcId && (entry.remote.address !== rinfo.address || entry.remote.port !== rinfo.port)) {
       // The peer's NAT rebinding (or roaming): follow it; connection ids, not addresses, name the connection.
@@ -502,18 +535,48 @@ export class PtcpSocket extends EventEmitter {
 
   #markDirty(entry: Entry): void {
     this.#dirty.add(entry);
+    this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       setImmediate(this.#flushNow);
     }
   }
 
+  /** Runs in the check phase, after the poll phase that read the socket this turn. */
   #flush(): void {
     this.#flushScheduled = false;
+    const now = this.#clock.now();
+    const reads = this.#readsThisTurn;
+    this.#readsThisTurn = 0;
+    if (reads < UV_UDP_READS_PER_TURN) {
+      // The poll phase read until the queue was empty (or found nothing to read).
+      const emptyAt = reads > 0 ? this.#lastReadAt : this.#beforePollAt;
+      if (emptyAt > this.#readUpTo) this.#readUpTo = emptyAt;
+    }
+    this.#beforePollAt = now;
     const dirty = this.#dirty;
     this.#dirty = new Set();
-    const now = this.#clock.now();
     for (const entry of dirty) this.#run(entry, entry.conn.poll(now));
+    if (this.#awaitingInput.size > 0) {
+      const waiting = [...this.#awaitingInput];
+      this.#awaitingInput.clear();
+      for (const entry of waiting) {
+        if (entry.gone || !entry.conn.awaitingInput) continue;
+        entry.conn.handleTimer(now, this.#readUpTo);
+        this.#run(entry, entry.conn.poll(now));
+        this.#watchInput(entry);
+      }
+    }
+  }
+
+  /** A verdict that waits for input is asked again after every turn until it is taken or cancelled. */
+  #watchInput(entry: Entry): void {
+    if (entry.gone || !entry.conn.awaitingInput) return;
+    this.#awaitingInput.add(entry);
+    this.#scheduleFlush();
   }
 
   #run(entry: Entry, actions: PtcpAction[]): void {
@@ -623,12 +686,17 @@ export class PtcpSocket extends EventEmitter {
       this.#setTimer(entry, at);
       return;
     }
-    entry.conn.handleTimer(now);
+    // Timers run before the turn's poll phase: whatever reaches the socket from now on is read
+    // after this, so a flush that finds the socket empty has read it up to here.
+    if (now > this.#beforePollAt) this.#beforePollAt = now;
+    entry.conn.handleTimer(now, this.#readUpTo);
     this.#run(entry, entry.conn.poll(now));
+    this.#watchInput(entry);
   }
 
   #forget(entry: Entry): void {
     entry.gone = true;
+    this.#awaitingInput.delete(entry);
     entry.timer?.cancel();
     entry.timer = null;
     if (this.#byId.get(entry.conn.localId) === entry) this.#byId.delete(entry.conn.localId);

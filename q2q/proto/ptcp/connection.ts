@@ -30,7 +30,10 @@ import type { CongestionController, CongestionState } from './congestion';
 import { Cubic } from './cubic';
 import { DeliveryRateEstimator } from './delivery-rate';
 import {
+  DEAD_PEER_RTOS,
   DUP_THRESH,
+  MAX_DEAD_PEER_MS,
+  MAX_INPUT_LAG_MS,
   TLP_MIN_MS,
   PACING_BURST_MS,
   PACING_MIN_BURST_SEGMENTS,
@@ -107,6 +110,18 @@ function tsOf(ms: number): number {
   return ts === 0 ? 1 : ts;
 }
 
+/**
+ * When (on the clock of `now`) this side sent the segment whose timestamp a received segment
+ * echoes, or null when the echo is absent or not plausibly ours (from the future, or older
+ * than a minute). Every connection of one driver shares its clock, so any echo tells the
+ * driver that the datagram carrying it reached the socket after that time.
+ */
+export function echoedAt(tsEcr: number, now: number): number | null {
+  if (tsEcr === 0) return null;
+  const us = (tsOf(now) - tsEcr) >>> 0;
+  return us < 60_000_000 ? now - us / 1000 : null;
+}
+
 export class PtcpConnection {
   readonly localId: number;
   readonly #o: PtcpTunables;
@@ -164,6 +179,8 @@ export class PtcpConnection {
   // Liveness.
   #lastRecvAt = 0;
   #lastKeepaliveAt = 0;
+  /** A silence verdict that fell due before the driver had read its input up to it. */
+  #verdictWaitsFor: number | null = null;
   /** Keepalives sent since the peer was last heard from (for the PtcpIdle message). */
   #keepalivesUnanswered = 0;
   #timeWaitAt: number | null = null;
@@ -372,6 +389,7 @@ export class PtcpConnection {
           this.#lastRecvAt = now;
           this.#state = 'established';
           this.#synAt = null;
+          this.#verdictWaitsFor = null;
           if (seg.tsEcr !== 0) this.#sampleRtt(seg.tsEcr, now);
           this.#peerEdge = seg.window;
           this.#wndAck = 0;
@@ -389,6 +407,10 @@ export class PtcpConnection {
         if (!(seg.flags & FLAG_ACK) || seg.ack !== this.#sndWire(0)) return;
         this.#state = 'established';
         this.#synAt = null;
+        this.#verdictWaitsFor = null;
+        // The echo of our SYN-ACK's timestamp measures the path at once (as Linux does), so a
+        // side that only receives still knows the round trip its peer's answers need.
+        if (seg.tsEcr !== 0) this.#sampleRtt(seg.tsEcr, now);
         this.#maxEdge = this.#window();
         this.#actions.push({ type: 'connected' });
         break;
@@ -661,11 +683,27 @@ export class PtcpConnection {
 
   // ---------------------------------------------------------------- timers
 
-  handleTimer(now: number): void {
+  /**
+   * `readUpTo`: the driver has read every datagram that reached its socket before this time
+   * (default: `now`). Verdicts of silence (connect timeout, half-open connection given up,
+   * PtcpIdle) are about what reached us, not about what we got round to reading: a process
+   * starved of CPU reads its socket seconds late, and the peer's segments wait there unread.
+   * A verdict due by the clock but not by `readUpTo` waits (see `awaitingInput`), at most
+   * MAX_INPUT_LAG_MS.
+   */
+  handleTimer(now: number, readUpTo = now): void {
     // The driver's timer has fired, so the next poll must report the deadline again.
     this.#lastTimerAt = null;
+    this.#verdictWaitsFor = null;
     if (this.#state === 'closed' || this.#state === 'idle') return;
+    const heard = Math.max(Math.min(now, readUpTo), now - MAX_INPUT_LAG_MS);
     if (this.#state === 'syn-sent' || this.#state === 'syn-received') {
+      if (now >= this.#synDeadline && heard < this.#synDeadline) {
+        // The handshake's time is up; no more SYNs, only the input still to read decides.
+        this.#verdictWaitsFor = this.#synDeadline;
+        this.#synAt = null;
+        return;
+      }
       if (now >= this.#synDeadline) {
         if (this.#state === 'syn-sent') {
           this.#fail(vertexError('PtcpConnectTimeout', `ptcp connect: no answer to ${this.#synTries} SYN(s) in ${this.#o.connectTimeoutMs} ms`));
@@ -684,7 +722,10 @@ export class PtcpConnection {
     if (this.#state === 'time-wait') return;
     // The same sum as #nextDeadline: `now - last >= timeout` can round below the timeout
     // at the very deadline (fractional ms), and the timer would then fire forever.
-    if (now >= this.#lastRecvAt + this.#o.idleTimeoutMs) {
+    const deadAt = this.#deadAt();
+    if (now >= deadAt && heard < deadAt) {
+      this.#verdictWaitsFor = deadAt;
+    } else if (now >= deadAt) {
       this.#fail(vertexError('PtcpIdle', `ptcp connection ${this.localId}: the peer is gone: nothing heard for ${Math.round(now - this.#lastRecvAt)} ms, ${this.#keepalivesUnanswered} keepalive(s) unanswered`));
       return;
     }
@@ -934,7 +975,7 @@ export class PtcpConnection {
     };
     if (this.#state === 'syn-sent' || this.#state === 'syn-received') {
       consider(this.#synAt);
-      consider(this.#synDeadline);
+      consider(this.#verdictDeadline(this.#synDeadline));
     } else if (this.#state === 'time-wait') {
       consider(this.#timeWaitAt);
     } else {
@@ -944,10 +985,58 @@ export class PtcpConnection {
       consider(this.#paceAt);
       consider(this.#delAckAt);
       consider(this.#rackAt);
-      consider(this.#lastRecvAt + this.#o.idleTimeoutMs);
+      consider(this.#verdictDeadline(this.#deadAt()));
       consider(this.#nextKeepaliveAt());
     }
     return at === Infinity ? null : at;
+  }
+
+  /**
+   * When the peer counts as gone (PtcpIdle): idleTimeoutMs after it was last heard from, or
+   * later on a path whose round trip is seconds long. A keepalive is answered within an RTO
+   * (that is what the RTO estimates), so the first probe and two RTOs more must pass without
+   * an answer; a fixed 7.5 s declared live peers dead once a starved process's own socket
+   * queues made the round trip 5-10 s. On a healthy path (RTO 0.2-1 s) this is idleTimeoutMs
+   * (issue 11: a dead peer within 10 s). Bounded by MAX_DEAD_PEER_MS, as RFC 9293's R2 is
+   * bounded, unless idleTimeoutMs itself is longer.
+   */
+  #deadAt(): number {
+    const o = this.#o;
+    const rttBound = Math.min(MAX_DEAD_PEER_MS, o.keepaliveMs + DEAD_PEER_RTOS * this.#rtt.baseRto);
+    return this.#lastRecvAt + Math.max(o.idleTimeoutMs, rttBound);
+  }
+
+  /** A verdict waiting for input is asked again by the driver, and taken anyway after MAX_INPUT_LAG_MS. */
+  #verdictDeadline(at: number): number {
+    return this.#verdictWaitsFor === at ? at + MAX_INPUT_LAG_MS : at;
+  }
+
+  /**
+   * True while a verdict of silence is due by the clock but the driver has not yet read its
+   * socket up to the deadline: the driver calls handleTimer again, with a later `readUpTo`,
+   * once it has (a segment from the peer that turns up meanwhile cancels the verdict).
+   */
+  get awaitingInput(): boolean {
+    const waits = this.#verdictWaitsFor;
+    if (waits === null) return false;
+    switch (this.#state) {
+      case 'syn-sent':
+      case 'syn-received':
+        return waits === this.#synDeadline;
+      case 'established':
+      case 'fin-wait-1':
+      case 'fin-wait-2':
+      case 'closing':
+      case 'close-wait':
+      case 'last-ack':
+        return waits === this.#deadAt();
+      case 'idle':
+      case 'time-wait':
+      case 'closed':
+        return false;
+      default:
+        return assertNever(this.#state);
+    }
   }
 
   /**

@@ -72,3 +72,15 @@ export const PACING_MIN_BURST_SEGMENTS = 16;
 export const MAX_HALF_OPEN = 1024;
 /** Floor of the tail-loss-probe timeout (RFC 8985 suggests 10 ms). */
 export const TLP_MIN_MS = 10;
+/**
+ * Longest a verdict of silence (PtcpIdle, PtcpConnectTimeout, a half-open connection given
+ * up) waits for the driver to read the input that reached its socket before the deadline
+ * (PtcpConnection.handleTimer). A starved process can hold seconds of the peer's segments
+ * unread in its own socket buffer; past this bound the verdict is taken anyway, so a socket
+ * that never catches up still notices a dead peer.
+ */
+export const MAX_INPUT_LAG_MS = 30_000;
+/** The dead-peer timeout is at least keepaliveMs plus this many RTOs (see PtcpConnection #deadAt). */
+export const DEAD_PEER_RTOS = 2;
+/** Upper bound of the round-trip-scaled dead-peer timeout (idleTimeoutMs still applies if longer). */
+export const MAX_DEAD_PEER_MS = 60_000;

@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { isVertexError, type VertexError } from '../../../../../q2q/errors';
 import { PtcpConnection, type PtcpAction, type PtcpConnectionOptions } from '../../../../../q2q/proto/ptcp/connection';
 import { ManualClock, type Timer } from '../../../../../q2q/util/clock';
-import { decodeSegment, encodeSegment, FLAG_KEEPALIVE, FLAG_RST, FLAG_SYN, type PtcpSegment } from '../../../../../q2q/wire/ptcp-segment';
+import { MAX_DEAD_PEER_MS, MAX_INPUT_LAG_MS, PTCP_DEFAULTS } from '../../../../../q2q/proto/ptcp/constants';
+import { decodeSegment, encodeSegment, FLAG_ACK, FLAG_KEEPALIVE, FLAG_RST, FLAG_SYN, type PtcpSegment } from '../../../../../q2q/wire/ptcp-segment';
 
 /** Deterministic PRNG (mulberry32). */
 function prng(seed: number): () => number {
@@ -58,6 +59,12 @@ class Sim {
   readonly busyUntil = { ab: 0, ba: 0 };
   /** Datagrams dropped by a full bottleneck queue. */
   overflows = 0;
+  /**
+   * How far behind the clock each side's driver has read its socket (handleTimer's
+   * `readUpTo`): a starved process whose own socket holds this much of the peer's segments.
+   * Model it together with a link delay of the same size toward that side.
+   */
+  readLagMs = { a: 0, b: 0 };
 
   constructor(opts: { seed?: number; ab?: Partial<Link>; ba?: Partial<Link>; conn?: Partial<PtcpConnectionOptions> } = {}) {
     this.rand = prng(opts.seed ?? 1);
@@ -111,7 +118,7 @@ class Sim {
           if (action.at !== null) {
             side.timer = this.clock.setTimer(() => {
               side.timer = null;
-              side.conn.handleTimer(this.clock.now());
+              side.conn.handleTimer(this.clock.now(), this.readUpTo(side));
               this.pump(side);
             }, action.at - this.clock.now());
           }
@@ -142,6 +149,20 @@ class Sim {
         delay += this.busyUntil[dir] - now;
       }
       this.clock.setTimer(() => this.deliver(from, decodeSegment(bytes)), delay);
+    }
+  }
+
+  readUpTo(side: Side): number {
+    return this.clock.now() - (side === this.a ? this.readLagMs.a : this.readLagMs.b);
+  }
+
+  /** As the driver does after each turn: a verdict waiting for input is asked again. */
+  recheck(): void {
+    for (const side of [this.a, this.b]) {
+      if (side?.conn.awaitingInput) {
+        side.conn.handleTimer(this.clock.now(), this.readUpTo(side));
+        this.pump(side);
+      }
     }
   }
 
@@ -180,7 +201,10 @@ class Sim {
 
   /** Advances in small steps until `done` or the time budget runs out. */
   runUntil(done: () => boolean, budgetMs: number, stepMs = 10): void {
-    for (let t = 0; t < budgetMs && !done(); t += stepMs) this.clock.advance(stepMs);
+    for (let t = 0; t < budgetMs && !done(); t += stepMs) {
+      this.clock.advance(stepMs);
+      this.recheck();
+    }
   }
 }
 
@@ -641,5 +665,126 @@ describe('PtcpConnection passive open from an unverified source (issue 11: a spo
     expect(synAcks).toBe(3);
     // Never more SYN-ACKs than SYNs: no amplification.
     expect(synAcks).toBeLessThanOrEqual(synsFromA);
+  });
+});
+
+describe('PtcpConnection verdicts of silence count what reached the socket, not what was read (a starved process)', () => {
+  // A process starved of CPU reads its socket seconds late (libuv reads 32 datagrams per turn,
+  // timers run first): at load 12-15 the 200-connection test had 6-7 MB of the peer's segments
+  // queued in the socket that declared the peer dead. The driver passes handleTimer how far
+  // it has read (`readUpTo`); verdicts wait for that, at most MAX_INPUT_LAG_MS.
+  const BACKLOG_MS = 4_000;
+
+  /**
+   * a and b (one process, as in the 200-connection test) connect over a 5 ms path; then the
+   * process falls behind, so each side's segments wait BACKLOG_MS in the other's socket
+   * before it reads them, while a sends b 200 KB. The round trip (8 s) exceeds the idle
+   * timeout (7.5 s), but what reached each socket never stops for that long.
+   */
+  function backloggedTransfer(readLagMs: number): Sim {
+    const sim = new Sim();
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+    sim.links.ab.delayMs = BACKLOG_MS;
+    sim.links.ba.delayMs = BACKLOG_MS;
+    sim.readLagMs = { a: readLagMs, b: readLagMs };
+    const data = pattern(200_000, 7);
+    sim.write(sim.a, data);
+    sim.runUntil(() => sim.a.closed || sim.b.closed || sim.a.conn.stats().bytesAcked === data.length, 300_000);
+    return sim;
+  }
+
+  it('a live peer whose segments wait unread in the socket is not declared dead', () => {
+    const sim = backloggedTransfer(BACKLOG_MS);
+    expect(sim.b.receivedBytes).toBe(200_000);
+    expect(sim.a.errors).toEqual([]);
+    expect(sim.b.errors).toEqual([]);
+    expect(sim.a.conn.stats().bytesAcked).toBe(200_000);
+    expect(sim.a.conn.state).toBe('established');
+  });
+
+  it('can fail: a driver that counts its unread input as silence kills the live peer (PtcpIdle)', () => {
+    const sim = backloggedTransfer(0);
+    expect([...sim.a.errors, ...sim.b.errors].map((e) => e.code)).toContain('PtcpIdle');
+  });
+
+  it('a silent peer is still declared dead once the socket has been read past the deadline, and at most MAX_INPUT_LAG_MS late', () => {
+    for (const lag of [2_000, 10 * 60_000]) {
+      const sim = new Sim();
+      sim.start();
+      sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 1000);
+      sim.links.ba.loss = 1;
+      sim.readLagMs.a = lag;
+      const t0 = sim.clock.now();
+      sim.runUntil(() => sim.a.closed, 60_000, 50);
+      expect(sim.a.errors.map((e) => e.code)).toEqual(['PtcpIdle']);
+      const expected = PTCP_DEFAULTS.idleTimeoutMs + Math.min(lag, MAX_INPUT_LAG_MS);
+      expect(sim.clock.now() - t0).toBeGreaterThanOrEqual(expected);
+      expect(sim.clock.now() - t0).toBeLessThan(expected + 200);
+    }
+  });
+
+  it('a live peer across a round trip longer than the idle timeout is not declared dead (the timeout scales with the RTO)', () => {
+    // 10 s round trip: a keepalive sent after 2.5 s of silence cannot be answered before 12.5 s.
+    const sim = new Sim({ ab: { delayMs: 5_000 }, ba: { delayMs: 5_000 }, conn: { connectTimeoutMs: 30_000 } });
+    sim.start();
+    sim.runUntil(() => sim.a.connected && !!sim.b && sim.b.connected, 30_000);
+    // Both sides measured the path in the handshake, the passive one from the echo of its SYN-ACK.
+    expect(sim.a.conn.stats().srttMs).toBeGreaterThanOrEqual(10_000);
+    expect(sim.b.conn.stats().srttMs).toBeGreaterThanOrEqual(10_000);
+    const data = pattern(100_000, 3);
+    sim.write(sim.a, data);
+    sim.runUntil(() => sim.a.closed || sim.a.conn.stats().bytesAcked === data.length, 300_000);
+    expect(sim.b.receivedBytes).toBe(data.length);
+    expect([...sim.a.errors, ...sim.b.errors]).toEqual([]);
+    // Quiet for two minutes: the keepalives, answered 10 s later, keep both ends up.
+    sim.runUntil(() => sim.a.closed || sim.b.closed, 120_000, 100);
+    expect([...sim.a.errors, ...sim.b.errors]).toEqual([]);
+    // And when the peer does vanish, it is noticed within MAX_DEAD_PEER_MS.
+    sim.links.ba.loss = 1;
+    const t0 = sim.clock.now();
+    sim.runUntil(() => sim.a.closed, 120_000, 100);
+    expect(sim.a.errors.map((e) => e.code)).toEqual(['PtcpIdle']);
+    expect(sim.clock.now() - t0).toBeLessThanOrEqual(MAX_DEAD_PEER_MS + 100);
+  });
+
+  describe('a passive connection whose completing ACK waits unread in the socket', () => {
+    const syn: PtcpSegment = { flags: FLAG_SYN, srcId: 0xbeef, dstId: 0, seq: 12345, ack: 0, tsVal: 77, tsEcr: 0, window: 65535, sacks: [], payload: Buffer.alloc(0) };
+    const deadline = PTCP_DEFAULTS.connectTimeoutMs;
+
+    function halfOpen(): { conn: PtcpConnection; ack: PtcpSegment; actions: () => PtcpAction[] } {
+      const conn = new PtcpConnection({ localId: 0x2222, random: randomSource(5) });
+      conn.accept(syn, 0);
+      const synAck = conn.poll(0).find((a) => a.type === 'send');
+      if (synAck?.type !== 'send') throw new Error('no SYN-ACK');
+      // The client's first data segment, which completes the handshake (RFC 9293 3.10.7.4).
+      const ack: PtcpSegment = { flags: FLAG_ACK, srcId: 0xbeef, dstId: 0x2222, seq: 12346, ack: (synAck.segment.seq + 1) >>> 0, tsVal: 5000, tsEcr: synAck.segment.tsVal, window: 65535, sacks: [], payload: Buffer.from('hello') };
+      return { conn, ack, actions: () => conn.poll(0) };
+    }
+
+    it('is kept past its deadline while the socket is read behind it, and completes with the data', () => {
+      const { conn, ack } = halfOpen();
+      conn.handleTimer(deadline + 2_000, deadline - 3_000);
+      expect(conn.poll(deadline + 2_000).map((a) => a.type)).not.toContain('closed');
+      expect(conn.state).toBe('syn-received');
+      expect(conn.awaitingInput).toBe(true);
+      conn.handleSegment(ack, deadline + 2_000);
+      const out = conn.poll(deadline + 2_000);
+      expect(out.map((a) => a.type)).toContain('connected');
+      expect(Buffer.concat(out.flatMap((a) => (a.type === 'data' ? [a.data] : []))).toString()).toBe('hello');
+      expect(conn.awaitingInput).toBe(false);
+    });
+
+    it('is given up once the socket has been read past the deadline, or MAX_INPUT_LAG_MS after it', () => {
+      const read = halfOpen().conn;
+      read.handleTimer(deadline + 2_000, deadline + 1_000);
+      expect(read.poll(deadline + 2_000).map((a) => a.type)).toContain('closed');
+      const neverRead = halfOpen().conn;
+      neverRead.handleTimer(deadline + 2_000, 0);
+      const waiting = neverRead.poll(deadline + 2_000).find((a) => a.type === 'timer');
+      expect(waiting).toEqual({ type: 'timer', at: deadline + MAX_INPUT_LAG_MS });
+      neverRead.handleTimer(deadline + MAX_INPUT_LAG_MS, 0);
+      expect(neverRead.poll(deadline + MAX_INPUT_LAG_MS).map((a) => a.type)).toContain('closed');
+    });
   });
 });
