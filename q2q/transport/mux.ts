@@ -60,6 +60,17 @@ export const MUX_DEFAULT_WINDOW = 4 * 1024 * 1024;
 export const MUX_DEFAULT_SESSION_WINDOW = 32 * 1024 * 1024;
 /** DATA frames are cut at this size, so that streams sharing a channel take turns often. */
 export const MUX_DATA_FRAME = 64 * 1024;
+/**
+ * Bytes written to the channel and not yet taken by it (the peer is not reading)
+ * past which we stop reading the peer's frames until the channel drains. Every
+ * PING, OPEN, RESET... the peer sends draws an answer; a peer that sends them
+ * without reading ours would make us queue answers without end (HTTP/2's ping and
+ * reset floods, CVE-2019-9512 and -9514). Our own DATA never queues more than
+ * 2 × MUX_SEND_BATCH (the pump waits, see "sending"), so a peer that reads never
+ * meets this; one that does not is also declared dead after MUX_DEAD_AFTER_MS,
+ * since nothing is read from it meanwhile.
+ */
+export const MUX_MAX_UNSENT = 1024 * 1024;
 /** A PING goes out after this long without a byte from the peer. */
 export const MUX_KEEPALIVE_MS = 2_500;
 /** The session is declared dead after this long without a byte from the peer (ARCHITECTURE: a dead peer within 10 s). */
@@ -192,6 +203,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   readonly #spare: Buffer[] = [];
   #lastHeard: number;
   #pingOut = false;
+  /** Reading the channel waits for it to drain (MUX_MAX_UNSENT). */
+  #readingHeld = false;
   #timer: Timer | null = null;
   /** bytesOut when the timer last ran: unchanged means quiet, and the spare send buffers go. */
   #sentAtTimer = 0;
@@ -249,6 +262,18 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
   get closed(): boolean {
     return this.#state === 'closed';
+  }
+
+  /** The peer does not take what we send: no more of its frames (and their answers) until it does. */
+  #holdReading(): void {
+    if (this.#readingHeld || this.#state !== 'open') return;
+    this.#readingHeld = true;
+    this.#channel.pause();
+    // Past the channel's high-water mark a write returned false, so 'drain' will come.
+    this.#channel.once('drain', () => {
+      this.#readingHeld = false;
+      if (this.#state === 'open') this.#channel.resume();
+    });
   }
 
   /** False once a GOAWAY went either way or the session closed: no new streams. */
@@ -570,7 +595,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     if (!out || length === 0) return;
     if (this.#channel.destroyed || this.#channel.writableEnded) return;
     this.#pendingWrites += 1;
-    this.#channel.write(out.subarray(0, length), (err) => {
+    const more = this.#channel.write(out.subarray(0, length), (err) => {
       this.#pendingWrites -= 1;
       if (err) return;
       // Only our own big buffers: a small one is a slice of Node's shared pool.
@@ -581,6 +606,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         this.#pump();
       }
     });
+    if (!more && this.#channel.writableLength > MUX_MAX_UNSENT) this.#holdReading();
   }
 
   #writeControl(frame: Buffer): void {

@@ -15,7 +15,7 @@ import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { isVertexError, vertexError } from '../../../../q2q/errors';
 import { createDomainCa } from '../../../../q2q/identity';
-import { MuxSession, MuxStream, MUX_DATA_FRAME, type OpenRequest } from '../../../../q2q/transport/mux';
+import { MuxSession, MuxStream, MUX_DATA_FRAME, MUX_MAX_UNSENT, type OpenRequest } from '../../../../q2q/transport/mux';
 import { ManualClock } from '../../../../q2q/util/clock';
 import { decodeFields, encodeFields, encodeFrame, encodeHeader, encodeWindow, FRAME, FrameDecoder, MUX_MAX_WINDOW } from '../../../../q2q/wire/mux-frame';
 import { memoryPair, transportSuite, type StreamPair } from '../../../integration/connections/transport-suite';
@@ -738,6 +738,32 @@ describe('mux session budget', () => {
       a.close();
       b.close();
     }
+  });
+
+  it('a peer that sends PINGs and never reads our answers makes us queue at most MUX_MAX_UNSENT (and a bit) of them; once it reads, every answer comes', async () => {
+    const [x, y] = memoryChannel();
+    const session = new MuxSession(y, { initiator: false });
+    session.on('close', () => undefined);
+    x.on('error', () => undefined);
+    const pings = 200_000; // 3.4 MB of PONGs if every one were queued
+    const ping = encodeFrame(FRAME.PING, 0, Buffer.alloc(8));
+    const burst = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+    for (let i = 0; i < pings / 1000; i++) x.write(burst);
+    let most = 0;
+    for (let i = 0; i < 50; i++) {
+      await settle(1);
+      most = Math.max(most, y.writableLength);
+    }
+    expect(most).toBeGreaterThan(MUX_MAX_UNSENT / 2);
+    expect(most).toBeLessThanOrEqual(MUX_MAX_UNSENT + 256 * KB);
+    expect(session.closed).toBe(false);
+    // It reads now: the held PINGs are read and answered, all of them.
+    const decoder = new FrameDecoder({ frame: (type) => { if (type === FRAME.PONG) pongs += 1; }, data: () => undefined });
+    let pongs = 0;
+    x.on('data', (c: Buffer) => decoder.push(c));
+    for (const until = Date.now() + 30_000; pongs < pings && Date.now() < until;) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(pongs).toBe(pings);
+    session.close();
   });
 
   it('a peer may keep at most maxIncomingStreams open; the next OPEN is refused with NotAllowed until one closes', async () => {
