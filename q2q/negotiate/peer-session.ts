@@ -19,6 +19,15 @@ import type { Q2QStream } from './types';
 export const SESSION_IDLE_MS = 300_000;
 /** Longest single timer; a certificate expiry further away is re-armed in steps. */
 const MAX_TIMER_MS = 24 * 60 * 60 * 1000;
+/**
+ * Early opens (openEarly) waiting for their answer, at most; past this a connect waits for
+ * its answer as without early streams (and so takes the agent's dial slots). Without a
+ * bound a burst (10,000 SOCKS connects at once) put every OPEN on the wire together, the
+ * listener connected to its local service 10,000 times at once, the service's accept
+ * queue overflowed, and connections the kernel completed with SYN cookies but the service
+ * never accepted hung, waiting for a greeting (bench/README.md "socks-concurrent").
+ */
+export const MAX_EARLY_IN_FLIGHT = 64;
 /** Length of the session id both ends derive from the TLS session (RFC 8446 §7.5). */
 const SESSION_ID_BYTES = 8;
 
@@ -72,6 +81,7 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
    * out, so the next open waits for the answer and its caller gets the exact error.
    */
   readonly #accepted = new Set<string>();
+  #earlyInFlight = 0;
   readonly #clock: Clock;
   readonly #wallNow: () => number;
   readonly #idleMs: number;
@@ -140,9 +150,12 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
     return this.adoptStream(stream, service, connectMs);
   }
 
-  /** The peer accepted `service` at the last open on this session (see #accepted). */
-  acceptedBefore(service: string): boolean {
-    return this.#accepted.has(service);
+  /**
+   * openEarly may be used: the peer accepted `service` at the last open on this session
+   * (see #accepted), and fewer than MAX_EARLY_IN_FLIGHT early opens wait for their answer.
+   */
+  mayOpenEarly(service: string): boolean {
+    return this.#accepted.has(service) && this.#earlyInFlight < MAX_EARLY_IN_FLIGHT;
   }
 
   /**
@@ -156,12 +169,14 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
     const stream = this.mux.openEarly(service, {
       timeoutMs: opts.timeoutMs,
       onAnswer: (err) => {
+        this.#earlyInFlight -= 1;
         // ConnectionLost: the stream or the session went on our side; the peer did not refuse.
         if (err === null || isVertexError(err, 'ConnectionLost')) return;
         this.#accepted.delete(service);
         onRefused?.(err);
       },
     });
+    this.#earlyInFlight += 1;
     this.servicesUsed.add(service);
     return Object.assign(this.adoptStream(stream, service, 0), { early: true });
   }

@@ -143,7 +143,7 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
   openEarly(req: ConnectRequest): Q2QStream | null {
     if (this.#stopped) return null;
     const live = this.#reusable(req);
-    if (!live || !live.acceptedBefore(req.service)) return null;
+    if (!live || !live.mayOpenEarly(req.service)) return null;
     return live.openEarly(req.service, {
       timeoutMs: req.timeoutMs,
       onRefused: (err) => this.#log.info({ peer: live.peer, service: req.service, code: (err as { code?: string }).code, reason: err.message }, 'stream refused after its early data: the next connect waits for the answer'),

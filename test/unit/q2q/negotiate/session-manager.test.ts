@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { vertexError } from '../../../../q2q/errors';
-import type { PeerSession } from '../../../../q2q/negotiate/peer-session';
+import { MAX_EARLY_IN_FLIGHT, type PeerSession } from '../../../../q2q/negotiate/peer-session';
 import { MemoryWorld, type MemoryNode } from '../../../helpers/memory-network';
 
 function echo(stream: Duplex): void {
@@ -112,6 +112,20 @@ describe('peer sessions', () => {
     // One ask per service (the device that serves it), all on the one session.
     expect(world.broker.inbounds.map((i) => i.service)).toEqual(['echo', 'other']);
     expect(alice.sessions.size).toBe(1);
+  });
+
+  it('early opens waiting for their answer are bounded per session; past the bound a connect waits for its answer', async () => {
+    await world.drive(alice.connect('bob@b.test:echo'));
+    const req = { to: 'bob@b.test', service: 'echo', timeoutMs: 15_000, early: true };
+    const burst = Array.from({ length: MAX_EARLY_IN_FLIGHT + 10 }, () => alice.sessions.openEarly(req));
+    const early = burst.filter((s): s is NonNullable<typeof s> => s !== null);
+    expect(early).toHaveLength(MAX_EARLY_IN_FLIGHT);
+    for (const s of early) s.on('error', () => undefined);
+    // Answered, they no longer count.
+    await world.drive(Promise.all(early.map((s) => echoed(world, s, Buffer.from('x')))));
+    const again = alice.sessions.openEarly(req);
+    again?.on('error', () => undefined);
+    expect(again?.early).toBe(true);
   });
 
   it('the same check with the allow list ignored would let alice in (the test above can fail)', async () => {
