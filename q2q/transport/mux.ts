@@ -174,6 +174,16 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
   #nextId: number;
   #lastPeerId = 0;
   #incoming = 0;
+  /** Incoming streams this side has not answered yet (accept or refuse). */
+  readonly #unanswered = new Set<MuxStream>();
+  /**
+   * Unanswered streams the peer reset (or that went otherwise) while the service was
+   * still deciding: they count against maxIncomingStreams until answered, since the
+   * work of deciding (an allow-list check, a connect to a local target) goes on. Else
+   * a peer that opens and resets at once (HTTP/2's rapid reset, CVE-2023-44487) would
+   * set any number of such connects going with never more than one stream open.
+   */
+  readonly #orphaned = new Set<MuxStream>();
   #peerWindow: number | null = null;
   // The session budget, receiving (see "session budget" below): DATA payload bytes
   // received on all streams, taken by readers (or dropped), and the most the peer
@@ -521,6 +531,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     if (this.#streams.get(stream.id) === stream) {
       this.#streams.delete(stream.id);
       if (stream.incoming) this.#incoming -= 1;
+      if (this.#unanswered.has(stream)) this.#orphaned.add(stream);
     }
     const pending = this.#pendingOpens.get(stream.id);
     if (pending?.stream === stream) {
@@ -735,13 +746,21 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#lastPeerId = id;
     const refuse = (err: VertexError) => this.writeStreamFrame(FRAME.REFUSE, id, { code: err.code, description: err.message.slice(0, 512) });
     if (this.#goawaySent || this.#state !== 'open') return refuse(vertexError('ConnectionLost', `open ${service}: the session takes no new streams`));
-    if (this.#incoming >= this.#maxIncoming) return refuse(vertexError('NotAllowed', `open ${service}: the peer has ${this.#maxIncoming} streams open here already`));
+    if (this.#incoming + this.#orphaned.size >= this.#maxIncoming) {
+      return refuse(vertexError('NotAllowed', `open ${service}: the peer has ${this.#maxIncoming} streams open here already (or still being decided on)`));
+    }
     const onOpen = this.#onOpen;
     if (!onOpen) return refuse(vertexError('NotExposed', `open ${service}: nothing is served on this session`));
     const stream = new MuxStream(this, id, service, true);
     this.#streams.set(id, stream);
     this.#incoming += 1;
+    this.#unanswered.add(stream);
     let answered = false;
+    const answer = (): void => {
+      answered = true;
+      this.#unanswered.delete(stream);
+      this.#orphaned.delete(stream);
+    };
     onOpen({
       service,
       id,
@@ -750,7 +769,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       },
       accept: (acceptOpts) => {
         if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
-        answered = true;
+        answer();
         if (this.#streams.get(id) !== stream) {
           // The session closed (or the stream went) while the decision was made.
           stream.destroy(vertexError('ConnectionLost', `open ${service}: the session closed before the stream was accepted`));
@@ -763,7 +782,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       },
       refuse: (err) => {
         if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);
-        answered = true;
+        answer();
         if (this.#streams.get(id) === stream) {
           this.#streams.delete(id);
           this.#incoming -= 1;
@@ -871,6 +890,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     const streams = [...this.#streams.values()];
     this.#streams.clear();
     this.#ready.clear();
+    this.#unanswered.clear();
+    this.#orphaned.clear();
     for (const stream of streams) stream.sessionClosed(err);
     this.#out = null;
     this.#outLength = 0;

@@ -766,6 +766,34 @@ describe('mux session budget', () => {
     session.close();
   });
 
+  it('a peer that opens and resets at once (rapid reset) has at most maxIncomingStreams being decided on; answering one frees its place', async () => {
+    const [x, y] = memoryChannel();
+    const waiting: OpenRequest[] = [];
+    const session = new MuxSession(y, { initiator: false, maxIncomingStreams: 2, onOpen: (r) => waiting.push(r) });
+    session.on('close', () => undefined);
+    const back: Array<[number, number]> = [];
+    const decoder = new FrameDecoder({ frame: (type, id) => back.push([type, id]), data: () => undefined });
+    x.on('data', (c: Buffer) => decoder.push(c));
+    x.on('error', () => undefined);
+    x.write(encodeFrame(FRAME.HELLO, 0, encodeFields({ version: '1', window: String(MUX_DATA_FRAME) })));
+    const openAndReset = (id: number): Buffer => Buffer.concat([
+      encodeFrame(FRAME.OPEN, id, encodeFields({ service: 'x' })),
+      encodeFrame(FRAME.RESET, id, encodeFields({ code: 'ConnectionLost', description: 'never mind' })),
+    ]);
+    for (let i = 0; i < 100; i++) x.write(openAndReset(2 * i + 1));
+    await settle();
+    // Two reached the service; the other 98 were refused before it heard of them.
+    expect(waiting.length).toBe(2);
+    expect(back.filter(([type]) => type === FRAME.REFUSE).length).toBe(98);
+    expect(session.closed).toBe(false);
+    // The service answers one (too late: the stream is gone): its place is free again.
+    expect((waiting[0] as OpenRequest).accept().destroyed).toBe(true);
+    x.write(openAndReset(201));
+    await settle();
+    expect(waiting.length).toBe(3);
+    session.close();
+  });
+
   it('a peer may keep at most maxIncomingStreams open; the next OPEN is refused with NotAllowed until one closes', async () => {
     const [x, y] = memoryChannel();
     const a = new MuxSession(x, { initiator: true });
