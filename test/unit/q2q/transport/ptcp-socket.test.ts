@@ -2,12 +2,13 @@
  * PtcpSocket's connect over real loopback UDP, with a ManualClock driving its timers: the
  * retransmission schedule and what an aborted connect leaves behind (nothing on the wire).
  */
+import { execFileSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import { isVertexError } from '../../../../q2q/errors';
 import { PTCP_DEFAULTS } from '../../../../q2q/proto/ptcp/constants';
 import { PtcpSocket, type PtcpStream } from '../../../../q2q/transport/ptcp-socket';
 import { ManualClock } from '../../../../q2q/util/clock';
-import { decodeSegment, encodeSegment, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
+import { decodeSegment, encodeSegment, FLAG_ACK, FLAG_SYN, isPtcpDatagram } from '../../../../q2q/wire/ptcp-segment';
 import { untilTrue } from '../../../helpers/net';
 import { flushedTo, silentPeer, type SilentPeer } from '../../../helpers/silent-peer';
 
@@ -160,5 +161,52 @@ describe('PtcpSocket passive open: a SYN from an unverified source (issue 11)', 
 
   it('can fail: with SYN-ACK retransmission on a timer (the behaviour before), the count is caught', async () => {
     expect((await synAcksDrawn(true)).synAcks).toBeGreaterThan(1);
+  });
+});
+
+describe('PtcpSocket on a process that reads its socket late (the 200-connection flake at load 12-15)', () => {
+  it('keeps a half-open connection whose completing ACK is queued unread past the deadline, and completes it', async () => {
+    const clock = new ManualClock(0);
+    const socket = await PtcpSocket.bind({ host: '127.0.0.1', clock });
+    const accepted: PtcpStream[] = [];
+    socket.listen((s) => {
+      s.on('error', () => undefined);
+      accepted.push(s);
+    });
+    const client = dgram.createSocket('udp4');
+    try {
+      await new Promise<void>((resolve) => client.bind(0, '127.0.0.1', () => resolve()));
+      const got: Buffer[] = [];
+      client.on('message', (m) => got.push(m));
+      client.send(encodeSegment({ flags: FLAG_SYN, srcId: 0xbeef, dstId: 0, seq: 4242, ack: 0, tsVal: 1, tsEcr: 0, window: 65535, sacks: [], payload: Buffer.alloc(0) }), socket.address().port, '127.0.0.1');
+      await untilTrue('the SYN-ACK', () => got.some((m) => isPtcpDatagram(m)));
+      const synAck = decodeSegment(got.find((m) => isPtcpDatagram(m)) as Buffer);
+      // The handshake's ACK, carrying data, queued behind 200 other datagrams: another process
+      // sends them all while this one is blocked, as a starved process finds its socket. No
+      // timestamp echo, so only the socket's reads tell how far it has been read.
+      const ack = encodeSegment({ flags: FLAG_ACK, srcId: 0xbeef, dstId: synAck.srcId, seq: 4243, ack: (synAck.seq + 1) >>> 0, tsVal: 2, tsEcr: 0, window: 65535, sacks: [], payload: Buffer.from('hi') });
+      const sender = `const d = require('node:dgram').createSocket('udp4'); let n = 0;
+        const to = (b, then) => d.send(b, ${socket.address().port}, '127.0.0.1', then);
+        const next = () => (n++ < 200 ? to(Buffer.from('not ptcp'), next) : to(Buffer.from('${ack.toString('hex')}', 'hex'), () => to(Buffer.from('last'), () => d.close())));
+        next();`;
+      let lastRead = false;
+      socket.on('datagram', (m: Buffer) => {
+        if (m.toString() === 'last') lastRead = true;
+      });
+      execFileSync(process.execPath, ['-e', sender]);
+      // Still before this process reads anything: the half-open connection's time is up.
+      clock.advance(PTCP_DEFAULTS.connectTimeoutMs + 1000);
+      // libuv reads 32 datagrams per turn; the ACK is read some turns later. Given up, the
+      // connection would be gone by then, and the ACK would draw a reset (toward the sender).
+      await untilTrue('the datagram sent after the ACK', () => lastRead);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(accepted).toHaveLength(1);
+      expect(socket.connectionCount).toBe(1);
+      const first = await new Promise<Buffer>((resolve) => (accepted[0] as PtcpStream).once('data', resolve));
+      expect(first.toString()).toBe('hi');
+    } finally {
+      client.close();
+      await socket.close();
+    }
   });
 });
