@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { benchConnections, benchServerMemory } from './connections';
 import { benchFileTransfer } from './file-transfer';
 import { cleanup, emit, forkBench, note, round, type Figure } from './harness';
-import { benchAgentMemory, benchSocksConcurrent, benchSocksNewConnection, benchSocksThroughput } from './socks';
+import { benchAgentMemory, benchSocksConcurrent, benchSocksNewConnection, benchSocksNewConnectionRtt, benchSocksThroughput } from './socks';
 import { benchTrustLoad } from './trust-load';
 import { benchMultiNode } from './multi-node';
 
@@ -126,6 +126,8 @@ async function main(): Promise<void> {
   await guarded('connections', benchConnections);
   await guarded('socks-throughput', benchSocksThroughput);
   await guarded('socks-new-connection', benchSocksNewConnection);
+  // The same over a link with a round-trip time: where early streams save a round trip.
+  await guarded('socks-new-connection-rtt', benchSocksNewConnectionRtt);
   // One stream's throughput against plain TLS and 20 parallel streams' fairness (issue 12).
   await guarded('mux', () => childBench(path.join(__dirname, 'mux.js'), MUX_TIMEOUT_MS));
   await guarded('socks-concurrent', benchSocksConcurrent);

@@ -86,16 +86,25 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
   it('3: a second connect to a service sends its request before the answer; a service withdrawn meanwhile resets that client, the next gets the SOCKS refusal', async () => {
     // Port 8081 means the service "8081" (alice's ports: map has only 7).
     const url = 'http://bob.b.test.q2q:8081/';
-    const added = await bob.vertex(['expose', '8081', `127.0.0.1:${web.port}`, '--allow', '*@a.test']);
-    expect(added.code).toBe(0);
+    for (const service of ['8081', '8082']) {
+      const added = await bob.vertex(['expose', service, `127.0.0.1:${web.port}`, '--allow', '*@a.test']);
+      expect(added.code).toBe(0);
+    }
     // The first connect waits for bob's answer; the second is early (its GET follows the OPEN).
     for (let i = 0; i < 2; i++) {
       const r = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
       expect(r.stderr).toBe('');
       expect(r.stdout.toString()).toBe(PAGE);
     }
-    const removed = await bob.vertex(['expose', '--remove', '8081']);
-    expect(removed.code).toBe(0);
+    // A forward (to another service, whose answers are remembered apart): early too, once answered.
+    const forwarding = await alice.vertex(['forward', '0', 'bob@b.test:8082', '--json']);
+    expect(forwarding.code).toBe(0);
+    const fwdPort = portOf((JSON.parse(forwarding.stdout) as { listen: string }).listen);
+    const get = 'GET / HTTP/1.1\r\nHost: bob.b.test.q2q\r\nConnection: close\r\n\r\n';
+    for (let i = 0; i < 2; i++) expect((await exchange(await connectTcp(fwdPort), get)).toString()).toContain(PAGE);
+    for (const service of ['8081', '8082']) expect((await bob.vertex(['expose', '--remove', service])).code).toBe(0);
+    // The forward's next client is reset (an early stream refused), not ended.
+    await expect(exchange(await connectTcp(fwdPort), get)).rejects.toMatchObject({ code: 'ECONNRESET' });
     // echo and http stay exposed to alice, so the session stays and the next connect is early:
     // curl got its SOCKS success and sent its GET; bob refuses the stream; curl gets a reset,
     // never an end it could take for an empty answer (that would be exit 52).
