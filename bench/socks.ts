@@ -251,6 +251,20 @@ async function rawConnect(proxyPort: number, host: string, port: number): Promis
   }
 }
 
+/** The port alice's SOCKS proxy maps to the workload's service, and that service's own port (for ssh -D). */
+function workloadPorts(world: SocksWorld, workload: Workload): [number, number] {
+  return workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
+}
+
+/** Uncounted connects of each workload: the agent's first sets the peer session up (ssh's connection is up already). */
+async function firstConnects(world: SocksWorld, ssh: SshProxy): Promise<void> {
+  for (const workload of WORKLOADS) {
+    const [ourPort, theirPort] = workloadPorts(world, workload);
+    await newConnections(() => socksConnect(world, ourPort), 3, workload);
+    await newConnections(() => socksVia(ssh.socksPort, '127.0.0.1', theirPort), 3, workload);
+  }
+}
+
 interface NewConnectionRounds {
   ours: number[];
   theirs: number[];
@@ -263,7 +277,7 @@ interface NewConnectionRounds {
  * ssh and sshd, and of this process (the SOCKS client, the same code for both) in each case.
  */
 async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS): Promise<NewConnectionRounds> {
-  const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
+  const [ourPort, theirPort] = workloadPorts(world, workload);
   const sshPids = ssh.pids();
   const out: NewConnectionRounds = { ours: [], theirs: [], cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 } };
   const { cpu } = out;
@@ -314,14 +328,8 @@ export async function benchSocksNewConnection(): Promise<void> {
   let ssh: SshProxy | null = null;
   try {
     ssh = await startSshProxy();
-    const viaSsh = ssh.socksPort;
     const loadAtStart = os.loadavg()[0] ?? 0;
-    // Warm-up: the agent's first connect sets the peer session up; ssh's connection is up already.
-    for (const workload of WORKLOADS) {
-      const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
-      await newConnections(() => socksConnect(world, ourPort), 3, workload);
-      await newConnections(() => socksVia(viaSsh, '127.0.0.1', theirPort), 3, workload);
-    }
+    await firstConnects(world, ssh);
     const rounds = async (): Promise<Record<Workload, NewConnectionRounds>> => ({
       http: await newConnectionRounds(world, ssh as SshProxy, 'http'),
       hello: await newConnectionRounds(world, ssh as SshProxy, 'hello'),
@@ -365,13 +373,8 @@ export async function benchSocksNewConnectionRtt(): Promise<void> {
   let ssh: SshProxy | null = null;
   try {
     ssh = await startSshProxy({ oneWayMs: RTT_ONE_WAY_MS });
-    const viaSsh = ssh.socksPort;
     const loadAtStart = os.loadavg()[0] ?? 0;
-    for (const workload of WORKLOADS) {
-      const [ourPort, theirPort] = workload === 'http' ? [HTTP_PORT, world.peer.httpPort] : [HELLO_PORT, world.peer.helloPort];
-      await newConnections(() => socksConnect(world, ourPort), 3, workload);
-      await newConnections(() => socksVia(viaSsh, '127.0.0.1', theirPort), 3, workload);
-    }
+    await firstConnects(world, ssh);
     note(`socks new-connection over a ${2 * RTT_ONE_WAY_MS} ms round trip: ${NEW_CONNECT_ROUNDS} rounds of ${RTT_CONNECTS} sequential connects per case and workload`);
     const http = await newConnectionRounds(world, ssh, 'http', RTT_CONNECTS);
     const hello = await newConnectionRounds(world, ssh, 'hello', RTT_CONNECTS);

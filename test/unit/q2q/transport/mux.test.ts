@@ -381,6 +381,16 @@ describe('mux session', () => {
 });
 
 describe('mux early opens (openEarly)', () => {
+  /** Two sessions over an in-memory channel; `onOpen` is B's (A opens). */
+  function sessions(onOpen: (r: OpenRequest) => void, clock?: ManualClock): { a: MuxSession; b: MuxSession; close(): void } {
+    const [x, y] = memoryChannel();
+    const a = new MuxSession(x, { initiator: true, ...(clock && { clock }) });
+    const b = new MuxSession(y, { initiator: false, onOpen, ...(clock && { clock }) });
+    a.on('close', () => undefined);
+    b.on('close', () => undefined);
+    return { a, b, close: () => { a.close(); b.close(); } };
+  }
+
   /** Turns of the event loop until `ready()` holds (bounded: the in-memory channel delivers in a few). */
   async function until(ready: () => boolean): Promise<void> {
     for (let i = 0; i < 1000 && !ready(); i++) await new Promise((resolve) => setImmediate(resolve));
@@ -388,12 +398,8 @@ describe('mux early opens (openEarly)', () => {
   }
 
   it('bytes written before the ACCEPT reach the peer before it answers, are held for the stream, and arrive byte-exact', async () => {
-    const [x, y] = memoryChannel();
     let opening: OpenRequest | undefined;
-    const a = new MuxSession(x, { initiator: true });
-    const b = new MuxSession(y, { initiator: false, onOpen: (r) => { opening = r; } });
-    a.on('close', () => undefined);
-    b.on('close', () => undefined);
+    const { a, close } = sessions((r) => { opening = r; });
     try {
       await a.ping(); // both HELLOs are in: the peer's window is known
       const answers: Array<Error | null> = [];
@@ -412,18 +418,13 @@ describe('mux early opens (openEarly)', () => {
       expect((await readAll(stream)).toString()).toBe('answer');
       expect(answers).toEqual([null]);
     } finally {
-      a.close();
-      b.close();
+      close();
     }
   });
 
   it('with open() instead, nothing leaves before the ACCEPT (the case above can fail)', async () => {
-    const [x, y] = memoryChannel();
     let opening: OpenRequest | undefined;
-    const a = new MuxSession(x, { initiator: true });
-    const b = new MuxSession(y, { initiator: false, onOpen: (r) => { opening = r; } });
-    a.on('close', () => undefined);
-    b.on('close', () => undefined);
+    const { a, close } = sessions((r) => { opening = r; });
     try {
       await a.ping();
       const pending = a.open('echo');
@@ -433,20 +434,12 @@ describe('mux early opens (openEarly)', () => {
       (opening as OpenRequest).accept().on('error', () => undefined);
       (await pending).on('error', () => undefined);
     } finally {
-      a.close();
-      b.close();
+      close();
     }
   });
 
   it('a refusal destroys the early stream with the refusal code; its bytes reach no one; the session goes on', async () => {
-    const [x, y] = memoryChannel();
-    const a = new MuxSession(x, { initiator: true });
-    const b = new MuxSession(y, {
-      initiator: false,
-      onOpen: (r) => (r.service === 'secret' ? r.refuse(vertexError('Denied', 'bob@b.test:secret does not allow alice@a.test')) : r.accept().on('error', () => undefined).end('hi')),
-    });
-    a.on('close', () => undefined);
-    b.on('close', () => undefined);
+    const { a, b, close } = sessions((r) => (r.service === 'secret' ? r.refuse(vertexError('Denied', 'bob@b.test:secret does not allow alice@a.test')) : r.accept().on('error', () => undefined).end('hi')));
     try {
       await a.ping();
       const answers: Array<Error | null> = [];
@@ -463,19 +456,14 @@ describe('mux early opens (openEarly)', () => {
       next.on('error', () => undefined);
       expect((await readAll(next)).toString()).toBe('hi');
     } finally {
-      a.close();
-      b.close();
+      close();
     }
   });
 
   it('an early open the peer never answers is destroyed with Timeout; the peer, still deciding, drops its side quietly', async () => {
     const clock = new ManualClock();
-    const [x, y] = memoryChannel();
     let opening: OpenRequest | undefined;
-    const a = new MuxSession(x, { initiator: true, clock });
-    const b = new MuxSession(y, { initiator: false, clock, onOpen: (r) => { opening = r; } });
-    a.on('close', () => undefined);
-    b.on('close', () => undefined);
+    const { a, b, close } = sessions((r) => { opening = r; }, clock);
     try {
       const stream = a.openEarly('slow', { timeoutMs: 1000 });
       const failed = new Promise<Error>((resolve) => stream.once('error', resolve));
@@ -487,8 +475,7 @@ describe('mux early opens (openEarly)', () => {
       await until(() => b.streamCount === 0);
       expect((opening as OpenRequest).accept().destroyed).toBe(true);
     } finally {
-      a.close();
-      b.close();
+      close();
     }
   });
 });
