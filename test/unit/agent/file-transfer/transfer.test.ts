@@ -369,8 +369,11 @@ describe('file transfer over a socket pair', () => {
     } finally {
       clearInterval(timer);
     }
-    // Socket buffers, one read chunk and two write batches: far below the file size.
-    expect(peak).toBeLessThan(32 * 1024 * 1024);
+    // Live: socket buffers, one read chunk and two write batches. The sample also counts
+    // garbage the collector has not taken yet, which on a loaded machine (CI beside other
+    // work) reached 50 MB once; a side that held the file would pass 128 MB. Half of it is
+    // the bound: far below the file size, and not a measure of GC timing.
+    expect(peak).toBeLessThan(size / 2);
   });
 
   it('an unwritable DIR: a clear error at both ends, nothing written', async () => {
