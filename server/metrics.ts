@@ -14,6 +14,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { isVertexError } from '../q2q/errors';
 import type { AmpPeer } from '../q2q/proto/amp-peer';
 import type { MetricsSource } from '../q2q/util/metrics-http';
+import { isThenable } from '../q2q/util/thenable';
 import type { AccountStore } from './store/account-store';
 
 /** Commands whose outcomes are counted by account event as well (registration, login, renewal). */
@@ -190,8 +191,8 @@ export function instrumentCommands(peer: AmpPeer, metrics: ServerMetrics): void 
       metrics.command(command, outcomeOf(err));
       throw err;
     }
-    if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
-      (result as Promise<unknown>).then(() => metrics.command(command, 'ok'), (err) => metrics.command(command, outcomeOf(err)));
+    if (isThenable(result)) {
+      result.then(() => metrics.command(command, 'ok'), (err) => metrics.command(command, outcomeOf(err)));
     } else {
       metrics.command(command, 'ok');
     }

@@ -39,6 +39,7 @@ import {
 import { systemClock, type Clock } from '../../q2q/util/clock';
 import { Deadlines } from '../../q2q/util/deadlines';
 import { silentLogger, type Logger } from '../../q2q/util/log';
+import { isThenable } from '../../q2q/util/thenable';
 import { join } from './join';
 
 export type { SocksConnectRequest, SocksAuth };
@@ -262,7 +263,7 @@ class SocksConnection implements SocksDialInfo {
     } catch (err) {
       pending = Promise.reject(err);
     }
-    if (isPromise(pending)) pending.then(this.#onDialed, this.#onDialFailed);
+    if (isThenable<Duplex>(pending)) pending.then(this.#onDialed, this.#onDialFailed);
     else this.#onDialed(pending);
   }
 
@@ -339,10 +340,6 @@ class SocksConnection implements SocksDialInfo {
       }
     }
   }
-}
-
-function isPromise<T>(value: Promise<T> | T): value is Promise<T> {
-  return typeof (value as { then?: unknown }).then === 'function';
 }
 
 function uncork(socket: net.Socket): void {

@@ -25,6 +25,7 @@ import { isUtf8 } from 'node:buffer';
 import { asVertexError, ErrorCode, isVertexError, VertexError, vertexError } from '../errors';
 import { Clock, systemClock, Timer } from '../util/clock';
 import { Logger, silentLogger } from '../util/log';
+import { isThenable } from '../util/thenable';
 import { AmpBox, AmpDecoder, AmpLimits, ampLimits, boxToStrings, encodeBox } from '../wire/amp';
 import { ampErrorFromWire, ampErrorToWire } from '../wire/amp-errors';
 
@@ -111,10 +112,6 @@ function truncateUtf8(text: string, maxBytes: number): string {
   let end = maxBytes - 3;
   while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--;
   return `${bytes.subarray(0, end).toString('utf8')}...`;
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
 }
 
 export class AmpPeer {
