@@ -315,10 +315,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
   /** Opens a stream to `service`; resolves once the peer accepted it. */
   open(service: string, opts: { timeoutMs?: number } = {}): Promise<MuxStream> {
-    if (!this.usable) {
-      return Promise.reject(vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`));
-    }
-    if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) return Promise.reject(vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`));
+    const refusal = this.#cannotOpen(service);
+    if (refusal) return Promise.reject(refusal);
     const stream = this.#newOutgoing(service);
     return new Promise((resolve, reject) => {
       this.#sendOpen({ stream, resolve, reject, timeoutMs: opts.timeoutMs ?? MUX_OPEN_TIMEOUT_MS, early: false });
@@ -337,8 +335,8 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
    * `onAnswer` hears it; on ACCEPT, `onAnswer(null)`. Throws what open() rejects with.
    */
   openEarly(service: string, opts: EarlyOpenOptions = {}): MuxStream {
-    if (!this.usable) throw vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`);
-    if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) throw vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`);
+    const refusal = this.#cannotOpen(service);
+    if (refusal) throw refusal;
     const stream = this.#newOutgoing(service);
     const onAnswer = opts.onAnswer;
     this.#sendOpen({
@@ -350,6 +348,13 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     });
     stream.sendEarly();
     return stream;
+  }
+
+  /** Why a stream to `service` cannot be opened now, or null. */
+  #cannotOpen(service: string): VertexError | null {
+    if (!this.usable) return vertexError('ConnectionLost', `mux open ${service}: the session ${this.#state === 'closed' ? 'is closed' : 'takes no new streams'}`);
+    if (Buffer.byteLength(service) > MAX_SERVICE_BYTES) return vertexError('InvalidName', `mux open: service name longer than ${MAX_SERVICE_BYTES} bytes`);
+    return null;
   }
 
   #newOutgoing(service: string): MuxStream {
