@@ -526,13 +526,18 @@ export class AgentDaemon {
     try {
       if (client?.aborted) throw vertexError('ConnectionLost', `connect ${target}: the client left before its turn to dial`);
       stream = await node.connect(target, opts);
-      this.#opts.metrics?.connected(stream.route, stream.connectMs);
     } catch (err) {
       this.#opts.metrics?.connectFailed(err);
       throw err;
     } finally {
       this.#releaseDialSlot();
     }
+    return this.#tunnelOpened(stream, kind, target, local);
+  }
+
+  /** A connected stream counted (metrics), listed (`vertex status`) and logged. */
+  #tunnelOpened(stream: Q2QStream, kind: TunnelKind, target: string, local: string): Q2QStream {
+    this.#opts.metrics?.connected(stream.route, stream.connectMs);
     this.tunnels.add({ kind, target, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs }, stream);
     // SOCKS and forward tunnels come by the dozen (a browser's page load) and each is a stream
     // on a peer session whose open and close are logged at info; a line for each would cost
@@ -540,7 +545,7 @@ export class AgentDaemon {
     // "Peer sessions"), as ssh and sshd log channels only at debug. A tunnel a command asked
     // for (`vertex connect`, `vertex send`) is rare and stays at info.
     const level = kind === 'socks' || kind === 'forward' ? 'debug' : 'info';
-    this.#log[level]({ kind, target, device: stream.device, route: stream.route, connectMs: stream.connectMs }, 'tunnel open');
+    this.#log[level]({ kind, target, device: stream.device, route: stream.route, connectMs: stream.connectMs, ...(stream.early && { early: true }) }, 'tunnel open');
     return stream;
   }
 
@@ -550,11 +555,7 @@ export class AgentDaemon {
    */
   #earlyStream(target: string, kind: TunnelKind, local: string): Q2QStream | null {
     const stream = this.#requireNode().connectEarly?.(target) ?? null;
-    if (!stream) return null;
-    this.#opts.metrics?.connected(stream.route, stream.connectMs);
-    this.tunnels.add({ kind, target, peer: stream.peer, device: stream.device, route: stream.route, local, connectMs: stream.connectMs }, stream);
-    this.#log.debug({ kind, target, device: stream.device, route: stream.route, early: true }, 'tunnel open');
-    return stream;
+    return stream && this.#tunnelOpened(stream, kind, target, local);
   }
 
   /** Waits for a slot when all are taken (#dialQ2Q takes a free one itself). */
