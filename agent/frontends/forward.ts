@@ -100,16 +100,9 @@ export class ForwardListener {
           tunnel.destroy();
           return;
         }
-        // A stream returned before the peer's answer (ConnectOptions.early) that is refused
-        // after all, or aborted later: the client gets a reset, not an end it could take for
-        // a complete answer. Registered before the join's own error handling.
-        if ((tunnel as { early?: boolean }).early) {
-          tunnel.once('error', (err: Error) => {
-            log.info({ err: err.message }, 'forward tunnel aborted: resetting the client');
-            if (!client.destroyed) client.resetAndDestroy();
-          });
-        }
-        void joinStreams(client, tunnel, { log });
+        // A stream returned before the peer's answer (ConnectOptions.early) and refused after
+        // all, or aborted later, resets the client (join.ts resetAOnError).
+        void joinStreams(client, tunnel, { log, resetAOnError: (tunnel as { early?: boolean }).early === true });
         client.resume();
       },
       (err: unknown) => {

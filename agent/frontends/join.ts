@@ -16,6 +16,7 @@
  * nextTick to start flowing and an unpipe dance at the end, per direction
  * (bench/README.md, "new-connection cost"). The behaviour is pipe()'s.
  */
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asVertexError, vertexError } from '../../q2q/errors';
 import { silentLogger, type Logger } from '../../q2q/util/log';
@@ -30,6 +31,12 @@ export interface JoinOptions {
    * (a FramedTunnel sends it as ABORT) tells its other end why.
    */
   propagate?: boolean;
+  /**
+   * An error on `b` (an early Q2Q stream refused after the fact, or aborted later)
+   * resets `a`, a TCP socket, instead of closing it: its client must not take the
+   * end for a complete (empty) answer.
+   */
+  resetAOnError?: boolean;
 }
 
 /** One direction: from `src` into `dst`. */
@@ -72,6 +79,7 @@ class Join {
   readonly #b: Duplex;
   readonly #log: Logger;
   readonly #propagate: boolean;
+  readonly #resetAOnError: boolean;
   #torn = false;
   #ends = 0;
 
@@ -80,6 +88,7 @@ class Join {
     this.#b = b;
     this.#log = opts.log ?? silentLogger;
     this.#propagate = opts.propagate === true;
+    this.#resetAOnError = opts.resetAOnError === true;
     a.on('error', this.#onErrorA);
     b.on('error', this.#onErrorB);
     a.once('close', this.#onCloseA);
@@ -115,7 +124,14 @@ class Join {
   }
 
   readonly #onErrorA = (err: Error): void => this.#teardown('error on the near side', err, this.#a);
-  readonly #onErrorB = (err: Error): void => this.#teardown('error on the far side', err, this.#b);
+  readonly #onErrorB = (err: Error): void => {
+    const a = this.#a;
+    if (this.#resetAOnError && !this.#torn && a instanceof Socket && !a.destroyed) {
+      this.#log.info({ err: err.message }, 'tunnel aborted on the far side: resetting the client');
+      a.resetAndDestroy();
+    }
+    this.#teardown('error on the far side', err, this.#b);
+  };
   // A side that closes before its end was read, or before what we wrote to it was
   // flushed, was cut off, not finished.
   readonly #onCloseA = (): void => {

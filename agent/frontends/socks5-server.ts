@@ -273,11 +273,7 @@ class SocksConnection implements SocksDialInfo {
       return;
     }
     this.#tunnel = tunnel;
-    // A stream returned before the peer's answer (ConnectOptions.early) that is refused after
-    // all, or any later abort of it: the client gets a reset, never an end it could take for
-    // a complete (empty) answer. Registered before the join's own error handling.
     if ((tunnel as { early?: boolean }).early) {
-      tunnel.once('error', this.#onEarlyTunnelError);
       // Nothing from the far side to wait for: the reply leaves now, in the turn that read
       // the request, so the client's own first bytes follow while the OPEN travels.
       this.#run(this.#session.connectSucceeded());
@@ -288,11 +284,6 @@ class SocksConnection implements SocksDialInfo {
     this.#socket.cork();
     this.#run(this.#session.connectSucceeded());
     process.nextTick(uncork, this.#socket);
-  };
-
-  readonly #onEarlyTunnelError = (err: Error): void => {
-    this.#logAt('info', { err: err.message }, 'socks5 tunnel aborted: resetting the client');
-    if (!this.#socket.destroyed) this.#socket.resetAndDestroy();
   };
 
   readonly #onDialFailed = (err: unknown): void => {
@@ -316,7 +307,9 @@ class SocksConnection implements SocksDialInfo {
           socket.off('error', this.#onHandshakeError);
           this.#logAt('debug', { target: this.#session.request ? formatAddress(this.#session.request.host, this.#session.request.port) : undefined }, 'socks5 tunnel established');
           this.#server.tunnelOpen(tunnel);
-          join(socket, tunnel, { head: action.earlyData, ...(this.#log || this.#server.log().isLevelEnabled('debug') ? { log: this.#server.log() } : {}) });
+          // An early stream refused after the reply, or aborted later, resets the client (join.ts).
+          const early = (tunnel as { early?: boolean }).early === true;
+          join(socket, tunnel, { head: action.earlyData, resetAOnError: early, ...(early || this.#log || this.#server.log().isLevelEnabled('debug') ? { log: this.#server.log() } : {}) });
           break;
         }
         case 'close': {
