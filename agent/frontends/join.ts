@@ -15,6 +15,12 @@
  * inbound stream, and pipe() costs two sets of about ten listeners, a
  * nextTick to start flowing and an unpipe dance at the end, per direction
  * (bench/README.md, "new-connection cost"). The behaviour is pipe()'s.
+ *
+ * Writes into a socket are gathered for the rest of the event-loop turn
+ * (cork, then uncork in setImmediate): a tunnel's bytes arrive as one 16 KiB
+ * chunk per TLS record, several per read, and one write per chunk cost a
+ * syscall and a wake-up of the reader each. Gathered, they leave as one
+ * writev (bench/README.md, "Bulk: one write per turn").
  */
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -39,16 +45,29 @@ export interface JoinOptions {
   resetAOnError?: boolean;
 }
 
+/**
+ * How much a flow lets wait in a socket it writes to before it pauses its source. The
+ * socket's own 16 KiB high-water mark would stop a turn's gathering at the first chunk.
+ */
+const GATHER_BYTES = 256 * 1024;
+
+/** Gathering writes per turn unless VERTEX_GATHER_WRITES=0 (for A/B measurement: bench/README.md). */
+const gatherWrites = process.env.VERTEX_GATHER_WRITES !== '0';
+
 /** One direction: from `src` into `dst`. */
 class Flow {
   readonly #src: Duplex;
   readonly #dst: Duplex;
   readonly #join: Join;
+  /** `dst` is a socket: its writes are gathered per turn (see the top of the file). */
+  readonly #gather: boolean;
+  #corked = false;
 
   constructor(join: Join, src: Duplex, dst: Duplex) {
     this.#join = join;
     this.#src = src;
     this.#dst = dst;
+    this.#gather = gatherWrites && dst instanceof Socket;
     src.on('data', this.#onData);
     // A socket that read its end before the join (a local target that closed while the
     // ACCEPT waited for its first bytes, expose.ts) emitted 'end' to nobody: it ended.
@@ -57,10 +76,27 @@ class Flow {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    if (!this.#dst.write(chunk)) {
-      this.#src.pause();
-      this.#dst.once('drain', this.#onDrain);
+    const dst = this.#dst;
+    if (this.#gather) {
+      if (!this.#corked) {
+        this.#corked = true;
+        dst.cork();
+        setImmediate(this.#uncork);
+      }
+      dst.write(chunk);
+      // At or past the high-water mark write() returned false, so 'drain' will come.
+      if (dst.writableLength < Math.max(GATHER_BYTES, dst.writableHighWaterMark)) return;
+    } else if (dst.write(chunk)) {
+      return;
     }
+    this.#src.pause();
+    dst.once('drain', this.#onDrain);
+  };
+
+  /** The turn's writes leave as one (end() uncorks by itself, and uncork on an ended socket does nothing). */
+  readonly #uncork = (): void => {
+    this.#corked = false;
+    this.#dst.uncork();
   };
 
   readonly #onDrain = (): void => {

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { PassThrough } from 'node:stream';
 import { joinStreams } from '../../../../agent/frontends/join';
 import { readAll, socketPairs, type PairFactory } from '../socket-pair';
 
@@ -49,5 +50,47 @@ describe('joinStreams', () => {
     }
     expect(a.destroyed).toBe(true);
     expect(b.destroyed).toBe(true);
+  });
+
+  it('gathers the chunks that arrive in one turn into one write to a socket', async () => {
+    const [b, server] = await pairs.pair();
+    const source = new PassThrough();
+    // What reaches the kernel: one writev of everything the turn gathered, or one write per chunk.
+    const writes: number[] = [];
+    const writev = b._writev!.bind(b);
+    const write = b._write.bind(b);
+    b._writev = (chunks, cb) => (writes.push(chunks.length), writev(chunks, cb));
+    b._write = (chunk, encoding, cb) => (writes.push(1), write(chunk, encoding, cb));
+    const done = joinStreams(source, b);
+    const atServer = readAll(server);
+    const chunks = [1, 2, 3, 4].map(() => randomBytes(16 * 1024));
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    for (const chunk of chunks) source.write(chunk);
+    source.end();
+    expect((await atServer).equals(Buffer.concat(chunks))).toBe(true);
+    expect(writes[0]).toBe(4);
+    server.end();
+    await done;
+  });
+
+  it('pauses its source once a bounded amount waits for a socket that does not read', async () => {
+    const [b, server] = await pairs.pair();
+    server.pause();
+    const source = new PassThrough({ highWaterMark: 64 * 1024 });
+    joinStreams(source, b).catch(() => undefined);
+    // Written in turns until the source refuses more: the tunnel stopped taking it.
+    const chunk = Buffer.alloc(64 * 1024);
+    let written = 0;
+    for (let turn = 0; turn < 2000 && source.write(chunk); turn += 1) {
+      written += chunk.length;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    await new Promise<void>((resolve) => setTimeout(resolve, 50));
+    // The kernel's buffers take some MB on loopback; past them the join holds at most its bound.
+    expect(b.writableLength).toBeLessThanOrEqual(256 * 1024 + chunk.length);
+    expect(source.isPaused()).toBe(true);
+    expect(written).toBeLessThan(2000 * chunk.length);
+    server.resume();
+    server.destroy();
   });
 });
