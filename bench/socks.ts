@@ -125,13 +125,21 @@ export interface SshProxy {
  * port is picked up front) and `ssh -D 127.0.0.1:<port> -N` to it.
  */
 export async function startSshProxy(opts: { oneWayMs?: number } = {}): Promise<SshProxy> {
+  // Said up front, in one line: a missing program would otherwise fail inside a callback.
+  if (!fs.existsSync(SSHD)) throw new Error(`bench: ${SSHD} is missing, the ssh -D baseline needs it (apt-get install openssh-server)`);
+  if (spawnSync('ssh', ['-V']).error) throw new Error('bench: ssh is missing, the ssh -D baseline needs it (apt-get install openssh-client)');
   const files = writeSshdFiles(tempDir('sshd'), ['AllowTcpForwarding yes']);
   const sshds: Proc[] = [];
   const server = net.createServer({ pauseOnConnect: true }, (socket) => {
     // sshd turns Nagle off only for sessions with a tty; -D has none. Off here, on the
     // descriptor sshd inherits, so ssh is not timed against the peer's delayed ACK.
     socket.setNoDelay(true);
-    sshds.push(startProgram(SSHD, ['-i', '-e', '-f', files.config], { stdio: [socket, socket, 'pipe'] }));
+    try {
+      sshds.push(startProgram(SSHD, ['-i', '-e', '-f', files.config], { stdio: [socket, socket, 'pipe'] }));
+    } catch (err) {
+      // ssh sees the connection close and exits; the wait for it below says so.
+      process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    }
     socket.destroy();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
