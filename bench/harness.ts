@@ -91,6 +91,35 @@ export function cpuMs(pid: number): number {
 
 /** The same for a process and every live descendant (sshd -i forks a privilege-separated child). */
 export function treeCpuMs(root: number): number {
+  return sumOverTree(root, cpuMs);
+}
+
+/**
+ * Context switches of a process so far (/proc/<pid>/status): voluntary (it waited) and
+ * involuntary (another task took its core: on a loaded machine, a woken reader preempting
+ * the writer that woke it).
+ */
+export function contextSwitches(pid: number): { voluntary: number; involuntary: number } {
+  let status: string;
+  try {
+    status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return { voluntary: 0, involuntary: 0 };
+  }
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+  return { voluntary: field('voluntary_ctxt_switches'), involuntary: field('nonvoluntary_ctxt_switches') };
+}
+
+/** Context switches, both kinds, of a process and every live descendant. */
+export function treeContextSwitches(root: number): number {
+  return sumOverTree(root, (pid) => {
+    const c = contextSwitches(pid);
+    return c.voluntary + c.involuntary;
+  });
+}
+
+/** `measure` summed over a process and every live descendant. */
+function sumOverTree(root: number, measure: (pid: number) => number): number {
   const parents = new Map<number, number>();
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -100,7 +129,7 @@ export function treeCpuMs(root: number): number {
   }
   let total = 0;
   const walk = (pid: number): void => {
-    total += cpuMs(pid);
+    total += measure(pid);
     for (const [child, parent] of parents) if (parent === pid) walk(child);
   };
   walk(root);

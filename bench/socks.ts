@@ -25,8 +25,8 @@ import { profileArgs } from './connections';
 import { startDelayLink, type DelayLink } from './delay-link';
 import { SSHD, writeSshdFiles } from './throwaway-sshd';
 import {
-  connectTcp, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
-  ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
+  connectTcp, contextSwitches, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
+  ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeContextSwitches, treeCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -277,6 +277,8 @@ interface NewConnectionRounds {
   ours: number[];
   theirs: number[];
   cpu: { agents: number; ssh: number; clientOurs: number; clientSsh: number };
+  /** Context switches of the two agents, and of ssh and sshd. */
+  switches: { agents: number; ssh: number; agentsInvoluntary: number };
 }
 
 /**
@@ -287,22 +289,31 @@ interface NewConnectionRounds {
 async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS): Promise<NewConnectionRounds> {
   const [ourPort, theirPort] = workloadPorts(world, workload);
   const sshPids = ssh.pids();
-  const out: NewConnectionRounds = { ours: [], theirs: [], cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 } };
-  const { cpu } = out;
+  const out: NewConnectionRounds = { ours: [], theirs: [], cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 }, switches: { agents: 0, ssh: 0, agentsInvoluntary: 0 } };
+  const { cpu, switches } = out;
+  const agentPids = [world.alice.proc.pid, world.bob.proc.pid];
   const agentCpu = () => cpuMs(world.alice.proc.pid) + cpuMs(world.bob.proc.pid);
+  const agentSwitches = () => agentPids.map(contextSwitches).reduce((sum, c) => ({ all: sum.all + c.voluntary + c.involuntary, involuntary: sum.involuntary + c.involuntary }), { all: 0, involuntary: 0 });
   const sshCpu = () => sshPids.reduce((sum, pid) => sum + treeCpuMs(pid), 0);
+  const sshSwitches = () => sshPids.reduce((sum, pid) => sum + treeContextSwitches(pid), 0);
   const clientCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
   for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
     let a = agentCpu();
     let c = clientCpu();
+    const s = agentSwitches();
     out.ours.push(...await newConnections(() => socksConnect(world, ourPort), perRound, workload));
     cpu.agents += agentCpu() - a;
     cpu.clientOurs += clientCpu() - c;
+    const sAfter = agentSwitches();
+    switches.agents += sAfter.all - s.all;
+    switches.agentsInvoluntary += sAfter.involuntary - s.involuntary;
     a = sshCpu();
     c = clientCpu();
+    const t = sshSwitches();
     out.theirs.push(...await newConnections(() => socksVia(ssh.socksPort, '127.0.0.1', theirPort), perRound, workload));
     cpu.ssh += sshCpu() - a;
     cpu.clientSsh += clientCpu() - c;
+    switches.ssh += sshSwitches() - t;
   }
   return out;
 }
@@ -315,6 +326,7 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
     p50Ms: round(p50, 2), p99Ms: round(percentile(r.ours, 99), 1), sshP50Ms: round(sshP50, 2), sshP99Ms: round(percentile(r.theirs, 99), 1),
     speedVsSsh: round(sshP50 / p50, 2),
     cpuMsPerConnect: { agents: perConnect(r.cpu.agents), sshAndSshd: perConnect(r.cpu.ssh), clientOurs: perConnect(r.cpu.clientOurs), clientSsh: perConnect(r.cpu.clientSsh) },
+    contextSwitchesPerConnect: { agents: perConnect(r.switches.agents), agentsInvoluntary: perConnect(r.switches.agentsInvoluntary), sshAndSshd: perConnect(r.switches.ssh) },
   };
 }
 
