@@ -12,6 +12,7 @@ import { describeCertificate } from '../identity';
 import { MuxSession, type MuxStream, type OpenRequest } from '../transport/mux';
 import type { RouteName } from '../transport/route';
 import { systemClock, type Clock, type Timer } from '../util/clock';
+import { Pacer } from '../util/pacer';
 import type { PeerChannel } from './ladder';
 import type { Q2QStream } from './types';
 
@@ -28,6 +29,14 @@ const MAX_TIMER_MS = 24 * 60 * 60 * 1000;
  * never accepted hung, waiting for a greeting (bench/README.md "socks-concurrent").
  */
 export const MAX_EARLY_IN_FLIGHT = 64;
+/**
+ * The listener's side of the same bound: streams the peer opened whose service is being
+ * prepared (an exposed target: the local connect) at once, at most; later ones wait their
+ * turn. A peer may hold up to MUX_DEFAULT_MAX_INCOMING streams open, but it cannot make
+ * this agent connect to a local service that many times in one instant, overflowing the
+ * service's accept queue (see above), whatever its own agent does.
+ */
+export const MAX_PREPARING = 64;
 /** Length of the session id both ends derive from the TLS session (RFC 8446 §7.5). */
 const SESSION_ID_BYTES = 8;
 
@@ -75,6 +84,8 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
   readonly mux: MuxSession;
   /** Services this side opened streams to (fall forward asks for one of them). */
   readonly servicesUsed = new Set<string>();
+  /** Prepares of streams the peer opened (SessionManager), MAX_PREPARING at once. */
+  readonly preparing = new Pacer(MAX_PREPARING);
   /**
    * Services the peer accepted the last time this side opened one on this session:
    * openEarly may send before the answer. A refusal (or a timeout) takes the service
@@ -253,6 +264,7 @@ export class PeerSession extends EventEmitter<PeerSessionEvents> {
   #onClosed(err: Error | null): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.preparing.clear();
     this.#idleTimer?.cancel();
     this.#expiryTimer?.cancel();
     this.emit('close', err);

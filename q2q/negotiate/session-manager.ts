@@ -281,15 +281,21 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
 
   // ---- streams the peer opens ----
 
-  #onOpen(session: PeerSession, request: OpenRequest): void {
-    let service: ServiceOptions;
+  /** The service `request` asks for, if the allow list lets the session's peer use it now; else the request is refused. */
+  #checked(session: PeerSession, request: OpenRequest): ServiceOptions | null {
     try {
-      service = this.#opts.services.check(request.service, session.peer);
+      return this.#opts.services.check(request.service, session.peer);
     } catch (err) {
       this.#log.info({ peer: session.peer, service: request.service, code: (err as { code?: string }).code }, 'stream refused');
       request.refuse(err as never);
-      return;
+      return null;
     }
+  }
+
+  #onOpen(session: PeerSession, request: OpenRequest): void {
+    const first = this.#checked(session, request);
+    if (!first) return;
+    let service = first;
     const open = (prepared?: unknown): void => {
       // A prepared service (an exposed local target) sends its first bytes from another
       // process, later: its ACCEPT leaves at once, ahead of the bookkeeping below. Unless
@@ -302,10 +308,34 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     };
     if (!service.prepare) return open();
     // As the node does for a claim (node.ts #acceptPeer): the target first, then the accept.
-    service.prepare({ peerSpoke: () => request.bytesWaiting > 0 }).then(open, (err: unknown) => {
-      const e = asVertexError(err, 'Refused');
-      this.#log.info({ peer: session.peer, service: request.service, code: e.code }, 'stream refused');
-      request.refuse(e);
+    // At most MAX_PREPARING at once per session (peer-session.ts); the rest wait their turn.
+    session.preparing.run(async (waited) => {
+      if (waited) {
+        // Its caller gave up, or the session closed, while it waited: nothing to prepare.
+        if (request.gone) return;
+        // The allow list may have changed while it waited: checked again, now.
+        const now = this.#checked(session, request);
+        if (!now) return;
+        service = now;
+      }
+      const prepare = service.prepare;
+      if (!prepare) return open();
+      let prepared: unknown;
+      try {
+        prepared = await prepare({ peerSpoke: () => request.bytesWaiting > 0 });
+      } catch (err) {
+        const e = asVertexError(err, 'Refused');
+        this.#log.info({ peer: session.peer, service: request.service, code: e.code }, 'stream refused');
+        request.refuse(e);
+        return;
+      }
+      try {
+        open(prepared);
+      } catch (err) {
+        // A fault in the service's handler: this stream's, not the agent's.
+        this.#log.error({ peer: session.peer, service: request.service, err: (err as Error).message }, 'stream handler failed');
+        (prepared as { destroy?: () => void } | undefined)?.destroy?.();
+      }
     });
   }
 

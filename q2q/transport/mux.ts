@@ -120,6 +120,8 @@ export interface OpenRequest {
   readonly id: number;
   /** Payload bytes the peer sent on the stream before it was answered (an early open). */
   readonly bytesWaiting: number;
+  /** The peer reset the stream, or the session closed, before it was answered: nobody waits for it. */
+  readonly gone: boolean;
   /**
    * Opens the stream; the peer's open() resolves. The ACCEPT leaves with what
    * else is written in this turn (so an in-process service's first bytes share
@@ -761,6 +763,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#incoming += 1;
     this.#unanswered.add(stream);
     let answered = false;
+    const streams = this.#streams;
     const answer = (): void => {
       answered = true;
       this.#unanswered.delete(stream);
@@ -771,6 +774,9 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
       id,
       get bytesWaiting() {
         return stream.bytesRead;
+      },
+      get gone() {
+        return streams.get(id) !== stream;
       },
       accept: (acceptOpts) => {
         if (answered) throw vertexError('Internal', `mux stream ${id}: answered twice`);

@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { vertexError } from '../../../../q2q/errors';
-import { MAX_EARLY_IN_FLIGHT, type PeerSession } from '../../../../q2q/negotiate/peer-session';
+import { MAX_EARLY_IN_FLIGHT, MAX_PREPARING, type PeerSession } from '../../../../q2q/negotiate/peer-session';
 import { MemoryWorld, type MemoryNode } from '../../../helpers/memory-network';
 
 function echo(stream: Duplex): void {
@@ -126,6 +126,55 @@ describe('peer sessions', () => {
     const again = alice.sessions.openEarly(req);
     again?.on('error', () => undefined);
     expect(again?.early).toBe(true);
+  });
+
+  /** bob exposes `slow`, whose prepare (an exposed target's local connect) finishes only when told to. */
+  function exposeSlow() {
+    const finishers: Array<() => void> = [];
+    const slow = { prepares: 0, finishOne: () => finishers.shift()?.(), finishAll: () => finishers.splice(0).forEach((f) => f()) };
+    bob.expose('slow', {
+      allow: ['alice@a.test'],
+      prepare: () => {
+        slow.prepares += 1;
+        return new Promise((resolve) => finishers.push(() => resolve(undefined)));
+      },
+      onConnection: echo,
+    });
+    return slow;
+  }
+
+  it('the listener prepares at most MAX_PREPARING of a peer\'s streams at once; the rest wait their turn and are checked again when it comes', async () => {
+    const slow = exposeSlow();
+    await world.drive(alice.connect('bob@b.test:echo'));
+    const session = alice.sessions.sessions()[0] as PeerSession;
+    const opens = Array.from({ length: MAX_PREPARING + 20 }, () => session.open('slow').then((s) => (s.on('error', () => undefined), 'accepted'), (err: { code?: string }) => err.code));
+    await world.advance(50);
+    expect(slow.prepares).toBe(MAX_PREPARING);
+    // One finishes: the next starts.
+    slow.finishOne();
+    await world.advance(50);
+    expect(slow.prepares).toBe(MAX_PREPARING + 1);
+    // bob narrows the allow list: those still waiting are refused when their turn comes, unprepared.
+    bob.expose('slow', { allow: ['carol@a.test'], prepare: () => Promise.resolve(undefined), onConnection: echo });
+    slow.finishAll();
+    const results = await world.drive(Promise.all(opens));
+    expect(results.filter((r) => r === 'accepted')).toHaveLength(MAX_PREPARING + 1);
+    expect(results.slice(MAX_PREPARING + 1)).toEqual(Array(19).fill('Denied'));
+    expect(slow.prepares).toBe(MAX_PREPARING + 1);
+  });
+
+  it('a stream whose caller gave up while it waited for its turn is never prepared', async () => {
+    const slow = exposeSlow();
+    await world.drive(alice.connect('bob@b.test:echo'));
+    const session = alice.sessions.sessions()[0] as PeerSession;
+    const first = Array.from({ length: MAX_PREPARING }, () => session.open('slow', { timeoutMs: 60_000 }).then((s) => s.on('error', () => undefined)));
+    const abandoned = Array.from({ length: 10 }, () => session.open('slow', { timeoutMs: 1000 }).then(() => 'accepted', (err: { code?: string }) => err.code));
+    expect(await world.drive(Promise.all(abandoned))).toEqual(Array(10).fill('Timeout'));
+    await world.advance(50);
+    slow.finishAll();
+    await world.drive(Promise.all(first));
+    await world.advance(50);
+    expect(slow.prepares).toBe(MAX_PREPARING);
   });
 
   it('the same check with the allow list ignored would let alice in (the test above can fail)', async () => {
