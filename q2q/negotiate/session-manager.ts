@@ -311,8 +311,9 @@ export class SessionManager extends EventEmitter<SessionManagerEvents> {
     // At most MAX_PREPARING at once per session (peer-session.ts); the rest wait their turn.
     session.preparing.run(async (waited) => {
       if (waited) {
-        // Its caller gave up, or the session closed, while it waited: nothing to prepare.
-        if (request.gone) return;
+        // Its caller gave up, or the session closed, while it waited: nothing to prepare. It is
+        // answered all the same: until then the mux counts it against the peer's stream cap.
+        if (request.gone) return request.refuse(vertexError('ConnectionLost', `open ${request.service}: the caller gave up while it waited for its turn`));
         // The allow list may have changed while it waited: checked again, now.
         const now = this.#checked(session, request);
         if (!now) return;

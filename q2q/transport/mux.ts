@@ -293,6 +293,11 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     return this.#state === 'open' && !this.#goawaySent && !this.#goawayReceived;
   }
 
+  /** Streams the peer opened that this side has not answered (accepted or refused) yet, reset ones included. */
+  get unansweredIncoming(): number {
+    return this.#unanswered.size;
+  }
+
   get streamCount(): number {
     return this.#streams.size;
   }

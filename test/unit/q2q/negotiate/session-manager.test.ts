@@ -175,6 +175,8 @@ describe('peer sessions', () => {
     await world.drive(Promise.all(first));
     await world.advance(50);
     expect(slow.prepares).toBe(MAX_PREPARING);
+    // Each was answered when its turn came: none is left counting against alice's stream cap.
+    expect((bob.sessions.sessions()[0] as PeerSession).mux.unansweredIncoming).toBe(0);
   });
 
   it('the same check with the allow list ignored would let alice in (the test above can fail)', async () => {
