@@ -46,10 +46,11 @@ export interface JoinOptions {
 }
 
 /**
- * How much a flow lets wait in a socket it writes to before it pauses its source. The
- * socket's own 16 KiB high-water mark would stop a turn's gathering at the first chunk.
+ * How much a flow gathers in one turn before it pauses its source. The socket's own 16 KiB
+ * high-water mark would stop the gathering at the first chunk; one read of the tunnel's
+ * TLS socket gives up to 64 KiB, as four records.
  */
-const GATHER_BYTES = 256 * 1024;
+const GATHER_BYTES = 64 * 1024;
 
 /** Gathering writes per turn unless VERTEX_GATHER_WRITES=0 (for A/B measurement: bench/README.md). */
 const gatherWrites = process.env.VERTEX_GATHER_WRITES !== '0';
@@ -62,6 +63,7 @@ class Flow {
   /** `dst` is a socket: its writes are gathered per turn (see the top of the file). */
   readonly #gather: boolean;
   #corked = false;
+  #waitingForDrain = false;
 
   constructor(join: Join, src: Duplex, dst: Duplex) {
     this.#join = join;
@@ -84,22 +86,34 @@ class Flow {
         setImmediate(this.#uncork);
       }
       dst.write(chunk);
-      // At or past the high-water mark write() returned false, so 'drain' will come.
-      if (dst.writableLength < Math.max(GATHER_BYTES, dst.writableHighWaterMark)) return;
+      if (dst.writableLength < GATHER_BYTES) return;
     } else if (dst.write(chunk)) {
       return;
     }
-    this.#src.pause();
-    dst.once('drain', this.#onDrain);
+    this.#waitForDrain();
   };
 
   /** The turn's writes leave as one (end() uncorks by itself, and uncork on an ended socket does nothing). */
   readonly #uncork = (): void => {
     this.#corked = false;
-    this.#dst.uncork();
+    const dst = this.#dst;
+    dst.uncork();
+    // What the kernel did not take waits in the socket. Past the socket's high-water mark the
+    // source waits for it, as without the gathering: a reader that does not read holds this
+    // flow to about what it did before, not to a turn's worth per stream.
+    if (dst.writableLength >= dst.writableHighWaterMark) this.#waitForDrain();
   };
 
+  /** At or past the high-water mark a write() returned false, so 'drain' will come. */
+  #waitForDrain(): void {
+    if (this.#waitingForDrain) return;
+    this.#waitingForDrain = true;
+    this.#src.pause();
+    this.#dst.once('drain', this.#onDrain);
+  }
+
   readonly #onDrain = (): void => {
+    this.#waitingForDrain = false;
     this.#src.resume();
   };
 
