@@ -261,7 +261,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
         this.#fail(err as Error);
       }
     });
-    channel.once('end', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel ended')));
+    channel.once('end', () => this.#fail(vertexError('ConnectionLost', 'mux session: the channel ended'), false, true));
     // A channel destroyed with a typed reason (the revocation watch's CertificateRevoked)
     // hands that reason to every stream; any other channel error is ConnectionLost.
     // `on`, not `once`: a TLS channel can emit a second error after the first (a write the
@@ -893,7 +893,14 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
 
   // ---- closing ----
 
-  #fail(err: Error, local = false): void {
+  /**
+   * Closes the session: every stream is aborted with `err`. Except, when the peer ended the
+   * channel cleanly (`peerEnded`), a stream already done on the wire (both ENDs exchanged):
+   * the peer closed its side of it, so it ended the session once it had no stream left (idle,
+   * after a drain), but this side's reader may not have taken all of it yet (a local service
+   * slower than the tunnel). Its bytes are all here; it ends when they are read.
+   */
+  #fail(err: Error, local = false, peerEnded = false): void {
     if (this.#state === 'closed') {
       if (local) this.#channel.destroy();
       return;
@@ -908,7 +915,7 @@ export class MuxSession extends EventEmitter<MuxSessionEvents> {
     this.#ready.clear();
     this.#unanswered.clear();
     this.#orphaned.clear();
-    for (const stream of streams) stream.sessionClosed(err);
+    for (const stream of streams) if (!(peerEnded && stream.doneOnTheWire)) stream.sessionClosed(err);
     this.#out = null;
     this.#outLength = 0;
     this.#channel.destroy();
@@ -971,6 +978,11 @@ export class MuxStream extends Duplex {
 
   get bytesRead(): number {
     return this.#received;
+  }
+
+  /** @internal both ENDs went across: nothing more goes either way; what is left is for the reader here. */
+  get doneOnTheWire(): boolean {
+    return this.writableFinished && this.#remoteEnded;
   }
 
   get bytesWritten(): number {
@@ -1153,7 +1165,7 @@ export class MuxStream extends Duplex {
    * sends RESET, unless the peer reset the stream or the session is gone.
    */
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    const clean = this.writableFinished && this.#remoteEnded;
+    const clean = this.doneOnTheWire;
     if (!clean && !this.#remoteReset && this.#session.sessionOpen) {
       this.#session.writeStreamFrame(FRAME.RESET, this.id, { code: 'ConnectionLost', description: err ? err.message.slice(0, 256) : 'the stream was destroyed' });
     }

@@ -10,6 +10,7 @@
  * against an in-process IdentityServer with the forbidden behaviour switched
  * on (unsafeForTests), to show the checks can fail.
  */
+import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -24,8 +25,26 @@ import { silentLogger } from '../../../q2q/util/log';
 import { startServer, stopAll, tempDir, type ServerHandle } from '../../helpers/cli';
 import { listenOnPort0, refusedPort, untilTrue } from '../../helpers/net';
 
-/** An address no test uses, where the old code would dial an issuer CN of this IP (port 8788 is the default). */
-const TRAP_IP = '127.88.77.66';
+/**
+ * Where the old code would dial an issuer CN that is an IP: that IP at the default port 8788.
+ * A loopback address nothing else uses, drawn per run (two `npm test` side by side each get
+ * their own; a fixed one made the second fail with EADDRINUSE).
+ */
+let trapIp = '';
+
+async function trapOnTheDefaultPort(): Promise<Awaited<ReturnType<typeof trap>>> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const ip = `127.${randomInt(64, 255)}.${randomInt(0, 256)}.${randomInt(1, 255)}`;
+    try {
+      const bound = await trap(ip, 8788);
+      trapIp = ip;
+      return bound;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    }
+  }
+  throw new Error('no free loopback address for the trap at port 8788 in 20 tries');
+}
 
 interface Identity { keyPem: string; certPem: string }
 
@@ -91,7 +110,7 @@ let refused: number;
 let root: string;
 
 beforeAll(async () => {
-  ipTrap = await trap(TRAP_IP, 8788);
+  ipTrap = await trapOnTheDefaultPort();
   nameTrap = await trap();
   refused = await refusedPort();
   root = tempDir('federation');
@@ -119,7 +138,7 @@ interface Target { port: number; log: () => string; probe: string }
 async function probeBadNames(target: Target): Promise<{ dials: number; replies: Record<string, { code: string; message: string }>; oracle: boolean }> {
   const before = ipTrap.count();
   const replies: Record<string, { code: string; message: string }> = {};
-  for (const issuer of [TRAP_IP, 'a.test/../x', 'b.test\u0000', '-bad-.test', 'x'.repeat(300)]) {
+  for (const issuer of [trapIp, 'a.test/../x', 'b.test\u0000', '-bad-.test', 'x'.repeat(300)]) {
     replies[issuer] = await reply(target.port, await crafted(issuer, `alice@${issuer}`));
   }
   const dials = ipTrap.count() - before;

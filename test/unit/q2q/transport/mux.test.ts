@@ -364,6 +364,36 @@ describe('mux session', () => {
     }
   });
 
+  it('a stream done on the wire keeps every byte for a slow reader when the peer ends the session (idle after a drain)', async () => {
+    const pair = new SessionPair(...memoryChannel());
+    try {
+      const { a, b } = await pair.pair();
+      // b's reader is a local service slower than the tunnel: it reads nothing for now.
+      b.pause();
+      b.end();
+      const payload = randomBytes(3 * MB);
+      a.end(payload);
+      a.resume();
+      await new Promise<void>((resolve) => a.once('close', () => resolve()));
+      // a's side is done (its END went, b's came): draining, a's session goes idle and ends its channel.
+      const bClosed = new Promise<void>((resolve) => pair.b.once('close', () => resolve()));
+      pair.a.on('idle', () => pair.a.end());
+      pair.a.goAway('ConnectionLost', 'moved to another route');
+      await bClosed;
+      expect(b.destroyed).toBe(false);
+      // The reader comes back: every byte is there, and the stream ends cleanly.
+      const errors: Error[] = [];
+      b.on('error', (err) => errors.push(err));
+      const reading = readAll(b);
+      b.resume();
+      const got = await reading;
+      expect(got.equals(payload)).toBe(true);
+      expect(errors).toEqual([]);
+    } finally {
+      pair.close();
+    }
+  });
+
   it('closing the session aborts every stream at both ends, never as a clean end', async () => {
     const pair = new SessionPair(...memoryChannel());
     const { a, b } = await pair.pair();

@@ -115,7 +115,10 @@ describePostgres('node directory: presence in memory', () => {
     await untilTrue('B drops the ghost\'s devices', async () => (await b.dir.devicesElsewhere('gus@x.test')).length === 0, 30_000);
     expect(Date.now() - at).toBeGreaterThan(NODE_DEAD_AFTER_MS / 2);
     expect(b.changes.filter((x) => x === 'gus@x.test').length).toBeGreaterThanOrEqual(2);
-    expect(b.lookups.filter((s) => s === 'store')).toHaveLength(0);
+    // The answer that saw the ghost gone came from the copy (the store would say so too, from
+    // seen_at). Not "no store lookup at all": on a loaded machine a query of the copy's may time
+    // out, and the directory then rightly reads the store until it has reloaded.
+    expect(b.lookups.at(-1)).toBe('memory');
   });
 
   it('nodes in another schema of the same database are not seen (notifications are per database)', async () => {
