@@ -107,11 +107,13 @@ describeWithTools('agents with real clients', [TOOLS.curl, TOOLS.ncat], () => {
     await expect(exchange(await connectTcp(fwdPort), get)).rejects.toMatchObject({ code: 'ECONNRESET' });
     // echo and http stay exposed to alice, so the session stays and the next connect is early:
     // curl got its SOCKS success and sent its GET; bob refuses the stream; curl gets a reset,
-    // never an end it could take for an empty answer (that would be exit 52).
+    // never an end it could take for an empty answer (that would be exit 52). The reset meets
+    // curl in its read (56) or, on a loaded machine where the refusal outruns curl's GET, in its
+    // send (55): either way the connection was reset, not ended.
     const logFrom = alice.proc.output().length;
     const cut = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
-    expect(cut.code).toBe(56);
-    expect(cut.stderr).toMatch(/reset by peer/i);
+    expect([55, 56]).toContain(cut.code);
+    expect(cut.stderr).toMatch(/reset by peer|broken pipe/i);
     await until('alice logs the refusal', () => /stream refused after its early data/.test(alice.proc.output().slice(logFrom)) || undefined);
     // The next one waits for the answer again: the SOCKS refusal, as without early streams.
     const refused = await run('curl', ['-sS', '--max-time', '30', '--socks5-hostname', proxy, url]);
