@@ -95,6 +95,20 @@ export function treeCpuMs(root: number): number {
 }
 
 /**
+ * User CPU milliseconds alone (utime): the process's own instructions, where the
+ * system time is the kernel's work for its system calls (socket I/O on loopback).
+ */
+export function userCpuMs(pid: number): number {
+  const fields = procStat(pid);
+  return fields ? (Number(fields[11]) * 1000) / PROC_TICKS_PER_SECOND : 0;
+}
+
+/** User CPU milliseconds of a process and every live descendant. */
+export function treeUserCpuMs(root: number): number {
+  return sumOverTree(root, userCpuMs);
+}
+
+/**
  * Context switches of a process so far (/proc/<pid>/status): voluntary (it waited) and
  * involuntary (another task took its core: on a loaded machine, a woken reader preempting
  * the writer that woke it).

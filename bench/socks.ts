@@ -23,10 +23,11 @@ import * as os from 'node:os';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import { startDelayLink, type DelayLink } from './delay-link';
+import { startNodeFloorProxy, type NodeFloorProxy } from './node-floor-proxy';
 import { SSHD, writeSshdFiles } from './throwaway-sshd';
 import {
   connectTcp, contextSwitches, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
-  ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeContextSwitches, treeCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
+  ROOT, rssKb, sleep, startAgent, startLoopbackPeer, startProgram, startServer, tempDir, treeContextSwitches, treeCpuMs, treeUserCpuMs, userCpuMs, VERTEX, type AgentHandle, type LoopbackPeer, type Proc, type ServerHandle,
 } from './harness';
 
 /** How long each throughput run sends. */
@@ -276,7 +277,9 @@ async function firstConnects(world: SocksWorld, ssh: SshProxy): Promise<void> {
 interface NewConnectionRounds {
   ours: number[];
   theirs: number[];
-  cpu: { agents: number; ssh: number; clientOurs: number; clientSsh: number };
+  /** Through the Node floor proxy (bench/node-floor-proxy.ts), to the same service as ssh -D. */
+  floor: number[];
+  cpu: { agents: number; ssh: number; clientOurs: number; clientSsh: number; agentsUser: number; sshUser: number; floor: number; floorUser: number };
   /** Context switches of the two agents, and of ssh and sshd. */
   switches: { agents: number; ssh: number; agentsInvoluntary: number };
 }
@@ -286,34 +289,50 @@ interface NewConnectionRounds {
  * through ssh -D: CPU milliseconds spent during each case's connects, of the two agents against
  * ssh and sshd, and of this process (the SOCKS client, the same code for both) in each case.
  */
-async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS): Promise<NewConnectionRounds> {
+async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS, floor?: NodeFloorProxy): Promise<NewConnectionRounds> {
   const [ourPort, theirPort] = workloadPorts(world, workload);
   const sshPids = ssh.pids();
-  const out: NewConnectionRounds = { ours: [], theirs: [], cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0 }, switches: { agents: 0, ssh: 0, agentsInvoluntary: 0 } };
+  const out: NewConnectionRounds = {
+    ours: [], theirs: [], floor: [],
+    cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0, agentsUser: 0, sshUser: 0, floor: 0, floorUser: 0 },
+    switches: { agents: 0, ssh: 0, agentsInvoluntary: 0 },
+  };
   const { cpu, switches } = out;
   const agentPids = [world.alice.proc.pid, world.bob.proc.pid];
   const agentCpu = () => cpuMs(world.alice.proc.pid) + cpuMs(world.bob.proc.pid);
   const agentSwitches = () => agentPids.map(contextSwitches).reduce((sum, c) => ({ all: sum.all + c.voluntary + c.involuntary, involuntary: sum.involuntary + c.involuntary }), { all: 0, involuntary: 0 });
+  const agentUserCpu = () => userCpuMs(world.alice.proc.pid) + userCpuMs(world.bob.proc.pid);
   const sshCpu = () => sshPids.reduce((sum, pid) => sum + treeCpuMs(pid), 0);
+  const sshUserCpu = () => sshPids.reduce((sum, pid) => sum + treeUserCpuMs(pid), 0);
   const sshSwitches = () => sshPids.reduce((sum, pid) => sum + treeContextSwitches(pid), 0);
   const clientCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
   for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
     let a = agentCpu();
+    let u = agentUserCpu();
     let c = clientCpu();
     const s = agentSwitches();
     out.ours.push(...await newConnections(() => socksConnect(world, ourPort), perRound, workload));
     cpu.agents += agentCpu() - a;
+    cpu.agentsUser += agentUserCpu() - u;
     cpu.clientOurs += clientCpu() - c;
     const sAfter = agentSwitches();
     switches.agents += sAfter.all - s.all;
     switches.agentsInvoluntary += sAfter.involuntary - s.involuntary;
     a = sshCpu();
+    u = sshUserCpu();
     c = clientCpu();
     const t = sshSwitches();
     out.theirs.push(...await newConnections(() => socksVia(ssh.socksPort, '127.0.0.1', theirPort), perRound, workload));
     cpu.ssh += sshCpu() - a;
+    cpu.sshUser += sshUserCpu() - u;
     cpu.clientSsh += clientCpu() - c;
     switches.ssh += sshSwitches() - t;
+    if (!floor) continue;
+    a = cpuMs(floor.proc.pid);
+    u = userCpuMs(floor.proc.pid);
+    out.floor.push(...await newConnections(() => socksVia(floor.port, '127.0.0.1', theirPort), perRound, workload));
+    cpu.floor += cpuMs(floor.proc.pid) - a;
+    cpu.floorUser += userCpuMs(floor.proc.pid) - u;
   }
   return out;
 }
@@ -326,7 +345,15 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
     p50Ms: round(p50, 2), p99Ms: round(percentile(r.ours, 99), 1), sshP50Ms: round(sshP50, 2), sshP99Ms: round(percentile(r.theirs, 99), 1),
     speedVsSsh: round(sshP50 / p50, 2),
     cpuMsPerConnect: { agents: perConnect(r.cpu.agents), sshAndSshd: perConnect(r.cpu.ssh), clientOurs: perConnect(r.cpu.clientOurs), clientSsh: perConnect(r.cpu.clientSsh) },
+    // Of those: user CPU (the program's own instructions); the rest is the kernel's, for the same system calls.
+    userCpuMsPerConnect: { agents: perConnect(r.cpu.agentsUser), sshAndSshd: perConnect(r.cpu.sshUser) },
     contextSwitchesPerConnect: { agents: perConnect(r.switches.agents), agentsInvoluntary: perConnect(r.switches.agentsInvoluntary), sshAndSshd: perConnect(r.switches.ssh) },
+    ...(r.floor.length > 0 && {
+      nodeFloor: {
+        p50Ms: round(percentile(r.floor, 50), 2), speedVsSsh: round(sshP50 / percentile(r.floor, 50), 2),
+        cpuMsPerConnect: round(r.cpu.floor / r.floor.length, 2), userCpuMsPerConnect: round(r.cpu.floorUser / r.floor.length, 2),
+      },
+    }),
   };
 }
 
@@ -341,24 +368,33 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
  * WARM_CONNECTS connects); `cold` has the same figures for the first connects
  * after the agents started. `peerSessions` says which path the agents used
  * (VERTEX_PEER_SESSIONS=0 in the environment: the per-connection path, for
- * the before figure).
+ * the before figure). `userCpuMsPerConnect` splits the CPU figures: user time
+ * is the programs' own instructions, the rest the kernel's for their system
+ * calls. `nodeFloor`: the same connects, in the same rounds, through the
+ * smallest SOCKS proxy Node can be (bench/node-floor-proxy.ts: one process, no
+ * tunnel), to the service ssh -D reaches.
  */
 export async function benchSocksNewConnection(): Promise<void> {
   const world = await startSocksWorld();
   let ssh: SshProxy | null = null;
+  let floor: NodeFloorProxy | null = null;
   try {
     ssh = await startSshProxy();
+    floor = await startNodeFloorProxy();
     const loadAtStart = os.loadavg()[0] ?? 0;
     await firstConnects(world, ssh);
     const rounds = async (): Promise<Record<Workload, NewConnectionRounds>> => ({
-      http: await newConnectionRounds(world, ssh as SshProxy, 'http'),
-      hello: await newConnectionRounds(world, ssh as SshProxy, 'hello'),
+      http: await newConnectionRounds(world, ssh as SshProxy, 'http', NEW_CONNECTS, floor ?? undefined),
+      hello: await newConnectionRounds(world, ssh as SshProxy, 'hello', NEW_CONNECTS, floor ?? undefined),
     });
     note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload (${WORKLOADS.join(', ')}), cold agents`);
     const cold = await rounds();
     note(`socks new-connection cost: ${WARM_CONNECTS} connects to warm the agents up`);
     for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(world.alice.socksPort, 'bob.b.test.q2q', HELLO_PORT);
     await newConnections(() => socksConnect(world, HTTP_PORT), Math.ceil(WARM_CONNECTS / 4), 'http');
+    // The floor proxy is JavaScript too: warmed up the same way.
+    for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(floor.port, '127.0.0.1', world.peer.helloPort);
+    await newConnections(() => socksVia((floor as NodeFloorProxy).port, '127.0.0.1', world.peer.httpPort), Math.ceil(WARM_CONNECTS / 4), 'http');
     note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload, warm agents`);
     const warm = await rounds();
     emit({
@@ -370,6 +406,7 @@ export async function benchSocksNewConnection(): Promise<void> {
     });
   } finally {
     await ssh?.stop();
+    await floor?.proc.stop();
     await world.stop();
   }
 }
