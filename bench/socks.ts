@@ -23,7 +23,7 @@ import * as os from 'node:os';
 import { SocksClient } from 'socks';
 import { profileArgs } from './connections';
 import { startDelayLink, type DelayLink } from './delay-link';
-import { startNodeFloorProxy, type NodeFloorProxy } from './node-floor-proxy';
+import { startNodeFloorPair, startNodeFloorProxy, type NodeFloorProxy } from './node-floor-proxy';
 import { SSHD, writeSshdFiles } from './throwaway-sshd';
 import {
   connectTcp, contextSwitches, cpuMs, emit, Endpoints, firstByte, INSPECT_ARGS, memoryAfterGc, mapLimit, note, percentile, pushToSink, registerHome, round, runStandalone,
@@ -277,9 +277,9 @@ async function firstConnects(world: SocksWorld, ssh: SshProxy): Promise<void> {
 interface NewConnectionRounds {
   ours: number[];
   theirs: number[];
-  /** Through the Node floor proxy (bench/node-floor-proxy.ts), to the same service as ssh -D. */
-  floor: number[];
-  cpu: { agents: number; ssh: number; clientOurs: number; clientSsh: number; agentsUser: number; sshUser: number; floor: number; floorUser: number };
+  /** Through each Node floor (bench/node-floor-proxy.ts), to the same service as ssh -D. */
+  floors: Record<string, { times: number[]; cpu: number; userCpu: number }>;
+  cpu: { agents: number; ssh: number; clientOurs: number; clientSsh: number; agentsUser: number; sshUser: number };
   /** Context switches of the two agents, and of ssh and sshd. */
   switches: { agents: number; ssh: number; agentsInvoluntary: number };
 }
@@ -289,12 +289,12 @@ interface NewConnectionRounds {
  * through ssh -D: CPU milliseconds spent during each case's connects, of the two agents against
  * ssh and sshd, and of this process (the SOCKS client, the same code for both) in each case.
  */
-async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS, floor?: NodeFloorProxy): Promise<NewConnectionRounds> {
+async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: Workload, perRound = NEW_CONNECTS, floors: Record<string, NodeFloorProxy> = {}): Promise<NewConnectionRounds> {
   const [ourPort, theirPort] = workloadPorts(world, workload);
   const sshPids = ssh.pids();
   const out: NewConnectionRounds = {
-    ours: [], theirs: [], floor: [],
-    cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0, agentsUser: 0, sshUser: 0, floor: 0, floorUser: 0 },
+    ours: [], theirs: [], floors: {},
+    cpu: { agents: 0, ssh: 0, clientOurs: 0, clientSsh: 0, agentsUser: 0, sshUser: 0 },
     switches: { agents: 0, ssh: 0, agentsInvoluntary: 0 },
   };
   const { cpu, switches } = out;
@@ -327,12 +327,15 @@ async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: W
     cpu.sshUser += sshUserCpu() - u;
     cpu.clientSsh += clientCpu() - c;
     switches.ssh += sshSwitches() - t;
-    if (!floor) continue;
-    a = cpuMs(floor.proc.pid);
-    u = userCpuMs(floor.proc.pid);
-    out.floor.push(...await newConnections(() => socksVia(floor.port, '127.0.0.1', theirPort), perRound, workload));
-    cpu.floor += cpuMs(floor.proc.pid) - a;
-    cpu.floorUser += userCpuMs(floor.proc.pid) - u;
+    for (const [name, floor] of Object.entries(floors)) {
+      const figures = (out.floors[name] ??= { times: [], cpu: 0, userCpu: 0 });
+      const pids = floor.procs.map((p) => p.pid);
+      a = pids.reduce((sum, pid) => sum + cpuMs(pid), 0);
+      u = pids.reduce((sum, pid) => sum + userCpuMs(pid), 0);
+      figures.times.push(...await newConnections(() => socksVia(floor.port, '127.0.0.1', theirPort), perRound, workload));
+      figures.cpu += pids.reduce((sum, pid) => sum + cpuMs(pid), 0) - a;
+      figures.userCpu += pids.reduce((sum, pid) => sum + userCpuMs(pid), 0) - u;
+    }
   }
   return out;
 }
@@ -348,11 +351,11 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
     // Of those: user CPU (the program's own instructions); the rest is the kernel's, for the same system calls.
     userCpuMsPerConnect: { agents: perConnect(r.cpu.agentsUser), sshAndSshd: perConnect(r.cpu.sshUser) },
     contextSwitchesPerConnect: { agents: perConnect(r.switches.agents), agentsInvoluntary: perConnect(r.switches.agentsInvoluntary), sshAndSshd: perConnect(r.switches.ssh) },
-    ...(r.floor.length > 0 && {
-      nodeFloor: {
-        p50Ms: round(percentile(r.floor, 50), 2), speedVsSsh: round(sshP50 / percentile(r.floor, 50), 2),
-        cpuMsPerConnect: round(r.cpu.floor / r.floor.length, 2), userCpuMsPerConnect: round(r.cpu.floorUser / r.floor.length, 2),
-      },
+    ...(Object.keys(r.floors).length > 0 && {
+      nodeFloor: Object.fromEntries(Object.entries(r.floors).map(([name, f]) => [name, {
+        p50Ms: round(percentile(f.times, 50), 2), speedVsSsh: round(sshP50 / percentile(f.times, 50), 2),
+        cpuMsPerConnect: round(f.cpu / f.times.length, 2), userCpuMsPerConnect: round(f.userCpu / f.times.length, 2),
+      }])),
     }),
   };
 }
@@ -371,30 +374,35 @@ function roundsFigures(r: NewConnectionRounds): Record<string, unknown> {
  * the before figure). `userCpuMsPerConnect` splits the CPU figures: user time
  * is the programs' own instructions, the rest the kernel's for their system
  * calls. `nodeFloor`: the same connects, in the same rounds, through the
- * smallest SOCKS proxy Node can be (bench/node-floor-proxy.ts: one process, no
- * tunnel), to the service ssh -D reaches.
+ * least a SOCKS proxy in Node can do (bench/node-floor-proxy.ts), to the
+ * service ssh -D reaches: `oneProcess` connects to it itself, `twoProcesses`
+ * through a second process over plain TCP (the shape of ssh -D and of our
+ * agents, without TLS, multiplexing or checks).
  */
 export async function benchSocksNewConnection(): Promise<void> {
   const world = await startSocksWorld();
   let ssh: SshProxy | null = null;
-  let floor: NodeFloorProxy | null = null;
+  const floors: Record<string, NodeFloorProxy> = {};
   try {
     ssh = await startSshProxy();
-    floor = await startNodeFloorProxy();
+    floors.oneProcess = await startNodeFloorProxy();
+    floors.twoProcesses = await startNodeFloorPair();
     const loadAtStart = os.loadavg()[0] ?? 0;
     await firstConnects(world, ssh);
     const rounds = async (): Promise<Record<Workload, NewConnectionRounds>> => ({
-      http: await newConnectionRounds(world, ssh as SshProxy, 'http', NEW_CONNECTS, floor ?? undefined),
-      hello: await newConnectionRounds(world, ssh as SshProxy, 'hello', NEW_CONNECTS, floor ?? undefined),
+      http: await newConnectionRounds(world, ssh as SshProxy, 'http', NEW_CONNECTS, floors),
+      hello: await newConnectionRounds(world, ssh as SshProxy, 'hello', NEW_CONNECTS, floors),
     });
     note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload (${WORKLOADS.join(', ')}), cold agents`);
     const cold = await rounds();
     note(`socks new-connection cost: ${WARM_CONNECTS} connects to warm the agents up`);
     for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(world.alice.socksPort, 'bob.b.test.q2q', HELLO_PORT);
     await newConnections(() => socksConnect(world, HTTP_PORT), Math.ceil(WARM_CONNECTS / 4), 'http');
-    // The floor proxy is JavaScript too: warmed up the same way.
-    for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(floor.port, '127.0.0.1', world.peer.helloPort);
-    await newConnections(() => socksVia((floor as NodeFloorProxy).port, '127.0.0.1', world.peer.httpPort), Math.ceil(WARM_CONNECTS / 4), 'http');
+    // The floors are JavaScript too: warmed up the same way.
+    for (const floor of Object.values(floors)) {
+      for (let i = 0; i < WARM_CONNECTS; i++) await rawConnect(floor.port, '127.0.0.1', world.peer.helloPort);
+      await newConnections(() => socksVia(floor.port, '127.0.0.1', world.peer.httpPort), Math.ceil(WARM_CONNECTS / 4), 'http');
+    }
     note(`socks new-connection cost: ${NEW_CONNECT_ROUNDS} rounds of ${NEW_CONNECTS} sequential connects per case and workload, warm agents`);
     const warm = await rounds();
     emit({
@@ -406,7 +414,7 @@ export async function benchSocksNewConnection(): Promise<void> {
     });
   } finally {
     await ssh?.stop();
-    await floor?.proc.stop();
+    for (const floor of Object.values(floors)) await floor.stop();
     await world.stop();
   }
 }
