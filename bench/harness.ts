@@ -81,12 +81,21 @@ function procStat(pid: number): string[] | null {
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
-/** CPU milliseconds (user + system) a process has used so far, from /proc/<pid>/stat (10 ms resolution). */
-export function cpuMs(pid: number): number {
+/**
+ * CPU milliseconds a process has used so far, from /proc/<pid>/stat (10 ms resolution):
+ * user (its own instructions) and system (the kernel's work for its system calls).
+ */
+function cpuTimesMs(pid: number): { user: number; system: number } {
   const fields = procStat(pid);
-  if (!fields) return 0;
+  if (!fields) return { user: 0, system: 0 };
   // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / PROC_TICKS_PER_SECOND;
+  return { user: (Number(fields[11]) * 1000) / PROC_TICKS_PER_SECOND, system: (Number(fields[12]) * 1000) / PROC_TICKS_PER_SECOND };
+}
+
+/** CPU milliseconds (user + system) a process has used so far. */
+export function cpuMs(pid: number): number {
+  const t = cpuTimesMs(pid);
+  return t.user + t.system;
 }
 
 /** The same for a process and every live descendant (sshd -i forks a privilege-separated child). */
@@ -94,13 +103,9 @@ export function treeCpuMs(root: number): number {
   return sumOverTree(root, cpuMs);
 }
 
-/**
- * User CPU milliseconds alone (utime): the process's own instructions, where the
- * system time is the kernel's work for its system calls (socket I/O on loopback).
- */
+/** User CPU milliseconds alone (cpuTimesMs). */
 export function userCpuMs(pid: number): number {
-  const fields = procStat(pid);
-  return fields ? (Number(fields[11]) * 1000) / PROC_TICKS_PER_SECOND : 0;
+  return cpuTimesMs(pid).user;
 }
 
 /** User CPU milliseconds of a process and every live descendant. */

@@ -24,7 +24,10 @@ const NO_AUTH = Buffer.from([5, 0]);
 const NEWLINE = 0x0a;
 const SOCKET_OPTIONS = { allowHalfOpen: true, noDelay: true } as const;
 
-/** Copies `from` into `to` with back-pressure, and its end. */
+/**
+ * Copies `from` into `to` with back-pressure, and its end. Not agent/frontends/join.ts: the
+ * floor is what Node costs without our code, so it has none of its teardown or gathering.
+ */
 function forward(from: net.Socket, to: net.Socket): void {
   from.on('data', (chunk: Buffer) => {
     if (to.write(chunk)) return;

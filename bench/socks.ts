@@ -299,12 +299,13 @@ async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: W
   };
   const { cpu, switches } = out;
   const agentPids = [world.alice.proc.pid, world.bob.proc.pid];
-  const agentCpu = () => cpuMs(world.alice.proc.pid) + cpuMs(world.bob.proc.pid);
+  const sumOver = (pids: number[], figure: (pid: number) => number): number => pids.reduce((sum, pid) => sum + figure(pid), 0);
+  const agentCpu = () => sumOver(agentPids, cpuMs);
+  const agentUserCpu = () => sumOver(agentPids, userCpuMs);
   const agentSwitches = () => agentPids.map(contextSwitches).reduce((sum, c) => ({ all: sum.all + c.voluntary + c.involuntary, involuntary: sum.involuntary + c.involuntary }), { all: 0, involuntary: 0 });
-  const agentUserCpu = () => userCpuMs(world.alice.proc.pid) + userCpuMs(world.bob.proc.pid);
-  const sshCpu = () => sshPids.reduce((sum, pid) => sum + treeCpuMs(pid), 0);
-  const sshUserCpu = () => sshPids.reduce((sum, pid) => sum + treeUserCpuMs(pid), 0);
-  const sshSwitches = () => sshPids.reduce((sum, pid) => sum + treeContextSwitches(pid), 0);
+  const sshCpu = () => sumOver(sshPids, treeCpuMs);
+  const sshUserCpu = () => sumOver(sshPids, treeUserCpuMs);
+  const sshSwitches = () => sumOver(sshPids, treeContextSwitches);
   const clientCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
   for (let r = 0; r < NEW_CONNECT_ROUNDS; r++) {
     let a = agentCpu();
@@ -330,11 +331,11 @@ async function newConnectionRounds(world: SocksWorld, ssh: SshProxy, workload: W
     for (const [name, floor] of Object.entries(floors)) {
       const figures = (out.floors[name] ??= { times: [], cpu: 0, userCpu: 0 });
       const pids = floor.procs.map((p) => p.pid);
-      a = pids.reduce((sum, pid) => sum + cpuMs(pid), 0);
-      u = pids.reduce((sum, pid) => sum + userCpuMs(pid), 0);
+      a = sumOver(pids, cpuMs);
+      u = sumOver(pids, userCpuMs);
       figures.times.push(...await newConnections(() => socksVia(floor.port, '127.0.0.1', theirPort), perRound, workload));
-      figures.cpu += pids.reduce((sum, pid) => sum + cpuMs(pid), 0) - a;
-      figures.userCpu += pids.reduce((sum, pid) => sum + userCpuMs(pid), 0) - u;
+      figures.cpu += sumOver(pids, cpuMs) - a;
+      figures.userCpu += sumOver(pids, userCpuMs) - u;
     }
   }
   return out;
